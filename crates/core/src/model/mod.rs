@@ -1,0 +1,23 @@
+//! The platform model: application specs, instances, nodes, events, quantities and revisions.
+//!
+//! Every type serialises to JSON and YAML with camelCase keys (Kubernetes style) and has a JSON
+//! Schema through `schemars`.
+
+mod event;
+mod instance;
+mod node;
+mod quantity;
+mod revision;
+mod spec;
+mod validate;
+
+pub use event::{Event, EventType};
+pub use instance::{Instance, InstancePhase};
+pub use node::{Node, Taint, TaintEffect, Toleration, TolerationOperator};
+pub use quantity::{Cpu, Memory, QuantityError, Resources};
+pub use revision::Revision;
+pub use spec::{
+    AppKey, AppSpec, ConfigFile, ContainerSpec, PortRef, PortSpec, Probe, ProbeAction, Protocol,
+    WorkloadKind,
+};
+pub use validate::{FieldError, ValidationErrors, ValidationTarget, is_dns_label};

@@ -1,0 +1,284 @@
+//! The `Network` seam: an engine asks for an instance to be attached to (and detached from) a
+//! network, and learns its address and ports.
+//!
+//! The default, [`HostNetwork`], shares the host's network: address 127.0.0.1 and a free host
+//! port per declared port. `rorqual-net` provides a bridge network with addresses from an IP
+//! pool, each instance in its own network namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::model::{AppKey, PortSpec, Protocol};
+
+/// What an engine asks of the network for one instance.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AttachRequest {
+    /// The instance's id (stable for stateful identities).
+    pub instance: String,
+    /// Its application.
+    pub app: AppKey,
+    /// Its ordinal, for stateful identities.
+    pub ordinal: Option<u32>,
+    /// The node it was placed on.
+    pub node: String,
+    /// Its declared ports.
+    pub ports: Vec<PortSpec>,
+    /// What it had before (a restarted or moved stateful identity keeps its address and ports
+    /// when the network can give them again).
+    pub previous: Option<Attachment>,
+}
+
+impl AttachRequest {
+    /// A request for `instance` of `app` on `node` with `ports`.
+    pub fn new(
+        instance: impl Into<String>,
+        app: AppKey,
+        node: impl Into<String>,
+        ports: Vec<PortSpec>,
+    ) -> Self {
+        AttachRequest {
+            instance: instance.into(),
+            app,
+            ordinal: None,
+            node: node.into(),
+            ports,
+            previous: None,
+        }
+    }
+}
+
+/// Where an attached instance can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Attachment {
+    /// The instance's address.
+    pub address: IpAddr,
+    /// Port per declared port name: host ports on the host network, the declared numbers in a
+    /// network namespace.
+    pub ports: BTreeMap<String, u16>,
+    /// The network namespace the instance's processes must run in (`None`: the host's).
+    pub netns: Option<PathBuf>,
+}
+
+impl Attachment {
+    /// An attachment at `address` with `ports`, in the host's namespace.
+    pub fn new(address: IpAddr, ports: BTreeMap<String, u16>) -> Self {
+        Attachment {
+            address,
+            ports,
+            netns: None,
+        }
+    }
+}
+
+/// Attaches instances to a network. Object safe: store it as `Arc<dyn Network>`.
+#[async_trait]
+pub trait Network: Send + Sync + Debug + 'static {
+    /// Attaches an instance; idempotent for the same instance id.
+    async fn attach(&self, request: &AttachRequest) -> Result<Attachment>;
+
+    /// Detaches an instance and releases what it held; detaching an unknown instance succeeds.
+    async fn detach(&self, instance: &str) -> Result<()>;
+
+    /// Re-registers an attachment found in an engine's persisted state (after an engine
+    /// restart), so it is not handed out again. The default does nothing.
+    async fn adopt(&self, instance: &str, attachment: &Attachment) -> Result<()> {
+        let _ = (instance, attachment);
+        Ok(())
+    }
+}
+
+/// Host networking: address 127.0.0.1 and a free host port for every declared port.
+///
+/// Ports come from a range (default 20000–32767) and are checked free by binding them; a
+/// previous attachment's ports are reused when still free, so a restarted stateful identity
+/// keeps its ports.
+#[derive(Debug)]
+pub struct HostNetwork {
+    range: RangeInclusive<u16>,
+    state: Mutex<HostPorts>,
+}
+
+#[derive(Debug, Default)]
+struct HostPorts {
+    by_instance: BTreeMap<String, Attachment>,
+    taken: BTreeSet<u16>,
+    next: u16,
+}
+
+impl Default for HostNetwork {
+    fn default() -> Self {
+        HostNetwork::with_port_range(20000..=32767)
+    }
+}
+
+impl HostNetwork {
+    /// Host networking with ports from `range`.
+    pub fn with_port_range(range: RangeInclusive<u16>) -> Self {
+        let next = *range.start();
+        HostNetwork {
+            range,
+            state: Mutex::new(HostPorts {
+                next,
+                ..HostPorts::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HostPorts> {
+        // Every update below keeps `taken` and `by_instance` consistent before it can panic.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn port_is_free(port: u16, protocol: Protocol) -> bool {
+    let addr = (Ipv4Addr::LOCALHOST, port);
+    match protocol {
+        Protocol::Tcp => TcpListener::bind(addr).is_ok(),
+        Protocol::Udp => UdpSocket::bind(addr).is_ok(),
+    }
+}
+
+#[async_trait]
+impl Network for HostNetwork {
+    async fn attach(&self, request: &AttachRequest) -> Result<Attachment> {
+        let mut st = self.lock();
+        if let Some(existing) = st.by_instance.get(&request.instance) {
+            return Ok(existing.clone());
+        }
+        let mut ports = BTreeMap::new();
+        let mut chosen = Vec::new();
+        for spec in &request.ports {
+            let wanted = request
+                .previous
+                .as_ref()
+                .and_then(|p| p.ports.get(&spec.name))
+                .copied();
+            let port = match wanted {
+                Some(p) if !st.taken.contains(&p) && port_is_free(p, spec.protocol) => Some(p),
+                _ => {
+                    let span = u32::from(*self.range.end()) - u32::from(*self.range.start()) + 1;
+                    let mut found = None;
+                    for _ in 0..span {
+                        let candidate = st.next;
+                        st.next = if candidate >= *self.range.end() {
+                            *self.range.start()
+                        } else {
+                            candidate + 1
+                        };
+                        if !st.taken.contains(&candidate) && port_is_free(candidate, spec.protocol)
+                        {
+                            found = Some(candidate);
+                            break;
+                        }
+                    }
+                    found
+                }
+            };
+            let Some(port) = port else {
+                for p in &chosen {
+                    st.taken.remove(p);
+                }
+                return Err(Error::Network {
+                    operation: "attach",
+                    instance: request.instance.clone(),
+                    reason: format!(
+                        "no free host port in {}-{}",
+                        self.range.start(),
+                        self.range.end()
+                    ),
+                });
+            };
+            st.taken.insert(port);
+            chosen.push(port);
+            ports.insert(spec.name.clone(), port);
+        }
+        let attachment = Attachment::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports);
+        st.by_instance
+            .insert(request.instance.clone(), attachment.clone());
+        Ok(attachment)
+    }
+
+    async fn detach(&self, instance: &str) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(a) = st.by_instance.remove(instance) {
+            for p in a.ports.values() {
+                st.taken.remove(p);
+            }
+        }
+        Ok(())
+    }
+
+    async fn adopt(&self, instance: &str, attachment: &Attachment) -> Result<()> {
+        let mut st = self.lock();
+        st.taken.extend(attachment.ports.values().copied());
+        st.by_instance
+            .insert(instance.to_owned(), attachment.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: &str) -> AttachRequest {
+        let ports = vec![
+            PortSpec {
+                name: "http".into(),
+                number: 80,
+                protocol: Protocol::Tcp,
+            },
+            PortSpec {
+                name: "game".into(),
+                number: 7000,
+                protocol: Protocol::Udp,
+            },
+        ];
+        AttachRequest::new(id, AppKey::new("default", "web"), "node-1", ports)
+    }
+
+    #[tokio::test]
+    async fn distinct_ports_idempotent_attach_and_reuse() {
+        let net = HostNetwork::with_port_range(41000..=41999);
+        let a = net.attach(&req("a")).await.unwrap();
+        let b = net.attach(&req("b")).await.unwrap();
+        assert_eq!(a.ports.len(), 2);
+        assert!(a.ports.values().all(|p| !b.ports.values().any(|q| q == p)));
+        assert_eq!(
+            net.attach(&req("a")).await.unwrap(),
+            a,
+            "attach is idempotent"
+        );
+        net.detach("a").await.unwrap();
+        net.detach("a").await.unwrap();
+        let mut again = req("a");
+        again.previous = Some(a.clone());
+        assert_eq!(
+            net.attach(&again).await.unwrap().ports,
+            a.ports,
+            "previous ports are kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn exhausted_range_is_a_clear_error() {
+        let net = HostNetwork::with_port_range(42000..=42002);
+        net.attach(&req("a")).await.unwrap();
+        let err = net.attach(&req("b")).await.unwrap_err().to_string();
+        assert!(err.contains("no free host port in 42000-42002"), "{err}");
+        // The failed attach gave back the one port it had taken.
+        net.detach("a").await.unwrap();
+        net.attach(&req("c")).await.unwrap();
+    }
+}

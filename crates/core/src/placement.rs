@@ -1,0 +1,342 @@
+//! The `Placement` seam: an engine asks where an instance should run.
+//!
+//! The default, [`LeastAllocated`], is a first fit over nodes sorted by how little of them is
+//! requested; `rorqual-scheduler`'s `Scheduler` implements the same trait with the full
+//! scheduling framework.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::model::{AppKey, Node, Resources, Revision, Toleration};
+
+/// One instance to place.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PlacementRequest {
+    /// The instance's id.
+    pub instance: String,
+    /// Its application.
+    pub app: AppKey,
+    /// Its revision.
+    pub revision: Revision,
+    /// Its stable ordinal, for stateful workloads.
+    pub ordinal: Option<u32>,
+    /// What it requests (the sum over its containers).
+    pub resources: Resources,
+    /// Its labels (the application's).
+    pub labels: BTreeMap<String, String>,
+    /// Required node labels.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerated taints.
+    pub tolerations: Vec<Toleration>,
+    /// Host ports it needs on the node (engines with host networking fill this).
+    pub host_ports: Vec<u16>,
+    /// The node it ran on before, for stateful identities that should stay put.
+    pub previous_node: Option<String>,
+}
+
+impl PlacementRequest {
+    /// A request for `instance` of `app` at `revision` needing `resources`.
+    pub fn new(
+        instance: impl Into<String>,
+        app: AppKey,
+        revision: Revision,
+        resources: Resources,
+    ) -> Self {
+        PlacementRequest {
+            instance: instance.into(),
+            app,
+            revision,
+            ordinal: None,
+            resources,
+            labels: BTreeMap::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            host_ports: Vec::new(),
+            previous_node: None,
+        }
+    }
+}
+
+/// A node as placement sees it: the node and what is already placed there.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NodeView {
+    /// The node.
+    pub node: Node,
+    /// The sum of requests of the instances on it.
+    pub requested: Resources,
+    /// The ids of the instances on it.
+    pub instances: BTreeSet<String>,
+    /// Host ports in use on it.
+    pub used_ports: BTreeSet<u16>,
+}
+
+impl NodeView {
+    /// An empty view of `node`.
+    pub fn new(node: Node) -> Self {
+        NodeView {
+            node,
+            requested: Resources::default(),
+            instances: BTreeSet::new(),
+            used_ports: BTreeSet::new(),
+        }
+    }
+
+    /// What is still free for requests.
+    pub fn free(&self) -> Resources {
+        self.node.allocatable.saturating_sub(self.requested)
+    }
+}
+
+/// Where an instance goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlacementDecision {
+    /// The chosen node.
+    pub node: String,
+}
+
+/// Chooses nodes for instances. Object safe: store it as `Arc<dyn Placement>`.
+#[async_trait]
+pub trait Placement: Send + Sync + Debug + 'static {
+    /// Chooses a node for `request` among `nodes`, or fails with [`Error::Unschedulable`] naming
+    /// why no node fits. A successful call reserves whatever the implementation tracks (for
+    /// example an underlay IP) until [`Placement::release`].
+    async fn place(
+        &self,
+        request: &PlacementRequest,
+        nodes: &[NodeView],
+    ) -> Result<PlacementDecision>;
+
+    /// Forgets what was reserved for `instance` (it was stopped or its start failed).
+    /// Idempotent; the default does nothing.
+    async fn release(&self, instance: &str) -> Result<()> {
+        let _ = instance;
+        Ok(())
+    }
+}
+
+/// Why `node` cannot take `request`, or `None` when it can. The checks every placement makes:
+/// readiness, cordon, node selector, NoSchedule/NoExecute taints, resources and host ports.
+pub fn unfit_reason(request: &PlacementRequest, view: &NodeView) -> Option<String> {
+    let node = &view.node;
+    if !node.ready {
+        return Some("node not ready".to_owned());
+    }
+    if node.unschedulable {
+        return Some("node unschedulable".to_owned());
+    }
+    if request
+        .node_selector
+        .iter()
+        .any(|(k, v)| node.labels.get(k) != Some(v))
+    {
+        return Some("node selector does not match".to_owned());
+    }
+    let untolerated = node.taints.iter().find(|t| {
+        t.effect != crate::model::TaintEffect::PreferNoSchedule
+            && !request.tolerations.iter().any(|tol| tol.tolerates(t))
+    });
+    if let Some(t) = untolerated {
+        return Some(format!(
+            "untolerated taint {}={}:{:?}",
+            t.key, t.value, t.effect
+        ));
+    }
+    let free = view.free();
+    if request.resources.cpu > free.cpu {
+        return Some(format!(
+            "insufficient cpu (requested {}, free {})",
+            request.resources.cpu, free.cpu
+        ));
+    }
+    if request.resources.memory > free.memory {
+        return Some(format!(
+            "insufficient memory (requested {}, free {})",
+            request.resources.memory, free.memory
+        ));
+    }
+    if let Some(port) = request
+        .host_ports
+        .iter()
+        .find(|p| view.used_ports.contains(p))
+    {
+        return Some(format!("host port {port} in use"));
+    }
+    None
+}
+
+/// The share of a node's allocatable that would be requested after placing `extra`, in
+/// thousandths, averaged over CPU and memory (a dimension with zero allocatable counts as full).
+fn allocated_permille(view: &NodeView, extra: Resources) -> u64 {
+    let after = view.requested.saturating_add(extra);
+    let share = |used: u64, total: u64| {
+        if total == 0 {
+            1000
+        } else {
+            (used.saturating_mul(1000) / total).min(1000)
+        }
+    };
+    (share(after.cpu.0, view.node.allocatable.cpu.0)
+        + share(after.memory.0, view.node.allocatable.memory.0))
+        / 2
+}
+
+/// Picks the node for `request`: the previous node if it still fits, else the least allocated
+/// fitting node (ties by name). Pure: no I/O, no state.
+pub fn least_allocated(
+    request: &PlacementRequest,
+    nodes: &[NodeView],
+) -> Result<PlacementDecision> {
+    if let Some(prev) = &request.previous_node {
+        if let Some(view) = nodes.iter().find(|v| &v.node.name == prev) {
+            if unfit_reason(request, view).is_none() {
+                return Ok(PlacementDecision { node: prev.clone() });
+            }
+        }
+    }
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let best = nodes
+        .iter()
+        .filter(|view| match unfit_reason(request, view) {
+            None => true,
+            Some(reason) => {
+                *reasons
+                    .entry(reason.split(" (").next().unwrap_or_default().to_owned())
+                    .or_default() += 1;
+                false
+            }
+        })
+        .min_by(|a, b| {
+            allocated_permille(a, request.resources)
+                .cmp(&allocated_permille(b, request.resources))
+                .then_with(|| a.node.name.cmp(&b.node.name))
+        });
+    match best {
+        Some(view) => Ok(PlacementDecision {
+            node: view.node.name.clone(),
+        }),
+        None => {
+            let summary = if nodes.is_empty() {
+                "no nodes".to_owned()
+            } else {
+                let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                format!("0/{} nodes available: {}", nodes.len(), parts.join(", "))
+            };
+            Err(Error::Unschedulable {
+                instance: request.instance.clone(),
+                reason: summary,
+            })
+        }
+    }
+}
+
+/// The default placement: [`least_allocated`] (spreads instances; keeps stateful identities on
+/// their previous node when it still fits).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastAllocated;
+
+#[async_trait]
+impl Placement for LeastAllocated {
+    async fn place(
+        &self,
+        request: &PlacementRequest,
+        nodes: &[NodeView],
+    ) -> Result<PlacementDecision> {
+        least_allocated(request, nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, cpu: u64, mem: u64, requested_cpu: u64) -> NodeView {
+        let mut v = NodeView::new(Node::new(name, Resources::new(cpu, mem)));
+        v.requested = Resources::new(requested_cpu, 0);
+        v
+    }
+
+    fn req(cpu: u64) -> PlacementRequest {
+        PlacementRequest::new(
+            "web-0",
+            AppKey::new("default", "web"),
+            Revision::from("r1"),
+            Resources::new(cpu, 1),
+        )
+    }
+
+    #[test]
+    fn picks_least_allocated() {
+        let nodes = [
+            view("a", 1000, 100, 800),
+            view("b", 1000, 100, 100),
+            view("c", 1000, 100, 500),
+        ];
+        assert_eq!(least_allocated(&req(100), &nodes).unwrap().node, "b");
+    }
+
+    #[test]
+    fn full_nodes_give_unschedulable_with_counts() {
+        let nodes = [view("a", 1000, 100, 950), view("b", 1000, 100, 1000)];
+        let err = least_allocated(&req(100), &nodes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot place web-0: 0/2 nodes available: 2 insufficient cpu"
+        );
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn exact_fit_is_allowed() {
+        let nodes = [view("a", 1000, 100, 900)];
+        assert_eq!(least_allocated(&req(100), &nodes).unwrap().node, "a");
+    }
+
+    #[test]
+    fn prefers_previous_node_when_it_fits() {
+        let nodes = [view("a", 1000, 100, 800), view("b", 1000, 100, 0)];
+        let mut r = req(100);
+        r.previous_node = Some("a".into());
+        assert_eq!(least_allocated(&r, &nodes).unwrap().node, "a");
+        r.resources = Resources::new(300, 1);
+        assert_eq!(
+            least_allocated(&r, &nodes).unwrap().node,
+            "b",
+            "falls back when the previous node is full"
+        );
+    }
+
+    #[test]
+    fn taints_selector_and_ports() {
+        use crate::model::{Taint, TaintEffect};
+        let mut tainted = view("a", 1000, 100, 0);
+        tainted.node.taints.push(Taint {
+            key: "k".into(),
+            value: "v".into(),
+            effect: TaintEffect::NoSchedule,
+        });
+        let mut ported = view("b", 1000, 100, 0);
+        ported.used_ports.insert(8080);
+        let mut r = req(1);
+        r.host_ports = vec![8080];
+        let err = least_allocated(&r, &[tainted, ported])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 host port 8080 in use"), "{err}");
+        assert!(err.contains("1 untolerated taint k=v:NoSchedule"), "{err}");
+        let labelled = NodeView::new(Node::new("c", Resources::new(1000, 100)).label("zone", "z1"));
+        let mut r = req(1);
+        r.node_selector.insert("zone".into(), "z2".into());
+        assert!(
+            least_allocated(&r, &[labelled])
+                .unwrap_err()
+                .to_string()
+                .contains("node selector")
+        );
+    }
+}
