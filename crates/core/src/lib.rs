@@ -19,6 +19,7 @@
 //! assert_eq!(spec.revision(), spec.clone().replicas(5).revision());
 //! ```
 
+pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod model;
