@@ -20,11 +20,13 @@
 //! ```
 
 pub mod clock;
+pub mod analysis;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod network;
 pub mod placement;
+pub mod traffic;
 
 pub use error::{Error, Result};
 
