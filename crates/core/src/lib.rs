@@ -21,10 +21,12 @@
 
 pub mod clock;
 pub mod analysis;
+pub mod approval;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod network;
+pub mod notify;
 pub mod placement;
 pub mod traffic;
 
