@@ -100,6 +100,13 @@ pub struct PlacementDecision {
     pub node: String,
 }
 
+impl PlacementDecision {
+    /// A decision for `node` (for placements outside this crate).
+    pub fn new(node: impl Into<String>) -> Self {
+        PlacementDecision { node: node.into() }
+    }
+}
+
 /// Chooses nodes for instances. Object safe: store it as `Arc<dyn Placement>`.
 #[async_trait]
 pub trait Placement: Send + Sync + Debug + 'static {
