@@ -1,0 +1,144 @@
+//! Status codes of plugin calls (the framework's `Status`).
+
+use std::fmt;
+
+/// The outcome class of a plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// It worked; go on.
+    Success,
+    /// An internal error: the cycle for this pod fails (and is retried later).
+    Error,
+    /// The pod does not fit; preemption might help.
+    Unschedulable,
+    /// The pod does not fit and preemption cannot help.
+    UnschedulableAndUnresolvable,
+    /// Permit only: hold the binding until allowed, rejected or timed out.
+    Wait,
+    /// The plugin has nothing to do for this pod (disables the paired Filter/Score, or lets
+    /// the next Bind plugin bind).
+    Skip,
+}
+
+/// A status: a code, reasons, and the plugin that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    code: Code,
+    reasons: Vec<String>,
+    plugin: Option<String>,
+}
+
+impl Status {
+    /// Success.
+    pub const fn success() -> Status {
+        Status {
+            code: Code::Success,
+            reasons: Vec::new(),
+            plugin: None,
+        }
+    }
+
+    /// Skip.
+    pub const fn skip() -> Status {
+        Status {
+            code: Code::Skip,
+            reasons: Vec::new(),
+            plugin: None,
+        }
+    }
+
+    /// A status with `code` and one reason.
+    pub fn new(code: Code, reason: impl Into<String>) -> Status {
+        Status {
+            code,
+            reasons: vec![reason.into()],
+            plugin: None,
+        }
+    }
+
+    /// An internal error.
+    pub fn error(reason: impl Into<String>) -> Status {
+        Status::new(Code::Error, reason)
+    }
+
+    /// Unschedulable (resolvable).
+    pub fn unschedulable(reason: impl Into<String>) -> Status {
+        Status::new(Code::Unschedulable, reason)
+    }
+
+    /// Unschedulable and unresolvable.
+    pub fn unresolvable(reason: impl Into<String>) -> Status {
+        Status::new(Code::UnschedulableAndUnresolvable, reason)
+    }
+
+    /// Wait (Permit).
+    pub fn wait(reason: impl Into<String>) -> Status {
+        Status::new(Code::Wait, reason)
+    }
+
+    /// Records which plugin produced this status.
+    #[must_use]
+    pub fn with_plugin(mut self, plugin: &str) -> Status {
+        if self.plugin.is_none() {
+            self.plugin = Some(plugin.to_owned());
+        }
+        self
+    }
+
+    /// The code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The reasons.
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
+    }
+
+    /// The reasons joined by `, `.
+    pub fn message(&self) -> String {
+        self.reasons.join(", ")
+    }
+
+    /// The producing plugin.
+    pub fn plugin(&self) -> Option<&str> {
+        self.plugin.as_deref()
+    }
+
+    /// Whether the code is Success.
+    pub fn is_success(&self) -> bool {
+        self.code == Code::Success
+    }
+
+    /// Whether the code is Skip.
+    pub fn is_skip(&self) -> bool {
+        self.code == Code::Skip
+    }
+
+    /// Whether the code is one of the two Unschedulable codes.
+    pub fn is_rejected(&self) -> bool {
+        matches!(
+            self.code,
+            Code::Unschedulable | Code::UnschedulableAndUnresolvable
+        )
+    }
+}
+
+impl Default for Status {
+    fn default() -> Status {
+        Status::success()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.code)?;
+        if let Some(p) = &self.plugin {
+            write!(f, " from {p}")?;
+        }
+        if !self.reasons.is_empty() {
+            write!(f, ": {}", self.message())?;
+        }
+        Ok(())
+    }
+}

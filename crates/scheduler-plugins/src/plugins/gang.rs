@@ -1,0 +1,138 @@
+//! Gang scheduling (coscheduling): members of a group wait at Permit until `minMember` of them
+//! are assumed; then all are allowed. When one member is rejected or times out, Unreserve
+//! rejects every waiting sibling, so the whole group releases what it held.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::framework::{CycleState, PermitPlugin, Plugin, ReservePlugin, Status, WaitingPods};
+use crate::interner::Sym;
+use crate::snapshot::PodInfo;
+
+/// The Gang plugin.
+#[derive(Debug, Clone)]
+pub struct Gang {
+    default_timeout: Duration,
+    /// group key → uids assumed (reserved) or bound.
+    members: Arc<Mutex<HashMap<String, HashSet<Arc<str>>>>>,
+    /// The scheduler's waiting-pod registry, captured at the first Permit call.
+    waiting: Arc<Mutex<Option<WaitingPods>>>,
+}
+
+impl Default for Gang {
+    fn default() -> Self {
+        Gang::new(Duration::from_secs(60))
+    }
+}
+
+impl Gang {
+    /// Members wait at most `default_timeout` unless their membership says otherwise.
+    pub fn new(default_timeout: Duration) -> Gang {
+        Gang {
+            default_timeout,
+            members: Arc::default(),
+            waiting: Arc::default(),
+        }
+    }
+
+    fn group(pod: &PodInfo) -> Option<String> {
+        pod.gang
+            .as_ref()
+            .map(|g| format!("{}/{}", pod.namespace, g.name))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<Arc<str>>>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Plugin for Gang {
+    fn name(&self) -> &str {
+        "Coscheduling"
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.default_timeout.is_zero() {
+            return Err("permit timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl ReservePlugin for Gang {
+    fn reserve(&self, _state: &mut CycleState, pod: &PodInfo, _node: Sym) -> Status {
+        if let Some(group) = Gang::group(pod) {
+            self.lock()
+                .entry(group)
+                .or_default()
+                .insert(pod.uid.clone());
+        }
+        Status::success()
+    }
+
+    fn unreserve(&self, _state: &mut CycleState, pod: &PodInfo, _node: Sym) {
+        let Some(group) = Gang::group(pod) else {
+            return;
+        };
+        if let Some(set) = self.lock().get_mut(&group) {
+            set.remove(&pod.uid);
+        }
+        // Release the whole group: siblings waiting at Permit are rejected (their own
+        // Unreserve then gives back what they hold).
+        self.reject_siblings(pod);
+    }
+}
+
+impl Gang {
+    fn reject_siblings(&self, pod: &PodInfo) {
+        // Unreserve gets no registry argument; use the one captured at Permit time.
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(waiting) = waiting {
+            for other in waiting.pods() {
+                if other.uid != pod.uid && Gang::group(&other) == Gang::group(pod) {
+                    waiting.reject(
+                        &other.uid,
+                        "Coscheduling",
+                        &format!("gang member {} was rejected", pod.key()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl PermitPlugin for Gang {
+    fn permit(
+        &self,
+        _state: &CycleState,
+        pod: &PodInfo,
+        _node: Sym,
+        waiting: &WaitingPods,
+    ) -> (Status, Duration) {
+        let (Some(group), Some(gang)) = (Gang::group(pod), pod.gang.as_ref()) else {
+            return (Status::success(), Duration::ZERO);
+        };
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some(waiting.clone());
+        let assumed = self.lock().get(&group).map_or(0, HashSet::len);
+        if assumed as u64 >= u64::from(gang.min_member) {
+            for other in waiting.pods() {
+                if Gang::group(&other).as_deref() == Some(group.as_str()) {
+                    waiting.allow(&other.uid, self.name());
+                }
+            }
+            return (Status::success(), Duration::ZERO);
+        }
+        (
+            Status::wait(format!(
+                "gang {group}: {assumed}/{} members assumed",
+                gang.min_member
+            )),
+            gang.timeout.unwrap_or(self.default_timeout),
+        )
+    }
+}

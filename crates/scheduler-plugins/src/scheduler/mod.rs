@@ -1,0 +1,819 @@
+//! The `Scheduler`: hosts a profile's plugins over a cached snapshot, runs scheduling cycles
+//! (filter and score in parallel with rayon), assumes pods, and runs binding cycles in which a
+//! pod waiting at Permit blocks only its own binding.
+
+pub mod placement;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rayon::prelude::*;
+
+use crate::framework::{
+    CycleState, MAX_NODE_SCORE, MAX_PERMIT_TIMEOUT, NodeSet, Profile, Status, WaitingPods,
+    num_feasible_nodes_to_find,
+};
+use crate::interner::Sym;
+use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
+use queue::SchedulingQueue;
+
+/// Below this many nodes a batch is filtered or scored on the calling thread.
+const PARALLEL_THRESHOLD: usize = 128;
+/// Nodes per rayon task.
+const CHUNK: usize = 64;
+
+/// The result of filtering (and optionally scoring) a pod over candidate nodes.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    /// Feasible nodes (dense indices).
+    pub feasible: Vec<u32>,
+    /// Infeasible nodes and why.
+    pub failed: Vec<(u32, Status)>,
+    /// Weighted total scores, parallel to `feasible` (empty when not scored).
+    pub scores: Vec<i64>,
+    /// How many candidates were examined.
+    pub examined: usize,
+}
+
+/// What happened to one pod.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Bound to the node.
+    Bound(Sym),
+    /// Assumed on the node and waiting at Permit; the handle yields the binding's result.
+    Waiting {
+        /// The node.
+        node: Sym,
+        /// The binding task.
+        binding: tokio::task::JoinHandle<Result<Sym, Status>>,
+    },
+    /// No node fits (the pod is back in the queue, with backoff).
+    Unschedulable(Status),
+    /// A plugin failed or panicked (the pod is back in the queue, with backoff).
+    Error(Status),
+}
+
+/// One pod's scheduling result.
+#[derive(Debug)]
+pub struct ScheduleResult {
+    /// The pod.
+    pub pod: Arc<PodInfo>,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Totals of [`Scheduler::run_until_idle`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Pods bound.
+    pub bound: usize,
+    /// Pods that did not fit (requeued).
+    pub unschedulable: usize,
+    /// Pods whose cycle errored (requeued).
+    pub errors: usize,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    snapshot: Snapshot,
+    /// Pods assumed (scheduled, not yet bound): uid → node.
+    assumed: HashMap<Arc<str>, Sym>,
+    next_start: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    profile: Profile,
+    prefilter_pairs: Vec<Option<usize>>,
+    prescore_pairs: Vec<Option<usize>>,
+    cache: Mutex<Cache>,
+    queue: Mutex<SchedulingQueue>,
+    waiting: WaitingPods,
+    placed: Mutex<HashMap<Arc<str>, (Sym, Arc<PodInfo>)>>,
+}
+
+/// The in-process scheduler. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+enum CycleOutcome {
+    Assumed {
+        node: Sym,
+        state: CycleState,
+        wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
+    },
+    Failed(Status),
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+/// Runs `f`, turning a panic into an Error status.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, Status>) -> Result<T, Status> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(Status::error(format!(
+            "plugin panicked during {what}: {}",
+            panic_message(&*payload)
+        ))),
+    }
+}
+
+impl Scheduler {
+    /// A scheduler running `profile`.
+    pub fn new(profile: Profile) -> Scheduler {
+        let prefilter_pairs = profile
+            .pre_filter
+            .iter()
+            .map(|p| profile.filter.iter().position(|f| f.name() == p.name()))
+            .collect();
+        let prescore_pairs = profile
+            .pre_score
+            .iter()
+            .map(|p| profile.score.iter().position(|(s, _)| s.name() == p.name()))
+            .collect();
+        let queue = SchedulingQueue::new(profile.queue_sort.clone());
+        Scheduler {
+            inner: Arc::new(Inner {
+                profile,
+                prefilter_pairs,
+                prescore_pairs,
+                cache: Mutex::new(Cache::default()),
+                queue: Mutex::new(queue),
+                waiting: WaitingPods::new(),
+                placed: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A scheduler with [`crate::plugins::default_profile`].
+    pub fn with_default_plugins() -> Scheduler {
+        Scheduler::new(crate::plugins::default_profile())
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Profile {
+        &self.inner.profile
+    }
+
+    /// Pods waiting at Permit.
+    pub fn waiting_pods(&self) -> &WaitingPods {
+        &self.inner.waiting
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue(&self) -> MutexGuard<'_, SchedulingQueue> {
+        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or replaces a node (see [`Snapshot::upsert_node`]); backed-off pods are retried.
+    pub fn upsert_node(&self, node: NodeInfo) {
+        self.cache().snapshot.upsert_node(node);
+        self.queue().move_all_to_active();
+    }
+
+    /// Adds many nodes at once.
+    pub fn add_nodes(&self, nodes: impl IntoIterator<Item = NodeInfo>) {
+        let mut cache = self.cache();
+        for node in nodes {
+            cache.snapshot.upsert_node(node);
+        }
+    }
+
+    /// Removes node `name`.
+    pub fn remove_node(&self, name: &str) -> bool {
+        let Some(sym) = Sym::lookup(name) else {
+            return false;
+        };
+        self.cache().snapshot.remove_node(sym).is_some()
+    }
+
+    /// Records a pod already bound to node `node` (not scheduled by this scheduler).
+    pub fn add_bound_pod(&self, node: &str, pod: PodInfo) -> Result<(), Status> {
+        self.cache()
+            .snapshot
+            .add_pod(Sym::new(node), Arc::new(pod))
+            .map_err(|n| Status::error(format!("node `{n}` is unknown")))
+    }
+
+    /// Forgets pod `uid` (deleted); backed-off pods are retried.
+    pub fn remove_pod(&self, uid: &str) -> Option<Arc<PodInfo>> {
+        let removed = {
+            let mut cache = self.cache();
+            cache.assumed.remove(uid);
+            cache.snapshot.remove_pod(uid)
+        };
+        self.queue().remove(uid);
+        self.queue().move_all_to_active();
+        removed
+    }
+
+    /// Reads the cached snapshot.
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(&self.cache().snapshot)
+    }
+
+    /// Queues `pod` unless a PreEnqueue plugin gates it (its status is returned).
+    pub fn enqueue(&self, pod: PodInfo) -> Result<(), Status> {
+        for p in &self.inner.profile.pre_enqueue {
+            let status = guarded("PreEnqueue", || Ok(p.pre_enqueue(&pod)))?;
+            if !status.is_success() {
+                return Err(status.with_plugin(p.name()));
+            }
+        }
+        self.queue().add(Arc::new(pod), Instant::now());
+        Ok(())
+    }
+
+    /// Pods in the active queue and in backoff.
+    pub fn queue_len(&self) -> (usize, usize) {
+        let q = self.queue();
+        (q.active_len(), q.backoff_len())
+    }
+
+    /// Pops the next pod, runs its scheduling cycle and its binding cycle (inline, or as a
+    /// task when it waits at Permit). `None` when the active queue is empty.
+    pub async fn schedule_next(&self) -> Option<ScheduleResult> {
+        let info = self.queue().pop(Instant::now())?;
+        let pod = info.pod.clone();
+        let outcome = match self.scheduling_cycle(&pod) {
+            CycleOutcome::Failed(status) => {
+                self.queue().requeue_backoff(info, Instant::now());
+                if status.code() == crate::framework::Code::Error {
+                    Outcome::Error(status)
+                } else {
+                    Outcome::Unschedulable(status)
+                }
+            }
+            CycleOutcome::Assumed {
+                node,
+                state,
+                wait: None,
+            } => match self.binding_cycle(pod.clone(), node, state, None).await {
+                Ok(node) => Outcome::Bound(node),
+                Err(status) => {
+                    self.queue().requeue_backoff(info, Instant::now());
+                    Outcome::Error(status)
+                }
+            },
+            CycleOutcome::Assumed { node, state, wait } => {
+                let this = self.clone();
+                let pod = pod.clone();
+                let binding = tokio::spawn(async move {
+                    let result = this.binding_cycle(pod, node, state, wait).await;
+                    if result.is_err() {
+                        this.queue().requeue_backoff(info, Instant::now());
+                    }
+                    result
+                });
+                Outcome::Waiting { node, binding }
+            }
+        };
+        Some(ScheduleResult { pod, outcome })
+    }
+
+    /// Schedules until the active queue is empty, then waits for pending bindings. Pods in
+    /// backoff are not waited for.
+    pub async fn run_until_idle(&self) -> RunSummary {
+        let mut summary = RunSummary::default();
+        let mut pending = Vec::new();
+        while let Some(result) = self.schedule_next().await {
+            match result.outcome {
+                Outcome::Bound(_) => summary.bound += 1,
+                Outcome::Unschedulable(_) => summary.unschedulable += 1,
+                Outcome::Error(_) => summary.errors += 1,
+                Outcome::Waiting { binding, .. } => pending.push(binding),
+            }
+        }
+        for handle in pending {
+            match handle.await {
+                Ok(Ok(_)) => summary.bound += 1,
+                Ok(Err(s)) if s.is_rejected() => summary.unschedulable += 1,
+                _ => summary.errors += 1,
+            }
+        }
+        summary
+    }
+
+    /// Schedules and binds `pod` now, bypassing the queue (the Placement path).
+    pub async fn schedule_pod(&self, pod: PodInfo) -> Result<Sym, Status> {
+        let pod = Arc::new(pod);
+        match self.scheduling_cycle(&pod) {
+            CycleOutcome::Failed(status) => Err(status),
+            CycleOutcome::Assumed { node, state, wait } => {
+                self.binding_cycle(pod, node, state, wait).await
+            }
+        }
+    }
+
+    /// Filters `pod` over `candidates` of `snapshot` (all nodes when `None`; no sampling) and
+    /// scores the feasible ones when `score` is set. The extender uses this.
+    pub fn evaluate(
+        &self,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        candidates: Option<&[u32]>,
+        score: bool,
+    ) -> Result<(CycleState, Evaluation), Status> {
+        guarded("filter and score", || {
+            let mut state = CycleState::new();
+            let set = self.pre_filter(&mut state, pod, snapshot)?;
+            let all: Vec<u32>;
+            let order: &[u32] = match candidates {
+                Some(c) => c,
+                None => {
+                    all = (0..snapshot.len() as u32).collect();
+                    &all
+                }
+            };
+            let mut eval = Evaluation::default();
+            let order: Vec<u32> = match &set {
+                Some(set) => order
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let keep = set.contains(&snapshot.nodes()[i as usize].name);
+                        if !keep {
+                            eval.failed
+                                .push((i, Status::unresolvable("node(s) excluded by PreFilter")));
+                        }
+                        keep
+                    })
+                    .collect(),
+                None => order.to_vec(),
+            };
+            self.filter_nodes(&state, pod, snapshot, &order, usize::MAX, &mut eval)?;
+            if score && !eval.feasible.is_empty() {
+                eval.scores = self.score_nodes(&mut state, pod, snapshot, &eval.feasible)?;
+            }
+            Ok((state, eval))
+        })
+    }
+
+    fn pre_filter(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+    ) -> Result<Option<NodeSet>, Status> {
+        let mut set: Option<NodeSet> = None;
+        let mut skip_filter = Vec::new();
+        for (i, p) in self.inner.profile.pre_filter.iter().enumerate() {
+            let (nodes, status) = p.pre_filter(state, pod, snapshot);
+            if status.is_skip() {
+                if let Some(f) = self.inner.prefilter_pairs[i] {
+                    skip_filter.push(f);
+                }
+                continue;
+            }
+            if !status.is_success() {
+                return Err(status.with_plugin(p.name()));
+            }
+            if let Some(nodes) = nodes {
+                set = Some(match set {
+                    None => nodes,
+                    Some(prev) => prev.intersection(&nodes).copied().collect(),
+                });
+            }
+        }
+        state.set_skips(skip_filter, Vec::new());
+        Ok(set)
+    }
+
+    fn filter_one(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        let skip = state.skip_filter();
+        for (j, f) in self.inner.profile.filter.iter().enumerate() {
+            if skip.contains(&j) {
+                continue;
+            }
+            let status = f.filter(state, pod, node);
+            if !status.is_success() {
+                return status.with_plugin(f.name());
+            }
+        }
+        Status::success()
+    }
+
+    /// Filters `order` until `target` feasible nodes are found (in parallel batches).
+    fn filter_nodes(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        order: &[u32],
+        target: usize,
+        eval: &mut Evaluation,
+    ) -> Result<(), Status> {
+        let nodes = snapshot.nodes();
+        let mut pos = 0;
+        while pos < order.len() && eval.feasible.len() < target {
+            let want = target.saturating_sub(eval.feasible.len());
+            let len = want.saturating_add(want / 4 + 16).min(order.len() - pos);
+            let batch = &order[pos..pos + len];
+            pos += len;
+            let check = |&i: &u32| (i, self.filter_one(state, pod, &nodes[i as usize]));
+            let results: Vec<(u32, Status)> = if batch.len() < PARALLEL_THRESHOLD {
+                batch.iter().map(check).collect()
+            } else {
+                batch.par_iter().with_min_len(CHUNK).map(check).collect()
+            };
+            for (i, status) in results {
+                if status.is_success() {
+                    if eval.feasible.len() < target {
+                        eval.feasible.push(i);
+                    }
+                } else if status.code() == crate::framework::Code::Error {
+                    return Err(status);
+                } else {
+                    eval.failed.push((i, status));
+                }
+            }
+        }
+        eval.examined += pos;
+        Ok(())
+    }
+
+    /// Weighted totals for `feasible`.
+    fn score_nodes(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        feasible: &[u32],
+    ) -> Result<Vec<i64>, Status> {
+        let profile = &self.inner.profile;
+        let nodes = snapshot.nodes();
+        let feasible_nodes: Vec<&NodeInfo> = feasible.iter().map(|&i| &nodes[i as usize]).collect();
+        let mut skip_score = Vec::new();
+        for (i, p) in profile.pre_score.iter().enumerate() {
+            let status = p.pre_score(state, pod, snapshot, &feasible_nodes);
+            if status.is_skip() {
+                if let Some(s) = self.inner.prescore_pairs[i] {
+                    skip_score.push(s);
+                }
+            } else if !status.is_success() {
+                return Err(status.with_plugin(p.name()));
+            }
+        }
+        *state.skip_score_mut() = skip_score;
+        let state: &CycleState = state;
+        let active: Vec<usize> = (0..profile.score.len())
+            .filter(|j| !state.skip_score().contains(j))
+            .collect();
+        let mut totals = vec![0i64; feasible.len()];
+        if active.is_empty() {
+            return Ok(totals);
+        }
+        let a = active.len();
+        let score_chunk = |chunk: &[&NodeInfo]| -> Result<Vec<i64>, Status> {
+            let mut out = Vec::with_capacity(chunk.len() * a);
+            for node in chunk {
+                for &j in &active {
+                    let plugin = &profile.score[j].0;
+                    out.push(
+                        plugin
+                            .score(state, pod, node)
+                            .map_err(|s| s.with_plugin(plugin.name()))?,
+                    );
+                }
+            }
+            Ok(out)
+        };
+        let raw: Vec<i64> = if feasible_nodes.len() < PARALLEL_THRESHOLD {
+            score_chunk(&feasible_nodes)?
+        } else {
+            let parts: Result<Vec<Vec<i64>>, Status> =
+                feasible_nodes.par_chunks(CHUNK).map(score_chunk).collect();
+            parts?.concat()
+        };
+        let mut column = vec![0i64; feasible.len()];
+        for (k, &j) in active.iter().enumerate() {
+            let (plugin, weight) = &profile.score[j];
+            for (n, slot) in column.iter_mut().enumerate() {
+                *slot = raw[n * a + k];
+            }
+            let status = plugin.normalize(state, pod, &mut column);
+            if !status.is_success() {
+                return Err(status.with_plugin(plugin.name()));
+            }
+            for (n, &s) in column.iter().enumerate() {
+                if !(0..=MAX_NODE_SCORE).contains(&s) {
+                    return Err(Status::error(format!(
+                        "plugin {} returned score {s} for node {}, outside 0..={MAX_NODE_SCORE}",
+                        plugin.name(),
+                        feasible_nodes[n].name
+                    ))
+                    .with_plugin(plugin.name()));
+                }
+                totals[n] += s * i64::from(*weight);
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Filter (sampled) and score over the whole snapshot, then pick a node. Pure with respect
+    /// to the cache.
+    fn find_node(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        start: usize,
+    ) -> Result<(Sym, usize), Status> {
+        let n = snapshot.len();
+        if n == 0 {
+            return Err(Status::unschedulable("no nodes available to schedule pods"));
+        }
+        let set = self.pre_filter(state, pod, snapshot)?;
+        let mut eval = Evaluation::default();
+        let target = num_feasible_nodes_to_find(n, self.inner.profile.percentage_of_nodes_to_score);
+        match &set {
+            Some(set) => {
+                let order: Vec<u32> = set
+                    .iter()
+                    .filter_map(|name| snapshot.index_of(*name).map(|i| i as u32))
+                    .collect();
+                let excluded = n - order.len();
+                self.filter_nodes(state, pod, snapshot, &order, target, &mut eval)?;
+                if eval.feasible.is_empty() {
+                    return Err(diagnose(n, &eval.failed, excluded, pod));
+                }
+            }
+            None => {
+                let start = start % n;
+                let order: Vec<u32> = (start..n).chain(0..start).map(|i| i as u32).collect();
+                self.filter_nodes(state, pod, snapshot, &order, target, &mut eval)?;
+            }
+        }
+        if eval.feasible.is_empty() {
+            let statuses: Vec<(Sym, Status)> = eval
+                .failed
+                .iter()
+                .map(|(i, s)| (snapshot.nodes()[*i as usize].name, s.clone()))
+                .collect();
+            for p in &self.inner.profile.post_filter {
+                let (nominated, status) = p.post_filter(state, pod, snapshot, &statuses);
+                if status.is_success() && nominated.is_some() {
+                    // Nomination only: the pod is retried after its backoff.
+                    break;
+                }
+            }
+            return Err(diagnose(n, &eval.failed, 0, pod));
+        }
+        let examined = eval.examined;
+        if eval.feasible.len() == 1 {
+            return Ok((snapshot.nodes()[eval.feasible[0] as usize].name, examined));
+        }
+        let totals = self.score_nodes(state, pod, snapshot, &eval.feasible)?;
+        let mut best = 0;
+        let mut ties = 0u32;
+        for (k, &t) in totals.iter().enumerate() {
+            if t > totals[best] {
+                best = k;
+                ties = 1;
+            } else if t == totals[best] {
+                ties += 1;
+                if ties > 1 && fastrand::u32(0..ties) == 0 {
+                    best = k;
+                }
+            }
+        }
+        Ok((
+            snapshot.nodes()[eval.feasible[best] as usize].name,
+            examined,
+        ))
+    }
+
+    fn scheduling_cycle(&self, pod: &Arc<PodInfo>) -> CycleOutcome {
+        let profile = &self.inner.profile;
+        let mut cache = self.cache();
+        let mut state = CycleState::new();
+        let start = cache.next_start;
+        let found = guarded("filter and score", || {
+            self.find_node(&mut state, pod, &cache.snapshot, start)
+        });
+        let (node, examined) = match found {
+            Ok(found) => found,
+            Err(status) => return CycleOutcome::Failed(status),
+        };
+        let n = cache.snapshot.len().max(1);
+        cache.next_start = (start + examined) % n;
+        // Assume.
+        if cache.snapshot.add_pod(node, pod.clone()).is_err() {
+            return CycleOutcome::Failed(Status::error(format!("node `{node}` vanished")));
+        }
+        cache.assumed.insert(pod.uid.clone(), node);
+        // Reserve.
+        for (i, p) in profile.reserve.iter().enumerate() {
+            let status =
+                guarded("Reserve", || Ok(p.reserve(&mut state, pod, node))).unwrap_or_else(|s| s);
+            if !status.is_success() {
+                let _ = i;
+                self.unreserve_locked(&mut cache, &mut state, pod, node);
+                return CycleOutcome::Failed(status.with_plugin(p.name()));
+            }
+        }
+        // Permit.
+        let mut pending = HashSet::new();
+        let mut timeout = Duration::ZERO;
+        for p in &profile.permit {
+            let (status, wait) = guarded("Permit", || {
+                Ok(p.permit(&state, pod, node, &self.inner.waiting))
+            })
+            .unwrap_or_else(|s| (s, Duration::ZERO));
+            match status.code() {
+                crate::framework::Code::Success | crate::framework::Code::Skip => {}
+                crate::framework::Code::Wait => {
+                    pending.insert(p.name().to_owned());
+                    timeout = timeout.max(wait.min(MAX_PERMIT_TIMEOUT));
+                }
+                _ => {
+                    self.unreserve_locked(&mut cache, &mut state, pod, node);
+                    return CycleOutcome::Failed(status.with_plugin(p.name()));
+                }
+            }
+        }
+        let wait = if pending.is_empty() {
+            None
+        } else {
+            Some((self.inner.waiting.add(pod.clone(), pending), timeout))
+        };
+        CycleOutcome::Assumed { node, state, wait }
+    }
+
+    /// Runs Unreserve on every Reserve plugin in reverse order and forgets the assumed pod.
+    fn unreserve_locked(
+        &self,
+        cache: &mut Cache,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        node: Sym,
+    ) {
+        for p in self.inner.profile.reserve.iter().rev() {
+            let _ = guarded("Unreserve", || {
+                p.unreserve(state, pod, node);
+                Ok(())
+            });
+        }
+        if cache.assumed.remove(&pod.uid).is_some() {
+            cache.snapshot.remove_pod(&pod.uid);
+        }
+    }
+
+    fn unreserve(&self, state: &mut CycleState, pod: &PodInfo, node: Sym) {
+        let mut cache = self.cache();
+        self.unreserve_locked(&mut cache, state, pod, node);
+    }
+
+    async fn binding_cycle(
+        &self,
+        pod: Arc<PodInfo>,
+        node: Sym,
+        mut state: CycleState,
+        wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
+    ) -> Result<Sym, Status> {
+        if let Some((rx, timeout)) = wait {
+            let status = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(status)) => status,
+                Ok(Err(_)) => Status::error("permit waiter dropped"),
+                Err(_) => {
+                    self.inner.waiting.remove(&pod.uid);
+                    Status::unschedulable(format!(
+                        "rejected at Permit: timed out after {timeout:?}"
+                    ))
+                }
+            };
+            if !status.is_success() {
+                self.unreserve(&mut state, &pod, node);
+                return Err(status);
+            }
+        }
+        let result = AssertUnwindSafe(self.bind_plugins(&state, &pod, node))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|payload| {
+                Err(Status::error(format!(
+                    "plugin panicked during binding: {}",
+                    panic_message(&*payload)
+                )))
+            });
+        match result {
+            Ok(()) => {
+                self.cache().assumed.remove(&pod.uid);
+                for p in &self.inner.profile.post_bind {
+                    let _ = AssertUnwindSafe(p.post_bind(&state, &pod, node))
+                        .catch_unwind()
+                        .await;
+                }
+                Ok(node)
+            }
+            Err(status) => {
+                self.unreserve(&mut state, &pod, node);
+                Err(status)
+            }
+        }
+    }
+
+    async fn bind_plugins(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        node: Sym,
+    ) -> Result<(), Status> {
+        for p in &self.inner.profile.pre_bind {
+            let status = p.pre_bind(state, pod, node).await;
+            if !status.is_success() {
+                return Err(status.with_plugin(p.name()));
+            }
+        }
+        for p in &self.inner.profile.bind {
+            let status = p.bind(state, pod, node).await;
+            if status.is_skip() {
+                continue;
+            }
+            if status.is_success() {
+                return Ok(());
+            }
+            return Err(status.with_plugin(p.name()));
+        }
+        Err(Status::error("every bind plugin skipped the pod"))
+    }
+
+    /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).
+    pub(crate) fn release_pod(&self, uid: &str) -> bool {
+        let mut cache = self.cache();
+        let Some(pod) = cache.snapshot.node_of_pod(uid).and_then(|n| {
+            n.pods
+                .iter()
+                .find(|p| &*p.uid == uid)
+                .map(|p| (n.name, p.clone()))
+        }) else {
+            return false;
+        };
+        let (node, pod) = pod;
+        let mut state = CycleState::new();
+        for p in self.inner.profile.reserve.iter().rev() {
+            let _ = guarded("Unreserve", || {
+                p.unreserve(&mut state, &pod, node);
+                Ok(())
+            });
+        }
+        cache.assumed.remove(uid);
+        cache.snapshot.remove_pod(uid);
+        true
+    }
+
+    pub(crate) fn placed(&self) -> MutexGuard<'_, HashMap<Arc<str>, (Sym, Arc<PodInfo>)>> {
+        self.inner.placed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn replace_snapshot(&self, snapshot: Snapshot) {
+        let mut cache = self.cache();
+        cache.snapshot = snapshot;
+        cache.assumed.clear();
+    }
+}
+
+/// "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint."
+fn diagnose(total: usize, failed: &[(u32, Status)], excluded: usize, pod: &PodInfo) -> Status {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut resolvable = false;
+    for (_, status) in failed {
+        if status.code() == crate::framework::Code::Unschedulable {
+            resolvable = true;
+        }
+        *counts.entry(status.message()).or_default() += 1;
+    }
+    if excluded > 0 {
+        *counts
+            .entry("node(s) excluded by PreFilter".to_owned())
+            .or_default() += excluded;
+    }
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let message = format!(
+        "0/{total} nodes are available for {}: {}",
+        pod.key(),
+        parts.join(", ")
+    );
+    if resolvable {
+        Status::unschedulable(message)
+    } else {
+        Status::unresolvable(message)
+    }
+}
