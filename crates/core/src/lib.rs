@@ -24,10 +24,13 @@ pub mod analysis;
 pub mod approval;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "testing")]
+pub mod memory;
 pub mod model;
 pub mod network;
 pub mod notify;
 pub mod placement;
+pub mod release;
 pub mod traffic;
 
 pub use error::{Error, Result};

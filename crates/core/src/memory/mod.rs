@@ -1,0 +1,1000 @@
+//! `MemoryEngine`: the [`Engine`] seam entirely in memory, for controller tests
+//! (feature `testing`).
+//!
+//! - **Deterministic.** Instance ids come from per-application counters
+//!   (`web-<revision>-00003`), addresses from a global counter (`10.244.0.3`), and time from a
+//!   [`Clock`] (a [`ManualClock`] by default). The same calls at the same clock readings give the
+//!   same results.
+//! - **Lazy and cheap.** No task per instance: an instance records when it will become ready,
+//!   crash or restart, and every engine call first brings the application it touches up to the
+//!   clock's `now`. Ten thousand applications cost memory, not CPU.
+//! - **Faults.** [`Fault::NeverReady`], [`Fault::CrashAfter`] (restarts with capped exponential
+//!   backoff and `CrashLoopBackOff`), and [`MemoryEngine::lose_node`] (stateless instances on the
+//!   node are replaced elsewhere, stateful identities rescheduled keeping their address).
+//! - **Placement** goes through a [`Placement`] ([`LeastAllocated`] by default) over the
+//!   engine's nodes, so an instance that fits nowhere stays `Pending` with the reason.
+//!
+//! Stateful applications: [`Engine::apply_group`] and [`Engine::scale_group`] set the number of
+//! identities (new ordinals start at the given revision, the highest ordinals are removed);
+//! [`Engine::delete_group`] removes the identities only when every identity is at that revision.
+//!
+//! ```
+//! use std::time::Duration;
+//! use rorqual_core::clock::ManualClock;
+//! use rorqual_core::engine::Engine;
+//! use rorqual_core::memory::MemoryEngine;
+//! use rorqual_core::model::{AppSpec, ContainerSpec};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let clock = ManualClock::new();
+//! let engine = MemoryEngine::builder().clock(clock.clone()).startup(Duration::from_secs(2)).build();
+//! let spec = AppSpec::new("web", vec![ContainerSpec::new("app", ["web"])]).replicas(3);
+//! let group = engine.apply_group(&spec, 3).await.unwrap();
+//! assert_eq!((group.current, group.ready), (3, 0));
+//! clock.advance(Duration::from_secs(2));
+//! assert_eq!(engine.groups(&spec.key()).await.unwrap()[0].ready, 3);
+//! # });
+//! ```
+
+mod fault;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use fault::{Fault, FaultTarget};
+
+use crate::clock::{Clock, ManualClock};
+use crate::engine::{Engine, EventStream, GroupStatus, MemoryStateStore, StateStore};
+use crate::error::{Error, Result};
+use crate::model::{
+    AppKey, AppSpec, Event, EventType, Instance, InstancePhase, Node, Resources, Revision,
+    ValidationTarget, WorkloadKind,
+};
+use crate::placement::{LeastAllocated, NodeView, Placement, PlacementRequest};
+use fault::Faults;
+
+/// First restart backoff after a crash (Kubernetes' 10 s).
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// Longest restart backoff (Kubernetes' 5 min).
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// Builds a [`MemoryEngine`].
+#[derive(Debug)]
+#[must_use]
+pub struct MemoryEngineBuilder {
+    nodes: Vec<Node>,
+    clock: Arc<dyn Clock>,
+    startup: Duration,
+    placement: Arc<dyn Placement>,
+    store: Arc<dyn StateStore>,
+}
+
+impl MemoryEngineBuilder {
+    /// Replaces the nodes (default: three nodes `node-1..3` of 64 cores and 256 GiB).
+    pub fn nodes(mut self, nodes: Vec<Node>) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// `count` nodes `node-1 … node-<count>` with `capacity` each.
+    pub fn uniform_nodes(mut self, count: usize, capacity: Resources) -> Self {
+        self.nodes = (1..=count)
+            .map(|i| Node::new(format!("node-{i}"), capacity))
+            .collect();
+        self
+    }
+
+    /// The clock (default: a fresh [`ManualClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The clock, shared.
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How long an instance takes from placement to ready (default 1 s).
+    pub fn startup(mut self, startup: Duration) -> Self {
+        self.startup = startup;
+        self
+    }
+
+    /// The placement (default [`LeastAllocated`]).
+    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// The controller state store (default a fresh [`MemoryStateStore`]).
+    pub fn state_store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Builds the engine.
+    pub fn build(self) -> MemoryEngine {
+        let (events, _) = broadcast::channel(4096);
+        MemoryEngine {
+            state: tokio::sync::Mutex::new(State {
+                nodes: self.nodes.into_iter().map(NodeView::new).collect(),
+                apps: BTreeMap::new(),
+                next_address: 0,
+            }),
+            faults: Mutex::new(Faults::default()),
+            clock: self.clock,
+            startup: self.startup,
+            placement: self.placement,
+            store: self.store,
+            events,
+        }
+    }
+}
+
+/// The in-memory engine. See the [module docs](self).
+#[derive(Debug)]
+pub struct MemoryEngine {
+    state: tokio::sync::Mutex<State>,
+    faults: Mutex<Faults>,
+    clock: Arc<dyn Clock>,
+    startup: Duration,
+    placement: Arc<dyn Placement>,
+    store: Arc<dyn StateStore>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    nodes: Vec<NodeView>,
+    apps: BTreeMap<AppKey, AppState>,
+    next_address: u32,
+}
+
+#[derive(Debug)]
+struct AppState {
+    kind: WorkloadKind,
+    /// Every spec applied or moved to, by revision.
+    specs: BTreeMap<Revision, Arc<AppSpec>>,
+    /// Stateless: desired replicas per revision group.
+    groups: BTreeMap<Revision, u32>,
+    /// Stateful: the number of identities.
+    identities: u32,
+    /// Stateful: the revision new ordinals start at.
+    identity_revision: Option<Revision>,
+    instances: BTreeMap<String, Sim>,
+    next_id: u64,
+}
+
+/// One simulated instance and its scheduled transitions.
+#[derive(Debug)]
+struct Sim {
+    instance: Instance,
+    resources: Resources,
+    /// When it becomes ready (or shows its readiness failure) after the current start.
+    ready_at: Option<SystemTime>,
+    /// When it crashes after the current start.
+    crash_at: Option<SystemTime>,
+    /// When it restarts after a crash.
+    restart_at: Option<SystemTime>,
+    /// The last scheduling failure reported, to report each new reason once.
+    last_unschedulable: Option<String>,
+}
+
+/// Collects events during one call and publishes them afterwards.
+struct Emitter<'a> {
+    tx: &'a broadcast::Sender<Event>,
+    on: bool,
+}
+
+impl Emitter<'_> {
+    fn emit(
+        &self,
+        time: SystemTime,
+        kind: EventType,
+        app: &AppKey,
+        instance: &str,
+        reason: &str,
+        message: impl FnOnce() -> String,
+    ) {
+        if !self.on {
+            return;
+        }
+        let mut event = Event::new(kind, reason, message())
+            .app(app.clone())
+            .instance(instance);
+        event.time = time;
+        // Nobody listening is fine: events are best-effort, as in Kubernetes.
+        let _ = self.tx.send(event);
+    }
+}
+
+impl MemoryEngine {
+    /// A builder with the defaults.
+    pub fn builder() -> MemoryEngineBuilder {
+        let capacity = Resources::new(64_000, 256 * 1024 * 1024 * 1024);
+        MemoryEngineBuilder {
+            nodes: (1..=3)
+                .map(|i| Node::new(format!("node-{i}"), capacity))
+                .collect(),
+            clock: Arc::new(ManualClock::new()),
+            startup: Duration::from_secs(1),
+            placement: Arc::new(LeastAllocated),
+            store: Arc::new(MemoryStateStore::new()),
+        }
+    }
+
+    /// An engine with the defaults (three large nodes, a fresh manual clock, 1 s startup).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// Injects a fault. It applies from the next transition of each matching instance.
+    pub fn inject(&self, fault: Fault) {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(fault);
+    }
+
+    /// Removes every injected fault (node losses stay until [`MemoryEngine::restore_node`]).
+    pub fn clear_faults(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn emitter(&self) -> Emitter<'_> {
+        Emitter {
+            tx: &self.events,
+            on: self.events.receiver_count() > 0,
+        }
+    }
+
+    /// Marks node `name` lost: it becomes not ready, its stateless instances are removed and
+    /// replaced elsewhere, its stateful identities are rescheduled (keeping their address).
+    pub async fn lose_node(&self, name: &str) -> Result<()> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().await;
+        let node_index = node_index(&st, name)?;
+        st.nodes[node_index].node.ready = false;
+        let ev = self.emitter();
+        let keys: Vec<AppKey> = st.apps.keys().cloned().collect();
+        for key in keys {
+            let State { nodes, apps, .. } = &mut *st;
+            let Some(app) = apps.get_mut(&key) else {
+                continue;
+            };
+            let on_node: Vec<String> = app
+                .instances
+                .iter()
+                .filter(|(_, s)| s.instance.node.as_deref() == Some(name))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in on_node {
+                ev.emit(now, EventType::Warning, &key, &id, "NodeLost", || {
+                    format!("node {name} was lost")
+                });
+                let release = match app.kind {
+                    WorkloadKind::Stateful => {
+                        let Some(sim) = app.instances.get_mut(&id) else {
+                            continue;
+                        };
+                        unplace(nodes, sim);
+                        sim.instance.phase = InstancePhase::Pending;
+                        sim.instance.ready = false;
+                        sim.instance.reason = Some(format!("node {name} was lost"));
+                        sim.ready_at = None;
+                        sim.crash_at = None;
+                        sim.restart_at = None;
+                        id
+                    }
+                    _ => {
+                        if let Some(mut sim) = app.instances.remove(&id) {
+                            unplace(nodes, &mut sim);
+                        }
+                        id
+                    }
+                };
+                self.placement.release(&release).await?;
+            }
+            if app.kind != WorkloadKind::Stateful {
+                let revisions: Vec<Revision> = app.groups.keys().cloned().collect();
+                for rev in revisions {
+                    self.reconcile_group(&mut st, &key, &rev, now).await?;
+                }
+            }
+            self.sync_app(&mut st, &key, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings node `name` back; pending instances are placed on the next call.
+    pub async fn restore_node(&self, name: &str) -> Result<()> {
+        let mut st = self.state.lock().await;
+        let i = node_index(&st, name)?;
+        st.nodes[i].node.ready = true;
+        Ok(())
+    }
+
+    /// Brings every application up to the clock's `now` (the engine is lazy: calls about one
+    /// application only update that one).
+    pub async fn tick(&self) -> Result<()> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().await;
+        let keys: Vec<AppKey> = st.apps.keys().cloned().collect();
+        for key in keys {
+            self.sync_app(&mut st, &key, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Advances every instance of `key` to `now` and places pending ones.
+    async fn sync_app(&self, st: &mut State, key: &AppKey, now: SystemTime) -> Result<()> {
+        let ev = self.emitter();
+        let mut pending = Vec::new();
+        {
+            let Some(app) = st.apps.get_mut(key) else {
+                return Ok(());
+            };
+            let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, sim) in &mut app.instances {
+                if sim.instance.phase == InstancePhase::Pending {
+                    pending.push(id.clone());
+                } else {
+                    advance(sim, now, &faults, self.startup, &ev);
+                }
+            }
+        }
+        for id in pending {
+            self.try_place(st, key, &id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Tries to place a pending instance; on success it starts at `now`.
+    async fn try_place(
+        &self,
+        st: &mut State,
+        key: &AppKey,
+        id: &str,
+        now: SystemTime,
+    ) -> Result<()> {
+        let ev = self.emitter();
+        let State {
+            nodes,
+            apps,
+            next_address,
+        } = st;
+        let Some(app) = apps.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(sim) = app.instances.get_mut(id) else {
+            return Ok(());
+        };
+        let spec = app.specs.get(&sim.instance.revision);
+        let mut request = PlacementRequest::new(
+            id,
+            key.clone(),
+            sim.instance.revision.clone(),
+            sim.resources,
+        );
+        request.ordinal = sim.instance.ordinal;
+        request.previous_node = sim.instance.node.clone();
+        if let Some(spec) = spec {
+            request.labels = spec.labels.clone();
+            request.node_selector = spec.node_selector.clone();
+            request.tolerations = spec.tolerations.clone();
+        }
+        match self.placement.place(&request, nodes).await {
+            Ok(decision) => {
+                let Some(view) = nodes.iter_mut().find(|v| v.node.name == decision.node) else {
+                    return Err(Error::BadRequest(format!(
+                        "placement chose unknown node `{}` for {id}",
+                        decision.node
+                    )));
+                };
+                view.requested = view.requested.saturating_add(sim.resources);
+                view.instances.insert(id.to_owned());
+                if sim.instance.address.is_none() {
+                    *next_address += 1;
+                    let n = *next_address;
+                    sim.instance.address = Some(IpAddr::V4(Ipv4Addr::new(
+                        10,
+                        244,
+                        (n >> 8) as u8,
+                        (n & 0xff) as u8,
+                    )));
+                }
+                sim.instance.node = Some(decision.node.clone());
+                sim.last_unschedulable = None;
+                ev.emit(now, EventType::Normal, key, id, "Scheduled", || {
+                    format!("assigned {id} to {}", decision.node)
+                });
+                let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+                start(sim, now, &faults, self.startup, &ev);
+                Ok(())
+            }
+            Err(Error::Unschedulable { reason, .. }) => {
+                if sim.last_unschedulable.as_deref() != Some(reason.as_str()) {
+                    ev.emit(now, EventType::Warning, key, id, "FailedScheduling", || {
+                        reason.clone()
+                    });
+                    sim.last_unschedulable = Some(reason.clone());
+                }
+                sim.instance.reason = Some(reason);
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Creates or removes instances of a stateless group until it has its desired count.
+    async fn reconcile_group(
+        &self,
+        st: &mut State,
+        key: &AppKey,
+        revision: &Revision,
+        now: SystemTime,
+    ) -> Result<()> {
+        let ev = self.emitter();
+        let mut created = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let State { nodes, apps, .. } = &mut *st;
+            let Some(app) = apps.get_mut(key) else {
+                return Ok(());
+            };
+            let desired = app.groups.get(revision).copied().unwrap_or(0) as usize;
+            let Some(spec) = app.specs.get(revision).cloned() else {
+                return Ok(());
+            };
+            let mut members: Vec<(u8, String)> = app
+                .instances
+                .iter()
+                .filter(|(_, s)| &s.instance.revision == revision)
+                .map(|(id, s)| {
+                    // Removal order: pending first, then not ready, then ready; newest first.
+                    let rank = match (s.instance.phase, s.instance.ready) {
+                        (InstancePhase::Pending, _) => 0,
+                        (_, false) => 1,
+                        (_, true) => 2,
+                    };
+                    (rank, id.clone())
+                })
+                .collect();
+            if members.len() > desired {
+                members.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+                let excess = members.len() - desired;
+                for (_, id) in members.into_iter().take(excess) {
+                    if let Some(mut sim) = app.instances.remove(&id) {
+                        unplace(nodes, &mut sim);
+                        ev.emit(now, EventType::Normal, key, &id, "Killing", || {
+                            format!("stopping {id}: group scaled down")
+                        });
+                        removed.push(id);
+                    }
+                }
+            } else {
+                for _ in members.len()..desired {
+                    app.next_id += 1;
+                    let id = format!("{}-{}-{:05}", key.name, revision, app.next_id);
+                    let sim = new_sim(id.clone(), key, revision, None, &spec, now);
+                    app.instances.insert(id.clone(), sim);
+                    created.push(id);
+                }
+            }
+        }
+        for id in removed {
+            self.placement.release(&id).await?;
+        }
+        for id in created {
+            self.try_place(st, key, &id, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Stateful: creates ordinals below the identity count and removes those above it.
+    async fn reconcile_identities(
+        &self,
+        st: &mut State,
+        key: &AppKey,
+        now: SystemTime,
+    ) -> Result<()> {
+        let ev = self.emitter();
+        let mut created = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let State { nodes, apps, .. } = &mut *st;
+            let Some(app) = apps.get_mut(key) else {
+                return Ok(());
+            };
+            let Some(revision) = app.identity_revision.clone() else {
+                return Ok(());
+            };
+            let Some(spec) = app.specs.get(&revision).cloned() else {
+                return Ok(());
+            };
+            let existing: Vec<(u32, String)> = app
+                .instances
+                .iter()
+                .filter_map(|(id, s)| s.instance.ordinal.map(|o| (o, id.clone())))
+                .collect();
+            for (ordinal, id) in &existing {
+                if *ordinal >= app.identities {
+                    if let Some(mut sim) = app.instances.remove(id) {
+                        unplace(nodes, &mut sim);
+                        ev.emit(now, EventType::Normal, key, id, "Killing", || {
+                            format!("stopping {id}: identities scaled down")
+                        });
+                        removed.push(id.clone());
+                    }
+                }
+            }
+            for ordinal in 0..app.identities {
+                let id = format!("{}-{ordinal}", key.name);
+                if !app.instances.contains_key(&id) {
+                    let sim = new_sim(id.clone(), key, &revision, Some(ordinal), &spec, now);
+                    app.instances.insert(id.clone(), sim);
+                    created.push(id);
+                }
+            }
+        }
+        for id in removed {
+            self.placement.release(&id).await?;
+        }
+        for id in created {
+            self.try_place(st, key, &id, now).await?;
+        }
+        Ok(())
+    }
+
+    fn validate(spec: &AppSpec) -> Result<()> {
+        spec.validate(ValidationTarget::default())?;
+        Ok(())
+    }
+
+    fn group_status(app: &AppState, key: &AppKey, revision: &Revision) -> GroupStatus {
+        let mut current = 0;
+        let mut ready = 0;
+        let mut at_revision = 0;
+        for sim in app.instances.values() {
+            if &sim.instance.revision != revision {
+                continue;
+            }
+            at_revision += 1;
+            if sim.instance.phase != InstancePhase::Stopped {
+                current += 1;
+            }
+            if sim.instance.ready {
+                ready += 1;
+            }
+        }
+        let desired = match app.kind {
+            WorkloadKind::Stateful => at_revision,
+            _ => app.groups.get(revision).copied().unwrap_or(0),
+        };
+        GroupStatus {
+            app: key.clone(),
+            revision: revision.clone(),
+            desired,
+            current,
+            ready,
+            available: ready,
+        }
+    }
+}
+
+fn node_index(st: &State, name: &str) -> Result<usize> {
+    st.nodes
+        .iter()
+        .position(|v| v.node.name == name)
+        .ok_or_else(|| Error::NotFound {
+            kind: "node",
+            name: name.to_owned(),
+        })
+}
+
+fn new_sim(
+    id: String,
+    key: &AppKey,
+    revision: &Revision,
+    ordinal: Option<u32>,
+    spec: &AppSpec,
+    now: SystemTime,
+) -> Sim {
+    let ports = spec
+        .ports()
+        .map(|p| (p.name.clone(), p.number))
+        .collect::<BTreeMap<_, _>>();
+    Sim {
+        instance: Instance {
+            id,
+            app: key.clone(),
+            revision: revision.clone(),
+            ordinal,
+            node: None,
+            address: None,
+            ports,
+            phase: InstancePhase::Pending,
+            ready: false,
+            restarts: 0,
+            reason: None,
+            created: now,
+        },
+        resources: spec.instance_resources(),
+        ready_at: None,
+        crash_at: None,
+        restart_at: None,
+        last_unschedulable: None,
+    }
+}
+
+/// Takes an instance off its node's books (its node name stays, as a preference).
+fn unplace(nodes: &mut [NodeView], sim: &mut Sim) {
+    if sim.instance.phase == InstancePhase::Pending {
+        return;
+    }
+    if let Some(view) = sim
+        .instance
+        .node
+        .as_deref()
+        .and_then(|n| nodes.iter_mut().find(|v| v.node.name == n))
+    {
+        view.requested = view.requested.saturating_sub(sim.resources);
+        view.instances.remove(&sim.instance.id);
+    }
+}
+
+/// Starts (or restarts) an instance's processes at `at`.
+fn start(sim: &mut Sim, at: SystemTime, faults: &Faults, startup: Duration, ev: &Emitter<'_>) {
+    sim.instance.phase = InstancePhase::Starting;
+    sim.instance.ready = false;
+    sim.instance.reason = None;
+    sim.ready_at = Some(at + startup);
+    sim.restart_at = None;
+    sim.crash_at = faults
+        .crash_after(&sim.instance.id, &sim.instance.revision)
+        .map(|d| at + d);
+    let id = &sim.instance.id;
+    ev.emit(
+        at,
+        EventType::Normal,
+        &sim.instance.app,
+        id,
+        "Started",
+        || format!("started {id}"),
+    );
+}
+
+/// Applies every transition of a placed instance due at or before `now`, in time order.
+fn advance(sim: &mut Sim, now: SystemTime, faults: &Faults, startup: Duration, ev: &Emitter<'_>) {
+    loop {
+        let next = [sim.ready_at, sim.crash_at, sim.restart_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(at) = next else {
+            return;
+        };
+        if at > now {
+            return;
+        }
+        let id = sim.instance.id.clone();
+        let app = sim.instance.app.clone();
+        if sim.restart_at == Some(at) {
+            start(sim, at, faults, startup, ev);
+        } else if sim.crash_at == Some(at) {
+            sim.instance.restarts += 1;
+            let exp = sim.instance.restarts.saturating_sub(1).min(16);
+            let backoff = (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_CAP);
+            sim.instance.phase = InstancePhase::CrashLoopBackOff;
+            sim.instance.ready = false;
+            sim.instance.reason =
+                Some(format!("exit code 1; restarting in {}s", backoff.as_secs()));
+            sim.ready_at = None;
+            sim.crash_at = None;
+            sim.restart_at = Some(at + backoff);
+            ev.emit(at, EventType::Warning, &app, &id, "BackOff", || {
+                format!(
+                    "{id} exited with code 1; back-off {}s restarting",
+                    backoff.as_secs()
+                )
+            });
+        } else {
+            sim.ready_at = None;
+            sim.instance.phase = InstancePhase::Running;
+            if faults.never_ready(&id, &sim.instance.revision) {
+                sim.instance.ready = false;
+                sim.instance.reason = Some("readiness probe failed".to_owned());
+                ev.emit(at, EventType::Warning, &app, &id, "Unhealthy", || {
+                    format!("readiness probe of {id} failed")
+                });
+            } else {
+                sim.instance.ready = true;
+                sim.instance.reason = None;
+                ev.emit(at, EventType::Normal, &app, &id, "Ready", || {
+                    format!("{id} is ready")
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn kind(&self) -> &str {
+        "memory"
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>> {
+        Ok(self
+            .state
+            .lock()
+            .await
+            .nodes
+            .iter()
+            .map(|v| v.node.clone())
+            .collect())
+    }
+
+    async fn apply_group(&self, spec: &AppSpec, replicas: u32) -> Result<GroupStatus> {
+        Self::validate(spec)?;
+        let now = self.clock.now();
+        let key = spec.key();
+        let revision = spec.revision();
+        let mut st = self.state.lock().await;
+        let app = st.apps.entry(key.clone()).or_insert_with(|| AppState {
+            kind: spec.kind,
+            specs: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            identities: 0,
+            identity_revision: None,
+            instances: BTreeMap::new(),
+            next_id: 0,
+        });
+        if app.kind != spec.kind {
+            return Err(Error::BadRequest(format!(
+                "application {key} is {:?}; cannot apply a {:?} spec",
+                app.kind, spec.kind
+            )));
+        }
+        app.specs
+            .entry(revision.clone())
+            .or_insert_with(|| Arc::new(spec.clone()));
+        match spec.kind {
+            WorkloadKind::Stateful => {
+                app.identities = replicas;
+                app.identity_revision = Some(revision.clone());
+                self.sync_app(&mut st, &key, now).await?;
+                self.reconcile_identities(&mut st, &key, now).await?;
+            }
+            _ => {
+                app.groups.insert(revision.clone(), replicas);
+                self.sync_app(&mut st, &key, now).await?;
+                self.reconcile_group(&mut st, &key, &revision, now).await?;
+            }
+        }
+        let app = st.apps.get(&key).ok_or_else(|| Error::NotFound {
+            kind: "application",
+            name: key.to_string(),
+        })?;
+        Ok(Self::group_status(app, &key, &revision))
+    }
+
+    async fn scale_group(
+        &self,
+        app: &AppKey,
+        revision: &Revision,
+        replicas: u32,
+    ) -> Result<GroupStatus> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().await;
+        let not_found = || Error::NotFound {
+            kind: "group",
+            name: format!("{app}@{revision}"),
+        };
+        let state = st.apps.get_mut(app).ok_or_else(not_found)?;
+        if !state.specs.contains_key(revision) {
+            return Err(not_found());
+        }
+        match state.kind {
+            WorkloadKind::Stateful => {
+                state.identities = replicas;
+                state.identity_revision = Some(revision.clone());
+                self.sync_app(&mut st, app, now).await?;
+                self.reconcile_identities(&mut st, app, now).await?;
+            }
+            _ => {
+                if !state.groups.contains_key(revision) {
+                    return Err(not_found());
+                }
+                state.groups.insert(revision.clone(), replicas);
+                self.sync_app(&mut st, app, now).await?;
+                self.reconcile_group(&mut st, app, revision, now).await?;
+            }
+        }
+        let state = st.apps.get(app).ok_or_else(not_found)?;
+        Ok(Self::group_status(state, app, revision))
+    }
+
+    async fn delete_group(&self, app: &AppKey, revision: &Revision) -> Result<()> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().await;
+        let Some(state) = st.apps.get_mut(app) else {
+            return Ok(());
+        };
+        match state.kind {
+            WorkloadKind::Stateful => {
+                let at_rev = state
+                    .instances
+                    .values()
+                    .filter(|s| &s.instance.revision == revision)
+                    .count();
+                if at_rev == 0 {
+                    state.specs.remove(revision);
+                    return Ok(());
+                }
+                if at_rev < state.instances.len() {
+                    return Err(Error::BadRequest(format!(
+                        "cannot delete revision {revision} of stateful {app}: {} identities run \
+                         other revisions; move or scale them first",
+                        state.instances.len() - at_rev
+                    )));
+                }
+                state.identities = 0;
+                self.reconcile_identities(&mut st, app, now).await?;
+                st.apps.remove(app);
+            }
+            _ => {
+                if state.groups.remove(revision).is_none() {
+                    return Ok(());
+                }
+                state.groups.insert(revision.clone(), 0);
+                self.reconcile_group(&mut st, app, revision, now).await?;
+                if let Some(state) = st.apps.get_mut(app) {
+                    state.groups.remove(revision);
+                    state.specs.remove(revision);
+                    if state.groups.is_empty() {
+                        st.apps.remove(app);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn groups(&self, app: &AppKey) -> Result<Vec<GroupStatus>> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().await;
+        self.sync_app(&mut st, app, now).await?;
+        let Some(state) = st.apps.get(app) else {
+            return Ok(Vec::new());
+        };
+        let revisions: Vec<&Revision> = match state.kind {
+            WorkloadKind::Stateful => {
+                let mut revs: Vec<&Revision> = state
+                    .instances
+                    .values()
+                    .map(|s| &s.instance.revision)
+                    .collect();
+                revs.extend(state.identity_revision.as_ref());
+                revs.sort();
+                revs.dedup();
+                revs
+            }
+            _ => state.groups.keys().collect(),
+        };
+        Ok(revisions
+            .into_iter()
+            .map(|r| Self::group_status(state, app, r))
+            .collect())
+    }
+
+    async fn instances(&self, app: &AppKey) -> Result<Vec<Instance>> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().await;
+        self.sync_app(&mut st, app, now).await?;
+        Ok(st
+            .apps
+            .get(app)
+            .map(|a| a.instances.values().map(|s| s.instance.clone()).collect())
+            .unwrap_or_default())
+    }
+
+    async fn apps(&self) -> Result<Vec<AppKey>> {
+        Ok(self.state.lock().await.apps.keys().cloned().collect())
+    }
+
+    async fn move_identity(&self, spec: &AppSpec, ordinal: u32) -> Result<Instance> {
+        Self::validate(spec)?;
+        let now = self.clock.now();
+        let key = spec.key();
+        let revision = spec.revision();
+        let id = format!("{}-{ordinal}", key.name);
+        let mut st = self.state.lock().await;
+        self.sync_app(&mut st, &key, now).await?;
+        let ev = self.emitter();
+        {
+            let State { nodes, apps, .. } = &mut *st;
+            let app = apps.get_mut(&key).ok_or_else(|| Error::NotFound {
+                kind: "application",
+                name: key.to_string(),
+            })?;
+            if app.kind != WorkloadKind::Stateful {
+                return Err(Error::BadRequest(format!(
+                    "move_identity needs a stateful application; {key} is stateless"
+                )));
+            }
+            let sim = app.instances.get_mut(&id).ok_or_else(|| Error::NotFound {
+                kind: "instance",
+                name: id.clone(),
+            })?;
+            if sim.instance.revision == revision {
+                return Ok(sim.instance.clone());
+            }
+            ev.emit(now, EventType::Normal, &key, &id, "Killing", || {
+                format!("stopping {id} to move it to revision {revision}")
+            });
+            unplace(nodes, sim);
+            sim.instance.revision = revision.clone();
+            sim.instance.phase = InstancePhase::Pending;
+            sim.instance.ready = false;
+            sim.instance.restarts = 0;
+            sim.instance.reason = None;
+            sim.ready_at = None;
+            sim.crash_at = None;
+            sim.restart_at = None;
+            sim.resources = spec.instance_resources();
+            app.specs
+                .entry(revision.clone())
+                .or_insert_with(|| Arc::new(spec.clone()));
+        }
+        self.placement.release(&id).await?;
+        self.try_place(&mut st, &key, &id, now).await?;
+        st.apps
+            .get(&key)
+            .and_then(|a| a.instances.get(&id))
+            .map(|s| s.instance.clone())
+            .ok_or(Error::NotFound {
+                kind: "instance",
+                name: id,
+            })
+    }
+
+    fn events(&self) -> EventStream {
+        let rx = self.events.subscribe();
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    // A slow reader skips what it missed rather than ending the stream.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }))
+    }
+
+    fn state_store(&self) -> Arc<dyn StateStore> {
+        self.store.clone()
+    }
+}

@@ -1,0 +1,27 @@
+//! Releases: strategies as pure planning functions, and the rollout controller that executes
+//! their plans on an engine and a traffic router.
+//!
+//! A [`ReleaseStrategy`] maps a [`RolloutView`] (groups, readiness, step, analysis results,
+//! approval, elapsed time) to a [`Plan`] (replicas per revision, traffic weight, and a
+//! [`Gate`]). Four strategies: [`Recreate`], [`RollingUpdate`] (Kubernetes arithmetic plus a
+//! BCS partition; ordered partitions for stateful workloads), [`BlueGreen`] and [`Canary`]
+//! (Argo Rollouts' semantics). See `reference/release.md` for the upstream rules matched.
+
+mod blue_green;
+mod canary;
+mod plan;
+mod recreate;
+mod rolling;
+mod scale;
+mod strategy;
+
+pub use blue_green::BlueGreen;
+pub use canary::{ApprovalStep, BackgroundAnalysis, Canary, CanaryStep, PauseStep};
+pub use plan::{
+    AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
+    stateful_moves,
+};
+pub use recreate::Recreate;
+pub use rolling::{RollingUpdate, proportional};
+pub use scale::{IntOrPercent, resolve_fenceposts};
+pub use strategy::{ReleaseStrategy, Strategy, StrategyError};
