@@ -939,9 +939,9 @@ impl Engine for MemoryEngine {
                 kind: "application",
                 name: key.to_string(),
             })?;
-            if app.kind != WorkloadKind::Stateful {
+            if app.kind != WorkloadKind::Stateful || spec.kind != WorkloadKind::Stateful {
                 return Err(Error::BadRequest(format!(
-                    "move_identity needs a stateful application; {key} is stateless"
+                    "move_identity needs a stateful application and spec; {key} or the spec is stateless"
                 )));
             }
             let sim = app.instances.get_mut(&id).ok_or_else(|| Error::NotFound {
