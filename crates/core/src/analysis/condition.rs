@@ -1,6 +1,7 @@
 //! Success and failure conditions in CEL (the `cel` crate), over `result` and `args`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use cel::{Context, Program, Value as CelValue};
 use serde_json::Value;
@@ -22,10 +23,8 @@ pub(crate) fn evaluate(
     let program =
         Program::compile(expr).map_err(|e| format!("CEL syntax error in `{expr}`: {e}"))?;
     let mut context = Context::default();
-    let result =
-        cel::to_value(result).map_err(|e| format!("cannot give result {result} to CEL: {e}"))?;
-    context.add_variable_from_value("result", result);
-    let args = cel::to_value(args).map_err(|e| format!("cannot give args to CEL: {e}"))?;
+    context.add_variable_from_value("result", to_cel(result));
+    let args: HashMap<String, String> = args.clone().into_iter().collect();
     context.add_variable_from_value("args", args);
     match program.execute(&context) {
         Ok(CelValue::Bool(b)) => Ok(b),
@@ -34,7 +33,29 @@ pub(crate) fn evaluate(
     }
 }
 
+/// JSON → CEL. Integers become `int` (not `uint`) when they fit, so `result + 1` and
+/// `result == 0` work as written; other numbers become `double`.
+fn to_cel(v: &Value) -> CelValue {
+    match v {
+        Value::Null => CelValue::Null,
+        Value::Bool(b) => CelValue::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => CelValue::Int(i),
+            (None, Some(u)) => CelValue::UInt(u),
+            _ => CelValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => CelValue::String(Arc::new(s.clone())),
+        Value::Array(items) => CelValue::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => {
+            let map: HashMap<String, CelValue> =
+                map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            CelValue::from(map)
+        }
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;
 
@@ -66,6 +87,7 @@ mod tests {
     fn errors_are_reported() {
         assert!(check("result <").unwrap_err().contains("CEL syntax error"));
         check("result < 0.05 && args.x == 'y'").unwrap();
+        assert!(evaluate("result + 1 == 2", &json!(1), &no_args()).unwrap());
         let e = evaluate("result + 1", &json!(1), &no_args()).unwrap_err();
         assert!(e.contains("not a bool"), "{e}");
         let e = evaluate("result.missing > 1", &json!({"a": 1}), &no_args()).unwrap_err();

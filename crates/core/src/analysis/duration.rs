@@ -131,6 +131,7 @@ impl<'de> Deserialize<'de> for GoDuration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

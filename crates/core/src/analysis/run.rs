@@ -475,3 +475,524 @@ fn assess(
     }
     (AnalysisPhase::Running, None)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::UNIX_EPOCH;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::analysis::{ProviderSpec, Providers};
+
+    /// Answers from a script, one per call, and records the specs it was given.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<Value, ProviderError>>>,
+        seen: Mutex<Vec<(MetricSpec, BTreeMap<String, String>)>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<Value, ProviderError>>) -> Self {
+            Scripted {
+                answers: Mutex::new(answers.into()),
+                seen: Mutex::default(),
+            }
+        }
+        fn calls(&self) -> usize {
+            self.seen.lock().unwrap().len()
+        }
+    }
+
+    #[async_trait]
+    impl MetricProvider for Scripted {
+        fn kind(&self) -> &str {
+            "fake"
+        }
+        async fn measure(
+            &self,
+            metric: &MetricSpec,
+            args: &BTreeMap<String, String>,
+        ) -> Result<Value, ProviderError> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((metric.clone(), args.clone()));
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("script ran out of answers")
+        }
+    }
+
+    fn err() -> Result<Value, ProviderError> {
+        Err(ProviderError::measurement("fake", "connection refused"))
+    }
+
+    fn fake() -> ProviderSpec {
+        ProviderSpec::plugin("fake", json!({"q": "{{args.svc}}"}))
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    fn spec(metric: MetricSpec) -> AnalysisSpec {
+        AnalysisSpec::new(vec![metric]).arg("svc", Some("web"))
+    }
+
+    /// Ticks at every due time until terminal or `max` ticks; returns the phases seen.
+    async fn drive(
+        run: &mut AnalysisRun,
+        p: &dyn MetricProvider,
+        max: usize,
+    ) -> Vec<AnalysisPhase> {
+        let mut phases = Vec::new();
+        for _ in 0..max {
+            let Some(due) = run.next_due() else { break };
+            phases.push(run.tick(p, due).await);
+        }
+        phases
+    }
+
+    #[tokio::test]
+    async fn single_measurement_without_conditions_succeeds() {
+        let p = Scripted::new(vec![Ok(json!(1))]);
+        let mut run =
+            AnalysisRun::new(&spec(MetricSpec::new("m", fake())), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(run.phase(), AnalysisPhase::Pending);
+        assert_eq!(run.next_due(), Some(t(0)));
+        assert_eq!(run.tick(&p, t(0)).await, AnalysisPhase::Successful);
+        assert_eq!(run.next_due(), None);
+        assert_eq!(run.message(), None);
+        // Terminal runs do not measure again.
+        assert_eq!(run.tick(&p, t(100)).await, AnalysisPhase::Successful);
+        assert_eq!(p.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn outcome_rules_for_conditions() {
+        let cases = [
+            (Some("result < 5"), None, 1, AnalysisPhase::Successful),
+            (Some("result < 5"), None, 9, AnalysisPhase::Failed),
+            (None, Some("result > 5"), 1, AnalysisPhase::Successful),
+            (None, Some("result > 5"), 9, AnalysisPhase::Failed),
+            (
+                Some("result < 5"),
+                Some("result > 7"),
+                1,
+                AnalysisPhase::Successful,
+            ),
+            (
+                Some("result < 5"),
+                Some("result > 7"),
+                9,
+                AnalysisPhase::Failed,
+            ),
+            (
+                Some("result < 5"),
+                Some("result > 7"),
+                6,
+                AnalysisPhase::Inconclusive,
+            ),
+        ];
+        for (success, failure, value, want) in cases {
+            let mut m = MetricSpec::new("m", fake());
+            m.success_condition = success.map(Into::into);
+            m.failure_condition = failure.map(Into::into);
+            let p = Scripted::new(vec![Ok(json!(value))]);
+            let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+            let got = run.tick(&p, t(0)).await;
+            assert_eq!(
+                got, want,
+                "success={success:?} failure={failure:?} value={value}"
+            );
+            assert!(
+                run.next_due().is_none(),
+                "every outcome of a one-shot metric is terminal"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn failure_limit_counts_failed_measurements() {
+        let m = MetricSpec::new("error-rate", fake())
+            .interval(Duration::from_secs(10))
+            .count(4)
+            .failure_limit(1)
+            .success_condition("result < 0.05");
+        let p = Scripted::new(vec![Ok(json!(0.2)), Ok(json!(0.01)), Ok(json!(0.3))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(run.tick(&p, t(0)).await, AnalysisPhase::Running);
+        assert_eq!(run.next_due(), Some(t(10)));
+        // Not due yet: nothing measured.
+        assert_eq!(run.tick(&p, t(5)).await, AnalysisPhase::Running);
+        assert_eq!(p.calls(), 1);
+        assert_eq!(run.tick(&p, t(10)).await, AnalysisPhase::Running);
+        assert_eq!(run.tick(&p, t(20)).await, AnalysisPhase::Failed);
+        let msg = run.message().unwrap();
+        assert!(
+            msg.contains("metric `error-rate` failed") && msg.contains("failureLimit 1"),
+            "{msg}"
+        );
+        assert_eq!(run.next_due(), None);
+        let r = &run.metrics()[0];
+        assert_eq!((r.count, r.successful, r.failed), (3, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn failure_limit_minus_one_disables_it() {
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(3)
+            .failure_limit(-1)
+            .success_condition("result < 1");
+        let p = Scripted::new(vec![Ok(json!(5)), Ok(json!(5)), Ok(json!(5))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Successful));
+        assert_eq!(run.metrics()[0].failed, 3);
+    }
+
+    #[tokio::test]
+    async fn consecutive_error_limit_is_applied_and_reset_by_a_measurement() {
+        // Default limit 4: four errors in a row are tolerated, the fifth errors the metric.
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(30))
+            .count(2);
+        let mut script = vec![err(), err(), err(), err(), Ok(json!(1))];
+        script.extend([err(), err(), err(), err(), err()]);
+        let p = Scripted::new(script);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let mut now = t(0);
+        for i in 0..4 {
+            assert_eq!(run.tick(&p, now).await, AnalysisPhase::Running, "error {i}");
+            // Errors are retried after 10 s, sooner than the 30 s interval.
+            let next = run.next_due().unwrap();
+            assert_eq!(next.duration_since(now).unwrap(), ERROR_RETRY_INTERVAL);
+            now = next;
+        }
+        assert_eq!(run.tick(&p, now).await, AnalysisPhase::Running);
+        assert_eq!(run.metrics()[0].consecutive_error, 0);
+        assert_eq!(
+            run.metrics()[0].count,
+            1,
+            "errors do not count towards count"
+        );
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Error));
+        let msg = run.message().unwrap();
+        assert!(
+            msg.contains("5 consecutive errors") && msg.contains("connection refused"),
+            "{msg}"
+        );
+        assert_eq!(run.metrics()[0].error, 9);
+    }
+
+    #[tokio::test]
+    async fn one_shot_metric_retries_errors_until_the_limit() {
+        let m = MetricSpec::new("m", fake()).consecutive_error_limit(1);
+        let p = Scripted::new(vec![err(), Ok(json!(true))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(run.tick(&p, t(0)).await, AnalysisPhase::Running);
+        assert_eq!(run.next_due(), Some(t(10)));
+        assert_eq!(run.tick(&p, t(10)).await, AnalysisPhase::Successful);
+    }
+
+    #[tokio::test]
+    async fn consecutive_success_limit_succeeds_early_or_fails_at_count() {
+        let make = || {
+            MetricSpec::new("m", fake())
+                .interval(Duration::from_secs(1))
+                .count(5)
+                .failure_limit(-1)
+                .consecutive_success_limit(2)
+                .success_condition("result")
+        };
+        let p = Scripted::new(vec![Ok(json!(false)), Ok(json!(true)), Ok(json!(true))]);
+        let mut run = AnalysisRun::new(&spec(make()), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(
+            phases,
+            [
+                AnalysisPhase::Running,
+                AnalysisPhase::Running,
+                AnalysisPhase::Successful
+            ]
+        );
+
+        let flaky = [true, false, true, false, true].map(|b| Ok(json!(b)));
+        let p = Scripted::new(flaky.into());
+        let mut run = AnalysisRun::new(&spec(make()), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.len(), 5);
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Failed));
+        assert!(
+            run.message()
+                .unwrap()
+                .contains("without 2 consecutive successes")
+        );
+    }
+
+    #[tokio::test]
+    async fn inconclusive_is_terminal_and_explained() {
+        // A NaN from the provider.
+        let p = Scripted::new(vec![Err(ProviderError::Inconclusive {
+            provider: "fake".into(),
+            reason: "the query returned NaN".into(),
+        })]);
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(3);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(run.tick(&p, t(0)).await, AnalysisPhase::Inconclusive);
+        assert_eq!(run.next_due(), None);
+        assert!(run.message().unwrap().contains("NaN"));
+
+        // With a tolerance, an inconclusive measurement does not end the metric.
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(2)
+            .inconclusive_limit(1)
+            .success_condition("result < 1")
+            .failure_condition("result > 2");
+        let p = Scripted::new(vec![Ok(json!(1.5)), Ok(json!(0.5))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases, [AnalysisPhase::Running, AnalysisPhase::Successful]);
+    }
+
+    #[tokio::test]
+    async fn worst_metric_wins_and_ends_the_others() {
+        let background = MetricSpec::new("latency", fake()).interval(Duration::from_secs(5));
+        let gate = MetricSpec::new("errors", ProviderSpec::plugin("other", json!({})))
+            .initial_delay(Duration::from_secs(12))
+            .success_condition("result == 0");
+        let s = AnalysisSpec::new(vec![background, gate]).arg("svc", Some("web"));
+        let bg = Arc::new(Scripted::new(vec![
+            Ok(json!(1)),
+            Ok(json!(1)),
+            Ok(json!(1)),
+        ]));
+        #[derive(Debug)]
+        struct Other;
+        #[async_trait]
+        impl MetricProvider for Other {
+            fn kind(&self) -> &str {
+                "other"
+            }
+            async fn measure(
+                &self,
+                _: &MetricSpec,
+                _: &BTreeMap<String, String>,
+            ) -> Result<Value, ProviderError> {
+                Ok(json!(3))
+            }
+        }
+        let providers = Providers::new().with(bg.clone()).with(Arc::new(Other));
+        let mut run = AnalysisRun::new(&s, BTreeMap::new(), t(0)).unwrap();
+        // latency Running, errors Pending → run Pending (Pending is worse than Running).
+        assert_eq!(run.tick(&providers, t(0)).await, AnalysisPhase::Pending);
+        assert_eq!(run.next_due(), Some(t(5)));
+        assert_eq!(run.tick(&providers, t(5)).await, AnalysisPhase::Pending);
+        assert_eq!(run.next_due(), Some(t(10)));
+        assert_eq!(run.tick(&providers, t(10)).await, AnalysisPhase::Pending);
+        assert_eq!(run.next_due(), Some(t(12)));
+        assert_eq!(run.tick(&providers, t(12)).await, AnalysisPhase::Failed);
+        assert_eq!(run.metrics()[0].phase, AnalysisPhase::Successful);
+        assert_eq!(run.metrics()[1].phase, AnalysisPhase::Failed);
+        assert!(run.message().unwrap().starts_with("metric `errors` failed"));
+        assert_eq!(bg.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn background_metric_runs_until_terminated_and_keeps_ten() {
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .success_condition("result < 1");
+        let p = Scripted::new((0..25).map(|_| Ok(json!(0))).collect());
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 25).await;
+        assert!(phases.iter().all(|p| *p == AnalysisPhase::Running));
+        let r = &run.metrics()[0];
+        assert_eq!(r.count, 25);
+        assert_eq!(r.measurements.len(), MEASUREMENTS_KEPT);
+        assert_eq!(r.measurements.back().unwrap().at, t(24));
+        run.terminate();
+        assert_eq!(run.phase(), AnalysisPhase::Successful);
+        assert_eq!(run.next_due(), None);
+    }
+
+    #[tokio::test]
+    async fn arguments_are_substituted_and_passed() {
+        let m = MetricSpec::new("m", fake())
+            .success_condition("result == '{{args.svc}}' && args.svc == 'api'");
+        let p = Scripted::new(vec![Ok(json!("api"))]);
+        let args = [("svc".to_string(), "api".to_string())].into();
+        let mut run = AnalysisRun::new(&spec(m), args, t(0)).unwrap();
+        assert_eq!(run.tick(&p, t(0)).await, AnalysisPhase::Successful);
+        let seen = p.seen.lock().unwrap();
+        assert_eq!(
+            seen[0].0.provider,
+            ProviderSpec::plugin("fake", json!({"q": "api"}))
+        );
+        assert_eq!(seen[0].1["svc"], "api");
+    }
+
+    #[tokio::test]
+    async fn unknown_provider_kind_errors_at_once() {
+        let mut run =
+            AnalysisRun::new(&spec(MetricSpec::new("m", fake())), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(
+            run.tick(&Providers::new(), t(0)).await,
+            AnalysisPhase::Error
+        );
+        assert!(
+            run.message()
+                .unwrap()
+                .contains("no provider of kind `fake`")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_condition_that_cannot_be_evaluated_is_an_error_measurement() {
+        let m = MetricSpec::new("m", fake())
+            .success_condition("result.x > 1")
+            .consecutive_error_limit(0);
+        let p = Scripted::new(vec![Ok(json!(5))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(run.tick(&p, t(0)).await, AnalysisPhase::Error);
+    }
+
+    #[tokio::test]
+    async fn a_persisted_run_resumes_where_it_stopped() {
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(10))
+            .count(3)
+            .success_condition("result < 1");
+        let p = Scripted::new(vec![Ok(json!(0)), Ok(json!(0)), Ok(json!(0))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        run.tick(&p, t(0)).await;
+        run.tick(&p, t(10)).await;
+        let json = serde_json::to_string(&run).unwrap();
+        let mut back: AnalysisRun = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, run);
+        assert_eq!(back.next_due(), Some(t(20)));
+        assert_eq!(back.tick(&p, t(20)).await, AnalysisPhase::Successful);
+        assert_eq!(p.calls(), 3);
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected_naming_metric_and_field() {
+        let none = BTreeMap::new();
+        let bad_cel = spec(MetricSpec::new("error-rate", fake()).success_condition("result <"));
+        let e = AnalysisRun::new(&bad_cel, none.clone(), t(0)).unwrap_err();
+        assert_eq!(e.metric(), Some("error-rate"));
+        let text = e.to_string();
+        assert!(
+            text.contains("successCondition") && text.contains("CEL syntax error"),
+            "{text}"
+        );
+
+        let unknown = AnalysisSpec::new(vec![MetricSpec::new(
+            "latency",
+            ProviderSpec::plugin("fake", json!({"q": "{{args.service}}"})),
+        )]);
+        let e = unknown.validate(&none).unwrap_err();
+        assert_eq!(e.metric(), Some("latency"));
+        assert!(e.to_string().contains("unknown argument `service`"), "{e}");
+
+        let provided: BTreeMap<String, String> = [("nope".to_string(), "1".to_string())].into();
+        let e = spec(MetricSpec::new("m", fake()))
+            .validate(&provided)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown argument `nope` (declared: svc)"),
+            "{e}"
+        );
+
+        let missing = AnalysisSpec::new(vec![MetricSpec::new("m", fake())]).arg("svc", None);
+        let e = missing.validate(&none).unwrap_err();
+        assert!(e.to_string().contains("`svc` has no value"), "{e}");
+
+        let count = spec(MetricSpec::new("m", fake()).count(3));
+        let e = count.validate(&none).unwrap_err();
+        assert!(
+            e.to_string().contains("count: count 3 needs an interval"),
+            "{e}"
+        );
+
+        let limit = spec(MetricSpec::new("m", fake()).failure_limit(-2));
+        assert!(
+            limit
+                .validate(&none)
+                .unwrap_err()
+                .to_string()
+                .contains("failureLimit")
+        );
+
+        let dup = AnalysisSpec::new(vec![
+            MetricSpec::new("m", fake()),
+            MetricSpec::new("m", fake()),
+        ])
+        .arg("svc", Some("x"));
+        assert!(
+            dup.validate(&none)
+                .unwrap_err()
+                .to_string()
+                .contains("used twice")
+        );
+
+        let web = spec(MetricSpec::new(
+            "w",
+            ProviderSpec::Web(crate::analysis::WebMetric::get("localhost/x")),
+        ));
+        let e = web.validate(&none).unwrap_err();
+        assert!(e.to_string().contains("provider.web.url"), "{e}");
+
+        assert!(AnalysisSpec::new(vec![]).validate(&none).is_err());
+    }
+
+    #[test]
+    fn argo_yaml_parses_with_defaults() {
+        let s: AnalysisSpec = serde_yaml::from_str(
+            r#"
+args:
+  - name: service
+    value: web
+metrics:
+  - name: success-rate
+    interval: 1m
+    count: 5
+    successCondition: result[0] >= 0.95
+    failureLimit: 3
+    provider:
+      web:
+        url: http://metrics.local/{{args.service}}
+        jsonPath: $.data.rate
+        headers:
+          - key: Authorization
+            value: Bearer x
+"#,
+        )
+        .unwrap();
+        let m = &s.metrics[0];
+        assert_eq!(m.interval.unwrap().0, Duration::from_secs(60));
+        assert_eq!(m.consecutive_error_limit, 4);
+        assert_eq!(m.consecutive_success_limit, 0);
+        assert_eq!(m.inconclusive_limit, 0);
+        assert_eq!(m.provider.kind(), "web");
+        s.validate(&BTreeMap::new()).unwrap();
+        let back: AnalysisSpec = serde_yaml::from_str(&serde_yaml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let two: Result<ProviderSpec, _> = serde_json::from_value(
+            json!({"web": {"url": "http://x"}, "command": {"command": ["x"]}}),
+        );
+        assert!(two.unwrap_err().to_string().contains("exactly one"));
+    }
+}

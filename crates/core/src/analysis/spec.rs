@@ -107,7 +107,7 @@ pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: i32 = 4;
 /// Where a metric's value comes from: exactly one provider (Argo's `MetricProvider`, an object
 /// with one key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(try_from = "RawProvider", into = "RawProvider")]
 #[non_exhaustive]
 pub enum ProviderSpec {
     /// An HTTP request whose JSON response holds the value.
@@ -135,6 +135,60 @@ impl ProviderSpec {
     /// A plugin provider of `kind` with `config`.
     pub fn plugin(kind: impl Into<String>, config: serde_json::Value) -> Self {
         ProviderSpec::Plugin([(kind.into(), config)].into())
+    }
+}
+
+/// The wire form of [`ProviderSpec`]: an object with exactly one provider key (serde_yaml
+/// would otherwise want YAML tags for an enum).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawProvider {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    web: Option<WebMetric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prometheus: Option<PrometheusMetric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    command: Option<CommandMetric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plugin: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+impl TryFrom<RawProvider> for ProviderSpec {
+    type Error = String;
+
+    fn try_from(raw: RawProvider) -> Result<Self, String> {
+        let mut found = Vec::new();
+        if let Some(w) = raw.web {
+            found.push(ProviderSpec::Web(w));
+        }
+        if let Some(p) = raw.prometheus {
+            found.push(ProviderSpec::Prometheus(p));
+        }
+        if let Some(c) = raw.command {
+            found.push(ProviderSpec::Command(c));
+        }
+        if let Some(p) = raw.plugin {
+            found.push(ProviderSpec::Plugin(p));
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            n => Err(format!(
+                "a provider needs exactly one of web, prometheus, command, plugin (found {n})"
+            )),
+        }
+    }
+}
+
+impl From<ProviderSpec> for RawProvider {
+    fn from(p: ProviderSpec) -> Self {
+        let mut raw = RawProvider::default();
+        match p {
+            ProviderSpec::Web(w) => raw.web = Some(w),
+            ProviderSpec::Prometheus(m) => raw.prometheus = Some(m),
+            ProviderSpec::Command(c) => raw.command = Some(c),
+            ProviderSpec::Plugin(m) => raw.plugin = Some(m),
+        }
+        raw
     }
 }
 

@@ -89,6 +89,7 @@ pub(crate) fn collect_strings(value: &Value, path: &str, out: &mut Vec<(String, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -41,6 +41,7 @@ impl TrafficRouter for ReplicaRatio {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use proptest::prelude::*;
 

@@ -49,6 +49,7 @@ pub(crate) fn last_chars(text: &str, max: usize) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;
 

@@ -172,6 +172,7 @@ fn sample(pair: &Value) -> Result<Value, ProviderError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;
 
