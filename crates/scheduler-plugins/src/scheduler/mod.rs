@@ -35,6 +35,9 @@ pub struct Evaluation {
     pub failed: Vec<(u32, Status)>,
     /// Weighted total scores, parallel to `feasible` (empty when not scored).
     pub scores: Vec<i64>,
+    /// The highest total possible from the Score plugins that ran for this pod (skipped
+    /// plugins excluded): `Σ weight × 100`.
+    pub max_score: i64,
     /// How many candidates were examined.
     pub examined: usize,
 }
@@ -360,7 +363,9 @@ impl Scheduler {
             };
             self.filter_nodes(&state, pod, snapshot, &order, usize::MAX, &mut eval)?;
             if score && !eval.feasible.is_empty() {
-                eval.scores = self.score_nodes(&mut state, pod, snapshot, &eval.feasible)?;
+                let (scores, max) = self.score_nodes(&mut state, pod, snapshot, &eval.feasible)?;
+                eval.scores = scores;
+                eval.max_score = max;
             }
             Ok((state, eval))
         })
@@ -456,7 +461,7 @@ impl Scheduler {
         pod: &PodInfo,
         snapshot: &Snapshot,
         feasible: &[u32],
-    ) -> Result<Vec<i64>, Status> {
+    ) -> Result<(Vec<i64>, i64), Status> {
         let profile = &self.inner.profile;
         let nodes = snapshot.nodes();
         let feasible_nodes: Vec<&NodeInfo> = feasible.iter().map(|&i| &nodes[i as usize]).collect();
@@ -477,8 +482,12 @@ impl Scheduler {
             .filter(|j| !state.skip_score().contains(j))
             .collect();
         let mut totals = vec![0i64; feasible.len()];
+        let max: i64 = active
+            .iter()
+            .map(|&j| i64::from(profile.score[j].1) * MAX_NODE_SCORE)
+            .sum();
         if active.is_empty() {
-            return Ok(totals);
+            return Ok((totals, max));
         }
         let a = active.len();
         let score_chunk = |chunk: &[&NodeInfo]| -> Result<Vec<i64>, Status> {
@@ -524,7 +533,7 @@ impl Scheduler {
                 totals[n] += s * i64::from(*weight);
             }
         }
-        Ok(totals)
+        Ok((totals, max))
     }
 
     /// Filter (sampled) and score over the whole snapshot, then pick a node. Pure with respect
@@ -580,7 +589,7 @@ impl Scheduler {
         if eval.feasible.len() == 1 {
             return Ok((snapshot.nodes()[eval.feasible[0] as usize].name, examined));
         }
-        let totals = self.score_nodes(state, pod, snapshot, &eval.feasible)?;
+        let (totals, _) = self.score_nodes(state, pod, snapshot, &eval.feasible)?;
         let mut best = 0;
         let mut ties = 0u32;
         for (k, &t) in totals.iter().enumerate() {
@@ -753,6 +762,49 @@ impl Scheduler {
             return Err(status.with_plugin(p.name()));
         }
         Err(Status::error("every bind plugin skipped the pod"))
+    }
+
+    /// Checks `pod` against node `node` again, assumes and reserves it there, and runs the
+    /// binding plugins (no Permit): the extender's bind verb, which must re-check capacity
+    /// under the cache lock because extenders have no Reserve of their own.
+    pub async fn bind_to_node(&self, pod: PodInfo, node: &str) -> Result<Sym, Status> {
+        let pod = Arc::new(pod);
+        let node = Sym::new(node);
+        let state = {
+            let mut cache = self.cache();
+            let mut state = CycleState::new();
+            let checked = guarded("filter", || {
+                let snapshot = &cache.snapshot;
+                let Some(index) = snapshot.index_of(node) else {
+                    return Err(Status::unresolvable(format!("node `{node}` is unknown")));
+                };
+                let set = self.pre_filter(&mut state, &pod, snapshot)?;
+                if set.is_some_and(|set| !set.contains(&node)) {
+                    return Err(Status::unresolvable("node(s) excluded by PreFilter"));
+                }
+                let status = self.filter_one(&state, &pod, &snapshot.nodes()[index]);
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(status)
+                }
+            });
+            checked?;
+            if cache.snapshot.add_pod(node, pod.clone()).is_err() {
+                return Err(Status::error(format!("node `{node}` vanished")));
+            }
+            cache.assumed.insert(pod.uid.clone(), node);
+            for p in &self.inner.profile.reserve {
+                let status = guarded("Reserve", || Ok(p.reserve(&mut state, &pod, node)))
+                    .unwrap_or_else(|s| s);
+                if !status.is_success() {
+                    self.unreserve_locked(&mut cache, &mut state, &pod, node);
+                    return Err(status.with_plugin(p.name()));
+                }
+            }
+            state
+        };
+        self.binding_cycle(pod, node, state, None).await
     }
 
     /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).

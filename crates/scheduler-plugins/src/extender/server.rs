@@ -1,0 +1,427 @@
+//! The extender HTTP server: `/filter`, `/prioritize`, `/bind`, `/preempt` over a
+//! [`Scheduler`]'s plugins and cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::extender::wire::{
+    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
+    ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MetaVictims,
+    to_extender_priority,
+};
+use crate::framework::Code;
+use crate::interner::Sym;
+use crate::kube::{node_from_json, node_name, pod_from_json};
+use crate::scheduler::{Evaluation, Scheduler};
+use crate::snapshot::{PodInfo, Snapshot};
+
+/// How many pods seen in filter calls are remembered for a later bind.
+const SEEN_PODS: usize = 10_000;
+
+/// Serves a scheduler's plugins to kube-scheduler through the extender protocol. Nodes for
+/// `NodeNames` mode come from the scheduler's cache (feed it with
+/// [`Scheduler::upsert_node`]); bound pods are recorded there.
+#[derive(Debug, Clone)]
+pub struct ExtenderServer {
+    scheduler: Scheduler,
+    token: Option<Arc<str>>,
+    seen: Arc<Mutex<HashMap<String, PodInfo>>>,
+}
+
+/// A request error: HTTP 400 (or 401) with a message.
+#[derive(Debug)]
+struct BadRequest(StatusCode, String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.1,
+        )
+            .into_response()
+    }
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode response: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+impl ExtenderServer {
+    /// Serves `scheduler`'s profile and cache.
+    pub fn new(scheduler: Scheduler) -> ExtenderServer {
+        ExtenderServer {
+            scheduler,
+            token: None,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Serves the default plugins.
+    pub fn with_default_plugins() -> ExtenderServer {
+        ExtenderServer::new(Scheduler::with_default_plugins())
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every verb.
+    #[must_use]
+    pub fn bearer_token(mut self, token: impl Into<String>) -> ExtenderServer {
+        self.token = Some(Arc::from(token.into()));
+        self
+    }
+
+    /// The scheduler behind the server.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The router (POST `/filter`, `/prioritize`, `/bind`, `/preempt`; GET `/healthz`).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/filter", post(filter_handler))
+            .route("/prioritize", post(prioritize_handler))
+            .route("/bind", post(bind_handler))
+            .route("/preempt", post(preempt_handler))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, BadRequest> {
+        if let Some(token) = &self.token {
+            let ok = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| t.trim() == &**token);
+            if !ok {
+                return Err(BadRequest(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token".into(),
+                ));
+            }
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| BadRequest(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
+    }
+
+    fn remember(&self, pod: &PodInfo) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= SEEN_PODS {
+            seen.clear();
+        }
+        seen.insert(pod.uid.to_string(), pod.clone());
+    }
+
+    /// Runs `f` over the candidate nodes of `args`: the cache's nodes for `NodeNames`, a
+    /// snapshot of the given nodes (with the cache's pods on them) for `Nodes`. Unknown names
+    /// are reported separately.
+    fn with_candidates<R>(
+        &self,
+        args: &ExtenderArgs,
+        f: impl FnOnce(&Snapshot, &[u32], &[String]) -> R,
+    ) -> Result<R, String> {
+        if let Some(nodes) = &args.nodes {
+            let items = nodes
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut infos = Vec::with_capacity(items.len());
+            for item in &items {
+                let mut info = node_from_json(item).map_err(|e| e.to_string())?;
+                self.scheduler.with_snapshot(|s| {
+                    if let Some(known) = s.node(info.name) {
+                        info.pods = known.pods.clone();
+                    }
+                });
+                infos.push(info);
+            }
+            let snapshot = Snapshot::from_nodes(infos);
+            let idx: Vec<u32> = (0..snapshot.len() as u32).collect();
+            return Ok(f(&snapshot, &idx, &[]));
+        }
+        let names = args.node_names.as_deref().unwrap_or_default();
+        Ok(self.scheduler.with_snapshot(|snapshot| {
+            let mut idx = Vec::with_capacity(names.len());
+            let mut unknown = Vec::new();
+            for name in names {
+                match Sym::lookup(name).and_then(|s| snapshot.index_of(s)) {
+                    Some(i) => idx.push(i as u32),
+                    None => unknown.push(name.clone()),
+                }
+            }
+            f(snapshot, &idx, &unknown)
+        }))
+    }
+
+    /// The filter verb.
+    pub fn filter(&self, args: &ExtenderArgs) -> ExtenderFilterResult {
+        let mut result = ExtenderFilterResult::default();
+        let names_mode = args.nodes.is_none();
+        if names_mode {
+            result.node_names = Some(Vec::new());
+        }
+        let pod = match pod_from_json(&args.pod) {
+            Ok(p) => p,
+            Err(e) => {
+                result.error = e.to_string();
+                return result;
+            }
+        };
+        self.remember(&pod);
+        let evaluated = self.with_candidates(args, |snapshot, idx, unknown| {
+            let eval = self.scheduler.evaluate(&pod, snapshot, Some(idx), false);
+            let names = |e: &Evaluation| -> (Vec<String>, Vec<(String, Code, String)>) {
+                let nodes = snapshot.nodes();
+                let ok = e
+                    .feasible
+                    .iter()
+                    .map(|&i| nodes[i as usize].name.as_str().to_string())
+                    .collect();
+                let bad = e
+                    .failed
+                    .iter()
+                    .map(|(i, s)| {
+                        (
+                            nodes[*i as usize].name.as_str().to_string(),
+                            s.code(),
+                            s.message(),
+                        )
+                    })
+                    .collect();
+                (ok, bad)
+            };
+            (eval.map(|(_, e)| names(&e)), unknown.to_vec())
+        });
+        let (eval, unknown) = match evaluated {
+            Ok(r) => r,
+            Err(e) => {
+                result.error = e;
+                return result;
+            }
+        };
+        for name in unknown {
+            result
+                .failed_and_unresolvable_nodes
+                .insert(name, "node is unknown to the extender".into());
+        }
+        match eval {
+            Err(status) => result.error = status.to_string(),
+            Ok((ok, bad)) => {
+                for (name, code, reason) in bad {
+                    if code == Code::Unschedulable {
+                        result.failed_nodes.insert(name, reason);
+                    } else {
+                        result.failed_and_unresolvable_nodes.insert(name, reason);
+                    }
+                }
+                if let Some(list) = &args.nodes {
+                    let keep: std::collections::HashSet<&str> =
+                        ok.iter().map(String::as_str).collect();
+                    let mut list = list.clone();
+                    if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
+                        items.retain(|n| node_name(n).is_some_and(|name| keep.contains(name)));
+                    }
+                    result.nodes = Some(list);
+                } else {
+                    result.node_names = Some(ok);
+                }
+            }
+        }
+        result
+    }
+
+    /// The prioritize verb: 0..=10 per node, in input order (the weighted total over the
+    /// Score plugins that ran, scaled so their maximum is 10; infeasible nodes get 0).
+    pub fn prioritize(&self, args: &ExtenderArgs) -> Result<Vec<HostPriority>, String> {
+        let pod = pod_from_json(&args.pod).map_err(|e| e.to_string())?;
+        let all_names: Vec<String> = match &args.nodes {
+            Some(list) => list
+                .get("items")
+                .and_then(Value::as_array)
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(node_name)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => args.node_names.clone().unwrap_or_default(),
+        };
+        let scores = self.with_candidates(args, |snapshot, idx, _unknown| {
+            self.scheduler
+                .evaluate(&pod, snapshot, Some(idx), true)
+                .map(|(_, e)| {
+                    let scores = e
+                        .feasible
+                        .iter()
+                        .zip(e.scores.iter())
+                        .map(|(&i, &s)| (snapshot.nodes()[i as usize].name.as_str().to_string(), s))
+                        .collect::<HashMap<String, i64>>();
+                    (scores, e.max_score)
+                })
+        })?;
+        let (scores, max_total) = scores.map_err(|s| s.to_string())?;
+        Ok(all_names
+            .into_iter()
+            .map(|host| {
+                let total = scores.get(&host).copied().unwrap_or(0);
+                HostPriority {
+                    score: to_extender_priority(total, max_total),
+                    host,
+                }
+            })
+            .collect())
+    }
+
+    /// The bind verb: re-checks, reserves (an underlay address, for example) and binds.
+    pub async fn bind(&self, args: &ExtenderBindingArgs) -> ExtenderBindingResult {
+        let pod = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&args.pod_uid)
+            .unwrap_or_else(|| {
+                PodInfo::new(
+                    &args.pod_uid,
+                    &args.pod_namespace,
+                    &args.pod_name,
+                    Default::default(),
+                )
+            });
+        match self.scheduler.bind_to_node(pod, &args.node).await {
+            Ok(_) => ExtenderBindingResult::default(),
+            Err(status) => ExtenderBindingResult {
+                error: format!(
+                    "cannot bind {}/{} to {}: {status}",
+                    args.pod_namespace, args.pod_name, args.node
+                ),
+            },
+        }
+    }
+
+    /// The preempt verb: keeps the candidate nodes where the pod fits once the victims are
+    /// gone.
+    pub fn preempt(
+        &self,
+        args: &ExtenderPreemptionArgs,
+    ) -> Result<ExtenderPreemptionResult, String> {
+        let pod = pod_from_json(&args.pod).map_err(|e| e.to_string())?;
+        let base = self.scheduler.with_snapshot(Snapshot::clone);
+        let mut out = BTreeMap::new();
+        for (node, victims) in &args.victims {
+            let Some(index) = Sym::lookup(node).and_then(|s| base.index_of(s)) else {
+                continue;
+            };
+            let mut what_if = base.clone();
+            for v in &victims.pods {
+                what_if.remove_pod(&v.uid);
+            }
+            let fits = self
+                .scheduler
+                .evaluate(&pod, &what_if, Some(&[index as u32]), false)
+                .is_ok_and(|(_, e)| !e.feasible.is_empty());
+            if fits {
+                out.insert(
+                    node.clone(),
+                    MetaVictims {
+                        pods: victims.pods.clone(),
+                        num_pdb_violations: victims.num_pdb_violations,
+                    },
+                );
+            }
+        }
+        Ok(ExtenderPreemptionResult {
+            node_name_to_meta_victims: out,
+        })
+    }
+}
+
+async fn filter_handler(
+    State(s): State<ExtenderServer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value = match s.check(&headers, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match ExtenderArgs::from_value(&value) {
+        Ok(args) => json_response(&s.filter(&args)),
+        Err(e) => BadRequest(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn prioritize_handler(
+    State(s): State<ExtenderServer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value = match s.check(&headers, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let args = match ExtenderArgs::from_value(&value) {
+        Ok(a) => a,
+        Err(e) => return BadRequest(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match s.prioritize(&args) {
+        Ok(list) => json_response(&list),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+async fn bind_handler(
+    State(s): State<ExtenderServer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value = match s.check(&headers, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match ExtenderBindingArgs::from_value(&value) {
+        Ok(args) => json_response(&s.bind(&args).await),
+        Err(e) => BadRequest(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn preempt_handler(
+    State(s): State<ExtenderServer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value = match s.check(&headers, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let args = match ExtenderPreemptionArgs::from_value(&value) {
+        Ok(a) => a,
+        Err(e) => return BadRequest(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match s.preempt(&args) {
+        Ok(r) => json_response(&r),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}

@@ -1,0 +1,372 @@
+//! The extender against fixed wire-format fixtures: through the router without a server
+//! (tower's `oneshot`), and once over real loopback TCP.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use rorqual_core::model::Resources;
+use rorqual_scheduler::extender::ExtenderServer;
+use rorqual_scheduler::framework::{CycleState, FilterPlugin, Plugin, Status};
+use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity};
+use rorqual_scheduler::{NodeInfo, PodInfo, Scheduler, Sym};
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&fixture(name)).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// n1 (pool-a, 1 free address), n2 (pool-b, its only address held by claim games/game-1),
+/// n2 also has 2 cpu used, n3 (no pool, 3 cpu used), n4 (pool-a, 3.6 cpu used by `low-1`). Each node: 4 cpu, 8 GiB.
+fn cluster() -> (ExtenderServer, Arc<MemoryIpCapacity>) {
+    let cap = Arc::new(MemoryIpCapacity::new());
+    cap.add_pool("pool-a", ["n1", "n4"], [ip("10.0.0.1")]);
+    cap.add_pool("pool-b", ["n2"], [ip("10.1.0.7")]);
+    cap.reserve("pool-b", "games/game-1", Some(ip("10.1.0.7")))
+        .unwrap();
+    let profile = DefaultPlugins::new().underlay(cap.clone()).build().unwrap();
+    let scheduler = Scheduler::new(profile);
+    scheduler.add_nodes(
+        ["n1", "n2", "n3", "n4"].map(|n| NodeInfo::new(n, Resources::new(4000, 8 << 30))),
+    );
+    scheduler
+        .add_bound_pod(
+            "n4",
+            PodInfo::new("low-1", "default", "low-1", Resources::new(3600, 0)),
+        )
+        .unwrap();
+    scheduler
+        .add_bound_pod(
+            "n3",
+            PodInfo::new("mid-1", "default", "mid-1", Resources::new(3000, 0)),
+        )
+        .unwrap();
+    scheduler
+        .add_bound_pod(
+            "n2",
+            PodInfo::new("mid-2", "default", "mid-2", Resources::new(2000, 0)),
+        )
+        .unwrap();
+    (ExtenderServer::new(scheduler), cap)
+}
+
+async fn post(server: &ExtenderServer, path: &str, body: impl Into<Body>) -> (StatusCode, String) {
+    let response = server
+        .router()
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+async fn exchange(server: &ExtenderServer, path: &str, request: &str, response: &str) -> String {
+    let (status, body) = post(server, path, fixture(request)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got, json(response), "{path}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn filter_node_names_mode_matches_fixture() {
+    let (server, _) = cluster();
+    let body = exchange(
+        &server,
+        "/filter",
+        "filter_node_names_request.json",
+        "filter_node_names_response.json",
+    )
+    .await;
+    assert!(
+        body.contains(r#""Nodes":null"#),
+        "unused fields are null: {body}"
+    );
+}
+
+#[tokio::test]
+async fn filter_with_bound_claim_and_lowercase_keys_matches_fixture() {
+    let (server, _) = cluster();
+    exchange(
+        &server,
+        "/filter",
+        "filter_claim_request.json",
+        "filter_claim_response.json",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn filter_nodes_mode_returns_the_node_list_subset() {
+    let (server, _) = cluster();
+    let body = exchange(
+        &server,
+        "/filter",
+        "filter_nodes_request.json",
+        "filter_nodes_response.json",
+    )
+    .await;
+    assert!(body.contains(r#""NodeNames":null"#), "{body}");
+}
+
+#[tokio::test]
+async fn prioritize_returns_a_bare_array_of_0_to_10() {
+    let (server, _) = cluster();
+    exchange(
+        &server,
+        "/prioritize",
+        "prioritize_request.json",
+        "prioritize_response.json",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bind_reserves_the_underlay_address_and_records_the_pod() {
+    let (server, cap) = cluster();
+    exchange(
+        &server,
+        "/filter",
+        "filter_node_names_request.json",
+        "filter_node_names_response.json",
+    )
+    .await;
+    exchange(&server, "/bind", "bind_request.json", "bind_response.json").await;
+    assert_eq!(cap.free("pool-a"), 0);
+    assert_eq!(
+        cap.held_by("6c1f5a2e-0000-4000-8000-000000000001"),
+        Some(ip("10.0.0.1"))
+    );
+    let on_n1 = server
+        .scheduler()
+        .with_snapshot(|s| s.node(Sym::new("n1")).unwrap().pods.len());
+    assert_eq!(on_n1, 1);
+    // pool-a is now exhausted: n1 is no longer feasible for another underlay pod.
+    let other = fixture("filter_node_names_request.json").replace("000000000001", "000000000009");
+    let (_, body) = post(&server, "/filter", other).await;
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["NodeNames"], serde_json::json!([]), "{body}");
+    assert_eq!(got["FailedNodes"]["n1"], "no free underlay IP");
+    // Binding where the pod does not fit fails with a message and takes nothing.
+    let bad = r#"{"PodName":"x","PodNamespace":"games","PodUID":"6c1f5a2e-0000-4000-8000-000000000009","Node":"n4"}"#;
+    let (status, body) = post(&server, "/bind", bad).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("cannot bind games/x to n4"), "{body}");
+}
+
+#[tokio::test]
+async fn preempt_keeps_nodes_where_the_victims_make_room() {
+    let (server, _) = cluster();
+    exchange(
+        &server,
+        "/preempt",
+        "preempt_request.json",
+        "preempt_response.json",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_the_server_keeps_serving() {
+    let (server, _) = cluster();
+    let (status, body) = post(&server, "/filter", "{\"Pod\": ").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("malformed JSON body"), "{body}");
+    let (status, body) = post(&server, "/filter", r#"{"Pod": 3, "NodeNames": []}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("`Pod` is missing or not an object"), "{body}");
+    let (status, body) = post(&server, "/bind", r#"{"PodName": "p"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("ExtenderBindingArgs"), "{body}");
+    exchange(
+        &server,
+        "/filter",
+        "filter_node_names_request.json",
+        "filter_node_names_response.json",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_pod_fields_come_back_as_filter_error() {
+    let (server, _) = cluster();
+    let body = fixture("filter_node_names_request.json").replace("500m", "lots");
+    let (status, body) = post(&server, "/filter", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        got["Error"]
+            .as_str()
+            .unwrap()
+            .contains("spec.containers[0].resources.requests.cpu"),
+        "{body}"
+    );
+    assert_eq!(got["NodeNames"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn bearer_token_is_required_when_set() {
+    let (server, _) = cluster();
+    let server = server.bearer_token("s3cret");
+    let (status, _) = post(
+        &server,
+        "/filter",
+        fixture("filter_node_names_request.json"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let response = server
+        .router()
+        .oneshot(
+            Request::post("/filter")
+                .header("authorization", "Bearer s3cret")
+                .body(Body::from(fixture("filter_node_names_request.json")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[derive(Debug)]
+struct Exploding;
+
+impl Plugin for Exploding {
+    fn name(&self) -> &str {
+        "Exploding"
+    }
+}
+
+impl FilterPlugin for Exploding {
+    fn filter(&self, _state: &CycleState, pod: &PodInfo, _node: &NodeInfo) -> Status {
+        if pod.labels.get(Sym::new("boom")).is_some() {
+            panic!("exploding plugin");
+        }
+        Status::success()
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_plugin_is_an_error_for_that_pod_only() {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .filter(Arc::new(Exploding))
+        .build()
+        .unwrap();
+    let scheduler = Scheduler::new(profile);
+    scheduler.add_nodes(["n1"].map(|n| NodeInfo::new(n, Resources::new(4000, 8 << 30))));
+    let server = ExtenderServer::new(scheduler);
+    let boom =
+        r#"{"Pod": {"metadata": {"name": "b", "labels": {"boom": "1"}}}, "NodeNames": ["n1"]}"#;
+    let (status, body) = post(&server, "/filter", boom).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("plugin panicked") && body.contains("exploding plugin"),
+        "{body}"
+    );
+    let calm = r#"{"Pod": {"metadata": {"name": "c"}}, "NodeNames": ["n1"]}"#;
+    let (_, body) = post(&server, "/filter", calm).await;
+    assert!(body.contains(r#""NodeNames":["n1"]"#), "{body}");
+}
+
+#[tokio::test]
+async fn serves_over_loopback_tcp() {
+    let (server, _) = cluster();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(server.serve(listener));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/filter");
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(fixture("filter_node_names_request.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got, json("filter_node_names_response.json"));
+    task.abort();
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn serves_over_tls() {
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.key_pair.serialize_pem();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = rorqual_scheduler::extender::TlsListener::new(
+        listener,
+        cert_pem.as_bytes(),
+        key_pem.as_bytes(),
+    )
+    .unwrap();
+    let task = tokio::spawn(ExtenderServer::with_default_plugins().serve_tls(tls));
+
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.cert.der().to_vec()))
+        .unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+    assert!(
+        rorqual_scheduler::extender::TlsListener::new(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            b"not pem",
+            key_pem.as_bytes()
+        )
+        .is_err()
+    );
+    task.abort();
+}
