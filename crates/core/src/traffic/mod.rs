@@ -6,7 +6,7 @@
 //! - [`ReplicaRatio`]: no router at all; traffic follows the replica counts, so the strategy
 //!   derives the canary's replica count from the weight with [`canary_replicas_for_weight`]
 //!   (Argo Rollouts' rounding rule);
-//! - `NginxRouter`: renders an nginx config with a weighted upstream over each revision's
+//! - [`NginxRouter`]: renders an nginx config with a weighted upstream over each revision's
 //!   instance addresses, validates it with `nginx -t`, reloads, keeps the last versions with
 //!   diffs and restores the previous config when a reload fails.
 //!
@@ -18,6 +18,7 @@
 //! assert_eq!(canary_replicas_for_weight(25, 10), 3); // 2.5 rounds up
 //! ```
 
+mod nginx;
 mod ratio;
 
 use std::fmt::Debug;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{AppKey, Revision};
 
+pub use nginx::{ConfigVersion, NGINX_DEFAULT_BINARY, NginxRouter, NginxRouterBuilder};
 pub use ratio::{ReplicaRatio, canary_replicas_for_weight};
 
 /// One revision's share of an application's traffic.
