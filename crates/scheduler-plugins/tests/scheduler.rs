@@ -1,0 +1,465 @@
+//! The in-process Scheduler: queue, cycles, Reserve/Permit/Bind, gang and underlay plugins,
+//! panics and bad scores, and the core `Placement` seam.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rorqual_core::model::{AppKey, Node, Resources, Revision};
+use rorqual_core::placement::{NodeView, Placement, PlacementRequest};
+use rorqual_scheduler::framework::{
+    BindPlugin, CycleState, FilterPlugin, NodeSet, PermitPlugin, Plugin, PreFilterPlugin,
+    ReservePlugin, ScorePlugin, Status, WaitingPods,
+};
+use rorqual_scheduler::plugins::{DefaultPlugins, MemoryIpCapacity};
+use rorqual_scheduler::snapshot::{AffinityTerm, GangMembership, HOSTNAME_LABEL, UnderlayRequest};
+use rorqual_scheduler::{NodeInfo, Outcome, PodInfo, Scheduler, Snapshot, Sym};
+
+fn nodes(n: usize, cpu: u64) -> Vec<NodeInfo> {
+    (0..n)
+        .map(|i| NodeInfo::new(&format!("n{i}"), Resources::new(cpu, 8 << 30)))
+        .collect()
+}
+
+fn pod(uid: &str, cpu: u64) -> PodInfo {
+    PodInfo::new(uid, "default", uid, Resources::new(cpu, 1 << 20))
+}
+
+#[tokio::test]
+async fn least_allocated_spreads_and_full_cluster_backs_off_with_a_diagnosis() {
+    let s = Scheduler::with_default_plugins();
+    s.add_nodes(nodes(3, 1000));
+    for i in 0..3 {
+        s.enqueue(pod(&format!("p{i}"), 600)).unwrap();
+    }
+    assert_eq!(s.run_until_idle().await.bound, 3);
+    let per_node: Vec<usize> =
+        s.with_snapshot(|snap| snap.nodes().iter().map(|n| n.pods.len()).collect());
+    assert_eq!(per_node, [1, 1, 1], "least allocated spreads");
+    s.enqueue(pod("late", 600)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    let Outcome::Unschedulable(status) = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(
+        status.message(),
+        "0/3 nodes are available for default/late: 3 Insufficient cpu"
+    );
+    assert_eq!(s.queue_len(), (0, 1), "the pod waits in backoff");
+    assert!(
+        s.schedule_next().await.is_none(),
+        "not before its backoff expires"
+    );
+    // Deleting a pod is a cluster event: backed-off pods are retried.
+    let home = s.with_snapshot(|snap| snap.node_of_pod("p0").unwrap().name);
+    s.remove_pod("p0");
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == home),
+        "{:?}",
+        r.outcome
+    );
+}
+
+#[tokio::test]
+async fn required_anti_affinity_puts_one_replica_per_host() {
+    let s = Scheduler::with_default_plugins();
+    s.add_nodes(nodes(3, 4000));
+    for i in 0..4 {
+        let mut p = pod(&format!("db-{i}"), 100).label("app", "db");
+        p.anti_affinity
+            .required
+            .push(AffinityTerm::new("app", "db", HOSTNAME_LABEL));
+        s.enqueue(p).unwrap();
+    }
+    let summary = s.run_until_idle().await;
+    assert_eq!((summary.bound, summary.unschedulable), (3, 1));
+    let per_node: Vec<usize> =
+        s.with_snapshot(|snap| snap.nodes().iter().map(|n| n.pods.len()).collect());
+    assert_eq!(per_node, [1, 1, 1]);
+}
+
+#[derive(Debug)]
+struct Panicky;
+impl Plugin for Panicky {
+    fn name(&self) -> &str {
+        "Panicky"
+    }
+}
+impl FilterPlugin for Panicky {
+    fn filter(&self, _s: &CycleState, pod: &PodInfo, _n: &NodeInfo) -> Status {
+        assert!(
+            !pod.name.starts_with("boom"),
+            "filter blew up on {}",
+            pod.name
+        );
+        Status::success()
+    }
+}
+
+#[derive(Debug)]
+struct OutOfRange;
+impl Plugin for OutOfRange {
+    fn name(&self) -> &str {
+        "OutOfRange"
+    }
+}
+impl ScorePlugin for OutOfRange {
+    fn score(&self, _s: &CycleState, pod: &PodInfo, _n: &NodeInfo) -> Result<i64, Status> {
+        Ok(if pod.name.starts_with("wild") {
+            101
+        } else {
+            100
+        })
+    }
+}
+
+#[tokio::test]
+async fn panics_and_out_of_range_scores_fail_only_that_pod() {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .filter(Arc::new(Panicky))
+        .score(Arc::new(OutOfRange), 1)
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(200, 4000));
+    s.enqueue(pod("boom", 10)).unwrap();
+    s.enqueue(pod("wild", 10)).unwrap();
+    s.enqueue(pod("fine", 10)).unwrap();
+    let mut outcomes = Vec::new();
+    while let Some(r) = s.schedule_next().await {
+        outcomes.push((r.pod.name.to_string(), r.outcome));
+    }
+    let msg = |o: &Outcome| match o {
+        Outcome::Error(s) => s.to_string(),
+        other => format!("{other:?}"),
+    };
+    assert!(
+        msg(&outcomes[0].1)
+            .contains("plugin panicked during filter and score: filter blew up on boom"),
+        "{}",
+        msg(&outcomes[0].1)
+    );
+    assert!(
+        msg(&outcomes[1].1).contains("returned score 101"),
+        "{}",
+        msg(&outcomes[1].1)
+    );
+    assert!(matches!(outcomes[2].1, Outcome::Bound(_)));
+}
+
+/// Holds pods labelled `hold=yes` at Permit; a test allows them through the registry.
+#[derive(Debug, Default)]
+struct Hold {
+    registry: Mutex<Option<WaitingPods>>,
+}
+impl Plugin for Hold {
+    fn name(&self) -> &str {
+        "Hold"
+    }
+}
+impl PermitPlugin for Hold {
+    fn permit(
+        &self,
+        _s: &CycleState,
+        pod: &PodInfo,
+        _n: Sym,
+        waiting: &WaitingPods,
+    ) -> (Status, Duration) {
+        *self.registry.lock().unwrap() = Some(waiting.clone());
+        if pod.labels.get(Sym::new("hold")).is_some() {
+            (Status::wait("held"), Duration::from_millis(300))
+        } else {
+            (Status::success(), Duration::ZERO)
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_pod_blocks_only_its_own_binding_and_times_out() {
+    let hold = Arc::new(Hold::default());
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .permit(hold.clone())
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 1000));
+    s.enqueue(pod("held-1", 400).label("hold", "yes")).unwrap();
+    s.enqueue(pod("held-2", 400).label("hold", "yes")).unwrap();
+    s.enqueue(pod("free", 100)).unwrap();
+    let r1 = s.schedule_next().await.unwrap();
+    let r2 = s.schedule_next().await.unwrap();
+    let r3 = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r3.outcome, Outcome::Bound(_)),
+        "others bind while pods wait: {:?}",
+        r3.outcome
+    );
+    assert_eq!(s.waiting_pods().len(), 2);
+    // Held pods keep their resources assumed: a 400m pod does not fit now.
+    let used = s.with_snapshot(|snap| snap.nodes()[0].requested.cpu.0);
+    assert_eq!(used, 900);
+    hold.registry
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .allow("held-1", "Hold");
+    let (Outcome::Waiting { binding: b1, .. }, Outcome::Waiting { binding: b2, .. }) =
+        (r1.outcome, r2.outcome)
+    else {
+        panic!("both held pods wait")
+    };
+    assert_eq!(b1.await.unwrap().unwrap(), Sym::new("n0"));
+    let err = b2.await.unwrap().unwrap_err();
+    assert!(err.message().contains("timed out"), "{err}");
+    let used = s.with_snapshot(|snap| snap.nodes()[0].requested.cpu.0);
+    assert_eq!(used, 500, "the timed-out pod was unreserved and forgotten");
+    assert_eq!(s.queue_len().1, 1, "and requeued with backoff");
+}
+
+#[tokio::test]
+async fn a_gang_binds_together_or_releases_together() {
+    let cap = Arc::new(MemoryIpCapacity::new());
+    cap.add_pool(
+        "p",
+        ["n0", "n1"],
+        (1..=10).map(|i| IpAddr::from([10, 0, 0, i])),
+    );
+    let profile = DefaultPlugins::new().underlay(cap.clone()).build().unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(2, 4000));
+    let member = |uid: &str, group: &str, min: u32| {
+        let mut p = pod(uid, 100);
+        p.gang = Some(GangMembership {
+            name: Arc::from(group),
+            min_member: min,
+            timeout: Some(Duration::from_millis(300)),
+        });
+        p.underlay = Some(UnderlayRequest {
+            pool: None,
+            bound_claim: None,
+        });
+        p
+    };
+    for i in 0..3 {
+        s.enqueue(member(&format!("a{i}"), "complete", 3)).unwrap();
+    }
+    for i in 0..2 {
+        s.enqueue(member(&format!("b{i}"), "short", 3)).unwrap();
+    }
+    let summary = s.run_until_idle().await;
+    assert_eq!(summary.bound, 3, "{summary:?}");
+    assert_eq!(summary.unschedulable, 2, "{summary:?}");
+    assert_eq!(cap.free("p"), 7, "the short gang's addresses came back");
+    let pods = s.with_snapshot(Snapshot::pod_count);
+    assert_eq!(pods, 3);
+}
+
+#[derive(Debug)]
+struct Recorder {
+    name: &'static str,
+    fail: bool,
+    log: Arc<Mutex<Vec<String>>>,
+}
+impl Plugin for Recorder {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+impl ReservePlugin for Recorder {
+    fn reserve(&self, _s: &mut CycleState, _p: &PodInfo, _n: Sym) -> Status {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("reserve {}", self.name));
+        if self.fail {
+            Status::unschedulable("no room")
+        } else {
+            Status::success()
+        }
+    }
+    fn unreserve(&self, _s: &mut CycleState, _p: &PodInfo, _n: Sym) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("unreserve {}", self.name));
+    }
+}
+#[async_trait]
+impl BindPlugin for Recorder {
+    async fn bind(&self, _s: &CycleState, _p: &PodInfo, _n: Sym) -> Status {
+        self.log.lock().unwrap().push(format!("bind {}", self.name));
+        if self.fail {
+            Status::skip()
+        } else {
+            Status::success()
+        }
+    }
+}
+
+#[tokio::test]
+async fn reserve_failure_unreserves_in_reverse_and_binders_skip_in_order() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let r = |name, fail| {
+        Arc::new(Recorder {
+            name,
+            fail,
+            log: log.clone(),
+        })
+    };
+    let profile = rorqual_scheduler::framework::Profile::builder("p")
+        .queue_sort(Arc::new(rorqual_scheduler::plugins::PrioritySort))
+        .reserve(r("A", false))
+        .reserve(r("B", true))
+        .bind(r("A", false))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 1000));
+    s.enqueue(pod("x", 1)).unwrap();
+    let out = s.schedule_next().await.unwrap();
+    assert!(matches!(out.outcome, Outcome::Unschedulable(_)));
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["reserve A", "reserve B", "unreserve B", "unreserve A"]
+    );
+    assert_eq!(
+        s.with_snapshot(Snapshot::pod_count),
+        0,
+        "the assumed pod is forgotten"
+    );
+
+    log.lock().unwrap().clear();
+    let profile = rorqual_scheduler::framework::Profile::builder("p")
+        .queue_sort(Arc::new(rorqual_scheduler::plugins::PrioritySort))
+        .bind(r("Skipper", true))
+        .bind(r("Binder", false))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 1000));
+    s.enqueue(pod("y", 1)).unwrap();
+    assert!(matches!(
+        s.schedule_next().await.unwrap().outcome,
+        Outcome::Bound(_)
+    ));
+    assert_eq!(*log.lock().unwrap(), ["bind Skipper", "bind Binder"]);
+}
+
+#[derive(Debug)]
+struct OnlyEven;
+impl Plugin for OnlyEven {
+    fn name(&self) -> &str {
+        "OnlyEven"
+    }
+}
+impl PreFilterPlugin for OnlyEven {
+    fn pre_filter(
+        &self,
+        _s: &mut CycleState,
+        _p: &PodInfo,
+        snap: &Snapshot,
+    ) -> (Option<NodeSet>, Status) {
+        let set = snap
+            .nodes()
+            .iter()
+            .map(|n| n.name)
+            .filter(|n| n.as_str().trim_start_matches('n').parse::<u32>().unwrap() % 2 == 0)
+            .collect();
+        (Some(set), Status::success())
+    }
+}
+
+#[tokio::test]
+async fn prefilter_node_sets_restrict_candidates() {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .pre_filter(Arc::new(OnlyEven))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(300, 100_000));
+    for i in 0..50 {
+        s.enqueue(pod(&format!("p{i}"), 10)).unwrap();
+    }
+    assert_eq!(s.run_until_idle().await.bound, 50);
+    let odd_pods: usize = s.with_snapshot(|snap| {
+        snap.nodes()
+            .iter()
+            .filter(|n| {
+                n.name
+                    .as_str()
+                    .trim_start_matches('n')
+                    .parse::<u32>()
+                    .unwrap()
+                    % 2
+                    == 1
+            })
+            .map(|n| n.pods.len())
+            .sum()
+    });
+    assert_eq!(odd_pods, 0);
+}
+
+fn view(name: &str, zone: &str) -> NodeView {
+    NodeView::new(
+        Node::new(name, Resources::new(2000, 4 << 30)).label("topology.kubernetes.io/zone", zone),
+    )
+}
+
+#[tokio::test]
+async fn placement_seam_places_sticks_and_releases() {
+    let cap = Arc::new(MemoryIpCapacity::new());
+    cap.add_pool("p", ["a", "b", "c"], [IpAddr::from([10, 0, 0, 1])]);
+    let scheduler = Scheduler::new(DefaultPlugins::new().build().unwrap());
+    let placement: Arc<dyn Placement> = Arc::new(scheduler.clone());
+    let mut views = vec![view("a", "z1"), view("b", "z1"), view("c", "z2")];
+    views[0].requested = Resources::new(1500, 0);
+    let mut req = PlacementRequest::new(
+        "game-0",
+        AppKey::new("games", "game"),
+        Revision::from("r1"),
+        Resources::new(400, 1 << 20),
+    );
+    req.ordinal = Some(0);
+    req.previous_node = Some("c".into());
+    assert_eq!(
+        placement.place(&req, &views).await.unwrap().node,
+        "c",
+        "sticks to its previous node"
+    );
+    req.previous_node = Some("gone".into());
+    req.instance = "game-0b".into();
+    let chosen = placement.place(&req, &views).await.unwrap().node;
+    assert!(chosen == "b" || chosen == "c", "{chosen}");
+    // Too big everywhere: core's Unschedulable error with the diagnosis.
+    let mut big = PlacementRequest::new(
+        "huge",
+        AppKey::new("games", "game"),
+        Revision::from("r1"),
+        Resources::new(5000, 1),
+    );
+    big.labels.insert("app".into(), "game".into());
+    let err = placement.place(&big, &views).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot place huge: 0/3 nodes are available"),
+        "{err}"
+    );
+    // Placed instances count until released, even before the engine's views list them.
+    let before = scheduler.with_snapshot(|s| s.pod_count());
+    assert_eq!(before, 2);
+    placement.release("game-0b").await.unwrap();
+    placement.release("game-0b").await.unwrap();
+    let fill = PlacementRequest::new(
+        "fill",
+        AppKey::new("games", "x"),
+        Revision::from("r1"),
+        Resources::new(1600, 1),
+    );
+    let node = placement.place(&fill, &views).await.unwrap().node;
+    assert_ne!(node, "a");
+}
