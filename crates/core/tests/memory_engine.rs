@@ -1,5 +1,6 @@
 //! MemoryEngine: readiness on the manual clock, faults, placement, stateful identities, events.
 #![cfg(feature = "testing")]
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

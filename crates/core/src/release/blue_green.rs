@@ -207,6 +207,7 @@ impl BlueGreen {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::analysis::AnalysisPhase;

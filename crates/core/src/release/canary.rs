@@ -30,6 +30,20 @@ pub enum CanaryStep {
     Approval(ApprovalStep),
 }
 
+impl CanaryStep {
+    /// Pause for `seconds`.
+    pub fn pause(seconds: i64) -> Self {
+        CanaryStep::Pause(PauseStep {
+            duration: Some(seconds),
+        })
+    }
+
+    /// Pause until promoted.
+    pub fn pause_until_promoted() -> Self {
+        CanaryStep::Pause(PauseStep { duration: None })
+    }
+}
+
 /// A pause.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -381,6 +395,7 @@ impl Canary {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::release::plan::GroupView;

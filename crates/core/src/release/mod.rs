@@ -9,7 +9,10 @@
 
 mod blue_green;
 mod canary;
+mod controller;
 mod plan;
+mod queue;
+mod record;
 mod recreate;
 mod rolling;
 mod scale;
@@ -17,10 +20,14 @@ mod strategy;
 
 pub use blue_green::BlueGreen;
 pub use canary::{ApprovalStep, BackgroundAnalysis, Canary, CanaryStep, PauseStep};
+pub use controller::{
+    ControllerError, RolloutController, RolloutControllerBuilder, RolloutEvent, STATE_PREFIX,
+};
 pub use plan::{
     AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
     stateful_moves,
 };
+pub use record::{FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec, RolloutStatus};
 pub use recreate::Recreate;
 pub use rolling::{RollingUpdate, proportional};
 pub use scale::{IntOrPercent, resolve_fenceposts};

@@ -262,7 +262,7 @@ pub fn stateful_moves(
         .filter(|i| &i.revision != want(i.ordinal))
         .collect();
     let reached = wrong.is_empty() && unavailable == 0;
-    wrong.sort_by(|a, b| b.ordinal.cmp(&a.ordinal));
+    wrong.sort_by_key(|i| std::cmp::Reverse(i.ordinal));
     let mut moves = Vec::new();
     for i in wrong {
         if budget == 0 {

@@ -75,6 +75,7 @@ impl ReleaseStrategy for Recreate {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::release::plan::GroupView;

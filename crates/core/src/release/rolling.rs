@@ -155,11 +155,9 @@ fn weight_by_identities(view: &RolloutView) -> u32 {
         .filter(|i| i.ready && i.revision == view.target)
         .count() as u64;
     let ready = view.identities.iter().filter(|i| i.ready).count() as u64;
-    if ready == 0 {
-        0
-    } else {
-        u32::try_from(ready_target * 100 / ready).unwrap_or(100)
-    }
+    (ready_target * 100)
+        .checked_div(ready)
+        .map_or(0, |w| u32::try_from(w).unwrap_or(100))
 }
 
 /// Old groups in scale-down order: superseded canaries first, the stable group last.
@@ -319,6 +317,7 @@ pub fn proportional(groups: &[GroupView], allowed: u32, previous: u32) -> Vec<(R
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::release::plan::IdentityView;

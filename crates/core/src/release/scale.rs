@@ -112,6 +112,7 @@ pub fn resolve_fenceposts(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use proptest::prelude::*;
 

@@ -1,0 +1,688 @@
+//! RolloutController on the MemoryEngine with a manual clock: every strategy, the failure
+//! policy, the verbs, approvals, restarts and deadlines.
+#![cfg(feature = "testing")]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rorqual_core::analysis::{
+    AnalysisSpec, MetricProvider, MetricSpec, ProviderError, ProviderSpec,
+};
+use rorqual_core::approval::Approvals;
+use rorqual_core::clock::{Clock, ManualClock};
+use rorqual_core::engine::Engine;
+use rorqual_core::memory::{Fault, MemoryEngine};
+use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Revision, WorkloadKind};
+use rorqual_core::notify::RecordingNotifier;
+use rorqual_core::release::{
+    AnalysisStep, ApprovalStep, BlueGreen, Canary, CanaryStep, FailurePolicy, IntOrPercent,
+    RollingUpdate, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
+};
+use rorqual_core::traffic::{TrafficError, TrafficRouter, TrafficSplit};
+
+/// A metric whose value the test sets.
+#[derive(Debug, Default)]
+struct FakeMetric {
+    value: Mutex<f64>,
+    calls: Mutex<u32>,
+}
+
+#[async_trait]
+impl MetricProvider for FakeMetric {
+    fn kind(&self) -> &str {
+        "fake"
+    }
+    async fn measure(
+        &self,
+        _metric: &MetricSpec,
+        _args: &BTreeMap<String, String>,
+    ) -> Result<serde_json::Value, ProviderError> {
+        *self.calls.lock().unwrap() += 1;
+        Ok(serde_json::json!(*self.value.lock().unwrap()))
+    }
+}
+
+struct Harness {
+    clock: ManualClock,
+    engine: Arc<MemoryEngine>,
+    ctl: RolloutController,
+    approvals: Arc<Approvals>,
+    metric: Arc<FakeMetric>,
+    notes: Arc<RecordingNotifier>,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let clock = ManualClock::new();
+        let engine = Arc::new(
+            MemoryEngine::builder()
+                .clock(clock.clone())
+                .startup(Duration::from_secs(2))
+                .build(),
+        );
+        Self::on(clock, engine, None).await
+    }
+
+    async fn on(
+        clock: ManualClock,
+        engine: Arc<MemoryEngine>,
+        router: Option<Arc<dyn TrafficRouter>>,
+    ) -> Self {
+        let approvals = Arc::new(Approvals::new());
+        let metric = Arc::new(FakeMetric::default());
+        let notes = Arc::new(RecordingNotifier::new());
+        let mut b = RolloutController::builder(engine.clone())
+            .clock(Arc::new(clock.clone()))
+            .approvals(approvals.clone())
+            .providers(metric.clone())
+            .notifier(notes.clone());
+        if let Some(r) = router {
+            b = b.router(r);
+        }
+        let ctl = b.build().await.unwrap();
+        Harness {
+            clock,
+            engine,
+            ctl,
+            approvals,
+            metric,
+            notes,
+        }
+    }
+
+    async fn tick(&self) {
+        self.clock.advance(Duration::from_secs(1));
+        self.ctl.process_due().await;
+    }
+
+    async fn status(&self) -> RolloutStatus {
+        self.ctl.status(&key()).await.unwrap()
+    }
+
+    /// Ticks until `pred` holds; panics after `max` seconds.
+    async fn until(&self, max: u32, what: &str, pred: impl Fn(&RolloutStatus) -> bool) {
+        self.ctl.process_due().await;
+        for _ in 0..max {
+            if pred(&self.status().await) {
+                return;
+            }
+            self.tick().await;
+        }
+        panic!("{what} not reached in {max}s: {:?}", self.status().await);
+    }
+
+    /// (desired, available) of each revision.
+    async fn counts(&self) -> BTreeMap<Revision, (u32, u32)> {
+        self.engine
+            .groups(&key())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.revision, (g.desired, g.available)))
+            .collect()
+    }
+
+    async fn deploy_v1(&self, strategy: Strategy) {
+        self.ctl
+            .apply(RolloutSpec::new(app("v1"), strategy))
+            .await
+            .unwrap();
+        self.until(30, "v1 healthy", |s| s.phase == RolloutPhase::Healthy)
+            .await;
+    }
+
+    fn outcomes(&self) -> Vec<(String, Option<usize>)> {
+        self.notes
+            .notifications()
+            .into_iter()
+            .map(|n| (n.outcome, n.step))
+            .collect()
+    }
+}
+
+fn key() -> AppKey {
+    AppKey::new("default", "web")
+}
+
+fn app(version: &str) -> AppSpec {
+    AppSpec::new(
+        "web",
+        vec![
+            ContainerSpec::new("app", ["demo"])
+                .env("DEMO_VERSION", version)
+                .port("http", 8080),
+        ],
+    )
+    .replicas(10)
+}
+
+fn error_rate_analysis() -> AnalysisStep {
+    let metric = MetricSpec::new(
+        "error-rate",
+        ProviderSpec::plugin("fake", serde_json::json!({})),
+    )
+    .success_condition("result < 0.05");
+    AnalysisStep::new(AnalysisSpec::new(vec![metric]), BTreeMap::new())
+}
+
+fn canary(steps: Vec<CanaryStep>) -> Strategy {
+    Strategy::Canary(Canary::new(steps).scale_down_delay(0))
+}
+
+#[tokio::test]
+async fn canary_happy_path_with_weights_pause_and_analysis() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(
+            app("v2"),
+            canary(vec![
+                CanaryStep::SetWeight(20),
+                CanaryStep::pause(30),
+                CanaryStep::SetWeight(50),
+                CanaryStep::Analysis(error_rate_analysis()),
+            ]),
+        ))
+        .await
+        .unwrap();
+    h.until(10, "step 1", |s| s.step == 1).await;
+    assert_eq!(h.counts().await[&v2], (2, 2), "20% of 10");
+    assert_eq!(h.counts().await[&v1].0, 8);
+    assert_eq!(h.status().await.phase, RolloutPhase::Paused);
+    assert_eq!(h.status().await.weight, Some(20));
+    // The pause lasts 30 s.
+    for _ in 0..25 {
+        h.tick().await;
+    }
+    assert_eq!(h.status().await.step, 1);
+    // The analysis passes at its first measurement, so step 3 completes at once.
+    h.until(10, "past step 3", |s| s.step >= 4).await;
+    assert!(h.counts().await[&v2].1 >= 5);
+    h.until(40, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert!(*h.metric.calls.lock().unwrap() >= 1);
+    let s = h.status().await;
+    assert_eq!(s.stable, Some(v2.clone()));
+    assert_eq!(
+        h.counts().await.len(),
+        1,
+        "old group deleted: {:?}",
+        h.counts().await
+    );
+    assert_eq!(h.counts().await[&v2], (10, 10));
+    let history = h.ctl.history(&key()).await;
+    assert_eq!(history.last().unwrap().revision, v1);
+    let steps: Vec<_> = h
+        .outcomes()
+        .into_iter()
+        .filter(|(o, _)| o == "step-completed")
+        .filter_map(|(_, s)| s)
+        .collect();
+    assert_eq!(steps, [0, 1, 2, 3], "every step exactly once");
+}
+
+#[tokio::test]
+async fn analysis_failure_rolls_back_and_stable_never_shrinks() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    *h.metric.value.lock().unwrap() = 0.5;
+    h.ctl
+        .apply(
+            RolloutSpec::new(
+                app("v2"),
+                canary(vec![
+                    CanaryStep::SetWeight(40),
+                    CanaryStep::Analysis(error_rate_analysis()),
+                    CanaryStep::SetWeight(80),
+                ]),
+            )
+            .abort_scale_down_delay(5),
+        )
+        .await
+        .unwrap();
+    h.until(20, "aborted", |s| s.aborted).await;
+    let s = h.status().await;
+    assert_eq!(s.phase, RolloutPhase::Degraded);
+    assert!(s.reason.contains("analysis step-1 failed"), "{}", s.reason);
+    assert_eq!(s.weight, Some(0));
+    // From the abort on, the stable group is wanted at full size.
+    for _ in 0..20 {
+        let c = h.counts().await;
+        assert_eq!(c[&v1].0, 10, "stable desired never below 10: {c:?}");
+        h.tick().await;
+    }
+    let c = h.counts().await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[&v1], (10, 10));
+    assert!(!c.contains_key(&v2));
+    let s = h.status().await;
+    assert_eq!(s.phase, RolloutPhase::Degraded);
+    assert!(s.reason.starts_with("aborted: "), "{}", s.reason);
+    assert!(h.outcomes().iter().any(|(o, _)| o == "aborted"));
+    assert!(h.outcomes().iter().any(|(o, _)| o == "rolled-back"));
+}
+
+#[tokio::test]
+async fn failure_policy_pause_holds_instead_of_rolling_back() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    *h.metric.value.lock().unwrap() = 0.5;
+    h.ctl
+        .apply(
+            RolloutSpec::new(
+                app("v2"),
+                canary(vec![
+                    CanaryStep::SetWeight(30),
+                    CanaryStep::Analysis(error_rate_analysis()),
+                ]),
+            )
+            .failure_policy(FailurePolicy::Pause),
+        )
+        .await
+        .unwrap();
+    h.until(20, "held", |s| s.hold.is_some()).await;
+    let s = h.status().await;
+    assert_eq!(s.phase, RolloutPhase::Paused);
+    assert!(!s.aborted);
+    assert_eq!(h.counts().await[&app("v2").revision()].0, 3, "canary kept");
+    // Retry re-runs from step 0 with a good metric.
+    *h.metric.value.lock().unwrap() = 0.0;
+    h.ctl.retry(&key()).await.unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+}
+
+#[tokio::test]
+async fn approval_gate_through_the_approvals_api() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(
+            app("v2"),
+            canary(vec![
+                CanaryStep::SetWeight(10),
+                CanaryStep::Approval(ApprovalStep::default()),
+                CanaryStep::SetWeight(60),
+                CanaryStep::Approval(ApprovalStep::default()),
+            ]),
+        ))
+        .await
+        .unwrap();
+    h.until(10, "approval requested", |s| s.approval_requested)
+        .await;
+    assert_eq!(h.status().await.phase, RolloutPhase::Paused);
+    let pending = h.approvals.pending();
+    assert_eq!(pending.len(), 1);
+    for _ in 0..10 {
+        h.tick().await;
+    }
+    assert_eq!(h.status().await.step, 1, "waits for the decision");
+    h.approvals
+        .approve(&key(), &v2, 1, "alice", Some("looks good".into()))
+        .unwrap();
+    h.until(10, "second approval", |s| {
+        s.step == 3 && s.approval_requested
+    })
+    .await;
+    assert_eq!(h.counts().await[&v2].0, 6);
+    h.approvals.reject(&key(), &v2, 3, "bob", None).unwrap();
+    h.until(10, "aborted", |s| s.aborted).await;
+    assert!(h.status().await.reason.contains("rejected"));
+}
+
+#[tokio::test]
+async fn verbs_abort_retry_promote_full_and_undo() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    let steps = vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::pause_until_promoted(),
+        CanaryStep::SetWeight(50),
+        CanaryStep::pause_until_promoted(),
+    ];
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), canary(steps)).abort_scale_down_delay(0))
+        .await
+        .unwrap();
+    h.until(10, "paused at 1", |s| s.step == 1).await;
+    assert!(h.ctl.retry(&key()).await.is_err(), "nothing to retry");
+    h.ctl.abort(&key()).await.unwrap();
+    h.until(10, "abort done", |s| s.reason.starts_with("aborted: "))
+        .await;
+    assert!(!h.counts().await.contains_key(&v2));
+    assert!(
+        h.ctl.promote(&key()).await.is_err(),
+        "aborted: promote refused"
+    );
+    h.ctl.retry(&key()).await.unwrap();
+    h.until(10, "paused at 1 again", |s| s.step == 1 && !s.aborted)
+        .await;
+    h.ctl.promote(&key()).await.unwrap();
+    h.until(10, "paused at 3", |s| s.step == 3).await;
+    assert_eq!(h.counts().await[&v2].0, 5);
+    h.ctl.promote_full(&key()).await.unwrap();
+    h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.stable, Some(v2.clone()));
+    // Undo goes back to v1 through the steps (v1 is no longer stable).
+    h.ctl.undo(&key(), Some(&v1)).await.unwrap();
+    assert_eq!(h.status().await.target, v1);
+    h.until(10, "undo paused at 1", |s| s.step == 1).await;
+    h.ctl.promote_full(&key()).await.unwrap();
+    h.until(20, "healthy on v1", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.stable, Some(v1.clone()));
+    assert!(h.ctl.undo(&key(), Some(&"nope".into())).await.is_err());
+}
+
+#[tokio::test]
+async fn going_back_to_stable_mid_rollout_skips_every_step() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let steps = vec![
+        CanaryStep::SetWeight(50),
+        CanaryStep::pause_until_promoted(),
+        CanaryStep::SetWeight(70),
+    ];
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), canary(steps.clone())))
+        .await
+        .unwrap();
+    h.until(10, "paused", |s| s.step == 1).await;
+    assert_eq!(h.counts().await[&v1].0, 5);
+    // Re-applying v1 (the stable template) is a fast rollback.
+    h.ctl
+        .apply(RolloutSpec::new(app("v1"), canary(steps)))
+        .await
+        .unwrap();
+    h.ctl.process_due().await;
+    assert_eq!(h.counts().await[&v1].0, 10, "stable back to full at once");
+    h.until(10, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.counts().await.len(), 1);
+    assert!(
+        !h.outcomes()
+            .iter()
+            .any(|(o, s)| o == "step-completed" && *s == Some(1)),
+        "the pause was skipped, not completed"
+    );
+}
+
+#[tokio::test]
+async fn controller_restart_mid_rollout_resumes_exactly() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let steps = vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::pause(20),
+        CanaryStep::SetWeight(40),
+        CanaryStep::Analysis(error_rate_analysis()),
+        CanaryStep::SetWeight(60),
+    ];
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), canary(steps)))
+        .await
+        .unwrap();
+    h.until(10, "in the pause", |s| s.step == 1).await;
+    for _ in 0..5 {
+        h.tick().await;
+    }
+    let before = h.status().await;
+    let first_steps: Vec<_> = h.outcomes();
+    drop(h.ctl);
+    // A new controller over the same engine (and so the same state store).
+    let h2 = Harness::on(h.clock.clone(), h.engine.clone(), None).await;
+    let resumed = h2.status().await;
+    assert_eq!(resumed.step, before.step);
+    assert_eq!(
+        resumed.step_started, before.step_started,
+        "pause time is kept"
+    );
+    h2.until(40, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    let mut steps: Vec<usize> = first_steps
+        .into_iter()
+        .chain(h2.outcomes())
+        .filter(|(o, _)| o == "step-completed")
+        .filter_map(|(_, s)| s)
+        .collect();
+    steps.sort_unstable();
+    assert_eq!(steps, [0, 1, 2, 3, 4], "no step repeated or skipped");
+}
+
+#[tokio::test]
+async fn crash_looping_canary_hits_the_progress_deadline() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v2 = app("v2").revision();
+    h.engine
+        .inject(Fault::crash_revision_after(&v2, Duration::from_secs(4)));
+    h.ctl
+        .apply(
+            RolloutSpec::new(app("v2"), canary(vec![CanaryStep::SetWeight(30)]))
+                .progress_deadline(60)
+                .abort_scale_down_delay(0),
+        )
+        .await
+        .unwrap();
+    h.until(120, "deadline", |s| s.aborted).await;
+    let s = h.status().await;
+    assert!(
+        s.reason.contains("ProgressDeadlineExceeded"),
+        "{}",
+        s.reason
+    );
+    h.until(20, "rolled back", |s| s.reason.starts_with("aborted: "))
+        .await;
+    assert_eq!(h.counts().await[&app("v1").revision()], (10, 10));
+}
+
+#[tokio::test]
+async fn rolling_update_arithmetic_on_the_engine() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::default()))
+        .await
+        .unwrap();
+    h.ctl.process_due().await;
+    // Kubernetes' moves within one instant: new +3 (surge, total 13), old -2 (unavailable,
+    // 8 available left), new +2 (total 13 again); then nothing until new instances are ready.
+    let c = h.counts().await;
+    assert_eq!((c[&v2].0, c[&v1].0), (5, 8), "{c:?}");
+    let mut seen = Vec::new();
+    for _ in 0..60 {
+        let c = h.counts().await;
+        let total: u32 = c.values().map(|(d, _)| d).sum();
+        let available: u32 = c.values().map(|(_, a)| a).sum();
+        assert!(total <= 13, "max surge 3: {c:?}");
+        assert!(available >= 8, "max unavailable 2: {c:?}");
+        seen.push((c.get(&v2).map_or(0, |x| x.0), c.get(&v1).map_or(0, |x| x.0)));
+        if h.status().await.phase == RolloutPhase::Healthy {
+            break;
+        }
+        h.tick().await;
+    }
+    assert_eq!(h.status().await.phase, RolloutPhase::Healthy, "{seen:?}");
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [(5, 8), (10, 3), (10, 0)],
+        "Kubernetes' sequence for 25%/25%"
+    );
+    assert_eq!(h.counts().await[&v2], (10, 10));
+}
+
+#[tokio::test]
+async fn blue_green_with_preview_and_manual_approval() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    let mut bg = BlueGreen::manual(Some(2));
+    bg.scale_down_delay_seconds = 10;
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::BlueGreen(bg)))
+        .await
+        .unwrap();
+    h.until(10, "awaiting promotion", |s| s.approval_requested)
+        .await;
+    let c = h.counts().await;
+    assert_eq!(c[&v2], (2, 2), "preview replicas");
+    assert_eq!(c[&v1], (10, 10));
+    assert_eq!(h.status().await.weight, Some(0), "active still v1");
+    h.approvals.approve(&key(), &v2, 2, "carol", None).unwrap();
+    h.until(10, "switched", |s| s.weight == Some(100)).await;
+    assert_eq!(h.counts().await[&v2], (10, 10), "full before the switch");
+    assert_eq!(h.counts().await[&v1].0, 10, "old kept for the delay");
+    h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.counts().await.len(), 1);
+}
+
+#[tokio::test]
+async fn stateful_partition_update_moves_highest_ordinals_first() {
+    let h = Harness::new().await;
+    let game = |v: &str| app(v).kind(WorkloadKind::Stateful).replicas(5);
+    let strategy =
+        Strategy::RollingUpdate(RollingUpdate::default().partition(IntOrPercent::Int(2)));
+    h.ctl
+        .apply(RolloutSpec::new(game("v1"), strategy.clone()))
+        .await
+        .unwrap();
+    h.until(20, "v1 healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    let v2 = game("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(game("v2"), strategy))
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for _ in 0..40 {
+        for i in h.engine.instances(&key()).await.unwrap() {
+            if i.revision == v2 && !order.contains(&i.id) {
+                order.push(i.id.clone());
+            }
+        }
+        let unready = h
+            .engine
+            .instances(&key())
+            .await
+            .unwrap()
+            .iter()
+            .filter(|i| !i.ready)
+            .count();
+        assert!(
+            unready <= 1,
+            "maxUnavailable 1: {:?}",
+            h.engine.instances(&key()).await.unwrap()
+        );
+        if h.status().await.phase == RolloutPhase::Paused {
+            break;
+        }
+        h.tick().await;
+    }
+    assert_eq!(order, ["web-4", "web-3", "web-2"]);
+    assert!(h.status().await.reason.contains("partition"));
+    h.ctl.promote(&key()).await.unwrap();
+    h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    let all = h.engine.instances(&key()).await.unwrap();
+    assert!(all.iter().all(|i| i.revision == v2 && i.ready));
+}
+
+#[derive(Debug)]
+struct BrokenNginx;
+
+#[async_trait]
+impl TrafficRouter for BrokenNginx {
+    fn name(&self) -> &str {
+        "nginx"
+    }
+    fn routes_traffic(&self) -> bool {
+        true
+    }
+    async fn set_split(&self, app: &AppKey, split: &TrafficSplit) -> Result<(), TrafficError> {
+        if split
+            .backends
+            .iter()
+            .any(|b| b.weight > 0 && b.weight < 100)
+        {
+            return Err(TrafficError::ReloadFailed {
+                router: "nginx".into(),
+                app: app.to_string(),
+                reason: "nginx: [emerg] unexpected end of file".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn router_failure_pauses_with_the_reason_and_bad_steps_are_rejected() {
+    let clock = ManualClock::new();
+    let engine = Arc::new(MemoryEngine::builder().clock(clock.clone()).build());
+    let h = Harness::on(clock, engine, Some(Arc::new(BrokenNginx))).await;
+    h.deploy_v1(Strategy::default()).await;
+    h.ctl
+        .apply(RolloutSpec::new(
+            app("v2"),
+            canary(vec![CanaryStep::SetWeight(20)]),
+        ))
+        .await
+        .unwrap();
+    h.until(10, "held", |s| s.hold.is_some()).await;
+    let s = h.status().await;
+    assert_eq!(s.phase, RolloutPhase::Paused);
+    assert!(
+        s.reason.contains("reload") && s.reason.contains("emerg"),
+        "{}",
+        s.reason
+    );
+    assert_eq!(h.counts().await[&app("v1").revision()].0, 10);
+
+    let err = h
+        .ctl
+        .apply(RolloutSpec::new(
+            app("v3"),
+            canary(vec![CanaryStep::SetWeight(10), CanaryStep::SetWeight(101)]),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("steps[1].setWeight"), "{err}");
+    let bad_cel = MetricSpec::new("m", ProviderSpec::plugin("fake", serde_json::json!({})))
+        .success_condition("result <");
+    let err = h
+        .ctl
+        .apply(RolloutSpec::new(
+            app("v3"),
+            canary(vec![CanaryStep::Analysis(AnalysisStep::new(
+                AnalysisSpec::new(vec![bad_cel]),
+                BTreeMap::new(),
+            ))]),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("steps[0].analysis"), "{err}");
+    assert_eq!(
+        h.status().await.target,
+        app("v2").revision(),
+        "rejected specs change nothing"
+    );
+    let _ = h.clock.now();
+}
