@@ -175,7 +175,14 @@ type Key = (AppKey, Revision, usize);
 /// Clones share the same records.
 #[derive(Debug, Clone, Default)]
 pub struct Approvals {
-    records: Arc<Mutex<BTreeMap<Key, ApprovalRecord>>>,
+    store: Arc<Mutex<Store>>,
+}
+
+/// Records by key, each with its arrival number (for "oldest first" when clocks tie).
+#[derive(Debug, Default)]
+struct Store {
+    records: BTreeMap<Key, (u64, ApprovalRecord)>,
+    next: u64,
 }
 
 impl Approvals {
@@ -184,10 +191,10 @@ impl Approvals {
         Approvals::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, ApprovalRecord>> {
+    fn lock(&self) -> MutexGuard<'_, Store> {
         // A poisoned lock means a panic elsewhere mid-update of one entry; entries are replaced
         // whole, so the map is still consistent.
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Approves a requested step, recording `by` and now.
@@ -231,9 +238,10 @@ impl Approvals {
                 "the approver (`by`) must be named".into(),
             ));
         }
-        let mut records = self.lock();
+        let mut store = self.lock();
         let key = (app.clone(), revision.clone(), step);
-        let record = records
+        let (_, record) = store
+            .records
             .get_mut(&key)
             .ok_or_else(|| ApprovalError::NotFound {
                 app: app.to_string(),
@@ -262,26 +270,28 @@ impl Approvals {
 
     /// Requests still waiting for a decision, oldest first.
     pub fn pending(&self) -> Vec<ApprovalRecord> {
-        let mut out: Vec<ApprovalRecord> = self
-            .lock()
+        let store = self.lock();
+        let mut out: Vec<&(u64, ApprovalRecord)> = store
+            .records
             .values()
-            .filter(|r| r.decision.is_none())
-            .cloned()
+            .filter(|(_, r)| r.decision.is_none())
             .collect();
-        out.sort_by_key(|r| r.requested_at);
-        out
+        out.sort_by_key(|(seq, _)| *seq);
+        out.into_iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// The record of one step, pending or decided.
     pub fn get(&self, app: &AppKey, revision: &Revision, step: usize) -> Option<ApprovalRecord> {
         self.lock()
+            .records
             .get(&(app.clone(), revision.clone(), step))
-            .cloned()
+            .map(|(_, r)| r.clone())
     }
 
     /// Drops every record of `app`'s release of `revision` (when the rollout is done).
     pub fn forget(&self, app: &AppKey, revision: &Revision) {
         self.lock()
+            .records
             .retain(|(a, r, _), _| !(a == app && r == revision));
     }
 
@@ -313,15 +323,20 @@ impl Approvals {
 #[async_trait]
 impl ApprovalGate for Approvals {
     async fn request(&self, req: &ApprovalRequest) -> Result<(), ApprovalError> {
-        let mut records = self.lock();
+        let mut store = self.lock();
         let key = (req.app.clone(), req.revision.clone(), req.step);
-        records.entry(key).or_insert_with(|| {
+        let seq = store.next;
+        store.next += 1;
+        store.records.entry(key).or_insert_with(|| {
             tracing::info!(app = %req.app, revision = %req.revision, step = req.step, "approval requested");
-            ApprovalRecord {
-                request: req.clone(),
-                requested_at: SystemTime::now(),
-                decision: None,
-            }
+            (
+                seq,
+                ApprovalRecord {
+                    request: req.clone(),
+                    requested_at: SystemTime::now(),
+                    decision: None,
+                },
+            )
         });
         Ok(())
     }
