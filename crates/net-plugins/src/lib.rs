@@ -1,4 +1,27 @@
 //! rorqual-net: underlay IP pools, fixed-IP claims, MACs, durable and etcd stores, and the
 //! `rorqual-ipam` CNI IPAM plugin.
 //!
-//! Work in progress: see the project's issue tracker.
+//! - [`PoolSpec`]: CIDR ranges with start and end, discrete addresses, exclusions, gateway,
+//!   routes, DNS, VLAN and per-address MACs (given, or generated as locally administered).
+//! - [`PoolState`]: the pure allocation logic (Available / Active / Reserved / Disabled,
+//!   owner-idempotent allocation, claims that keep an identity's address, bulk transfer, GC).
+//! - [`Allocator`]: those operations over any [`store::PoolStore`] (memory, file, etcd with the
+//!   `etcd` feature), with a watch stream of changes.
+//! - [`cni`]: the CNI protocol, used by the `rorqual-ipam` executable.
+//! - [`BridgeNetwork`]: core's `Network` seam on a Linux bridge in network namespaces.
+
+pub mod allocator;
+pub mod error;
+pub mod mac;
+pub mod model;
+pub mod pool_state;
+pub mod store;
+
+pub use allocator::Allocator;
+pub use error::{PoolError, StoreError, TransferError};
+pub use mac::Mac;
+pub use model::{
+    AllocRequest, Allocation, AllocationEvent, Dns, IpRange, IpState, Owner, PoolSpec, Route,
+    TransferTarget, Usage,
+};
+pub use pool_state::PoolState;

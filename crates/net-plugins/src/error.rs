@@ -1,0 +1,213 @@
+//! Errors of pool operations and stores.
+
+use std::net::IpAddr;
+
+use crate::model::IpState;
+
+/// Errors of a pool store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data is unreadable (corrupt, truncated, or from an incompatible version).
+    #[error("pool store at {location} is corrupt: {reason}")]
+    Corrupt {
+        /// Where (a path or an etcd key).
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A compare-and-swap lost against a concurrent writer.
+    #[error("conflict on pool `{pool}`: expected version {expected:?}, found {found:?}")]
+    Conflict {
+        /// The pool.
+        pool: String,
+        /// The version expected (`None`: must not exist).
+        expected: Option<u64>,
+        /// The version found.
+        found: Option<u64>,
+    },
+    /// Too many concurrent writers: the update kept losing.
+    #[error("pool `{pool}` is contended: gave up after {attempts} conflicting attempts")]
+    Contended {
+        /// The pool.
+        pool: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The backend (etcd) failed.
+    #[error("{context}: {reason}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict { .. } | StoreError::Contended { .. } | StoreError::Backend { .. }
+        )
+    }
+}
+
+/// Errors of pool operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The pool does not exist.
+    #[error("pool `{pool}` does not exist")]
+    NoSuchPool {
+        /// The pool.
+        pool: String,
+    },
+    /// A pool with this name exists already (with a different spec).
+    #[error("pool `{pool}` already exists")]
+    PoolExists {
+        /// The pool.
+        pool: String,
+    },
+    /// The pool's definition is wrong.
+    #[error("pool `{pool}` is invalid: {reason}")]
+    InvalidSpec {
+        /// The pool.
+        pool: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No address is free.
+    #[error(
+        "pool `{pool}` has no free address in {ranges} ({active} active, {reserved} reserved, {disabled} disabled)"
+    )]
+    Exhausted {
+        /// The pool.
+        pool: String,
+        /// Its ranges and addresses, printed.
+        ranges: String,
+        /// Active addresses.
+        active: u64,
+        /// Reserved addresses.
+        reserved: u64,
+        /// Disabled addresses.
+        disabled: u64,
+    },
+    /// A requested address is in none of the pool's ranges (or is excluded or a gateway).
+    #[error("address {ip} is not in pool `{pool}` ({ranges}){why}")]
+    OutOfRange {
+        /// The pool.
+        pool: String,
+        /// The address.
+        ip: IpAddr,
+        /// The pool's ranges, printed.
+        ranges: String,
+        /// Extra reason (`: excluded`, `: it is a gateway`), or empty.
+        why: String,
+    },
+    /// A requested address is not available.
+    #[error("address {ip} in pool `{pool}` is {state}{holder}")]
+    Unavailable {
+        /// The pool.
+        pool: String,
+        /// The address.
+        ip: IpAddr,
+        /// Its state.
+        state: IpState,
+        /// Who holds it (` by ctr/eth0`, ` for identity ns/db-0`), or empty.
+        holder: String,
+    },
+    /// An identity's claimed address is still active under another owner (the old instance
+    /// has not released it yet); retry later.
+    #[error("pool `{pool}`: address {ip} claimed by `{identity}` is still held by {holder}")]
+    ClaimBusy {
+        /// The pool.
+        pool: String,
+        /// The identity.
+        identity: String,
+        /// The claimed address.
+        ip: IpAddr,
+        /// The owner still holding it.
+        holder: String,
+    },
+    /// The owner (or identity) already holds a different address than the one requested.
+    #[error("pool `{pool}`: {who} already holds {held}, cannot also take requested {requested}")]
+    AlreadyHolds {
+        /// The pool.
+        pool: String,
+        /// Owner or identity.
+        who: String,
+        /// The address held.
+        held: IpAddr,
+        /// The address requested.
+        requested: IpAddr,
+    },
+    /// The pool still has active addresses and cannot be deleted.
+    #[error("pool `{pool}` has {active} active addresses and cannot be deleted")]
+    PoolInUse {
+        /// The pool.
+        pool: String,
+        /// Active addresses.
+        active: u64,
+    },
+    /// The store failed.
+    #[error("pool `{pool}`: {source}")]
+    Store {
+        /// The pool.
+        pool: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl PoolError {
+    /// Wraps a store error for `pool`.
+    pub fn store(pool: impl Into<String>, source: StoreError) -> Self {
+        PoolError::Store {
+            pool: pool.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PoolError::ClaimBusy { .. } => true,
+            PoolError::Store { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Why one address of a bulk transfer was not moved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Not in the pool.
+    #[error("{ip} is not in the pool")]
+    NotInPool {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// In a state that cannot move.
+    #[error("{ip} is {state}{holder}")]
+    WrongState {
+        /// The address.
+        ip: IpAddr,
+        /// Its state.
+        state: IpState,
+        /// Who holds it, or empty.
+        holder: String,
+    },
+}

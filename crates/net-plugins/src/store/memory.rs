@@ -1,0 +1,92 @@
+//! The in-memory pool store (tests, embedded single-process use).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use super::{PoolStore, TxnFn, Versioned};
+use crate::error::{PoolError, StoreError};
+use crate::pool_state::PoolState;
+
+/// Pools in memory. Transactions run under one lock, in place (no copy), which is what makes
+/// it fast; see [`TxnFn`] for why in-place is safe.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pools: Mutex<HashMap<String, (u64, PoolState)>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (u64, PoolState)>> {
+        // A panicking transaction body cannot leave a half change: bodies check before they
+        // change, so the map is consistent even when poisoned.
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `txn` synchronously (the async [`PoolStore::update`] calls this).
+    pub fn update_sync(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
+        let mut pools = self.lock();
+        let Some((version, state)) = pools.get_mut(pool) else {
+            return Err(PoolError::NoSuchPool {
+                pool: pool.to_owned(),
+            });
+        };
+        if txn(state)? {
+            *version += 1;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PoolStore for MemoryStore {
+    async fn load(&self, pool: &str) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.lock().get(pool).map(|(v, s)| Versioned {
+            state: s.clone(),
+            version: *v,
+        }))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        pool: &str,
+        expected: Option<u64>,
+        next: Option<&PoolState>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut pools = self.lock();
+        let found = pools.get(pool).map(|(v, _)| *v);
+        if found != expected {
+            return Err(StoreError::Conflict {
+                pool: pool.to_owned(),
+                expected,
+                found,
+            });
+        }
+        match next {
+            Some(state) => {
+                let version = found.map_or(1, |v| v + 1);
+                pools.insert(pool.to_owned(), (version, state.clone()));
+                Ok(Some(version))
+            }
+            None => {
+                pools.remove(pool);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn update(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
+        self.update_sync(pool, txn)
+    }
+}

@@ -1,0 +1,121 @@
+//! Pool stores: where pool states live, with compare-and-swap writes.
+//!
+//! The allocator ([`crate::Allocator`]) is written once over [`PoolStore`]. A store keeps one
+//! document per pool with a version; [`PoolStore::compare_and_swap`] writes only when the
+//! version is still the one read. [`PoolStore::update`] runs a transaction body (load, change,
+//! write) and retries it on conflict; stores that can lock (memory, file) override it to run
+//! the body under their lock instead.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{PoolError, StoreError};
+use crate::pool_state::PoolState;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+pub mod file;
+pub mod memory;
+
+/// A pool state with the version it was read at.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Versioned {
+    /// The state.
+    pub state: PoolState,
+    /// Its version (changes on every write).
+    pub version: u64,
+}
+
+/// The body of a transaction: changes the state in place and returns whether it changed
+/// anything. On `Err` it must have left the state untouched (every [`PoolState`] operation
+/// checks before it changes). It may run more than once (on conflicts).
+pub type TxnFn<'a> = dyn FnMut(&mut PoolState) -> Result<bool, PoolError> + Send + 'a;
+
+/// How many conflicting attempts [`update_with_cas`] makes before giving up.
+pub const MAX_CAS_ATTEMPTS: u32 = 200;
+
+/// Where pool states live. Object safe: store it as `Arc<dyn PoolStore>`.
+#[async_trait]
+pub trait PoolStore: Send + Sync + Debug + 'static {
+    /// Reads a pool (`None`: no such pool).
+    async fn load(&self, pool: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Writes `next` (or deletes the pool when `None`) if the pool's version is still
+    /// `expected` (`None`: the pool must not exist). Returns the new version (`None` after a
+    /// delete); [`StoreError::Conflict`] when another writer came first.
+    async fn compare_and_swap(
+        &self,
+        pool: &str,
+        expected: Option<u64>,
+        next: Option<&PoolState>,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// The names of all pools.
+    async fn list(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Runs `txn` on the pool atomically. The default loads, runs the body on a copy and
+    /// compare-and-swaps, retrying on conflict.
+    async fn update(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
+        update_with_cas(self, pool, txn).await
+    }
+}
+
+/// Load, change, compare-and-swap; retried with a short randomised backoff on conflict.
+pub async fn update_with_cas<S: PoolStore + ?Sized>(
+    store: &S,
+    pool: &str,
+    txn: &mut TxnFn<'_>,
+) -> Result<(), PoolError> {
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        let Some(current) = store
+            .load(pool)
+            .await
+            .map_err(|e| PoolError::store(pool, e))?
+        else {
+            return Err(PoolError::NoSuchPool {
+                pool: pool.to_owned(),
+            });
+        };
+        let mut next = current.state.clone();
+        if !txn(&mut next)? {
+            return Ok(());
+        }
+        match store
+            .compare_and_swap(pool, Some(current.version), Some(&next))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => {
+                let jitter =
+                    u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % 5;
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) + jitter))
+                    .await;
+            }
+            Err(e) => return Err(PoolError::store(pool, e)),
+        }
+    }
+    Err(PoolError::store(
+        pool,
+        StoreError::Contended {
+            pool: pool.to_owned(),
+            attempts: MAX_CAS_ATTEMPTS,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn pool_store_is_object_safe_and_send() {
+        fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+        assert_send_sync::<dyn PoolStore>();
+        let _store: Arc<dyn PoolStore> = Arc::new(memory::MemoryStore::new());
+    }
+}

@@ -1,0 +1,180 @@
+//! The allocator over the memory and file stores: the same behaviour on both, the watch stream,
+//! corrupt files, and many threads and processes sharing one file store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rorqual_net::store::PoolStore;
+use rorqual_net::store::file::FileStore;
+use rorqual_net::store::memory::MemoryStore;
+use rorqual_net::{
+    AllocRequest, Allocator, IpRange, IpState, Owner, PoolError, PoolSpec, TransferTarget,
+};
+
+fn spec(name: &str, cidr: &str) -> PoolSpec {
+    PoolSpec::new(name)
+        .with_range(IpRange::new(cidr.parse().unwrap()))
+        .with_claim_keep_secs(60)
+}
+
+async fn behaviour(store: Arc<dyn PoolStore>) {
+    let alloc = Allocator::new(store);
+    let mut watch = alloc.watch();
+    alloc.create_pool(spec("p", "10.8.0.0/29")).await.unwrap();
+    alloc.create_pool(spec("p", "10.8.0.0/29")).await.unwrap();
+    assert!(matches!(
+        alloc.create_pool(spec("p", "10.8.1.0/29")).await,
+        Err(PoolError::PoolExists { .. })
+    ));
+    let o = Owner::new("c1", "eth0");
+    let a = alloc
+        .allocate("p", &AllocRequest::new(o.clone()).with_node("n1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        alloc
+            .allocate("p", &AllocRequest::new(o.clone()))
+            .await
+            .unwrap(),
+        a
+    );
+    let ev = watch.next().await.unwrap().unwrap();
+    assert_eq!(
+        (ev.ip, ev.from, ev.to),
+        (a.address.addr(), IpState::Available, IpState::Active)
+    );
+    assert_eq!(alloc.usage_by_node("p").await.unwrap().get("n1"), Some(&1));
+    assert!(matches!(
+        alloc.delete_pool("p").await,
+        Err(PoolError::PoolInUse { active: 1, .. })
+    ));
+    assert_eq!(
+        alloc.release("p", &o).await.unwrap(),
+        Some(a.address.addr())
+    );
+    assert_eq!(alloc.release("p", &o).await.unwrap(), None);
+    let ev = watch.next().await.unwrap().unwrap();
+    assert_eq!((ev.from, ev.to), (IpState::Active, IpState::Available));
+    let r = alloc
+        .transfer(
+            "p",
+            &["10.8.0.3".parse().unwrap(), "10.9.0.1".parse().unwrap()],
+            TransferTarget::Reserved,
+        )
+        .await
+        .unwrap();
+    assert!(r[0].1.is_ok() && r[1].1.is_err());
+    assert_eq!(alloc.usage("p").await.unwrap().reserved, 1);
+    // GC: a leaked owner goes, a live one stays.
+    let live = Owner::new("live", "eth0");
+    alloc
+        .allocate("p", &AllocRequest::new(live.clone()))
+        .await
+        .unwrap();
+    let leak = alloc
+        .allocate("p", &AllocRequest::new(Owner::new("leak", "eth0")))
+        .await
+        .unwrap();
+    let gone = alloc
+        .gc("p", &HashSet::from([live.clone()]), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].ip, leak.address.addr());
+    assert!(alloc.lookup("p", &live).await.unwrap().is_some());
+    alloc.release("p", &live).await.unwrap();
+    alloc.delete_pool("p").await.unwrap();
+    alloc.delete_pool("p").await.unwrap();
+    assert!(alloc.pools().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_behaviour() {
+    behaviour(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn file_store_behaviour_and_persistence() {
+    let dir = tempfile::tempdir().unwrap();
+    behaviour(Arc::new(FileStore::open(dir.path()).unwrap())).await;
+    // State survives a new store on the same directory.
+    let first = Allocator::new(Arc::new(FileStore::open(dir.path()).unwrap()));
+    first
+        .create_pool(spec("keep", "10.8.2.0/29"))
+        .await
+        .unwrap();
+    let a = first
+        .allocate(
+            "keep",
+            &AllocRequest::new(Owner::new("c", "eth0")).with_identity("ns/db-0"),
+        )
+        .await
+        .unwrap();
+    first
+        .release("keep", &Owner::new("c", "eth0"))
+        .await
+        .unwrap();
+    let second = Allocator::new(Arc::new(FileStore::open(dir.path()).unwrap()));
+    let b = second
+        .allocate(
+            "keep",
+            &AllocRequest::new(Owner::new("d", "eth0")).with_identity("ns/db-0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.address, b.address, "claim kept across a restart");
+}
+
+#[tokio::test]
+async fn corrupt_file_is_a_clear_error_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let alloc = Allocator::new(Arc::new(FileStore::open(dir.path()).unwrap()));
+    alloc.create_pool(spec("c", "10.8.3.0/29")).await.unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, b"{\"version\":3,\"state\":{\"spec\":").unwrap();
+    let err = alloc
+        .allocate("c", &AllocRequest::new(Owner::new("x", "eth0")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pool `c`") && err.contains("c.json") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"{\"version\":3,\"state\":{\"spec\":"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_sharing_a_file_store_never_double_allocate() {
+    let dir = tempfile::tempdir().unwrap();
+    let alloc = Allocator::new(Arc::new(FileStore::open(dir.path()).unwrap()));
+    alloc.create_pool(spec("t", "10.8.4.0/27")).await.unwrap(); // 30 addresses
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let alloc = Allocator::new(Arc::new(FileStore::open(dir.path()).unwrap()));
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(
+                alloc.allocate("t", &AllocRequest::new(Owner::new(format!("c{i}"), "eth0"))),
+            )
+        }));
+    }
+    let mut got = HashSet::new();
+    let mut exhausted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) => assert!(got.insert(a.address.addr()), "duplicate {}", a.address),
+            Err(PoolError::Exhausted { .. }) => exhausted += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((got.len(), exhausted), (30, 10));
+}
