@@ -11,6 +11,7 @@
 //! - [`BridgeNetwork`]: core's `Network` seam on a Linux bridge in network namespaces.
 
 pub mod allocator;
+pub mod cni;
 pub mod error;
 pub mod mac;
 pub mod model;

@@ -1,0 +1,635 @@
+//! The CNI IPAM protocol (spec 1.0.0 and 1.1.0) as used by the `rorqual-ipam` executable.
+//!
+//! [`run`] takes the environment and stdin and returns the JSON to print on stdout, or a
+//! [`CniError`] whose JSON also goes to stdout (that is where libcni reads it) with a non-zero
+//! exit. A network config written for host-local works by changing `"type"` alone:
+//!
+//! ```json
+//! {"cniVersion":"1.0.0","name":"games","type":"bridge","bridge":"cni0","isGateway":true,
+//!  "ipam":{"type":"rorqual-ipam","ranges":[[{"subnet":"10.250.0.0/24"}]],
+//!          "routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/var/lib/cni/networks",
+//!          "claimKeepSeconds":3600,"exclude":["10.250.0.100/30"],"vlan":12,
+//!          "macs":{"10.250.0.7":"02:42:0a:fa:00:07"},
+//!          "store":{"type":"etcd","endpoints":["http://127.0.0.1:2379"]}}}
+//! ```
+
+pub mod config;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::allocator::Allocator;
+use crate::error::PoolError;
+use crate::mac::Mac;
+use crate::model::{AllocRequest, Allocation, Owner, PoolSpec};
+use crate::pool_state::PoolState;
+use crate::store::PoolStore;
+use crate::store::file::FileStore;
+use config::{IpamConf, NetConf, StoreConf};
+
+/// CNI error codes.
+pub mod code {
+    /// Incompatible CNI version.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// Unsupported field in the network configuration.
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// Container unknown or does not exist.
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    /// Invalid necessary environment variables.
+    pub const BAD_ENV: u32 = 4;
+    /// I/O failure (here: the pool store is unreadable, unwritable or corrupt).
+    pub const IO: u32 = 5;
+    /// Failed to decode content.
+    pub const DECODE: u32 = 6;
+    /// Invalid network config.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later.
+    pub const TRY_AGAIN: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD (every pool is full, or the store is unusable).
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// rorqual: no free address in a pool.
+    pub const EXHAUSTED: u32 = 110;
+    /// rorqual: a requested address is outside every range or not available.
+    pub const ADDRESS_UNAVAILABLE: u32 = 111;
+    /// rorqual: CHECK found a different address than the previous result.
+    pub const CHECK_MISMATCH: u32 = 112;
+}
+
+/// The CNI versions this plugin speaks.
+pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+
+/// A CNI error: printed as `{"cniVersion","code","msg","details"}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("CNI error {code}: {msg}")]
+#[non_exhaustive]
+pub struct CniError {
+    /// The code.
+    pub code: u32,
+    /// The message.
+    pub msg: String,
+    /// Details.
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with `code`.
+    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+
+    /// The JSON printed on stdout.
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        let mut v = json!({"cniVersion": cni_version, "code": self.code, "msg": self.msg});
+        if !self.details.is_empty() {
+            v["details"] = Value::String(self.details.clone());
+        }
+        v
+    }
+}
+
+impl From<PoolError> for CniError {
+    fn from(e: PoolError) -> Self {
+        let code = match &e {
+            PoolError::Exhausted { .. } => code::EXHAUSTED,
+            PoolError::OutOfRange { .. }
+            | PoolError::Unavailable { .. }
+            | PoolError::AlreadyHolds { .. } => code::ADDRESS_UNAVAILABLE,
+            PoolError::InvalidSpec { .. } | PoolError::PoolExists { .. } => code::INVALID_CONFIG,
+            _ if e.is_retryable() => code::TRY_AGAIN,
+            PoolError::Store { .. } => code::IO,
+            _ => code::INVALID_CONFIG,
+        };
+        let details = std::error::Error::source(&e)
+            .and_then(std::error::Error::source)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        CniError::new(code, e.to_string(), details)
+    }
+}
+
+/// The CNI environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Env {
+    /// `CNI_COMMAND`.
+    pub command: Option<String>,
+    /// `CNI_CONTAINERID`.
+    pub container_id: Option<String>,
+    /// `CNI_NETNS`.
+    pub netns: Option<String>,
+    /// `CNI_IFNAME`.
+    pub ifname: Option<String>,
+    /// `CNI_ARGS`.
+    pub args: Option<String>,
+    /// `CNI_PATH`.
+    pub path: Option<String>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Env {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            command: var("CNI_COMMAND"),
+            container_id: var("CNI_CONTAINERID"),
+            netns: var("CNI_NETNS"),
+            ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
+            path: var("CNI_PATH"),
+        }
+    }
+}
+
+fn bad_env(msg: impl Into<String>) -> CniError {
+    CniError::new(code::BAD_ENV, msg, "")
+}
+
+fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Parsed `CNI_ARGS`.
+#[derive(Debug, Default)]
+struct CniArgs {
+    ignore_unknown: bool,
+    ips: Vec<IpAddr>,
+    mac: Option<Mac>,
+    identity: Option<String>,
+}
+
+fn parse_ip_text(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse()
+        .ok()
+        .or_else(|| s.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
+}
+
+fn parse_cni_args(raw: Option<&str>) -> Result<CniArgs, CniError> {
+    let mut out = CniArgs::default();
+    let Some(raw) = raw else { return Ok(out) };
+    let pairs: Vec<(&str, &str)> = raw
+        .split(';')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=').ok_or_else(|| {
+                bad_env(format!(
+                    "CNI_ARGS entry `{p}` is not KEY=VALUE (in `{raw}`)"
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    out.ignore_unknown = pairs.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("IgnoreUnknown")
+            && matches!(v.to_ascii_lowercase().as_str(), "1" | "true")
+    });
+    let (mut ns, mut pod) = (None, None);
+    for (k, v) in pairs {
+        match k {
+            "IgnoreUnknown" => {}
+            "IP" => {
+                for part in v.split(',').filter(|p| !p.is_empty()) {
+                    out.ips.push(parse_ip_text(part).ok_or_else(|| {
+                        bad_env(format!("CNI_ARGS IP=`{part}` is not an IP address"))
+                    })?);
+                }
+            }
+            "MAC" => {
+                out.mac = Some(v.parse().map_err(|e: crate::mac::MacParseError| {
+                    bad_env(format!("CNI_ARGS MAC: {e}"))
+                })?)
+            }
+            "RORQUAL_IDENTITY" => out.identity = Some(v.to_owned()),
+            "K8S_POD_NAMESPACE" => ns = Some(v.to_owned()),
+            "K8S_POD_NAME" => pod = Some(v.to_owned()),
+            other if out.ignore_unknown => {
+                let _ = other;
+            }
+            other => {
+                return Err(CniError::new(
+                    code::UNSUPPORTED_FIELD,
+                    format!(
+                        "unsupported CNI_ARGS key {other}={v} (set IgnoreUnknown=1 to ignore it)"
+                    ),
+                    "",
+                ));
+            }
+        }
+    }
+    if out.identity.is_none()
+        && let (Some(ns), Some(pod)) = (ns, pod)
+    {
+        out.identity = Some(format!("{ns}/{pod}"));
+    }
+    Ok(out)
+}
+
+fn ips_from(v: Option<&Value>, what: &str) -> Result<Vec<IpAddr>, CniError> {
+    let Some(Value::Array(items)) = v else {
+        return Ok(vec![]);
+    };
+    items
+        .iter()
+        .map(|i| {
+            i.as_str().and_then(parse_ip_text).ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("{what}: `{i}` is not an IP address"),
+                    "",
+                )
+            })
+        })
+        .collect()
+}
+
+fn mac_from(v: Option<&Value>, what: &str) -> Result<Option<Mac>, CniError> {
+    match v.and_then(Value::as_str) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("{what}: {e}"), "")),
+    }
+}
+
+#[derive(Serialize)]
+struct IpResult {
+    address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<IpAddr>,
+}
+
+async fn open_store(conf: &IpamConf) -> Result<Arc<dyn PoolStore>, CniError> {
+    match &conf.store {
+        StoreConf::File { dir } => {
+            let dir = dir
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(config::DEFAULT_DATA_DIR));
+            let store = FileStore::open(&dir).map_err(|e| {
+                CniError::new(
+                    code::IO,
+                    format!("pool `{}`: {e}", conf.pools[0].name),
+                    std::error::Error::source(&e)
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "etcd")]
+        StoreConf::Etcd { endpoints, prefix } => {
+            let prefix = prefix.clone().unwrap_or_else(|| "/rorqual/ipam/".into());
+            let store = crate::store::etcd::EtcdStore::connect(endpoints, prefix)
+                .await
+                .map_err(|e| {
+                    CniError::new(code::IO, format!("pool `{}`: {e}", conf.pools[0].name), "")
+                })?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreConf::Etcd { .. } => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "pool `{}`: ipam.store type etcd needs rorqual-ipam built with the `etcd` feature",
+                conf.pools[0].name
+            ),
+            "",
+        )),
+    }
+}
+
+/// Allocates in `spec`'s pool, creating it or updating its spec in the same step.
+async fn allocate_in(
+    alloc: &Allocator,
+    spec: &PoolSpec,
+    req: &AllocRequest,
+) -> Result<Allocation, PoolError> {
+    let now = crate::allocator::system_clock_ms();
+    for _ in 0..3 {
+        let mut out = None;
+        let mut txn = |s: &mut PoolState| {
+            let mut next = s.clone();
+            let spec_changed = next.set_spec(spec.clone())?;
+            let (a, ev) = next.allocate(req, now)?;
+            let changed = spec_changed || !ev.is_empty();
+            if changed {
+                *s = next;
+            }
+            out = Some(a);
+            Ok(changed)
+        };
+        match alloc.store().update(&spec.name, &mut txn).await {
+            Ok(()) => {
+                return out.ok_or_else(|| PoolError::NoSuchPool {
+                    pool: spec.name.clone(),
+                });
+            }
+            Err(PoolError::NoSuchPool { .. }) => match alloc.create_pool(spec.clone()).await {
+                Ok(()) | Err(PoolError::PoolExists { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Err(PoolError::NoSuchPool {
+        pool: spec.name.clone(),
+    })
+}
+
+/// Runs one CNI command: returns what to print on stdout on success.
+pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
+    let command = env.command.clone().unwrap_or_default();
+    if command == "VERSION" {
+        return Ok(json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}));
+    }
+    // Version for error replies: the config's when it parses, else the newest.
+    let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
+        (
+            "1.1.0".to_owned(),
+            CniError::new(
+                code::DECODE,
+                format!("cannot decode network configuration: {e}"),
+                "",
+            ),
+        )
+    })?;
+    let version = raw
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("1.1.0")
+        .to_owned();
+    let fail = |e: CniError| (version.clone(), e);
+    let conf: NetConf = serde_json::from_value(raw.clone()).map_err(|e| {
+        fail(CniError::new(
+            code::DECODE,
+            format!("cannot decode network configuration: {e}"),
+            "",
+        ))
+    })?;
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return Err(fail(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "network `{}`: cniVersion {} is not supported (supported: {})",
+                conf.name,
+                conf.cni_version,
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+            "",
+        )));
+    }
+    execute(&command, env, &conf).await.map_err(fail)
+}
+
+async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    let args = parse_cni_args(env.args.as_deref())?;
+    let ipam = IpamConf::parse(&conf.name, &conf.ipam, args.ignore_unknown)?;
+    let need = |v: &Option<String>, name: &str| {
+        v.clone()
+            .ok_or_else(|| bad_env(format!("{name} is required for {command}")))
+    };
+    let owner = || -> Result<Owner, CniError> {
+        let id = need(&env.container_id, "CNI_CONTAINERID")?;
+        if !valid_container_id(&id) {
+            return Err(bad_env(format!(
+                "CNI_CONTAINERID `{id}` is invalid (alphanumeric first, then alphanumerics, `_`, `.`, `-`)"
+            )));
+        }
+        Ok(Owner::new(id, need(&env.ifname, "CNI_IFNAME")?))
+    };
+    match command {
+        "ADD" => {
+            let owner = owner()?;
+            need(&env.netns, "CNI_NETNS")?;
+            let store = open_store(&ipam).await?;
+            add(&Allocator::new(store), conf, &ipam, &args, owner).await
+        }
+        "DEL" => {
+            let owner = owner()?;
+            let alloc = Allocator::new(open_store(&ipam).await?);
+            for spec in &ipam.pools {
+                alloc.release(&spec.name, &owner).await?;
+            }
+            Ok(Value::Null)
+        }
+        "CHECK" => {
+            let owner = owner()?;
+            need(&env.netns, "CNI_NETNS")?;
+            let alloc = Allocator::new(open_store(&ipam).await?);
+            check(&alloc, conf, &ipam, &owner).await?;
+            Ok(Value::Null)
+        }
+        "GC" | "STATUS" if conf.cni_version == "1.0.0" => Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "network `{}`: {command} needs cniVersion 1.1.0, got 1.0.0",
+                conf.name
+            ),
+            "",
+        )),
+        "GC" => {
+            need(&env.path, "CNI_PATH")?;
+            let live: HashSet<Owner> = conf
+                .attachments
+                .iter()
+                .chain(conf.valid_attachments.iter())
+                .flatten()
+                .map(|a| Owner::new(a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            let alloc = Allocator::new(open_store(&ipam).await?);
+            for spec in &ipam.pools {
+                match alloc
+                    .gc(&spec.name, &live, Duration::from_secs(ipam.gc_grace_secs))
+                    .await
+                {
+                    Ok(_) | Err(PoolError::NoSuchPool { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(Value::Null)
+        }
+        "STATUS" => {
+            let alloc = Allocator::new(
+                open_store(&ipam)
+                    .await
+                    .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg, e.details))?,
+            );
+            let mut full = Vec::new();
+            for spec in &ipam.pools {
+                let usage = match alloc.pool(&spec.name).await {
+                    Ok(state) => state.usage(),
+                    Err(PoolError::NoSuchPool { .. }) => PoolState::new(spec.clone())?.usage(),
+                    Err(e) => return Err(CniError::new(code::NOT_AVAILABLE, e.to_string(), "")),
+                };
+                if usage.available == 0 {
+                    full.push(format!("pool `{}` has no free address", spec.name));
+                }
+            }
+            if !full.is_empty() && full.len() == ipam.pools.len() {
+                return Err(CniError::new(code::NOT_AVAILABLE, full.join("; "), ""));
+            }
+            Ok(Value::Null)
+        }
+        "" => Err(bad_env("CNI_COMMAND is not set")),
+        other => Err(bad_env(format!(
+            "CNI_COMMAND `{other}` is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"
+        ))),
+    }
+}
+
+async fn add(
+    alloc: &Allocator,
+    conf: &NetConf,
+    ipam: &IpamConf,
+    args: &CniArgs,
+    owner: Owner,
+) -> Result<Value, CniError> {
+    let rc = conf.runtime_config.as_ref();
+    let cni_args = conf.args.as_ref().and_then(|a| a.get("cni"));
+    let mut requested = args.ips.clone();
+    requested.extend(ips_from(
+        cni_args.and_then(|c| c.get("ips")),
+        "args.cni.ips",
+    )?);
+    requested.extend(ips_from(
+        rc.and_then(|r| r.get("ips")),
+        "runtimeConfig.ips",
+    )?);
+    requested.dedup();
+    let mac = match args.mac {
+        Some(m) => Some(m),
+        None => match mac_from(cni_args.and_then(|c| c.get("mac")), "args.cni.mac")? {
+            Some(m) => Some(m),
+            None => mac_from(rc.and_then(|r| r.get("mac")), "runtimeConfig.mac")?,
+        },
+    };
+    // Each requested address goes to the pool whose ranges contain it.
+    let mut per_pool: BTreeMap<usize, IpAddr> = BTreeMap::new();
+    for ip in &requested {
+        let Some(i) = ipam
+            .pools
+            .iter()
+            .position(|p| PoolState::new(p.clone()).is_ok_and(|s| s.state_of(*ip).is_some()))
+        else {
+            let names: Vec<&str> = ipam.pools.iter().map(|p| p.name.as_str()).collect();
+            return Err(CniError::new(
+                code::ADDRESS_UNAVAILABLE,
+                format!(
+                    "requested address {ip} is outside every range of pool(s) {}",
+                    names.join(", ")
+                ),
+                "",
+            ));
+        };
+        if per_pool.insert(i, *ip).is_some_and(|prev| prev != *ip) {
+            return Err(CniError::new(
+                code::ADDRESS_UNAVAILABLE,
+                format!(
+                    "more than one address requested from pool `{}`",
+                    ipam.pools[i].name
+                ),
+                "",
+            ));
+        }
+    }
+    let mut ips = Vec::new();
+    let mut done: Vec<&str> = Vec::new();
+    for (i, spec) in ipam.pools.iter().enumerate() {
+        let mut req = AllocRequest::new(owner.clone());
+        req.ip = per_pool.get(&i).copied();
+        req.mac = mac;
+        req.identity = args.identity.clone();
+        match allocate_in(alloc, spec, &req).await {
+            Ok(a) => {
+                ips.push(IpResult {
+                    address: a.address.to_string(),
+                    gateway: a.gateway,
+                });
+                done.push(&spec.name);
+            }
+            Err(e) => {
+                // Give back what this ADD took in earlier pools.
+                for pool in done {
+                    let _ = alloc.release(pool, &owner).await;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let first = &ipam.pools[0];
+    Ok(json!({
+        "cniVersion": conf.cni_version,
+        "ips": ips,
+        "routes": first.routes,
+        "dns": first.dns,
+    }))
+}
+
+async fn check(
+    alloc: &Allocator,
+    conf: &NetConf,
+    ipam: &IpamConf,
+    owner: &Owner,
+) -> Result<(), CniError> {
+    let prev: Vec<IpAddr> = conf
+        .prev_result
+        .as_ref()
+        .and_then(|p| p.get("ips"))
+        .and_then(Value::as_array)
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|i| {
+                    i.get("address")
+                        .and_then(Value::as_str)
+                        .and_then(parse_ip_text)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for spec in &ipam.pools {
+        let held = match alloc.lookup(&spec.name, owner).await {
+            Ok(h) => h,
+            Err(PoolError::NoSuchPool { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(held) = held else {
+            return Err(CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("pool `{}` holds no address for {owner}", spec.name),
+                "",
+            ));
+        };
+        let state = PoolState::new(spec.clone())?;
+        let expected: Vec<&IpAddr> = prev
+            .iter()
+            .filter(|ip| state.state_of(**ip).is_some() || **ip == held.address.addr())
+            .collect();
+        if !expected.is_empty() && !expected.contains(&&held.address.addr()) {
+            return Err(CniError::new(
+                code::CHECK_MISMATCH,
+                format!(
+                    "pool `{}`: {owner} holds {} but prevResult lists {}",
+                    spec.name,
+                    held.address,
+                    expected
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "",
+            ));
+        }
+    }
+    Ok(())
+}
