@@ -22,8 +22,10 @@
 pub mod clock;
 pub mod analysis;
 pub mod approval;
+pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod local;
 #[cfg(feature = "testing")]
 pub mod memory;
 pub mod model;

@@ -1,0 +1,224 @@
+//! LocalEngine's state directory: re-adoption after an engine restart, corrupt or foreign
+//! directories, the lock, the file-backed state store; and invalid specs rejected up front.
+
+mod local_support;
+
+use local_support::*;
+use rorqual_core::Error;
+use rorqual_core::engine::Engine;
+use rorqual_core::model::{AppSpec, ContainerSpec, PortSpec, Probe, Protocol};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_engine_readopts_running_instances_and_restarts_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = demo("web");
+    let key = web.key();
+
+    let engine = builder(dir.path(), 36000).build().await.unwrap();
+    engine.apply_group(&web, 2).await.unwrap();
+    let before = all_ready(&engine, &key, 2).await;
+    let pids: Vec<u32> = before
+        .iter()
+        .map(|i| engine.pids(&i.id).unwrap()[0])
+        .collect();
+    let store = engine.state_store();
+    store
+        .compare_and_swap("rollout/web", None, Some(b"step 2".to_vec()))
+        .await
+        .unwrap();
+    drop(engine);
+    assert!(
+        pids.iter().all(|p| pid_alive(*p)),
+        "dropping the engine leaves processes running"
+    );
+
+    // Same instances, same processes, same addresses; ready again through probes.
+    let engine = builder(dir.path(), 36000).build().await.unwrap();
+    let adopted = all_ready(&engine, &key, 2).await;
+    for (b, a) in before.iter().zip(&adopted) {
+        assert_eq!(
+            (&a.id, &a.ports, &a.node, a.restarts),
+            (&b.id, &b.ports, &b.node, 0)
+        );
+    }
+    let adopted_pids: Vec<u32> = adopted
+        .iter()
+        .map(|i| engine.pids(&i.id).unwrap()[0])
+        .collect();
+    assert_eq!(adopted_pids, pids, "no new processes");
+    let v = engine
+        .state_store()
+        .get("rollout/web")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.value.as_slice(), v.version), (&b"step 2"[..], 1));
+
+    // The directory is locked while an engine uses it.
+    let err = builder(dir.path(), 36600).build().await.unwrap_err();
+    assert!(matches!(err, Error::CorruptState { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another LocalEngine"),
+        "{err}"
+    );
+
+    // A process killed while no engine runs is restarted by the next engine; the other is kept.
+    drop(engine);
+    kill9(pids[0]);
+    wait_for(10, "killed process gone", || async {
+        (!pid_alive(pids[0])).then_some(())
+    })
+    .await;
+    let engine = builder(dir.path(), 36000).build().await.unwrap();
+    let after = wait_for(60, "restarted instance ready", || async {
+        let l = engine.instances(&key).await.unwrap();
+        (l.len() == 2 && l.iter().all(|i| i.ready)).then_some(l)
+    })
+    .await;
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].restarts, 1);
+    assert_ne!(engine.pids(&after[0].id).unwrap()[0], pids[0]);
+    assert_eq!(engine.pids(&after[1].id).unwrap()[0], pids[1]);
+    assert_eq!(after[1].restarts, 0);
+    let (code, _) = http_get(after[0].endpoint("http").unwrap(), "/")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+
+    // Shutdown stops everything: no orphans.
+    let last: Vec<u32> = after
+        .iter()
+        .map(|i| engine.pids(&i.id).unwrap()[0])
+        .collect();
+    engine.shutdown().await.unwrap();
+    wait_for(10, "no processes left", || async {
+        last.iter().all(|p| !pid_alive(*p)).then_some(())
+    })
+    .await;
+    let stopped = engine.instances(&key).await.unwrap();
+    assert!(stopped.iter().all(|i| !i.ready), "{stopped:?}");
+    assert!(matches!(
+        engine.apply_group(&web, 1).await,
+        Err(Error::ShutDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
+    // A directory holding someone else's files.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("notes.txt"), "mine").unwrap();
+    let err = builder(foreign.path(), 37000).build().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::CorruptState { .. }), "{text}");
+    assert!(
+        text.contains(&foreign.path().display().to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("not a rorqual local state directory"),
+        "{text}"
+    );
+    let names: Vec<String> = std::fs::read_dir(foreign.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["notes.txt"], "nothing added or removed");
+
+    // Our directory with a damaged state file.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path(), 37000).build().await.unwrap();
+    engine.apply_group(&demo("web"), 1).await.unwrap();
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let state = dir.path().join("engine.json");
+    std::fs::write(&state, "{\"apps\": [oops").unwrap();
+    let err = builder(dir.path(), 37000).build().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::CorruptState { .. }), "{text}");
+    assert!(
+        text.contains(&state.display().to_string()) && text.contains("invalid JSON"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        "{\"apps\": [oops",
+        "left as it was"
+    );
+
+    // A marker of another format version.
+    let marker = dir.path().join("rorqual-state.json");
+    std::fs::write(&marker, r#"{"format":"rorqual-local-state","version":99}"#).unwrap();
+    let err = builder(dir.path(), 37000).build().await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&marker.display().to_string()) && text.contains("version 99"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        r#"{"format":"rorqual-local-state","version":99}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_rejected_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = builder(dir.path(), 37500).build().await.unwrap();
+    let mut bad = AppSpec::new(
+        "bad",
+        vec![
+            ContainerSpec::new("app", Vec::<String>::new()).port("http", 8080),
+            ContainerSpec::new("app", ["/bin/true"]).readiness(Probe::http("/", "admin")),
+        ],
+    );
+    bad.containers[0].ports.push(PortSpec {
+        name: "zero".into(),
+        number: 0,
+        protocol: Protocol::Tcp,
+    });
+    let err = engine.apply_group(&bad, 3).await.unwrap_err();
+    let Error::Invalid(errors) = &err else {
+        panic!("expected a validation error, got {err}");
+    };
+    let text = err.to_string();
+    assert_eq!(errors.errors.len(), 4, "{text}");
+    for expected in [
+        "containers[0].command: required by the local engine",
+        "containers[0].ports[1].number: must be 1-65535, got 0",
+        "containers[1].name: duplicate container name \"app\"",
+        "containers[1].readinessProbe.port: refers to undeclared port admin",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    assert!(
+        engine.apps().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+    assert!(
+        !dir.path().join("instances").exists(),
+        "nothing was started"
+    );
+
+    // A bad quantity is rejected when the spec is read.
+    let yaml =
+        "name: q\ncontainers:\n- name: app\n  command: [/bin/true]\n  resources: {cpu: 5x}\n";
+    let err = AppSpec::from_yaml(yaml).unwrap_err().to_string();
+    assert!(err.contains("5x"), "{err}");
+
+    // Builder validation lists every problem.
+    let err = rorqual_core::local::LocalEngine::builder()
+        .restart_backoff(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(1),
+        )
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("at least one node") && err.contains("exceeds its cap"),
+        "{err}"
+    );
+    engine.shutdown().await.unwrap();
+}
