@@ -1,0 +1,408 @@
+//! The `rorqual-ipam` executable, invoked the way a runtime invokes it (no root needed: IPAM
+//! does not touch namespaces).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
+
+fn conf(dir: &Path, version: &str, ipam_extra: Value) -> Value {
+    let mut ipam = json!({
+        "type": "rorqual-ipam",
+        "ranges": [[{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.10", "rangeEnd": "10.77.0.59"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": dir,
+    });
+    if let (Some(m), Some(extra)) = (ipam.as_object_mut(), ipam_extra.as_object()) {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"cniVersion": version, "name": "proto", "type": "bridge", "bridge": "x0", "ipam": ipam})
+}
+
+fn spawn(cmd: &str, container: &str, args: &str, stdin: &Value) -> Child {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", "/var/run/netns/none")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !args.is_empty() {
+        c.env("CNI_ARGS", args);
+    }
+    let mut child = c.spawn().expect("spawn rorqual-ipam");
+    let body = stdin.to_string();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write stdin");
+    child
+}
+
+fn run(cmd: &str, container: &str, args: &str, stdin: &Value) -> (bool, Value) {
+    let out: Output = spawn(cmd, container, args, stdin)
+        .wait_with_output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
+    };
+    (out.status.success(), v)
+}
+
+fn addr(v: &Value) -> String {
+    v["ips"][0]["address"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn add_is_idempotent_and_results_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["1.0.0", "1.1.0"] {
+        let c = conf(
+            dir.path(),
+            version,
+            json!({"pool": format!("p{}", version.replace('.', ""))}),
+        );
+        let (ok, first) = run("ADD", "ctr-a", "", &c);
+        assert!(ok, "{first}");
+        assert_eq!(
+            first,
+            json!({"cniVersion": version, "ips": [{"address": "10.77.0.10/24", "gateway": "10.77.0.1"}],
+                   "routes": [{"dst": "0.0.0.0/0"}], "dns": {}})
+        );
+        let (ok, again) = run("ADD", "ctr-a", "", &c);
+        assert!(ok);
+        assert_eq!(again, first, "same container and ifname: same result");
+        let mut check = c.clone();
+        check["prevResult"] = first.clone();
+        assert!(run("CHECK", "ctr-a", "", &check).0);
+        let (ok, err) = run("CHECK", "ctr-other", "", &check);
+        assert!(!ok);
+        assert_eq!(err["code"], 3);
+        assert_eq!(run("DEL", "ctr-a", "", &c), (true, Value::Null));
+        assert_eq!(
+            run("DEL", "ctr-a", "", &c),
+            (true, Value::Null),
+            "DEL twice"
+        );
+        let (ok, err) = run("CHECK", "ctr-a", "", &check);
+        assert!(!ok && err["code"] == 3, "{err}");
+    }
+}
+
+#[test]
+fn specific_ips_from_every_source_and_mac() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(dir.path(), "1.0.0", json!({}));
+    let (ok, r) = run(
+        "ADD",
+        "c1",
+        "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.77.0.33",
+        &c,
+    );
+    assert!(ok, "{r}");
+    assert_eq!(addr(&r), "10.77.0.33/24");
+    let mut c2 = c.clone();
+    c2["args"] = json!({"cni": {"ips": ["10.77.0.34/24"], "mac": "02:00:00:00:00:34"}});
+    assert_eq!(addr(&run("ADD", "c2", "", &c2).1), "10.77.0.34/24");
+    let mut c3 = c.clone();
+    c3["runtimeConfig"] = json!({"ips": ["10.77.0.35"], "mac": "02:00:00:00:00:35"});
+    assert_eq!(addr(&run("ADD", "c3", "", &c3).1), "10.77.0.35/24");
+    // The MAC the runtime set is recorded with the allocation.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["state"]["entries"]["10.77.0.35"]["m"],
+        "02:00:00:00:00:35"
+    );
+    // Taken, outside every range, malformed.
+    let (ok, e) = run("ADD", "c4", "IP=10.77.0.33", &c);
+    assert!(!ok);
+    assert_eq!(e["code"], 111);
+    assert!(
+        e["msg"].as_str().unwrap().contains("10.77.0.33")
+            && e["msg"].as_str().unwrap().contains("proto"),
+        "{e}"
+    );
+    let (ok, e) = run("ADD", "c4", "IP=192.168.1.1", &c);
+    assert!(!ok && e["code"] == 111, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("192.168.1.1"));
+    let (ok, e) = run("ADD", "c4", "IP=nonsense", &c);
+    assert!(!ok && e["code"] == 4, "{e}");
+}
+
+#[test]
+fn bad_input_gives_the_right_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(dir.path(), "1.0.0", json!({}));
+    let cases: Vec<(&str, &str, &str, Value, u64, &str)> = vec![
+        (
+            "ADD",
+            "c1",
+            "",
+            json!({"cniVersion": "0.2.0", "name": "n", "ipam": c["ipam"]}),
+            1,
+            "0.2.0",
+        ),
+        (
+            "ADD",
+            "c1",
+            "",
+            conf(dir.path(), "1.0.0", json!({"bogus": 1})),
+            2,
+            "ipam.bogus",
+        ),
+        ("ADD", "c1", "Foo=bar", c.clone(), 2, "Foo=bar"),
+        ("ADD", "-bad", "", c.clone(), 4, "CNI_CONTAINERID"),
+        ("NOPE", "c1", "", c.clone(), 4, "NOPE"),
+        (
+            "ADD",
+            "c1",
+            "",
+            json!({"cniVersion": "1.0.0", "name": "n"}),
+            6,
+            "ipam",
+        ),
+        (
+            "ADD",
+            "c1",
+            "",
+            conf(
+                dir.path(),
+                "1.0.0",
+                json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.1.0.1"}]]}),
+            ),
+            7,
+            "rangeStart 10.1.0.1",
+        ),
+        (
+            "ADD",
+            "c1",
+            "",
+            conf(dir.path(), "1.0.0", json!({"ranges": "x"})),
+            7,
+            "ipam.ranges",
+        ),
+        ("GC", "c1", "", c.clone(), 1, "1.1.0"),
+    ];
+    for (cmd, ctr, args, stdin, code, needle) in cases {
+        let (ok, e) = run(cmd, ctr, args, &stdin);
+        assert!(!ok, "{cmd} {stdin} should fail");
+        assert_eq!(e["code"], code, "{e}");
+        assert!(
+            e["msg"].as_str().unwrap().contains(needle),
+            "{e} should mention {needle}"
+        );
+        assert!(e["cniVersion"].is_string());
+    }
+    // Unknown ipam keys pass with IgnoreUnknown.
+    assert!(
+        run(
+            "ADD",
+            "c1",
+            "IgnoreUnknown=1",
+            &conf(dir.path(), "1.0.0", json!({"bogus": 1}))
+        )
+        .0
+    );
+    // Non-JSON stdin: decode error.
+    let out = spawn("ADD", "c1", "", &Value::String("x".into()))
+        .wait_with_output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 6);
+}
+
+#[test]
+fn exhausted_and_corrupt_and_unwritable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(
+        dir.path(),
+        "1.0.0",
+        json!({"ranges": [[{"subnet": "10.78.0.0/30"}]]}),
+    );
+    // /30 with the default gateway .1: one address (.2).
+    assert!(run("ADD", "c1", "", &c).0);
+    let (ok, e) = run("ADD", "c2", "", &c);
+    assert!(!ok);
+    assert_eq!(e["code"], 110);
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pool `proto` has no free address"),
+        "{e}"
+    );
+    let path = dir.path().join("proto/proto.json");
+    std::fs::write(&path, b"{\"version\":1,").unwrap();
+    let (ok, e) = run("ADD", "c3", "", &c);
+    assert!(!ok);
+    assert_eq!(e["code"], 5);
+    assert!(e["msg"].as_str().unwrap().contains("proto.json"), "{e}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"{\"version\":1,",
+        "left as it was"
+    );
+    let (ok, e) = run("DEL", "c1", "", &c);
+    assert!(!ok && e["code"] == 5, "{e}");
+    // A data dir that cannot be created.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"").unwrap();
+    let (ok, e) = run("ADD", "c1", "", &conf(&file, "1.0.0", json!({})));
+    assert!(!ok && e["code"] == 5, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("plain-file"), "{e}");
+}
+
+#[test]
+fn gc_accepts_both_attachment_keys_and_status_reports_full_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(
+        dir.path(),
+        "1.1.0",
+        json!({"ranges": [[{"subnet": "10.79.0.0/29"}]]}),
+    );
+    // /29 with the default gateway .1: five addresses.
+    for i in 0..4 {
+        assert!(run("ADD", &format!("c{i}"), "", &c).0);
+    }
+    assert!(run("STATUS", "", "", &c).0);
+    assert!(run("ADD", "c4", "", &c).0);
+    let (ok, e) = run("STATUS", "", "", &c);
+    assert!(!ok && e["code"] == 50, "{e}");
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c0", "ifname": "eth0"}]);
+    gc["cni.dev/attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    assert!(run("GC", "", "", &gc).0);
+    // c0 and c1 keep theirs; three were freed.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["state"]["entries"].as_object().unwrap().len(), 2);
+    assert!(run("STATUS", "", "", &c).0);
+}
+
+#[test]
+fn claims_keep_a_fixed_ip_for_a_stateful_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(dir.path(), "1.0.0", json!({"claimKeepSeconds": 3600}));
+    let pod = "IgnoreUnknown=1;K8S_POD_NAMESPACE=games;K8S_POD_NAME=db-0";
+    let first = addr(&run("ADD", "old", pod, &c).1);
+    assert!(run("DEL", "old", pod, &c).0);
+    for i in 0..3 {
+        assert_ne!(addr(&run("ADD", &format!("x{i}"), "", &c).1), first);
+    }
+    assert_eq!(addr(&run("ADD", "new", pod, &c).1), first);
+}
+
+#[test]
+fn sixty_four_concurrent_adds_for_fifty_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(dir.path(), "1.0.0", json!({})); // .10 - .59: 50 addresses
+    let children: Vec<Child> = (0..64)
+        .map(|i| spawn("ADD", &format!("ctr{i}"), "", &c))
+        .collect();
+    let mut got = HashSet::new();
+    let mut failures = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if out.status.success() {
+            assert!(got.insert(addr(&v)), "duplicate {}", addr(&v));
+        } else {
+            failures.push(v);
+        }
+    }
+    assert_eq!(got.len(), 50);
+    assert_eq!(failures.len(), 14);
+    assert!(failures.iter().all(|f| f["code"] == 110), "{failures:?}");
+}
+
+#[test]
+fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(dir.path(), "1.1.0", json!({}));
+    let mut survivors = Vec::new();
+    for round in 0..4 {
+        let mut children: Vec<(String, Child)> = (0..12)
+            .map(|i| {
+                let id = format!("r{round}c{i}");
+                let child = spawn("ADD", &id, "", &c);
+                (id, child)
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(3 + round * 4));
+        for (i, (_, child)) in children.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                let _ = child.kill(); // SIGKILL
+            }
+        }
+        for (id, child) in children {
+            let out = child.wait_with_output().unwrap();
+            if out.status.success() {
+                survivors.push(id);
+            }
+        }
+    }
+    // The store is intact, addresses are unique, and whatever a killed process committed is
+    // a leak that GC reclaims while the survivors keep theirs.
+    let read = || -> Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
+            .unwrap()
+    };
+    let state = read();
+    let entries = state["state"]["entries"].as_object().unwrap();
+    let owners: Vec<&str> = entries
+        .values()
+        .map(|e| e["o"]["container"].as_str().unwrap())
+        .collect();
+    let unique: HashSet<&&str> = owners.iter().collect();
+    assert_eq!(unique.len(), owners.len(), "an owner holds two addresses");
+    for s in &survivors {
+        assert!(
+            owners.contains(&s.as_str()),
+            "{s} succeeded but holds nothing"
+        );
+    }
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = Value::Array(
+        survivors
+            .iter()
+            .map(|s| json!({"containerID": s, "ifname": "eth0"}))
+            .collect(),
+    );
+    assert!(run("GC", "", "", &gc).0);
+    let after = read();
+    let left: HashSet<&str> = after["state"]["entries"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| e["o"]["container"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        survivors.iter().map(String::as_str).collect::<HashSet<_>>()
+    );
+    // No temp files left behind by the killed writers are mistaken for pools.
+    let pools: Vec<String> = std::fs::read_dir(dir.path().join("proto"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .collect();
+    assert_eq!(pools, ["proto.json"]);
+}
