@@ -1,0 +1,225 @@
+//! The etcd store against a real etcd (Debian's `etcd-server`) started by the test on free
+//! loopback ports in a temporary data directory.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rorqual_net::store::PoolStore;
+use rorqual_net::store::etcd::EtcdStore;
+use rorqual_net::{AllocRequest, Allocator, IpRange, Owner, PoolError, PoolSpec, StoreError};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
+
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_etcd() -> Option<Etcd> {
+    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but etcd is not installed"
+        );
+        println!("skipped: etcd is not installed (apt-get install etcd-server)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(bin)
+        .args(["--name", "rq", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("rq={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let etcd = Etcd {
+        child,
+        url,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&etcd.url), "/probe/").await
+            && store.list().await.is_ok()
+        {
+            return Some(etcd);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not start at {}",
+            etcd.url
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spec(name: &str, cidr: &str) -> PoolSpec {
+    PoolSpec::new(name).with_range(IpRange::new(cidr.parse().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_cas_and_allocator_behaviour() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.url), "/rq/")
+        .await
+        .unwrap();
+    let alloc = Allocator::new(Arc::new(store.clone()));
+    alloc.create_pool(spec("e", "10.66.0.0/28")).await.unwrap();
+    let v = store.load("e").await.unwrap().unwrap();
+    // A stale version loses.
+    alloc
+        .allocate("e", &AllocRequest::new(Owner::new("c0", "eth0")))
+        .await
+        .unwrap();
+    let stale = store
+        .compare_and_swap("e", Some(v.version), Some(&v.state))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert!(matches!(
+        store.compare_and_swap("e", None, Some(&v.state)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let a = alloc
+        .allocate("e", &AllocRequest::new(Owner::new("c0", "eth0")))
+        .await
+        .unwrap();
+    assert_eq!(a.address.to_string(), "10.66.0.1/28");
+    assert!(matches!(
+        alloc.delete_pool("e").await,
+        Err(PoolError::PoolInUse { .. })
+    ));
+    alloc.release("e", &Owner::new("c0", "eth0")).await.unwrap();
+    alloc.delete_pool("e").await.unwrap();
+    assert!(alloc.pools().await.unwrap().is_empty());
+
+    // Two allocators (separate clients) racing on one pool never hand out an address twice.
+    alloc
+        .create_pool(spec("race", "10.66.1.0/26"))
+        .await
+        .unwrap(); // 62 addresses
+    let other = Allocator::new(Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.url), "/rq/")
+            .await
+            .unwrap(),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..70 {
+        let al = if i % 2 == 0 {
+            alloc.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            al.allocate(
+                "race",
+                &AllocRequest::new(Owner::new(format!("c{i}"), "eth0")),
+            )
+            .await
+        }));
+    }
+    let mut got = HashSet::new();
+    let mut exhausted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) => assert!(got.insert(a.address.addr()), "duplicate {}", a.address),
+            Err(PoolError::Exhausted { .. }) => exhausted += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((got.len(), exhausted), (62, 8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rorqual_ipam_processes_sharing_etcd_never_double_allocate() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "shared", "type": "bridge",
+        "ipam": {"type": "rorqual-ipam", "ranges": [[{"subnet": "10.67.0.0/24",
+                 "rangeStart": "10.67.0.10", "rangeEnd": "10.67.0.39"}]],
+                 "store": {"type": "etcd", "endpoints": [etcd.url], "prefix": "/cni/"}}
+    });
+    let children: Vec<Child> = (0..40)
+        .map(|i| {
+            let mut c = Command::new(BIN)
+                .env_clear()
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", format!("p{i}"))
+                .env("CNI_NETNS", "/var/run/netns/x")
+                .env("CNI_IFNAME", "eth0")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(conf.to_string().as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    let mut got = HashSet::new();
+    let mut codes = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if out.status.success() {
+            assert!(
+                got.insert(v["ips"][0]["address"].as_str().unwrap().to_owned()),
+                "duplicate {v}"
+            );
+        } else {
+            codes.push(v["code"].clone());
+        }
+    }
+    assert_eq!(got.len(), 30);
+    assert_eq!(codes, vec![json!(110); 10]);
+}
