@@ -1,1 +1,240 @@
-fn main() {}
+//! Scheduling throughput and extender latency, each beside a naive baseline run in the same
+//! process: the baseline rebuilds the snapshot from scratch for every pod and filters and
+//! scores every node (no sampling), using the same plugins.
+//!
+//! `cargo bench -p rorqual-scheduler --bench scheduling` runs the full shapes (5,000 nodes,
+//! 10,000 pods); under `cargo test` (no `--bench` argument) a small smoke run checks that
+//! every scenario works. A plain harness rather than criterion: the figures wanted are pods/s
+//! of one whole run and a p99 of request latencies, which criterion does not report.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use rorqual_core::model::Resources;
+use rorqual_scheduler::extender::ExtenderServer;
+use rorqual_scheduler::snapshot::{AffinityTerm, HOSTNAME_LABEL};
+use rorqual_scheduler::{NodeInfo, PodInfo, Scheduler, Snapshot};
+use serde_json::json;
+use tower::ServiceExt;
+
+struct Shape {
+    nodes: usize,
+    pods: usize,
+    baseline_pods: usize,
+    runs: usize,
+    requests: usize,
+}
+
+fn cluster(n: usize) -> Vec<NodeInfo> {
+    // scheduler_perf's default node: 4 cpu, 32 GiB, 110 pods.
+    (0..n)
+        .map(|i| {
+            NodeInfo::new(&format!("node-{i}"), Resources::new(4000, 32 << 30))
+                .label("topology.kubernetes.io/zone", &format!("zone-{}", i % 3))
+        })
+        .collect()
+}
+
+/// scheduler_perf's default pod: 100m cpu, 500 MiB. With `anti`, pods come in groups of 10
+/// replicas with required anti-affinity to their own group per host.
+fn pods(n: usize, anti: bool, tag: &str) -> Vec<PodInfo> {
+    (0..n)
+        .map(|i| {
+            let mut p = PodInfo::new(
+                &format!("{tag}-{i}"),
+                "bench",
+                &format!("{tag}-{i}"),
+                Resources::new(100, 500 << 20),
+            );
+            if anti {
+                let group = format!("g{}", i / 10);
+                p = p.label("app", &group);
+                p.anti_affinity
+                    .required
+                    .push(AffinityTerm::new("app", &group, HOSTNAME_LABEL));
+            }
+            p
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The Scheduler: queue, sampled parallel filter/score, incremental snapshot.
+fn run_scheduler(rt: &tokio::runtime::Runtime, shape: &Shape, anti: bool) -> f64 {
+    let s = Scheduler::with_default_plugins();
+    s.add_nodes(cluster(shape.nodes));
+    let pods = pods(shape.pods, anti, "p");
+    let start = Instant::now();
+    for p in pods {
+        s.enqueue(p).unwrap();
+    }
+    let summary = rt.block_on(s.run_until_idle());
+    let elapsed = start.elapsed();
+    assert_eq!(summary.bound, shape.pods, "{summary:?}");
+    shape.pods as f64 / elapsed.as_secs_f64()
+}
+
+/// Naive: for every pod a fresh snapshot built from the node list, every node filtered and
+/// scored, the best taken.
+fn run_naive(shape: &Shape, anti: bool) -> f64 {
+    let s = Scheduler::with_default_plugins();
+    let mut nodes = cluster(shape.nodes);
+    let pods = pods(shape.baseline_pods, anti, "b");
+    let start = Instant::now();
+    for p in pods {
+        let snapshot = Snapshot::from_nodes(nodes.iter().cloned().map(|mut n| {
+            // `requested` counts the node's pods again when they are re-added.
+            n.requested = Resources::default();
+            n
+        }));
+        let (_, eval) = s.evaluate(&p, &snapshot, None, true).unwrap();
+        let best = eval
+            .scores
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| **s)
+            .map(|(i, _)| eval.feasible[i])
+            .unwrap();
+        let node = &mut nodes[best as usize];
+        node.requested = node.requested.saturating_add(p.requests);
+        node.pods.push(Arc::new(p));
+    }
+    shape.baseline_pods as f64 / start.elapsed().as_secs_f64()
+}
+
+fn throughput(rt: &tokio::runtime::Runtime, shape: &Shape, anti: bool, label: &str) {
+    let fast: Vec<f64> = (0..shape.runs)
+        .map(|_| run_scheduler(rt, shape, anti))
+        .collect();
+    let naive: Vec<f64> = (0..shape.runs.min(3))
+        .map(|_| run_naive(shape, anti))
+        .collect();
+    let (f, n) = (median(fast.clone()), median(naive));
+    println!(
+        "{label}: {} nodes, {} pods: Scheduler median {f:.0} pods/s (runs: {}), naive baseline ({} pods) median {n:.0} pods/s, ratio {:.1}x",
+        shape.nodes,
+        shape.pods,
+        fast.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        shape.baseline_pods,
+        f / n
+    );
+}
+
+fn pod_json() -> serde_json::Value {
+    json!({"metadata": {"name": "web-0", "namespace": "bench", "uid": "u-web-0"},
+           "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}]}})
+}
+
+fn node_json(name: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+           "status": {"allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"}}})
+}
+
+fn latencies(
+    rt: &tokio::runtime::Runtime,
+    server: &ExtenderServer,
+    body: &str,
+    requests: usize,
+) -> Vec<Duration> {
+    let router = server.router();
+    rt.block_on(async {
+        let mut out = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let start = Instant::now();
+            let response = router
+                .clone()
+                .oneshot(
+                    Request::post("/filter")
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.to_owned()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            out.push(start.elapsed());
+            assert!(bytes.len() > 10);
+        }
+        out
+    })
+}
+
+fn extender(rt: &tokio::runtime::Runtime, shape: &Shape) {
+    let server = ExtenderServer::with_default_plugins();
+    server.scheduler().add_nodes(cluster(shape.nodes));
+    let names: Vec<String> = (0..shape.nodes).map(|i| format!("node-{i}")).collect();
+    let cached = json!({"Pod": pod_json(), "Nodes": null, "NodeNames": names}).to_string();
+    let full = json!({"Pod": pod_json(), "Nodes": {"items": names.iter().map(|n| node_json(n)).collect::<Vec<_>>()}, "NodeNames": null}).to_string();
+    // Warm up.
+    latencies(rt, &server, &cached, 20.min(shape.requests));
+    let mut fast = latencies(rt, &server, &cached, shape.requests);
+    let mut naive = latencies(rt, &server, &full, (shape.requests / 5).max(5));
+    let (p50, p99) = (percentile(&mut fast, 0.5), percentile(&mut fast, 0.99));
+    let (n50, n99) = (percentile(&mut naive, 0.5), percentile(&mut naive, 0.99));
+    println!(
+        "extender filter, {} NodeNames (in-process router, JSON in and out): p50 {:.3} ms, p99 {:.3} ms over {} requests; naive baseline (Nodes mode: {} full node objects, snapshot built per request) p50 {:.3} ms, p99 {:.3} ms; p50 ratio {:.1}x",
+        shape.nodes,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        fast.len(),
+        shape.nodes,
+        n50.as_secs_f64() * 1e3,
+        n99.as_secs_f64() * 1e3,
+        n50.as_secs_f64() / p50.as_secs_f64()
+    );
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let shape = if full {
+        Shape {
+            nodes: 5000,
+            pods: 10_000,
+            baseline_pods: 300,
+            runs: 5,
+            requests: 1000,
+        }
+    } else {
+        Shape {
+            nodes: 200,
+            pods: 300,
+            baseline_pods: 20,
+            runs: 1,
+            requests: 10,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "machine: {} cores available",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    throughput(&rt, &shape, false, "SchedulingBasic (default plugins)");
+    throughput(
+        &rt,
+        &shape,
+        true,
+        "required pod anti-affinity (groups of 10 per hostname)",
+    );
+    extender(&rt, &shape);
+}

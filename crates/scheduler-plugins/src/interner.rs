@@ -53,6 +53,32 @@ impl Sym {
         table.ids.get(text).map(|&id| Sym(id))
     }
 
+    /// The symbols of many texts under one lock (`None` for text never interned).
+    pub fn lookup_many<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<Option<Sym>> {
+        let table = TABLE
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        texts
+            .into_iter()
+            .map(|t| table.ids.get(t).map(|&id| Sym(id)))
+            .collect()
+    }
+
+    /// The texts of many symbols under one lock.
+    pub fn resolve_many(syms: impl IntoIterator<Item = Sym>) -> Vec<String> {
+        let table = TABLE
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        syms.into_iter()
+            .map(|s| {
+                table
+                    .names
+                    .get(s.0 as usize)
+                    .map_or_else(String::new, |n| n.to_string())
+            })
+            .collect()
+    }
+
     /// The interned text.
     pub fn as_str(self) -> Arc<str> {
         let table = TABLE

@@ -23,6 +23,8 @@
 //! # });
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod extender;
 pub mod framework;
 pub mod interner;

@@ -1,6 +1,8 @@
 //! The extender against fixed wire-format fixtures: through the router without a server
 //! (tower's `oneshot`), and once over real loopback TCP.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 

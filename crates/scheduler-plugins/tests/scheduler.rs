@@ -1,6 +1,8 @@
 //! The in-process Scheduler: queue, cycles, Reserve/Permit/Bind, gang and underlay plugins,
 //! panics and bad scores, and the core `Placement` seam.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

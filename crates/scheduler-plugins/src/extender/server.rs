@@ -164,8 +164,9 @@ impl ExtenderServer {
         Ok(self.scheduler.with_snapshot(|snapshot| {
             let mut idx = Vec::with_capacity(names.len());
             let mut unknown = Vec::new();
-            for name in names {
-                match Sym::lookup(name).and_then(|s| snapshot.index_of(s)) {
+            let syms = Sym::lookup_many(names.iter().map(String::as_str));
+            for (name, sym) in names.iter().zip(syms) {
+                match sym.and_then(|s| snapshot.index_of(s)) {
                     Some(i) => idx.push(i as u32),
                     None => unknown.push(name.clone()),
                 }
@@ -193,11 +194,7 @@ impl ExtenderServer {
             let eval = self.scheduler.evaluate(&pod, snapshot, Some(idx), false);
             let names = |e: &Evaluation| -> (Vec<String>, Vec<(String, Code, String)>) {
                 let nodes = snapshot.nodes();
-                let ok = e
-                    .feasible
-                    .iter()
-                    .map(|&i| nodes[i as usize].name.as_str().to_string())
-                    .collect();
+                let ok = Sym::resolve_many(e.feasible.iter().map(|&i| nodes[i as usize].name));
                 let bad = e
                     .failed
                     .iter()

@@ -33,10 +33,7 @@ mod tests {
         assert_eq!(num_feasible_nodes_to_find(99, Some(10)), 99);
         assert_eq!(num_feasible_nodes_to_find(5000, None), 500);
         assert_eq!(num_feasible_nodes_to_find(1000, None), 420);
-        assert_eq!(
-            num_feasible_nodes_to_find(6000, None),
-            100.max(6000 * 5 / 100)
-        );
+        assert_eq!(num_feasible_nodes_to_find(6000, None), 300);
         assert_eq!(num_feasible_nodes_to_find(200, Some(10)), 100);
         assert_eq!(num_feasible_nodes_to_find(5000, Some(100)), 5000);
         assert_eq!(num_feasible_nodes_to_find(5000, Some(20)), 1000);

@@ -80,6 +80,9 @@ pub struct RunSummary {
     pub errors: usize,
 }
 
+/// Instances placed through the `Placement` seam: uid → (node, pod).
+type Placed = HashMap<Arc<str>, (Sym, Arc<PodInfo>)>;
+
 #[derive(Debug, Default)]
 struct Cache {
     snapshot: Snapshot,
@@ -96,7 +99,7 @@ struct Inner {
     cache: Mutex<Cache>,
     queue: Mutex<SchedulingQueue>,
     waiting: WaitingPods,
-    placed: Mutex<HashMap<Arc<str>, (Sym, Arc<PodInfo>)>>,
+    placed: Mutex<Placed>,
 }
 
 /// The in-process scheduler. Cheap to clone (shared state).
@@ -402,17 +405,21 @@ impl Scheduler {
     }
 
     fn filter_one(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        let active = self.active_filters(state);
+        run_filters(&active, state, pod, node)
+    }
+
+    /// The Filter plugins not disabled by their PreFilter's Skip.
+    fn active_filters(&self, state: &CycleState) -> Vec<&dyn crate::framework::FilterPlugin> {
         let skip = state.skip_filter();
-        for (j, f) in self.inner.profile.filter.iter().enumerate() {
-            if skip.contains(&j) {
-                continue;
-            }
-            let status = f.filter(state, pod, node);
-            if !status.is_success() {
-                return status.with_plugin(f.name());
-            }
-        }
-        Status::success()
+        self.inner
+            .profile
+            .filter
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !skip.contains(j))
+            .map(|(_, f)| &**f)
+            .collect()
     }
 
     /// Filters `order` until `target` feasible nodes are found (in parallel batches).
@@ -426,13 +433,14 @@ impl Scheduler {
         eval: &mut Evaluation,
     ) -> Result<(), Status> {
         let nodes = snapshot.nodes();
+        let active = self.active_filters(state);
         let mut pos = 0;
         while pos < order.len() && eval.feasible.len() < target {
             let want = target.saturating_sub(eval.feasible.len());
             let len = want.saturating_add(want / 4 + 16).min(order.len() - pos);
             let batch = &order[pos..pos + len];
             pos += len;
-            let check = |&i: &u32| (i, self.filter_one(state, pod, &nodes[i as usize]));
+            let check = |&i: &u32| (i, run_filters(&active, state, pod, &nodes[i as usize]));
             let results: Vec<(u32, Status)> = if batch.len() < PARALLEL_THRESHOLD {
                 batch.iter().map(check).collect()
             } else {
@@ -831,7 +839,7 @@ impl Scheduler {
         true
     }
 
-    pub(crate) fn placed(&self) -> MutexGuard<'_, HashMap<Arc<str>, (Sym, Arc<PodInfo>)>> {
+    pub(crate) fn placed(&self) -> MutexGuard<'_, Placed> {
         self.inner.placed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -840,6 +848,21 @@ impl Scheduler {
         cache.snapshot = snapshot;
         cache.assumed.clear();
     }
+}
+
+fn run_filters(
+    active: &[&dyn crate::framework::FilterPlugin],
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+) -> Status {
+    for f in active {
+        let status = f.filter(state, pod, node);
+        if !status.is_success() {
+            return status.with_plugin(f.name());
+        }
+    }
+    Status::success()
 }
 
 /// "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint."

@@ -1,6 +1,7 @@
 //! `Scheduler` as core's `Placement`: the engine's node views become a snapshot, the request a
 //! pod, and the full framework decides.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -77,21 +78,25 @@ pub fn node_from_view(view: &NodeView) -> NodeInfo {
     info
 }
 
+/// A placed instance: its id and pod.
+type PlacedRef<'a> = (&'a Arc<str>, &'a Arc<PodInfo>);
+
 impl Scheduler {
     /// Rebuilds the snapshot from the engine's views plus the pods this scheduler placed
     /// (views are authoritative for usage; placed pods the views already list are not counted
     /// twice).
     fn sync_views(&self, views: &[NodeView]) {
         let placed = self.placed();
+        let mut by_node: HashMap<Sym, Vec<PlacedRef<'_>>> = HashMap::new();
+        for (uid, (node, pod)) in placed.iter() {
+            by_node.entry(*node).or_default().push((uid, pod));
+        }
         let mut snapshot = Snapshot::new();
         for view in views {
             let mut info = node_from_view(view);
             let name = info.name;
-            for (uid, (node, pod)) in placed.iter() {
-                if *node != name {
-                    continue;
-                }
-                if view.instances.contains(&**uid) {
+            for (uid, pod) in by_node.get(&name).into_iter().flatten() {
+                if view.instances.contains(&***uid) {
                     info.requested = info.requested.saturating_sub(pod.requests);
                     for port in &pod.host_ports {
                         if let Some(i) = info.used_ports.iter().position(|p| p == port) {
@@ -99,7 +104,7 @@ impl Scheduler {
                         }
                     }
                 }
-                info.pods.push(pod.clone());
+                info.pods.push(Arc::clone(pod));
             }
             snapshot.upsert_node(info);
         }
