@@ -19,9 +19,9 @@
 //! assert_eq!(spec.revision(), spec.clone().replicas(5).revision());
 //! ```
 
-pub mod clock;
 pub mod analysis;
 pub mod approval;
+pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod error;
