@@ -142,3 +142,5 @@ impl fmt::Display for Status {
         Ok(())
     }
 }
+
+impl std::error::Error for Status {}

@@ -1,0 +1,74 @@
+//! Serves rorqual's default scheduling plugins to a real kube-scheduler as an extender.
+//!
+//! ```text
+//! cargo run --example scheduler_extender -- --listen 127.0.0.1:8888 [--token SECRET] [--demo-nodes N]
+//! ```
+//!
+//! It prints the KubeSchedulerConfiguration stanza that points kube-scheduler at it, then
+//! serves `/filter`, `/prioritize`, `/bind` and `/preempt` until Ctrl-C. In node-cache-capable
+//! mode nodes come from the extender's cache: a real deployment feeds it from a Node watch
+//! (`server.scheduler().upsert_node(...)`); `--demo-nodes` preloads simulated ones.
+
+use rorqual::core::model::Resources;
+use rorqual::scheduler::NodeInfo;
+use rorqual::scheduler::extender::{ExtenderServer, ExtenderStanza};
+
+fn usage(msg: &str) -> ! {
+    eprintln!("{msg}\nusage: scheduler_extender --listen ADDR [--token SECRET] [--demo-nodes N]");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut listen = "127.0.0.1:8888".to_owned();
+    let mut token = None;
+    let mut demo_nodes = 0usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+        };
+        match arg.as_str() {
+            "--listen" => listen = value("--listen"),
+            "--token" => token = Some(value("--token")),
+            "--demo-nodes" => {
+                demo_nodes = value("--demo-nodes")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--demo-nodes needs a number"))
+            }
+            other => usage(&format!("unknown argument `{other}`")),
+        }
+    }
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => usage(&format!("cannot listen on {listen}: {e}")),
+    };
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| usage(&e.to_string()));
+    let mut server = ExtenderServer::with_default_plugins();
+    if let Some(t) = token {
+        server = server.bearer_token(t);
+    }
+    server.scheduler().add_nodes(
+        (0..demo_nodes)
+            .map(|i| NodeInfo::new(&format!("node-{i}"), Resources::new(4000, 16 << 30))),
+    );
+    match ExtenderStanza::new(format!("http://{addr}")).to_yaml() {
+        Ok(yaml) => println!("# KubeSchedulerConfiguration for kube-scheduler:\n{yaml}"),
+        Err(e) => usage(&e),
+    }
+    println!(
+        "serving default plugins on http://{addr} (/filter, /prioritize, /bind, /preempt); Ctrl-C stops"
+    );
+    tokio::select! {
+        result = server.serve(listener) => {
+            if let Err(e) = result {
+                eprintln!("server failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+}
