@@ -20,10 +20,16 @@ pub enum Code {
     Skip,
 }
 
-/// A status: a code, reasons, and the plugin that produced it.
+/// A status: a code, reasons, and the plugin that produced it. Success is two words and
+/// allocates nothing (it is returned once per node per plugin).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     code: Code,
+    detail: Option<Box<Detail>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Detail {
     reasons: Vec<String>,
     plugin: Option<String>,
 }
@@ -33,8 +39,7 @@ impl Status {
     pub const fn success() -> Status {
         Status {
             code: Code::Success,
-            reasons: Vec::new(),
-            plugin: None,
+            detail: None,
         }
     }
 
@@ -42,8 +47,7 @@ impl Status {
     pub const fn skip() -> Status {
         Status {
             code: Code::Skip,
-            reasons: Vec::new(),
-            plugin: None,
+            detail: None,
         }
     }
 
@@ -51,8 +55,10 @@ impl Status {
     pub fn new(code: Code, reason: impl Into<String>) -> Status {
         Status {
             code,
-            reasons: vec![reason.into()],
-            plugin: None,
+            detail: Some(Box::new(Detail {
+                reasons: vec![reason.into()],
+                plugin: None,
+            })),
         }
     }
 
@@ -76,11 +82,12 @@ impl Status {
         Status::new(Code::Wait, reason)
     }
 
-    /// Records which plugin produced this status.
+    /// Records which plugin produced this status (the first plugin recorded wins).
     #[must_use]
     pub fn with_plugin(mut self, plugin: &str) -> Status {
-        if self.plugin.is_none() {
-            self.plugin = Some(plugin.to_owned());
+        let detail = self.detail.get_or_insert_with(Box::default);
+        if detail.plugin.is_none() {
+            detail.plugin = Some(plugin.to_owned());
         }
         self
     }
@@ -92,17 +99,17 @@ impl Status {
 
     /// The reasons.
     pub fn reasons(&self) -> &[String] {
-        &self.reasons
+        self.detail.as_deref().map_or(&[], |d| &d.reasons)
     }
 
     /// The reasons joined by `, `.
     pub fn message(&self) -> String {
-        self.reasons.join(", ")
+        self.reasons().join(", ")
     }
 
     /// The producing plugin.
     pub fn plugin(&self) -> Option<&str> {
-        self.plugin.as_deref()
+        self.detail.as_deref().and_then(|d| d.plugin.as_deref())
     }
 
     /// Whether the code is Success.
@@ -133,10 +140,10 @@ impl Default for Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.code)?;
-        if let Some(p) = &self.plugin {
+        if let Some(p) = self.plugin() {
             write!(f, " from {p}")?;
         }
-        if !self.reasons.is_empty() {
+        if !self.reasons().is_empty() {
             write!(f, ": {}", self.message())?;
         }
         Ok(())
@@ -144,3 +151,20 @@ impl fmt::Display for Status {
 }
 
 impl std::error::Error for Status {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_is_small_and_display_names_the_plugin() {
+        assert_eq!(std::mem::size_of::<Status>(), 16);
+        let s = Status::unschedulable("Insufficient cpu").with_plugin("NodeResourcesFit");
+        assert_eq!(
+            s.to_string(),
+            "Unschedulable from NodeResourcesFit: Insufficient cpu"
+        );
+        assert_eq!(Status::success().with_plugin("x").plugin(), Some("x"));
+        assert!(Status::success().reasons().is_empty());
+    }
+}

@@ -156,18 +156,23 @@ impl ScorePlugin for NodeResourcesFit {
             let s = if capacity == 0 {
                 0
             } else {
-                let requested = requested.min(capacity) as u128;
-                let capacity = capacity as u128;
+                let requested = requested.min(capacity);
+                // Percent of capacity requested; u64 unless the capacity is astronomically
+                // large (then u128, which is several times slower to divide).
+                let percent = match requested.checked_mul(100) {
+                    Some(r) => (r / capacity) as i64,
+                    None => (u128::from(requested) * 100 / u128::from(capacity)) as i64,
+                };
                 match &self.strategy {
                     ScoringStrategy::LeastAllocated => {
-                        ((capacity - requested) * MAX_NODE_SCORE as u128 / capacity) as i64
+                        let free = capacity - requested;
+                        match free.checked_mul(MAX_NODE_SCORE as u64) {
+                            Some(f) => (f / capacity) as i64,
+                            None => (u128::from(free) * 100 / u128::from(capacity)) as i64,
+                        }
                     }
-                    ScoringStrategy::MostAllocated => {
-                        (requested * MAX_NODE_SCORE as u128 / capacity) as i64
-                    }
-                    ScoringStrategy::RequestedToCapacityRatio(shape) => {
-                        shape_score(shape, (requested * 100 / capacity) as i64)
-                    }
+                    ScoringStrategy::MostAllocated => percent,
+                    ScoringStrategy::RequestedToCapacityRatio(shape) => shape_score(shape, percent),
                 }
             };
             total += s;
