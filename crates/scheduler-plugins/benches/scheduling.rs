@@ -229,12 +229,21 @@ fn main() {
         "machine: {} cores available",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    throughput(&rt, &shape, false, "SchedulingBasic (default plugins)");
-    throughput(
-        &rt,
-        &shape,
-        true,
-        "required pod anti-affinity (groups of 10 per hostname)",
-    );
-    extender(&rt, &shape);
+    // SCHED_BENCH=basic|anti|extender runs one scenario.
+    let only = std::env::var("SCHED_BENCH").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only == name;
+    if run("basic") {
+        throughput(&rt, &shape, false, "SchedulingBasic (default plugins)");
+    }
+    if run("anti") {
+        throughput(
+            &rt,
+            &shape,
+            true,
+            "required pod anti-affinity (groups of 10 per hostname)",
+        );
+    }
+    if run("extender") {
+        extender(&rt, &shape);
+    }
 }

@@ -773,6 +773,25 @@ mod tests {
         assert!(err.to_string().contains("spec.taints[0].effect"), "{err}");
     }
 
+    #[cfg(feature = "k8s")]
+    #[test]
+    fn typed_k8s_objects_convert_like_their_json() {
+        use k8s_openapi::api::core::v1::{Node, Pod};
+        let pod_json = json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}],
+                     "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]}});
+        let typed: Pod = serde_json::from_value(pod_json.clone()).unwrap();
+        assert_eq!(
+            PodInfo::try_from(&typed).unwrap(),
+            pod_from_json(&pod_json).unwrap()
+        );
+        let node_json = json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi"}}});
+        let typed: Node = serde_json::from_value(node_json.clone()).unwrap();
+        let info = NodeInfo::try_from(&typed).unwrap();
+        assert_eq!(info, node_from_json(&node_json).unwrap());
+        assert_eq!(info.allocatable, Resources::new(4000, 8 << 30));
+    }
+
     #[test]
     fn node_fields() {
         let node = node_from_json(&json!({

@@ -79,3 +79,56 @@ impl ScorePlugin for StickyIdentity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::StatefulIdentity;
+    use rorqual_core::model::Resources;
+    use std::sync::Arc;
+
+    #[test]
+    fn previous_node_then_its_zone() {
+        let snap = Snapshot::from_nodes([
+            NodeInfo::new("a", Resources::new(1, 1)).label(ZONE_LABEL, "z1"),
+            NodeInfo::new("b", Resources::new(1, 1)).label(ZONE_LABEL, "z1"),
+            NodeInfo::new("c", Resources::new(1, 1)).label(ZONE_LABEL, "z2"),
+        ]);
+        let mut pod = PodInfo::new("u", "ns", "db-0", Resources::default());
+        let mut state = CycleState::new();
+        let refs: Vec<&NodeInfo> = snap.nodes().iter().collect();
+        assert!(
+            StickyIdentity::default()
+                .pre_score(&mut state, &pod, &snap, &refs)
+                .is_skip()
+        );
+        pod.identity = Some(StatefulIdentity {
+            key: Arc::from("ns/db-0"),
+            previous_node: Some(Sym::new("a")),
+            previous_zone: None,
+        });
+        assert!(
+            StickyIdentity::default()
+                .pre_score(&mut state, &pod, &snap, &refs)
+                .is_success()
+        );
+        let scores: Vec<i64> = refs
+            .iter()
+            .map(|n| StickyIdentity::default().score(&state, &pod, n).unwrap())
+            .collect();
+        assert_eq!(scores, [100, 50, 0]);
+        // The node is gone: its recorded zone still counts.
+        pod.identity = Some(StatefulIdentity {
+            key: Arc::from("ns/db-0"),
+            previous_node: Some(Sym::new("gone")),
+            previous_zone: Some(Sym::new("z2")),
+        });
+        let mut state = CycleState::new();
+        StickyIdentity::default().pre_score(&mut state, &pod, &snap, &refs);
+        let scores: Vec<i64> = refs
+            .iter()
+            .map(|n| StickyIdentity::default().score(&state, &pod, n).unwrap())
+            .collect();
+        assert_eq!(scores, [0, 0, 50]);
+    }
+}

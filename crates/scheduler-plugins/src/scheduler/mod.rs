@@ -364,7 +364,14 @@ impl Scheduler {
                     .collect(),
                 None => order.to_vec(),
             };
-            self.filter_nodes(&state, pod, snapshot, &order, usize::MAX, &mut eval)?;
+            self.filter_nodes(
+                &state,
+                pod,
+                snapshot,
+                Order::List(&order),
+                usize::MAX,
+                &mut eval,
+            )?;
             if score && !eval.feasible.is_empty() {
                 let (scores, max) = self.score_nodes(&mut state, pod, snapshot, &eval.feasible)?;
                 eval.scores = scores;
@@ -428,17 +435,27 @@ impl Scheduler {
         state: &CycleState,
         pod: &PodInfo,
         snapshot: &Snapshot,
-        order: &[u32],
+        order: Order<'_>,
         target: usize,
         eval: &mut Evaluation,
     ) -> Result<(), Status> {
         let nodes = snapshot.nodes();
         let active = self.active_filters(state);
         let mut pos = 0;
+        let mut buf = Vec::new();
         while pos < order.len() && eval.feasible.len() < target {
             let want = target.saturating_sub(eval.feasible.len());
-            let len = want.saturating_add(want / 4 + 16).min(order.len() - pos);
-            let batch = &order[pos..pos + len];
+            // First batch: a little more than needed; later ones: scaled by the feasible
+            // ratio seen so far.
+            let len = if pos == 0 {
+                want.saturating_add(want / 16 + 8)
+            } else {
+                want.saturating_mul(pos) / eval.feasible.len().max(1) + 16
+            }
+            .min(order.len() - pos);
+            buf.clear();
+            order.fill(pos, len, &mut buf);
+            let batch = &buf[..];
             pos += len;
             let check = |&i: &u32| (i, run_filters(&active, state, pod, &nodes[i as usize]));
             let results: Vec<(u32, Status)> = if batch.len() < PARALLEL_THRESHOLD {
@@ -567,15 +584,15 @@ impl Scheduler {
                     .filter_map(|name| snapshot.index_of(*name).map(|i| i as u32))
                     .collect();
                 let excluded = n - order.len();
-                self.filter_nodes(state, pod, snapshot, &order, target, &mut eval)?;
+                self.filter_nodes(state, pod, snapshot, Order::List(&order), target, &mut eval)?;
                 if eval.feasible.is_empty() {
                     return Err(diagnose(n, &eval.failed, excluded, pod));
                 }
             }
             None => {
                 let start = start % n;
-                let order: Vec<u32> = (start..n).chain(0..start).map(|i| i as u32).collect();
-                self.filter_nodes(state, pod, snapshot, &order, target, &mut eval)?;
+                let order = Order::Rotated { start, n };
+                self.filter_nodes(state, pod, snapshot, order, target, &mut eval)?;
             }
         }
         if eval.feasible.is_empty() {
@@ -847,6 +864,33 @@ impl Scheduler {
         let mut cache = self.cache();
         cache.snapshot = snapshot;
         cache.assumed.clear();
+    }
+}
+
+/// The order in which candidates are filtered.
+#[derive(Debug, Clone, Copy)]
+enum Order<'a> {
+    /// These indices.
+    List(&'a [u32]),
+    /// All `n` nodes, starting at `start` and wrapping around.
+    Rotated { start: usize, n: usize },
+}
+
+impl Order<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Order::List(l) => l.len(),
+            Order::Rotated { n, .. } => *n,
+        }
+    }
+
+    fn fill(&self, from: usize, len: usize, out: &mut Vec<u32>) {
+        match self {
+            Order::List(l) => out.extend_from_slice(&l[from..from + len]),
+            Order::Rotated { start, n } => {
+                out.extend((from..from + len).map(|k| ((start + k) % n) as u32));
+            }
+        }
     }
 }
 
