@@ -155,7 +155,15 @@ impl NginxRouterBuilder {
                 next_version: 1,
                 master: None,
             }),
-            client: reqwest::Client::new(),
+            // No pooled connections: a kept-alive connection would stay with an old worker,
+            // which answers the old version until it exits.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| TrafficError::Io {
+                    context: "building the HTTP client for the nginx control server".into(),
+                    source: std::io::Error::other(e),
+                })?,
         })
     }
 }
@@ -348,6 +356,17 @@ impl NginxRouter {
                     let _ = tokio::fs::remove_file(&path).await;
                 }
             }
+            // nginx may still be retrying (it retries a failed bind for a few seconds) and
+            // could then load the rejected file; a second reload makes it end on the restored
+            // one.
+            if let Some(pid) = state.master.as_ref().and_then(tokio::process::Child::id)
+                && let Ok(pid) = i32::try_from(pid)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                );
+            }
             tracing::warn!(app = %app, version, %reason, "nginx reload failed, previous config restored");
             state.next_version += 1;
             return Err(TrafficError::ReloadFailed {
@@ -439,7 +458,7 @@ impl NginxRouter {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.settings.binary.display()))?;
         state.master = Some(child);
-        let result = self.await_version(state, version, log_start).await;
+        let result = self.await_version(state, version, log_start, &[]).await;
         if result.is_err() {
             if let Some(mut child) = state.master.take() {
                 let _ = child.kill().await;
@@ -457,26 +476,58 @@ impl NginxRouter {
             .and_then(tokio::process::Child::id)
             .and_then(|p| i32::try_from(p).ok())
             .ok_or("nginx master has exited")?;
+        let old_workers = worker_pids(pid).await;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGHUP,
         )
         .map_err(|e| format!("signalling nginx master {pid}: {e}"))?;
-        self.await_version(state, version, log_start).await
+        self.await_version(state, version, log_start, &old_workers)
+            .await
     }
 
-    /// Polls the control server until it answers `version`; fails on an `[emerg]` in the
-    /// error log written since `log_start`, on the master exiting, or after the timeout.
+    /// Whether only workers of the newest config accept connections: every worker of the
+    /// previous config (`old_workers`) is gone or shutting down, and no more workers accept
+    /// than `worker_processes` (a reload still pending from before leaves a third generation
+    /// that the old list does not name).
+    async fn only_new_workers(&self, state: &State, old_workers: &[i32]) -> bool {
+        let Some(master) = state
+            .master
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .and_then(|p| i32::try_from(p).ok())
+        else {
+            return false;
+        };
+        if !workers_retired(old_workers).await {
+            return false;
+        }
+        let mut accepting = 0;
+        for pid in worker_pids(master).await {
+            if !workers_retired(&[pid]).await {
+                accepting += 1;
+            }
+        }
+        accepting <= self.settings.worker_processes
+    }
+
+    /// Waits until nginx serves `version` alone: the control server answers it and every
+    /// worker of the previous config (`old_workers`) has exited or is shutting down (nginx
+    /// lets old and new workers accept side by side for about 100 ms after a reload). Fails on
+    /// an `[emerg]` in the error log written since `log_start`, on the master exiting, or
+    /// after the timeout.
     async fn await_version(
         &self,
         state: &mut State,
         version: u64,
         log_start: u64,
+        old_workers: &[i32],
     ) -> Result<(), String> {
+        let mut serving = false;
         let url = format!("http://{}/rorqual/config-version", self.settings.control);
         let want = version.to_string();
         let deadline = Instant::now() + RELOAD_TIMEOUT;
-        let mut wait = Duration::from_millis(2);
+        let wait = Duration::from_millis(5);
         loop {
             if let Ok(resp) = self
                 .client
@@ -487,6 +538,9 @@ impl NginxRouter {
                 && let Ok(text) = resp.text().await
                 && text.trim() == want
             {
+                serving = true;
+            }
+            if serving && self.only_new_workers(state, old_workers).await {
                 return Ok(());
             }
             if let Some(line) = new_errors(&self.error_log_path(), log_start).await {
@@ -504,7 +558,6 @@ impl NginxRouter {
                 ));
             }
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(50));
         }
     }
 }
@@ -559,6 +612,53 @@ impl Drop for NginxRouter {
             }
         }
     }
+}
+
+/// The pids of `master`'s child processes (its workers), from `/proc`.
+async fn worker_pids(master: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(mut dir) = tokio::fs::read_dir("/proc").await else {
+        return out;
+    };
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses, so split after the
+        // last `)`.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(master) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether every one of `pids` has exited or retitled itself "shutting down" (it no longer
+/// accepts connections).
+async fn workers_retired(pids: &[i32]) -> bool {
+    for pid in pids {
+        match tokio::fs::read(format!("/proc/{pid}/cmdline")).await {
+            Ok(cmdline) => {
+                let title = String::from_utf8_lossy(&cmdline);
+                if !title.is_empty() && !title.contains("shutting down") {
+                    return false;
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    true
 }
 
 fn master_running(master: &mut Option<tokio::process::Child>) -> bool {
