@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
@@ -50,7 +50,8 @@ pub fn system_clock_ms() -> u64 {
 #[derive(Clone)]
 pub struct Allocator {
     store: Arc<dyn PoolStore>,
-    events: broadcast::Sender<AllocationEvent>,
+    // Created by the first `watch`, so short-lived users (the CNI executable) pay nothing.
+    events: Arc<OnceLock<broadcast::Sender<AllocationEvent>>>,
     clock: Clock,
 }
 
@@ -58,7 +59,13 @@ impl fmt::Debug for Allocator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Allocator")
             .field("store", &self.store)
-            .field("watchers", &self.events.receiver_count())
+            .field(
+                "watchers",
+                &self
+                    .events
+                    .get()
+                    .map_or(0, broadcast::Sender::receiver_count),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -66,10 +73,9 @@ impl fmt::Debug for Allocator {
 impl Allocator {
     /// An allocator over `store` with the system clock.
     pub fn new(store: Arc<dyn PoolStore>) -> Self {
-        let (events, _) = broadcast::channel(4096);
         Allocator {
             store,
-            events,
+            events: Arc::new(OnceLock::new()),
             clock: Arc::new(system_clock_ms),
         }
     }
@@ -86,17 +92,21 @@ impl Allocator {
         &self.store
     }
 
-    /// A stream of every change this allocator (and its clones) makes, for keeping a service
-    /// registry in step. A slow reader that falls more than 4096 events behind gets a
-    /// `Lagged` item and should re-read the pools.
+    /// A stream of every change this allocator (and its clones) makes from now on, for
+    /// keeping a service registry in step. A slow reader that falls more than 4096 events
+    /// behind gets a `Lagged` item and should re-read the pools.
     pub fn watch(&self) -> BroadcastStream<AllocationEvent> {
-        BroadcastStream::new(self.events.subscribe())
+        let sender = self.events.get_or_init(|| broadcast::channel(4096).0);
+        BroadcastStream::new(sender.subscribe())
     }
 
     fn publish(&self, events: Vec<AllocationEvent>) {
+        let Some(sender) = self.events.get() else {
+            return;
+        };
         for e in events {
-            // No receivers is fine: nobody watches.
-            let _ = self.events.send(e);
+            // No receivers is fine: nobody watches any more.
+            let _ = sender.send(e);
         }
     }
 

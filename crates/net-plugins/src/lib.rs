@@ -11,6 +11,7 @@
 //! - [`BridgeNetwork`]: core's `Network` seam on a Linux bridge in network namespaces.
 
 pub mod allocator;
+pub mod bridge;
 pub mod cni;
 pub mod error;
 pub mod mac;
@@ -19,6 +20,7 @@ pub mod pool_state;
 pub mod store;
 
 pub use allocator::Allocator;
+pub use bridge::BridgeNetwork;
 pub use error::{PoolError, StoreError, TransferError};
 pub use mac::Mac;
 pub use model::{

@@ -94,6 +94,7 @@ impl<'de> Deserialize<'de> for Mac {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

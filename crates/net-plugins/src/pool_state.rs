@@ -81,6 +81,12 @@ fn addr(v6: bool, n: u128) -> IpAddr {
     }
 }
 
+/// Per-address results of a bulk transfer, and the changes it made.
+pub type TransferOutcome = (
+    Vec<(IpAddr, Result<(), TransferError>)>,
+    Vec<AllocationEvent>,
+);
+
 /// A contiguous run of addresses the pool hands out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Slot {
@@ -810,15 +816,7 @@ impl PoolState {
 
     /// Moves addresses between Available and Reserved, each on its own: the result says per
     /// address whether it moved.
-    pub fn transfer(
-        &mut self,
-        ips: &[IpAddr],
-        to: TransferTarget,
-        now_ms: u64,
-    ) -> (
-        Vec<(IpAddr, Result<(), TransferError>)>,
-        Vec<AllocationEvent>,
-    ) {
+    pub fn transfer(&mut self, ips: &[IpAddr], to: TransferTarget, now_ms: u64) -> TransferOutcome {
         let mut results = Vec::with_capacity(ips.len());
         let mut events = Vec::new();
         for &ip in ips {

@@ -1,5 +1,6 @@
 //! Debian's real `bridge` plugin delegating to `rorqual-ipam`, in network namespaces this test
 //! creates (root only; required when CI=true).
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The `rorqual-ipam` executable, invoked the way a runtime invokes it (no root needed: IPAM
 //! does not touch namespaces).
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::io::Write;

@@ -1,5 +1,6 @@
 //! The etcd store against a real etcd (Debian's `etcd-server`) started by the test on free
 //! loopback ports in a temporary data directory.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::io::Write;

@@ -1,4 +1,5 @@
 //! Property tests of the allocation logic and CIDR edge cases.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

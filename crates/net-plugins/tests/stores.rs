@@ -1,5 +1,6 @@
 //! The allocator over the memory and file stores: the same behaviour on both, the watch stream,
 //! corrupt files, and many threads and processes sharing one file store.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::sync::Arc;

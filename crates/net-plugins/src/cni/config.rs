@@ -78,6 +78,9 @@ pub enum StoreConf {
         /// Directory (default `<dataDir>/<network name>`).
         #[serde(default)]
         dir: Option<PathBuf>,
+        /// Whether writes are fsynced (default true); see [`crate::store::file::FileStore::with_fsync`].
+        #[serde(default)]
+        fsync: Option<bool>,
     },
     /// The etcd store.
     Etcd {
@@ -224,10 +227,14 @@ impl IpamConf {
         let gc_grace_secs: u64 = field(map, "gcGraceSeconds")?.unwrap_or(0);
         let data_dir: PathBuf =
             field(map, "dataDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let store = field::<StoreConf>(map, "store")?.unwrap_or(StoreConf::File { dir: None });
+        let store = field::<StoreConf>(map, "store")?.unwrap_or(StoreConf::File {
+            dir: None,
+            fsync: None,
+        });
         let store = match store {
-            StoreConf::File { dir: None } => StoreConf::File {
+            StoreConf::File { dir: None, fsync } => StoreConf::File {
                 dir: Some(data_dir.join(network)),
+                fsync,
             },
             other => other,
         };

@@ -271,19 +271,21 @@ struct IpResult {
 
 async fn open_store(conf: &IpamConf) -> Result<Arc<dyn PoolStore>, CniError> {
     match &conf.store {
-        StoreConf::File { dir } => {
+        StoreConf::File { dir, fsync } => {
             let dir = dir
                 .clone()
                 .unwrap_or_else(|| std::path::PathBuf::from(config::DEFAULT_DATA_DIR));
-            let store = FileStore::open(&dir).map_err(|e| {
-                CniError::new(
-                    code::IO,
-                    format!("pool `{}`: {e}", conf.pools[0].name),
-                    std::error::Error::source(&e)
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                )
-            })?;
+            let store = FileStore::open(&dir)
+                .map(|s| s.with_fsync(fsync.unwrap_or(true)))
+                .map_err(|e| {
+                    CniError::new(
+                        code::IO,
+                        format!("pool `{}`: {e}", conf.pools[0].name),
+                        std::error::Error::source(&e)
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                    )
+                })?;
             Ok(Arc::new(store))
         }
         #[cfg(feature = "etcd")]
@@ -318,15 +320,12 @@ async fn allocate_in(
     for _ in 0..3 {
         let mut out = None;
         let mut txn = |s: &mut PoolState| {
-            let mut next = s.clone();
-            let spec_changed = next.set_spec(spec.clone())?;
-            let (a, ev) = next.allocate(req, now)?;
-            let changed = spec_changed || !ev.is_empty();
-            if changed {
-                *s = next;
-            }
+            // A config change applies with the allocation (a valid spec on its own: if the
+            // allocation then fails, the file and etcd stores write nothing).
+            let spec_changed = s.set_spec(spec.clone())?;
+            let (a, ev) = s.allocate(req, now)?;
             out = Some(a);
-            Ok(changed)
+            Ok(spec_changed || !ev.is_empty())
         };
         match alloc.store().update(&spec.name, &mut txn).await {
             Ok(()) => {

@@ -25,6 +25,7 @@ use crate::pool_state::PoolState;
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    fsync: bool,
 }
 
 #[derive(Serialize)]
@@ -51,7 +52,17 @@ impl FileStore {
             "cannot create pool store directory {}",
             dir.display()
         )))?;
-        Ok(FileStore { dir })
+        Ok(FileStore { dir, fsync: true })
+    }
+
+    /// Whether writes are `fsync`ed (default `true`). Without it a write is still atomic for
+    /// other processes (write, then rename) and survives a killed process, but a power loss may
+    /// lose the latest changes, as with host-local, which never syncs. On a disk where one
+    /// `fsync` costs milliseconds, turning it off is most of the per-operation cost.
+    #[must_use]
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
     }
 
     /// The directory.
@@ -124,7 +135,9 @@ impl FileStore {
                 let result = (|| {
                     let mut f = File::create(&tmp)?;
                     f.write_all(&body)?;
-                    f.sync_all()?;
+                    if self.fsync {
+                        f.sync_all()?;
+                    }
                     fs::rename(&tmp, &path)
                 })();
                 if let Err(e) = result {
@@ -132,6 +145,9 @@ impl FileStore {
                     return Err(io(format!("cannot write {}", path.display()))(e));
                 }
             }
+        }
+        if !self.fsync {
+            return Ok(());
         }
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
