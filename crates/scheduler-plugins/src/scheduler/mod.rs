@@ -14,8 +14,8 @@ use futures::FutureExt;
 use rayon::prelude::*;
 
 use crate::framework::{
-    CycleState, MAX_NODE_SCORE, MAX_PERMIT_TIMEOUT, NodeSet, Profile, Status, WaitingPods,
-    num_feasible_nodes_to_find,
+    CycleState, MAX_NODE_SCORE, MAX_PERMIT_TIMEOUT, NodeSet, Profile, QueuedPodInfo, Status,
+    WaitingPods, num_feasible_nodes_to_find,
 };
 use crate::interner::Sym;
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
@@ -25,6 +25,8 @@ use queue::SchedulingQueue;
 const PARALLEL_THRESHOLD: usize = 128;
 /// Nodes per rayon task.
 const CHUNK: usize = 64;
+/// Scheduling cycles run back to back before their binding cycles.
+const BATCH: usize = 256;
 
 /// The result of filtering (and optionally scoring) a pod over candidate nodes.
 #[derive(Debug, Clone, Default)]
@@ -257,8 +259,32 @@ impl Scheduler {
     /// task when it waits at Permit). `None` when the active queue is empty.
     pub async fn schedule_next(&self) -> Option<ScheduleResult> {
         let info = self.queue().pop(Instant::now())?;
+        // Run the cycle on a rayon worker: its parallel filter and score then fork inside the
+        // pool instead of handing work over from this thread twice per cycle.
+        let outcome = rayon::scope(|_| self.scheduling_cycle(&info.pod));
+        Some(self.finish(info, outcome).await)
+    }
+
+    /// Runs up to `max` scheduling cycles back to back inside the rayon pool. Each assumed
+    /// pod is in the cache before the next cycle starts, so later pods see earlier ones.
+    fn schedule_batch(&self, max: usize) -> Vec<(QueuedPodInfo, CycleOutcome)> {
+        rayon::scope(|_| {
+            let mut out = Vec::new();
+            while out.len() < max {
+                let Some(info) = self.queue().pop(Instant::now()) else {
+                    break;
+                };
+                let outcome = self.scheduling_cycle(&info.pod);
+                out.push((info, outcome));
+            }
+            out
+        })
+    }
+
+    /// The binding half for one pod whose scheduling cycle ended with `outcome`.
+    async fn finish(&self, info: QueuedPodInfo, outcome: CycleOutcome) -> ScheduleResult {
         let pod = info.pod.clone();
-        let outcome = match self.scheduling_cycle(&pod) {
+        let outcome = match outcome {
             CycleOutcome::Failed(status) => {
                 self.queue().requeue_backoff(info, Instant::now());
                 if status.code() == crate::framework::Code::Error {
@@ -291,7 +317,7 @@ impl Scheduler {
                 Outcome::Waiting { node, binding }
             }
         };
-        Some(ScheduleResult { pod, outcome })
+        ScheduleResult { pod, outcome }
     }
 
     /// Schedules until the active queue is empty, then waits for pending bindings. Pods in
@@ -299,12 +325,18 @@ impl Scheduler {
     pub async fn run_until_idle(&self) -> RunSummary {
         let mut summary = RunSummary::default();
         let mut pending = Vec::new();
-        while let Some(result) = self.schedule_next().await {
-            match result.outcome {
-                Outcome::Bound(_) => summary.bound += 1,
-                Outcome::Unschedulable(_) => summary.unschedulable += 1,
-                Outcome::Error(_) => summary.errors += 1,
-                Outcome::Waiting { binding, .. } => pending.push(binding),
+        loop {
+            let batch = self.schedule_batch(BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            for (info, outcome) in batch {
+                match self.finish(info, outcome).await.outcome {
+                    Outcome::Bound(_) => summary.bound += 1,
+                    Outcome::Unschedulable(_) => summary.unschedulable += 1,
+                    Outcome::Error(_) => summary.errors += 1,
+                    Outcome::Waiting { binding, .. } => pending.push(binding),
+                }
             }
         }
         for handle in pending {
@@ -331,6 +363,17 @@ impl Scheduler {
     /// Filters `pod` over `candidates` of `snapshot` (all nodes when `None`; no sampling) and
     /// scores the feasible ones when `score` is set. The extender uses this.
     pub fn evaluate(
+        &self,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        candidates: Option<&[u32]>,
+        score: bool,
+    ) -> Result<(CycleState, Evaluation), Status> {
+        // On a rayon worker, so the parallel parts fork inside the pool.
+        rayon::scope(|_| self.evaluate_here(pod, snapshot, candidates, score))
+    }
+
+    fn evaluate_here(
         &self,
         pod: &PodInfo,
         snapshot: &Snapshot,
