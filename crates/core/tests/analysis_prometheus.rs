@@ -1,5 +1,5 @@
 //! The prometheus provider against a real Prometheus (Debian `prometheus`) started by the test,
-//! scraping a local `/metrics` endpoint every second.
+//! scraping the demo app's `/metrics` every second.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -27,22 +27,48 @@ fn prometheus_available() -> bool {
     false
 }
 
-/// Serves Prometheus text format: 950 successful and 50 failed requests of the demo app.
-async fn metrics_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let body = "# HELP demo_http_requests_total Requests served.\n\
-                # TYPE demo_http_requests_total counter\n\
-                demo_http_requests_total{code=\"200\"} 950\n\
-                demo_http_requests_total{code=\"500\"} 50\n\
-                # TYPE demo_info gauge\n\
-                demo_info{version=\"v2\"} 1\n";
-    let app =
-        axum::Router::new().route("/metrics", axum::routing::get(move || async move { body }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (
-        addr,
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }),
-    )
+/// The demo app (`rorqual-demo`) at a 5% error rate, after 100 requests: exactly 95 answered
+/// 200 and 5 answered 500 (the demo fails deterministically).
+async fn demo_with_traffic() -> (SocketAddr, tokio::process::Child) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rorqual-demo"))
+        .env("PORT", port.to_string())
+        .env("DEMO_VERSION", "v2")
+        .env("DEMO_ERROR_RATE", "0.05")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "demo app did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut failed = 0;
+    for _ in 0..100 {
+        let status = client
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 500 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 5);
+    (addr, child)
 }
 
 struct Prometheus {
@@ -114,12 +140,12 @@ async fn queries_a_real_prometheus() {
     if !prometheus_available() {
         return;
     }
-    let (target, _server) = metrics_server().await;
+    let (target, _demo) = demo_with_traffic().await;
     let prom = start_prometheus(target).await;
     let provider = PrometheusProvider::new();
     let none = BTreeMap::new();
 
-    // An error ratio from the scraped counters: 50 / 1000.
+    // An error ratio from the scraped counters: 5 / 100.
     let ratio = "sum(demo_http_requests_total{code=~\"5..\"}) / sum(demo_http_requests_total)";
     let v = provider
         .measure(&metric("r", ratio, &prom.address), &none)
@@ -140,11 +166,12 @@ async fn queries_a_real_prometheus() {
         )
         .await
         .unwrap();
-    assert_eq!(v, json!([950.0, 50.0]));
+    assert_eq!(v, json!([95.0, 5.0]));
 
     // Errors since a baseline over requests since the baseline: no new requests gives 0/0 =
     // NaN, which is inconclusive.
-    let rate = "(sum(demo_http_requests_total{code=\"500\"}) - 50) / (sum(demo_http_requests_total) - 1000)";
+    let rate =
+        "(sum(demo_http_requests_total{code=\"500\"}) - 5) / (sum(demo_http_requests_total) - 100)";
     let e = provider
         .measure(&metric("n", rate, &prom.address), &none)
         .await
