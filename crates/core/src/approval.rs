@@ -433,3 +433,15 @@ fn error_response(e: &ApprovalError) -> Response {
     };
     (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_seam_is_object_safe_send_and_sync() {
+        fn assert_seam<T: ?Sized + Send + Sync + Debug + 'static>() {}
+        assert_seam::<dyn ApprovalGate>();
+        let _: Arc<dyn ApprovalGate> = Arc::new(Approvals::new());
+    }
+}

@@ -305,6 +305,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn notifier_seam_is_object_safe_send_and_sync() {
+        fn assert_seam<T: ?Sized + Send + Sync + Debug + 'static>() {}
+        assert_seam::<dyn Notifier>();
+        let _: Arc<dyn Notifier> = Arc::new(RecordingNotifier::new());
+        let _: Arc<dyn Notifier> = Arc::new(WebhookNotifier::new("http://127.0.0.1:1/").unwrap());
+    }
+
+    #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789); // 2024-02-29 (leap day)

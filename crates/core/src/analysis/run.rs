@@ -533,6 +533,18 @@ mod tests {
         Err(ProviderError::measurement("fake", "connection refused"))
     }
 
+    #[test]
+    fn provider_seam_is_object_safe_send_and_sync() {
+        fn assert_seam<T: ?Sized + Send + Sync + std::fmt::Debug + 'static>() {}
+        assert_seam::<dyn MetricProvider>();
+        let p: Arc<dyn MetricProvider> = Arc::new(Providers::with_defaults());
+        assert_eq!(p.kind(), "registry");
+        fn assert_send<T: Send>(_: &T) {}
+        let mut run =
+            AnalysisRun::new(&spec(MetricSpec::new("m", fake())), BTreeMap::new(), t(0)).unwrap();
+        assert_send(&run.tick(p.as_ref(), t(0)));
+    }
+
     fn fake() -> ProviderSpec {
         ProviderSpec::plugin("fake", json!({"q": "{{args.svc}}"}))
     }

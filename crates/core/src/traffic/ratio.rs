@@ -50,6 +50,14 @@ mod tests {
     use crate::traffic::Backend;
 
     #[test]
+    fn router_seam_is_object_safe_send_and_sync() {
+        fn assert_seam<T: ?Sized + Send + Sync + std::fmt::Debug + 'static>() {}
+        assert_seam::<dyn TrafficRouter>();
+        let router: std::sync::Arc<dyn TrafficRouter> = std::sync::Arc::new(ReplicaRatio);
+        assert_eq!(router.name(), "replica-ratio");
+    }
+
+    #[test]
     fn argo_examples() {
         assert_eq!(canary_replicas_for_weight(41, 10), 4);
         assert_eq!(canary_replicas_for_weight(45, 10), 5);
