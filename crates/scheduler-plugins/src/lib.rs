@@ -26,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod extender;
+pub mod fast_hash;
 pub mod framework;
 pub mod interner;
 pub mod kube;

@@ -2,6 +2,7 @@
 //! maintained indexes (pods by label, pods with required anti-affinity) so that affinity and
 //! spreading plugins look only at the pods that can match.
 
+use crate::fast_hash::FastMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -331,9 +332,9 @@ pub type PodLoc = (u32, Arc<PodInfo>);
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     nodes: Vec<NodeInfo>,
-    by_name: HashMap<Sym, u32>,
-    by_label: HashMap<(Sym, Sym), Vec<PodLoc>>,
-    anti_indexed: HashMap<(Sym, Sym), Vec<PodLoc>>,
+    by_name: FastMap<Sym, u32>,
+    by_label: FastMap<(Sym, Sym), Vec<PodLoc>>,
+    anti_indexed: FastMap<(Sym, Sym), Vec<PodLoc>>,
     anti_unindexed: Vec<PodLoc>,
     pod_node: HashMap<Arc<str>, u32>,
 }

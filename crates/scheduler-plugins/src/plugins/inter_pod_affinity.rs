@@ -3,8 +3,7 @@
 //! score. Counts come from the snapshot's incrementally maintained label and anti-affinity
 //! indexes, so a cycle touches only pods that can match, never every pod.
 
-use std::collections::{HashMap, HashSet};
-
+use crate::fast_hash::{FastMap, FastSet};
 use crate::framework::{
     CycleState, FilterPlugin, NodeSet, Plugin, PreFilterPlugin, PreScorePlugin, ScorePlugin, Status,
 };
@@ -19,18 +18,18 @@ pub struct InterPodAffinity;
 #[derive(Debug, Clone, Default)]
 struct FilterState {
     /// Per required affinity term: domains (topology values) with a matching pod.
-    affinity: Vec<(Sym, HashSet<Sym>)>,
+    affinity: Vec<(Sym, FastSet<Sym>)>,
     /// Whether no pod matches any affinity term and the pod matches all its own terms
     /// (the first pod of a group may go anywhere).
     affinity_self_ok: bool,
     /// (topology key, value) pairs forbidden by anti-affinity, in either direction.
-    forbidden: HashSet<(Sym, Sym)>,
+    forbidden: FastSet<(Sym, Sym)>,
     forbidden_keys: Vec<Sym>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct ScoreState {
-    weights: HashMap<(Sym, Sym), i64>,
+    weights: FastMap<(Sym, Sym), i64>,
     keys: Vec<Sym>,
 }
 
@@ -72,7 +71,7 @@ impl PreFilterPlugin for InterPodAffinity {
         });
         let mut any_match = false;
         for term in &pod.affinity.required {
-            let mut domains = HashSet::new();
+            let mut domains = FastSet::default();
             snapshot.for_each_candidate(&term.selector, |node, other| {
                 if term.matches(pod.namespace, other) {
                     any_match = true;

@@ -1,8 +1,7 @@
 //! PodTopologySpread: `maxSkew` per topology domain; DoNotSchedule constraints filter,
 //! ScheduleAnyway constraints score.
 
-use std::collections::HashMap;
-
+use crate::fast_hash::FastMap;
 use crate::framework::{
     CycleState, FilterPlugin, NodeSet, Plugin, PreFilterPlugin, PreScorePlugin, ScorePlugin, Status,
 };
@@ -16,7 +15,7 @@ pub struct PodTopologySpread;
 #[derive(Debug, Clone)]
 struct DomainCounts {
     key: Sym,
-    counts: HashMap<Sym, i64>,
+    counts: FastMap<Sym, i64>,
     min: i64,
     max_skew: i64,
     self_match: i64,
@@ -43,7 +42,7 @@ fn count<'a>(
     snapshot: &Snapshot,
     nodes: impl Iterator<Item = &'a NodeInfo>,
 ) -> DomainCounts {
-    let mut counts: HashMap<Sym, i64> = HashMap::new();
+    let mut counts: FastMap<Sym, i64> = FastMap::default();
     for node in nodes {
         if let Some(v) = node.labels.get(c.topology_key) {
             if node_eligible(pod, node) {

@@ -3,7 +3,8 @@
 //! takes the address, Unreserve gives it back. Pools are read through [`IpCapacity`], which an
 //! IPAM (such as rorqual-net's pools) implements; [`MemoryIpCapacity`] is the in-memory one.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::fast_hash::{FastMap, FastSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -202,11 +203,11 @@ impl UnderlayIp {
 struct UnderlayState {
     /// Bound claim: its pool and address.
     claim: Option<(Arc<str>, IpAddr)>,
-    claim_hosts: HashSet<Sym>,
+    claim_hosts: FastSet<Sym>,
     /// Node → a pool with a free address it can use.
-    node_pool: HashMap<Sym, Arc<str>>,
+    node_pool: FastMap<Sym, Arc<str>>,
     /// Every node in some eligible pool.
-    pool_hosts: HashSet<Sym>,
+    pool_hosts: FastSet<Sym>,
 }
 
 /// The address reserved for the pod in this cycle.
