@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
 
 /// A 48-bit MAC address, printed as `02:42:0a:fa:00:aa`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,16 +15,25 @@ impl Mac {
     /// derived from the pool name and the address, so every store and process computes the
     /// same one.
     pub fn generated(pool: &str, ip: IpAddr) -> Mac {
-        let mut hasher = Sha256::new();
-        hasher.update(pool.as_bytes());
-        hasher.update([0]);
+        // FNV-1a (64 bit): fixed, documented and cheap; the MAC must never change between
+        // versions or processes, so no randomly keyed hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |b: u8| {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        pool.bytes().for_each(&mut feed);
+        feed(0);
         match ip {
-            IpAddr::V4(v4) => hasher.update(v4.octets()),
-            IpAddr::V6(v6) => hasher.update(v6.octets()),
+            IpAddr::V4(v4) => v4.octets().into_iter().for_each(&mut feed),
+            IpAddr::V6(v6) => v6.octets().into_iter().for_each(&mut feed),
         }
-        let digest = hasher.finalize();
+        // Mix the high bits down so nearby addresses differ in every byte.
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 32;
         let mut bytes = [0u8; 6];
-        bytes.copy_from_slice(&digest[..6]);
+        bytes.copy_from_slice(&h.to_be_bytes()[2..]);
         // Locally administered (bit 1 set), unicast (bit 0 clear).
         bytes[0] = (bytes[0] | 0x02) & !0x01;
         Mac(bytes)
@@ -98,6 +106,8 @@ impl<'de> Deserialize<'de> for Mac {
 mod tests {
     use super::*;
 
+    const PINNED: &str = "56:fa:73:aa:08:7e";
+
     #[test]
     fn generated_is_deterministic_local_unicast_and_distinct() {
         let a = Mac::generated("games", "10.0.0.5".parse().unwrap());
@@ -106,6 +116,8 @@ mod tests {
         assert_ne!(a, Mac::generated("games", "10.0.0.6".parse().unwrap()));
         assert_ne!(a, Mac::generated("other", "10.0.0.5".parse().unwrap()));
         assert!(Mac::generated("v6", "fd00::1".parse().unwrap()).is_local_unicast());
+        // Pinned: a changed function would give running instances new MACs after an upgrade.
+        assert_eq!(a.to_string(), PINNED);
     }
 
     #[test]

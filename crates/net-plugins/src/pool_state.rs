@@ -297,7 +297,7 @@ impl Layout {
 pub struct PoolState {
     spec: PoolSpec,
     entries: BTreeMap<IpAddr, Entry>,
-    owners: BTreeMap<String, IpAddr>,
+    owners: BTreeMap<Owner, IpAddr>,
     claims: BTreeMap<String, Claim>,
     cursor: Option<IpAddr>,
     layout: Layout,
@@ -347,7 +347,7 @@ impl<'de> Deserialize<'de> for PoolState {
                         e.state
                     )));
                 }
-                if state.owners.insert(o.key(), *ip).is_some() {
+                if state.owners.insert(o.clone(), *ip).is_some() {
                     return Err(serde::de::Error::custom(format!(
                         "owner {o} holds more than one address"
                     )));
@@ -449,7 +449,7 @@ impl PoolState {
 
     /// The address `owner` holds.
     pub fn lookup(&self, owner: &Owner) -> Option<Allocation> {
-        let ip = *self.owners.get(&owner.key())?;
+        let ip = *self.owners.get(owner)?;
         let e = self.entries.get(&ip)?;
         Some(self.allocation(ip, owner.clone(), e.identity.clone()))
     }
@@ -586,8 +586,7 @@ impl PoolState {
         now_ms: u64,
     ) -> Result<(Allocation, Vec<AllocationEvent>), PoolError> {
         let pool = &self.spec.name;
-        let key = request.owner.key();
-        if let Some(&held) = self.owners.get(&key) {
+        if let Some(&held) = self.owners.get(&request.owner) {
             if let Some(r) = request.ip
                 && r != held
             {
@@ -677,7 +676,7 @@ impl PoolState {
                 since_ms: now_ms,
             },
         );
-        self.owners.insert(key, ip);
+        self.owners.insert(request.owner.clone(), ip);
         if let Some(id) = identity {
             self.claims.insert(
                 id.clone(),
@@ -707,7 +706,7 @@ impl PoolState {
     /// Releases what `owner` holds (nothing held: no change). A claimed address goes back to
     /// Reserved for its identity, any other to Available.
     pub fn release(&mut self, owner: &Owner, now_ms: u64) -> Vec<AllocationEvent> {
-        let Some(ip) = self.owners.remove(&owner.key()) else {
+        let Some(ip) = self.owners.remove(owner) else {
             return vec![];
         };
         let identity = self.entries.get(&ip).and_then(|e| e.identity.clone());
@@ -992,9 +991,7 @@ impl PoolState {
     pub fn check_consistent(&self) -> Result<(), String> {
         for (k, ip) in &self.owners {
             match self.entries.get(ip) {
-                Some(e)
-                    if e.state == IpState::Active
-                        && e.owner.as_ref().map(Owner::key).as_ref() == Some(k) => {}
+                Some(e) if e.state == IpState::Active && e.owner.as_ref() == Some(k) => {}
                 other => return Err(format!("owner {k} indexed at {ip} but entry is {other:?}")),
             }
         }
