@@ -1,9 +1,10 @@
 //! Interned strings: label keys and values, node names and topology values become `u32`
 //! symbols so that the hot loops compare integers instead of strings.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock, RwLock};
+
+use crate::fast_hash::FastMap;
 
 /// An interned string. Cheap to copy, compare and hash; [`Sym::as_str`] gives the text back.
 ///
@@ -14,7 +15,7 @@ pub struct Sym(u32);
 
 #[derive(Default)]
 struct Table {
-    ids: HashMap<Arc<str>, u32>,
+    ids: FastMap<Arc<str>, u32>,
     names: Vec<Arc<str>>,
 }
 

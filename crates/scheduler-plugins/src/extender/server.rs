@@ -107,6 +107,19 @@ impl ExtenderServer {
     }
 
     fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, BadRequest> {
+        self.authorize(headers)?;
+        serde_json::from_slice(body)
+            .map_err(|e| BadRequest(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
+    }
+
+    /// Authorizes and decodes `ExtenderArgs` (filter and prioritize).
+    fn args(&self, headers: &HeaderMap, body: &[u8]) -> Result<ExtenderArgs, BadRequest> {
+        self.authorize(headers)?;
+        ExtenderArgs::from_slice(body)
+            .map_err(|e| BadRequest(StatusCode::BAD_REQUEST, e.to_string()))
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), BadRequest> {
         if let Some(token) = &self.token {
             let ok = headers
                 .get(header::AUTHORIZATION)
@@ -120,8 +133,7 @@ impl ExtenderServer {
                 ));
             }
         }
-        serde_json::from_slice(body)
-            .map_err(|e| BadRequest(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
+        Ok(())
     }
 
     fn remember(&self, pod: &PodInfo) {
@@ -360,13 +372,9 @@ async fn filter_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let value = match s.check(&headers, &body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    match ExtenderArgs::from_value(&value) {
+    match s.args(&headers, &body) {
         Ok(args) => json_response(&s.filter(&args)),
-        Err(e) => BadRequest(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -375,13 +383,9 @@ async fn prioritize_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let value = match s.check(&headers, &body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let args = match ExtenderArgs::from_value(&value) {
+    let args = match s.args(&headers, &body) {
         Ok(a) => a,
-        Err(e) => return BadRequest(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => return e.into_response(),
     };
     match s.prioritize(&args) {
         Ok(list) => json_response(&list),

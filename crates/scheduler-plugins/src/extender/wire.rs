@@ -92,6 +92,70 @@ impl ExtenderArgs {
     }
 }
 
+/// `ExtenderArgs` decoded straight from bytes (no intermediate tree for the node names).
+#[derive(Debug, Default)]
+struct RawArgs {
+    pod: Option<Value>,
+    nodes: Option<Value>,
+    node_names: Option<Vec<String>>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawArgs, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an ExtenderArgs object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawArgs, A::Error> {
+                let mut raw = RawArgs::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key.eq_ignore_ascii_case("Pod") {
+                        raw.pod = Some(map.next_value()?);
+                    } else if key.eq_ignore_ascii_case("Nodes") {
+                        raw.nodes = map.next_value()?;
+                    } else if key.eq_ignore_ascii_case("NodeNames") {
+                        raw.node_names = map.next_value()?;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+impl ExtenderArgs {
+    /// Decodes `ExtenderArgs` from a request body (keys in any case).
+    pub fn from_slice(body: &[u8]) -> Result<ExtenderArgs, WireError> {
+        const M: &str = "ExtenderArgs";
+        let raw: RawArgs = serde_json::from_slice(body)
+            .map_err(|e| wire_err(M, format!("malformed JSON body: {e}")))?;
+        let mut obj = Map::new();
+        obj.insert("Pod".into(), raw.pod.unwrap_or(Value::Null));
+        obj.insert("Nodes".into(), raw.nodes.unwrap_or(Value::Null));
+        // Names are checked here and moved, not copied through a JSON tree.
+        let names = raw.node_names;
+        obj.insert(
+            "NodeNames".into(),
+            if names.is_some() {
+                Value::Array(Vec::new())
+            } else {
+                Value::Null
+            },
+        );
+        let mut args = ExtenderArgs::from_value(&Value::Object(obj))?;
+        args.node_names = names;
+        Ok(args)
+    }
+}
+
 /// `ExtenderFilterResult`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
