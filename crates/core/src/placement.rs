@@ -182,11 +182,9 @@ pub fn unfit_reason(request: &PlacementRequest, view: &NodeView) -> Option<Strin
 fn allocated_permille(view: &NodeView, extra: Resources) -> u64 {
     let after = view.requested.saturating_add(extra);
     let share = |used: u64, total: u64| {
-        if total == 0 {
-            1000
-        } else {
-            (used.saturating_mul(1000) / total).min(1000)
-        }
+        used.saturating_mul(1000)
+            .checked_div(total)
+            .map_or(1000, |permille| permille.min(1000))
     };
     (share(after.cpu.0, view.node.allocatable.cpu.0)
         + share(after.memory.0, view.node.allocatable.memory.0))

@@ -323,7 +323,7 @@ mod tests {
             Cpu(1),
             "rounds up to a millicore"
         );
-        assert_eq!("1e3m".parse::<Cpu>().is_err(), true);
+        assert!("1e3m".parse::<Cpu>().is_err());
         assert_eq!("2e0".parse::<Cpu>().unwrap(), Cpu(2000));
     }
 
