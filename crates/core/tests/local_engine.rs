@@ -1,6 +1,8 @@
 //! LocalEngine with real processes: probes, restarts, graceful stop, stateful identities,
 //! Pending on capacity, logs.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod local_support;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! LocalEngine's state directory: re-adoption after an engine restart, corrupt or foreign
 //! directories, the lock, the file-backed state store; and invalid specs rejected up front.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod local_support;
 
 use local_support::*;

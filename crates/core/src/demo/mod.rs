@@ -283,7 +283,7 @@ mod tests {
     fn error_rate_is_exact_and_deterministic() {
         for rate in [0.0, 0.1, 0.25, 0.5, 1.0] {
             let failed = (1..=100).filter(|&n| fails(n, rate)).count();
-            assert_eq!(failed as f64, (100.0 * rate as f64).floor(), "rate {rate}");
+            assert_eq!(failed as f64, (100.0 * rate).floor(), "rate {rate}");
         }
     }
 

@@ -27,8 +27,9 @@
 //!
 //! Applications, groups and instances (with each process's PID *and start time*, so a reused
 //! PID is never mistaken for an instance) are kept in the state directory, together with the
-//! controller [`StateStore`] ([`FileStateStore`]). Every write is atomic (temporary file,
-//! fsync, rename). The directory is locked while an engine uses it.
+//! controller [`StateStore`] ([`FileStateStore`]). Every write is atomic (temporary file and
+//! rename, so a crashed engine never leaves a torn file); controller state and the state at
+//! shutdown are also fsynced. The directory is locked while an engine uses it.
 //!
 //! A new `LocalEngine` on the same directory re-adopts the instances whose processes still run
 //! (and re-registers their addresses with [`Network::adopt`]) and restarts the ones whose
@@ -316,7 +317,7 @@ impl Inner {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(e) = store::write_json(&self.dir.join(store::ENGINE_FILE), st) {
+        if let Err(e) = store::write_json_fast(&self.dir.join(store::ENGINE_FILE), st) {
             tracing::error!(error = %e, "cannot persist the local engine's state");
         }
     }
@@ -1317,7 +1318,9 @@ impl Engine for LocalEngine {
         }
         {
             let st = self.inner.lock();
-            self.inner.persist(&st);
+            if let Err(e) = store::write_json(&self.inner.dir.join(store::ENGINE_FILE), &*st) {
+                tracing::error!(error = %e, "cannot persist the local engine's state");
+            }
         }
         if self.inner.owned_dir {
             if let Err(e) = std::fs::remove_dir_all(&self.inner.dir) {

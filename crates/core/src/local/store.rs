@@ -126,25 +126,39 @@ pub(crate) fn open_dir(dir: &Path) -> Result<Flock<File>> {
     Ok(lock)
 }
 
-/// Writes `value` as JSON to `path` atomically: a temporary file, fsync, rename, fsync of the
-/// directory.
+/// Writes `value` as JSON to `path` atomically and durably: a temporary file, fsync, rename,
+/// fsync of the directory.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Codec {
-        context: format!("cannot encode {}", path.display()),
-        source: e,
-    })?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &encode(path, value)?, true)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `value` as JSON to `path` atomically (temporary file and rename) without waiting for
+/// the disk: a crash of the engine never leaves a torn file, and the page cache outlives it.
+/// Only a power loss can lose the last writes, and it ends the instances' processes too.
+pub(crate) fn write_json_fast<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic(path, &encode(path, value)?, false)
+}
+
+fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Codec {
+        context: format!("cannot encode {}", path.display()),
+        source: e,
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let io = |e| Error::io(format!("cannot write {}", path.display()), e);
     let tmp = path.with_extension("json.tmp");
     let mut f = File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    if durable {
+        f.sync_all().map_err(io)?;
+    }
     std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    if durable {
+        if let Some(parent) = path.parent() {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+        }
     }
     Ok(())
 }

@@ -100,7 +100,8 @@ pub(crate) async fn run_instance(
             let dir = inner.instance_dir(&id);
             let mut prepared = false;
             let mut failures = 0;
-            while attachment.is_some() && !prepared && !*stop.borrow() {
+            // Adopted processes must be supervised (and stopped) even when stopping already.
+            while attachment.is_some() && !prepared && (adopt || !*stop.borrow()) {
                 match prepare_dir(&dir, &spec) {
                     Ok(()) => prepared = true,
                     Err(e) => {
@@ -114,7 +115,7 @@ pub(crate) async fn run_instance(
                     }
                 }
             }
-            if let (Some(attachment), true) = (attachment, prepared) {
+            if let (Some(attachment), true) = (attachment, prepared || adopt) {
                 inner.set_reason(&id, None);
                 let spec = Arc::new(spec);
                 let containers = (0..spec.containers.len()).map(|index| {

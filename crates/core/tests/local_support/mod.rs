@@ -1,6 +1,6 @@
 //! Helpers shared by the LocalEngine integration tests (real processes on loopback).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
