@@ -391,7 +391,7 @@ fn effect(s: &str) -> Option<TaintEffect> {
 
 /// Reads a pod from its Kubernetes JSON.
 pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
-    let pod: PodJson = serde_json::from_value(value.clone()).map_err(|e| KubeError {
+    let pod = PodJson::deserialize(value).map_err(|e| KubeError {
         kind: "Pod",
         name: "?".into(),
         path: "$".into(),
@@ -623,7 +623,7 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
 
 /// Reads a node from its Kubernetes JSON.
 pub fn node_from_json(value: &Value) -> Result<NodeInfo, KubeError> {
-    let node: NodeJson = serde_json::from_value(value.clone()).map_err(|e| KubeError {
+    let node = NodeJson::deserialize(value).map_err(|e| KubeError {
         kind: "Node",
         name: "?".into(),
         path: "$".into(),
