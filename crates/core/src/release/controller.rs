@@ -336,6 +336,7 @@ impl RolloutController {
                         progress_mark: 0,
                         aborted: false,
                         aborted_at: None,
+                        abort_reason: None,
                         hold: None,
                         promote_full: false,
                         approval_requested: false,
@@ -799,7 +800,16 @@ impl RolloutController {
                         .collect();
                     desired.push((rev, weight, endpoints));
                 }
-                if e.last_split.as_ref() != Some(&desired) {
+                // A router that sends traffic itself needs somewhere to send it: a weighted
+                // revision without ready endpoints waits (the next reconcile retries), and
+                // unweighted revisions without endpoints are left out.
+                let routes = inner.router.routes_traffic();
+                if routes {
+                    desired.retain(|(_, w, ep)| *w > 0 || !ep.is_empty());
+                }
+                let routable =
+                    !routes || desired.iter().all(|(_, w, ep)| *w == 0 || !ep.is_empty());
+                if routable && e.last_split.as_ref() != Some(&desired) {
                     let split = TrafficSplit::new(
                         desired
                             .iter()
@@ -941,8 +951,15 @@ impl RolloutController {
                     continue;
                 }
                 Gate::Pause(duration, reason) => {
-                    r.status.phase = RolloutPhase::Paused;
                     r.status.last_progress = now;
+                    if r.status.aborted {
+                        // The abort's scale-down delay: still Degraded, reason unchanged.
+                        if let Some(d) = duration {
+                            soonest(now + d);
+                        }
+                        return Ok(next);
+                    }
+                    r.status.phase = RolloutPhase::Paused;
                     if r.status.reason != reason {
                         r.status.reason = reason.clone();
                         let status = r.status.clone();
@@ -1058,12 +1075,7 @@ impl RolloutController {
                 && r.status.reason.starts_with("aborted: "));
         if r.status.aborted {
             r.status.phase = RolloutPhase::Degraded;
-            let why = r
-                .status
-                .reason
-                .trim_start_matches("aborted: ")
-                .trim_start_matches("rolling back: ")
-                .to_owned();
+            let why = r.status.abort_reason.clone().unwrap_or_default();
             r.status.reason = format!("aborted: {why}");
         } else {
             if r.status.stable.as_ref() != Some(&r.status.target) {
@@ -1124,6 +1136,7 @@ fn terminate_all(r: &mut RolloutRecord) {
 fn mark_aborted(r: &mut RolloutRecord, now: SystemTime, reason: String) {
     r.status.aborted = true;
     r.status.aborted_at = Some(now);
+    r.status.abort_reason = Some(reason.clone());
     r.status.hold = None;
     r.status.phase = RolloutPhase::Degraded;
     r.status.reason = format!("rolling back: {reason}");
@@ -1137,6 +1150,7 @@ fn restart(status: &mut RolloutStatus, now: SystemTime, reason: &str) {
     status.progress_mark = 0;
     status.aborted = false;
     status.aborted_at = None;
+    status.abort_reason = None;
     status.hold = None;
     status.promote_full = false;
     status.approval_requested = false;

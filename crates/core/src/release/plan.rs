@@ -285,7 +285,10 @@ pub fn abort_plan<'a>(
     scale_down_after: Duration,
     max_unavailable_stateful: u32,
 ) -> Plan<'a> {
-    let mut plan = Plan::gate(Gate::Progressing("rolling back to stable".to_owned()));
+    let mut plan = Plan::gate(Gate::Progressing(format!(
+        "bringing {} to {} instances",
+        view.stable, view.replicas
+    )));
     plan.target_weight = Some(0);
     if view.stateful {
         let (moves, reached) = stateful_moves(

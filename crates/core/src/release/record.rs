@@ -167,6 +167,9 @@ pub struct RolloutStatus {
     pub aborted: bool,
     /// When it was aborted.
     pub aborted_at: Option<SystemTime>,
+    /// Why it was aborted.
+    #[serde(default)]
+    pub abort_reason: Option<String>,
     /// Held by a problem or the pause policy, with the reason; promote or retry resumes.
     pub hold: Option<String>,
     /// Promote-full: remaining steps, pauses and analyses are skipped.
