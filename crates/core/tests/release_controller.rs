@@ -686,3 +686,45 @@ async fn router_failure_pauses_with_the_reason_and_bad_steps_are_rejected() {
     );
     let _ = h.clock.now();
 }
+
+#[tokio::test]
+async fn history_limit_and_event_stream() {
+    let h = Harness::new().await;
+    let mut events = h.ctl.events();
+    let spec = |v: &str| RolloutSpec::new(app(v), Strategy::default()).revision_history_limit(2);
+    for v in ["v1", "v2", "v3", "v4"] {
+        h.ctl.apply(spec(v)).await.unwrap();
+        h.until(60, "healthy", |s| {
+            s.phase == RolloutPhase::Healthy && s.stable == Some(app(v).revision())
+        })
+        .await;
+    }
+    let kept: Vec<Revision> = h
+        .ctl
+        .history(&key())
+        .await
+        .into_iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(
+        kept,
+        [app("v2").revision(), app("v3").revision()],
+        "limit 2, oldest dropped"
+    );
+    assert!(
+        h.ctl
+            .undo(&key(), Some(&app("v1").revision()))
+            .await
+            .is_err(),
+        "v1 was dropped"
+    );
+    let mut reasons = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        reasons.push(e.reason);
+    }
+    assert!(
+        reasons.iter().filter(|r| *r == "healthy").count() >= 4,
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"Updated".to_owned()), "{reasons:?}");
+}

@@ -481,6 +481,64 @@ mod tests {
         assert_eq!(c.plan(&view(1, (10, 10), (0, 0))).gate, Gate::Done);
     }
 
+    fn analysis() -> AnalysisStep {
+        let spec: crate::analysis::AnalysisSpec = serde_json::from_value(serde_json::json!({
+            "metrics": [{"name": "m", "provider": {"command": {"command": ["true"]}}}]
+        }))
+        .unwrap();
+        AnalysisStep::new(spec, Default::default())
+    }
+
+    #[test]
+    fn background_analysis_runs_from_its_step_and_aborts_on_failure() {
+        use crate::analysis::AnalysisPhase;
+        let c = Canary::new(vec![
+            CanaryStep::SetWeight(10),
+            CanaryStep::pause_until_promoted(),
+            CanaryStep::SetWeight(50),
+        ])
+        .background(analysis(), 1);
+        assert!(c.plan(&view(0, (1, 1), (9, 9))).analyses.is_empty());
+        let mut v = view(1, (1, 1), (9, 9));
+        let p = c.plan(&v);
+        assert_eq!(p.analyses.len(), 1);
+        assert!(p.analyses[0].background);
+        assert!(matches!(p.gate, Gate::Pause(None, _)));
+        v.analysis
+            .insert("background".into(), AnalysisPhase::Failed);
+        assert!(matches!(c.plan(&v).gate, Gate::Abort(_)));
+    }
+
+    #[test]
+    fn stateful_steps_are_partitions() {
+        use crate::release::plan::IdentityView;
+        let c = Canary::new(vec![
+            CanaryStep::SetReplicas(IntOrPercent::Int(2)),
+            CanaryStep::SetWeight(60),
+        ]);
+        let mut v = RolloutView::new("s".into(), "c".into(), 5);
+        v.stateful = true;
+        v.identities = (0..5)
+            .map(|o| IdentityView::new(o, "s".into(), true))
+            .collect();
+        let p = c.plan(&v);
+        assert_eq!(p.partition, Some(3));
+        assert_eq!(
+            p.moves,
+            vec![(4, "c".into())],
+            "highest first, one at a time"
+        );
+        v.identities[4] = IdentityView::new(4, "c".into(), true);
+        v.identities[3] = IdentityView::new(3, "c".into(), true);
+        assert_eq!(c.plan(&v).gate, Gate::StepComplete);
+        v.step = 1;
+        let p = c.plan(&v);
+        assert_eq!(p.partition, Some(2), "60% of 5 = 3 on the new revision");
+        assert_eq!(p.moves, vec![(2, "c".into())]);
+        v.step = 2;
+        assert_eq!(c.plan(&v).partition, Some(0));
+    }
+
     #[test]
     fn validation_names_the_step() {
         let c = Canary::new(vec![CanaryStep::SetWeight(20), CanaryStep::SetWeight(120)]);
