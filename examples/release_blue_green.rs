@@ -1,238 +1,315 @@
-//! Blue-green release on real processes: the demo app on a `LocalEngine` behind nginx. The new
-//! revision starts as a preview (one instance, no production traffic), waits for a manual
-//! approval given through the approvals HTTP API, then takes all traffic at once; the old
-//! revision is removed after the scale-down delay.
-//!
-//! Needs `nginx` (Debian package `nginx-light`).
+//! A blue-green release with a preview route and manual approval through the HTTP API.
 //!
 //! ```text
 //! cargo run --example release_blue_green
 //! ```
+//!
+//! Starts a `LocalEngine` (3 virtual nodes) running the demo app (this binary re-executed with
+//! `--demo-app`) and nginx through `NginxRouter` with two routes on free 127.0.0.1 ports:
+//! *active* (what users get) and *preview* (what testers get). The approvals API
+//! (`Approvals::router()`) is served with axum on 127.0.0.1. Then:
+//!
+//! 1. v1 (blue) is deployed behind the active route;
+//! 2. v2 (green) is released blue-green: two preview instances start, the preview route points at
+//!    them, and the example checks through nginx that preview answers v2 while active still
+//!    answers v1;
+//! 3. the rollout pauses for approval; the example approves it with
+//!    `POST /approvals/{namespace}/{app}/{revision}/{step}/approve` (the request is printed);
+//! 4. v2 is scaled to full, the active route switches to it, and v1 is scaled down after the
+//!    scale-down delay (3 s here).
+//!
+//! Needs `/usr/sbin/nginx` (Debian package `nginx-light`). Does not need root.
 
+#[allow(dead_code)] // each example uses part of the shared helpers
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rorqual_core::approval::Approvals;
-use rorqual_core::engine::Engine;
-use rorqual_core::local::LocalEngine;
-use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Probe, Revision};
-use rorqual_core::release::{
+use rorqual::core::approval::Approvals;
+use rorqual::core::demo;
+use rorqual::core::engine::Engine;
+use rorqual::core::local::LocalEngine;
+use rorqual::core::model::{AppKey, Revision};
+use rorqual::core::release::{
     BlueGreen, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
 };
-use rorqual_core::traffic::NginxRouter;
+use rorqual::core::traffic::{NginxRouter, TrafficRouter, TrafficSplit};
+use support::Timeline;
 
-const APP_MODE: &str = "RORQUAL_EXAMPLE_DEMO_APP";
+const NGINX: &str = "/usr/sbin/nginx";
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn app(version: &str) -> anyhow::Result<AppSpec> {
-    let exe = std::env::current_exe()?.display().to_string();
-    Ok(AppSpec::new(
-        "store",
-        vec![
-            ContainerSpec::new("web", [exe])
-                .env(APP_MODE, "1")
-                .env("DEMO_VERSION", version)
-                .port("http", 8080)
-                .readiness(Probe::http("/healthz", "http").period(0.2)),
-        ],
-    )
-    .replicas(3))
-}
-
-fn strategy() -> Strategy {
-    let mut bg = BlueGreen::manual(Some(1));
-    bg.scale_down_delay_seconds = 3;
-    Strategy::BlueGreen(bg)
-}
-
-/// Asks `url` ten times and counts the versions answering.
-async fn sample(client: &reqwest::Client, url: &str) -> String {
-    let mut seen = std::collections::BTreeMap::<String, u32>::new();
-    for _ in 0..10 {
-        let v = match client.get(url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default().trim().to_owned(),
-            Err(_) => "unreachable".to_owned(),
-        };
-        *seen.entry(v).or_default() += 1;
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(support::DEMO_APP_ARG) {
+        return demo::run_from_env();
     }
-    seen.iter()
-        .map(|(v, n)| format!("{v}×{n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-async fn wait_for(
-    ctl: &RolloutController,
-    key: &AppKey,
-    started: Instant,
-    what: &str,
-    pred: impl Fn(&RolloutStatus) -> bool,
-) -> anyhow::Result<RolloutStatus> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    loop {
-        let s = ctl.status(key).await.context("no rollout")?;
-        let line = format!("step {} {:?}: {}", s.step, s.phase, s.reason);
-        if line != last {
-            println!("{:6.1}s  {line}", started.elapsed().as_secs_f64());
-            last = line;
+    if let Err(e) = support::require_binaries(&[(NGINX, "nginx-light")]) {
+        eprintln!("release_blue_green: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start a runtime")
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("release_blue_green failed: {e:#}");
+            ExitCode::FAILURE
         }
-        if pred(&s) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("{what} not reached in 60 s: {s:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    // Re-executed by the engine as an instance: serve the demo app (on its own runtime).
-    if std::env::var_os(APP_MODE).is_some() {
-        let code = rorqual_core::demo::run_from_env();
-        std::process::exit(i32::from(code != std::process::ExitCode::SUCCESS));
-    }
-    tokio::runtime::Runtime::new()?.block_on(run())
+/// Everything the release runs against.
+struct World {
+    engine: Arc<LocalEngine>,
+    router: Arc<NginxRouter>,
+    controller: RolloutController,
+    /// The application and its active route.
+    app: AppKey,
+    active: SocketAddr,
+    /// A second nginx route for the preview (the controller drives only the active one).
+    preview_app: AppKey,
+    preview: SocketAddr,
+    /// Where the approvals API listens.
+    approvals_url: String,
+    names: BTreeMap<Revision, String>,
+    timeline: Timeline,
 }
 
 async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let engine = Arc::new(
         LocalEngine::builder()
-            .nodes(2)
+            .nodes(3)
             .state_dir(dir.path().join("engine"))
             .build()
             .await?,
     );
-    let key = AppKey::new("default", "store");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let app = AppKey::new("default", "shop");
+    let preview_app = AppKey::new("default", "shop-preview");
+    let active = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
+    let preview = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
     let router = Arc::new(
         NginxRouter::builder(dir.path().join("nginx"))
-            .route(key.clone(), listen)
+            .route(app.clone(), active)
+            .route(preview_app.clone(), preview)
             .build()?,
     );
-    router.start().await?;
-
-    // The approvals API, served over HTTP on loopback.
     let approvals = Approvals::new();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api_addr = api.local_addr()?;
-    let api_task = tokio::spawn({
-        let routes = approvals.router();
-        async move { axum::serve(api, routes).await }
-    });
-
-    let ctl = RolloutController::builder(engine.clone())
-        .router(router.clone())
-        .approvals(Arc::new(approvals))
-        .resync(Duration::from_millis(200))
-        .build()
-        .await?;
-    let runner = tokio::spawn({
-        let ctl = ctl.clone();
-        async move { ctl.run().await }
-    });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let started = Instant::now();
-    let public = format!("http://{listen}/");
-
+    let api = serve_approvals(&approvals).await?;
     let result = async {
-        println!("== blue: deploy v1 (3 replicas) behind nginx on {listen}");
-        ctl.apply(RolloutSpec::new(app("v1")?, strategy())).await?;
-        wait_for(&ctl, &key, started, "v1 healthy", |s| {
-            s.phase == RolloutPhase::Healthy
-        })
-        .await?;
-        println!(
-            "         public traffic: {}",
-            sample(&client, &public).await
-        );
-
-        println!("== green: v2 as a preview of one instance, waiting for approval");
-        let v2 = app("v2")?.revision();
-        ctl.apply(RolloutSpec::new(app("v2")?, strategy())).await?;
-        let s = wait_for(&ctl, &key, started, "approval request", |s| {
-            s.approval_requested
-        })
-        .await?;
-        let preview: Vec<SocketAddr> = engine
-            .instances(&key)
-            .await?
-            .into_iter()
-            .filter(|i| i.revision == v2 && i.ready)
-            .filter_map(|i| Some(SocketAddr::new(i.address?, i.primary_port()?)))
-            .collect();
-        let first = preview.first().context("no preview instance")?;
-        println!(
-            "         preview {first}: {}",
-            sample(&client, &format!("http://{first}/")).await
-        );
-        println!(
-            "         public traffic: {}",
-            sample(&client, &public).await
-        );
-        let pending: serde_json::Value = client
-            .get(format!("http://{api_addr}/approvals"))
-            .send()
-            .await?
-            .json()
+        router.start().await?;
+        let controller = RolloutController::builder(engine.clone())
+            .router(router.clone())
+            .approvals(Arc::new(approvals.clone()))
+            .resync(Duration::from_millis(500))
+            .build()
             .await?;
-        println!("         GET /approvals -> {pending}");
-
-        println!("== approve through the API");
-        let url = format!(
-            "http://{api_addr}/approvals/default/store/{}/{}/approve",
-            Revision::as_str(&v2),
-            s.step
-        );
-        let answer = client
-            .post(&url)
-            .json(&serde_json::json!({"by": "release-manager", "comment": "preview checked"}))
-            .send()
-            .await?;
-        println!("         POST {url} -> {}", answer.status());
-        if !answer.status().is_success() {
-            bail!("approval refused: {}", answer.text().await?);
-        }
-        wait_for(&ctl, &key, started, "switch", |s| s.weight == Some(100)).await?;
-        println!(
-            "         public traffic: {}",
-            sample(&client, &public).await
-        );
-        let s = wait_for(&ctl, &key, started, "v2 healthy", |s| {
-            s.phase == RolloutPhase::Healthy
-        })
-        .await?;
-        println!(
-            "== done: stable {:?}, groups {:?}",
-            s.stable,
-            engine
-                .groups(&key)
-                .await?
-                .iter()
-                .map(|g| (g.revision.to_string(), g.ready))
-                .collect::<Vec<_>>()
-        );
-        if s.stable != Some(v2) {
-            bail!("v2 did not become stable");
-        }
-        anyhow::Ok(())
+        let world = World {
+            engine: engine.clone(),
+            router: router.clone(),
+            controller,
+            app,
+            active,
+            preview_app,
+            preview,
+            approvals_url: format!("http://{}", api.0),
+            names: BTreeMap::new(),
+            timeline: Timeline::start(),
+        };
+        let runner = tokio::spawn({
+            let controller = world.controller.clone();
+            async move { controller.run().await }
+        });
+        let result = release(world).await;
+        runner.abort();
+        result
     }
     .await;
-
-    runner.abort();
-    api_task.abort();
+    // Clean up whatever happened: the API, nginx, every instance; then check nothing is left.
+    api.1.abort();
+    let pids = support::instance_pids(&engine).await?;
     router.shutdown().await;
     engine.shutdown().await?;
-    result
+    support::check_stopped(&pids)?;
+    result?;
+    println!("== shut down: nginx, the approvals API and every instance stopped");
+    Ok(())
+}
+
+/// Serves `Approvals::router()` on a free 127.0.0.1 port.
+async fn serve_approvals(
+    approvals: &Approvals,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = approvals.router();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            eprintln!("approvals API stopped: {e}");
+        }
+    });
+    println!("== approvals API on http://{addr}/approvals");
+    Ok((addr, task))
+}
+
+async fn release(mut w: World) -> anyhow::Result<()> {
+    println!(
+        "== v1 (blue): 4 replicas behind the active route {}",
+        w.active
+    );
+    let v1 = deploy(&mut w, "v1").await?;
+    follow(&w, |s| s.phase == RolloutPhase::Healthy).await?;
+
+    println!("== v2 (green): preview of 2 instances on {}", w.preview);
+    let v2 = deploy(&mut w, "v2").await?;
+    follow(&w, |s| s.approval_requested).await?;
+    check_preview(&w, &v2).await?;
+
+    let record = approve(&w, "release-bot", "preview answers v2").await?;
+    w.timeline.print(format_args!("approved: {record}"));
+    follow(&w, |s| {
+        s.phase == RolloutPhase::Healthy && s.stable.as_ref() == Some(&v2)
+    })
+    .await?;
+
+    let active = support::sample_versions(&format!("http://{}/", w.active), 50).await?;
+    println!("== 50 requests to the active route after promotion: {active:?}");
+    if active.keys().any(|v| v != "v2") {
+        bail!("the active route still answers other versions than v2: {active:?}");
+    }
+    let left = support::ready_endpoints(&w.engine, &w.app, &v1).await?;
+    if !left.is_empty() {
+        bail!(
+            "v1 still has {} instances after the scale-down delay",
+            left.len()
+        );
+    }
+    println!("== v1 scaled down; v2 is stable");
+    Ok(())
+}
+
+/// Applies the demo app `version` blue-green with manual promotion.
+async fn deploy(w: &mut World, version: &str) -> anyhow::Result<Revision> {
+    let spec = support::demo_app(&w.app.name, version, 0.0, 4)?;
+    let revision = spec.revision();
+    w.names.insert(revision.clone(), version.to_owned());
+    let mut strategy = BlueGreen::manual(Some(2));
+    strategy.scale_down_delay_seconds = 3;
+    w.controller
+        .apply(RolloutSpec::new(spec, Strategy::BlueGreen(strategy)).progress_deadline(60))
+        .await
+        .with_context(|| format!("applying {version}"))?;
+    Ok(revision)
+}
+
+/// Points the preview route at the ready instances of `target` and checks through nginx that
+/// preview answers `target` and active still answers the stable version.
+async fn check_preview(w: &World, target: &Revision) -> anyhow::Result<()> {
+    let endpoints = support::ready_endpoints(&w.engine, &w.app, target).await?;
+    w.router
+        .set_split(
+            &w.preview_app,
+            &TrafficSplit::single(target.clone(), endpoints.clone()),
+        )
+        .await
+        .context("pointing the preview route at v2")?;
+    w.timeline.print(format_args!(
+        "preview route → {}",
+        endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let preview = support::sample_versions(&format!("http://{}/", w.preview), 50).await?;
+    let active = support::sample_versions(&format!("http://{}/", w.active), 50).await?;
+    w.timeline.print(format_args!(
+        "50 requests each: preview {preview:?}, active {active:?}"
+    ));
+    if preview.keys().any(|v| v != "v2") || active.keys().any(|v| v != "v1") {
+        bail!("preview should answer only v2 and active only v1");
+    }
+    Ok(())
+}
+
+/// Lists the pending approvals and approves the one for this app through the HTTP API.
+async fn approve(w: &World, by: &str, comment: &str) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let list_url = format!("{}/approvals", w.approvals_url);
+    let pending: Vec<serde_json::Value> = client
+        .get(&list_url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    w.timeline.print(format_args!(
+        "GET {list_url} → {}",
+        serde_json::Value::from(pending.clone())
+    ));
+    let request = pending
+        .iter()
+        .find(|r| r["app"] == w.app.name.as_str() && r["namespace"] == w.app.namespace.as_str())
+        .context("no pending approval for the app")?;
+    let url = format!(
+        "{}/approvals/{}/{}/{}/{}/approve",
+        w.approvals_url,
+        w.app.namespace,
+        w.app.name,
+        request["revision"].as_str().context("revision")?,
+        request["step"].as_u64().context("step")?
+    );
+    let body = serde_json::json!({ "by": by, "comment": comment });
+    w.timeline.print(format_args!("POST {url} {body}"));
+    let response = client.post(&url).json(&body).send().await?;
+    let status = response.status();
+    let record: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        bail!("approval refused with {status}: {record}");
+    }
+    Ok(record)
+}
+
+/// Prints the timeline (events as they come, progress every 500 ms) until `done` holds.
+async fn follow(w: &World, done: impl Fn(&RolloutStatus) -> bool) -> anyhow::Result<()> {
+    let mut events = w.controller.events();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(event) = events.try_recv() {
+            if event.reason != "Verb" {
+                let version = w
+                    .names
+                    .get(&event.revision)
+                    .map_or(event.revision.as_str(), String::as_str);
+                w.timeline.print(format_args!(
+                    "event {:<19} {version}: {}",
+                    event.reason, event.message
+                ));
+            }
+        }
+        let status = w.controller.status(&w.app).await.context("no rollout")?;
+        let ready = support::ready_summary(&w.engine, &w.app, &w.names).await?;
+        w.timeline.print(format_args!(
+            "step {} {:<11} target weight {:>3}%  ready [{ready}]  {}",
+            status.step,
+            format!("{:?}", status.phase),
+            status.weight.unwrap_or(0),
+            status.reason
+        ));
+        if done(&status) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no progress within 60 s: {status:?}");
+        }
+    }
 }

@@ -1,262 +1,85 @@
-//! Canary releases on real processes: the demo app on a `LocalEngine`, traffic through nginx
-//! (`NginxRouter`), gated by a Prometheus error-rate analysis.
-//!
-//! v1 → v2 in 20 / 50 / 100 % steps, each checked by the analysis; then v3, which fails 50 %
-//! of its requests, is rolled back automatically. A step timeline is printed as it happens.
-//!
-//! Needs `nginx` and `prometheus` (Debian packages `nginx-light`, `prometheus`).
+//! Canary releases on real processes, gated by a Prometheus error-rate analysis.
 //!
 //! ```text
 //! cargo run --example release_canary
 //! ```
+//!
+//! Starts a `LocalEngine` (3 virtual nodes) running the demo app (this binary re-executed with
+//! `--demo-app`), nginx in front of it through `NginxRouter` on a free 127.0.0.1 port, and
+//! Prometheus scraping every instance's `/metrics` each second (file-based service discovery,
+//! labelled with the instance's revision). Then, with a bounded traffic generator sending
+//! requests through nginx:
+//!
+//! 1. v1 is deployed;
+//! 2. v2 is released in steps setWeight 20 → pause 5 s → analysis → setWeight 50 → analysis →
+//!    100 %, each analysis asking Prometheus for v2's error ratio;
+//! 3. v3, which fails half of its requests, fails the analysis and is rolled back to v2
+//!    automatically. The time from the analysis failure to the last v3 answer seen through nginx
+//!    (v2 serving 100 %) is printed.
+//!
+//! Needs `/usr/sbin/nginx` and `/usr/bin/prometheus` (Debian packages `nginx-light` and
+//! `prometheus`). Does not need root. Everything runs in a temporary directory and is stopped
+//! at the end.
+
+#[allow(dead_code)] // each example uses part of the shared helpers
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use rorqual_core::analysis::{AnalysisSpec, MetricSpec, PrometheusMetric, ProviderSpec};
-use rorqual_core::engine::Engine;
-use rorqual_core::local::LocalEngine;
-use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Probe};
-use rorqual_core::release::{
-    AnalysisStep, Canary, CanaryStep, RolloutController, RolloutPhase, RolloutSpec, Strategy,
+use rorqual::core::analysis::{AnalysisSpec, MetricSpec, PrometheusMetric, ProviderSpec};
+use rorqual::core::demo;
+use rorqual::core::engine::Engine;
+use rorqual::core::local::LocalEngine;
+use rorqual::core::model::{AppKey, Revision};
+use rorqual::core::release::{
+    AnalysisStep, Canary, CanaryStep, RolloutController, RolloutEvent, RolloutPhase, RolloutSpec,
+    RolloutStatus, Strategy,
 };
-use rorqual_core::traffic::NginxRouter;
+use rorqual::core::traffic::NginxRouter;
+use support::{Load, Timeline};
 
-const APP_MODE: &str = "RORQUAL_EXAMPLE_DEMO_APP";
+const NGINX: &str = "/usr/sbin/nginx";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn app(version: &str, error_rate: f64) -> anyhow::Result<AppSpec> {
-    let exe = std::env::current_exe()?.display().to_string();
-    Ok(AppSpec::new(
-        "shop",
-        vec![
-            ContainerSpec::new("web", [exe])
-                .env(APP_MODE, "1")
-                .env("DEMO_VERSION", version)
-                .env("DEMO_ERROR_RATE", error_rate.to_string())
-                .port("http", 8080)
-                .readiness(Probe::http("/healthz", "http").period(0.2)),
-        ],
-    )
-    .replicas(4))
-}
-
-/// The error ratio of one revision over the last 10 s, from the demo app's counters.
-fn error_rate_analysis(prometheus: &str, revision: &str) -> AnalysisStep {
-    let query = "sum(rate(demo_http_requests_total{code=\"500\",revision=\"{{args.revision}}\"}[10s]) or vector(0)) \
-                 / clamp_min(sum(rate(demo_http_requests_total{revision=\"{{args.revision}}\"}[10s]) or vector(0)), 0.001)";
-    let metric = MetricSpec::new(
-        "error-rate",
-        ProviderSpec::Prometheus(PrometheusMetric::new(prometheus, query)),
-    )
-    .initial_delay(Duration::from_secs(4))
-    .interval(Duration::from_secs(2))
-    .count(2)
-    .success_condition("result < 0.05");
-    AnalysisStep::new(
-        AnalysisSpec::new(vec![metric]).arg("revision", None),
-        BTreeMap::from([("revision".to_owned(), revision.to_owned())]),
-    )
-}
-
-fn canary(prometheus: &str, revision: &str) -> Strategy {
-    let check = || CanaryStep::Analysis(error_rate_analysis(prometheus, revision));
-    Strategy::Canary(
-        Canary::new(vec![
-            CanaryStep::SetWeight(20),
-            check(),
-            CanaryStep::SetWeight(50),
-            check(),
-        ])
-        .scale_down_delay(2),
-    )
-}
-
-/// Prometheus scraping the instances listed in a file-SD targets file.
-struct Prometheus {
-    address: String,
-    targets: std::path::PathBuf,
-    _child: tokio::process::Child,
-}
-
-async fn start_prometheus(dir: &Path) -> anyhow::Result<Prometheus> {
-    let targets = dir.join("targets.json");
-    std::fs::write(&targets, "[]")?;
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: demo\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
-            targets.display()
-        ),
-    )?;
-    let port = free_port()?;
-    let child = tokio::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting prometheus (Debian package prometheus)")?;
-    let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{address}/-/ready"))
-        .send()
-        .await
-        .map_or(true, |r| !r.status().is_success())
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(support::DEMO_APP_ARG) {
+        return demo::run_from_env();
+    }
+    if let Err(e) = support::require_binaries(&[(NGINX, "nginx-light"), (PROMETHEUS, "prometheus")])
     {
-        if Instant::now() > deadline {
-            bail!("prometheus did not become ready in 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eprintln!("release_canary: {e:#}");
+        return ExitCode::FAILURE;
     }
-    Ok(Prometheus {
-        address,
-        targets,
-        _child: child,
-    })
-}
-
-/// Writes the ready instances as scrape targets, labelled with their revision.
-async fn update_targets(engine: &LocalEngine, app: &AppKey, path: &Path) -> anyhow::Result<()> {
-    let groups: Vec<serde_json::Value> = engine
-        .instances(app)
-        .await?
-        .into_iter()
-        .filter_map(|i| {
-            let ep = SocketAddr::new(i.address?, i.primary_port()?);
-            Some(serde_json::json!({"targets": [ep.to_string()], "labels": {"revision": i.revision.as_str()}}))
-        })
-        .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&groups)?)?;
-    std::fs::rename(tmp, path)?;
-    Ok(())
-}
-
-/// Traffic through nginx; counts answers per version and errors.
-#[derive(Debug, Default)]
-struct Load {
-    stop: AtomicBool,
-    per_version: std::sync::Mutex<BTreeMap<String, u64>>,
-    errors: AtomicU64,
-}
-
-impl Load {
-    fn take(&self) -> (BTreeMap<String, u64>, u64) {
-        let map = std::mem::take(&mut *self.per_version.lock().unwrap_or_else(|e| e.into_inner()));
-        (map, self.errors.swap(0, Ordering::Relaxed))
-    }
-}
-
-async fn generate_load(load: Arc<Load>, url: String) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
-    // Bounded: at most 10 minutes of 200 requests per second.
-    for _ in 0..120_000 {
-        if load.stop.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Ok(r) = client.get(&url).send().await {
-            let version = r
-                .headers()
-                .get("x-version")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_owned();
-            if r.status().is_server_error() {
-                load.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            *load
-                .per_version
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(version)
-                .or_default() += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Drives the timeline until `done` holds for the status, printing a line per second.
-async fn follow(
-    ctl: &RolloutController,
-    engine: &LocalEngine,
-    prom: &Prometheus,
-    load: &Load,
-    key: &AppKey,
-    started: Instant,
-    done: impl Fn(&rorqual_core::release::RolloutStatus) -> bool,
-) -> anyhow::Result<()> {
-    let mut events = ctl.events();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        update_targets(engine, key, &prom.targets).await?;
-        while let Ok(ev) = events.try_recv() {
-            if ev.reason != "Verb" {
-                println!(
-                    "{:6.1}s  event   {:<18} {}",
-                    started.elapsed().as_secs_f64(),
-                    ev.reason,
-                    ev.message
-                );
-            }
-        }
-        let Some(s) = ctl.status(key).await else {
-            bail!("rollout vanished");
-        };
-        let (seen, errors) = load.take();
-        let total: u64 = seen.values().sum();
-        let shares: Vec<String> = seen
-            .iter()
-            .map(|(v, n)| format!("{v} {:.0}%", 100.0 * *n as f64 / total.max(1) as f64))
-            .collect();
-        println!(
-            "{:6.1}s  step {} {:<11} weight {:>3}%  traffic [{}] errors {errors}  {}",
-            started.elapsed().as_secs_f64(),
-            s.step,
-            format!("{:?}", s.phase),
-            s.weight.unwrap_or(0),
-            shares.join(", "),
-            s.reason
-        );
-        if done(&s) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out: {s:?}");
+    let result = tokio::runtime::Runtime::new()
+        .context("cannot start a runtime")
+        .and_then(|rt| rt.block_on(run()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("release_canary failed: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    // Re-executed by the engine as an instance: serve the demo app (on its own runtime).
-    if std::env::var_os(APP_MODE).is_some() {
-        let code = rorqual_core::demo::run_from_env();
-        std::process::exit(i32::from(code != std::process::ExitCode::SUCCESS));
-    }
-    tokio::runtime::Runtime::new()?.block_on(run())
+/// Everything the release runs against.
+struct World {
+    engine: Arc<LocalEngine>,
+    router: Arc<NginxRouter>,
+    prometheus: Prometheus,
+    controller: RolloutController,
+    app: AppKey,
+    listen: SocketAddr,
+    /// Revision → "v1", "v2", … for printing.
+    names: BTreeMap<Revision, String>,
+    timeline: Timeline,
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -268,95 +91,315 @@ async fn run() -> anyhow::Result<()> {
             .build()
             .await?,
     );
-    let prom = start_prometheus(dir.path()).await?;
-    let key = AppKey::new("default", "shop");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let app = AppKey::new("default", "shop");
+    let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
     let router = Arc::new(
         NginxRouter::builder(dir.path().join("nginx"))
-            .route(key.clone(), listen)
+            .route(app.clone(), listen)
             .build()?,
     );
-    router.start().await?;
-    let ctl = RolloutController::builder(engine.clone())
-        .router(router.clone())
-        .resync(Duration::from_millis(500))
-        .build()
-        .await?;
-    let runner = tokio::spawn({
-        let ctl = ctl.clone();
-        async move { ctl.run().await }
-    });
-    let started = Instant::now();
-    let load = Arc::new(Load::default());
-    let loader = tokio::spawn(generate_load(load.clone(), format!("http://{listen}/")));
-
-    let result = async {
-        println!("== deploy v1 (4 replicas) behind nginx on {listen}");
-        let v1 = app("v1", 0.0)?;
-        ctl.apply(RolloutSpec::new(
-            v1.clone(),
-            canary(&prom.address, v1.revision().as_str()),
-        ))
-        .await?;
-        follow(&ctl, &engine, &prom, &load, &key, started, |s| {
-            s.phase == RolloutPhase::Healthy
-        })
-        .await?;
-
-        println!("== canary v2: 20% -> analysis -> 50% -> analysis -> 100%");
-        let v2 = app("v2", 0.0)?;
-        ctl.apply(RolloutSpec::new(
-            v2.clone(),
-            canary(&prom.address, v2.revision().as_str()),
-        ))
-        .await?;
-        follow(&ctl, &engine, &prom, &load, &key, started, |s| {
-            s.phase == RolloutPhase::Healthy && s.stable.as_ref() == Some(&v2.revision())
-        })
-        .await?;
-
-        println!("== canary v3 (50% errors): the analysis fails and the rollout rolls back");
-        let v3 = app("v3", 0.5)?;
-        let t_abort = std::sync::Mutex::new(None::<Instant>);
-        ctl.apply(
-            RolloutSpec::new(v3.clone(), canary(&prom.address, v3.revision().as_str()))
-                .abort_scale_down_delay(5),
-        )
-        .await?;
-        follow(&ctl, &engine, &prom, &load, &key, started, |s| {
-            if s.aborted {
-                t_abort
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert_with(Instant::now);
-            }
-            s.phase == RolloutPhase::Degraded && s.reason.starts_with("aborted: ")
-        })
-        .await?;
-        let status = ctl.status(&key).await.context("status")?;
-        println!("== final: {:?} — {}", status.phase, status.reason);
-        if status.stable != Some(v2.revision()) {
-            bail!("expected v2 to stay stable, got {:?}", status.stable);
-        }
-        let split = router.current_split(&key).await.context("no split")?;
-        println!(
-            "== nginx serves {} (config versions kept: {})",
-            split
-                .backends
-                .iter()
-                .map(|b| format!("{} {}%", b.revision, b.weight))
-                .collect::<Vec<_>>()
-                .join(", "),
-            router.versions().await.len()
-        );
-        anyhow::Ok(())
+    let started = async {
+        router.start().await?;
+        let prometheus = Prometheus::start(dir.path()).await?;
+        let controller = RolloutController::builder(engine.clone())
+            .router(router.clone())
+            .resync(Duration::from_millis(500))
+            .build()
+            .await?;
+        anyhow::Ok((prometheus, controller))
     }
     .await;
-
-    load.stop.store(true, Ordering::Relaxed);
-    let _ = loader.await;
-    runner.abort();
+    let result = match started {
+        Ok((prometheus, controller)) => {
+            let mut world = World {
+                engine: engine.clone(),
+                router: router.clone(),
+                prometheus,
+                controller,
+                app,
+                listen,
+                names: BTreeMap::new(),
+                timeline: Timeline::start(),
+            };
+            let runner = tokio::spawn({
+                let controller = world.controller.clone();
+                async move { controller.run().await }
+            });
+            let result = release(&mut world).await;
+            runner.abort();
+            world.prometheus.stop().await;
+            result
+        }
+        Err(e) => Err(e),
+    };
+    // Clean up whatever happened: nginx, every instance, then check nothing is left.
+    let pids = support::instance_pids(&engine).await?;
     router.shutdown().await;
     engine.shutdown().await?;
+    support::check_stopped(&pids)?;
+    result?;
+    println!("== shut down: nginx, prometheus and every instance stopped");
+    Ok(())
+}
+
+/// v1, then v2 in canary steps, then v3 rolled back.
+async fn release(w: &mut World) -> anyhow::Result<()> {
+    println!("== v1: 4 replicas behind nginx on {}", w.listen);
+    deploy(w, "v1", 0.0).await?;
+    follow(w, None, |s| s.phase == RolloutPhase::Healthy).await?;
+
+    // Bounded: at most 20,000 requests (about 100 per second) to 127.0.0.1 only.
+    let (load, traffic) = Load::start(
+        format!("http://{}/", w.listen),
+        20_000,
+        Duration::from_millis(10),
+    );
+    let result = canaries(w, &load).await;
+    load.stop();
+    traffic.await.context("traffic generator")?;
+    println!("== {} requests sent through nginx", load.total());
     result
+}
+
+async fn canaries(w: &mut World, load: &Load) -> anyhow::Result<()> {
+    println!("== v2: setWeight 20 → pause 5s → analysis → setWeight 50 → analysis → 100%");
+    let v2 = deploy(w, "v2", 0.0).await?;
+    follow(w, Some(load), |s| {
+        s.phase == RolloutPhase::Healthy && s.stable.as_ref() == Some(&v2)
+    })
+    .await?;
+
+    println!("== v3 fails 50% of its requests: the analysis fails, the rollout rolls back");
+    deploy(w, "v3", 0.5).await?;
+    let failed_at = follow(w, Some(load), |s| {
+        s.phase == RolloutPhase::Degraded && s.aborted
+    })
+    .await?
+    .context("the rollout ended without an analysis failure")?;
+    // The aborted canary is removed after the abort scale-down delay (2 s here).
+    follow(w, Some(load), |s| {
+        s.phase == RolloutPhase::Degraded && s.reason.starts_with("aborted")
+    })
+    .await?;
+    let status = w.controller.status(&w.app).await.context("no status")?;
+    if status.stable.as_ref() != Some(&v2) {
+        bail!("expected v2 to stay stable, got {:?}", status.stable);
+    }
+    // nginx serves only v2 now: check it, then measure when the last v3 answer was seen.
+    let sample = support::sample_versions(&format!("http://{}/", w.listen), 200).await?;
+    if sample.keys().any(|v| v != "v2") {
+        bail!("nginx still answers with other versions than v2: {sample:?}");
+    }
+    let last_v3 = load.last_answer_from("v3").context("v3 never answered")?;
+    let recovery = last_v3.duration_since(failed_at).unwrap_or(Duration::ZERO);
+    println!("== final: {:?}, {}", status.phase, status.reason);
+    println!("== 200 requests after the rollback: {sample:?}");
+    println!(
+        "== analysis failure → v2 serving 100% through nginx: {} ms (last v3 answer)",
+        recovery.as_millis()
+    );
+    let versions = w.router.versions().await.len();
+    println!("== nginx config versions kept: {versions}");
+    Ok(())
+}
+
+/// Applies the demo app `version` with the canary strategy and returns its revision.
+async fn deploy(w: &mut World, version: &str, error_rate: f64) -> anyhow::Result<Revision> {
+    let spec = support::demo_app(&w.app.name, version, error_rate, 4)?;
+    let revision = spec.revision();
+    w.names.insert(revision.clone(), version.to_owned());
+    let strategy = canary(&w.prometheus.address, &revision);
+    w.controller
+        .apply(
+            RolloutSpec::new(spec, strategy)
+                .abort_scale_down_delay(2)
+                .progress_deadline(60),
+        )
+        .await
+        .with_context(|| format!("applying {version}"))?;
+    Ok(revision)
+}
+
+/// The steps: 20 %, pause, analysis, 50 %, analysis (then 100 %).
+fn canary(prometheus: &str, revision: &Revision) -> Strategy {
+    let analysis = || CanaryStep::Analysis(error_rate_analysis(prometheus, revision));
+    Strategy::Canary(
+        Canary::new(vec![
+            CanaryStep::SetWeight(20),
+            CanaryStep::pause(5),
+            analysis(),
+            CanaryStep::SetWeight(50),
+            analysis(),
+        ])
+        .scale_down_delay(2),
+    )
+}
+
+/// The error ratio of one revision over the last 10 s, from the demo app's request counters
+/// (the `revision` label comes from the scrape targets). Two measurements 2 s apart; any ratio
+/// of 5 % or more fails the analysis.
+fn error_rate_analysis(prometheus: &str, revision: &Revision) -> AnalysisStep {
+    let query = "sum(rate(demo_http_requests_total{code=\"500\",revision=\"{{args.revision}}\"}[10s])) \
+                 / clamp_min(sum(rate(demo_http_requests_total{revision=\"{{args.revision}}\"}[10s])), 0.001)";
+    let metric = MetricSpec::new(
+        "error-rate",
+        ProviderSpec::Prometheus(PrometheusMetric::new(prometheus, query)),
+    )
+    .initial_delay(Duration::from_secs(2))
+    .interval(Duration::from_secs(2))
+    .count(2)
+    .success_condition("result < 0.05");
+    AnalysisStep::new(
+        AnalysisSpec::new(vec![metric]).arg("revision", None),
+        BTreeMap::from([("revision".to_owned(), revision.to_string())]),
+    )
+}
+
+/// Prints the timeline (events as they come, progress each second) until `done` holds.
+/// Returns when the last "aborted" event happened, if any.
+async fn follow(
+    w: &World,
+    load: Option<&Load>,
+    done: impl Fn(&RolloutStatus) -> bool,
+) -> anyhow::Result<Option<SystemTime>> {
+    let mut events = w.controller.events();
+    let mut aborted_at = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        w.prometheus
+            .update_targets(&w.engine, &w.app, &w.names)
+            .await?;
+        while let Ok(event) = events.try_recv() {
+            if event.reason == "aborted" {
+                aborted_at = Some(event.time);
+            }
+            print_event(w, &event);
+        }
+        let status = w.controller.status(&w.app).await.context("no rollout")?;
+        let ready = support::ready_summary(&w.engine, &w.app, &w.names).await?;
+        let traffic = load.map_or_else(|| "-".to_owned(), Load::take);
+        w.timeline.print(format_args!(
+            "step {} {:<11} weight {:>3}%  ready [{ready}]  nginx [{traffic}]  {}",
+            status.step,
+            format!("{:?}", status.phase),
+            status.weight.unwrap_or(0),
+            status.reason
+        ));
+        if done(&status) {
+            return Ok(aborted_at);
+        }
+        if Instant::now() > deadline {
+            bail!("no progress within 60 s: {status:?}");
+        }
+    }
+}
+
+fn print_event(w: &World, event: &RolloutEvent) {
+    if event.reason == "Verb" {
+        return;
+    }
+    let version = w
+        .names
+        .get(&event.revision)
+        .map_or(event.revision.as_str(), String::as_str);
+    w.timeline.print(format_args!(
+        "event {:<16} {version}: {}",
+        event.reason, event.message
+    ));
+}
+
+/// A Prometheus server in a temporary directory, scraping the targets file every second.
+struct Prometheus {
+    address: String,
+    targets: PathBuf,
+    child: tokio::process::Child,
+}
+
+impl Prometheus {
+    async fn start(dir: &Path) -> anyhow::Result<Prometheus> {
+        let targets = dir.join("targets.json");
+        std::fs::write(&targets, "[]")?;
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: demo\n    file_sd_configs:\n      \
+                 - files: ['{}']\n        refresh_interval: 1s\n",
+                targets.display()
+            ),
+        )?;
+        let port = support::free_port()?;
+        let child = tokio::process::Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {PROMETHEUS}"))?;
+        let prometheus = Prometheus {
+            address: format!("http://127.0.0.1:{port}"),
+            targets,
+            child,
+        };
+        prometheus.wait_ready().await?;
+        println!("== prometheus on {}", prometheus.address);
+        Ok(prometheus)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client
+                .get(format!("{}/-/ready", self.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("prometheus did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Writes every instance with an address as a scrape target labelled with its revision
+    /// (Prometheus re-reads the file within a second).
+    async fn update_targets(
+        &self,
+        engine: &LocalEngine,
+        app: &AppKey,
+        names: &BTreeMap<Revision, String>,
+    ) -> anyhow::Result<()> {
+        let groups: Vec<serde_json::Value> = engine
+            .instances(app)
+            .await?
+            .into_iter()
+            .filter_map(|i| {
+                let endpoint = SocketAddr::new(i.address?, i.primary_port()?);
+                let version = names.get(&i.revision).map_or("", String::as_str);
+                Some(serde_json::json!({
+                    "targets": [endpoint.to_string()],
+                    "labels": {"revision": i.revision.as_str(), "version": version},
+                }))
+            })
+            .collect();
+        let tmp = self.targets.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&groups)?)?;
+        std::fs::rename(tmp, &self.targets)?;
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
 }
