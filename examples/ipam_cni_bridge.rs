@@ -36,7 +36,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
-        println!("ipam_cni_bridge needs /usr/lib/cni/bridge: apt-get install containernetworking-plugins");
+        println!(
+            "ipam_cni_bridge needs /usr/lib/cni/bridge: apt-get install containernetworking-plugins"
+        );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -64,26 +66,64 @@ async fn main() -> anyhow::Result<()> {
 async fn run(net: &BridgeNetwork, allocator: &Allocator) -> anyhow::Result<()> {
     let db = net.attach(&request("lobby-0", Some(0))).await?;
     let web = net.attach(&request("lobby-web", None)).await?;
-    println!("lobby-0   {} in {}", db.address, db.netns.as_ref().map_or(String::new(), |p| p.display().to_string()));
-    println!("lobby-web {} in {}", web.address, web.netns.as_ref().map_or(String::new(), |p| p.display().to_string()));
+    println!(
+        "lobby-0   {} in {}",
+        db.address,
+        db.netns
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string())
+    );
+    println!(
+        "lobby-web {} in {}",
+        web.address,
+        web.netns
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string())
+    );
     let ping = Command::new("ip")
-        .args(["netns", "exec", "rqx-lobby-web", "ping", "-c", "1", "-W", "2"])
+        .args([
+            "netns",
+            "exec",
+            "rqx-lobby-web",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+        ])
         .arg(db.address.to_string())
         .output()?;
     println!(
         "ping lobby-web -> lobby-0: {}",
-        if ping.status.success() { "ok" } else { "FAILED" }
+        if ping.status.success() {
+            "ok"
+        } else {
+            "FAILED"
+        }
     );
     net.detach("lobby-0").await?;
-    println!("lobby-0 stopped; its address is {:?} for its identity", allocator.pool("lobby").await?.state_of(db.address));
+    println!(
+        "lobby-0 stopped; its address is {:?} for its identity",
+        allocator.pool("lobby").await?.state_of(db.address)
+    );
     let again = net.attach(&request("lobby-0", Some(0))).await?;
     println!(
         "lobby-0 restarted with {} ({})",
         again.address,
-        if again.address == db.address { "same fixed address" } else { "a different address!" }
+        if again.address == db.address {
+            "same fixed address"
+        } else {
+            "a different address!"
+        }
     );
     let usage = allocator.usage("lobby").await?;
-    println!("pool lobby: {} active, {} available", usage.active, usage.available);
-    anyhow::ensure!(ping.status.success() && again.address == db.address, "the example did not behave as expected");
+    println!(
+        "pool lobby: {} active, {} available",
+        usage.active, usage.available
+    );
+    anyhow::ensure!(
+        ping.status.success() && again.address == db.address,
+        "the example did not behave as expected"
+    );
     Ok(())
 }
