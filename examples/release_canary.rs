@@ -279,8 +279,10 @@ async fn follow(
         let status = w.controller.status(&w.app).await.context("no rollout")?;
         let ready = support::ready_summary(&w.engine, &w.app, &w.names).await?;
         let traffic = load.map_or_else(|| "-".to_owned(), Load::take);
+        let errors = w.prometheus.error_rates().await;
         w.timeline.print(format_args!(
-            "step {} {:<11} weight {:>3}%  ready [{ready}]  nginx [{traffic}]  {}",
+            "step {} {:<11} weight {:>3}%  ready [{ready}]  nginx [{traffic}]  \
+             prometheus 5xx [{errors}]  {}",
             status.step,
             format!("{:?}", status.phase),
             status.weight.unwrap_or(0),
@@ -397,6 +399,45 @@ impl Prometheus {
         std::fs::write(&tmp, serde_json::to_vec(&groups)?)?;
         std::fs::rename(tmp, &self.targets)?;
         Ok(())
+    }
+
+    /// "v2 0.00, v3 0.48": the error ratio per version over the last 10 s, as the analysis
+    /// sees it (or why it is unknown).
+    async fn error_rates(&self) -> String {
+        let query = "sum by (version) (rate(demo_http_requests_total{code=\"500\"}[10s])) \
+                     / sum by (version) (rate(demo_http_requests_total[10s]))";
+        let answer = async {
+            let body: serde_json::Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/query", self.address))
+                .query(&[("query", query)])
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(body)
+        }
+        .await;
+        let Ok(body) = answer else {
+            return "unavailable".into();
+        };
+        let rates: Vec<String> = body["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|series| {
+                let version = series["metric"]["version"].as_str()?;
+                let value: f64 = series["value"][1].as_str()?.parse().ok()?;
+                // A version without requests in the window has no ratio (NaN).
+                value.is_finite().then_some(())?;
+                Some(format!("{version} {value:.2}"))
+            })
+            .collect();
+        if rates.is_empty() {
+            "no data".into()
+        } else {
+            rates.join(", ")
+        }
     }
 
     async fn stop(&mut self) {
