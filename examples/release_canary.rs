@@ -429,7 +429,9 @@ impl Prometheus {
                 let version = series["metric"]["version"].as_str()?;
                 let value: f64 = series["value"][1].as_str()?.parse().ok()?;
                 // A version without requests in the window has no ratio (NaN).
-                value.is_finite().then_some(())?;
+                if !value.is_finite() {
+                    return None;
+                }
                 Some(format!("{version} {value:.2}"))
             })
             .collect();
