@@ -100,13 +100,15 @@ async fn healthz(addr: SocketAddr) -> bool {
 }
 
 async fn shell_round(exe: &str) -> anyhow::Result<Duration> {
-    let ports: Vec<u16> = (0..INSTANCES)
-        .map(|_| {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-        })
-        .collect::<Result<_, _>>()?;
+    // Free ports below the kernel's ephemeral range, so outgoing connections cannot take them
+    // between this check and the app binding them.
+    let ports: Vec<u16> = (15000..20000)
+        .filter(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, *p)).is_ok())
+        .take(INSTANCES)
+        .collect();
+    if ports.len() < INSTANCES {
+        bail!("not enough free ports in 15000-19999");
+    }
     let list = ports
         .iter()
         .map(u16::to_string)

@@ -807,8 +807,9 @@ impl Inner {
                     Some(id),
                     format!("assigned {id} to {}", decision.node),
                 );
+                // Persisted by the supervisor once attached (a crash before that leaves the
+                // instance pending, and the next engine places it again).
                 self.start_supervisor(st, id, false, false);
-                self.persist(st);
             }
             Err(e) => {
                 let reason = match e {
