@@ -17,6 +17,7 @@ use rorqual_core::model::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_http_tcp_and_exec_probes() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 33000).build().await.unwrap();
     let events = record_events(engine.events());
 
@@ -91,6 +92,7 @@ async fn readiness_follows_http_tcp_and_exec_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_is_restarted_and_crash_loops_back_off() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 33500).build().await.unwrap();
     let events = record_events(engine.events());
     let web = demo("web");
@@ -177,6 +179,7 @@ async fn kill_9_is_restarted_and_crash_loops_back_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_honours_sigterm_and_kills_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 34000).build().await.unwrap();
     let events = record_events(engine.events());
 
@@ -267,6 +270,7 @@ fn process_group_members(pgid: u32) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateful_identities_keep_node_and_ports_across_restart_and_move() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 34500).build().await.unwrap();
     let events = record_events(engine.events());
     let v1 = demo("game").kind(WorkloadKind::Stateful);
@@ -360,6 +364,7 @@ async fn stateful_identities_keep_node_and_ports_across_restart_and_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_does_not_fit_stays_pending_until_capacity_frees() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 35000)
         .nodes(2)
         .node_capacity(Resources::new(1000, 1 << 30))
@@ -411,6 +416,7 @@ async fn an_instance_that_does_not_fit_stays_pending_until_capacity_frees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_can_be_tailed_and_followed() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 35500).build().await.unwrap();
     let app = AppSpec::new(
         "talk",

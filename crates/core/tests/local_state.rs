@@ -13,6 +13,7 @@ use rorqual_core::model::{AppSpec, ContainerSpec, PortSpec, Probe, Protocol};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_engine_readopts_running_instances_and_restarts_missing_ones() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let web = demo("web");
     let key = web.key();
 
@@ -129,6 +130,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
 
     // Our directory with a damaged state file.
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 37000).build().await.unwrap();
     engine.apply_group(&demo("web"), 1).await.unwrap();
     engine.shutdown().await.unwrap();
@@ -166,6 +168,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_rejected_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 37500).build().await.unwrap();
     let mut bad = AppSpec::new(
         "bad",

@@ -152,3 +152,33 @@ pub async fn wait_event(
     })
     .await
 }
+
+/// Kills the processes an engine recorded in `dir` when the test panics (a passing test shuts
+/// its engine down; a failing one must not leave processes behind either).
+pub struct Reaper(pub std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(self.0.join("engine.json")) else {
+            return;
+        };
+        let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        let Some(instances) = state["instances"].as_object() else {
+            return;
+        };
+        for instance in instances.values() {
+            for c in instance["containers"].as_array().into_iter().flatten() {
+                if let Some(pid) = c["process"]["pid"].as_i64() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", "--", &format!("-{pid}")])
+                        .status();
+                }
+            }
+        }
+    }
+}
