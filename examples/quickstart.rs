@@ -191,7 +191,7 @@ async fn wait_ready(engine: &LocalEngine, key: &AppKey, n: usize) -> anyhow::Res
 
 fn print_table(instances: &[Instance]) {
     println!(
-        "\n  {:<24} {:<8} {:<17} {:<11} {:<9} {:>8}",
+        "\n  {:<24} {:<8} {:<17} {:<11} {:<16} {:>8}",
         "INSTANCE", "NODE", "ADDRESS", "REVISION", "PHASE", "RESTARTS"
     );
     for i in instances {
@@ -199,11 +199,11 @@ fn print_table(instances: &[Instance]) {
             .endpoint("http")
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
         println!(
-            "  {:<24} {:<8} {:<17} {:<11} {:<9} {:>8}",
+            "  {:<24} {:<8} {:<17} {:<11} {:<16} {:>8}",
             i.id,
             i.node.as_deref().unwrap_or("-"),
             address,
-            i.revision,
+            i.revision.to_string(),
             i.phase.to_string(),
             i.restarts
         );
