@@ -43,6 +43,7 @@ pub use rorqual_scheduler as scheduler;
 /// The names most programs need.
 pub mod prelude {
     pub use rorqual_core::engine::{Engine, GroupStatus, LogOptions, StateStore};
+    pub use rorqual_core::local::LocalEngine;
     pub use rorqual_core::model::{
         AppKey, AppSpec, ContainerSpec, Instance, InstancePhase, Node, Probe, Resources, Revision,
         WorkloadKind,

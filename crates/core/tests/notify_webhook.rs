@@ -12,9 +12,12 @@ use rorqual_core::notify::{
 };
 use serde_json::Value;
 
+/// One request the receiver got: its `Authorization`-style header (if any) and JSON body.
+type Delivery = (Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct Received {
-    bodies: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    bodies: Arc<Mutex<Vec<Delivery>>>,
     /// Status codes to answer with before answering 200.
     failures: Arc<Mutex<Vec<u16>>>,
 }

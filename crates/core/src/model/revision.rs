@@ -28,7 +28,8 @@ impl Revision {
 
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad` honours width and alignment, so revisions line up in tables.
+        f.pad(&self.0)
     }
 }
 
