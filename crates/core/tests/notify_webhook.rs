@@ -12,7 +12,7 @@ use rorqual_core::notify::{
 };
 use serde_json::Value;
 
-/// One request the receiver got: its `Authorization`-style header (if any) and JSON body.
+/// One request the receiver got: its `Authorization` header (if any) and its JSON body.
 type Delivery = (Option<String>, Value);
 
 #[derive(Clone, Default)]
