@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{AppKey, AppSpec, Event, Instance, Node, Revision};
 
-pub use state::{MemoryStateStore, StateStore, Versioned, apply_cas};
+pub use state::{MemoryStateStore, StateStore, Versioned, apply_cas, list_prefix};
 
 /// The observed state of one revision group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

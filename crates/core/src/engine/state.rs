@@ -66,6 +66,15 @@ pub fn apply_cas(
     }
 }
 
+/// The entries of a map whose keys start with `prefix`, in key order; shared by the in-memory
+/// and file-backed stores.
+pub fn list_prefix(map: &BTreeMap<String, Versioned>, prefix: &str) -> Vec<(String, Versioned)> {
+    map.range(prefix.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// A [`StateStore`] in memory.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
@@ -103,12 +112,7 @@ impl StateStore for MemoryStateStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
-        Ok(self
-            .lock()
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(list_prefix(&self.lock(), prefix))
     }
 }
 

@@ -12,7 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{StateStore, Versioned, apply_cas};
+use crate::engine::{StateStore, Versioned, apply_cas, list_prefix};
 use crate::error::{Error, Result};
 
 /// The marker file that makes a directory a LocalEngine state directory.
@@ -252,11 +252,6 @@ impl StateStore for FileStateStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
-        Ok(self
-            .lock()
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(list_prefix(&self.lock(), prefix))
     }
 }
