@@ -407,3 +407,18 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
         .collect();
     assert_eq!(pools, ["proto.json"]);
 }
+
+#[test]
+fn only_the_etcd_store_needs_an_async_runtime() {
+    use rorqual_net::cni::needs_async_runtime;
+    let etcd = json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "rorqual-ipam",
+        "store": {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"]}}});
+    assert!(needs_async_runtime(etcd.to_string().as_bytes()));
+    let file = json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "rorqual-ipam",
+        "store": {"type": "file", "fsync": false}}});
+    assert!(!needs_async_runtime(file.to_string().as_bytes()));
+    let default = json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "rorqual-ipam"}});
+    assert!(!needs_async_runtime(default.to_string().as_bytes()));
+    assert!(!needs_async_runtime(b"{not json"));
+    assert!(!needs_async_runtime(b"{\"ipam\": \"a string\"}"));
+}

@@ -16,6 +16,12 @@ fn main() -> ExitCode {
             "1.1.0".to_owned(),
             CniError::new(code::IO, format!("cannot read stdin: {e}"), ""),
         )),
+        // The file store does no async I/O: poll on this thread, without starting a tokio
+        // runtime (its reactor and timer cost start-up time in every ADD and DEL). Only the
+        // etcd store needs one.
+        Ok(_) if !cni::needs_async_runtime(&stdin) => {
+            futures::executor::block_on(cni::run(&env, &stdin))
+        }
         Ok(_) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -345,6 +345,34 @@ async fn allocate_in(
     })
 }
 
+/// Whether running the command in `stdin` needs a tokio runtime: only when the network
+/// configuration selects the etcd store (`ipam.store.type` = `etcd`). The file store never
+/// awaits I/O, so [`run`] can be polled by a plain executor (`futures::executor::block_on`).
+/// Unparsable input needs no runtime either: [`run`] reports it without touching a store.
+pub fn needs_async_runtime(stdin: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        ipam: Option<Ipam>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ipam {
+        #[serde(default)]
+        store: Option<Store>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Store {
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(stdin).is_ok_and(|p| {
+        p.ipam
+            .and_then(|i| i.store)
+            .and_then(|s| s.kind)
+            .is_some_and(|k| k == "etcd")
+    })
+}
+
 /// Runs one CNI command: returns what to print on stdout on success.
 pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
     let command = env.command.clone().unwrap_or_default();

@@ -3,11 +3,31 @@
 //! Each pool is one compact state file `<dir>/<pool>.json` (`{"version":N,"state":{...}}`)
 //! holding only the addresses that are not Available, beside a lock file `<dir>/<pool>.lock`.
 //! A transaction takes an exclusive `flock` on the lock file, reads the state file once,
-//! applies the change in memory, writes a temporary file, `fsync`s it, renames it over the
-//! state file and `fsync`s the directory. Readers never see a half-written file (rename is
-//! atomic), a crash leaves either the old or the new state, and a process killed while holding
-//! the lock releases it with its file descriptor. Per operation the store reads and writes one
-//! small file: no directory scan and no per-address files (host-local opens every file).
+//! applies the change in memory, writes a temporary file, `fdatasync`s it, renames it over the
+//! state file and `fsync`s the directory. Per operation the store reads and writes one small
+//! file: no directory scan and no per-address files (host-local opens every file).
+//!
+//! # Guarantees
+//!
+//! In both modes ([`FileStore::with_fsync`]):
+//! - Readers never see a half-written file: the new state is written to a temporary file and
+//!   renamed over the old one (rename is atomic).
+//! - A process killed at any point (`kill -9`) leaves the old state or the new one, never a
+//!   mix, and its lock is released with its file descriptor.
+//! - An unreadable, truncated or foreign state file is an error naming the file; it is never
+//!   overwritten.
+//!
+//! With `fsync` on (the default), a transaction that returned success is durable: the new
+//! file's data is on disk before the rename (`fdatasync`), and the rename itself is on disk
+//! before the transaction returns (`fsync` of the directory). A power loss or kernel crash at
+//! any point leaves the last committed state or an earlier complete one committed before it
+//! (never a half-written file).
+//!
+//! With `fsync` off, the kill and atomicity guarantees above still hold, but after a power loss
+//! or kernel crash the file system may come back with an older complete state (the last few
+//! seconds of changes lost; on some file systems without `auto_da_alloc`-style ordering, a
+//! renamed file whose data never reached the disk). host-local, which never syncs, gives no
+//! more than this.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -136,7 +156,10 @@ impl FileStore {
                     let mut f = File::create(&tmp)?;
                     f.write_all(&body)?;
                     if self.fsync {
-                        f.sync_all()?;
+                        // fdatasync: the data and the size of the new file (what a later read
+                        // needs); its timestamps can stay behind. The rename below then swaps
+                        // in a complete file.
+                        f.sync_data()?;
                     }
                     fs::rename(&tmp, &path)
                 })();
