@@ -5,18 +5,19 @@
 //! ```
 //!
 //! Starts a `LocalEngine` (3 virtual nodes) running the demo app (this binary re-executed with
-//! `--demo-app`) and nginx through `NginxRouter` with two routes on free 127.0.0.1 ports:
-//! *active* (what users get) and *preview* (what testers get). The approvals API
+//! `--demo-app`) and nginx through `NginxRouter` with the app's two listeners on free
+//! 127.0.0.1 ports: *active* (what users get, `.route`) and *preview* (what testers get,
+//! `.preview_route`). The rollout controller drives both. The approvals API
 //! (`Approvals::router()`) is served with axum on 127.0.0.1. Then:
 //!
-//! 1. v1 (blue) is deployed behind the active route;
-//! 2. v2 (green) is released blue-green: two preview instances start, the preview route points at
-//!    them, and the example checks through nginx that preview answers v2 while active still
-//!    answers v1;
+//! 1. v1 (blue) is deployed behind the active listener;
+//! 2. v2 (green) is released blue-green: two preview instances start and the controller points
+//!    the preview listener at them as they become ready; the example checks through nginx that
+//!    preview answers v2 while active still answers v1;
 //! 3. the rollout pauses for approval; the example approves it with
 //!    `POST /approvals/{namespace}/{app}/{revision}/{step}/approve` (the request is printed);
-//! 4. v2 is scaled to full, the active route switches to it, and v1 is scaled down after the
-//!    scale-down delay (3 s here).
+//! 4. v2 is scaled to full, the active listener switches to it, v1 is scaled down after the
+//!    scale-down delay (3 s here), and the controller empties the preview listener (503).
 //!
 //! Needs `/usr/sbin/nginx` (Debian package `nginx-light`). Does not need root.
 
@@ -39,7 +40,7 @@ use rorqual::core::model::{AppKey, Revision};
 use rorqual::core::release::{
     BlueGreen, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
 };
-use rorqual::core::traffic::{NginxRouter, TrafficRouter, TrafficSplit};
+use rorqual::core::traffic::NginxRouter;
 use support::Timeline;
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -69,11 +70,9 @@ struct World {
     engine: Arc<LocalEngine>,
     router: Arc<NginxRouter>,
     controller: RolloutController,
-    /// The application and its active route.
+    /// The application and its active and preview listeners.
     app: AppKey,
     active: SocketAddr,
-    /// A second nginx route for the preview (the controller drives only the active one).
-    preview_app: AppKey,
     preview: SocketAddr,
     /// Where the approvals API listens.
     approvals_url: String,
@@ -91,13 +90,12 @@ async fn run() -> anyhow::Result<()> {
             .await?,
     );
     let app = AppKey::new("default", "shop");
-    let preview_app = AppKey::new("default", "shop-preview");
     let active = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
     let preview = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
     let router = Arc::new(
         NginxRouter::builder(dir.path().join("nginx"))
             .route(app.clone(), active)
-            .route(preview_app.clone(), preview)
+            .preview_route(app.clone(), preview)
             .build()?,
     );
     let approvals = Approvals::new();
@@ -116,7 +114,6 @@ async fn run() -> anyhow::Result<()> {
             controller,
             app,
             active,
-            preview_app,
             preview,
             approvals_url: format!("http://{}", api.0),
             names: BTreeMap::new(),
@@ -169,7 +166,11 @@ async fn release(mut w: World) -> anyhow::Result<()> {
     println!("== v2 (green): preview of 2 instances on {}", w.preview);
     let v2 = deploy(&mut w, "v2").await?;
     follow(&w, |s| s.approval_requested).await?;
-    check_preview(&w, &v2).await?;
+    let status = w.controller.status(&w.app).await.context("no rollout")?;
+    if status.preview.as_ref() != Some(&v2) {
+        bail!("the controller has not pointed the preview at v2: {status:?}");
+    }
+    check_listeners(&w, "v2", "v1").await?;
 
     let record = approve(&w, "release-bot", "preview answers v2").await?;
     w.timeline.print(format_args!("approved: {record}"));
@@ -179,9 +180,16 @@ async fn release(mut w: World) -> anyhow::Result<()> {
     .await?;
 
     let active = support::sample_versions(&format!("http://{}/", w.active), 50).await?;
-    println!("== 50 requests to the active route after promotion: {active:?}");
+    println!("== 50 requests to the active listener after promotion: {active:?}");
     if active.keys().any(|v| v != "v2") {
-        bail!("the active route still answers other versions than v2: {active:?}");
+        bail!("the active listener still answers other versions than v2: {active:?}");
+    }
+    let preview_status = reqwest::get(format!("http://{}/", w.preview))
+        .await?
+        .status();
+    println!("== the preview listener after the rollout: {preview_status}");
+    if preview_status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        bail!("the preview listener should be empty (503) after the rollout, got {preview_status}");
     }
     let left = support::ready_endpoints(&w.engine, &w.app, &v1).await?;
     if !left.is_empty() {
@@ -208,32 +216,27 @@ async fn deploy(w: &mut World, version: &str) -> anyhow::Result<Revision> {
     Ok(revision)
 }
 
-/// Points the preview route at the ready instances of `target` and checks through nginx that
-/// preview answers `target` and active still answers the stable version.
-async fn check_preview(w: &World, target: &Revision) -> anyhow::Result<()> {
-    let endpoints = support::ready_endpoints(&w.engine, &w.app, target).await?;
-    w.router
-        .set_split(
-            &w.preview_app,
-            &TrafficSplit::single(target.clone(), endpoints.clone()),
-        )
-        .await
-        .context("pointing the preview route at v2")?;
+/// Checks through nginx that the preview listener answers only `preview` and the active one
+/// only `active` (the controller set both).
+async fn check_listeners(w: &World, preview: &str, active: &str) -> anyhow::Result<()> {
+    if let Some(backend) = w.router.current_preview(&w.app).await {
+        w.timeline.print(format_args!(
+            "preview listener → {}",
+            backend
+                .endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let seen_preview = support::sample_versions(&format!("http://{}/", w.preview), 50).await?;
+    let seen_active = support::sample_versions(&format!("http://{}/", w.active), 50).await?;
     w.timeline.print(format_args!(
-        "preview route → {}",
-        endpoints
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        "50 requests each: preview {seen_preview:?}, active {seen_active:?}"
     ));
-    let preview = support::sample_versions(&format!("http://{}/", w.preview), 50).await?;
-    let active = support::sample_versions(&format!("http://{}/", w.active), 50).await?;
-    w.timeline.print(format_args!(
-        "50 requests each: preview {preview:?}, active {active:?}"
-    ));
-    if preview.keys().any(|v| v != "v2") || active.keys().any(|v| v != "v1") {
-        bail!("preview should answer only v2 and active only v1");
+    if seen_preview.keys().any(|v| v != preview) || seen_active.keys().any(|v| v != active) {
+        bail!("preview should answer only {preview} and active only {active}");
     }
     Ok(())
 }
@@ -298,8 +301,12 @@ async fn follow(w: &World, done: impl Fn(&RolloutStatus) -> bool) -> anyhow::Res
         }
         let status = w.controller.status(&w.app).await.context("no rollout")?;
         let ready = support::ready_summary(&w.engine, &w.app, &w.names).await?;
+        let preview = status
+            .preview
+            .as_ref()
+            .map_or("-", |r| w.names.get(r).map_or(r.as_str(), String::as_str));
         w.timeline.print(format_args!(
-            "step {} {:<11} target weight {:>3}%  ready [{ready}]  {}",
+            "step {} {:<11} active weight {:>3}%  preview {preview:<2}  ready [{ready}]  {}",
             status.step,
             format!("{:?}", status.phase),
             status.weight.unwrap_or(0),

@@ -21,7 +21,7 @@ use rorqual_core::release::{
     AnalysisStep, ApprovalStep, BlueGreen, Canary, CanaryStep, FailurePolicy, IntOrPercent,
     RollingUpdate, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
 };
-use rorqual_core::traffic::{TrafficError, TrafficRouter, TrafficSplit};
+use rorqual_core::traffic::{Backend, TrafficError, TrafficRouter, TrafficSplit};
 
 /// A metric whose value the test sets.
 #[derive(Debug, Default)]
@@ -727,4 +727,296 @@ async fn history_limit_and_event_stream() {
         "{reasons:?}"
     );
     assert!(reasons.contains(&"Updated".to_owned()), "{reasons:?}");
+}
+
+/// A router that sends traffic itself (like nginx) and records every split and preview call as
+/// `split v1=80 v2=20` / `preview v2` / `preview none`, naming revisions v1…v4.
+#[derive(Debug, Default)]
+struct RecordingRouter {
+    calls: Mutex<Vec<String>>,
+}
+
+fn version_name(rev: &Revision) -> String {
+    ["v1", "v2", "v3", "v4"]
+        .into_iter()
+        .find(|v| app(v).revision() == *rev)
+        .unwrap_or("other")
+        .to_owned()
+}
+
+#[async_trait]
+impl TrafficRouter for RecordingRouter {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn routes_traffic(&self) -> bool {
+        true
+    }
+    async fn set_split(&self, _app: &AppKey, split: &TrafficSplit) -> Result<(), TrafficError> {
+        split.validate()?;
+        let call = ["v1", "v2"]
+            .map(|v| format!("{v}={}", split.weight_of(&app(v).revision())))
+            .join(" ");
+        self.calls.lock().unwrap().push(format!("split {call}"));
+        Ok(())
+    }
+    async fn set_preview(
+        &self,
+        _app: &AppKey,
+        preview: Option<&Backend>,
+    ) -> Result<(), TrafficError> {
+        let call = match preview {
+            Some(b) => {
+                b.validate_preview()?;
+                version_name(&b.revision)
+            }
+            None => "none".into(),
+        };
+        self.calls.lock().unwrap().push(format!("preview {call}"));
+        Ok(())
+    }
+}
+
+impl RecordingRouter {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+/// Each distinct call once, in the order of its first occurrence.
+fn first_occurrences(calls: &[String]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for c in calls {
+        if !seen.contains(c) {
+            seen.push(c.clone());
+        }
+    }
+    seen
+}
+
+/// After promotion: while v2 scales up, active stays on v1 and preview on v2; then active
+/// switches to v2 (once), and the preview is emptied last.
+fn assert_switch_then_preview_emptied(calls: &[String]) {
+    let switch = calls
+        .iter()
+        .position(|c| c == "split v1=0 v2=100")
+        .unwrap_or_else(|| panic!("no switch: {calls:?}"));
+    assert!(
+        calls[..switch]
+            .iter()
+            .all(|c| c == "split v1=100 v2=0" || c == "preview v2"),
+        "before the switch: {calls:?}"
+    );
+    assert_eq!(
+        first_occurrences(&calls[switch..]),
+        ["split v1=0 v2=100", "preview none"],
+        "{calls:?}"
+    );
+    assert_eq!(calls.last().map(String::as_str), Some("preview none"));
+}
+
+async fn recorded_harness() -> (Harness, Arc<RecordingRouter>) {
+    let clock = ManualClock::new();
+    let engine = Arc::new(
+        MemoryEngine::builder()
+            .clock(clock.clone())
+            .startup(Duration::from_secs(2))
+            .build(),
+    );
+    let router = Arc::new(RecordingRouter::default());
+    let h = Harness::on(clock, engine, Some(router.clone())).await;
+    (h, router)
+}
+
+fn manual_blue_green() -> Strategy {
+    let mut bg = BlueGreen::manual(Some(2));
+    bg.scale_down_delay_seconds = 10;
+    Strategy::BlueGreen(bg)
+}
+
+#[tokio::test]
+async fn blue_green_preview_is_routed_by_the_controller_in_argos_order() {
+    let (h, router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    let mut calls = first_occurrences(&router.take());
+    calls.sort();
+    assert_eq!(
+        calls,
+        ["preview none", "split v1=100 v2=0"],
+        "a rollout without preview keeps the preview route empty"
+    );
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), manual_blue_green()))
+        .await
+        .unwrap();
+    h.until(10, "awaiting promotion", |s| s.approval_requested)
+        .await;
+    let s = h.status().await;
+    assert_eq!(
+        s.preview,
+        Some(v2.clone()),
+        "preview serves v2 before approval"
+    );
+    assert_eq!(s.weight, Some(0), "active still v1");
+    assert_eq!(
+        first_occurrences(&router.take()),
+        ["split v1=100 v2=0", "preview v2"],
+        "preview points at v2 once it has ready instances; active untouched"
+    );
+    h.approvals.approve(&key(), &v2, 2, "carol", None).unwrap();
+    h.until(10, "switched", |s| s.weight == Some(100)).await;
+    assert_eq!(
+        h.status().await.preview,
+        Some(v2.clone()),
+        "preview keeps serving the new revision until the rollout is done"
+    );
+    h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.preview, None, "preview emptied when done");
+    assert_switch_then_preview_emptied(&router.take());
+    let events: Vec<_> = h.outcomes();
+    assert!(events.iter().any(|(o, _)| o == "healthy"), "{events:?}");
+}
+
+#[tokio::test]
+async fn blue_green_abort_switches_back_and_empties_the_preview() {
+    let (h, router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), manual_blue_green()).abort_scale_down_delay(5))
+        .await
+        .unwrap();
+    h.until(10, "awaiting promotion", |s| s.approval_requested)
+        .await;
+    router.take();
+    h.ctl.abort(&key()).await.unwrap();
+    h.until(20, "rolled back", |s| {
+        s.aborted && s.reason.starts_with("aborted: ")
+    })
+    .await;
+    let s = h.status().await;
+    assert_eq!(s.preview, None);
+    assert_eq!(s.weight, Some(0));
+    let calls = router.take();
+    assert_eq!(
+        calls.first().map(String::as_str),
+        Some("preview none"),
+        "the preview is emptied at the abort, before v2 is scaled down: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c == "preview none" || c.starts_with("split v1=100")),
+        "{calls:?}"
+    );
+    assert_eq!(h.counts().await.len(), 1);
+}
+
+#[tokio::test]
+async fn blue_green_preview_resumes_after_a_controller_restart() {
+    let (h, router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), manual_blue_green()))
+        .await
+        .unwrap();
+    h.until(10, "awaiting promotion", |s| s.approval_requested)
+        .await;
+    let before = h.status().await;
+    assert_eq!(before.preview, Some(v2.clone()));
+    drop(h.ctl);
+    router.take();
+    // A new controller and a new router (say, nginx restarted too) over the same engine.
+    let router2 = Arc::new(RecordingRouter::default());
+    let h2 = Harness::on(h.clock.clone(), h.engine.clone(), Some(router2.clone())).await;
+    h2.ctl.process_due().await;
+    let resumed = h2.status().await;
+    assert_eq!(resumed.step, before.step, "still at the promotion gate");
+    assert!(resumed.approval_requested);
+    assert_eq!(resumed.preview, Some(v2.clone()));
+    assert_eq!(
+        first_occurrences(&router2.take()),
+        ["split v1=100 v2=0", "preview v2"],
+        "the restarted controller sets active and preview again, nothing more"
+    );
+    assert!(router.take().is_empty(), "the old router is not used");
+    h2.ctl.promote(&key()).await.unwrap();
+    h2.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_switch_then_preview_emptied(&router2.take());
+    assert_eq!(h2.status().await.stable, Some(v2));
+}
+
+/// Fails the first `clears` attempts to empty the preview once a preview was set.
+#[derive(Debug)]
+struct StickyPreview {
+    inner: RecordingRouter,
+    clears: Mutex<u32>,
+    previewed: Mutex<bool>,
+}
+
+#[async_trait]
+impl TrafficRouter for StickyPreview {
+    fn name(&self) -> &str {
+        "sticky"
+    }
+    fn routes_traffic(&self) -> bool {
+        true
+    }
+    async fn set_split(&self, app: &AppKey, split: &TrafficSplit) -> Result<(), TrafficError> {
+        self.inner.set_split(app, split).await
+    }
+    async fn set_preview(
+        &self,
+        app: &AppKey,
+        preview: Option<&Backend>,
+    ) -> Result<(), TrafficError> {
+        if preview.is_some() {
+            *self.previewed.lock().unwrap() = true;
+        } else if *self.previewed.lock().unwrap() {
+            let mut clears = self.clears.lock().unwrap();
+            if *clears > 0 {
+                *clears -= 1;
+                return Err(TrafficError::ReloadFailed {
+                    router: "sticky".into(),
+                    app: app.to_string(),
+                    reason: "reload timed out".into(),
+                });
+            }
+        }
+        self.inner.set_preview(app, preview).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_preview_clear_at_completion_is_retried() {
+    let clock = ManualClock::new();
+    let engine = Arc::new(MemoryEngine::builder().clock(clock.clone()).build());
+    let router = Arc::new(StickyPreview {
+        inner: RecordingRouter::default(),
+        clears: Mutex::new(2),
+        previewed: Mutex::new(false),
+    });
+    let h = Harness::on(clock, engine, Some(router.clone())).await;
+    h.deploy_v1(Strategy::default()).await;
+    let mut bg = BlueGreen::default();
+    bg.scale_down_delay_seconds = 0;
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::BlueGreen(bg)))
+        .await
+        .unwrap();
+    h.until(10, "retrying", |s| s.reason.contains("reload timed out"))
+        .await;
+    assert_eq!(h.status().await.preview, Some(app("v2").revision()));
+    h.until(10, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(*router.clears.lock().unwrap(), 0, "both failures seen");
+    let s = h.status().await;
+    assert_eq!((s.preview, s.stable), (None, Some(app("v2").revision())));
+    assert_eq!(
+        router.inner.take().last().map(String::as_str),
+        Some("preview none")
+    );
 }

@@ -265,3 +265,131 @@ async fn invalid_config_is_rejected_by_nginx_t_before_anything_changes() {
         .unwrap_err();
     assert!(err.to_string().contains("x/y is not routed"), "{err}");
 }
+
+/// Bodies of `n` requests to `listen`, counted (`"503"` for a 503 answer).
+async fn bodies(
+    client: &reqwest::Client,
+    listen: SocketAddr,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let resp = client
+            .get(format!("http://{listen}/"))
+            .send()
+            .await
+            .unwrap();
+        let body = if resp.status() == 503 {
+            "503".to_owned()
+        } else {
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap()
+        };
+        *seen.entry(body).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_one() {
+    if !nginx_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (blue, green) = (backend("v1").await, backend("v2").await);
+    let app = AppKey::new("default", "shop");
+    let (active, preview) = (free_port(), free_port());
+    let router = NginxRouter::builder(dir.path())
+        .route(app.clone(), active)
+        .preview_route(app.clone(), preview)
+        .build()
+        .unwrap();
+    assert_eq!(router.preview_addr(&app).await, Some(preview));
+    router
+        .set_split(
+            &app,
+            &TrafficSplit::single(Revision::from("v1"), vec![blue.addr]),
+        )
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let only = |body: &str, n: usize| [(body.to_owned(), n)].into_iter().collect();
+    assert_eq!(
+        bodies(&client, preview, 5).await,
+        only("503", 5),
+        "no preview yet"
+    );
+
+    let green_preview = Backend::preview(Revision::from("v2"), vec![green.addr]);
+    router
+        .set_preview(&app, Some(&green_preview))
+        .await
+        .unwrap();
+    assert_eq!(
+        router.current_preview(&app).await,
+        Some(green_preview.clone())
+    );
+    assert_eq!(bodies(&client, preview, 50).await, only("v2", 50));
+    assert_eq!(bodies(&client, active, 50).await, only("v1", 50));
+
+    // The same preview again changes nothing (no reload).
+    let versions = router.versions().await.len();
+    router
+        .set_preview(&app, Some(&green_preview))
+        .await
+        .unwrap();
+    assert_eq!(router.versions().await.len(), versions);
+
+    // Promotion: active switches to v2 while preview still serves it; then preview empties.
+    router
+        .set_split(
+            &app,
+            &TrafficSplit::single(Revision::from("v2"), vec![green.addr]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bodies(&client, active, 20).await, only("v2", 20));
+    assert_eq!(bodies(&client, preview, 20).await, only("v2", 20));
+    router.set_preview(&app, None).await.unwrap();
+    assert_eq!(bodies(&client, preview, 5).await, only("503", 5));
+    assert_eq!(bodies(&client, active, 20).await, only("v2", 20));
+    assert_eq!(router.current_preview(&app).await, None);
+    let diff = router.versions().await.last().unwrap().diff.clone();
+    assert!(
+        diff.contains(&format!(
+            "-        server {} weight=10000; # revision v2",
+            green.addr
+        )) && diff.contains("+            return 503;"),
+        "{diff}"
+    );
+
+    // A preview route can be added later; an app without one has no preview service, and a
+    // preview must be one revision at weight 100.
+    let other = AppKey::new("default", "api");
+    router.add_route(&other, free_port()).await.unwrap();
+    let err = router
+        .set_preview(&other, Some(&green_preview))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TrafficError::Unsupported { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no preview route configured"),
+        "{err}"
+    );
+    let taken = router.add_preview_route(&other, active).await.unwrap_err();
+    assert!(taken.to_string().contains("already listens"), "{taken}");
+    let other_preview = free_port();
+    router
+        .add_preview_route(&other, other_preview)
+        .await
+        .unwrap();
+    router
+        .set_preview(&other, Some(&green_preview))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&client, other_preview, 10).await, only("v2", 10));
+    let half = Backend::new(Revision::from("v2"), 50, vec![green.addr]);
+    let err = router.set_preview(&other, Some(&half)).await.unwrap_err();
+    assert!(err.to_string().contains("weight 50"), "{err}");
+    router.shutdown().await;
+}

@@ -110,7 +110,10 @@ impl ReleaseStrategy for BlueGreen {
         for g in view.others() {
             plan.replicas.push((g.revision.clone(), 0));
         }
-        plan.preview = view.step < 4;
+        // Argo: the preview service points at the new revision from its first instance until
+        // the rollout is done (after the switch it serves what active serves); the controller
+        // empties it when the rollout completes or aborts.
+        plan.preview = true;
         let switched = view.step >= 4;
         plan.target_weight = Some(if switched { 100 } else { 0 });
         let target_count = if view.step >= 3 { replicas } else { preview };
@@ -247,6 +250,10 @@ mod tests {
         assert_eq!(p.target_weight, Some(0), "traffic switches only at step 4");
         let p = bg.plan(&view(4, (4, 4), 4));
         assert_eq!(p.target_weight, Some(100));
+        assert!(
+            p.preview,
+            "preview keeps serving the new revision until done"
+        );
         let mut v = view(6, (4, 4), 4);
         v.step_elapsed = Duration::from_secs(10);
         let p = bg.plan(&v);

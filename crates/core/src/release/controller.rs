@@ -5,8 +5,9 @@
 //! [`StateStore`] with compare-and-swap at every transition; a keyed work queue holds at most
 //! one entry per rollout, due at the time its next check is needed (a pause's end, an
 //! analysis measurement, a resync while instances start). A reconcile observes the groups,
-//! asks the strategy for a plan, applies replicas, identity moves and weights, then follows
-//! the plan's gate. No task per rollout: ten thousand rollouts are ten thousand records.
+//! asks the strategy for a plan, applies replicas, identity moves, weights and the preview
+//! route, then follows the plan's gate. No task per rollout: ten thousand rollouts are ten
+//! thousand records.
 //!
 //! Drive it with [`RolloutController::run`] (a loop on its clock), or step it deterministically
 //! in tests with [`RolloutController::process_due`].
@@ -33,7 +34,7 @@ use crate::engine::{Engine, GroupStatus, StateStore};
 use crate::error::Error as EngineError;
 use crate::model::{AppKey, Revision, WorkloadKind};
 use crate::notify::{Notification, Notifier};
-use crate::traffic::{Backend, ReplicaRatio, TrafficRouter, TrafficSplit};
+use crate::traffic::{Backend, ReplicaRatio, TrafficError, TrafficRouter, TrafficSplit};
 
 /// Prefix of rollout records in the state store.
 pub const STATE_PREFIX: &str = "rollouts/";
@@ -72,6 +73,18 @@ pub enum ControllerError {
         /// The engine's error.
         #[source]
         source: EngineError,
+    },
+    /// The traffic router failed (emptying the preview route when the rollout completes);
+    /// the controller retries.
+    #[error("traffic router {router} failed for {app}: {source}")]
+    Router {
+        /// The application.
+        app: AppKey,
+        /// The router's name.
+        router: String,
+        /// The router's error.
+        #[source]
+        source: Box<TrafficError>,
     },
     /// A stored record could not be decoded.
     #[error("rollout record `{key}` is unreadable: {source}")]
@@ -205,9 +218,15 @@ struct Entry {
     /// halves the controller's memory with many rollouts).
     persisted: u64,
     last_split: Option<Vec<(Revision, u32, Vec<SocketAddr>)>>,
+    /// The preview last set on the router (`Some(None)`: emptied); `None` until the first
+    /// reconcile after loading, which sets it whatever it is.
+    last_preview: Option<Preview>,
     /// The strategy, shared so that a plan can borrow it while the record changes.
     strategy: Arc<super::strategy::Strategy>,
 }
+
+/// A preview route's content: the revision and its ready endpoints, or empty.
+type Preview = Option<(Revision, Vec<SocketAddr>)>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is a single map/queue operation; a panic cannot leave them
@@ -248,6 +267,7 @@ impl RolloutController {
                 version: Some(versioned.version),
                 persisted: digest(&versioned.value),
                 last_split: None,
+                last_preview: None,
             };
             lock(&self.inner.rollouts)
                 .insert(app.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
@@ -342,6 +362,7 @@ impl RolloutController {
                         approval_requested: false,
                         planned_replicas: None,
                         weight: None,
+                        preview: None,
                     },
                     spec,
                     stable: None,
@@ -354,6 +375,7 @@ impl RolloutController {
                     version: None,
                     persisted: 0,
                     last_split: None,
+                    last_preview: None,
                 };
                 self.persist(&mut entry).await?;
                 let status = entry.record.status.clone();
@@ -775,7 +797,23 @@ impl RolloutController {
             }
             mutated |= !plan.moves.is_empty();
             r.status.planned_replicas = Some(replicas);
-            // Apply weights.
+            // Apply weights, then the preview route (Argo's order: the active switch happens
+            // in the split; the preview follows the target from its first ready instance until
+            // the rollout is done or aborted).
+            let routes = inner.router.routes_traffic();
+            let preview_wanted = plan.preview && !steady && !r.status.aborted;
+            let instances = if (routes && plan.target_weight.is_some()) || preview_wanted {
+                inner.engine.instances(&app).await.map_err(eng)?
+            } else {
+                Vec::new()
+            };
+            let ready_endpoints = |rev: &Revision| -> Vec<SocketAddr> {
+                instances
+                    .iter()
+                    .filter(|i| &i.revision == rev && i.ready)
+                    .filter_map(|i| Some(SocketAddr::new(i.address?, i.primary_port()?)))
+                    .collect()
+            };
             if let Some(w) = plan.target_weight {
                 let w = if steady { 100 } else { w };
                 let split = if steady {
@@ -786,24 +824,20 @@ impl RolloutController {
                         (target.clone(), w.min(100)),
                     ]
                 };
-                let mut desired = Vec::with_capacity(split.len());
-                let instances = if inner.router.routes_traffic() {
-                    inner.engine.instances(&app).await.map_err(eng)?
-                } else {
-                    Vec::new()
-                };
-                for (rev, weight) in split {
-                    let endpoints: Vec<SocketAddr> = instances
-                        .iter()
-                        .filter(|i| i.revision == rev && i.ready)
-                        .filter_map(|i| Some(SocketAddr::new(i.address?, i.primary_port()?)))
-                        .collect();
-                    desired.push((rev, weight, endpoints));
-                }
+                let mut desired: Vec<_> = split
+                    .into_iter()
+                    .map(|(rev, weight)| {
+                        let endpoints = if routes {
+                            ready_endpoints(&rev)
+                        } else {
+                            Vec::new()
+                        };
+                        (rev, weight, endpoints)
+                    })
+                    .collect();
                 // A router that sends traffic itself needs somewhere to send it: a weighted
                 // revision without ready endpoints waits (the next reconcile retries), and
                 // unweighted revisions without endpoints are left out.
-                let routes = inner.router.routes_traffic();
                 if routes {
                     desired.retain(|(_, w, ep)| *w > 0 || !ep.is_empty());
                 }
@@ -817,20 +851,25 @@ impl RolloutController {
                             .collect(),
                     );
                     if let Err(err) = inner.router.set_split(&app, &split).await {
-                        let reason =
-                            format!("traffic router {}: {}", inner.router.name(), err.reason());
-                        let r = &mut e.record;
-                        r.status.hold = Some(reason.clone());
-                        r.status.phase = RolloutPhase::Paused;
-                        r.status.reason = reason.clone();
-                        let status = r.status.clone();
-                        self.notify(&status, Some(status.step), "paused", &reason)
-                            .await;
+                        self.hold_for_router(e, &err).await;
                         return Ok(None);
                     }
                     e.last_split = Some(desired);
                     e.record.status.weight = Some(w);
                 }
+            }
+            // The preview serves the target once it has a ready instance; until then, and
+            // outside blue-green, it is empty.
+            let preview: Preview = if preview_wanted {
+                let endpoints = ready_endpoints(&target);
+                (!endpoints.is_empty()).then(|| (target.clone(), endpoints))
+            } else {
+                None
+            };
+            drop(instances);
+            if let Err(err) = self.route_preview(e, preview).await {
+                self.hold_for_router(e, &err).await;
+                return Ok(None);
             }
             let r = &mut e.record;
             if mutated {
@@ -1017,6 +1056,59 @@ impl RolloutController {
         Ok(Some(inner.clock.now() + inner.resync))
     }
 
+    /// Holds the rollout after a traffic router error, with the router's reason.
+    async fn hold_for_router(&self, e: &mut Entry, err: &TrafficError) {
+        let reason = format!(
+            "traffic router {}: {}",
+            self.inner.router.name(),
+            err.reason()
+        );
+        let r = &mut e.record;
+        r.status.hold = Some(reason.clone());
+        r.status.phase = RolloutPhase::Paused;
+        r.status.reason = reason.clone();
+        let status = r.status.clone();
+        self.notify(&status, Some(status.step), "paused", &reason)
+            .await;
+    }
+
+    /// Sets the preview route to `preview` unless it already is. A router without a preview
+    /// service ([`TrafficError::Unsupported`]) counts as done, with no preview in the status.
+    async fn route_preview(&self, e: &mut Entry, preview: Preview) -> Result<(), TrafficError> {
+        if e.last_preview.as_ref() == Some(&preview) {
+            return Ok(());
+        }
+        let router = &self.inner.router;
+        let app = e.record.status.app.clone();
+        let backend = preview
+            .as_ref()
+            .map(|(rev, endpoints)| Backend::preview(rev.clone(), endpoints.clone()));
+        let shown = match router.set_preview(&app, backend.as_ref()).await {
+            Ok(()) => preview.as_ref().map(|(rev, _)| rev.clone()),
+            Err(TrafficError::Unsupported { capability, .. }) => {
+                tracing::debug!(app = %app, router = router.name(), "no preview: {capability}");
+                None
+            }
+            Err(err) => return Err(err),
+        };
+        let status = &mut e.record.status;
+        if status.preview != shown {
+            status.preview = shown;
+            let message = match &preview {
+                Some((rev, endpoints)) if status.preview.is_some() => format!(
+                    "preview route serves {rev} ({} ready instance{})",
+                    endpoints.len(),
+                    if endpoints.len() == 1 { "" } else { "s" }
+                ),
+                _ => "preview route emptied".to_owned(),
+            };
+            let status = status.clone();
+            self.emit(&status, Some(status.step), "Preview", message);
+        }
+        e.last_preview = Some(preview);
+        Ok(())
+    }
+
     /// Applies the failure policy.
     async fn fail(&self, e: &mut Entry, now: SystemTime, reason: String) {
         let r = &mut e.record;
@@ -1046,6 +1138,14 @@ impl RolloutController {
         now: SystemTime,
     ) -> Result<(), ControllerError> {
         let inner = &self.inner;
+        // Done (or the abort finished): the preview route serves nothing any more.
+        self.route_preview(e, None)
+            .await
+            .map_err(|source| ControllerError::Router {
+                app: e.record.status.app.clone(),
+                router: inner.router.name().to_owned(),
+                source: Box::new(source),
+            })?;
         let r = &mut e.record;
         let app = r.status.app.clone();
         let keep = if r.status.aborted {

@@ -193,7 +193,11 @@ pub struct Plan<'a> {
     /// The target revision's traffic weight (the stable revision gets the rest); `None` leaves
     /// the weights as they are.
     pub target_weight: Option<u32>,
-    /// Blue-green: the preview service points at the target.
+    /// Blue-green: the preview route serves the target's ready instances (the controller
+    /// points it there through [`TrafficRouter::set_preview`] and empties it when the rollout
+    /// is done or aborted).
+    ///
+    /// [`TrafficRouter::set_preview`]: crate::traffic::TrafficRouter::set_preview
     pub preview: bool,
     /// Stateful: identities with this ordinal or higher belong on the target.
     pub partition: Option<u32>,

@@ -180,6 +180,10 @@ pub struct RolloutStatus {
     pub planned_replicas: Option<u32>,
     /// The target weight last set on the router.
     pub weight: Option<u32>,
+    /// The revision the preview route serves (blue-green), once set on the router; `None`
+    /// when empty or when the router has no preview service.
+    #[serde(default)]
+    pub preview: Option<Revision>,
 }
 
 /// Everything persisted about one rollout.

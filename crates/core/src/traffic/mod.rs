@@ -10,6 +10,11 @@
 //!   instance addresses, validates it with `nginx -t`, reloads, keeps the last versions with
 //!   diffs and restores the previous config when a reload fails.
 //!
+//! Blue-green releases also use a *preview* route ([`TrafficRouter::set_preview`]): a second
+//! address per application that serves only the new revision before it is promoted (Argo's
+//! preview service). It is an optional capability: routers without it answer
+//! [`TrafficError::Unsupported`] and the controller carries on without a preview.
+//!
 //! ```
 //! use rorqual_core::traffic::canary_replicas_for_weight;
 //!
@@ -52,6 +57,33 @@ impl Backend {
             weight,
             endpoints,
         }
+    }
+
+    /// A preview backend: all of the preview traffic to `revision` over `endpoints`.
+    pub fn preview(revision: Revision, endpoints: Vec<SocketAddr>) -> Self {
+        Backend::new(revision, 100, endpoints)
+    }
+
+    /// Checks a backend given to [`TrafficRouter::set_preview`]: weight 100 (a preview serves
+    /// one revision) and at least one endpoint (an empty preview is cleared with `None`).
+    pub fn validate_preview(&self) -> Result<(), TrafficError> {
+        if self.weight != 100 {
+            return Err(TrafficError::InvalidSplit {
+                reason: format!(
+                    "preview backend {} has weight {}; a preview serves one revision at weight 100",
+                    self.revision, self.weight
+                ),
+            });
+        }
+        if self.endpoints.is_empty() {
+            return Err(TrafficError::InvalidSplit {
+                reason: format!(
+                    "preview backend {} has no endpoints; clear the preview with None instead",
+                    self.revision
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -163,6 +195,15 @@ pub enum TrafficError {
         /// What the proxy said.
         reason: String,
     },
+    /// The router does not offer this capability (for this application); nothing changed.
+    /// The rollout controller treats it as "no such service" and carries on.
+    #[error("{router} does not support {capability}")]
+    Unsupported {
+        /// The router's name.
+        router: String,
+        /// What is not supported, naming the application when it is per application.
+        capability: String,
+    },
     /// Writing the config or starting the proxy failed.
     #[error("{context}")]
     Io {
@@ -206,4 +247,22 @@ pub trait TrafficRouter: Send + Sync + Debug + 'static {
 
     /// Applies `split` to `app`'s traffic. On error the previous split keeps serving.
     async fn set_split(&self, app: &AppKey, split: &TrafficSplit) -> Result<(), TrafficError>;
+
+    /// Points `app`'s preview route (blue-green: what testers reach before promotion) at
+    /// `preview` — one revision at weight 100 over its ready endpoints — or, with `None`,
+    /// empties it. Active traffic ([`set_split`](TrafficRouter::set_split)) is not touched.
+    ///
+    /// Optional capability: the default answers [`TrafficError::Unsupported`], which the
+    /// rollout controller treats as "this router has no preview service".
+    async fn set_preview(
+        &self,
+        app: &AppKey,
+        preview: Option<&Backend>,
+    ) -> Result<(), TrafficError> {
+        let _ = (app, preview);
+        Err(TrafficError::Unsupported {
+            router: self.name().to_owned(),
+            capability: "preview routing".into(),
+        })
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::{TrafficError, TrafficRouter, TrafficSplit};
+use super::{Backend, TrafficError, TrafficRouter, TrafficSplit};
 use crate::model::AppKey;
 
 /// Where Debian's `nginx-light` installs the binary.
@@ -41,6 +41,7 @@ pub struct NginxRouterBuilder {
     binary: PathBuf,
     keep_versions: usize,
     routes: BTreeMap<AppKey, SocketAddr>,
+    previews: BTreeMap<AppKey, SocketAddr>,
     control: Option<SocketAddr>,
     http_snippet: String,
     worker_processes: u32,
@@ -66,6 +67,15 @@ impl NginxRouterBuilder {
         self
     }
 
+    /// Also serves `app`'s preview on `listen`: the revision given to
+    /// [`TrafficRouter::set_preview`] alone (blue-green testers' address), 503 while there is
+    /// none. `app` needs a [`route`](Self::route) too. More can be added later with
+    /// [`NginxRouter::add_preview_route`].
+    pub fn preview_route(mut self, app: AppKey, listen: SocketAddr) -> Self {
+        self.previews.insert(app, listen);
+        self
+    }
+
     /// The loopback address of the control server the router uses to see which config version
     /// nginx serves (default: a free port on 127.0.0.1).
     pub fn control(mut self, addr: SocketAddr) -> Self {
@@ -88,19 +98,33 @@ impl NginxRouterBuilder {
     /// Checks the settings and creates the prefix directories. nginx starts on the first
     /// [`NginxRouter::start`] or split.
     pub fn build(self) -> Result<NginxRouter, TrafficError> {
+        let mut seen = BTreeMap::new();
+        let listens = self
+            .routes
+            .iter()
+            .map(|(app, addr)| (app.to_string(), addr))
+            .chain(
+                self.previews
+                    .iter()
+                    .map(|(app, addr)| (format!("{app} (preview)"), addr)),
+            );
+        for (name, addr) in listens {
+            if let Some(other) = seen.insert(*addr, name.clone()) {
+                return Err(TrafficError::InvalidSplit {
+                    reason: format!("{name} and {other} both listen on {addr}"),
+                });
+            }
+        }
+        if let Some(app) = self.previews.keys().find(|a| !self.routes.contains_key(*a)) {
+            return Err(TrafficError::InvalidSplit {
+                reason: format!("preview route for {app} needs an active route for it too"),
+            });
+        }
         if !self.binary.exists() {
             return Err(TrafficError::Io {
                 context: format!("nginx binary {} not found", self.binary.display()),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
-        }
-        let mut seen = BTreeMap::new();
-        for (app, addr) in &self.routes {
-            if let Some(other) = seen.insert(*addr, app) {
-                return Err(TrafficError::InvalidSplit {
-                    reason: format!("{app} and {other} both listen on {addr}"),
-                });
-            }
         }
         for dir in [
             "",
@@ -125,15 +149,21 @@ impl NginxRouterBuilder {
             })?,
         };
         let features = probe_features(&self.binary);
+        let previews = self.previews;
         let routes = self
             .routes
             .into_iter()
             .map(|(app, listen)| {
+                let preview = previews.get(&app).map(|&listen| PreviewRoute {
+                    listen,
+                    backend: None,
+                });
                 (
                     app,
                     AppRoute {
                         listen,
                         split: None,
+                        preview,
                     },
                 )
             })
@@ -173,7 +203,9 @@ impl NginxRouterBuilder {
 /// Each application gets a `server` listening on its address with a weighted `upstream`: a
 /// revision at weight `w` over `k` endpoints contributes `server addr weight=…` lines whose
 /// weights sum to about `100·w` (so `k` does not skew the split); weight-0 revisions are left
-/// out. Applying a split renders the whole config, checks it with `nginx -t`, swaps it in and
+/// out. An application may also have a preview `server` ([`NginxRouterBuilder::preview_route`])
+/// whose upstream is the preview revision's endpoints alone ([`TrafficRouter::set_preview`]),
+/// answering 503 while no preview is set. Applying a split renders the whole config, checks it with `nginx -t`, swaps it in and
 /// reloads (SIGHUP to the router's own master), then waits until nginx serves the new version.
 /// A failed reload puts the previous file back (the running nginx never left the previous
 /// config) and returns [`TrafficError::ReloadFailed`]. The last versions are kept with diffs.
@@ -213,6 +245,21 @@ struct Features {
 struct AppRoute {
     listen: SocketAddr,
     split: Option<TrafficSplit>,
+    preview: Option<PreviewRoute>,
+}
+
+/// An application's preview server: its address and the revision it serves, if any.
+#[derive(Debug, Clone)]
+struct PreviewRoute {
+    listen: SocketAddr,
+    backend: Option<Backend>,
+}
+
+impl AppRoute {
+    /// Every address this route listens on.
+    fn listens(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.listen).chain(self.preview.as_ref().map(|p| p.listen))
+    }
 }
 
 #[derive(Debug)]
@@ -231,6 +278,7 @@ impl NginxRouter {
             binary: PathBuf::from(NGINX_DEFAULT_BINARY),
             keep_versions: 10,
             routes: BTreeMap::new(),
+            previews: BTreeMap::new(),
             control: None,
             http_snippet: String::new(),
             worker_processes: 1,
@@ -250,6 +298,29 @@ impl NginxRouter {
     /// The address `app` is served on, if routed.
     pub async fn listen_addr(&self, app: &AppKey) -> Option<SocketAddr> {
         self.state.lock().await.routes.get(app).map(|r| r.listen)
+    }
+
+    /// The address `app`'s preview is served on, if it has a preview route.
+    pub async fn preview_addr(&self, app: &AppKey) -> Option<SocketAddr> {
+        self.state
+            .lock()
+            .await
+            .routes
+            .get(app)
+            .and_then(|r| r.preview.as_ref())
+            .map(|p| p.listen)
+    }
+
+    /// The backend `app`'s preview currently serves (`None` when empty or without a preview
+    /// route).
+    pub async fn current_preview(&self, app: &AppKey) -> Option<Backend> {
+        self.state
+            .lock()
+            .await
+            .routes
+            .get(app)
+            .and_then(|r| r.preview.as_ref())
+            .and_then(|p| p.backend.clone())
     }
 
     /// The applied config versions, oldest first (at most `keep_versions`).
@@ -282,15 +353,7 @@ impl NginxRouter {
     /// Serves a new `app` on `listen` (503 until it gets a split); reloads nginx.
     pub async fn add_route(&self, app: &AppKey, listen: SocketAddr) -> Result<(), TrafficError> {
         let mut state = self.state.lock().await;
-        if let Some((other, _)) = state
-            .routes
-            .iter()
-            .find(|(a, r)| r.listen == listen && *a != app)
-        {
-            return Err(TrafficError::InvalidSplit {
-                reason: format!("{other} already listens on {listen}"),
-            });
-        }
+        check_free(&state.routes, app, listen, false)?;
         let mut routes = state.routes.clone();
         routes
             .entry(app.clone())
@@ -298,7 +361,35 @@ impl NginxRouter {
             .or_insert(AppRoute {
                 listen,
                 split: None,
+                preview: None,
             });
+        self.apply(&mut state, routes, app).await
+    }
+
+    /// Serves `app`'s preview on `listen` (503 until [`TrafficRouter::set_preview`] gives it a
+    /// revision); reloads nginx. `app` must already be routed.
+    pub async fn add_preview_route(
+        &self,
+        app: &AppKey,
+        listen: SocketAddr,
+    ) -> Result<(), TrafficError> {
+        let mut state = self.state.lock().await;
+        check_free(&state.routes, app, listen, true)?;
+        let mut routes = state.routes.clone();
+        let Some(route) = routes.get_mut(app) else {
+            return Err(TrafficError::InvalidSplit {
+                reason: format!("{app} is not routed by this nginx router; add a route first"),
+            });
+        };
+        match &mut route.preview {
+            Some(p) => p.listen = listen,
+            None => {
+                route.preview = Some(PreviewRoute {
+                    listen,
+                    backend: None,
+                });
+            }
+        }
         self.apply(&mut state, routes, app).await
     }
 
@@ -587,6 +678,62 @@ impl TrafficRouter for NginxRouter {
         route.split = Some(split.clone());
         self.apply(&mut state, routes, app).await
     }
+
+    async fn set_preview(
+        &self,
+        app: &AppKey,
+        preview: Option<&Backend>,
+    ) -> Result<(), TrafficError> {
+        if let Some(b) = preview {
+            b.validate_preview()?;
+        }
+        let mut state = self.state.lock().await;
+        let mut routes = state.routes.clone();
+        let Some(route) = routes.get_mut(app) else {
+            return Err(TrafficError::InvalidSplit {
+                reason: format!("{app} is not routed by this nginx router; add a route first"),
+            });
+        };
+        let Some(p) = route.preview.as_mut() else {
+            return Err(TrafficError::Unsupported {
+                router: "nginx".into(),
+                capability: format!("preview routing for {app} (no preview route configured)"),
+            });
+        };
+        if p.backend.as_ref() == preview && master_running(&mut state.master) {
+            return Ok(());
+        }
+        p.backend = preview.cloned();
+        self.apply(&mut state, routes, app).await
+    }
+}
+
+/// Fails when another application's route (or, for `preview`, `app`'s own active route)
+/// already listens on `listen`.
+fn check_free(
+    routes: &BTreeMap<AppKey, AppRoute>,
+    app: &AppKey,
+    listen: SocketAddr,
+    preview: bool,
+) -> Result<(), TrafficError> {
+    for (a, r) in routes {
+        let taken = if a == app {
+            // Re-adding a route may keep its own address; the other kind of route may not.
+            if preview {
+                r.listen == listen
+            } else {
+                r.preview.as_ref().is_some_and(|p| p.listen == listen)
+            }
+        } else {
+            r.listens().any(|l| l == listen)
+        };
+        if taken {
+            return Err(TrafficError::InvalidSplit {
+                reason: format!("{a} already listens on {listen}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for NginxRouter {
@@ -717,7 +864,6 @@ fn render(s: &Settings, routes: &BTreeMap<AppKey, AppRoute>, version: u64) -> St
     );
     let _ = writeln!(c, "    }}");
     for (app, route) in routes {
-        let upstream = upstream_name(app);
         let live: Vec<_> = route
             .split
             .iter()
@@ -725,44 +871,62 @@ fn render(s: &Settings, routes: &BTreeMap<AppKey, AppRoute>, version: u64) -> St
             .filter(|b| b.weight > 0 && !b.endpoints.is_empty())
             .collect();
         let _ = writeln!(c, "    # {app}");
-        if !live.is_empty() {
-            let _ = writeln!(c, "    upstream {upstream} {{");
-            for b in &live {
-                let k = u32::try_from(b.endpoints.len()).unwrap_or(u32::MAX);
-                // weight·100 spread over the revision's endpoints, at least 1 each.
-                let per = ((b.weight * 100 + k / 2) / k).max(1);
-                for e in &b.endpoints {
-                    let _ = writeln!(
-                        c,
-                        "        server {e} weight={per}; # revision {} {}%",
-                        b.revision, b.weight
-                    );
-                }
-            }
-            let _ = writeln!(c, "        keepalive 16;");
-            let _ = writeln!(c, "    }}");
+        render_server(&mut c, &upstream_name(app), route.listen, &live);
+        if let Some(p) = &route.preview {
+            let live: Vec<_> = p
+                .backend
+                .iter()
+                .filter(|b| !b.endpoints.is_empty())
+                .collect();
+            let _ = writeln!(c, "    # {app} preview");
+            // `-` never appears in `upstream_name`'s cleaned parts, so no app's active
+            // upstream can be called this.
+            let upstream = format!("{}-preview", upstream_name(app));
+            render_server(&mut c, &upstream, p.listen, &live);
         }
-        let _ = writeln!(c, "    server {{");
-        let _ = writeln!(c, "        listen {};", route.listen);
-        let _ = writeln!(c, "        location / {{");
-        if live.is_empty() {
-            let _ = writeln!(c, "            return 503;");
-        } else {
-            let _ = writeln!(c, "            proxy_pass http://{upstream};");
-            let _ = writeln!(c, "            proxy_http_version 1.1;");
-            let _ = writeln!(c, "            proxy_set_header Connection \"\";");
-            let _ = writeln!(c, "            proxy_set_header Host $host;");
-            let _ = writeln!(
-                c,
-                "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
-            );
-            let _ = writeln!(c, "            proxy_next_upstream error timeout;");
-        }
-        let _ = writeln!(c, "        }}");
-        let _ = writeln!(c, "    }}");
     }
     let _ = writeln!(c, "}}");
     c
+}
+
+/// One `server` on `listen` proxying to a weighted `upstream` over `live` (at least one
+/// endpoint each), or answering 503 when `live` is empty.
+fn render_server(c: &mut String, upstream: &str, listen: SocketAddr, live: &[&Backend]) {
+    if !live.is_empty() {
+        let _ = writeln!(c, "    upstream {upstream} {{");
+        for b in live {
+            let k = u32::try_from(b.endpoints.len()).unwrap_or(u32::MAX);
+            // weight·100 spread over the revision's endpoints, at least 1 each.
+            let per = ((b.weight * 100 + k / 2) / k).max(1);
+            for e in &b.endpoints {
+                let _ = writeln!(
+                    c,
+                    "        server {e} weight={per}; # revision {} {}%",
+                    b.revision, b.weight
+                );
+            }
+        }
+        let _ = writeln!(c, "        keepalive 16;");
+        let _ = writeln!(c, "    }}");
+    }
+    let _ = writeln!(c, "    server {{");
+    let _ = writeln!(c, "        listen {listen};");
+    let _ = writeln!(c, "        location / {{");
+    if live.is_empty() {
+        let _ = writeln!(c, "            return 503;");
+    } else {
+        let _ = writeln!(c, "            proxy_pass http://{upstream};");
+        let _ = writeln!(c, "            proxy_http_version 1.1;");
+        let _ = writeln!(c, "            proxy_set_header Connection \"\";");
+        let _ = writeln!(c, "            proxy_set_header Host $host;");
+        let _ = writeln!(
+            c,
+            "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+        );
+        let _ = writeln!(c, "            proxy_next_upstream error timeout;");
+    }
+    let _ = writeln!(c, "        }}");
+    let _ = writeln!(c, "    }}");
 }
 
 /// `rorqual_<namespace>_<name>` with anything but ASCII letters and digits as `_`.
@@ -867,6 +1031,7 @@ mod tests {
             AppRoute {
                 listen: "127.0.0.1:8080".parse().unwrap(),
                 split: Some(split),
+                preview: None,
             },
         )]
         .into();
@@ -892,10 +1057,80 @@ mod tests {
             AppRoute {
                 listen: "127.0.0.1:8080".parse().unwrap(),
                 split: None,
+                preview: None,
             },
         )]
         .into();
         let c = render(&settings(), &routes, 1);
         assert!(c.contains("return 503;") && !c.contains("upstream"), "{c}");
+    }
+
+    #[test]
+    fn a_preview_server_serves_its_revision_alone_or_503() {
+        let app = AppKey::new("shop", "web");
+        let blue: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let green: SocketAddr = "127.0.0.1:8002".parse().unwrap();
+        let route = |backend: Option<Backend>| {
+            [(
+                app.clone(),
+                AppRoute {
+                    listen: "127.0.0.1:8080".parse().unwrap(),
+                    split: Some(TrafficSplit::single(Revision::from("blue"), vec![blue])),
+                    preview: Some(PreviewRoute {
+                        listen: "127.0.0.1:8081".parse().unwrap(),
+                        backend,
+                    }),
+                },
+            )]
+            .into()
+        };
+        let c = render(
+            &settings(),
+            &route(Some(Backend::preview(Revision::from("green"), vec![green]))),
+            2,
+        );
+        let preview = c.split("# shop/web preview").nth(1).unwrap();
+        assert!(
+            preview.contains("upstream rorqual_shop__web-preview {")
+                && preview.contains("server 127.0.0.1:8002 weight=10000; # revision green")
+                && preview.contains("listen 127.0.0.1:8081;")
+                && preview.contains("proxy_pass http://rorqual_shop__web-preview;")
+                && !preview.contains("8001"),
+            "{c}"
+        );
+        let active = c.split("# shop/web preview").next().unwrap();
+        assert!(
+            active.contains("server 127.0.0.1:8001 weight=10000;") && !active.contains("8002"),
+            "{c}"
+        );
+        let c = render(&settings(), &route(None), 3);
+        let preview = c.split("# shop/web preview").nth(1).unwrap();
+        assert!(
+            preview.contains("listen 127.0.0.1:8081;")
+                && preview.contains("return 503;")
+                && !preview.contains("upstream"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn routes_and_preview_routes_may_not_share_an_address() {
+        // The routes are checked before anything touches the disk or runs nginx.
+        let dir = Path::new("/nonexistent/rorqual-nginx");
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let (a, b) = (AppKey::new("x", "a"), AppKey::new("x", "b"));
+        let build = |builder: NginxRouterBuilder| builder.build().map(|_| ()).unwrap_err();
+        let err = build(
+            NginxRouter::builder(dir)
+                .route(a.clone(), addr)
+                .route(b.clone(), "127.0.0.1:8081".parse().unwrap())
+                .preview_route(b.clone(), addr),
+        );
+        assert!(
+            err.to_string().contains("both listen on 127.0.0.1:8080"),
+            "{err}"
+        );
+        let err = build(NginxRouter::builder(dir).preview_route(a, addr));
+        assert!(err.to_string().contains("needs an active route"), "{err}");
     }
 }

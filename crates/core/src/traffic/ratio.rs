@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{TrafficError, TrafficRouter, TrafficSplit};
+use super::{Backend, TrafficError, TrafficRouter, TrafficSplit};
 use crate::model::AppKey;
 
 /// Canary replicas for a weight without a traffic router (Argo Rollouts' rule): the nearest
@@ -21,6 +21,10 @@ pub fn canary_replicas_for_weight(weight_percent: u32, replicas: u32) -> u32 {
 
 /// No router: the split is realised by replica counts (a Kubernetes Service selecting both
 /// revisions' pods). [`TrafficRouter::set_split`] only validates the split.
+///
+/// Preview ([`TrafficRouter::set_preview`]) is accepted and only checked: without a router the
+/// preview is the new revision's group itself (Argo's preview Service selecting the new
+/// ReplicaSet), reachable through the engine's own addressing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplicaRatio;
 
@@ -37,6 +41,20 @@ impl TrafficRouter for ReplicaRatio {
     async fn set_split(&self, _app: &AppKey, split: &TrafficSplit) -> Result<(), TrafficError> {
         // Endpoints are not needed: the engine's own load balancing follows the replicas.
         split.validate_weights()
+    }
+
+    async fn set_preview(
+        &self,
+        _app: &AppKey,
+        preview: Option<&Backend>,
+    ) -> Result<(), TrafficError> {
+        // Endpoints are not needed here either; only the weight must say "one revision".
+        match preview {
+            Some(b) if b.weight != 100 => {
+                Backend::new(b.revision.clone(), b.weight, Vec::new()).validate_preview()
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -99,6 +117,55 @@ mod tests {
         ]);
         let err = ReplicaRatio.set_split(&app, &bad).await.unwrap_err();
         assert!(err.to_string().contains("sum to 110"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn replica_ratio_accepts_a_preview_and_checks_its_weight() {
+        let app = AppKey::new("default", "web");
+        let green = Backend::preview(Revision::from("green"), vec![]);
+        ReplicaRatio.set_preview(&app, Some(&green)).await.unwrap();
+        ReplicaRatio.set_preview(&app, None).await.unwrap();
+        let half = Backend::new(Revision::from("green"), 50, vec![]);
+        let err = ReplicaRatio
+            .set_preview(&app, Some(&half))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("weight 50"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn preview_is_unsupported_by_default() {
+        #[derive(Debug)]
+        struct Plain;
+        #[async_trait]
+        impl TrafficRouter for Plain {
+            fn name(&self) -> &str {
+                "plain"
+            }
+            fn routes_traffic(&self) -> bool {
+                true
+            }
+            async fn set_split(&self, _: &AppKey, _: &TrafficSplit) -> Result<(), TrafficError> {
+                Ok(())
+            }
+        }
+        let err = Plain
+            .set_preview(&AppKey::new("default", "web"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TrafficError::Unsupported { .. }), "{err}");
+        assert_eq!(err.to_string(), "plain does not support preview routing");
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn preview_backend_validation_names_the_problem() {
+        let ep = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))];
+        Backend::preview(Revision::from("a"), ep)
+            .validate_preview()
+            .unwrap();
+        let empty = Backend::preview(Revision::from("a"), vec![]).validate_preview();
+        assert!(empty.unwrap_err().to_string().contains("no endpoints"));
     }
 
     #[test]
