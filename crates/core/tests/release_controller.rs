@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rorqual_core::analysis::AnalysisPhase;
 use rorqual_core::analysis::{
     AnalysisSpec, MetricProvider, MetricSpec, ProviderError, ProviderSpec,
 };
@@ -947,6 +948,100 @@ async fn blue_green_preview_resumes_after_a_controller_restart() {
         .await;
     assert_switch_then_preview_emptied(&router2.take());
     assert_eq!(h2.status().await.stable, Some(v2));
+}
+
+#[tokio::test]
+async fn analysis_phases_and_messages_are_in_the_status() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    *h.metric.value.lock().unwrap() = 0.01;
+    let measured = |count: Option<u32>| {
+        let mut m = MetricSpec::new(
+            "error-rate",
+            ProviderSpec::plugin("fake", serde_json::json!({})),
+        )
+        .success_condition("result < 0.05")
+        .interval(Duration::from_secs(5));
+        if let Some(n) = count {
+            m = m.count(n);
+        }
+        AnalysisStep::new(AnalysisSpec::new(vec![m]), BTreeMap::new())
+    };
+    let strategy = Canary::new(vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::Analysis(measured(Some(10))),
+        CanaryStep::SetWeight(50),
+    ])
+    .scale_down_delay(0)
+    .background(measured(None), 1);
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::Canary(strategy)).abort_scale_down_delay(0))
+        .await
+        .unwrap();
+    let s = h.status().await;
+    assert_eq!(
+        (s.analysis.clone(), s.background_analysis.clone()),
+        (None, None)
+    );
+    h.until(10, "step 1 analysis running", |s| {
+        s.step == 1 && s.analysis.is_some()
+    })
+    .await;
+    for _ in 0..6 {
+        h.tick().await;
+    }
+    let s = h.status().await;
+    let step = s.analysis.clone().unwrap();
+    assert_eq!(step.key, "step-1");
+    assert_eq!(step.phase, AnalysisPhase::Running);
+    assert!(
+        step.message.starts_with(
+            "error-rate: Running after 2 measurements (2 successful), last value 0.01"
+        ),
+        "{}",
+        step.message
+    );
+    let bg = s.background_analysis.clone().unwrap();
+    assert_eq!(
+        (bg.key.as_str(), bg.phase),
+        ("background", AnalysisPhase::Running)
+    );
+    assert!(bg.message.contains("successful"), "{}", bg.message);
+
+    // The metric goes bad: the step analysis fails, the rollout aborts, and the status keeps
+    // the failed run with its message.
+    *h.metric.value.lock().unwrap() = 0.5;
+    h.until(10, "aborted", |s| s.aborted).await;
+    let s = h.status().await;
+    let step = s.analysis.clone().unwrap();
+    assert_eq!(
+        (step.key.as_str(), step.phase),
+        ("step-1", AnalysisPhase::Failed)
+    );
+    assert!(
+        step.message.contains("failed") && step.message.contains("last value 0.5"),
+        "{}",
+        step.message
+    );
+    assert!(s.background_analysis.is_some());
+    h.until(30, "rolled back", |s| s.reason.starts_with("aborted: "))
+        .await;
+    assert_eq!(
+        h.status().await.analysis.map(|a| a.phase),
+        Some(AnalysisPhase::Failed),
+        "still shown after the rollback"
+    );
+    // A new rollout starts with no analysis shown.
+    *h.metric.value.lock().unwrap() = 0.0;
+    let s = h
+        .ctl
+        .apply(RolloutSpec::new(
+            app("v3"),
+            canary(vec![CanaryStep::SetWeight(50)]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((s.analysis, s.background_analysis), (None, None));
 }
 
 /// Fails the first `clears` attempts to empty the preview once a preview was set.

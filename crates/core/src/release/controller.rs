@@ -24,7 +24,8 @@ use tracing::Instrument;
 use super::plan::{Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan};
 use super::queue::WorkQueue;
 use super::record::{
-    FailurePolicy, HistoryEntry, RolloutPhase, RolloutRecord, RolloutSpec, RolloutStatus,
+    AnalysisStatus, FailurePolicy, HistoryEntry, RolloutPhase, RolloutRecord, RolloutSpec,
+    RolloutStatus,
 };
 use super::strategy::{ReleaseStrategy, StrategyError};
 use crate::analysis::{AnalysisRun, MetricProvider, Providers};
@@ -363,6 +364,8 @@ impl RolloutController {
                         planned_replicas: None,
                         weight: None,
                         preview: None,
+                        analysis: None,
+                        background_analysis: None,
                     },
                     spec,
                     stable: None,
@@ -422,6 +425,7 @@ impl RolloutController {
                 r.status.step += 1;
                 r.status.step_started = now;
                 r.status.approval_requested = false;
+                r.status.analysis = None;
             }
             r.status.last_progress = now;
             Ok(())
@@ -441,6 +445,7 @@ impl RolloutController {
             r.status.step_started = now;
             r.status.last_progress = now;
             terminate_all(r);
+            r.status.analysis = None;
             Ok(())
         })
         .await
@@ -893,7 +898,14 @@ impl RolloutController {
                             r.analyses.insert(req.key.clone(), run);
                         }
                         Err(err) => {
-                            start_error = Some(format!("analysis {} cannot start: {err}", req.key));
+                            let reason = format!("analysis {} cannot start: {err}", req.key);
+                            let shown = Some(AnalysisStatus::error(&req.key, reason.clone()));
+                            if req.background {
+                                r.status.background_analysis = shown;
+                            } else {
+                                r.status.analysis = shown;
+                            }
+                            start_error = Some(reason);
                             break;
                         }
                     }
@@ -908,6 +920,12 @@ impl RolloutController {
                         if !run.phase().is_terminal() {
                             soonest(d);
                         }
+                    }
+                    let shown = Some(AnalysisStatus::from_run(&req.key, run));
+                    if req.background {
+                        r.status.background_analysis = shown;
+                    } else {
+                        r.status.analysis = shown;
                     }
                 }
             }
@@ -978,6 +996,7 @@ impl RolloutController {
                     r.status.last_progress = now;
                     r.status.progress_mark = 0;
                     r.status.approval_requested = false;
+                    r.status.analysis = None;
                     let status = r.status.clone();
                     self.persist(e).await?;
                     self.notify(
@@ -1198,6 +1217,8 @@ impl RolloutController {
             r.status.phase = RolloutPhase::Healthy;
             r.status.reason = "target revision is stable and fully available".into();
             r.status.promote_full = false;
+            r.status.analysis = None;
+            r.status.background_analysis = None;
         }
         r.analyses.clear();
         if !already_healthy {
@@ -1227,9 +1248,18 @@ fn group_view(g: &GroupStatus) -> GroupView {
     GroupView::new(g.revision.clone(), g.desired, g.current, g.available)
 }
 
+/// Ends every analysis run and shows their final phases in the status.
 fn terminate_all(r: &mut RolloutRecord) {
     for run in r.analyses.values_mut() {
         run.terminate();
+    }
+    for shown in [&mut r.status.analysis, &mut r.status.background_analysis]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(run) = r.analyses.get(&shown.key) {
+            *shown = AnalysisStatus::from_run(&shown.key, run);
+        }
     }
 }
 
@@ -1254,6 +1284,8 @@ fn restart(status: &mut RolloutStatus, now: SystemTime, reason: &str) {
     status.hold = None;
     status.promote_full = false;
     status.approval_requested = false;
+    status.analysis = None;
+    status.background_analysis = None;
     status.phase = RolloutPhase::Progressing;
     status.reason = reason.to_owned();
 }

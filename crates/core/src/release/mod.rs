@@ -27,7 +27,9 @@ pub use plan::{
     AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
     stateful_moves,
 };
-pub use record::{FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec, RolloutStatus};
+pub use record::{
+    AnalysisStatus, FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec, RolloutStatus,
+};
 pub use recreate::Recreate;
 pub use rolling::{RollingUpdate, proportional};
 pub use scale::{IntOrPercent, resolve_fenceposts};

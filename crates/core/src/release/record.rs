@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::strategy::Strategy;
-use crate::analysis::AnalysisRun;
+use crate::analysis::{AnalysisPhase, AnalysisRun};
 use crate::model::{AppKey, AppSpec, Revision};
 
 /// What to do when a rollout fails (analysis failed, approval rejected, deadline exceeded).
@@ -184,6 +184,83 @@ pub struct RolloutStatus {
     /// when empty or when the router has no preview service.
     #[serde(default)]
     pub preview: Option<Revision>,
+    /// The current step's analysis (a canary analysis step, blue-green pre- or
+    /// post-promotion), while it runs and once it ended in this step. After an abort it keeps
+    /// the run that caused it.
+    #[serde(default)]
+    pub analysis: Option<AnalysisStatus>,
+    /// The background analysis (canary), from its starting step on.
+    #[serde(default)]
+    pub background_analysis: Option<AnalysisStatus>,
+}
+
+/// An analysis run as a console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct AnalysisStatus {
+    /// The run's key: `step-<index>`, `pre-promotion`, `post-promotion` or `background`.
+    pub key: String,
+    /// Its phase.
+    pub phase: AnalysisPhase,
+    /// Why it ended as it did (failed, errored, inconclusive), or how far each metric got:
+    /// `error-rate: Running after 2 measurements (2 successful), last value 0.01`.
+    pub message: String,
+}
+
+impl AnalysisStatus {
+    /// An analysis that could not start (`phase` Error) for `reason`.
+    pub fn error(key: &str, reason: String) -> Self {
+        AnalysisStatus {
+            key: key.to_owned(),
+            phase: AnalysisPhase::Error,
+            message: reason,
+        }
+    }
+
+    /// The status of `run`, stored under `key`.
+    pub fn from_run(key: &str, run: &AnalysisRun) -> Self {
+        let message = run.message().unwrap_or_else(|| {
+            run.metrics()
+                .iter()
+                .map(|m| {
+                    let n = m.count + m.error;
+                    if n == 0 {
+                        return format!("{}: {}, no measurement yet", m.name, m.phase.as_str());
+                    }
+                    let mut counts = vec![format!("{} successful", m.successful)];
+                    for (k, what) in [
+                        (m.failed, "failed"),
+                        (m.inconclusive, "inconclusive"),
+                        (m.error, "errored"),
+                    ] {
+                        if k > 0 {
+                            counts.push(format!("{k} {what}"));
+                        }
+                    }
+                    let last = m
+                        .measurements
+                        .back()
+                        .and_then(|x| x.value.as_ref())
+                        .map(|v| format!(", last value {v}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{}: {} after {n} measurement{} ({}){last}",
+                        m.name,
+                        m.phase.as_str(),
+                        if n == 1 { "" } else { "s" },
+                        counts.join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        AnalysisStatus {
+            key: key.to_owned(),
+            phase: run.phase(),
+            message,
+        }
+    }
 }
 
 /// Everything persisted about one rollout.
