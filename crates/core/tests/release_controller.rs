@@ -1044,6 +1044,45 @@ async fn analysis_phases_and_messages_are_in_the_status() {
     assert_eq!((s.analysis, s.background_analysis), (None, None));
 }
 
+#[tokio::test]
+async fn weight_is_the_new_targets_from_step_0() {
+    let (h, _router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    assert_eq!(h.status().await.weight, Some(100));
+    let s = h
+        .ctl
+        .apply(RolloutSpec::new(
+            app("v2"),
+            canary(vec![
+                CanaryStep::SetWeight(20),
+                CanaryStep::pause_until_promoted(),
+            ]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!((s.step, s.weight), (0, Some(0)), "not v1's 100");
+    h.ctl.process_due().await;
+    let s = h.status().await;
+    assert_eq!(
+        h.counts().await[&app("v2").revision()].1,
+        0,
+        "canary still starting"
+    );
+    assert_eq!((s.step, s.weight), (0, Some(0)), "nothing routed to v2 yet");
+    h.until(10, "at the pause", |s| s.step == 1).await;
+    assert_eq!(h.status().await.weight, Some(20));
+    // Going back to v1 mid-rollout: v1 has what v2 did not.
+    let s = h
+        .ctl
+        .apply(RolloutSpec::new(app("v1"), Strategy::default()))
+        .await
+        .unwrap();
+    assert_eq!(s.weight, Some(80));
+    h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.weight, Some(100));
+}
+
 /// Fails the first `clears` attempts to empty the preview once a preview was set.
 #[derive(Debug)]
 struct StickyPreview {

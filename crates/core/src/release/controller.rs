@@ -389,10 +389,29 @@ impl RolloutController {
             Some(entry) => {
                 let mut e = entry.lock().await;
                 e.strategy = Arc::new(spec.strategy.clone());
+                // The new target's share as routed now (before its first split is applied).
+                let routed = e.last_split.as_ref().map(|split| {
+                    split
+                        .iter()
+                        .filter(|(rev, ..)| *rev == target)
+                        .map(|(_, w, _)| *w)
+                        .sum::<u32>()
+                });
                 let r = &mut e.record;
                 let new_template = r.status.target != target;
                 let new_steps = r.status.step_hash != step_hash;
                 r.spec = spec;
+                if new_template {
+                    // The weight shown so far was the previous target's.
+                    r.status.weight = routed.or(match &r.status.stable {
+                        // Back to stable: it has what the previous target did not.
+                        Some(stable) if *stable == target => {
+                            r.status.weight.map(|w| 100 - w.min(100))
+                        }
+                        Some(_) => Some(0),
+                        None => None,
+                    });
+                }
                 if new_template || new_steps {
                     restart(&mut r.status, now, "rollout updated");
                     r.status.target = target;

@@ -178,7 +178,9 @@ pub struct RolloutStatus {
     pub approval_requested: bool,
     /// The replica count the groups were last planned for.
     pub planned_replicas: Option<u32>,
-    /// The target weight last set on the router.
+    /// The target's traffic weight as routed now: the weight last set on the router for the
+    /// current target (0 at the start of a rollout to a new revision, until its first split
+    /// is applied).
     pub weight: Option<u32>,
     /// The revision the preview route serves (blue-green), once set on the router; `None`
     /// when empty or when the router has no preview service.
