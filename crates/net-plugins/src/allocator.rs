@@ -110,6 +110,19 @@ impl Allocator {
         }
     }
 
+    /// Runs `txn` on `pool` atomically (see [`PoolStore::update`]); without an await when the
+    /// store allows it ([`PoolStore::try_update_now`]).
+    pub async fn update(
+        &self,
+        pool: &str,
+        txn: &mut crate::store::TxnFn<'_>,
+    ) -> Result<(), PoolError> {
+        if let Some(done) = self.store.try_update_now(pool, &mut *txn) {
+            return done;
+        }
+        self.store.update(pool, txn).await
+    }
+
     /// Creates a pool; fails if it exists with another spec (same spec: no change).
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<(), PoolError> {
         let name = spec.name.clone();
@@ -142,7 +155,7 @@ impl Allocator {
                 Some(v) if v.state.spec() == &spec => return Ok(()),
                 Some(_) => {
                     let mut txn = |s: &mut PoolState| s.set_spec(spec.clone());
-                    return self.store.update(&name, &mut txn).await;
+                    return self.update(&name, &mut txn).await;
                 }
             }
         }
@@ -220,7 +233,7 @@ impl Allocator {
             out = Some((a, ev));
             Ok(changed)
         };
-        self.store.update(pool, &mut txn).await?;
+        self.update(pool, &mut txn).await?;
         let (a, ev) = out.ok_or_else(|| PoolError::NoSuchPool {
             pool: pool.to_owned(),
         })?;
@@ -237,7 +250,7 @@ impl Allocator {
             out = s.release(owner, now);
             Ok(!out.is_empty())
         };
-        match self.store.update(pool, &mut txn).await {
+        match self.update(pool, &mut txn).await {
             Ok(()) => {}
             Err(PoolError::NoSuchPool { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -265,7 +278,7 @@ impl Allocator {
             out = s.transfer(ips, to, now);
             Ok(!out.1.is_empty())
         };
-        self.store.update(pool, &mut txn).await?;
+        self.update(pool, &mut txn).await?;
         self.publish(out.1);
         Ok(out.0)
     }
@@ -283,7 +296,7 @@ impl Allocator {
             out = s.set_disabled(ip, disabled, now)?;
             Ok(!out.is_empty())
         };
-        self.store.update(pool, &mut txn).await?;
+        self.update(pool, &mut txn).await?;
         self.publish(out);
         Ok(())
     }
@@ -294,7 +307,7 @@ impl Allocator {
             s.set_mac(ip, mac)?;
             Ok(true)
         };
-        self.store.update(pool, &mut txn).await
+        self.update(pool, &mut txn).await
     }
 
     /// Drops an identity's claim (its reserved address becomes Available).
@@ -304,7 +317,7 @@ impl Allocator {
             out = s.drop_claim(identity);
             Ok(true)
         };
-        self.store.update(pool, &mut txn).await?;
+        self.update(pool, &mut txn).await?;
         self.publish(out);
         Ok(())
     }
@@ -324,7 +337,7 @@ impl Allocator {
             out = s.gc(live, grace_ms, now);
             Ok(!out.is_empty())
         };
-        self.store.update(pool, &mut txn).await?;
+        self.update(pool, &mut txn).await?;
         self.publish(out.clone());
         Ok(out)
     }

@@ -327,7 +327,7 @@ async fn allocate_in(
             out = Some(a);
             Ok(spec_changed || !ev.is_empty())
         };
-        match alloc.store().update(&spec.name, &mut txn).await {
+        match alloc.update(&spec.name, &mut txn).await {
             Ok(()) => {
                 return out.ok_or_else(|| PoolError::NoSuchPool {
                     pool: spec.name.clone(),

@@ -241,4 +241,8 @@ impl PoolStore for FileStore {
     async fn update(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
         self.update_sync(pool, txn)
     }
+
+    fn try_update_now(&self, pool: &str, txn: &mut TxnFn<'_>) -> Option<Result<(), PoolError>> {
+        Some(self.update_sync(pool, txn))
+    }
 }

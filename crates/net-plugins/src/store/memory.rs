@@ -1,6 +1,6 @@
 //! The in-memory pool store (tests, embedded single-process use).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -9,11 +9,12 @@ use super::{PoolStore, TxnFn, Versioned};
 use crate::error::{PoolError, StoreError};
 use crate::pool_state::PoolState;
 
-/// Pools in memory. Transactions run under one lock, in place (no copy), which is what makes
-/// it fast; see [`TxnFn`] for why in-place is safe.
+/// Pools in memory (a sorted map: a name lookup is a few comparisons, no hashing). Transactions
+/// run under one lock, in place (no copy), which is what makes it fast; see [`TxnFn`] for why
+/// in-place is safe.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    pools: Mutex<HashMap<String, (u64, PoolState)>>,
+    pools: Mutex<BTreeMap<String, (u64, PoolState)>>,
 }
 
 impl MemoryStore {
@@ -22,7 +23,7 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (u64, PoolState)>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, (u64, PoolState)>> {
         // A panicking transaction body cannot leave a half change: bodies check before they
         // change, so the map is consistent even when poisoned.
         self.pools.lock().unwrap_or_else(PoisonError::into_inner)
@@ -81,12 +82,15 @@ impl PoolStore for MemoryStore {
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let mut names: Vec<String> = self.lock().keys().cloned().collect();
-        names.sort();
-        Ok(names)
+        // A BTreeMap: already sorted.
+        Ok(self.lock().keys().cloned().collect())
     }
 
     async fn update(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
         self.update_sync(pool, txn)
+    }
+
+    fn try_update_now(&self, pool: &str, txn: &mut TxnFn<'_>) -> Option<Result<(), PoolError>> {
+        Some(self.update_sync(pool, txn))
     }
 }

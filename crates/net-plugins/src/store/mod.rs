@@ -62,6 +62,15 @@ pub trait PoolStore: Send + Sync + Debug + 'static {
     async fn update(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
         update_with_cas(self, pool, txn).await
     }
+
+    /// Runs `txn` like [`PoolStore::update`] but without awaiting, when the store can (the
+    /// memory and file stores lock instead of awaiting I/O); `None` (the default) when it
+    /// cannot, and then `txn` has not run. [`crate::Allocator`] tries this first: it spares
+    /// every operation a boxed future.
+    fn try_update_now(&self, pool: &str, txn: &mut TxnFn<'_>) -> Option<Result<(), PoolError>> {
+        let _ = (pool, txn);
+        None
+    }
 }
 
 /// Load, change, compare-and-swap; retried with a short randomised backoff on conflict.
