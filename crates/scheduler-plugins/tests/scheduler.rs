@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use rorqual_core::model::{AppKey, Node, Resources, Revision};
 use rorqual_core::placement::{NodeView, Placement, PlacementRequest};
 use rorqual_scheduler::framework::{
-    BindPlugin, CycleState, FilterPlugin, NodeSet, PermitPlugin, Plugin, PreFilterPlugin,
-    ReservePlugin, ScorePlugin, Status, WaitingPods,
+    BindPlugin, CycleState, FilterPlugin, NodeSet, PermitPlugin, Plugin, PreBindPlugin,
+    PreFilterPlugin, ReservePlugin, ScorePlugin, Status, WaitingPods,
 };
-use rorqual_scheduler::plugins::{DefaultPlugins, MemoryIpCapacity};
-use rorqual_scheduler::snapshot::{AffinityTerm, GangMembership, HOSTNAME_LABEL, UnderlayRequest};
+use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity};
+use rorqual_scheduler::snapshot::{
+    AffinityTerm, GangMembership, HOSTNAME_LABEL, StatefulIdentity, UnderlayRequest,
+};
 use rorqual_scheduler::{NodeInfo, Outcome, PodInfo, Scheduler, Snapshot, Sym};
 
 fn nodes(n: usize, cpu: u64) -> Vec<NodeInfo> {
@@ -464,4 +466,64 @@ async fn placement_seam_places_sticks_and_releases() {
     );
     let node = placement.place(&fill, &views).await.unwrap().node;
     assert_ne!(node, "a");
+}
+
+#[derive(Debug)]
+struct FailingPreBind;
+impl Plugin for FailingPreBind {
+    fn name(&self) -> &str {
+        "FailingPreBind"
+    }
+}
+#[async_trait]
+impl PreBindPlugin for FailingPreBind {
+    async fn pre_bind(&self, _s: &CycleState, _p: &PodInfo, _n: Sym) -> Status {
+        Status::error("volume attach failed")
+    }
+}
+
+#[tokio::test]
+async fn a_failed_binding_keeps_an_already_bound_claim_address() {
+    let claimed = IpAddr::from([10, 0, 0, 7]);
+    let cap = Arc::new(MemoryIpCapacity::new());
+    cap.add_pool("p", ["n0"], [claimed, IpAddr::from([10, 0, 0, 8])]);
+    cap.reserve("p", "games/game-1", Some(claimed)).unwrap();
+    let profile = DefaultPlugins::new()
+        .underlay(cap.clone())
+        .builder("p")
+        .pre_bind(Arc::new(FailingPreBind))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 4000));
+    let mut game = pod("game-1-uid", 100);
+    game.identity = Some(StatefulIdentity {
+        key: Arc::from("games/game-1"),
+        previous_node: None,
+        previous_zone: None,
+    });
+    game.underlay = Some(UnderlayRequest {
+        pool: None,
+        bound_claim: Some((Arc::from("p"), claimed)),
+    });
+    s.enqueue(game).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(matches!(r.outcome, Outcome::Error(_)), "{:?}", r.outcome);
+    assert_eq!(
+        cap.held_by("games/game-1"),
+        Some(claimed),
+        "the claim keeps the address Reserve did not take"
+    );
+    assert_eq!(cap.free("p"), 1);
+    // An address the failed cycle did take goes back.
+    let mut fresh = pod("fresh", 100);
+    fresh.underlay = Some(UnderlayRequest {
+        pool: None,
+        bound_claim: None,
+    });
+    s.enqueue(fresh).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(matches!(r.outcome, Outcome::Error(_)), "{:?}", r.outcome);
+    assert_eq!(cap.held_by("fresh"), None);
+    assert_eq!(cap.free("p"), 1);
 }

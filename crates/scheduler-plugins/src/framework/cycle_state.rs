@@ -26,6 +26,13 @@ impl<T: Any + Clone + Send + Sync + fmt::Debug> StateData for T {
     }
 }
 
+/// Present in the [`CycleState`] given to Unreserve when the host unreserves because the pod
+/// is gone (deleted, or released through the `Placement` seam) rather than because a cycle
+/// failed: plugins then give back everything the pod holds, including what earlier cycles
+/// took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodRemoved;
+
 /// Typed key/value state for one scheduling cycle, keyed by the value's type (a plugin stores
 /// its own private type, so keys never clash).
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ pub mod sampling;
 pub mod status;
 pub mod waiting;
 
-pub use cycle_state::{CycleState, StateData};
+pub use cycle_state::{CycleState, PodRemoved, StateData};
 pub use plugin::{
     BindPlugin, FilterPlugin, MAX_NODE_SCORE, MAX_PERMIT_TIMEOUT, NodeSet, NodeStatuses,
     PermitPlugin, Plugin, PostBindPlugin, PostFilterPlugin, PreBindPlugin, PreEnqueuePlugin,

@@ -24,7 +24,8 @@ pub use sticky::StickyIdentity;
 pub use taints::TaintToleration;
 pub use topology_spread::PodTopologySpread;
 pub use underlay::{
-    IpCapacity, IpCapacityError, MemoryIpCapacity, PoolCapacity, ReservedIp, UnderlayIp,
+    IpCapacity, IpCapacityError, MemoryIpCapacity, PoolCapacity, Reservation, ReservedIp,
+    UnderlayIp,
 };
 
 use crate::framework::{MAX_NODE_SCORE, Profile, ProfileBuilder, ProfileError};

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::framework::{
-    CycleState, FilterPlugin, NodeSet, Plugin, PreFilterPlugin, ReservePlugin, Status,
+    CycleState, FilterPlugin, NodeSet, Plugin, PodRemoved, PreFilterPlugin, ReservePlugin, Status,
 };
 use crate::interner::Sym;
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
@@ -51,18 +51,41 @@ pub enum IpCapacityError {
     },
 }
 
+/// The address [`IpCapacity::reserve`] gave an owner, and whether this call took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reservation {
+    /// The address.
+    pub address: IpAddr,
+    /// True when this call took the address from the free pool; false when the owner
+    /// already held it (a bound fixed-IP claim, say), so undoing this reservation must not
+    /// give it back.
+    pub newly_taken: bool,
+}
+
+impl Reservation {
+    /// `address`, newly taken or already held by the owner.
+    pub fn new(address: IpAddr, newly_taken: bool) -> Reservation {
+        Reservation {
+            address,
+            newly_taken,
+        }
+    }
+}
+
 /// Read and reserve access to underlay pools. Object safe; implement it over your IPAM.
 pub trait IpCapacity: Send + Sync + Debug + 'static {
     /// The pools, with free counts and hosts.
     fn pools(&self) -> Vec<PoolCapacity>;
     /// Takes an address of `pool` for `owner` (the given one for a fixed-IP claim). Idempotent
-    /// per owner: an owner already holding an address of the pool gets it again.
+    /// per owner: an owner already holding an address of the pool gets it again, with
+    /// [`Reservation::newly_taken`] false.
     fn reserve(
         &self,
         pool: &str,
         owner: &str,
         address: Option<IpAddr>,
-    ) -> Result<IpAddr, IpCapacityError>;
+    ) -> Result<Reservation, IpCapacityError>;
     /// Gives back what `owner` holds. Idempotent.
     fn release(&self, owner: &str);
 }
@@ -137,14 +160,14 @@ impl IpCapacity for MemoryIpCapacity {
         pool: &str,
         owner: &str,
         address: Option<IpAddr>,
-    ) -> Result<IpAddr, IpCapacityError> {
+    ) -> Result<Reservation, IpCapacityError> {
         let mut pools = self.lock();
         let p = pools
             .get_mut(pool)
             .ok_or_else(|| IpCapacityError::UnknownPool(pool.to_owned()))?;
         if let Some(&held) = p.taken.get(owner) {
             if address.is_none_or(|a| a == held) {
-                return Ok(held);
+                return Ok(Reservation::new(held, false));
             }
         }
         let ip = match address {
@@ -166,7 +189,7 @@ impl IpCapacity for MemoryIpCapacity {
                 })?,
         };
         p.taken.insert(owner.to_owned(), ip);
-        Ok(ip)
+        Ok(Reservation::new(ip, true))
     }
 
     fn release(&self, owner: &str) {
@@ -213,6 +236,11 @@ struct UnderlayState {
 /// The address reserved for the pod in this cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReservedIp(pub IpAddr);
+
+/// Cycle state: this cycle's Reserve took the owner's address from the free pool, so its
+/// Unreserve gives it back (an address the owner already held stays held).
+#[derive(Debug, Clone, Copy)]
+struct TookAddress;
 
 impl Plugin for UnderlayIp {
     fn name(&self) -> &str {
@@ -304,8 +332,11 @@ impl ReservePlugin for UnderlayIp {
             },
         };
         match self.capacity.reserve(&pool, &UnderlayIp::owner(pod), fixed) {
-            Ok(ip) => {
-                state.write(ReservedIp(ip));
+            Ok(reservation) => {
+                state.write(ReservedIp(reservation.address));
+                if reservation.newly_taken {
+                    state.write(TookAddress);
+                }
                 Status::success()
             }
             Err(e) => Status::unschedulable(e.to_string()),
@@ -316,8 +347,13 @@ impl ReservePlugin for UnderlayIp {
         if pod.underlay.is_none() {
             return;
         }
-        self.capacity.release(&UnderlayIp::owner(pod));
         state.delete::<ReservedIp>();
+        let took = state.delete::<TookAddress>().is_some();
+        // A failed cycle gives back only what its own Reserve took; a pod that is gone
+        // gives back whatever its owner holds.
+        if took || state.read::<PodRemoved>().is_some() {
+            self.capacity.release(&UnderlayIp::owner(pod));
+        }
     }
 }
 
@@ -335,17 +371,20 @@ mod tests {
     fn memory_capacity_reserve_release() {
         let cap = MemoryIpCapacity::new();
         cap.add_pool("p", ["n1"], [ip("10.0.0.1"), ip("10.0.0.2")]);
-        assert_eq!(cap.reserve("p", "a", None).unwrap(), ip("10.0.0.1"));
         assert_eq!(
             cap.reserve("p", "a", None).unwrap(),
-            ip("10.0.0.1"),
-            "idempotent"
+            Reservation::new(ip("10.0.0.1"), true)
+        );
+        assert_eq!(
+            cap.reserve("p", "a", None).unwrap(),
+            Reservation::new(ip("10.0.0.1"), false),
+            "idempotent, and says the owner already held it"
         );
         assert!(matches!(
             cap.reserve("p", "b", Some(ip("10.0.0.1"))),
             Err(IpCapacityError::AddressUnavailable { .. })
         ));
-        assert_eq!(cap.reserve("p", "b", None).unwrap(), ip("10.0.0.2"));
+        assert_eq!(cap.reserve("p", "b", None).unwrap().address, ip("10.0.0.2"));
         assert!(
             cap.reserve("p", "c", None)
                 .unwrap_err()

@@ -14,8 +14,8 @@ use futures::FutureExt;
 use rayon::prelude::*;
 
 use crate::framework::{
-    CycleState, MAX_NODE_SCORE, MAX_PERMIT_TIMEOUT, NodeSet, Profile, QueuedPodInfo, Status,
-    WaitingPods, num_feasible_nodes_to_find,
+    CycleState, MAX_NODE_SCORE, MAX_PERMIT_TIMEOUT, NodeSet, PodRemoved, Profile, QueuedPodInfo,
+    Status, WaitingPods, num_feasible_nodes_to_find,
 };
 use crate::interner::Sym;
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
@@ -888,6 +888,7 @@ impl Scheduler {
         };
         let (node, pod) = pod;
         let mut state = CycleState::new();
+        state.write(PodRemoved);
         for p in self.inner.profile.reserve.iter().rev() {
             let _ = guarded("Unreserve", || {
                 p.unreserve(&mut state, &pod, node);
