@@ -372,3 +372,54 @@ async fn serves_over_tls() {
     );
     task.abort();
 }
+
+fn names_filter(uid: &str, cpu: &str) -> String {
+    format!(
+        r#"{{"Pod": {{"metadata": {{"name": "{uid}", "namespace": "default", "uid": "{uid}"}},
+            "spec": {{"containers": [{{"name": "c", "resources": {{"requests": {{"cpu": "{cpu}"}}}}}}]}}}},
+            "Nodes": null, "NodeNames": ["n1", "n3"]}}"#
+    )
+}
+
+fn bind_args(uid: &str, node: &str) -> String {
+    format!(
+        r#"{{"PodName": "{uid}", "PodNamespace": "default", "PodUID": "{uid}", "Node": "{node}"}}"#
+    )
+}
+
+#[tokio::test]
+async fn bind_of_a_pod_not_seen_in_filter_fails_and_takes_nothing() {
+    let (server, _) = cluster();
+    let (status, body) = post(&server, "/bind", bind_args("ghost", "n3")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("cannot bind default/ghost") && body.contains("not seen in a filter call"),
+        "{body}"
+    );
+    let on_n3 = server
+        .scheduler()
+        .with_snapshot(|s| s.node(Sym::new("n3")).unwrap().pods.len());
+    assert_eq!(on_n3, 1, "nothing was bound without a resource check");
+}
+
+#[tokio::test]
+async fn remembered_pods_forget_the_least_recently_filtered_first() {
+    let (server, _) = cluster();
+    let server = server.remembered_pods(2);
+    for uid in ["a", "b", "a", "c"] {
+        let (status, body) = post(&server, "/filter", names_filter(uid, "100m")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // `b` was filtered longest ago: forgotten; `a` (filtered again) and `c` are kept.
+    let (_, body) = post(&server, "/bind", bind_args("b", "n1")).await;
+    assert!(body.contains("not seen in a filter call"), "{body}");
+    for uid in ["a", "c"] {
+        let (_, body) = post(&server, "/bind", bind_args(uid, "n1")).await;
+        let got: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(got["Error"], "", "{uid}: {body}");
+    }
+    let on_n1 = server
+        .scheduler()
+        .with_snapshot(|s| s.node(Sym::new("n1")).unwrap().requested.cpu.0);
+    assert_eq!(on_n1, 200);
+}

@@ -1,7 +1,7 @@
 //! The extender HTTP server: `/filter`, `/prioritize`, `/bind`, `/preempt` over a
 //! [`Scheduler`]'s plugins and cache.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -24,8 +24,62 @@ use crate::kube::{node_from_json, node_name, pod_from_json};
 use crate::scheduler::{Evaluation, Scheduler};
 use crate::snapshot::{PodInfo, Snapshot};
 
-/// How many pods seen in filter calls are remembered for a later bind.
-const SEEN_PODS: usize = 10_000;
+/// How many pods seen in filter calls are remembered for a later bind, by default.
+pub const DEFAULT_REMEMBERED_PODS: usize = 10_000;
+
+/// Pods seen in filter calls, for the bind verb (whose request names the pod only). Bounded:
+/// the pod whose last filter call is oldest is forgotten first.
+#[derive(Debug)]
+struct SeenPods {
+    capacity: usize,
+    /// uid → (pod, sequence number of its latest filter call).
+    pods: HashMap<String, (PodInfo, u64)>,
+    /// Filter calls, oldest first; an entry whose sequence number is no longer the pod's
+    /// latest is stale and skipped.
+    order: VecDeque<(String, u64)>,
+    next: u64,
+}
+
+impl SeenPods {
+    fn new(capacity: usize) -> SeenPods {
+        SeenPods {
+            capacity: capacity.max(1),
+            pods: HashMap::new(),
+            order: VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    fn insert(&mut self, pod: PodInfo) {
+        let seq = self.next;
+        self.next += 1;
+        let uid = pod.uid.to_string();
+        self.order.push_back((uid.clone(), seq));
+        self.pods.insert(uid, (pod, seq));
+        while self.pods.len() > self.capacity {
+            let Some((uid, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .pods
+                .get(&uid)
+                .is_some_and(|(_, latest)| *latest == seq)
+            {
+                self.pods.remove(&uid);
+            }
+        }
+        // Pods filtered again leave stale entries behind; drop them before they pile up.
+        if self.order.len() > 2 * self.capacity {
+            let pods = &self.pods;
+            self.order
+                .retain(|(uid, seq)| pods.get(uid).is_some_and(|(_, latest)| latest == seq));
+        }
+    }
+
+    fn take(&mut self, uid: &str) -> Option<PodInfo> {
+        self.pods.remove(uid).map(|(pod, _)| pod)
+    }
+}
 
 /// Serves a scheduler's plugins to kube-scheduler through the extender protocol. Nodes for
 /// `NodeNames` mode come from the scheduler's cache (feed it with
@@ -34,7 +88,7 @@ const SEEN_PODS: usize = 10_000;
 pub struct ExtenderServer {
     scheduler: Scheduler,
     token: Option<Arc<str>>,
-    seen: Arc<Mutex<HashMap<String, PodInfo>>>,
+    seen: Arc<Mutex<SeenPods>>,
 }
 
 /// A request error: HTTP 400 (or 401) with a message.
@@ -69,7 +123,7 @@ impl ExtenderServer {
         ExtenderServer {
             scheduler,
             token: None,
-            seen: Arc::default(),
+            seen: Arc::new(Mutex::new(SeenPods::new(DEFAULT_REMEMBERED_PODS))),
         }
     }
 
@@ -82,6 +136,15 @@ impl ExtenderServer {
     #[must_use]
     pub fn bearer_token(mut self, token: impl Into<String>) -> ExtenderServer {
         self.token = Some(Arc::from(token.into()));
+        self
+    }
+
+    /// Remembers up to `pods` pods from filter calls for their bind call (default
+    /// [`DEFAULT_REMEMBERED_PODS`]); past that, the pod filtered longest ago is forgotten,
+    /// and its bind fails so that kube-scheduler retries it.
+    #[must_use]
+    pub fn remembered_pods(mut self, pods: usize) -> ExtenderServer {
+        self.seen = Arc::new(Mutex::new(SeenPods::new(pods)));
         self
     }
 
@@ -137,11 +200,10 @@ impl ExtenderServer {
     }
 
     fn remember(&self, pod: &PodInfo) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= SEEN_PODS {
-            seen.clear();
-        }
-        seen.insert(pod.uid.to_string(), pod.clone());
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod.clone());
     }
 
     /// Runs `f` over the candidate nodes of `args`: the cache's nodes for `NodeNames`, a
@@ -304,21 +366,24 @@ impl ExtenderServer {
             .collect())
     }
 
-    /// The bind verb: re-checks, reserves (an underlay address, for example) and binds.
+    /// The bind verb: re-checks, reserves (an underlay address, for example) and binds. The
+    /// request names the pod only, so the pod must have been seen in a filter call; otherwise
+    /// the bind fails (kube-scheduler then retries the pod, filter first).
     pub async fn bind(&self, args: &ExtenderBindingArgs) -> ExtenderBindingResult {
-        let pod = self
+        let seen = self
             .seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&args.pod_uid)
-            .unwrap_or_else(|| {
-                PodInfo::new(
-                    &args.pod_uid,
-                    &args.pod_namespace,
-                    &args.pod_name,
-                    Default::default(),
-                )
-            });
+            .take(&args.pod_uid);
+        let Some(pod) = seen else {
+            return ExtenderBindingResult {
+                error: format!(
+                    "cannot bind {}/{} (uid {}) to {}: the pod was not seen in a filter call \
+                     (or was forgotten since); retry it",
+                    args.pod_namespace, args.pod_name, args.pod_uid, args.node
+                ),
+            };
+        };
         match self.scheduler.bind_to_node(pod, &args.node).await {
             Ok(_) => ExtenderBindingResult::default(),
             Err(status) => ExtenderBindingResult {
