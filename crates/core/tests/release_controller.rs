@@ -1154,3 +1154,106 @@ async fn a_failed_preview_clear_at_completion_is_retried() {
         Some("preview none")
     );
 }
+
+/// (desired, available) of `rev`, zeros when its group is gone.
+fn of(c: &BTreeMap<Revision, (u32, u32)>, rev: &Revision) -> (u32, u32) {
+    c.get(rev).copied().unwrap_or((0, 0))
+}
+
+#[tokio::test]
+async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_keeps_the_delay() {
+    let (h, router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), manual_blue_green()))
+        .await
+        .unwrap();
+    h.until(10, "awaiting promotion", |s| s.approval_requested)
+        .await;
+    assert_eq!(h.counts().await[&v2], (2, 2), "2 of 10 green in preview");
+    router.take();
+    let promoted = h.clock.now();
+    h.ctl.promote_full(&key()).await.unwrap();
+    let mut switched = None;
+    let mut blue_shrunk = None;
+    for _ in 0..60 {
+        h.ctl.process_due().await;
+        let c = h.counts().await;
+        let s = h.status().await;
+        let now = h.clock.now();
+        if switched.is_none() {
+            if s.weight == Some(100) {
+                switched = Some(now);
+                assert_eq!(of(&c, &v2), (10, 10), "green fully available at the switch");
+            } else {
+                assert_eq!(s.weight, Some(0), "active stays blue until the switch");
+            }
+            assert_eq!(of(&c, &v1), (10, 10), "blue keeps every replica: {c:?}");
+        }
+        if blue_shrunk.is_none() && of(&c, &v1).0 < 10 {
+            blue_shrunk = Some(now);
+        }
+        if s.phase == RolloutPhase::Healthy {
+            break;
+        }
+        h.clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(h.status().await.phase, RolloutPhase::Healthy);
+    let switched = switched.expect("traffic switched");
+    assert!(
+        switched.duration_since(promoted).unwrap() >= Duration::from_secs(2),
+        "green needed its startup time before the switch"
+    );
+    let shrunk = blue_shrunk.expect("blue scaled down");
+    assert!(
+        shrunk.duration_since(switched).unwrap() >= Duration::from_secs(10),
+        "the scale-down delay (10 s) still applies after promote-full"
+    );
+    assert_switch_then_preview_emptied(&router.take());
+    let c = h.counts().await;
+    assert_eq!((c.len(), of(&c, &v2)), (1, (10, 10)), "{c:?}");
+    assert_eq!(h.status().await.stable, Some(v2));
+}
+
+#[tokio::test]
+async fn canary_promote_full_with_a_router_keeps_the_scale_down_delay() {
+    let (h, _router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    let strategy = Canary::new(vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::pause_until_promoted(),
+        CanaryStep::SetWeight(50),
+        CanaryStep::pause_until_promoted(),
+    ])
+    .scale_down_delay(10);
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::Canary(strategy)))
+        .await
+        .unwrap();
+    h.until(10, "paused at 1", |s| s.step == 1).await;
+    let promoted = h.clock.now();
+    h.ctl.promote_full(&key()).await.unwrap();
+    let mut stable_shrunk = None;
+    for _ in 0..60 {
+        h.ctl.process_due().await;
+        let c = h.counts().await;
+        if of(&c, &v1).0 < 10 {
+            stable_shrunk = Some(h.clock.now());
+            break;
+        }
+        h.clock.advance(Duration::from_secs(1));
+    }
+    let shrunk = stable_shrunk.expect("stable scaled down");
+    assert_eq!(h.status().await.weight, Some(100));
+    assert!(
+        shrunk.duration_since(promoted).unwrap() >= Duration::from_secs(10),
+        "the stable group is kept for the scale-down delay after promote-full"
+    );
+    h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(of(&h.counts().await, &v2), (10, 10));
+}

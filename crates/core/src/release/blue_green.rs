@@ -68,6 +68,9 @@ impl BlueGreen {
 }
 
 const STEPS: usize = 7;
+/// The full scale-up: promote-full jumps here, so the new revision is fully available before
+/// the switch (step 4) and the old one keeps its replicas until the scale-down delay is over.
+const FULL_SCALE_UP: usize = 3;
 
 impl ReleaseStrategy for BlueGreen {
     fn name(&self) -> &'static str {
@@ -101,6 +104,10 @@ impl ReleaseStrategy for BlueGreen {
         STEPS
     }
 
+    fn promote_full_step(&self, step: usize) -> usize {
+        step.max(FULL_SCALE_UP)
+    }
+
     fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
         let replicas = view.replicas;
         let preview = self.preview_replica_count.unwrap_or(replicas).min(replicas);
@@ -116,7 +123,11 @@ impl ReleaseStrategy for BlueGreen {
         plan.preview = true;
         let switched = view.step >= 4;
         plan.target_weight = Some(if switched { 100 } else { 0 });
-        let target_count = if view.step >= 3 { replicas } else { preview };
+        let target_count = if view.step >= FULL_SCALE_UP {
+            replicas
+        } else {
+            preview
+        };
         plan.replicas.push((view.target.clone(), target_count));
         plan.replicas.push((
             view.stable.clone(),
@@ -169,8 +180,8 @@ impl ReleaseStrategy for BlueGreen {
                 if view.step_elapsed >= d {
                     Gate::StepComplete
                 } else {
-                    Gate::Pause(
-                        Some(d - view.step_elapsed),
+                    Gate::ScaleDownDelay(
+                        d - view.step_elapsed,
                         "scale-down delay before removing the old revision".into(),
                     )
                 }
@@ -262,10 +273,22 @@ mod tests {
             Some(4),
             "kept during the delay"
         );
-        assert!(matches!(p.gate, Gate::Pause(Some(d), _) if d == Duration::from_secs(20)));
+        assert!(matches!(p.gate, Gate::ScaleDownDelay(d, _) if d == Duration::from_secs(20)));
         let p = bg.plan(&view(7, (4, 4), 4));
         assert_eq!(p.replicas_of(&"blue".into()), Some(0));
         assert_eq!(bg.plan(&view(7, (4, 4), 0)).gate, Gate::Done);
+    }
+
+    #[test]
+    fn promote_full_jumps_to_the_full_scale_up_not_past_the_switch() {
+        let bg = BlueGreen::manual(Some(1));
+        assert_eq!(bg.promote_full_step(0), 3);
+        assert_eq!(bg.promote_full_step(2), 3);
+        assert_eq!(bg.promote_full_step(6), 6, "never backwards");
+        let p = bg.plan(&view(3, (1, 1), 4));
+        assert_eq!(p.replicas_of(&"blue".into()), Some(4), "blue kept");
+        assert_eq!(p.target_weight, Some(0), "no switch before green is full");
+        assert!(matches!(p.gate, Gate::Progressing(_)));
     }
 
     #[test]

@@ -331,8 +331,8 @@ impl ReleaseStrategy for Canary {
                 if view.step_elapsed >= delay {
                     Gate::StepComplete
                 } else {
-                    Gate::Pause(
-                        Some(delay - view.step_elapsed),
+                    Gate::ScaleDownDelay(
+                        delay - view.step_elapsed,
                         "scale-down delay before removing the old stable revision".into(),
                     )
                 }

@@ -452,7 +452,10 @@ impl RolloutController {
         .await
     }
 
-    /// Promote-full: skips every remaining step, pause and analysis.
+    /// Promote-full: skips every remaining pause, approval and analysis. The new revision is
+    /// still brought to full availability before it takes all traffic (blue-green scales it up
+    /// and waits before the switch; the old group keeps its replicas until then), and the
+    /// scale-down delay still applies to the old group after the switch (Argo's semantics).
     pub async fn promote_full(&self, app: &AppKey) -> Result<RolloutStatus, ControllerError> {
         self.verb(app, "promote-full", |r, now| {
             if r.status.aborted {
@@ -460,7 +463,8 @@ impl RolloutController {
             }
             r.status.hold = None;
             r.status.promote_full = true;
-            r.status.step = r.status.step.max(r.spec.strategy.steps());
+            r.status.step = r.spec.strategy.promote_full_step(r.status.step);
+            r.status.approval_requested = false;
             r.status.step_started = now;
             r.status.last_progress = now;
             terminate_all(r);
@@ -1028,23 +1032,16 @@ impl RolloutController {
                     continue;
                 }
                 Gate::Pause(duration, reason) => {
-                    r.status.last_progress = now;
-                    if r.status.aborted {
-                        // The abort's scale-down delay: still Degraded, reason unchanged.
-                        if let Some(d) = duration {
-                            soonest(now + d);
-                        }
-                        return Ok(next);
-                    }
-                    r.status.phase = RolloutPhase::Paused;
-                    if r.status.reason != reason {
-                        r.status.reason = reason.clone();
-                        let status = r.status.clone();
-                        self.notify(&status, Some(step), "paused", &reason).await;
-                    }
+                    self.pause(r, now, reason).await;
                     if let Some(d) = duration {
                         soonest(now + d);
                     }
+                    return Ok(next);
+                }
+                // A timed pause that promote-full keeps (not converted above).
+                Gate::ScaleDownDelay(delay, reason) => {
+                    self.pause(r, now, reason).await;
+                    soonest(now + delay);
                     return Ok(next);
                 }
                 Gate::Approval(message) => {
@@ -1092,6 +1089,22 @@ impl RolloutController {
             }
         }
         Ok(Some(inner.clock.now() + inner.resync))
+    }
+
+    /// Waits behind a pause gate: Paused with `reason` (notified when it changes), or, while
+    /// aborted (the abort's scale-down delay), still Degraded with the reason unchanged.
+    async fn pause(&self, r: &mut RolloutRecord, now: SystemTime, reason: String) {
+        r.status.last_progress = now;
+        if r.status.aborted {
+            return;
+        }
+        r.status.phase = RolloutPhase::Paused;
+        if r.status.reason != reason {
+            r.status.reason = reason.clone();
+            let status = r.status.clone();
+            self.notify(&status, Some(status.step), "paused", &reason)
+                .await;
+        }
     }
 
     /// Holds the rollout after a traffic router error, with the router's reason.

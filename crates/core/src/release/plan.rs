@@ -173,7 +173,13 @@ pub enum Gate {
     /// The current step is complete: go to the next one.
     StepComplete,
     /// Pause for this long (then the strategy completes the step), or until promoted (`None`).
+    /// Promote-full skips it.
     Pause(Option<Duration>, String),
+    /// Keep the old revision for this long after the traffic switch before removing it (the
+    /// scale-down delay), with the reason shown. Unlike [`Gate::Pause`], promote-full does not
+    /// skip it: Argo's full promotion skips pauses and analysis, but the old group still gets
+    /// its `scaleDownDelaySeconds` so that connections drain.
+    ScaleDownDelay(Duration, String),
     /// Wait for an approval decision (or a promote).
     Approval(String),
     /// Wait for the analysis run with this key.

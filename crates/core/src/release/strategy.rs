@@ -22,6 +22,15 @@ pub trait ReleaseStrategy: Send + Sync + Debug + 'static {
 
     /// Plans one reconcile of the rollout from `view.stable` to `view.target`.
     fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a>;
+
+    /// The step a promote-full jumps to from `step`. The default is the final promotion
+    /// ([`steps`](Self::steps)); a strategy whose later steps do more than wait (blue-green
+    /// scales the new revision to full and waits for it before switching traffic) returns the
+    /// first of those steps, and the controller skips only the pauses, approvals and analyses
+    /// on the way.
+    fn promote_full_step(&self, step: usize) -> usize {
+        step.max(self.steps())
+    }
 }
 
 /// A strategy, as written in a rollout spec (`{"canary": {"steps": [...]}}`).
@@ -68,6 +77,9 @@ impl ReleaseStrategy for Strategy {
     }
     fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
         self.inner().plan(view)
+    }
+    fn promote_full_step(&self, step: usize) -> usize {
+        self.inner().promote_full_step(step)
     }
 }
 
