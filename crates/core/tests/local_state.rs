@@ -227,3 +227,94 @@ async fn invalid_specs_are_rejected_before_anything_starts() {
     );
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pid_is_neither_adopted_nor_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_owned());
+    let web = demo("reuse");
+    let key = web.key();
+    let engine = builder(dir.path(), 37000).build().await.unwrap();
+    engine.apply_group(&web, 1).await.unwrap();
+    let before = all_ready(&engine, &key, 1).await;
+    let pid = engine.pids(&before[0].id).unwrap()[0];
+    drop(engine);
+
+    // The recorded process dies while no engine runs and its PID goes to an unrelated process:
+    // rewrite the record to name a live foreign process (`sleep`) with a start time that is
+    // not its own, which is what a reused PID looks like.
+    kill9(pid);
+    wait_for(10, "recorded process gone", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+    let mut foreign = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .unwrap();
+    let foreign_pid = foreign.id();
+    let path = dir.path().join("engine.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let process = &mut state["instances"][&before[0].id]["containers"][0]["process"];
+    assert_eq!(process["pid"].as_i64(), Some(i64::from(pid)), "{state}");
+    process["pid"] = serde_json::json!(foreign_pid);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let engine = builder(dir.path(), 37000).build().await.unwrap();
+    let after = wait_for(60, "instance restarted on a new process", || async {
+        let l = engine.instances(&key).await.unwrap();
+        (l.len() == 1 && l[0].ready).then_some(l)
+    })
+    .await;
+    assert_eq!(after[0].id, before[0].id);
+    let new_pid = engine.pids(&after[0].id).unwrap()[0];
+    assert_ne!(new_pid, foreign_pid, "the foreign process was not adopted");
+    assert_eq!(after[0].restarts, 1, "{after:?}");
+    assert!(
+        pid_alive(foreign_pid),
+        "the process now owning the PID is not the engine's and is left alone"
+    );
+    engine.shutdown().await.unwrap();
+    assert!(
+        pid_alive(foreign_pid),
+        "shutdown leaves the foreign process alone"
+    );
+    foreign.kill().unwrap();
+    foreign.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_an_engine_on_a_temporary_directory_leaves_no_process() {
+    let engine = rorqual_core::local::LocalEngine::builder()
+        .nodes(1)
+        .network(std::sync::Arc::new(
+            rorqual_core::network::HostNetwork::with_port_range(37600..=37699),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let web = demo("temp");
+    engine.apply_group(&web, 2).await.unwrap();
+    let ready = all_ready(&engine, &web.key(), 2).await;
+    let pids: Vec<u32> = ready
+        .iter()
+        .map(|i| engine.pids(&i.id).unwrap()[0])
+        .collect();
+    // No later engine could find a temporary directory, so dropping must not orphan.
+    drop(engine);
+    wait_for(10, "processes of the dropped engine gone", || async {
+        pids.iter().all(|p| !pid_alive(*p)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_holding_only_a_stale_lock_is_still_fresh() {
+    // What an engine that died between taking the lock and writing its marker leaves behind.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lock"), "12345").unwrap();
+    let engine = builder(dir.path(), 37700).build().await.unwrap();
+    assert!(dir.path().join("rorqual-state.json").exists());
+    engine.shutdown().await.unwrap();
+}

@@ -988,8 +988,8 @@ impl LocalEngine {
 
 impl Drop for LocalEngine {
     fn drop(&mut self) {
-        // Without shutdown the processes keep running for the next engine to adopt: stop
-        // supervising them and stop writing state.
+        // Without shutdown the processes keep running for the next engine to adopt (when the
+        // state directory was given): stop supervising them and stop writing state.
         self.inner.closed.store(true, Ordering::SeqCst);
         if let Some(task) = lock_or_recover(&self.inner.scheduler).take() {
             task.abort();
@@ -997,6 +997,19 @@ impl Drop for LocalEngine {
         let st = self.inner.lock();
         for rt in st.runtimes.values() {
             rt.abort.abort();
+        }
+        // A temporary state directory cannot be found by a later engine, so its processes
+        // would be orphans: end them and remove the directory.
+        if self.inner.owned_dir && !self.inner.shut_down.load(Ordering::SeqCst) {
+            for rec in st.instances.values() {
+                for process in rec.containers.iter().filter_map(|c| c.process.as_ref()) {
+                    proc::kill_group_now(process);
+                }
+            }
+            drop(st);
+            if let Err(e) = std::fs::remove_dir_all(&self.inner.dir) {
+                tracing::warn!(error = %e, "cannot remove the temporary state directory");
+            }
         }
     }
 }

@@ -109,6 +109,15 @@ fn open_log(path: &Path) -> Result<std::fs::File> {
         .map_err(|e| Error::io(format!("cannot open log file {}", path.display()), e))
 }
 
+/// Kills the process group of `id` at once if that process is still the one recorded (a
+/// reused PID belongs to someone else and is left alone).
+pub(crate) fn kill_group_now(id: &ProcIdentity) {
+    if is_alive(id) {
+        // ESRCH (the group ended meanwhile) needs no handling.
+        let _ = killpg(Pid::from_raw(id.pid), Signal::SIGKILL);
+    }
+}
+
 impl Running {
     /// Starts `launch` in a new process group with stdout and stderr appended to its log.
     pub(crate) fn spawn(launch: &Launch) -> Result<Running> {

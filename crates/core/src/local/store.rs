@@ -69,8 +69,11 @@ pub(crate) fn open_dir(dir: &Path) -> Result<Flock<File>> {
             false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A lock file alone is what an engine that died between locking and writing the
+            // marker leaves behind: the directory is still fresh.
             let mut entries = std::fs::read_dir(dir)
-                .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+                .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?
+                .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != LOCK_FILE));
             if let Some(first) = entries.next() {
                 let name = first.map_or_else(
                     |_| "?".to_owned(),

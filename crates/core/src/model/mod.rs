@@ -5,6 +5,7 @@
 
 mod event;
 mod instance;
+mod load;
 mod node;
 mod quantity;
 mod revision;
@@ -13,6 +14,7 @@ mod validate;
 
 pub use event::{Event, EventType};
 pub use instance::{Instance, InstancePhase};
+pub use load::LoadError;
 pub use node::{Node, Taint, TaintEffect, Toleration, TolerationOperator};
 pub use quantity::{Cpu, Memory, QuantityError, Resources};
 pub use revision::Revision;

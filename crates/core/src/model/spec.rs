@@ -171,6 +171,11 @@ impl AppSpec {
     pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
         serde_yaml::from_str(text)
     }
+
+    /// The JSON Schema of a spec document, for editors and admission checks.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(AppSpec)
+    }
 }
 
 /// One process of an instance (a container on cluster engines).
