@@ -342,9 +342,9 @@ impl Allocator {
         Ok(out)
     }
 
-    /// Counts by state.
+    /// Counts by state now (expired claims count as Available, see [`PoolState::usage_at`]).
     pub async fn usage(&self, pool: &str) -> Result<Usage, PoolError> {
-        Ok(self.pool(pool).await?.usage())
+        Ok(self.pool(pool).await?.usage_at((self.clock)()))
     }
 
     /// Active addresses per node.

@@ -511,8 +511,8 @@ impl PoolState {
         Ok(())
     }
 
-    fn exhausted(&self) -> PoolError {
-        let u = self.usage();
+    fn exhausted(&self, now_ms: u64) -> PoolError {
+        let u = self.usage_at(now_ms);
         PoolError::Exhausted {
             pool: self.spec.name.clone(),
             ranges: self.layout.describe(),
@@ -522,8 +522,29 @@ impl PoolState {
         }
     }
 
-    /// The next free address after the cursor, round robin over the slots.
-    fn next_free(&self) -> Option<IpAddr> {
+    /// Whether `identity`'s claim was released at least the keep duration before `now_ms`
+    /// (expired, whether or not [`PoolState::expire_claims`] has run yet).
+    fn claim_lapsed(&self, identity: &str, now_ms: u64) -> bool {
+        let keep_ms = self.spec.claim_keep_secs.saturating_mul(1000);
+        self.claims
+            .get(identity)
+            .and_then(|c| c.released_ms)
+            .is_some_and(|t| t.saturating_add(keep_ms) <= now_ms)
+    }
+
+    /// The identity whose expired claim still holds `ip` Reserved, if any: such an address
+    /// counts as Available.
+    fn lapsed_holder<'a>(&self, ip: IpAddr, e: &'a Entry, now_ms: u64) -> Option<&'a str> {
+        let id = e.identity.as_deref()?;
+        (e.state == IpState::Reserved
+            && self.claims.get(id).is_some_and(|c| c.ip == ip)
+            && self.claim_lapsed(id, now_ms))
+        .then_some(id)
+    }
+
+    /// The next free address after the cursor, round robin over the slots (an address
+    /// Reserved by an expired claim is free).
+    fn next_free(&self, now_ms: u64) -> Option<IpAddr> {
         let slots = &self.layout.slots;
         let (start_i, start_n) = match self.cursor.map(num).and_then(|c| {
             let i = self.layout.slot_of(c)?;
@@ -565,7 +586,11 @@ impl PoolState {
                 continue;
             }
             let ip = addr(s.v6, n);
-            if self.entries.contains_key(&ip) || self.layout.is_gateway(ip) {
+            let taken = self
+                .entries
+                .get(&ip)
+                .is_some_and(|e| self.lapsed_holder(ip, e, now_ms).is_none());
+            if taken || self.layout.is_gateway(ip) {
                 if n == s.hi {
                     i = next_slot(i, &mut wrapped);
                     n = slots[i].lo;
@@ -580,6 +605,11 @@ impl PoolState {
 
     /// Gives `request.owner` an address: the one it holds already (idempotent), its identity's
     /// claimed address, the requested one, or the next free one.
+    ///
+    /// Claims whose keep duration has passed at `now_ms` count as expired even when
+    /// [`PoolState::expire_claims`] has not run (CNI 1.0.0 has no GC): the identity gets no
+    /// preference, and its Reserved address is free for anyone. The claims this allocation
+    /// touches are dropped with it (their events come first).
     pub fn allocate(
         &mut self,
         request: &AllocRequest,
@@ -605,7 +635,10 @@ impl PoolState {
         }
         let claims_on = self.spec.claim_keep_secs > 0;
         let identity = request.identity.as_ref().filter(|_| claims_on);
-        let claimed = identity.and_then(|id| self.claims.get(id).map(|c| c.ip));
+        let own_lapsed = identity.is_some_and(|id| self.claim_lapsed(id, now_ms));
+        let claimed = identity
+            .filter(|_| !own_lapsed)
+            .and_then(|id| self.claims.get(id).map(|c| c.ip));
         let (ip, automatic) = match (claimed, request.ip) {
             (Some(c), Some(r)) if c != r => {
                 return Err(PoolError::AlreadyHolds {
@@ -643,7 +676,9 @@ impl PoolState {
                 self.check_in_pool(r)?;
                 if let Some(e) = self.entries.get(&r) {
                     let ok = e.state == IpState::Reserved
-                        && (e.identity.is_none() || e.identity.as_ref() == identity);
+                        && (e.identity.is_none()
+                            || e.identity.as_ref() == identity
+                            || self.lapsed_holder(r, e, now_ms).is_some());
                     if !ok {
                         return Err(PoolError::Unavailable {
                             pool: pool.clone(),
@@ -655,12 +690,24 @@ impl PoolState {
                 }
                 (r, false)
             }
-            (None, None) => match self.next_free() {
+            (None, None) => match self.next_free(now_ms) {
                 Some(ip) => (ip, true),
-                None => return Err(self.exhausted()),
+                None => return Err(self.exhausted(now_ms)),
             },
         };
-        // Checks are done: commit.
+        // Checks are done: commit, first dropping the expired claims this allocation touches.
+        let mut events = Vec::new();
+        if own_lapsed && let Some(id) = request.identity.as_deref() {
+            events.extend(self.drop_claim(id));
+        }
+        let lapsed = self
+            .entries
+            .get(&ip)
+            .and_then(|e| self.lapsed_holder(ip, e, now_ms))
+            .map(str::to_owned);
+        if let Some(id) = lapsed {
+            events.extend(self.drop_claim(&id));
+        }
         let from = self
             .entries
             .get(&ip)
@@ -689,17 +736,17 @@ impl PoolState {
         if automatic {
             self.cursor = Some(ip);
         }
-        let event = AllocationEvent {
+        events.push(AllocationEvent {
             pool: self.spec.name.clone(),
             ip,
             from,
             to: IpState::Active,
             owner: Some(request.owner.clone()),
             identity: identity.cloned(),
-        };
+        });
         Ok((
             self.allocation(ip, request.owner.clone(), identity.cloned()),
-            vec![event],
+            events,
         ))
     }
 
@@ -776,15 +823,11 @@ impl PoolState {
 
     /// Ends claims whose keep duration has passed since release.
     pub fn expire_claims(&mut self, now_ms: u64) -> Vec<AllocationEvent> {
-        let keep_ms = self.spec.claim_keep_secs.saturating_mul(1000);
         let expired: Vec<String> = self
             .claims
-            .iter()
-            .filter(|(_, c)| {
-                c.released_ms
-                    .is_some_and(|t| t.saturating_add(keep_ms) <= now_ms)
-            })
-            .map(|(id, _)| id.clone())
+            .keys()
+            .filter(|id| self.claim_lapsed(id, now_ms))
+            .cloned()
             .collect();
         expired.iter().flat_map(|id| self.drop_claim(id)).collect()
     }
@@ -940,14 +983,28 @@ impl PoolState {
         Ok(())
     }
 
-    /// Counts by state.
+    /// Counts by stored state (claims count as Reserved until expired by
+    /// [`PoolState::expire_claims`]); see [`PoolState::usage_at`] for the counts at a time.
     pub fn usage(&self) -> Usage {
+        self.counts(None)
+    }
+
+    /// Counts by state at `now_ms`: an address Reserved by a claim past its keep duration
+    /// counts as Available (allocation hands it out).
+    pub fn usage_at(&self, now_ms: u64) -> Usage {
+        self.counts(Some(now_ms))
+    }
+
+    fn counts(&self, now_ms: Option<u64>) -> Usage {
         let mut u = Usage {
             total: self.layout.total(),
             ..Usage::default()
         };
         let mut in_pool: u128 = 0;
         for (ip, e) in &self.entries {
+            if now_ms.is_some_and(|now| self.lapsed_holder(*ip, e, now).is_some()) {
+                continue;
+            }
             match e.state {
                 IpState::Active => u.active += 1,
                 IpState::Reserved => u.reserved += 1,

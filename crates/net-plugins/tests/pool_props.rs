@@ -164,6 +164,16 @@ proptest! {
                 Op::Advance { ms } => now += u64::from(ms),
             }
             check(&state, &held);
+            // The pool looks full exactly when nothing can be allocated: a claim past its keep
+            // time frees its address without waiting for GC.
+            let probe = state.clone().allocate(&AllocRequest::new(Owner::new("probe", "eth0")), now);
+            prop_assert_eq!(probe.is_ok(), state.usage_at(now).available > 0, "{:?}", probe.err());
+            for (ip, c) in state.claims() {
+                if c.released_ms.is_some_and(|t| t + 2_000 <= now) {
+                    let take = AllocRequest::new(Owner::new("probe", "eth0")).with_ip(c.ip);
+                    prop_assert!(state.clone().allocate(&take, now).is_ok(), "expired claim on {} blocks it", ip);
+                }
+            }
         }
         // The state survives a round trip through its stored form.
         let json = serde_json::to_string(&state).unwrap();
@@ -336,6 +346,89 @@ fn claims_keep_an_identity_address_then_expire() {
     assert_eq!(ev.len(), 1);
     assert_eq!(s.state_of(a.address.addr()), Some(IpState::Available));
     assert!(s.claims().is_empty());
+}
+
+#[test]
+fn expired_claims_free_their_address_without_gc() {
+    // Two addresses, a claim kept 60 s, and no GC ever (CNI 1.0.0 has none).
+    let mut s = PoolState::new(
+        PoolSpec::new("sts")
+            .with_range(IpRange::new(net("10.4.0.0/30")))
+            .with_claim_keep_secs(60),
+    )
+    .unwrap();
+    let db = |c: &str| AllocRequest::new(Owner::new(c, "eth0")).with_identity("games/db-0");
+    let (a, _) = s.allocate(&db("old"), 0).unwrap();
+    s.release(&Owner::new("old", "eth0"), 1_000);
+    s.allocate(&AllocRequest::new(Owner::new("b", "eth0")), 1_000)
+        .unwrap();
+    // Within the keep time the claim holds its address: the pool is full for others.
+    let full = s
+        .allocate(&AllocRequest::new(Owner::new("c", "eth0")), 60_999)
+        .unwrap_err();
+    assert!(matches!(full, PoolError::Exhausted { .. }), "{full}");
+    assert_eq!(s.usage_at(60_999).available, 0);
+    assert_eq!(s.usage_at(61_000).available, 1);
+    assert_eq!(s.usage_at(61_000).reserved, 0);
+    // Past it the claim has expired: its address goes to the next allocation.
+    let (c, ev) = s
+        .allocate(&AllocRequest::new(Owner::new("c", "eth0")), 61_000)
+        .unwrap();
+    assert_eq!(c.address, a.address);
+    let moves: Vec<_> = ev.iter().map(|e| (e.ip, e.from, e.to)).collect();
+    assert_eq!(
+        moves,
+        [
+            (a.address.addr(), IpState::Reserved, IpState::Available),
+            (a.address.addr(), IpState::Available, IpState::Active),
+        ]
+    );
+    assert!(s.claims().is_empty());
+    s.check_consistent().unwrap();
+}
+
+#[test]
+fn an_expired_claim_gives_its_identity_no_preference_and_its_address_to_requests() {
+    let mut s = PoolState::new(
+        PoolSpec::new("sts")
+            .with_range(IpRange::new(net("10.5.0.0/29")))
+            .with_claim_keep_secs(10),
+    )
+    .unwrap();
+    let db = |c: &str| AllocRequest::new(Owner::new(c, "eth0")).with_identity("games/db-0");
+    let (a, _) = s.allocate(&db("old"), 0).unwrap();
+    s.release(&Owner::new("old", "eth0"), 0);
+    // Asking for the expired claim's address by IP succeeds for anyone.
+    let thief = AllocRequest::new(Owner::new("thief", "eth0")).with_ip(a.address.addr());
+    assert!(s.clone().allocate(&thief, 9_999).is_err());
+    let (t, _) = s.clone().allocate(&thief, 10_000).unwrap();
+    assert_eq!(t.address, a.address);
+    // The identity itself starts over: a fresh claim on the next free address.
+    let (n, _) = s.allocate(&db("new"), 10_000).unwrap();
+    assert_ne!(n.address, a.address);
+    assert_eq!(s.state_of(a.address.addr()), Some(IpState::Available));
+    assert_eq!(s.claims()["games/db-0"].ip, n.address.addr());
+    s.check_consistent().unwrap();
+}
+
+#[test]
+fn gc_releases_only_dead_owners_older_than_the_grace() {
+    let mut s =
+        PoolState::new(PoolSpec::new("g").with_range(IpRange::new(net("10.6.0.0/29")))).unwrap();
+    let req = |c: &str| AllocRequest::new(Owner::new(c, "eth0"));
+    s.allocate(&req("old"), 1_000).unwrap();
+    s.allocate(&req("young"), 5_000).unwrap();
+    s.allocate(&req("live"), 1_000).unwrap();
+    let live = HashSet::from([Owner::new("live", "eth0")]);
+    // With a 5 s grace at 9 999: `old` (held 9 s) goes, `young` (held 4.999 s) stays.
+    let ev = s.gc(&live, 5_000, 9_999);
+    let gone: Vec<_> = ev.iter().map(|e| e.owner.clone().unwrap()).collect();
+    assert_eq!(gone, [Owner::new("old", "eth0")]);
+    assert!(s.lookup(&Owner::new("young", "eth0")).is_some());
+    let ev = s.gc(&live, 5_000, 10_000);
+    assert_eq!(ev[0].owner, Some(Owner::new("young", "eth0")));
+    assert!(s.lookup(&Owner::new("live", "eth0")).is_some());
+    assert_eq!(s.owners().count(), 1);
 }
 
 #[test]

@@ -491,10 +491,11 @@ async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniE
                     .await
                     .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg, e.details))?,
             );
+            let now = crate::allocator::system_clock_ms();
             let mut full = Vec::new();
             for spec in &ipam.pools {
                 let usage = match alloc.pool(&spec.name).await {
-                    Ok(state) => state.usage(),
+                    Ok(state) => state.usage_at(now),
                     Err(PoolError::NoSuchPool { .. }) => PoolState::new(spec.clone())?.usage(),
                     Err(e) => return Err(CniError::new(code::NOT_AVAILABLE, e.to_string(), "")),
                 };
