@@ -337,49 +337,76 @@ fn sixty_four_concurrent_adds_for_fifty_addresses() {
 #[test]
 fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
     let dir = tempfile::tempdir().unwrap();
-    let c = conf(dir.path(), "1.1.0", json!({}));
-    let mut survivors = Vec::new();
-    for round in 0..4 {
+    // 253 addresses: room for every round below.
+    let c = conf(
+        dir.path(),
+        "1.1.0",
+        json!({"ranges": [[{"subnet": "10.77.0.0/24"}]]}),
+    );
+    let read = || -> Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
+            .unwrap()
+    };
+    let holders = |state: &Value| -> Vec<String> {
+        state["state"]["entries"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .map(|e| e["o"]["container"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Rounds of 12 ADDs with every other one SIGKILLed after a varying delay, until a killed
+    // ADD has committed (a leak) in at least two rounds (at most 16 rounds).
+    let mut survivors: Vec<String> = Vec::new();
+    let mut leaky_rounds = 0;
+    let mut rounds = 0u64;
+    while rounds < 16 && (rounds < 4 || leaky_rounds < 2) {
+        let before = std::fs::read(dir.path().join("proto/proto.json"))
+            .map(|b| holders(&serde_json::from_slice(&b).unwrap()).len())
+            .unwrap_or(0);
         let mut children: Vec<(String, Child)> = (0..12)
             .map(|i| {
-                let id = format!("r{round}c{i}");
+                let id = format!("r{rounds}c{i}");
                 let child = spawn("ADD", &id, "", &c);
                 (id, child)
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(3 + round * 4));
+        std::thread::sleep(Duration::from_millis(3 + (rounds % 6) * 4));
         for (i, (_, child)) in children.iter_mut().enumerate() {
             if i % 2 == 0 {
                 let _ = child.kill(); // SIGKILL
             }
         }
+        let mut ok = 0;
         for (id, child) in children {
             let out = child.wait_with_output().unwrap();
             if out.status.success() {
                 survivors.push(id);
+                ok += 1;
             }
         }
+        let after = holders(&read()).len();
+        if after > before + ok {
+            leaky_rounds += 1;
+        }
+        rounds += 1;
     }
     // The store is intact, addresses are unique, and whatever a killed process committed is
     // a leak that GC reclaims while the survivors keep theirs.
-    let read = || -> Value {
-        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
-            .unwrap()
-    };
-    let state = read();
-    let entries = state["state"]["entries"].as_object().unwrap();
-    let owners: Vec<&str> = entries
-        .values()
-        .map(|e| e["o"]["container"].as_str().unwrap())
-        .collect();
-    let unique: HashSet<&&str> = owners.iter().collect();
+    let owners = holders(&read());
+    let unique: HashSet<&String> = owners.iter().collect();
     assert_eq!(unique.len(), owners.len(), "an owner holds two addresses");
     for s in &survivors {
-        assert!(
-            owners.contains(&s.as_str()),
-            "{s} succeeded but holds nothing"
-        );
+        assert!(owners.contains(s), "{s} succeeded but holds nothing");
     }
+    let leaked: Vec<&String> = owners.iter().filter(|o| !survivors.contains(o)).collect();
+    assert!(
+        !leaked.is_empty() && leaky_rounds > 0,
+        "no killed ADD committed in {rounds} rounds: the test proved nothing about GC"
+    );
+    assert!(owners.len() > survivors.len());
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = Value::Array(
         survivors
@@ -388,17 +415,11 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
             .collect(),
     );
     assert!(run("GC", "", "", &gc).0);
-    let after = read();
-    let left: HashSet<&str> = after["state"]["entries"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|e| e["o"]["container"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        left,
-        survivors.iter().map(String::as_str).collect::<HashSet<_>>()
-    );
+    let left: HashSet<String> = holders(&read()).into_iter().collect();
+    for l in &leaked {
+        assert!(!left.contains(*l), "GC left the leak of {l}");
+    }
+    assert_eq!(left, survivors.iter().cloned().collect::<HashSet<_>>());
     // No temp files left behind by the killed writers are mistaken for pools.
     let pools: Vec<String> = std::fs::read_dir(dir.path().join("proto"))
         .unwrap()
@@ -406,6 +427,30 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
         .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
         .collect();
     assert_eq!(pools, ["proto.json"]);
+}
+
+#[test]
+fn gc_spares_allocations_younger_than_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(dir.path(), "1.1.0", json!({"gcGraceSeconds": 2}));
+    assert!(run("ADD", "old", "", &c).0);
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(run("ADD", "young", "", &c).0);
+    // Neither owner is live; only the one older than the grace period is reclaimed (a
+    // runtime's GC can race an ADD that has not been recorded as an attachment yet).
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(run("GC", "", "", &gc).0);
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
+            .unwrap();
+    let left: Vec<&str> = state["state"]["entries"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| e["o"]["container"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["young"]);
 }
 
 #[test]
