@@ -418,15 +418,17 @@ async fn logs_can_be_tailed_and_followed() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
     let engine = builder(dir.path(), 35500).build().await.unwrap();
+    // `late` is written only once the test has started following (it creates `go`).
+    let go = dir.path().join("go");
+    let script = format!(
+        "for i in 1 2 3 4 5; do echo line$i; done; echo err >&2; while [ ! -e '{}' ]; do sleep 0.05; done; echo late; exec sleep 600",
+        go.display()
+    );
     let app = AppSpec::new(
         "talk",
         vec![ContainerSpec::new(
             "app",
-            [
-                "sh",
-                "-c",
-                "for i in 1 2 3 4 5; do echo line$i; done; echo err >&2; sleep 1; echo late; exec sleep 600",
-            ],
+            ["sh".to_owned(), "-c".to_owned(), script],
         )],
     )
     .grace_period_seconds(1);
@@ -454,8 +456,9 @@ async fn logs_can_be_tailed_and_followed() {
         .map(Result::unwrap)
         .collect()
         .await;
-    assert_eq!(tail.len(), 2);
+    assert_eq!(tail, ["line5", "err"]);
     let mut follow = engine.logs(&id, LogOptions::all().follow()).await.unwrap();
+    std::fs::write(&go, "").unwrap();
     let late = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = follow.next().await {
             if line.unwrap() == "late" {
