@@ -5,13 +5,18 @@
 //! ```
 //!
 //! It prints the KubeSchedulerConfiguration stanza that points kube-scheduler at it, then
-//! serves `/filter`, `/prioritize`, `/bind` and `/preempt` until Ctrl-C. In node-cache-capable
-//! mode nodes come from the extender's cache: a real deployment feeds it from a Node watch
-//! (`server.scheduler().upsert_node(...)`); `--demo-nodes` preloads simulated ones.
+//! serves `/filter`, `/prioritize`, `/bind` and `/preempt` until Ctrl-C. The bind verb needs
+//! the node in the extender's node cache, which is fed in one of two ways:
+//! - without `--demo-nodes`, the stanza says `nodeCacheCapable: false`, so kube-scheduler sends
+//!   full nodes with every filter and prioritize call (Nodes mode) and the extender upserts
+//!   them into its cache;
+//! - with `--demo-nodes N`, N simulated nodes are preloaded and the stanza says
+//!   `nodeCacheCapable: true` (node names only). A real deployment in this mode feeds the cache
+//!   from a Node watch instead (`server.scheduler().upsert_node(...)`).
 
 use rorqual::core::model::Resources;
 use rorqual::scheduler::NodeInfo;
-use rorqual::scheduler::extender::{ExtenderServer, ExtenderStanza};
+use rorqual::scheduler::extender::ExtenderServer;
 
 fn usage(msg: &str) -> ! {
     eprintln!("{msg}\nusage: scheduler_extender --listen ADDR [--token SECRET] [--demo-nodes N]");
@@ -47,7 +52,8 @@ async fn main() {
     let addr = listener
         .local_addr()
         .unwrap_or_else(|e| usage(&e.to_string()));
-    let mut server = ExtenderServer::with_default_plugins();
+    // Without preloaded nodes, ask for full nodes: Nodes-mode requests then feed the cache.
+    let mut server = ExtenderServer::with_default_plugins().node_cache_capable(demo_nodes > 0);
     if let Some(t) = token {
         server = server.bearer_token(t);
     }
@@ -55,7 +61,7 @@ async fn main() {
         (0..demo_nodes)
             .map(|i| NodeInfo::new(&format!("node-{i}"), Resources::new(4000, 16 << 30))),
     );
-    match ExtenderStanza::new(format!("http://{addr}")).to_yaml() {
+    match server.stanza(format!("http://{addr}")).to_yaml() {
         Ok(yaml) => println!("# KubeSchedulerConfiguration for kube-scheduler:\n{yaml}"),
         Err(e) => usage(&e),
     }

@@ -423,3 +423,87 @@ async fn remembered_pods_forget_the_least_recently_filtered_first() {
         .with_snapshot(|s| s.node(Sym::new("n1")).unwrap().requested.cpu.0);
     assert_eq!(on_n1, 200);
 }
+
+/// A Nodes-mode filter request for pod `uid` (1 cpu) over `n` nodes `node-0`… of 4 cpu each,
+/// every node carrying `labels` labels (to make the body large).
+fn nodes_filter(uid: &str, n: usize, labels: usize) -> String {
+    let label_map: serde_json::Map<String, Value> = (0..labels)
+        .map(|i| {
+            (
+                format!("example.com/label-{i}"),
+                Value::from("some-value-that-takes-room"),
+            )
+        })
+        .collect();
+    let items: Vec<Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "metadata": {"name": format!("node-{i}"), "labels": label_map},
+                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "Pod": {
+            "metadata": {"name": uid, "namespace": "default", "uid": uid},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}
+        },
+        "Nodes": {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items},
+        "NodeNames": null
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn nodes_mode_filter_feeds_the_cache_so_bind_works() {
+    let server = ExtenderServer::with_default_plugins().node_cache_capable(false);
+    assert_eq!(
+        server.stanza("http://127.0.0.1:8888").to_value().unwrap()["nodeCacheCapable"],
+        false,
+        "the stanza asks kube-scheduler for full nodes"
+    );
+    assert_eq!(
+        ExtenderServer::with_default_plugins()
+            .stanza("http://x")
+            .to_value()
+            .unwrap()["nodeCacheCapable"],
+        true
+    );
+    let (status, body) = post(&server, "/filter", nodes_filter("web-1", 2, 1)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["Nodes"]["items"].as_array().unwrap().len(), 2, "{body}");
+    let (_, body) = post(&server, "/bind", bind_args("web-1", "node-1")).await;
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got["Error"], "", "{body}");
+    let used = server
+        .scheduler()
+        .with_snapshot(|s| s.node(Sym::new("node-1")).unwrap().requested.cpu.0);
+    assert_eq!(used, 1000);
+    // The next Nodes-mode call keeps the bound pod on the re-sent node.
+    let (_, body) = post(&server, "/filter", nodes_filter("web-2", 2, 1)).await;
+    assert!(body.contains("node-1"), "{body}");
+    let used = server
+        .scheduler()
+        .with_snapshot(|s| s.node(Sym::new("node-1")).unwrap().requested.cpu.0);
+    assert_eq!(used, 1000, "re-sent nodes keep the cache's pods");
+}
+
+#[tokio::test]
+async fn a_nodes_mode_body_over_2_mb_is_accepted_and_the_limit_is_configurable() {
+    let server = ExtenderServer::with_default_plugins().node_cache_capable(false);
+    let body = nodes_filter("big", 5000, 8);
+    assert!(body.len() > 2 << 20, "{} bytes", body.len());
+    let (status, response) = post(&server, "/filter", body.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        &response[..response.len().min(300)]
+    );
+    let got: Value = serde_json::from_str(&response).unwrap();
+    assert_eq!(got["Nodes"]["items"].as_array().unwrap().len(), 5000);
+    let small = ExtenderServer::with_default_plugins().body_limit(1 << 20);
+    let (status, _) = post(&small, "/filter", body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}

@@ -7,7 +7,7 @@ mod stanza;
 mod tls;
 pub mod wire;
 
-pub use server::{DEFAULT_REMEMBERED_PODS, ExtenderServer};
+pub use server::{DEFAULT_BODY_LIMIT, DEFAULT_REMEMBERED_PODS, ExtenderServer};
 pub use stanza::ExtenderStanza;
 #[cfg(feature = "tls")]
 pub use tls::{TlsError, TlsListener};

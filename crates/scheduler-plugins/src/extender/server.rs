@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::extender::ExtenderStanza;
 use crate::extender::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
     ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MetaVictims,
@@ -81,14 +82,23 @@ impl SeenPods {
     }
 }
 
-/// Serves a scheduler's plugins to kube-scheduler through the extender protocol. Nodes for
-/// `NodeNames` mode come from the scheduler's cache (feed it with
-/// [`Scheduler::upsert_node`]); bound pods are recorded there.
+/// The default limit on a request body: a full `NodeList` of 5,000 nodes is far above
+/// axum's default of 2 MB.
+pub const DEFAULT_BODY_LIMIT: usize = 64 << 20;
+
+/// Serves a scheduler's plugins to kube-scheduler through the extender protocol. Bound pods
+/// are recorded in the scheduler's cache, and the bind verb needs the node there. In
+/// node-cache-capable mode (the default) kube-scheduler sends `NodeNames` only, so feed the
+/// cache yourself ([`Scheduler::upsert_node`] from a Node watch); otherwise
+/// ([`ExtenderServer::node_cache_capable`] false) it sends full `Nodes`, which the server
+/// upserts into the cache on every filter and prioritize call.
 #[derive(Debug, Clone)]
 pub struct ExtenderServer {
     scheduler: Scheduler,
     token: Option<Arc<str>>,
     seen: Arc<Mutex<SeenPods>>,
+    node_cache_capable: bool,
+    body_limit: usize,
 }
 
 /// A request error: HTTP 400 (or 401) with a message.
@@ -124,6 +134,8 @@ impl ExtenderServer {
             scheduler,
             token: None,
             seen: Arc::new(Mutex::new(SeenPods::new(DEFAULT_REMEMBERED_PODS))),
+            node_cache_capable: true,
+            body_limit: DEFAULT_BODY_LIMIT,
         }
     }
 
@@ -148,6 +160,29 @@ impl ExtenderServer {
         self
     }
 
+    /// Whether kube-scheduler should send node names only (true, the default: the cache is fed
+    /// by you) or full nodes (false: requests feed the cache). [`ExtenderServer::stanza`]
+    /// writes this into `nodeCacheCapable`; the server accepts both forms either way.
+    #[must_use]
+    pub fn node_cache_capable(mut self, yes: bool) -> ExtenderServer {
+        self.node_cache_capable = yes;
+        self
+    }
+
+    /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); a
+    /// larger one gets HTTP 413.
+    #[must_use]
+    pub fn body_limit(mut self, bytes: usize) -> ExtenderServer {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The kube-scheduler `extenders[]` entry for this server at `url_prefix`, with
+    /// `nodeCacheCapable` matching [`ExtenderServer::node_cache_capable`].
+    pub fn stanza(&self, url_prefix: impl Into<String>) -> ExtenderStanza {
+        ExtenderStanza::new(url_prefix).node_cache_capable(self.node_cache_capable)
+    }
+
     /// The scheduler behind the server.
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
@@ -161,6 +196,7 @@ impl ExtenderServer {
             .route("/bind", post(bind_handler))
             .route("/preempt", post(preempt_handler))
             .route("/healthz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(self.body_limit))
             .with_state(self.clone())
     }
 
@@ -206,9 +242,9 @@ impl ExtenderServer {
             .insert(pod.clone());
     }
 
-    /// Runs `f` over the candidate nodes of `args`: the cache's nodes for `NodeNames`, a
-    /// snapshot of the given nodes (with the cache's pods on them) for `Nodes`. Unknown names
-    /// are reported separately.
+    /// Runs `f` over the candidate nodes of `args` in the cache: for `Nodes`, the given nodes
+    /// are upserted into the cache first; for `NodeNames`, names the cache does not know are
+    /// reported separately.
     fn with_candidates<R>(
         &self,
         args: &ExtenderArgs,
@@ -218,21 +254,25 @@ impl ExtenderServer {
             let items = nodes
                 .get("items")
                 .and_then(Value::as_array)
-                .cloned()
+                .map(Vec::as_slice)
                 .unwrap_or_default();
             let mut infos = Vec::with_capacity(items.len());
-            for item in &items {
-                let mut info = node_from_json(item).map_err(|e| e.to_string())?;
-                self.scheduler.with_snapshot(|s| {
-                    if let Some(known) = s.node(info.name) {
-                        info.pods = known.pods.clone();
-                    }
-                });
+            let mut names = Vec::with_capacity(items.len());
+            for item in items {
+                let info = node_from_json(item).map_err(|e| e.to_string())?;
+                names.push(info.name);
                 infos.push(info);
             }
-            let snapshot = Snapshot::from_nodes(infos);
-            let idx: Vec<u32> = (0..snapshot.len() as u32).collect();
-            return Ok(f(&snapshot, &idx, &[]));
+            // Nodes mode feeds the cache (keeping the pods it has on those nodes), so a
+            // later bind finds the node it is asked about.
+            self.scheduler.add_nodes(infos);
+            return Ok(self.scheduler.with_snapshot(|snapshot| {
+                let idx: Vec<u32> = names
+                    .iter()
+                    .filter_map(|&name| snapshot.index_of(name).map(|i| i as u32))
+                    .collect();
+                f(snapshot, &idx, &[])
+            }));
         }
         let names = args.node_names.as_deref().unwrap_or_default();
         Ok(self.scheduler.with_snapshot(|snapshot| {
