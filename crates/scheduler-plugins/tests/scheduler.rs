@@ -527,3 +527,43 @@ async fn a_failed_binding_keeps_an_already_bound_claim_address() {
     assert_eq!(cap.held_by("fresh"), None);
     assert_eq!(cap.free("p"), 1);
 }
+
+#[derive(Debug)]
+struct PanickingSort;
+impl Plugin for PanickingSort {
+    fn name(&self) -> &str {
+        "PanickingSort"
+    }
+}
+impl rorqual_scheduler::framework::QueueSortPlugin for PanickingSort {
+    fn less(
+        &self,
+        _a: &rorqual_scheduler::framework::QueuedPodInfo,
+        _b: &rorqual_scheduler::framework::QueuedPodInfo,
+    ) -> bool {
+        panic!("queue sort exploded")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_queue_sort_degrades_to_priority_order_and_keeps_scheduling() {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .queue_sort(Arc::new(PanickingSort))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(2, 4000));
+    for (uid, priority) in [("a", 0), ("b", 5), ("c", 0)] {
+        s.enqueue(pod(uid, 100).priority(priority)).unwrap();
+    }
+    let failure = s.queue_sort_failure().expect("recorded");
+    assert_eq!(failure.plugin(), Some("PanickingSort"));
+    assert!(
+        failure.message().contains("queue sort exploded"),
+        "{failure}"
+    );
+    let first = s.schedule_next().await.unwrap();
+    assert_eq!(&*first.pod.uid, "b", "higher priority first");
+    assert_eq!(s.run_until_idle().await.bound, 2);
+}

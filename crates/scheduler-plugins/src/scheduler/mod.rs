@@ -249,6 +249,12 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Why the profile's QueueSort plugin is no longer used, if it panicked: an Error status
+    /// naming it. The queue then orders by priority, then arrival.
+    pub fn queue_sort_failure(&self) -> Option<Status> {
+        self.queue().sort_failure().cloned()
+    }
+
     /// Pods in the active queue and in backoff.
     pub fn queue_len(&self) -> (usize, usize) {
         let q = self.queue();

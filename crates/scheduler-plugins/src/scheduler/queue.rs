@@ -1,11 +1,17 @@
 //! The scheduling queue: an active heap ordered by the QueueSort plugin, and a backoff queue
 //! (1 s doubling to 10 s per failed attempt). Time is passed in, so the logic is pure.
+//!
+//! A QueueSort plugin that panics does not take the scheduler down: the queue records an Error
+//! status for it ([`SchedulingQueue::sort_failure`]) and orders by priority, then arrival
+//! (FIFO), from then on.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::framework::{QueueSortPlugin, QueuedPodInfo};
+use crate::framework::{QueueSortPlugin, QueuedPodInfo, Status};
 use crate::snapshot::PodInfo;
 
 /// The first backoff.
@@ -24,10 +30,18 @@ pub fn backoff_for(attempts: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// The order used once the QueueSort plugin has panicked: higher priority first, then FIFO.
+fn fallback_less(a: &QueuedPodInfo, b: &QueuedPodInfo) -> bool {
+    a.pod.priority > b.pod.priority
+        || (a.pod.priority == b.pod.priority && a.timestamp < b.timestamp)
+}
+
 /// Active and backoff queues.
 #[derive(Debug)]
 pub struct SchedulingQueue {
     sort: Arc<dyn QueueSortPlugin>,
+    /// Set once the QueueSort plugin panicked; the fallback order applies from then on.
+    sort_failure: Option<Status>,
     active: Vec<QueuedPodInfo>,
     backoff: Vec<(Instant, QueuedPodInfo)>,
     known: HashMap<Arc<str>, ()>,
@@ -38,6 +52,7 @@ impl SchedulingQueue {
     pub fn new(sort: Arc<dyn QueueSortPlugin>) -> SchedulingQueue {
         SchedulingQueue {
             sort,
+            sort_failure: None,
             active: Vec::new(),
             backoff: Vec::new(),
             known: HashMap::new(),
@@ -126,6 +141,12 @@ impl SchedulingQueue {
         self.backoff.len()
     }
 
+    /// Why the QueueSort plugin is no longer used (it panicked), if it is not: an Error status
+    /// naming the plugin.
+    pub fn sort_failure(&self) -> Option<&Status> {
+        self.sort_failure.as_ref()
+    }
+
     /// The earliest backoff expiry.
     pub fn next_backoff(&self) -> Option<Instant> {
         self.backoff.iter().map(|(t, _)| *t).min()
@@ -137,27 +158,70 @@ impl SchedulingQueue {
         self.sift_up(i);
     }
 
+    /// Whether `active[a]` goes before `active[b]`. A panic in the plugin is caught: it is
+    /// recorded, and the heap is rebuilt in the fallback order once the current sift is done
+    /// (the comparisons made so far mixed two orders).
+    fn less(&mut self, a: usize, b: usize) -> bool {
+        let (x, y) = (&self.active[a], &self.active[b]);
+        if self.sort_failure.is_some() {
+            return fallback_less(x, y);
+        }
+        let sort = &self.sort;
+        match catch_unwind(AssertUnwindSafe(|| sort.less(x, y))) {
+            Ok(less) => less,
+            Err(payload) => {
+                let status = Status::error(format!(
+                    "QueueSort plugin panicked: {}; ordering by priority, then FIFO",
+                    super::panic_message(&*payload)
+                ))
+                .with_plugin(self.sort.name());
+                tracing::error!(plugin = self.sort.name(), %status, "QueueSort plugin failed");
+                self.sort_failure = Some(status);
+                fallback_less(&self.active[a], &self.active[b])
+            }
+        }
+    }
+
+    /// Restores the heap in the fallback order after the plugin panicked mid-sift (a sorted
+    /// vector is a valid heap).
+    fn reheap_if_degraded(&mut self, was_degraded: bool) {
+        if !was_degraded && self.sort_failure.is_some() {
+            self.active.sort_by(|a, b| {
+                if fallback_less(a, b) {
+                    Ordering::Less
+                } else if fallback_less(b, a) {
+                    Ordering::Greater
+                } else {
+                    Ordering::Equal
+                }
+            });
+        }
+    }
+
     fn sift_up(&mut self, mut i: usize) {
+        let was_degraded = self.sort_failure.is_some();
         while i > 0 {
             let parent = (i - 1) / 2;
-            if self.sort.less(&self.active[i], &self.active[parent]) {
+            if self.less(i, parent) {
                 self.active.swap(i, parent);
                 i = parent;
             } else {
                 break;
             }
         }
+        self.reheap_if_degraded(was_degraded);
     }
 
     fn sift_down(&mut self, mut i: usize) {
+        let was_degraded = self.sort_failure.is_some();
         let n = self.active.len();
         loop {
             let (l, r) = (2 * i + 1, 2 * i + 2);
             let mut best = i;
-            if l < n && self.sort.less(&self.active[l], &self.active[best]) {
+            if l < n && self.less(l, best) {
                 best = l;
             }
-            if r < n && self.sort.less(&self.active[r], &self.active[best]) {
+            if r < n && self.less(r, best) {
                 best = r;
             }
             if best == i {
@@ -166,6 +230,7 @@ impl SchedulingQueue {
             self.active.swap(i, best);
             i = best;
         }
+        self.reheap_if_degraded(was_degraded);
     }
 }
 
@@ -177,6 +242,43 @@ mod tests {
 
     fn pod(uid: &str, priority: i32) -> Arc<PodInfo> {
         Arc::new(PodInfo::new(uid, "ns", uid, Resources::default()).priority(priority))
+    }
+
+    #[derive(Debug)]
+    struct PanickingSort;
+
+    impl crate::framework::Plugin for PanickingSort {
+        fn name(&self) -> &str {
+            "PanickingSort"
+        }
+    }
+
+    impl QueueSortPlugin for PanickingSort {
+        fn less(&self, _a: &QueuedPodInfo, _b: &QueuedPodInfo) -> bool {
+            panic!("sort exploded")
+        }
+    }
+
+    #[test]
+    fn a_panicking_queue_sort_falls_back_to_priority_then_fifo() {
+        let mut q = SchedulingQueue::new(Arc::new(PanickingSort));
+        let t0 = Instant::now();
+        q.add(pod("first", 1), t0);
+        assert!(q.sort_failure().is_none(), "one pod needs no comparison");
+        for (k, (uid, priority)) in [("second", 1), ("urgent", 9), ("third", 1), ("low", 0)]
+            .into_iter()
+            .enumerate()
+        {
+            q.add(pod(uid, priority), t0 + Duration::from_millis(k as u64 + 1));
+        }
+        let failure = q.sort_failure().expect("the panic is recorded");
+        assert_eq!(failure.code(), crate::framework::Code::Error);
+        assert_eq!(failure.plugin(), Some("PanickingSort"));
+        assert!(failure.message().contains("sort exploded"), "{failure}");
+        let order: Vec<String> = std::iter::from_fn(|| q.pop(t0))
+            .map(|i| i.pod.uid.to_string())
+            .collect();
+        assert_eq!(order, ["urgent", "first", "second", "third", "low"]);
     }
 
     #[test]
