@@ -114,6 +114,9 @@ pub enum ApprovalError {
     /// The gate's backend failed (a remote approval service).
     #[error("approval backend failed: {0}")]
     Backend(String),
+    /// The gate does not offer this optional capability.
+    #[error("approval gate does not support {0}")]
+    Unsupported(&'static str),
 }
 
 /// Where a rollout asks for manual approval.
@@ -129,6 +132,18 @@ pub trait ApprovalGate: Send + Sync + Debug + 'static {
         revision: &Revision,
         step: usize,
     ) -> Result<Option<Decision>, ApprovalError>;
+
+    /// Withdraws every request and decision for `app`'s release of `revision`: the rollout
+    /// attempt they belonged to is over (aborted, retried, superseded, promoted past the gate
+    /// or complete), so pending requests no longer wait for anyone and a later attempt asks
+    /// again instead of reusing an earlier decision.
+    ///
+    /// Optional: the default answers [`ApprovalError::Unsupported`], and the controller then
+    /// logs that earlier decisions may be reused.
+    async fn withdraw(&self, app: &AppKey, revision: &Revision) -> Result<(), ApprovalError> {
+        let _ = (app, revision);
+        Err(ApprovalError::Unsupported("withdrawing requests"))
+    }
 }
 
 /// A request with its state, as listed by [`Approvals`].
@@ -288,7 +303,8 @@ impl Approvals {
             .map(|(_, r)| r.clone())
     }
 
-    /// Drops every record of `app`'s release of `revision` (when the rollout is done).
+    /// Drops every record of `app`'s release of `revision`, pending or decided (the rollout
+    /// controller does this through [`ApprovalGate::withdraw`] when a rollout attempt ends).
     pub fn forget(&self, app: &AppKey, revision: &Revision) {
         self.lock()
             .records
@@ -348,6 +364,11 @@ impl ApprovalGate for Approvals {
         step: usize,
     ) -> Result<Option<Decision>, ApprovalError> {
         Ok(self.get(app, revision, step).and_then(|r| r.decision))
+    }
+
+    async fn withdraw(&self, app: &AppKey, revision: &Revision) -> Result<(), ApprovalError> {
+        self.forget(app, revision);
+        Ok(())
     }
 }
 
@@ -430,11 +451,13 @@ fn error_response(e: &ApprovalError) -> Response {
         ApprovalError::AlreadyDecided { .. } => StatusCode::CONFLICT,
         ApprovalError::Invalid(_) => StatusCode::BAD_REQUEST,
         ApprovalError::Backend(_) => StatusCode::BAD_GATEWAY,
+        ApprovalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
     };
     (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -443,5 +466,53 @@ mod tests {
         fn assert_seam<T: ?Sized + Send + Sync + Debug + 'static>() {}
         assert_seam::<dyn ApprovalGate>();
         let _: Arc<dyn ApprovalGate> = Arc::new(Approvals::new());
+    }
+
+    #[tokio::test]
+    async fn withdraw_drops_pending_and_decided_records_of_one_revision() {
+        let a = Approvals::new();
+        let app = AppKey::new("games", "lobby");
+        let (v1, v2): (Revision, Revision) = ("v1".into(), "v2".into());
+        for (rev, step) in [(&v1, 1), (&v1, 3), (&v2, 1)] {
+            a.request(&ApprovalRequest::new(app.clone(), rev.clone(), step, "go?"))
+                .await
+                .unwrap();
+        }
+        a.reject(&app, &v1, 1, "bob", None).unwrap();
+        a.withdraw(&app, &v1).await.unwrap();
+        assert_eq!(a.get(&app, &v1, 1), None, "the rejection is gone");
+        let pending: Vec<_> = a
+            .pending()
+            .into_iter()
+            .map(|r| r.request.revision)
+            .collect();
+        assert_eq!(pending, [v2], "v1's pending request withdrawn, v2's kept");
+        // Asked again, the step waits for a new decision.
+        a.request(&ApprovalRequest::new(app.clone(), v1.clone(), 1, "go?"))
+            .await
+            .unwrap();
+        assert_eq!(a.decision(&app, &v1, 1).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn withdraw_is_unsupported_by_default() {
+        #[derive(Debug)]
+        struct Minimal;
+        #[async_trait]
+        impl ApprovalGate for Minimal {
+            async fn request(&self, _: &ApprovalRequest) -> Result<(), ApprovalError> {
+                Ok(())
+            }
+            async fn decision(
+                &self,
+                _: &AppKey,
+                _: &Revision,
+                _: usize,
+            ) -> Result<Option<Decision>, ApprovalError> {
+                Ok(None)
+            }
+        }
+        let err = Minimal.withdraw(&AppKey::new("a", "b"), &"v1".into()).await;
+        assert!(matches!(err, Err(ApprovalError::Unsupported(_))), "{err:?}");
     }
 }

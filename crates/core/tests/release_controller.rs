@@ -1176,6 +1176,10 @@ async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_ke
     router.take();
     let promoted = h.clock.now();
     h.ctl.promote_full(&key()).await.unwrap();
+    assert!(
+        h.approvals.pending().is_empty(),
+        "the skipped promotion gate no longer waits for anyone"
+    );
     let mut switched = None;
     let mut blue_shrunk = None;
     for _ in 0..60 {
@@ -1256,4 +1260,111 @@ async fn canary_promote_full_with_a_router_keeps_the_scale_down_delay() {
     h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
     assert_eq!(of(&h.counts().await, &v2), (10, 10));
+}
+
+fn approval_canary() -> Strategy {
+    canary(vec![
+        CanaryStep::SetWeight(10),
+        CanaryStep::Approval(ApprovalStep::default()),
+        CanaryStep::SetWeight(60),
+    ])
+}
+
+#[tokio::test]
+async fn retry_after_a_rejection_asks_for_approval_again() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), approval_canary()).abort_scale_down_delay(0))
+        .await
+        .unwrap();
+    h.until(10, "approval requested", |s| s.approval_requested)
+        .await;
+    h.approvals.reject(&key(), &v2, 1, "bob", None).unwrap();
+    h.until(20, "rolled back", |s| s.reason.starts_with("aborted: "))
+        .await;
+    assert!(
+        h.approvals.get(&key(), &v2, 1).is_none(),
+        "the attempt's rejection is withdrawn"
+    );
+    h.ctl.retry(&key()).await.unwrap();
+    h.until(10, "asked again", |s| s.step == 1 && s.approval_requested)
+        .await;
+    for _ in 0..5 {
+        h.tick().await;
+    }
+    let s = h.status().await;
+    assert!(!s.aborted, "the earlier rejection is not re-read: {s:?}");
+    assert_eq!((s.step, s.phase), (1, RolloutPhase::Paused));
+    let pending = h.approvals.pending();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (pending[0].request.revision.clone(), pending[0].request.step),
+        (v2.clone(), 1)
+    );
+    h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.stable, Some(v2));
+}
+
+#[tokio::test]
+async fn an_abort_withdraws_pending_approvals_and_a_re_release_asks_again() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    let spec = |v: &str| RolloutSpec::new(app(v), approval_canary()).abort_scale_down_delay(0);
+    h.ctl.apply(spec("v2")).await.unwrap();
+    h.until(10, "approval requested", |s| s.approval_requested)
+        .await;
+    assert_eq!(h.approvals.pending().len(), 1);
+    h.ctl.abort(&key()).await.unwrap();
+    assert!(
+        h.approvals.pending().is_empty(),
+        "an aborted rollout asks nobody: {:?}",
+        h.approvals.pending()
+    );
+    // Superseding a waiting rollout withdraws its request too.
+    h.ctl.retry(&key()).await.unwrap();
+    h.until(10, "approval requested again", |s| s.approval_requested)
+        .await;
+    h.ctl.apply(spec("v3")).await.unwrap();
+    let waiting: Vec<_> = h
+        .approvals
+        .pending()
+        .into_iter()
+        .map(|r| r.request.revision)
+        .collect();
+    assert!(!waiting.contains(&v2), "{waiting:?}");
+    // v2 released with an approval, then undone, then released again: it asks again.
+    h.ctl.apply(spec("v2")).await.unwrap();
+    h.until(10, "v2 approval requested", |s| s.approval_requested)
+        .await;
+    h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
+    h.until(30, "v2 healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    h.ctl.undo(&key(), Some(&v1)).await.unwrap();
+    h.until(10, "v1 approval requested", |s| s.approval_requested)
+        .await;
+    h.approvals.approve(&key(), &v1, 1, "alice", None).unwrap();
+    h.until(30, "v1 healthy", |s| {
+        s.phase == RolloutPhase::Healthy && s.stable == Some(v1.clone())
+    })
+    .await;
+    h.ctl.apply(spec("v2")).await.unwrap();
+    h.until(10, "at the approval step", |s| s.step == 1).await;
+    for _ in 0..5 {
+        h.tick().await;
+    }
+    let s = h.status().await;
+    assert_eq!(
+        (s.step, s.phase),
+        (1, RolloutPhase::Paused),
+        "alice's approval of the earlier release does not count: {s:?}"
+    );
+    assert!(s.approval_requested);
+    assert_eq!(h.approvals.pending().len(), 1);
+    assert_eq!(h.approvals.pending()[0].request.revision, v2);
 }

@@ -28,6 +28,10 @@ fn conf(dir: &Path, version: &str, ipam_extra: Value) -> Value {
 }
 
 fn spawn(cmd: &str, container: &str, args: &str, stdin: &Value) -> Child {
+    spawn_raw(cmd, container, args, &stdin.to_string())
+}
+
+fn spawn_raw(cmd: &str, container: &str, args: &str, body: &str) -> Child {
     let mut c = Command::new(BIN);
     c.env_clear()
         .env("CNI_COMMAND", cmd)
@@ -42,7 +46,6 @@ fn spawn(cmd: &str, container: &str, args: &str, stdin: &Value) -> Child {
         c.env("CNI_ARGS", args);
     }
     let mut child = c.spawn().expect("spawn rorqual-ipam");
-    let body = stdin.to_string();
     child
         .stdin
         .take()
@@ -148,85 +151,160 @@ fn specific_ips_from_every_source_and_mac() {
 }
 
 #[test]
-fn bad_input_gives_the_right_codes() {
+fn bad_input_gives_the_right_codes_and_names_the_pool_and_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let c = conf(dir.path(), "1.0.0", json!({}));
-    let cases: Vec<(&str, &str, &str, Value, u64, &str)> = vec![
+    let named = conf(dir.path(), "1.0.0", json!({"pool": "games"}));
+    let ipam = |extra: Value| conf(dir.path(), "1.0.0", extra);
+    // (command, container, CNI_ARGS, stdin, code, what the message must name)
+    type Case<'a> = (&'a str, &'a str, &'a str, Value, u64, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "ADD",
             "c1",
             "",
             json!({"cniVersion": "0.2.0", "name": "n", "ipam": c["ipam"]}),
             1,
-            "0.2.0",
+            vec!["pool `n`", "0.2.0"],
         ),
         (
             "ADD",
             "c1",
             "",
-            conf(dir.path(), "1.0.0", json!({"bogus": 1})),
+            ipam(json!({"bogus": 1})),
             2,
-            "ipam.bogus",
+            vec!["pool `proto`", "ipam.bogus = 1"],
         ),
-        ("ADD", "c1", "Foo=bar", c.clone(), 2, "Foo=bar"),
-        ("ADD", "-bad", "", c.clone(), 4, "CNI_CONTAINERID"),
-        ("NOPE", "c1", "", c.clone(), 4, "NOPE"),
+        (
+            "ADD",
+            "c1",
+            "",
+            ipam(json!({"pool": "games", "bogus": [2]})),
+            2,
+            vec!["pool `games`", "ipam.bogus = [2]"],
+        ),
+        (
+            "ADD",
+            "c1",
+            "Foo=bar",
+            named.clone(),
+            2,
+            vec!["pool `games`", "Foo=bar"],
+        ),
+        (
+            "ADD",
+            "c1",
+            "IgnoreUnknown=1;novalue",
+            named.clone(),
+            4,
+            vec!["pool `games`", "`novalue`"],
+        ),
+        (
+            "ADD",
+            "c1",
+            "IP=10.77.0.300",
+            named.clone(),
+            4,
+            vec!["pool `games`", "IP=`10.77.0.300`"],
+        ),
+        (
+            "ADD",
+            "c1",
+            "MAC=zz:zz",
+            named.clone(),
+            4,
+            vec!["pool `games`", "zz:zz"],
+        ),
+        (
+            "ADD",
+            "-bad",
+            "",
+            c.clone(),
+            4,
+            vec!["pool `proto`", "CNI_CONTAINERID `-bad`"],
+        ),
+        ("NOPE", "c1", "", c.clone(), 4, vec!["pool `proto`", "NOPE"]),
         (
             "ADD",
             "c1",
             "",
             json!({"cniVersion": "1.0.0", "name": "n"}),
             6,
-            "ipam",
+            vec!["pool `n`", "missing field `ipam`", "\"name\":\"n\""],
         ),
         (
             "ADD",
             "c1",
             "",
-            conf(
-                dir.path(),
-                "1.0.0",
-                json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.1.0.1"}]]}),
-            ),
+            ipam(json!({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.1.0.1"}]]})),
             7,
-            "rangeStart 10.1.0.1",
+            vec!["pool `proto`", "rangeStart 10.1.0.1"],
         ),
         (
             "ADD",
             "c1",
             "",
-            conf(dir.path(), "1.0.0", json!({"ranges": "x"})),
+            ipam(json!({"ranges": "x"})),
             7,
-            "ipam.ranges",
+            vec!["pool `proto`", "ipam.ranges = \"x\""],
         ),
-        ("GC", "c1", "", c.clone(), 1, "1.1.0"),
+        (
+            "ADD",
+            "c1",
+            "",
+            ipam(json!({"pool": "games", "vlan": 70000})),
+            7,
+            vec!["pool `games`", "ipam.vlan = 70000"],
+        ),
+        (
+            "ADD",
+            "c1",
+            "",
+            ipam(json!({"pool": "games", "macs": {"10.77.0.20": "nope"}})),
+            7,
+            vec!["pool `games`", "ipam.macs", "nope"],
+        ),
+        (
+            "ADD",
+            "c1",
+            "",
+            ipam(json!({"pool": "games", "exclude": ["10.77.0.x"]})),
+            7,
+            vec!["pool `games`", "10.77.0.x"],
+        ),
+        {
+            let mut rc = named.clone();
+            rc["runtimeConfig"] = json!({"ips": ["banana"]});
+            (
+                "ADD",
+                "c1",
+                "",
+                rc,
+                7,
+                vec!["pool `games`", "runtimeConfig.ips", "banana"],
+            )
+        },
+        ("GC", "c1", "", c.clone(), 1, vec!["pool `proto`", "1.1.0"]),
     ];
-    for (cmd, ctr, args, stdin, code, needle) in cases {
+    for (cmd, ctr, args, stdin, code, needles) in cases {
         let (ok, e) = run(cmd, ctr, args, &stdin);
-        assert!(!ok, "{cmd} {stdin} should fail");
+        assert!(!ok, "{cmd} {args} {stdin} should fail");
         assert_eq!(e["code"], code, "{e}");
-        assert!(
-            e["msg"].as_str().unwrap().contains(needle),
-            "{e} should mention {needle}"
-        );
+        let msg = e["msg"].as_str().unwrap();
+        for needle in needles {
+            assert!(msg.contains(needle), "{e} should mention {needle}");
+        }
         assert!(e["cniVersion"].is_string());
     }
     // Unknown ipam keys pass with IgnoreUnknown.
-    assert!(
-        run(
-            "ADD",
-            "c1",
-            "IgnoreUnknown=1",
-            &conf(dir.path(), "1.0.0", json!({"bogus": 1}))
-        )
-        .0
-    );
-    // Non-JSON stdin: decode error.
-    let out = spawn("ADD", "c1", "", &Value::String("x".into()))
+    assert!(run("ADD", "c1", "IgnoreUnknown=1", &ipam(json!({"bogus": 1}))).0);
+    // Non-JSON stdin: a decode error quoting the input.
+    let out = spawn_raw("ADD", "c1", "", "{\"cniVersion\": 1.0.0 oops")
         .wait_with_output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], 6);
+    assert!(v["msg"].as_str().unwrap().contains("1.0.0 oops"), "{v}");
 }
 
 #[test]

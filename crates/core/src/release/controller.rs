@@ -29,7 +29,7 @@ use super::record::{
 };
 use super::strategy::{ReleaseStrategy, StrategyError};
 use crate::analysis::{AnalysisRun, MetricProvider, Providers};
-use crate::approval::{ApprovalGate, ApprovalRequest, Approvals};
+use crate::approval::{ApprovalError, ApprovalGate, ApprovalRequest, Approvals};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Engine, GroupStatus, StateStore};
 use crate::error::Error as EngineError;
@@ -226,6 +226,15 @@ struct Entry {
     strategy: Arc<super::strategy::Strategy>,
 }
 
+/// What a verb does to the approvals of the rollout's current target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decisions {
+    /// Keep requests and decisions (the attempt goes on at the same gates).
+    Keep,
+    /// Withdraw them: the attempt ended, restarted or skipped its approval gates.
+    Withdraw,
+}
+
 /// A preview route's content: the revision and its ready endpoints, or empty.
 type Preview = Option<(Revision, Vec<SocketAddr>)>;
 
@@ -381,6 +390,9 @@ impl RolloutController {
                     last_preview: None,
                 };
                 self.persist(&mut entry).await?;
+                // A new attempt: no decision from an earlier one counts.
+                self.withdraw_approvals(&app, &entry.record.status.target)
+                    .await;
                 let status = entry.record.status.clone();
                 lock(&self.inner.rollouts)
                     .insert(app.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
@@ -400,6 +412,7 @@ impl RolloutController {
                 let r = &mut e.record;
                 let new_template = r.status.target != target;
                 let new_steps = r.status.step_hash != step_hash;
+                let previous_target = r.status.target.clone();
                 r.spec = spec;
                 if new_template {
                     // The weight shown so far was the previous target's.
@@ -412,14 +425,23 @@ impl RolloutController {
                         None => None,
                     });
                 }
-                if new_template || new_steps {
+                let new_attempt = new_template || new_steps;
+                if new_attempt {
                     restart(&mut r.status, now, "rollout updated");
-                    r.status.target = target;
+                    r.status.target = target.clone();
                     r.status.step_hash = step_hash;
                     terminate_all(r);
                     r.analyses.clear();
                 }
                 self.persist(&mut e).await?;
+                if new_attempt {
+                    // The superseded attempt's requests wait for nobody, and the new attempt
+                    // (perhaps of a revision released before) asks again.
+                    if previous_target != target {
+                        self.withdraw_approvals(&app, &previous_target).await;
+                    }
+                    self.withdraw_approvals(&app, &target).await;
+                }
                 e.record.status.clone()
             }
         };
@@ -440,6 +462,12 @@ impl RolloutController {
             if r.status.aborted {
                 return Err("the rollout is aborted; use retry".into());
             }
+            // Passing an approval gate: its request waits for nobody any more.
+            let decisions = if r.status.approval_requested {
+                Decisions::Withdraw
+            } else {
+                Decisions::Keep
+            };
             if r.status.hold.take().is_none() {
                 r.status.step += 1;
                 r.status.step_started = now;
@@ -447,7 +475,7 @@ impl RolloutController {
                 r.status.analysis = None;
             }
             r.status.last_progress = now;
-            Ok(())
+            Ok(decisions)
         })
         .await
     }
@@ -469,7 +497,8 @@ impl RolloutController {
             r.status.last_progress = now;
             terminate_all(r);
             r.status.analysis = None;
-            Ok(())
+            // Every approval gate is skipped: pending requests wait for nobody.
+            Ok(Decisions::Withdraw)
         })
         .await
     }
@@ -482,7 +511,7 @@ impl RolloutController {
                 return Err("nothing to abort: the target is the stable revision".into());
             }
             mark_aborted(r, now, "aborted by an operator".into());
-            Ok(())
+            Ok(Decisions::Withdraw)
         })
         .await
     }
@@ -496,7 +525,8 @@ impl RolloutController {
             restart(&mut r.status, now, "retried");
             terminate_all(r);
             r.analyses.clear();
-            Ok(())
+            // A new attempt: an earlier rejection (or approval) does not count.
+            Ok(Decisions::Withdraw)
         })
         .await
     }
@@ -542,18 +572,23 @@ impl RolloutController {
         &self,
         app: &AppKey,
         verb: &'static str,
-        f: impl FnOnce(&mut RolloutRecord, SystemTime) -> Result<(), String>,
+        f: impl FnOnce(&mut RolloutRecord, SystemTime) -> Result<Decisions, String>,
     ) -> Result<RolloutStatus, ControllerError> {
         let entry = self.entry(app)?;
         let now = self.inner.clock.now();
         let status = {
             let mut e = entry.lock().await;
-            f(&mut e.record, now).map_err(|reason| ControllerError::BadVerb {
+            let decisions = f(&mut e.record, now).map_err(|reason| ControllerError::BadVerb {
                 verb,
                 app: app.clone(),
                 reason,
             })?;
             self.persist(&mut e).await?;
+            // Still under the entry's lock, so no reconcile asks (or reads a decision) between
+            // the verb and the withdrawal.
+            if decisions == Decisions::Withdraw {
+                self.withdraw_approvals(app, &e.record.status.target).await;
+            }
             e.record.status.clone()
         };
         self.emit(
@@ -1176,8 +1211,28 @@ impl RolloutController {
             }
         };
         let outcome = if status.aborted { "aborted" } else { "paused" };
+        if status.aborted {
+            self.withdraw_approvals(&status.app, &status.target).await;
+        }
         self.notify(&status, Some(status.step), outcome, &reason)
             .await;
+    }
+
+    /// Withdraws the approval requests and decisions of `app`'s release of `revision` (the
+    /// attempt they belonged to is over). A gate that cannot withdraw is logged: a later
+    /// attempt of the same revision may then see an earlier decision.
+    async fn withdraw_approvals(&self, app: &AppKey, revision: &Revision) {
+        match self.inner.approvals.withdraw(app, revision).await {
+            Ok(()) => {}
+            Err(ApprovalError::Unsupported(what)) => tracing::debug!(
+                app = %app, revision = %revision,
+                "approval gate does not support {what}; earlier decisions may be reused"
+            ),
+            Err(err) => tracing::warn!(
+                app = %app, revision = %revision, error = %err,
+                "withdrawing approval requests failed"
+            ),
+        }
     }
 
     /// The plan reached Done: the target becomes stable (or, when aborted, the abort is
@@ -1253,7 +1308,10 @@ impl RolloutController {
             r.status.background_analysis = None;
         }
         r.analyses.clear();
+        let target = r.status.target.clone();
         if !already_healthy {
+            // The attempt is over: its decisions do not carry over to a later release.
+            self.withdraw_approvals(&app, &target).await;
             let status = r.status.clone();
             self.persist(e).await?;
             let outcome = if status.aborted {

@@ -127,28 +127,39 @@ const KNOWN_KEYS: &[&str] = &[
     "store",
 ];
 
+/// Reads `ipam.<key>`; an error names `pool` and the value.
 fn field<T: serde::de::DeserializeOwned>(
     ipam: &serde_json::Map<String, Value>,
     key: &str,
+    pool: &str,
 ) -> Result<Option<T>, CniError> {
     match ipam.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
             CniError::new(
                 super::code::INVALID_CONFIG,
-                format!("invalid ipam.{key}: {e}"),
+                format!("pool `{pool}`: invalid ipam.{key} = {}: {e}", excerpt(v)),
                 v.to_string(),
             )
         }),
     }
 }
 
+/// `v` as JSON, cut at 120 characters.
+fn excerpt(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
+    }
+}
+
 /// Reads `/etc/resolv.conf`-style DNS (host-local's `resolvConf`).
-fn parse_resolv_conf(path: &str) -> Result<Dns, CniError> {
+fn parse_resolv_conf(path: &str, pool: &str) -> Result<Dns, CniError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CniError::new(
             super::code::IO,
-            format!("cannot read ipam.resolvConf {path}: {e}"),
+            format!("pool `{pool}`: cannot read ipam.resolvConf {path}: {e}"),
             String::new(),
         )
     })?;
@@ -172,36 +183,45 @@ fn parse_resolv_conf(path: &str) -> Result<Dns, CniError> {
 
 impl IpamConf {
     /// Parses the `ipam` section of network `network`; unknown keys are an error (code 2)
-    /// unless `ignore_unknown`.
+    /// unless `ignore_unknown`. Errors name the pool (`ipam.pool`, default the network name)
+    /// and the offending key and value.
     pub fn parse(network: &str, ipam: &Value, ignore_unknown: bool) -> Result<IpamConf, CniError> {
         let Some(map) = ipam.as_object() else {
             return Err(CniError::new(
                 super::code::INVALID_CONFIG,
-                format!("network `{network}`: `ipam` must be an object"),
+                format!(
+                    "pool `{network}`: `ipam` must be an object, not {}",
+                    excerpt(ipam)
+                ),
                 ipam.to_string(),
             ));
         };
+        let pool_name =
+            field::<String>(map, "pool", network)?.unwrap_or_else(|| network.to_owned());
+        let pn = pool_name.as_str();
         if !ignore_unknown {
             if let Some((k, v)) = map.iter().find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str())) {
                 return Err(CniError::new(
                     super::code::UNSUPPORTED_FIELD,
-                    format!("network `{network}`: unsupported field ipam.{k} = {v}"),
+                    format!(
+                        "pool `{pool_name}` (network `{network}`): unsupported field ipam.{k} = {}",
+                        excerpt(v)
+                    ),
                     "set IgnoreUnknown=1 in CNI_ARGS to ignore unknown keys",
                 ));
             }
         }
-        let pool_name = field::<String>(map, "pool")?.unwrap_or_else(|| network.to_owned());
-        let mut sets: Vec<Vec<RangeConf>> = field(map, "ranges")?.unwrap_or_default();
-        if let Some(subnet) = field::<IpNet>(map, "subnet")? {
+        let mut sets: Vec<Vec<RangeConf>> = field(map, "ranges", pn)?.unwrap_or_default();
+        if let Some(subnet) = field::<IpNet>(map, "subnet", pn)? {
             sets.push(vec![RangeConf {
                 subnet,
-                range_start: field(map, "rangeStart")?,
-                range_end: field(map, "rangeEnd")?,
-                gateway: field(map, "gateway")?,
+                range_start: field(map, "rangeStart", pn)?,
+                range_end: field(map, "rangeEnd", pn)?,
+                gateway: field(map, "gateway", pn)?,
             }]);
         }
-        let ips: Vec<IpNet> = field(map, "ips")?.unwrap_or_default();
-        let exclude: Vec<String> = field(map, "exclude")?.unwrap_or_default();
+        let ips: Vec<IpNet> = field(map, "ips", pn)?.unwrap_or_default();
+        let exclude: Vec<String> = field(map, "exclude", pn)?.unwrap_or_default();
         let exclude = exclude
             .iter()
             .map(|s| {
@@ -216,18 +236,18 @@ impl IpamConf {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let routes: Vec<Route> = field(map, "routes")?.unwrap_or_default();
-        let mut dns: Dns = field(map, "dns")?.unwrap_or_default();
-        if let Some(path) = field::<String>(map, "resolvConf")? {
-            dns = parse_resolv_conf(&path)?;
+        let routes: Vec<Route> = field(map, "routes", pn)?.unwrap_or_default();
+        let mut dns: Dns = field(map, "dns", pn)?.unwrap_or_default();
+        if let Some(path) = field::<String>(map, "resolvConf", pn)? {
+            dns = parse_resolv_conf(&path, pn)?;
         }
-        let vlan: Option<u16> = field(map, "vlan")?;
-        let macs: BTreeMap<IpAddr, Mac> = field(map, "macs")?.unwrap_or_default();
-        let keep: u64 = field(map, "claimKeepSeconds")?.unwrap_or(0);
-        let gc_grace_secs: u64 = field(map, "gcGraceSeconds")?.unwrap_or(0);
+        let vlan: Option<u16> = field(map, "vlan", pn)?;
+        let macs: BTreeMap<IpAddr, Mac> = field(map, "macs", pn)?.unwrap_or_default();
+        let keep: u64 = field(map, "claimKeepSeconds", pn)?.unwrap_or(0);
+        let gc_grace_secs: u64 = field(map, "gcGraceSeconds", pn)?.unwrap_or(0);
         let data_dir: PathBuf =
-            field(map, "dataDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let store = field::<StoreConf>(map, "store")?.unwrap_or(StoreConf::File {
+            field(map, "dataDir", pn)?.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let store = field::<StoreConf>(map, "store", pn)?.unwrap_or(StoreConf::File {
             dir: None,
             fsync: None,
         });

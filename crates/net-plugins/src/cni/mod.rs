@@ -175,7 +175,8 @@ fn parse_ip_text(s: &str) -> Option<IpAddr> {
         .or_else(|| s.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
 }
 
-fn parse_cni_args(raw: Option<&str>) -> Result<CniArgs, CniError> {
+/// Parses `CNI_ARGS`; errors name `pool` (the pool the command is for) and the entry.
+fn parse_cni_args(raw: Option<&str>, pool: &str) -> Result<CniArgs, CniError> {
     let mut out = CniArgs::default();
     let Some(raw) = raw else { return Ok(out) };
     let pairs: Vec<(&str, &str)> = raw
@@ -184,7 +185,7 @@ fn parse_cni_args(raw: Option<&str>) -> Result<CniArgs, CniError> {
         .map(|p| {
             p.split_once('=').ok_or_else(|| {
                 bad_env(format!(
-                    "CNI_ARGS entry `{p}` is not KEY=VALUE (in `{raw}`)"
+                    "pool `{pool}`: CNI_ARGS entry `{p}` is not KEY=VALUE (in `{raw}`)"
                 ))
             })
         })
@@ -200,13 +201,15 @@ fn parse_cni_args(raw: Option<&str>) -> Result<CniArgs, CniError> {
             "IP" => {
                 for part in v.split(',').filter(|p| !p.is_empty()) {
                     out.ips.push(parse_ip_text(part).ok_or_else(|| {
-                        bad_env(format!("CNI_ARGS IP=`{part}` is not an IP address"))
+                        bad_env(format!(
+                            "pool `{pool}`: CNI_ARGS IP=`{part}` is not an IP address"
+                        ))
                     })?);
                 }
             }
             "MAC" => {
                 out.mac = Some(v.parse().map_err(|e: crate::mac::MacParseError| {
-                    bad_env(format!("CNI_ARGS MAC: {e}"))
+                    bad_env(format!("pool `{pool}`: CNI_ARGS MAC={v}: {e}"))
                 })?)
             }
             "RORQUAL_IDENTITY" => out.identity = Some(v.to_owned()),
@@ -219,7 +222,7 @@ fn parse_cni_args(raw: Option<&str>) -> Result<CniArgs, CniError> {
                 return Err(CniError::new(
                     code::UNSUPPORTED_FIELD,
                     format!(
-                        "unsupported CNI_ARGS key {other}={v} (set IgnoreUnknown=1 to ignore it)"
+                        "pool `{pool}`: unsupported CNI_ARGS key {other}={v} (set IgnoreUnknown=1 to ignore it)"
                     ),
                     "",
                 ));
@@ -234,7 +237,7 @@ fn parse_cni_args(raw: Option<&str>) -> Result<CniArgs, CniError> {
     Ok(out)
 }
 
-fn ips_from(v: Option<&Value>, what: &str) -> Result<Vec<IpAddr>, CniError> {
+fn ips_from(v: Option<&Value>, what: &str, pool: &str) -> Result<Vec<IpAddr>, CniError> {
     let Some(Value::Array(items)) = v else {
         return Ok(vec![]);
     };
@@ -244,7 +247,7 @@ fn ips_from(v: Option<&Value>, what: &str) -> Result<Vec<IpAddr>, CniError> {
             i.as_str().and_then(parse_ip_text).ok_or_else(|| {
                 CniError::new(
                     code::INVALID_CONFIG,
-                    format!("{what}: `{i}` is not an IP address"),
+                    format!("pool `{pool}`: {what}: `{i}` is not an IP address"),
                     "",
                 )
             })
@@ -252,13 +255,36 @@ fn ips_from(v: Option<&Value>, what: &str) -> Result<Vec<IpAddr>, CniError> {
         .collect()
 }
 
-fn mac_from(v: Option<&Value>, what: &str) -> Result<Option<Mac>, CniError> {
+fn mac_from(v: Option<&Value>, what: &str, pool: &str) -> Result<Option<Mac>, CniError> {
     match v.and_then(Value::as_str) {
         None => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("{what}: {e}"), "")),
+        Some(s) => s.parse().map(Some).map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("pool `{pool}`: {what}: {e}"),
+                "",
+            )
+        }),
+    }
+}
+
+/// The pool a configuration is for, as far as it can be read (`ipam.pool`, else the network
+/// name), for naming it in errors before the configuration is known to be valid.
+fn pool_label(raw: &Value) -> Option<String> {
+    raw.get("ipam")
+        .and_then(|i| i.get("pool"))
+        .and_then(Value::as_str)
+        .or_else(|| raw.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+/// At most 120 characters of `input`, for quoting it in an error.
+fn excerpt(input: &[u8]) -> String {
+    let text = String::from_utf8_lossy(input);
+    let text = text.trim();
+    match text.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
     }
 }
 
@@ -385,7 +411,10 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
             "1.1.0".to_owned(),
             CniError::new(
                 code::DECODE,
-                format!("cannot decode network configuration: {e}"),
+                format!(
+                    "cannot decode the network configuration on stdin as JSON ({e}): `{}`",
+                    excerpt(stdin)
+                ),
                 "",
             ),
         )
@@ -397,9 +426,13 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
         .to_owned();
     let fail = |e: CniError| (version.clone(), e);
     let conf: NetConf = serde_json::from_value(raw.clone()).map_err(|e| {
+        let pool = pool_label(&raw).map_or_else(String::new, |p| format!("pool `{p}`: "));
         fail(CniError::new(
             code::DECODE,
-            format!("cannot decode network configuration: {e}"),
+            format!(
+                "{pool}cannot decode the network configuration ({e}): `{}`",
+                excerpt(stdin)
+            ),
             "",
         ))
     })?;
@@ -407,7 +440,8 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
         return Err(fail(CniError::new(
             code::INCOMPATIBLE_VERSION,
             format!(
-                "network `{}`: cniVersion {} is not supported (supported: {})",
+                "pool `{}` (network `{}`): cniVersion {} is not supported (supported: {})",
+                pool_label(&raw).unwrap_or_default(),
                 conf.name,
                 conf.cni_version,
                 SUPPORTED_VERSIONS.join(", ")
@@ -419,17 +453,22 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
 }
 
 async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
-    let args = parse_cni_args(env.args.as_deref())?;
+    let pool = conf
+        .ipam
+        .get("pool")
+        .and_then(Value::as_str)
+        .unwrap_or(&conf.name);
+    let args = parse_cni_args(env.args.as_deref(), pool)?;
     let ipam = IpamConf::parse(&conf.name, &conf.ipam, args.ignore_unknown)?;
     let need = |v: &Option<String>, name: &str| {
         v.clone()
-            .ok_or_else(|| bad_env(format!("{name} is required for {command}")))
+            .ok_or_else(|| bad_env(format!("pool `{pool}`: {name} is required for {command}")))
     };
     let owner = || -> Result<Owner, CniError> {
         let id = need(&env.container_id, "CNI_CONTAINERID")?;
         if !valid_container_id(&id) {
             return Err(bad_env(format!(
-                "CNI_CONTAINERID `{id}` is invalid (alphanumeric first, then alphanumerics, `_`, `.`, `-`)"
+                "pool `{pool}`: CNI_CONTAINERID `{id}` is invalid (alphanumeric first, then alphanumerics, `_`, `.`, `-`)"
             )));
         }
         Ok(Owner::new(id, need(&env.ifname, "CNI_IFNAME")?))
@@ -459,7 +498,7 @@ async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniE
         "GC" | "STATUS" if conf.cni_version == "1.0.0" => Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
             format!(
-                "network `{}`: {command} needs cniVersion 1.1.0, got 1.0.0",
+                "pool `{pool}` (network `{}`): {command} needs cniVersion 1.1.0, got 1.0.0",
                 conf.name
             ),
             "",
@@ -508,9 +547,9 @@ async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniE
             }
             Ok(Value::Null)
         }
-        "" => Err(bad_env("CNI_COMMAND is not set")),
+        "" => Err(bad_env(format!("pool `{pool}`: CNI_COMMAND is not set"))),
         other => Err(bad_env(format!(
-            "CNI_COMMAND `{other}` is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"
+            "pool `{pool}`: CNI_COMMAND `{other}` is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"
         ))),
     }
 }
@@ -525,20 +564,23 @@ async fn add(
     let rc = conf.runtime_config.as_ref();
     let cni_args = conf.args.as_ref().and_then(|a| a.get("cni"));
     let mut requested = args.ips.clone();
+    let pool = &ipam.pools[0].name;
     requested.extend(ips_from(
         cni_args.and_then(|c| c.get("ips")),
         "args.cni.ips",
+        pool,
     )?);
     requested.extend(ips_from(
         rc.and_then(|r| r.get("ips")),
         "runtimeConfig.ips",
+        pool,
     )?);
     requested.dedup();
     let mac = match args.mac {
         Some(m) => Some(m),
-        None => match mac_from(cni_args.and_then(|c| c.get("mac")), "args.cni.mac")? {
+        None => match mac_from(cni_args.and_then(|c| c.get("mac")), "args.cni.mac", pool)? {
             Some(m) => Some(m),
-            None => mac_from(rc.and_then(|r| r.get("mac")), "runtimeConfig.mac")?,
+            None => mac_from(rc.and_then(|r| r.get("mac")), "runtimeConfig.mac", pool)?,
         },
     };
     // Each requested address goes to the pool whose ranges contain it.
