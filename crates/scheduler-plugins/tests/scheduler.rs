@@ -567,3 +567,50 @@ async fn a_panicking_queue_sort_degrades_to_priority_order_and_keeps_scheduling(
     assert_eq!(&*first.pod.uid, "b", "higher priority first");
     assert_eq!(s.run_until_idle().await.bound, 2);
 }
+
+/// Makes every binding take a while, so concurrent placements overlap.
+#[derive(Debug)]
+struct SlowPreBind;
+impl Plugin for SlowPreBind {
+    fn name(&self) -> &str {
+        "SlowPreBind"
+    }
+}
+#[async_trait]
+impl PreBindPlugin for SlowPreBind {
+    async fn pre_bind(&self, _s: &CycleState, _p: &PodInfo, _n: Sym) -> Status {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Status::success()
+    }
+}
+
+#[tokio::test]
+async fn concurrent_placements_do_not_overcommit_a_node() {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .pre_bind(Arc::new(SlowPreBind))
+        .build()
+        .unwrap();
+    let scheduler = Scheduler::new(profile);
+    // The engine's views lag: they never list what was just placed.
+    let views = vec![NodeView::new(Node::new(
+        "only",
+        Resources::new(1000, 4 << 30),
+    ))];
+    let requests: Vec<PlacementRequest> = (0..6)
+        .map(|i| {
+            PlacementRequest::new(
+                format!("web-{i}"),
+                AppKey::new("default", "web"),
+                Revision::from("r1"),
+                Resources::new(400, 1 << 20),
+            )
+        })
+        .collect();
+    let results =
+        futures::future::join_all(requests.iter().map(|r| scheduler.place(r, &views))).await;
+    let placed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(placed, 2, "1000m fits two 400m instances: {results:?}");
+    let used = scheduler.with_snapshot(|s| s.nodes()[0].requested.cpu.0);
+    assert_eq!(used, 800);
+}

@@ -102,6 +102,10 @@ struct Inner {
     queue: Mutex<SchedulingQueue>,
     waiting: WaitingPods,
     placed: Mutex<Placed>,
+    /// Serializes `Placement` calls: each replaces the snapshot from the engine's views and
+    /// records its pod in `placed` only after binding, so two calls overlapping would each
+    /// drop the other's pod from the snapshot.
+    placing: tokio::sync::Mutex<()>,
 }
 
 /// The in-process scheduler. Cheap to clone (shared state).
@@ -163,6 +167,7 @@ impl Scheduler {
                 queue: Mutex::new(queue),
                 waiting: WaitingPods::new(),
                 placed: Mutex::new(HashMap::new()),
+                placing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -908,6 +913,11 @@ impl Scheduler {
 
     pub(crate) fn placed(&self) -> MutexGuard<'_, Placed> {
         self.inner.placed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held across one whole `Placement` call.
+    pub(crate) async fn placing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.placing.lock().await
     }
 
     pub(crate) fn replace_snapshot(&self, snapshot: Snapshot) {

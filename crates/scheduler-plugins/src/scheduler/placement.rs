@@ -120,6 +120,8 @@ impl Placement for Scheduler {
         request: &PlacementRequest,
         nodes: &[NodeView],
     ) -> rorqual_core::Result<PlacementDecision> {
+        // One placement at a time, from syncing the views until the pod is recorded.
+        let _placing = self.placing().await;
         self.sync_views(nodes);
         let mut pod = pod_from_request(request);
         if let Some(identity) = &mut pod.identity {
@@ -145,6 +147,7 @@ impl Placement for Scheduler {
     }
 
     async fn release(&self, instance: &str) -> rorqual_core::Result<()> {
+        let _placing = self.placing().await;
         self.placed().remove(instance);
         self.release_pod(instance);
         Ok(())
