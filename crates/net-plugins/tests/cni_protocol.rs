@@ -532,6 +532,30 @@ fn gc_spares_allocations_younger_than_the_grace_period() {
 }
 
 #[test]
+fn version_echoes_the_requested_version_and_lists_the_supported_ones() {
+    let supported = json!(["1.0.0", "1.1.0"]);
+    for (stdin, want) in [
+        (r#"{"cniVersion":"1.0.0"}"#, "1.0.0"),
+        (r#"{"cniVersion":"1.1.0"}"#, "1.1.0"),
+        // Not one it speaks, none given, or no input: the newest it speaks.
+        (r#"{"cniVersion":"0.4.0"}"#, "1.1.0"),
+        ("{}", "1.1.0"),
+        ("", "1.1.0"),
+    ] {
+        let out = spawn_raw("VERSION", "", "", stdin)
+            .wait_with_output()
+            .unwrap();
+        assert!(out.status.success(), "VERSION with {stdin}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v,
+            json!({"cniVersion": want, "supportedVersions": supported}),
+            "VERSION with {stdin}"
+        );
+    }
+}
+
+#[test]
 fn only_the_etcd_store_needs_an_async_runtime() {
     use rorqual_net::cni::needs_async_runtime;
     let etcd = json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "rorqual-ipam",

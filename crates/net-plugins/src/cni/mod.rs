@@ -61,7 +61,10 @@ pub mod code {
 }
 
 /// The CNI versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", NEWEST_VERSION];
+
+/// The newest CNI version this plugin speaks (used when a request names none).
+pub const NEWEST_VERSION: &str = "1.1.0";
 
 /// A CNI error: printed as `{"cniVersion","code","msg","details"}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -399,16 +402,28 @@ pub fn needs_async_runtime(stdin: &[u8]) -> bool {
     })
 }
 
+/// VERSION's reply: `cniVersion` echoes the request's (`{"cniVersion":"1.0.0"}` on stdin, as
+/// the spec asks) when it is one this plugin speaks, else it is the newest supported; with
+/// `supportedVersions`. VERSION never fails: the runtime uses it to find a common version.
+fn version_info(stdin: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .and_then(|asked| SUPPORTED_VERSIONS.iter().find(|s| **s == asked).copied())
+    });
+    json!({"cniVersion": asked.unwrap_or(NEWEST_VERSION), "supportedVersions": SUPPORTED_VERSIONS})
+}
+
 /// Runs one CNI command: returns what to print on stdout on success.
 pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
     let command = env.command.clone().unwrap_or_default();
     if command == "VERSION" {
-        return Ok(json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}));
+        return Ok(version_info(stdin));
     }
     // Version for error replies: the config's when it parses, else the newest.
     let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
         (
-            "1.1.0".to_owned(),
+            NEWEST_VERSION.to_owned(),
             CniError::new(
                 code::DECODE,
                 format!(
@@ -422,7 +437,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Value, (String, CniError)> {
     let version = raw
         .get("cniVersion")
         .and_then(Value::as_str)
-        .unwrap_or("1.1.0")
+        .unwrap_or(NEWEST_VERSION)
         .to_owned();
     let fail = |e: CniError| (version.clone(), e);
     let conf: NetConf = serde_json::from_value(raw.clone()).map_err(|e| {
