@@ -614,3 +614,39 @@ async fn concurrent_placements_do_not_overcommit_a_node() {
     let used = scheduler.with_snapshot(|s| s.nodes()[0].requested.cpu.0);
     assert_eq!(used, 800);
 }
+
+#[tokio::test]
+async fn a_deleted_gang_member_no_longer_counts_toward_min_member() {
+    let s = Scheduler::with_default_plugins();
+    s.add_nodes(nodes(2, 4000));
+    let member = |uid: &str| {
+        let mut p = pod(uid, 100);
+        p.gang = Some(GangMembership {
+            name: Arc::from("g"),
+            min_member: 2,
+            timeout: Some(Duration::from_secs(30)),
+        });
+        p
+    };
+    s.enqueue(member("m0")).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    let Outcome::Waiting { binding, .. } = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    // m0 is deleted while it waits: its binding ends, and it is not requeued.
+    assert!(s.remove_pod("m0").is_some());
+    let err = binding.await.unwrap().unwrap_err();
+    assert!(err.message().contains("deleted"), "{err}");
+    assert_eq!(s.queue_len(), (0, 0), "a deleted pod is not retried");
+    assert_eq!(s.with_snapshot(Snapshot::pod_count), 0);
+    // m1 alone is 1/2 members: it waits instead of binding on m0's count.
+    s.enqueue(member("m1")).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    let Outcome::Waiting { binding, .. } = r.outcome else {
+        panic!("m1 must wait for a second member: {:?}", r.outcome)
+    };
+    s.enqueue(member("m2")).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(matches!(r.outcome, Outcome::Bound(_)), "{:?}", r.outcome);
+    assert!(binding.await.unwrap().is_ok());
+}

@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::framework::{CycleState, PermitPlugin, Plugin, ReservePlugin, Status, WaitingPods};
+use crate::framework::{
+    CycleState, PermitPlugin, Plugin, PodRemoved, ReservePlugin, Status, WaitingPods,
+};
 use crate::interner::Sym;
 use crate::snapshot::PodInfo;
 
@@ -71,12 +73,17 @@ impl ReservePlugin for Gang {
         Status::success()
     }
 
-    fn unreserve(&self, _state: &mut CycleState, pod: &PodInfo, _node: Sym) {
+    fn unreserve(&self, state: &mut CycleState, pod: &PodInfo, _node: Sym) {
         let Some(group) = Gang::group(pod) else {
             return;
         };
         if let Some(set) = self.lock().get_mut(&group) {
             set.remove(&pod.uid);
+        }
+        if state.read::<PodRemoved>().is_some() {
+            // A deleted member just stops counting; siblings keep waiting for a replacement
+            // (if it was itself waiting, its own rejected binding releases the group).
+            return;
         }
         // Release the whole group: siblings waiting at Permit are rejected (their own
         // Unreserve then gives back what they hold).

@@ -90,6 +90,8 @@ struct Cache {
     snapshot: Snapshot,
     /// Pods assumed (scheduled, not yet bound): uid → node.
     assumed: HashMap<Arc<str>, Sym>,
+    /// Assumed pods deleted while their binding cycle ran: it must not requeue them.
+    removed: HashSet<Arc<str>>,
     next_start: usize,
 }
 
@@ -225,13 +227,33 @@ impl Scheduler {
             .map_err(|n| Status::error(format!("node `{n}` is unknown")))
     }
 
-    /// Forgets pod `uid` (deleted); backed-off pods are retried.
+    /// Forgets pod `uid` (deleted); backed-off pods are retried. A pod in the cache (bound,
+    /// assumed or waiting at Permit) is unreserved with [`PodRemoved`] in the cycle state, so
+    /// plugins give back what it held (a gang stops counting it); a pod waiting at Permit is
+    /// rejected, and a pod whose binding cycle is running is not requeued.
     pub fn remove_pod(&self, uid: &str) -> Option<Arc<PodInfo>> {
         let removed = {
             let mut cache = self.cache();
-            cache.assumed.remove(uid);
-            cache.snapshot.remove_pod(uid)
+            let node = cache.snapshot.node_of_pod(uid).map(|n| n.name);
+            if let Some((key, _)) = cache.assumed.remove_entry(uid) {
+                cache.removed.insert(key);
+            }
+            let removed = cache.snapshot.remove_pod(uid);
+            if let (Some(node), Some(pod)) = (node, &removed) {
+                let mut state = CycleState::new();
+                state.write(PodRemoved);
+                for p in self.inner.profile.reserve.iter().rev() {
+                    let _ = guarded("Unreserve", || {
+                        p.unreserve(&mut state, pod, node);
+                        Ok(())
+                    });
+                }
+            }
+            removed
         };
+        self.inner
+            .waiting
+            .reject(uid, "Scheduler", "the pod was deleted");
         self.queue().remove(uid);
         self.queue().move_all_to_active();
         removed
@@ -309,9 +331,11 @@ impl Scheduler {
                 state,
                 wait: None,
             } => match self.binding_cycle(pod.clone(), node, state, None).await {
-                Ok(node) => Outcome::Bound(node),
-                Err(status) => {
-                    self.queue().requeue_backoff(info, Instant::now());
+                (Ok(node), _) => Outcome::Bound(node),
+                (Err(status), removed) => {
+                    if !removed {
+                        self.queue().requeue_backoff(info, Instant::now());
+                    }
                     Outcome::Error(status)
                 }
             },
@@ -319,8 +343,8 @@ impl Scheduler {
                 let this = self.clone();
                 let pod = pod.clone();
                 let binding = tokio::spawn(async move {
-                    let result = this.binding_cycle(pod, node, state, wait).await;
-                    if result.is_err() {
+                    let (result, removed) = this.binding_cycle(pod, node, state, wait).await;
+                    if result.is_err() && !removed {
                         this.queue().requeue_backoff(info, Instant::now());
                     }
                     result
@@ -366,7 +390,7 @@ impl Scheduler {
         match self.scheduling_cycle(&pod) {
             CycleOutcome::Failed(status) => Err(status),
             CycleOutcome::Assumed { node, state, wait } => {
-                self.binding_cycle(pod, node, state, wait).await
+                self.binding_cycle(pod, node, state, wait).await.0
             }
         }
     }
@@ -769,11 +793,39 @@ impl Scheduler {
         self.unreserve_locked(&mut cache, state, pod, node);
     }
 
+    /// The binding cycle; the flag says whether the pod was deleted
+    /// ([`Scheduler::remove_pod`]) while it ran, in which case it must not be requeued.
     async fn binding_cycle(
         &self,
         pod: Arc<PodInfo>,
         node: Sym,
         mut state: CycleState,
+        wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
+    ) -> (Result<Sym, Status>, bool) {
+        let result = self.bind_after_permit(&pod, node, &mut state, wait).await;
+        let removed = {
+            let mut cache = self.cache();
+            if result.is_ok() {
+                cache.assumed.remove(&pod.uid);
+            }
+            !cache.removed.is_empty() && cache.removed.remove(&pod.uid)
+        };
+        if result.is_ok() {
+            for p in &self.inner.profile.post_bind {
+                let _ = AssertUnwindSafe(p.post_bind(&state, &pod, node))
+                    .catch_unwind()
+                    .await;
+            }
+        }
+        (result, removed)
+    }
+
+    /// Waits at Permit, then runs the binding plugins; unreserves on failure.
+    async fn bind_after_permit(
+        &self,
+        pod: &Arc<PodInfo>,
+        node: Sym,
+        state: &mut CycleState,
         wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
     ) -> Result<Sym, Status> {
         if let Some((rx, timeout)) = wait {
@@ -788,11 +840,11 @@ impl Scheduler {
                 }
             };
             if !status.is_success() {
-                self.unreserve(&mut state, &pod, node);
+                self.unreserve(state, pod, node);
                 return Err(status);
             }
         }
-        let result = AssertUnwindSafe(self.bind_plugins(&state, &pod, node))
+        let result = AssertUnwindSafe(self.bind_plugins(state, pod, node))
             .catch_unwind()
             .await
             .unwrap_or_else(|payload| {
@@ -802,17 +854,9 @@ impl Scheduler {
                 )))
             });
         match result {
-            Ok(()) => {
-                self.cache().assumed.remove(&pod.uid);
-                for p in &self.inner.profile.post_bind {
-                    let _ = AssertUnwindSafe(p.post_bind(&state, &pod, node))
-                        .catch_unwind()
-                        .await;
-                }
-                Ok(node)
-            }
+            Ok(()) => Ok(node),
             Err(status) => {
-                self.unreserve(&mut state, &pod, node);
+                self.unreserve(state, pod, node);
                 Err(status)
             }
         }
@@ -883,7 +927,7 @@ impl Scheduler {
             }
             state
         };
-        self.binding_cycle(pod, node, state, None).await
+        self.binding_cycle(pod, node, state, None).await.0
     }
 
     /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).
