@@ -1368,3 +1368,126 @@ async fn an_abort_withdraws_pending_approvals_and_a_re_release_asks_again() {
     assert_eq!(h.approvals.pending().len(), 1);
     assert_eq!(h.approvals.pending()[0].request.revision, v2);
 }
+
+/// Successful below 0.05, failed above 0.5, inconclusive in between.
+fn three_way_analysis() -> AnalysisStep {
+    let metric = MetricSpec::new(
+        "error-rate",
+        ProviderSpec::plugin("fake", serde_json::json!({})),
+    )
+    .success_condition("result < 0.05")
+    .failure_condition("result > 0.5");
+    AnalysisStep::new(AnalysisSpec::new(vec![metric]), BTreeMap::new())
+}
+
+#[tokio::test]
+async fn promote_continues_past_a_failed_analysis_under_the_pause_policy() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    *h.metric.value.lock().unwrap() = 0.9;
+    h.ctl
+        .apply(
+            RolloutSpec::new(
+                app("v2"),
+                canary(vec![
+                    CanaryStep::SetWeight(30),
+                    CanaryStep::Analysis(three_way_analysis()),
+                    CanaryStep::SetWeight(60),
+                ]),
+            )
+            .failure_policy(FailurePolicy::Pause),
+        )
+        .await
+        .unwrap();
+    h.until(20, "held", |s| s.hold.is_some()).await;
+    assert_eq!(
+        h.status().await.analysis.map(|a| a.phase),
+        Some(AnalysisPhase::Failed)
+    );
+    // The operator looked at the failure and accepts it: promote goes on, the metric is
+    // still bad and is not measured again.
+    let calls = *h.metric.calls.lock().unwrap();
+    h.ctl.promote(&key()).await.unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(*h.metric.calls.lock().unwrap(), calls);
+    assert_eq!(h.status().await.stable, Some(app("v2").revision()));
+}
+
+#[tokio::test]
+async fn promote_continues_past_a_rejected_approval_under_the_pause_policy() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), approval_canary()).failure_policy(FailurePolicy::Pause))
+        .await
+        .unwrap();
+    h.until(10, "approval requested", |s| s.approval_requested)
+        .await;
+    h.approvals.reject(&key(), &v2, 1, "bob", None).unwrap();
+    h.until(10, "held", |s| s.hold.is_some()).await;
+    assert!(h.status().await.reason.contains("rejected"));
+    h.ctl.promote(&key()).await.unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.stable, Some(v2));
+}
+
+#[tokio::test]
+async fn promote_after_an_inconclusive_background_analysis_proceeds() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    *h.metric.value.lock().unwrap() = 0.2;
+    let strategy = Canary::new(vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::SetWeight(40),
+        CanaryStep::SetWeight(60),
+    ])
+    .scale_down_delay(0)
+    .background(three_way_analysis(), 0);
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::Canary(strategy)))
+        .await
+        .unwrap();
+    h.until(10, "paused", |s| s.phase == RolloutPhase::Paused)
+        .await;
+    let s = h.status().await;
+    assert_eq!(s.step, 0);
+    assert!(s.reason.contains("inconclusive"), "{}", s.reason);
+    assert_eq!(
+        s.background_analysis.map(|a| a.phase),
+        Some(AnalysisPhase::Inconclusive)
+    );
+    // The metric recovers; promote acknowledges the inconclusive run, and a new background run
+    // (as in Argo after a resume) lets the later steps go on.
+    *h.metric.value.lock().unwrap() = 0.0;
+    h.ctl.promote(&key()).await.unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert!(*h.metric.calls.lock().unwrap() >= 2, "measured again");
+}
+
+#[tokio::test]
+async fn promote_after_an_inconclusive_step_analysis_proceeds() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    *h.metric.value.lock().unwrap() = 0.2;
+    h.ctl
+        .apply(RolloutSpec::new(
+            app("v2"),
+            canary(vec![
+                CanaryStep::SetWeight(20),
+                CanaryStep::Analysis(three_way_analysis()),
+                CanaryStep::SetWeight(50),
+            ]),
+        ))
+        .await
+        .unwrap();
+    h.until(10, "paused", |s| s.phase == RolloutPhase::Paused)
+        .await;
+    assert_eq!(h.status().await.step, 1);
+    h.ctl.promote(&key()).await.unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+}

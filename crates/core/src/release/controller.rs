@@ -28,7 +28,7 @@ use super::record::{
     RolloutStatus,
 };
 use super::strategy::{ReleaseStrategy, StrategyError};
-use crate::analysis::{AnalysisRun, MetricProvider, Providers};
+use crate::analysis::{AnalysisPhase, AnalysisRun, MetricProvider, Providers};
 use crate::approval::{ApprovalError, ApprovalGate, ApprovalRequest, Approvals};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Engine, GroupStatus, StateStore};
@@ -455,22 +455,44 @@ impl RolloutController {
         Ok(status)
     }
 
-    /// Promote: resumes a held rollout, or completes the current step (a pause, an approval,
-    /// an analysis) and goes to the next.
+    /// Promote: completes the current step (a pause, an approval, an analysis) and goes to the
+    /// next; or resumes a held rollout.
+    ///
+    /// Promote acknowledges what stopped the rollout: a failed, errored or inconclusive
+    /// analysis no longer gates it (the step it blocked is completed; a background analysis
+    /// starts a new run, as Argo does after a resume), and a rejected approval step is passed.
+    /// A rollout held for anything else (a traffic router error, the progress deadline) resumes
+    /// at its current step.
     pub async fn promote(&self, app: &AppKey) -> Result<RolloutStatus, ControllerError> {
         self.verb(app, "promote", |r, now| {
             if r.status.aborted {
                 return Err("the rollout is aborted; use retry".into());
             }
+            let held = r.status.hold.take().is_some();
+            let step_analysis_ended_badly = r
+                .status
+                .analysis
+                .as_ref()
+                .is_some_and(|a| ended_badly(a.phase));
+            r.analyses.retain(|_, run| !ended_badly(run.phase()));
+            if r.status
+                .background_analysis
+                .as_ref()
+                .is_some_and(|a| ended_badly(a.phase))
+            {
+                r.status.background_analysis = None;
+            }
             // Passing an approval gate: its request waits for nobody any more.
-            let decisions = if r.status.approval_requested {
+            let at_approval = r.status.approval_requested;
+            let decisions = if at_approval {
                 Decisions::Withdraw
             } else {
                 Decisions::Keep
             };
-            if r.status.hold.take().is_none() {
+            if !held || at_approval || step_analysis_ended_badly {
                 r.status.step += 1;
                 r.status.step_started = now;
+                r.status.progress_mark = 0;
                 r.status.approval_requested = false;
                 r.status.analysis = None;
             }
@@ -1351,6 +1373,12 @@ fn terminate_all(r: &mut RolloutRecord) {
             *shown = AnalysisStatus::from_run(&shown.key, run);
         }
     }
+}
+
+/// Whether an analysis ended without success (failed, errored or inconclusive): what a promote
+/// acknowledges.
+fn ended_badly(phase: AnalysisPhase) -> bool {
+    phase.is_terminal() && phase != AnalysisPhase::Successful
 }
 
 fn mark_aborted(r: &mut RolloutRecord, now: SystemTime, reason: String) {
