@@ -650,3 +650,55 @@ async fn a_deleted_gang_member_no_longer_counts_toward_min_member() {
     assert!(matches!(r.outcome, Outcome::Bound(_)), "{:?}", r.outcome);
     assert!(binding.await.unwrap().is_ok());
 }
+
+/// Nominates the first node that failed filtering.
+#[derive(Debug)]
+struct NominateFirst;
+impl Plugin for NominateFirst {
+    fn name(&self) -> &str {
+        "NominateFirst"
+    }
+}
+impl rorqual_scheduler::framework::PostFilterPlugin for NominateFirst {
+    fn post_filter(
+        &self,
+        _s: &CycleState,
+        _p: &PodInfo,
+        _snap: &Snapshot,
+        statuses: &rorqual_scheduler::framework::NodeStatuses,
+    ) -> (Option<Sym>, Status) {
+        match statuses.first() {
+            Some((node, _)) => (Some(*node), Status::success()),
+            None => (None, Status::unschedulable("nothing to nominate")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn post_filter_runs_and_nominates_when_a_prefilter_set_leaves_no_node() {
+    for with_set in [true, false] {
+        let mut builder = DefaultPlugins::new()
+            .builder("p")
+            .post_filter(Arc::new(NominateFirst));
+        if with_set {
+            builder = builder.pre_filter(Arc::new(OnlyEven));
+        }
+        let s = Scheduler::new(builder.build().unwrap());
+        s.add_nodes(nodes(4, 1000));
+        s.enqueue(pod("too-big", 2000)).unwrap();
+        let r = s.schedule_next().await.unwrap();
+        assert!(
+            matches!(r.outcome, Outcome::Unschedulable(_)),
+            "{:?}",
+            r.outcome
+        );
+        let nominated = r.nominated.expect("PostFilter nominated a node");
+        if with_set {
+            let index: u32 = nominated.as_str()[1..].parse().unwrap();
+            assert_eq!(index % 2, 0, "only PreFilter's nodes were filtered");
+        }
+        // A pod that fits has no nomination.
+        s.enqueue(pod("small", 100)).unwrap();
+        assert!(s.schedule_next().await.unwrap().nominated.is_none());
+    }
+}

@@ -69,7 +69,14 @@ pub struct ScheduleResult {
     pub pod: Arc<PodInfo>,
     /// What happened.
     pub outcome: Outcome,
+    /// The node a PostFilter plugin nominated when no node fit (for example where
+    /// preemption would make room); the pod itself is retried after its backoff.
+    pub nominated: Option<Sym>,
 }
+
+/// Cycle state: the node a PostFilter plugin nominated in this cycle.
+#[derive(Debug, Clone, Copy)]
+struct Nominated(Sym);
 
 /// Totals of [`Scheduler::run_until_idle`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,7 +129,8 @@ enum CycleOutcome {
         state: CycleState,
         wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
     },
-    Failed(Status),
+    /// The status, and the node a PostFilter plugin nominated.
+    Failed(Status, Option<Sym>),
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -317,8 +325,10 @@ impl Scheduler {
     /// The binding half for one pod whose scheduling cycle ended with `outcome`.
     async fn finish(&self, info: QueuedPodInfo, outcome: CycleOutcome) -> ScheduleResult {
         let pod = info.pod.clone();
+        let mut nominated = None;
         let outcome = match outcome {
-            CycleOutcome::Failed(status) => {
+            CycleOutcome::Failed(status, nomination) => {
+                nominated = nomination;
                 self.queue().requeue_backoff(info, Instant::now());
                 if status.code() == crate::framework::Code::Error {
                     Outcome::Error(status)
@@ -352,7 +362,11 @@ impl Scheduler {
                 Outcome::Waiting { node, binding }
             }
         };
-        ScheduleResult { pod, outcome }
+        ScheduleResult {
+            pod,
+            outcome,
+            nominated,
+        }
     }
 
     /// Schedules until the active queue is empty, then waits for pending bindings. Pods in
@@ -388,7 +402,7 @@ impl Scheduler {
     pub async fn schedule_pod(&self, pod: PodInfo) -> Result<Sym, Status> {
         let pod = Arc::new(pod);
         match self.scheduling_cycle(&pod) {
-            CycleOutcome::Failed(status) => Err(status),
+            CycleOutcome::Failed(status, _) => Err(status),
             CycleOutcome::Assumed { node, state, wait } => {
                 self.binding_cycle(pod, node, state, wait).await.0
             }
@@ -655,24 +669,22 @@ impl Scheduler {
         let set = self.pre_filter(state, pod, snapshot)?;
         let mut eval = Evaluation::default();
         let target = num_feasible_nodes_to_find(n, self.inner.profile.percentage_of_nodes_to_score);
-        match &set {
+        let excluded = match &set {
             Some(set) => {
                 let order: Vec<u32> = set
                     .iter()
                     .filter_map(|name| snapshot.index_of(*name).map(|i| i as u32))
                     .collect();
-                let excluded = n - order.len();
                 self.filter_nodes(state, pod, snapshot, Order::List(&order), target, &mut eval)?;
-                if eval.feasible.is_empty() {
-                    return Err(diagnose(n, &eval.failed, excluded, pod));
-                }
+                n - order.len()
             }
             None => {
                 let start = start % n;
                 let order = Order::Rotated { start, n };
                 self.filter_nodes(state, pod, snapshot, order, target, &mut eval)?;
+                0
             }
-        }
+        };
         if eval.feasible.is_empty() {
             let statuses: Vec<(Sym, Status)> = eval
                 .failed
@@ -681,12 +693,13 @@ impl Scheduler {
                 .collect();
             for p in &self.inner.profile.post_filter {
                 let (nominated, status) = p.post_filter(state, pod, snapshot, &statuses);
-                if status.is_success() && nominated.is_some() {
+                if let (true, Some(node)) = (status.is_success(), nominated) {
                     // Nomination only: the pod is retried after its backoff.
+                    state.write(Nominated(node));
                     break;
                 }
             }
-            return Err(diagnose(n, &eval.failed, 0, pod));
+            return Err(diagnose(n, &eval.failed, excluded, pod));
         }
         let examined = eval.examined;
         if eval.feasible.len() == 1 {
@@ -722,13 +735,16 @@ impl Scheduler {
         });
         let (node, examined) = match found {
             Ok(found) => found,
-            Err(status) => return CycleOutcome::Failed(status),
+            Err(status) => {
+                let nominated = state.read::<Nominated>().map(|n| n.0);
+                return CycleOutcome::Failed(status, nominated);
+            }
         };
         let n = cache.snapshot.len().max(1);
         cache.next_start = (start + examined) % n;
         // Assume.
         if cache.snapshot.add_pod(node, pod.clone()).is_err() {
-            return CycleOutcome::Failed(Status::error(format!("node `{node}` vanished")));
+            return CycleOutcome::Failed(Status::error(format!("node `{node}` vanished")), None);
         }
         cache.assumed.insert(pod.uid.clone(), node);
         // Reserve.
@@ -738,7 +754,7 @@ impl Scheduler {
             if !status.is_success() {
                 let _ = i;
                 self.unreserve_locked(&mut cache, &mut state, pod, node);
-                return CycleOutcome::Failed(status.with_plugin(p.name()));
+                return CycleOutcome::Failed(status.with_plugin(p.name()), None);
             }
         }
         // Permit.
@@ -757,7 +773,7 @@ impl Scheduler {
                 }
                 _ => {
                     self.unreserve_locked(&mut cache, &mut state, pod, node);
-                    return CycleOutcome::Failed(status.with_plugin(p.name()));
+                    return CycleOutcome::Failed(status.with_plugin(p.name()), None);
                 }
             }
         }
