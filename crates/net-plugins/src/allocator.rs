@@ -6,8 +6,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::error::{PoolError, StoreError, TransferError};
 use crate::mac::Mac;
@@ -16,6 +19,9 @@ use crate::model::{
 };
 use crate::pool_state::PoolState;
 use crate::store::PoolStore;
+
+/// A stream of allocation changes ([`Allocator::watch`]).
+pub type AllocationWatch = BoxStream<'static, Result<AllocationEvent, StoreError>>;
 
 /// Milliseconds since the Unix epoch; replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -92,10 +98,30 @@ impl Allocator {
         &self.store
     }
 
-    /// A stream of every change this allocator (and its clones) makes from now on, for
-    /// keeping a service registry in step. A slow reader that falls more than 4096 events
-    /// behind gets a `Lagged` item and should re-read the pools.
-    pub fn watch(&self) -> BroadcastStream<AllocationEvent> {
+    /// A stream of every change to the store's pools from now on, for keeping a service
+    /// registry in step: through the store's own watch ([`PoolStore::watch`]: the file store
+    /// and etcd) it includes changes made by other processes and hosts, such as
+    /// `rorqual-ipam`; for a store without one (memory) it is [`Allocator::watch_local`].
+    /// Changes committed after this returns are delivered.
+    pub async fn watch(&self) -> Result<AllocationWatch, PoolError> {
+        match self.store.watch().await {
+            Ok(stream) => Ok(stream),
+            Err(StoreError::Unsupported { .. }) => Ok(self
+                .watch_local()
+                .map(|item| {
+                    item.map_err(
+                        |BroadcastStreamRecvError::Lagged(missed)| StoreError::Lagged { missed },
+                    )
+                })
+                .boxed()),
+            Err(e) => Err(PoolError::store("*", e)),
+        }
+    }
+
+    /// A stream of every change this allocator (and its clones) makes from now on, in this
+    /// process only, with the exact events of each operation. A slow reader that falls more
+    /// than 4096 events behind gets a `Lagged` item and should re-read the pools.
+    pub fn watch_local(&self) -> BroadcastStream<AllocationEvent> {
         let sender = self.events.get_or_init(|| broadcast::channel(4096).0);
         BroadcastStream::new(sender.subscribe())
     }

@@ -51,6 +51,20 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
+    /// The store does not implement an optional capability (see [`crate::store::PoolStore`]).
+    #[error("pool store {store} does not support {operation}")]
+    Unsupported {
+        /// The store's type.
+        store: String,
+        /// The capability (`watch`).
+        operation: &'static str,
+    },
+    /// A watcher fell behind and missed changes: re-read the pools to catch up.
+    #[error("the watch fell {missed} changes behind; re-read the pools")]
+    Lagged {
+        /// How many changes were missed.
+        missed: u64,
+    },
 }
 
 impl StoreError {

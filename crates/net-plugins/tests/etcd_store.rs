@@ -9,9 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rorqual_net::store::PoolStore;
 use rorqual_net::store::etcd::EtcdStore;
-use rorqual_net::{AllocRequest, Allocator, IpRange, Owner, PoolError, PoolSpec, StoreError};
+use rorqual_net::{
+    AllocRequest, Allocator, IpRange, IpState, Owner, PoolError, PoolSpec, StoreError,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
@@ -187,6 +190,13 @@ async fn rorqual_ipam_processes_sharing_etcd_never_double_allocate() {
                  "rangeStart": "10.67.0.10", "rangeEnd": "10.67.0.39"}]],
                  "store": {"type": "etcd", "endpoints": [etcd.url], "prefix": "/cni/"}}
     });
+    // A watcher in this process follows what the rorqual-ipam processes allocate.
+    let watcher = Allocator::new(Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.url), "/cni/")
+            .await
+            .unwrap(),
+    ));
+    let mut watch = watcher.watch().await.unwrap();
     let children: Vec<Child> = (0..40)
         .map(|i| {
             let mut c = Command::new(BIN)
@@ -223,4 +233,65 @@ async fn rorqual_ipam_processes_sharing_etcd_never_double_allocate() {
     }
     assert_eq!(got.len(), 30);
     assert_eq!(codes, vec![json!(110); 10]);
+    let mut seen = HashSet::new();
+    while seen.len() < 30 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the watch delivered every allocation within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ev.pool.as_str(), ev.from, ev.to),
+            ("shared", IpState::Available, IpState::Active)
+        );
+        assert!(ev.owner.is_some());
+        assert!(seen.insert(format!("{}/24", ev.ip)), "{ev:?} twice");
+    }
+    assert_eq!(seen, got);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocator_watching_etcd_sees_another_allocators_changes() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let connect = || async {
+        Allocator::new(Arc::new(
+            EtcdStore::connect(std::slice::from_ref(&etcd.url), "/w/")
+                .await
+                .unwrap(),
+        ))
+    };
+    let (writer, reader) = (connect().await, connect().await);
+    let mut watch = reader.watch().await.unwrap();
+    writer
+        .create_pool(spec("w", "10.68.0.0/29").with_claim_keep_secs(60))
+        .await
+        .unwrap();
+    let o = Owner::new("c1", "eth0");
+    let a = writer
+        .allocate("w", &AllocRequest::new(o.clone()).with_identity("ns/db-0"))
+        .await
+        .unwrap();
+    writer.release("w", &o).await.unwrap();
+    writer.drop_claim("w", "ns/db-0").await.unwrap();
+    let mut moves = Vec::new();
+    while moves.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!((ev.pool.as_str(), ev.ip), ("w", a.address.addr()));
+        assert_eq!(ev.identity.as_deref(), Some("ns/db-0"));
+        moves.push((ev.from, ev.to, ev.owner));
+    }
+    assert_eq!(
+        moves,
+        [
+            (IpState::Available, IpState::Active, Some(o.clone())),
+            (IpState::Active, IpState::Reserved, Some(o)),
+            (IpState::Reserved, IpState::Available, None),
+        ]
+    );
 }

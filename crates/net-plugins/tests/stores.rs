@@ -22,7 +22,7 @@ fn spec(name: &str, cidr: &str) -> PoolSpec {
 
 async fn behaviour(store: Arc<dyn PoolStore>) {
     let alloc = Allocator::new(store);
-    let mut watch = alloc.watch();
+    let mut watch = alloc.watch().await.unwrap();
     alloc.create_pool(spec("p", "10.8.0.0/29")).await.unwrap();
     alloc.create_pool(spec("p", "10.8.0.0/29")).await.unwrap();
     assert!(matches!(
@@ -126,6 +126,127 @@ async fn file_store_behaviour_and_persistence() {
         .await
         .unwrap();
     assert_eq!(a.address, b.address, "claim kept across a restart");
+}
+
+async fn next_event(
+    watch: &mut rorqual_net::allocator::AllocationWatch,
+) -> rorqual_net::AllocationEvent {
+    tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_file_store_watch_follows_another_allocator_and_rorqual_ipam() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Arc::new(
+            FileStore::open(dir.path())
+                .unwrap()
+                .with_watch_interval(Duration::from_millis(10)),
+        )
+    };
+    let (writer, reader) = (Allocator::new(open()), Allocator::new(open()));
+    let mut watch = reader.watch().await.unwrap();
+    writer.create_pool(spec("w", "10.8.5.0/29")).await.unwrap();
+    let o = Owner::new("c1", "eth0");
+    let a = writer
+        .allocate("w", &AllocRequest::new(o.clone()).with_identity("ns/db-0"))
+        .await
+        .unwrap();
+    let ev = next_event(&mut watch).await;
+    assert_eq!(
+        (ev.pool.as_str(), ev.ip, ev.from, ev.to, ev.owner.as_ref()),
+        (
+            "w",
+            a.address.addr(),
+            IpState::Available,
+            IpState::Active,
+            Some(&o)
+        )
+    );
+    writer.release("w", &o).await.unwrap();
+    let ev = next_event(&mut watch).await;
+    assert_eq!((ev.from, ev.to), (IpState::Active, IpState::Reserved));
+    assert_eq!(ev.identity.as_deref(), Some("ns/db-0"));
+
+    // Another process: rorqual-ipam allocating in the same directory (its file store lives in
+    // `<dataDir>/<network>`).
+    let net_dir = dir.path().join("net");
+    let mut watch = Allocator::new(Arc::new(
+        FileStore::open(&net_dir)
+            .unwrap()
+            .with_watch_interval(Duration::from_millis(10)),
+    ))
+    .watch()
+    .await
+    .unwrap();
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "net", "type": "bridge",
+        "ipam": {"type": "rorqual-ipam", "ranges": [[{"subnet": "10.8.6.0/29"}]],
+                 "dataDir": dir.path()}});
+    let ipam = |cmd: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rorqual-ipam"))
+            .env_clear()
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", "ctr9")
+            .env("CNI_NETNS", "/var/run/netns/x")
+            .env("CNI_IFNAME", "eth0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+    };
+    ipam("ADD");
+    let ev = next_event(&mut watch).await;
+    assert_eq!(
+        (ev.pool.as_str(), ev.ip, ev.from, ev.to, ev.owner),
+        (
+            "net",
+            "10.8.6.2".parse().unwrap(),
+            IpState::Available,
+            IpState::Active,
+            Some(Owner::new("ctr9", "eth0"))
+        )
+    );
+    ipam("DEL");
+    let ev = next_event(&mut watch).await;
+    assert_eq!((ev.from, ev.to), (IpState::Active, IpState::Available));
+}
+
+#[tokio::test]
+async fn stores_without_a_watch_say_so_and_the_allocator_falls_back_to_its_own_events() {
+    let store = MemoryStore::new();
+    let err = store.watch().await.err().unwrap();
+    assert!(
+        matches!(
+            &err,
+            rorqual_net::StoreError::Unsupported {
+                operation: "watch",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not support watch"), "{err}");
+    let alloc = Allocator::new(Arc::new(store));
+    let mut watch = alloc.watch().await.unwrap();
+    alloc.create_pool(spec("m", "10.8.7.0/29")).await.unwrap();
+    alloc
+        .allocate("m", &AllocRequest::new(Owner::new("c", "eth0")))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut watch).await.to, IpState::Active);
 }
 
 #[tokio::test]

@@ -5,12 +5,15 @@
 //! it (or `create_revision == 0` for "must not exist"), so concurrent allocators on different
 //! hosts never both win, and losers retry on fresh state.
 
-use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use std::collections::VecDeque;
 
-use super::{PoolStore, Versioned};
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use futures::StreamExt;
+
+use super::{PoolStore, Versioned, WatchStream};
 use crate::error::StoreError;
-use crate::pool_state::PoolState;
+use crate::pool_state::{PoolState, diff};
 
 /// Pools in etcd.
 #[derive(Clone)]
@@ -63,6 +66,54 @@ impl EtcdStore {
 
 fn revision(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
+}
+
+fn decode(key: &str, value: &[u8]) -> Result<PoolState, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        location: format!("etcd key {key}"),
+        reason: e.to_string(),
+    })
+}
+
+/// The allocation events of one etcd watch response (each change carries the key's previous
+/// value, so no state is kept between responses).
+fn decode_response(
+    prefix: &str,
+    resp: &etcd_client::WatchResponse,
+    out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
+) {
+    if resp.canceled() {
+        out.push_back(Err(StoreError::Backend {
+            context: format!("etcd watch on prefix {prefix} was canceled"),
+            reason: format!(
+                "{} (compacted at revision {})",
+                resp.cancel_reason(),
+                resp.compact_revision()
+            ),
+        }));
+    }
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let Ok(key) = kv.key_str() else { continue };
+        let Some(pool) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        let new = match ev.event_type() {
+            EventType::Put => match decode(key, kv.value()) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    out.push_back(Err(e));
+                    continue;
+                }
+            },
+            EventType::Delete => None,
+        };
+        let old = ev
+            .prev_kv()
+            .filter(|p| !p.value().is_empty())
+            .and_then(|p| decode(key, p.value()).ok());
+        out.extend(diff(pool, old.as_ref(), new.as_ref()).into_iter().map(Ok));
+    }
 }
 
 #[async_trait]
@@ -160,5 +211,38 @@ impl PoolStore for EtcdStore {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// An etcd watch on the pool prefix with previous values: every put or delete of a pool
+    /// key, by any host, becomes the events that turn the old state into the new one.
+    async fn watch(&self) -> Result<WatchStream, StoreError> {
+        let options = WatchOptions::new().with_prefix().with_prev_key();
+        let (watcher, responses) = self
+            .client
+            .clone()
+            .watch(self.prefix.as_str(), Some(options))
+            .await
+            .map_err(backend(format!("cannot watch etcd prefix {}", self.prefix)))?;
+        let prefix = self.prefix.clone();
+        // The watcher travels with the stream: dropping it would close the request side.
+        let stream = futures::stream::unfold(
+            (watcher, responses, VecDeque::new(), prefix),
+            |(watcher, mut responses, mut pending, prefix)| async move {
+                loop {
+                    if let Some(item) = pending.pop_front() {
+                        return Some((item, (watcher, responses, pending, prefix)));
+                    }
+                    match responses.message().await {
+                        Ok(Some(resp)) => decode_response(&prefix, &resp, &mut pending),
+                        Ok(None) => return None,
+                        Err(e) => {
+                            let err = backend(format!("etcd watch on prefix {prefix} failed"))(e);
+                            return Some((Err(err), (watcher, responses, pending, prefix)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(stream.boxed())
     }
 }

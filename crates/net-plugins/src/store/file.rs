@@ -29,24 +29,51 @@
 //! renamed file whose data never reached the disk). host-local, which never syncs, gives no
 //! more than this.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::{PoolStore, TxnFn, Versioned};
+use super::{PoolStore, TxnFn, Versioned, WatchStream};
 use crate::error::{PoolError, StoreError};
-use crate::pool_state::PoolState;
+use crate::model::AllocationEvent;
+use crate::pool_state::{PoolState, diff};
 
 /// Pools as files in a directory.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
     fsync: bool,
+    watch_interval: Duration,
 }
+
+/// How a watch recognises an unchanged state file without reading it: every write renames a
+/// new file into place, so its inode, modification time or size changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    mtime_ns: i128,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = fs::metadata(path).ok()?;
+    Some(Stamp {
+        ino: m.ino(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        len: m.len(),
+    })
+}
+
+/// What a watch last saw of each pool.
+type Seen = BTreeMap<String, (Option<Stamp>, Option<PoolState>)>;
 
 #[derive(Serialize)]
 struct DocRef<'a> {
@@ -72,7 +99,21 @@ impl FileStore {
             "cannot create pool store directory {}",
             dir.display()
         )))?;
-        Ok(FileStore { dir, fsync: true })
+        Ok(FileStore {
+            dir,
+            fsync: true,
+            watch_interval: Duration::from_millis(100),
+        })
+    }
+
+    /// How often a [`PoolStore::watch`] stream looks at the state files (default 100 ms). A
+    /// poll costs one `stat` per pool and reads only the files that changed; changes made
+    /// between two polls arrive as their net effect (an address allocated and released in
+    /// between is not reported).
+    #[must_use]
+    pub fn with_watch_interval(mut self, interval: Duration) -> Self {
+        self.watch_interval = interval;
+        self
     }
 
     /// Whether writes are `fsync`ed (default `true`). Without it a write is still atomic for
@@ -177,6 +218,65 @@ impl FileStore {
             .map_err(io(format!("cannot sync directory {}", self.dir.display())))
     }
 
+    fn list_sync(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let entries = fs::read_dir(&self.dir).map_err(io(format!(
+            "cannot list pool store directory {}",
+            self.dir.display()
+        )))?;
+        for entry in entries {
+            let entry = entry.map_err(io(format!("cannot list {}", self.dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pool) = name.strip_suffix(".json")
+                && !pool.starts_with('.')
+            {
+                names.push(pool.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// One watch poll: the changes since `seen`, which it brings up to date. A file that
+    /// cannot be read is reported once per change of the file.
+    fn poll_changes(&self, seen: &mut Seen) -> Vec<Result<AllocationEvent, StoreError>> {
+        let names = match self.list_sync() {
+            Ok(names) => names,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut out = Vec::new();
+        let gone: Vec<String> = seen
+            .keys()
+            .filter(|k| names.binary_search(k).is_err())
+            .cloned()
+            .collect();
+        for pool in gone {
+            if let Some((_, Some(old))) = seen.remove(&pool) {
+                out.extend(diff(&pool, Some(&old), None).into_iter().map(Ok));
+            }
+        }
+        for pool in names {
+            let now = stamp(&self.state_path(&pool));
+            let (then, old) = seen.remove(&pool).unwrap_or((None, None));
+            if now.is_some() && now == then {
+                seen.insert(pool, (then, old));
+                continue;
+            }
+            match self.read(&pool) {
+                Ok(v) => {
+                    let new = v.map(|v| v.state);
+                    out.extend(diff(&pool, old.as_ref(), new.as_ref()).into_iter().map(Ok));
+                    seen.insert(pool, (now, new));
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    seen.insert(pool, (now, old));
+                }
+            }
+        }
+        out
+    }
+
     /// Runs `txn` under the pool's lock (synchronously; the async trait calls this).
     pub fn update_sync(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {
         let _guard = self.lock(pool).map_err(|e| PoolError::store(pool, e))?;
@@ -220,22 +320,33 @@ impl PoolStore for FileStore {
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let mut names = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(io(format!(
-            "cannot list pool store directory {}",
-            self.dir.display()
-        )))?;
-        for entry in entries {
-            let entry = entry.map_err(io(format!("cannot list {}", self.dir.display())))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pool) = name.strip_suffix(".json")
-                && !pool.starts_with('.')
-            {
-                names.push(pool.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        self.list_sync()
+    }
+
+    /// Polls the state files every [`FileStore::with_watch_interval`] (needs a tokio runtime
+    /// with timers) and reports what changed since the last poll, whichever process wrote it.
+    async fn watch(&self) -> Result<WatchStream, StoreError> {
+        let store = self.clone();
+        let mut seen = Seen::new();
+        // The starting point is every pool as it is now; only unreadable files are reported.
+        let pending: VecDeque<_> = store
+            .poll_changes(&mut seen)
+            .into_iter()
+            .filter(Result::is_err)
+            .collect();
+        let stream = futures::stream::unfold(
+            (store, seen, pending),
+            |(store, mut seen, mut pending)| async move {
+                loop {
+                    if let Some(item) = pending.pop_front() {
+                        return Some((item, (store, seen, pending)));
+                    }
+                    tokio::time::sleep(store.watch_interval).await;
+                    pending.extend(store.poll_changes(&mut seen));
+                }
+            },
+        );
+        Ok(stream.boxed())
     }
 
     async fn update(&self, pool: &str, txn: &mut TxnFn<'_>) -> Result<(), PoolError> {

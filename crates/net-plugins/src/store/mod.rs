@@ -10,9 +10,14 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
 use crate::error::{PoolError, StoreError};
+use crate::model::AllocationEvent;
 use crate::pool_state::PoolState;
+
+/// The changes a store's watch delivers ([`PoolStore::watch`]).
+pub type WatchStream = BoxStream<'static, Result<AllocationEvent, StoreError>>;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -70,6 +75,18 @@ pub trait PoolStore: Send + Sync + Debug + 'static {
     fn try_update_now(&self, pool: &str, txn: &mut TxnFn<'_>) -> Option<Result<(), PoolError>> {
         let _ = (pool, txn);
         None
+    }
+
+    /// Follows every change to the store's pools that any process commits after this returns,
+    /// as [`AllocationEvent`]s (decoded by diffing each pool's state before and after the
+    /// change, [`crate::pool_state::diff`]). This is how a process other than the allocating
+    /// one (a sidecar beside `rorqual-ipam`) keeps in step. Optional capability: the default
+    /// returns [`StoreError::Unsupported`]; the file store polls, etcd watches its keys.
+    async fn watch(&self) -> Result<WatchStream, StoreError> {
+        Err(StoreError::Unsupported {
+            store: std::any::type_name::<Self>().to_owned(),
+            operation: "watch",
+        })
     }
 }
 
