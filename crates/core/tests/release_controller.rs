@@ -1491,3 +1491,59 @@ async fn promote_after_an_inconclusive_step_analysis_proceeds() {
     h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
 }
+
+#[tokio::test]
+async fn a_held_rollout_still_follows_replica_changes() {
+    let h = Harness::new().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let v2 = app("v2").revision();
+    *h.metric.value.lock().unwrap() = 0.9;
+    let spec = |replicas: u32| {
+        RolloutSpec::new(
+            app("v2").replicas(replicas),
+            canary(vec![
+                CanaryStep::SetWeight(30),
+                CanaryStep::Analysis(error_rate_analysis()),
+                CanaryStep::SetWeight(60),
+            ]),
+        )
+        .failure_policy(FailurePolicy::Pause)
+    };
+    h.ctl.apply(spec(10)).await.unwrap();
+    h.until(20, "held", |s| s.hold.is_some()).await;
+    let held = h.status().await;
+    let c = h.counts().await;
+    assert_eq!((of(&c, &v2), of(&c, &v1)), ((3, 3), (7, 7)), "{c:?}");
+    // Scaled up while held: 30% of 20 on v2, the rest on v1; the step, weight and hold stay.
+    h.ctl.apply(spec(20)).await.unwrap();
+    for _ in 0..10 {
+        h.tick().await;
+    }
+    let c = h.counts().await;
+    assert_eq!((of(&c, &v2), of(&c, &v1)), ((6, 6), (14, 14)), "{c:?}");
+    let s = h.status().await;
+    assert_eq!(
+        (s.step, s.weight, s.phase, s.hold.clone()),
+        (
+            held.step,
+            held.weight,
+            RolloutPhase::Paused,
+            held.hold.clone()
+        )
+    );
+    // And down again.
+    h.ctl.apply(spec(5)).await.unwrap();
+    for _ in 0..10 {
+        h.tick().await;
+    }
+    let c = h.counts().await;
+    assert_eq!((of(&c, &v2), of(&c, &v1)), ((2, 2), (3, 3)), "{c:?}");
+    assert_eq!(h.status().await.hold, held.hold);
+    // Retry with a good metric finishes at the new size.
+    *h.metric.value.lock().unwrap() = 0.0;
+    h.ctl.retry(&key()).await.unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.counts().await[&v2], (5, 5));
+}

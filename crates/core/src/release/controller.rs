@@ -759,10 +759,18 @@ impl RolloutController {
             app: app.clone(),
             source,
         };
-        if let Some(hold) = &e.record.status.hold {
-            e.record.status.phase = RolloutPhase::Paused;
-            e.record.status.reason = hold.clone();
-            return Ok(None);
+        // A held rollout keeps its step, weights and gate, but still follows replica changes
+        // (Kubernetes: a paused rollout still scales): its groups are re-planned below.
+        let held = e.record.status.hold.clone();
+        if let Some(hold) = &held {
+            let r = &mut e.record;
+            r.status.phase = RolloutPhase::Paused;
+            r.status.reason = hold.clone();
+            if r.status.planned_replicas != Some(r.spec.app.replicas) {
+                // A scaling event: follow it until the groups settle (bounded by the progress
+                // deadline, so a crash-looping group is not polled for ever).
+                r.status.last_progress = inner.clock.now();
+            }
         }
         let stateful = e.record.spec.app.kind == WorkloadKind::Stateful;
         // Each step may take an iteration to act and one to observe the result.
@@ -869,7 +877,7 @@ impl RolloutController {
                 }
             }
             for (ordinal, rev) in &plan.moves {
-                if mutated {
+                if mutated || held.is_some() {
                     break;
                 }
                 if let Some(spec) = r.spec_of(rev) {
@@ -880,8 +888,23 @@ impl RolloutController {
                         .map_err(eng)?;
                 }
             }
-            mutated |= !plan.moves.is_empty();
+            mutated |= held.is_none() && !plan.moves.is_empty();
             r.status.planned_replicas = Some(replicas);
+            if held.is_some() {
+                // Replicas only: no weights, preview, analyses or gates while held. Look again
+                // while the planned groups are still changing or starting.
+                let unsettled = plan.replicas.iter().any(|(rev, n)| {
+                    groups
+                        .iter()
+                        .find(|g| &g.revision == rev)
+                        .map_or(*n > 0, |g| g.current != *n || g.available < *n)
+                });
+                let deadline = Duration::from_secs(r.spec.progress_deadline_seconds);
+                let recent = now
+                    .duration_since(r.status.last_progress)
+                    .is_ok_and(|d| d <= deadline);
+                return Ok(((mutated || unsettled) && recent).then(|| now + inner.resync));
+            }
             // Apply weights, then the preview route (Argo's order: the active switch happens
             // in the split; the preview follows the target from its first ready instance until
             // the rollout is done or aborted).
