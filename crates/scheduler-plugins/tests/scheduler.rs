@@ -702,3 +702,75 @@ async fn post_filter_runs_and_nominates_when_a_prefilter_set_leaves_no_node() {
         assert!(s.schedule_next().await.unwrap().nominated.is_none());
     }
 }
+
+/// Rejects every pod on its first attempt only.
+#[derive(Debug, Default)]
+struct RejectFirstAttempt {
+    seen: Mutex<std::collections::HashSet<String>>,
+}
+impl Plugin for RejectFirstAttempt {
+    fn name(&self) -> &str {
+        "RejectFirstAttempt"
+    }
+}
+impl PreFilterPlugin for RejectFirstAttempt {
+    fn pre_filter(
+        &self,
+        _s: &mut CycleState,
+        p: &PodInfo,
+        _snap: &Snapshot,
+    ) -> (Option<NodeSet>, Status) {
+        if self.seen.lock().unwrap().insert(p.uid.to_string()) {
+            (None, Status::unschedulable("not yet"))
+        } else {
+            (None, Status::success())
+        }
+    }
+}
+
+#[tokio::test]
+async fn backed_off_pods_are_retried_when_their_backoff_expires_or_a_node_is_added() {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .pre_filter(Arc::new(RejectFirstAttempt::default()))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 1000));
+    s.enqueue(pod("retry-me", 100)).unwrap();
+    let started = std::time::Instant::now();
+    let summary = s.run_until_idle_with_backoff(Duration::from_secs(5)).await;
+    assert_eq!(
+        (summary.unschedulable, summary.bound),
+        (1, 1),
+        "{summary:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for the 1 s backoff"
+    );
+    assert_eq!(s.queue_len(), (0, 0));
+    assert!(s.next_backoff().is_none());
+    // A pod that can never fit: the wait is bounded.
+    s.enqueue(pod("huge", 5000)).unwrap();
+    let started = std::time::Instant::now();
+    let summary = s
+        .run_until_idle_with_backoff(Duration::from_millis(1500))
+        .await;
+    assert_eq!(summary.bound, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.queue_len(), (0, 1));
+    // Adding a node is a cluster event: the backed-off pod is active again at once.
+    s.add_nodes([NodeInfo::new("big", Resources::new(8000, 8 << 30))]);
+    assert_eq!(s.queue_len(), (1, 0));
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("big")),
+        "{:?}",
+        r.outcome
+    );
+}

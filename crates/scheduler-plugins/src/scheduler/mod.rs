@@ -211,12 +211,17 @@ impl Scheduler {
         self.queue().move_all_to_active();
     }
 
-    /// Adds many nodes at once.
+    /// Adds (or replaces) many nodes at once; backed-off pods are retried, as after
+    /// [`Scheduler::upsert_node`] (a node event may make room, like kube-scheduler's
+    /// MoveAllToActiveOrBackoffQueue).
     pub fn add_nodes(&self, nodes: impl IntoIterator<Item = NodeInfo>) {
-        let mut cache = self.cache();
-        for node in nodes {
-            cache.snapshot.upsert_node(node);
+        {
+            let mut cache = self.cache();
+            for node in nodes {
+                cache.snapshot.upsert_node(node);
+            }
         }
+        self.queue().move_all_to_active();
     }
 
     /// Removes node `name`.
@@ -396,6 +401,32 @@ impl Scheduler {
             }
         }
         summary
+    }
+
+    /// When the earliest backed-off pod becomes ready to retry, if any pod is in backoff.
+    pub fn next_backoff(&self) -> Option<Instant> {
+        self.queue().next_backoff()
+    }
+
+    /// [`Scheduler::run_until_idle`], then again each time a backed-off pod becomes ready
+    /// (sleeping until then), until no pod is in backoff or the next retry would be more than
+    /// `max_wait` after the call. Counts are per attempt: a pod that fails twice counts twice.
+    pub async fn run_until_idle_with_backoff(&self, max_wait: Duration) -> RunSummary {
+        let deadline = Instant::now() + max_wait;
+        let mut total = RunSummary::default();
+        loop {
+            let summary = self.run_until_idle().await;
+            total.bound += summary.bound;
+            total.unschedulable += summary.unschedulable;
+            total.errors += summary.errors;
+            match self.next_backoff() {
+                Some(next) if next <= deadline => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+                }
+                _ => break,
+            }
+        }
+        total
     }
 
     /// Schedules and binds `pod` now, bypassing the queue (the Placement path).
