@@ -532,6 +532,62 @@ fn gc_spares_allocations_younger_than_the_grace_period() {
 }
 
 #[test]
+fn dual_stack_config_with_gateway_exclude_and_macs_and_the_mac_in_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = json!({
+        "ranges": [[{"subnet": "10.80.0.0/29", "gateway": "10.80.0.6"}],
+                   [{"subnet": "fd00:80::/125"}]],
+        "exclude": ["10.80.0.1", "fd00:80::2/127"],
+        "macs": {"10.80.0.2": "02:00:0a:50:00:02"},
+    });
+    // Default: the abbreviated IPAM result, no interfaces.
+    let c = conf(dir.path(), "1.0.0", extra.clone());
+    let (ok, r) = run("ADD", "c1", "", &c);
+    assert!(ok, "{r}");
+    assert_eq!(
+        r,
+        json!({"cniVersion": "1.0.0",
+               "ips": [{"address": "10.80.0.2/29", "gateway": "10.80.0.6"},
+                       {"address": "fd00:80::4/125", "gateway": "fd00:80::1"}],
+               "routes": [{"dst": "0.0.0.0/0"}], "dns": {}})
+    );
+    // With reportMac: the address's MAC from `macs`, on the interface the runtime named.
+    let mut with_mac = extra.clone();
+    with_mac["reportMac"] = json!(true);
+    let c = conf(dir.path(), "1.0.0", with_mac);
+    let (ok, again) = run("ADD", "c1", "", &c);
+    assert!(ok, "{again}");
+    assert_eq!(
+        again,
+        json!({"cniVersion": "1.0.0",
+               "interfaces": [{"name": "eth0", "mac": "02:00:0a:50:00:02",
+                               "sandbox": "/var/run/netns/none"}],
+               "ips": [{"address": "10.80.0.2/29", "gateway": "10.80.0.6", "interface": 0},
+                       {"address": "fd00:80::4/125", "gateway": "fd00:80::1", "interface": 0}],
+               "routes": [{"dst": "0.0.0.0/0"}], "dns": {}})
+    );
+    // Next: .3 (.1 excluded, .6 the gateway); a generated MAC, stable for the address.
+    let (ok, r2) = run("ADD", "c2", "", &c);
+    assert!(ok, "{r2}");
+    assert_eq!(r2["ips"][0]["address"], "10.80.0.3/29");
+    assert_eq!(r2["ips"][1]["address"], "fd00:80::5/125");
+    let generated = r2["interfaces"][0]["mac"].as_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 17, "{r2}");
+    assert_ne!(generated, "02:00:0a:50:00:02");
+    assert_eq!(run("ADD", "c2", "", &c).1, r2, "the same MAC again");
+    // A MAC the runtime asked for is the one reported.
+    let (ok, r3) = run("ADD", "c3", "MAC=02:aa:bb:cc:dd:ee", &c);
+    assert!(ok, "{r3}");
+    assert_eq!(r3["interfaces"][0]["mac"], "02:aa:bb:cc:dd:ee");
+    // The excluded addresses and the gateway were never handed out.
+    let (ok, r4) = run("ADD", "c4", "", &c);
+    assert!(ok, "{r4}");
+    assert_eq!(r4["ips"][0]["address"], "10.80.0.5/29");
+    let (ok, e) = run("ADD", "c5", "", &c);
+    assert!(!ok && e["code"] == 110, "{e}");
+}
+
+#[test]
 fn version_echoes_the_requested_version_and_lists_the_supported_ones() {
     let supported = json!(["1.0.0", "1.1.0"]);
     for (stdin, want) in [

@@ -102,6 +102,9 @@ pub struct IpamConf {
     pub store: StoreConf,
     /// GC releases only allocations older than this.
     pub gc_grace_secs: u64,
+    /// `reportMac`: ADD's result also carries the interface's MAC (an `interfaces` entry and
+    /// `ips[].interface`); off by default, see [`crate::cni`].
+    pub report_mac: bool,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -125,6 +128,7 @@ const KNOWN_KEYS: &[&str] = &[
     "claimKeepSeconds",
     "gcGraceSeconds",
     "store",
+    "reportMac",
 ];
 
 /// Reads `ipam.<key>`; an error names `pool` and the value.
@@ -245,6 +249,7 @@ impl IpamConf {
         let macs: BTreeMap<IpAddr, Mac> = field(map, "macs", pn)?.unwrap_or_default();
         let keep: u64 = field(map, "claimKeepSeconds", pn)?.unwrap_or(0);
         let gc_grace_secs: u64 = field(map, "gcGraceSeconds", pn)?.unwrap_or(0);
+        let report_mac: bool = field(map, "reportMac", pn)?.unwrap_or(false);
         let data_dir: PathBuf =
             field(map, "dataDir", pn)?.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let store = field::<StoreConf>(map, "store", pn)?.unwrap_or(StoreConf::File {
@@ -310,6 +315,7 @@ impl IpamConf {
             pools,
             store,
             gc_grace_secs,
+            report_mac,
         })
     }
 }

@@ -12,6 +12,18 @@
 //!          "macs":{"10.250.0.7":"02:42:0a:fa:00:07"},
 //!          "store":{"type":"etcd","endpoints":["http://127.0.0.1:2379"]}}}
 //! ```
+//!
+//! # MACs in the result
+//!
+//! By default ADD returns the abbreviated IPAM result the spec asks for (`ips`, `routes`,
+//! `dns`; no `interfaces`, no `ips[].interface`: an IPAM plugin should be unaware of the
+//! interfaces its parent creates). The MAC that reaches an interface comes from the runtime
+//! (`runtimeConfig.mac`, `args.cni.mac`, `CNI_ARGS MAC=`), and the bridge plugin ignores
+//! `interfaces` in an IPAM result anyway. With `"reportMac": true` in `ipam`, ADD also returns
+//! the MAC for the interface it was called for: `interfaces: [{"name": CNI_IFNAME, "mac",
+//! "sandbox": CNI_NETNS}]` with `ips[].interface = 0`, for runtimes and plugins that take the
+//! MAC from IPAM. The MAC is the one the runtime requested, else the pool's for the first
+//! address (assigned in `macs`, else generated from the pool name and address).
 
 pub mod config;
 
@@ -296,6 +308,8 @@ struct IpResult {
     address: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     gateway: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interface: Option<u32>,
 }
 
 async fn open_store(conf: &IpamConf) -> Result<Arc<dyn PoolStore>, CniError> {
@@ -493,7 +507,15 @@ async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniE
             let owner = owner()?;
             need(&env.netns, "CNI_NETNS")?;
             let store = open_store(&ipam).await?;
-            add(&Allocator::new(store), conf, &ipam, &args, owner).await
+            add(
+                &Allocator::new(store),
+                conf,
+                &ipam,
+                &args,
+                owner,
+                env.netns.as_deref(),
+            )
+            .await
         }
         "DEL" => {
             let owner = owner()?;
@@ -575,6 +597,7 @@ async fn add(
     ipam: &IpamConf,
     args: &CniArgs,
     owner: Owner,
+    sandbox: Option<&str>,
 ) -> Result<Value, CniError> {
     let rc = conf.runtime_config.as_ref();
     let cni_args = conf.args.as_ref().and_then(|a| a.get("cni"));
@@ -628,7 +651,9 @@ async fn add(
         }
     }
     let mut ips = Vec::new();
+    let mut macs = Vec::new();
     let mut done: Vec<&str> = Vec::new();
+    let interface = ipam.report_mac.then_some(0);
     for (i, spec) in ipam.pools.iter().enumerate() {
         let mut req = AllocRequest::new(owner.clone());
         req.ip = per_pool.get(&i).copied();
@@ -639,7 +664,9 @@ async fn add(
                 ips.push(IpResult {
                     address: a.address.to_string(),
                     gateway: a.gateway,
+                    interface,
                 });
+                macs.push(a.mac);
                 done.push(&spec.name);
             }
             Err(e) => {
@@ -652,12 +679,22 @@ async fn add(
         }
     }
     let first = &ipam.pools[0];
-    Ok(json!({
+    let mut result = json!({
         "cniVersion": conf.cni_version,
         "ips": ips,
         "routes": first.routes,
         "dns": first.dns,
-    }))
+    });
+    if ipam.report_mac
+        && let Some(pool_mac) = macs.first()
+    {
+        let mut iface = json!({"name": owner.ifname, "mac": mac.unwrap_or(*pool_mac).to_string()});
+        if let Some(sandbox) = sandbox {
+            iface["sandbox"] = Value::String(sandbox.to_owned());
+        }
+        result["interfaces"] = json!([iface]);
+    }
+    Ok(result)
 }
 
 async fn check(
