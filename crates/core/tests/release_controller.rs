@@ -1547,3 +1547,90 @@ async fn a_held_rollout_still_follows_replica_changes() {
         .await;
     assert_eq!(h.counts().await[&v2], (5, 5));
 }
+
+/// Applies `strategy` on a controller with nothing deployed; returns the error and checks that
+/// nothing was created.
+async fn rejected(strategy: Strategy) -> String {
+    let h = Harness::new().await;
+    let err = h
+        .ctl
+        .apply(RolloutSpec::new(app("v1"), strategy))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            rorqual_core::release::ControllerError::InvalidStrategy { .. }
+        ),
+        "{err:?}"
+    );
+    h.ctl.process_due().await;
+    for _ in 0..3 {
+        h.tick().await;
+    }
+    assert!(h.ctl.status(&key()).await.is_none(), "no rollout");
+    assert!(h.ctl.is_empty());
+    assert!(
+        h.engine.groups(&key()).await.unwrap().is_empty(),
+        "no group"
+    );
+    assert!(
+        h.engine
+            .state_store()
+            .list(rorqual_core::release::STATE_PREFIX)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no record"
+    );
+    err.to_string()
+}
+
+#[tokio::test]
+async fn bad_steps_are_rejected_by_apply_naming_the_step_before_anything_starts() {
+    let fake = |config: serde_json::Value| {
+        MetricSpec::new("m", ProviderSpec::plugin("fake", config)).success_condition("result < 1")
+    };
+    let steps = |bad: CanaryStep| {
+        canary(vec![
+            CanaryStep::SetWeight(10),
+            CanaryStep::pause(5),
+            bad,
+            CanaryStep::SetWeight(50),
+        ])
+    };
+    // An argument the template does not declare.
+    let unknown_arg = AnalysisStep::new(
+        AnalysisSpec::new(vec![fake(serde_json::json!({}))]),
+        [("service".to_owned(), "web".to_owned())].into(),
+    );
+    let err = rejected(steps(CanaryStep::Analysis(unknown_arg))).await;
+    assert!(
+        err.contains("steps[2].analysis") && err.contains("unknown argument `service`"),
+        "{err}"
+    );
+    // A template that uses an argument it does not declare.
+    let undeclared = AnalysisStep::new(
+        AnalysisSpec::new(vec![fake(
+            serde_json::json!({"query": "errors{service=\"{{args.service}}\"}"}),
+        )]),
+        BTreeMap::new(),
+    );
+    let err = rejected(steps(CanaryStep::Analysis(undeclared))).await;
+    assert!(
+        err.contains("steps[2].analysis") && err.contains("service"),
+        "{err}"
+    );
+    // A negative pause.
+    let err = rejected(steps(CanaryStep::pause(-30))).await;
+    assert!(err.contains("steps[2].pause.duration"), "{err}");
+    assert!(err.contains("-30"), "{err}");
+    // Blue-green's analyses are named by their field.
+    let mut bg = BlueGreen::default();
+    bg.pre_promotion_analysis = Some(AnalysisStep::new(
+        AnalysisSpec::new(vec![fake(serde_json::json!({}))]),
+        [("service".to_owned(), "web".to_owned())].into(),
+    ));
+    let err = rejected(Strategy::BlueGreen(bg)).await;
+    assert!(err.contains("prePromotionAnalysis"), "{err}");
+}
