@@ -98,7 +98,7 @@ async fn canary_weight_20_percent_over_1000_requests() {
         .set_split(&app, &split(&stable, &canary, 20))
         .await
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = fresh_client();
     let (v1, v2) = count(&client, listen, 1000).await;
     assert_eq!(v1 + v2, 1000);
     // 99.9% binomial interval for n=1000, p=0.2: 200 ± 3.29·sqrt(1000·0.2·0.8) ≈ [158, 242].
@@ -165,7 +165,7 @@ async fn failed_reload_restores_previous_config_and_traffic_keeps_flowing() {
     let load = {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = fresh_client();
             for _ in 0..100_000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -218,7 +218,7 @@ async fn failed_reload_restores_previous_config_and_traffic_keeps_flowing() {
         .set_split(&app, &split(&stable, &canary, 0))
         .await
         .unwrap();
-    let (v1, v2) = count(&reqwest::Client::new(), listen, 20).await;
+    let (v1, v2) = count(&fresh_client(), listen, 20).await;
     assert_eq!((v1, v2), (20, 0));
     let versions = router.versions().await;
     assert_eq!(versions.len(), 2, "keep_versions(2)");
@@ -267,6 +267,16 @@ async fn invalid_config_is_rejected_by_nginx_t_before_anything_changes() {
 }
 
 /// Bodies of `n` requests to `listen`, counted (`"503"` for a 503 answer).
+/// A client that opens a new connection per request. nginx lets a worker of the previous
+/// configuration finish the kept-alive connections it holds, so a pooled connection may get one
+/// more answer from the old configuration after a reload; new connections see the new one only.
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 async fn bodies(
     client: &reqwest::Client,
     listen: SocketAddr,
@@ -312,7 +322,7 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
         )
         .await
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = fresh_client();
     let only = |body: &str, n: usize| [(body.to_owned(), n)].into_iter().collect();
     assert_eq!(
         bodies(&client, preview, 5).await,
