@@ -135,19 +135,44 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     engine.apply_group(&demo("web"), 1).await.unwrap();
     engine.shutdown().await.unwrap();
     drop(engine);
-    let state = dir.path().join("engine.json");
-    std::fs::write(&state, "{\"apps\": [oops").unwrap();
+    // Both slots of the engine state damaged: refused, naming them, and left as they are.
+    let slots = [dir.path().join("engine.0"), dir.path().join("engine.1")];
+    for slot in &slots {
+        std::fs::write(slot, "{\"apps\": [oops").unwrap();
+    }
     let err = builder(dir.path(), 37000).build().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::CorruptState { .. }), "{text}");
     assert!(
-        text.contains(&state.display().to_string()) && text.contains("invalid JSON"),
+        slots
+            .iter()
+            .all(|s| text.contains(&s.display().to_string()))
+            && text.contains("no complete engine state"),
         "{text}"
     );
-    assert_eq!(
-        std::fs::read_to_string(&state).unwrap(),
-        "{\"apps\": [oops",
-        "left as it was"
+    for slot in &slots {
+        assert_eq!(
+            std::fs::read_to_string(slot).unwrap(),
+            "{\"apps\": [oops",
+            "left as it was"
+        );
+    }
+
+    // A complete slot whose JSON is not an engine state: refused with the JSON error.
+    let other = tempfile::tempdir().unwrap();
+    let engine = builder(other.path(), 37000).build().await.unwrap();
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    for name in ["engine.0", "engine.1"] {
+        std::fs::remove_file(other.path().join(name)).unwrap();
+    }
+    let legacy = other.path().join("engine.json");
+    std::fs::write(&legacy, "{\"apps\": [oops").unwrap();
+    let err = builder(other.path(), 37000).build().await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&legacy.display().to_string()) && text.contains("invalid JSON"),
+        "{text}"
     );
 
     // A marker of another format version.
@@ -253,13 +278,19 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
         .spawn()
         .unwrap();
     let foreign_pid = foreign.id();
-    let path = dir.path().join("engine.json");
-    let mut state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // Rewritten as an earlier version's single `engine.json` (read when no slot was written).
+    let mut state = newest_engine_state(dir.path()).unwrap();
     let process = &mut state["instances"][&before[0].id]["containers"][0]["process"];
     assert_eq!(process["pid"].as_i64(), Some(i64::from(pid)), "{state}");
     process["pid"] = serde_json::json!(foreign_pid);
-    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    for name in ["engine.0", "engine.1"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("engine.json"),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
 
     let engine = builder(dir.path(), 37000).build().await.unwrap();
     let after = wait_for(60, "instance restarted on a new process", || async {

@@ -66,13 +66,14 @@ mod logs;
 mod probe;
 mod proc;
 mod records;
+mod state_file;
 mod store;
 mod supervise;
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -225,7 +226,14 @@ impl LocalEngineBuilder {
             ),
         };
         let lock = store::open_dir(&dir)?;
-        let state: State = store::read_json(&dir.join(store::ENGINE_FILE))?.unwrap_or_default();
+        let (state_file, loaded) = state_file::StateFile::open(&dir)?;
+        let state: State = match &loaded.body {
+            Some(body) => serde_json::from_slice(body).map_err(|e| Error::CorruptState {
+                location: loaded.path.display().to_string(),
+                reason: format!("invalid JSON: {e}"),
+            })?,
+            None => State::default(),
+        };
         let store = Arc::new(FileStateStore::open(dir.join(store::STORE_FILE))?);
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
@@ -244,6 +252,12 @@ impl LocalEngineBuilder {
             closed: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             scheduler: Mutex::new(None),
+            state_seq: AtomicU64::new(0),
+            state_written: Mutex::new(StateWriter {
+                file: state_file,
+                written: 0,
+            }),
+            state_pending: Mutex::new(None),
         });
         let span = tracing::info_span!("local_engine_build", dir = %dir.display());
         inner.recover(state).instrument(span).await?;
@@ -306,6 +320,28 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     shut_down: AtomicBool,
     scheduler: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Sequence number of the newest encoded state ([`Inner::encode_state`]).
+    state_seq: AtomicU64,
+    /// The state file and the sequence number of the state on it; its lock serialises the
+    /// writes.
+    state_written: Mutex<StateWriter>,
+    /// The newest encoded state not yet taken by a writer.
+    state_pending: Mutex<Option<EncodedState>>,
+}
+
+/// The engine's state file and what was last written to it.
+#[derive(Debug)]
+struct StateWriter {
+    file: state_file::StateFile,
+    /// Sequence number ([`Inner::encode_state`]) of the state on disk.
+    written: u64,
+}
+
+/// The state file's bytes and the sequence number they were encoded with.
+#[derive(Debug)]
+struct EncodedState {
+    seq: u64,
+    bytes: Vec<u8>,
 }
 
 impl Inner {
@@ -313,12 +349,55 @@ impl Inner {
         lock_or_recover(&self.state)
     }
 
+    /// Writes `st` (the locked state) to the state file, atomically but without waiting for
+    /// the disk.
     fn persist(&self, st: &State) {
+        if let Some(encoded) = self.encode_state(st) {
+            self.write_state(encoded, false);
+        }
+    }
+
+    /// Encodes the locked state with the next sequence number. The number is taken under the
+    /// state lock, so a higher number always means a newer state.
+    fn encode_state(&self, st: &State) -> Option<EncodedState> {
         if self.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        match store::encode(&self.dir, st) {
+            Ok(bytes) => Some(EncodedState {
+                seq: self.state_seq.fetch_add(1, Ordering::SeqCst) + 1,
+                bytes,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the local engine's state");
+                None
+            }
+        }
+    }
+
+    /// Writes an encoded state unless a newer one is already on disk. Callers may do this
+    /// after releasing the state lock, so that supervisors do not queue behind file I/O.
+    ///
+    /// Writes coalesce: the state is left in a slot that holds the newest one, and whoever gets
+    /// the write lock writes what the slot holds. A caller whose state a newer one replaced
+    /// returns once that newer state is on disk (its writer held the lock meanwhile).
+    fn write_state(&self, encoded: EncodedState, durable: bool) {
+        {
+            let mut slot = lock_or_recover(&self.state_pending);
+            if slot.as_ref().is_none_or(|p| p.seq < encoded.seq) {
+                *slot = Some(encoded);
+            }
+        }
+        let mut writer = lock_or_recover(&self.state_written);
+        let Some(newest) = lock_or_recover(&self.state_pending).take() else {
+            return;
+        };
+        if newest.seq <= writer.written {
             return;
         }
-        if let Err(e) = store::write_json_fast(&self.dir.join(store::ENGINE_FILE), st) {
-            tracing::error!(error = %e, "cannot persist the local engine's state");
+        match writer.file.write(&newest.bytes, durable) {
+            Ok(()) => writer.written = newest.seq,
+            Err(e) => tracing::error!(error = %e, "cannot persist the local engine's state"),
         }
     }
 
@@ -363,12 +442,19 @@ impl Inner {
     }
 
     fn with_record(&self, id: &str, persist: bool, f: impl FnOnce(&mut InstanceRecord)) {
-        let mut st = self.lock();
-        if let Some(rec) = st.instances.get_mut(id) {
+        let encoded = {
+            let mut st = self.lock();
+            let Some(rec) = st.instances.get_mut(id) else {
+                return;
+            };
             f(rec);
-            if persist {
-                self.persist(&st);
+            if !persist {
+                return;
             }
+            self.encode_state(&st)
+        };
+        if let Some(encoded) = encoded {
+            self.write_state(encoded, false);
         }
     }
 
@@ -376,8 +462,11 @@ impl Inner {
         self.with_record(id, false, |r| r.reason = reason);
     }
 
+    /// Records the instance's attachment. It reaches the disk with the process that uses it
+    /// ([`Inner::container_started`]): an attachment without a process needs no adopting, and
+    /// the network hands the same owner the same address again.
     pub(crate) fn set_attachment(&self, id: &str, attachment: crate::network::Attachment) {
-        self.with_record(id, true, |r| {
+        self.with_record(id, false, |r| {
             r.attachment = Some(attachment);
             r.previous_attachment = None;
         });
@@ -1330,11 +1419,9 @@ impl Engine for LocalEngine {
         if let Some(task) = lock_or_recover(&self.inner.scheduler).take() {
             task.abort();
         }
-        {
-            let st = self.inner.lock();
-            if let Err(e) = store::write_json(&self.inner.dir.join(store::ENGINE_FILE), &*st) {
-                tracing::error!(error = %e, "cannot persist the local engine's state");
-            }
+        let encoded = self.inner.encode_state(&self.inner.lock());
+        if let Some(encoded) = encoded {
+            self.inner.write_state(encoded, true);
         }
         if self.inner.owned_dir {
             if let Err(e) = std::fs::remove_dir_all(&self.inner.dir) {

@@ -17,8 +17,6 @@ use crate::error::{Error, Result};
 
 /// The marker file that makes a directory a LocalEngine state directory.
 pub(crate) const MARKER: &str = "rorqual-state.json";
-/// The engine's state: applications, groups and instances.
-pub(crate) const ENGINE_FILE: &str = "engine.json";
 /// The controller state store.
 pub(crate) const STORE_FILE: &str = "store.json";
 const LOCK_FILE: &str = "lock";
@@ -135,21 +133,19 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &encode(path, value)?, true)
 }
 
-/// Writes `value` as JSON to `path` atomically (temporary file and rename) without waiting for
-/// the disk: a crash of the engine never leaves a torn file, and the page cache outlives it.
-/// Only a power loss can lose the last writes, and it ends the instances' processes too.
-pub(crate) fn write_json_fast<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, &encode(path, value)?, false)
-}
-
-fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+/// Encodes `value` as the JSON of the file at `path` (the path names it in errors).
+pub(crate) fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Codec {
         context: format!("cannot encode {}", path.display()),
         source: e,
     })
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+/// Writes `bytes` to `path` atomically (temporary file and rename); with `durable`, also waits
+/// for the disk (fsync of the file and the directory). Without it a crash of the engine never
+/// leaves a torn file and the page cache outlives it: only a power loss can lose the last
+/// writes, and it ends the instances' processes too. Callers serialise writes to one path.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let io = |e| Error::io(format!("cannot write {}", path.display()), e);
     let tmp = path.with_extension("json.tmp");
     let mut f = File::create(&tmp).map_err(io)?;

@@ -162,23 +162,48 @@ impl Drop for Reaper {
         if !std::thread::panicking() {
             return;
         }
-        let Ok(text) = std::fs::read_to_string(self.0.join("engine.json")) else {
-            return;
-        };
-        let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return;
-        };
-        let Some(instances) = state["instances"].as_object() else {
-            return;
-        };
-        for instance in instances.values() {
-            for c in instance["containers"].as_array().into_iter().flatten() {
-                if let Some(pid) = c["process"]["pid"].as_i64() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", "--", &format!("-{pid}")])
-                        .status();
+        if let Some(state) = newest_engine_state(&self.0) {
+            let Some(instances) = state["instances"].as_object() else {
+                return;
+            };
+            for instance in instances.values() {
+                for c in instance["containers"].as_array().into_iter().flatten() {
+                    if let Some(pid) = c["process"]["pid"].as_i64() {
+                        let _ = std::process::Command::new("kill")
+                            .args(["-9", "--", &format!("-{pid}")])
+                            .status();
+                    }
                 }
             }
         }
     }
+}
+
+/// The newest engine state recorded in a state directory: of the two slots (`engine.0`,
+/// `engine.1`: a header line with `seq=N`, then the JSON) the one with the higher sequence
+/// number that parses, else an earlier version's `engine.json`.
+pub fn newest_engine_state(dir: &Path) -> Option<serde_json::Value> {
+    let first_json = |bytes: &[u8]| {
+        // A slot may hold bytes of a longer earlier state past its body.
+        serde_json::Deserializer::from_slice(bytes)
+            .into_iter::<serde_json::Value>()
+            .next()
+            .and_then(Result::ok)
+    };
+    let slot = ["engine.0", "engine.1"]
+        .iter()
+        .filter_map(|name| std::fs::read(dir.join(name)).ok())
+        .filter_map(|bytes| {
+            let end = bytes.iter().position(|&b| b == b'\n')?;
+            let header = std::str::from_utf8(&bytes[..end]).ok()?;
+            let seq: u64 = header
+                .split(' ')
+                .find_map(|f| f.strip_prefix("seq="))?
+                .parse()
+                .ok()?;
+            Some((seq, first_json(&bytes[end + 1..])?))
+        })
+        .max_by_key(|(seq, _)| *seq)
+        .map(|(_, state)| state);
+    slot.or_else(|| first_json(&std::fs::read(dir.join("engine.json")).ok()?))
 }
