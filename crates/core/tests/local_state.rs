@@ -136,7 +136,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     engine.shutdown().await.unwrap();
     drop(engine);
     // Both slots of the engine state damaged: refused, naming them, and left as they are.
-    let slots = [dir.path().join("engine.0"), dir.path().join("engine.1")];
+    let slots = ["engine.0", "engine.1", "engine.2"].map(|name| dir.path().join(name));
     for slot in &slots {
         std::fs::write(slot, "{\"apps\": [oops").unwrap();
     }
@@ -163,7 +163,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     let engine = builder(other.path(), 37000).build().await.unwrap();
     engine.shutdown().await.unwrap();
     drop(engine);
-    for name in ["engine.0", "engine.1"] {
+    for name in ["engine.0", "engine.1", "engine.2"] {
         std::fs::remove_file(other.path().join(name)).unwrap();
     }
     let legacy = other.path().join("engine.json");
@@ -283,7 +283,7 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
     let process = &mut state["instances"][&before[0].id]["containers"][0]["process"];
     assert_eq!(process["pid"].as_i64(), Some(i64::from(pid)), "{state}");
     process["pid"] = serde_json::json!(foreign_pid);
-    for name in ["engine.0", "engine.1"] {
+    for name in ["engine.0", "engine.1", "engine.2"] {
         std::fs::remove_file(dir.path().join(name)).unwrap();
     }
     std::fs::write(
@@ -332,8 +332,10 @@ async fn dropping_an_engine_on_a_temporary_directory_leaves_no_process() {
         .iter()
         .map(|i| engine.pids(&i.id).unwrap()[0])
         .collect();
+    let dir = engine.state_dir().to_owned();
     // No later engine could find a temporary directory, so dropping must not orphan.
     drop(engine);
+    assert!(!dir.exists(), "{} is removed", dir.display());
     wait_for(10, "processes of the dropped engine gone", || async {
         pids.iter().all(|p| !pid_alive(*p)).then_some(())
     })

@@ -1262,6 +1262,56 @@ async fn canary_promote_full_with_a_router_keeps_the_scale_down_delay() {
     assert_eq!(of(&h.counts().await, &v2), (10, 10));
 }
 
+#[tokio::test]
+async fn promote_full_during_the_scale_down_delay_keeps_its_clock() {
+    let (h, _router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let strategy = Canary::new(vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::pause_until_promoted(),
+    ])
+    .scale_down_delay(10);
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::Canary(strategy)))
+        .await
+        .unwrap();
+    h.until(10, "paused at 1", |s| s.step == 1).await;
+    h.ctl.promote_full(&key()).await.unwrap();
+    // Run until the delay has begun: all traffic on v2, v1 still at full size.
+    let mut delay_started = None;
+    for _ in 0..60 {
+        h.ctl.process_due().await;
+        if h.status().await.weight == Some(100) && of(&h.counts().await, &v1).0 == 10 {
+            delay_started = Some(h.clock.now());
+            break;
+        }
+        h.clock.advance(Duration::from_secs(1));
+    }
+    let delay_started = delay_started.expect("the scale-down delay began");
+    h.clock.advance(Duration::from_secs(6));
+    h.ctl.process_due().await;
+    // A second promote-full in the delay must not restart it.
+    h.ctl.promote_full(&key()).await.unwrap();
+    let mut shrunk = None;
+    for _ in 0..30 {
+        h.ctl.process_due().await;
+        if of(&h.counts().await, &v1).0 < 10 {
+            shrunk = Some(h.clock.now());
+            break;
+        }
+        h.clock.advance(Duration::from_secs(1));
+    }
+    let waited = shrunk
+        .expect("stable scaled down")
+        .duration_since(delay_started)
+        .unwrap();
+    assert!(
+        waited < Duration::from_secs(13),
+        "the 10 s delay runs from its start, not again from the second promote-full 6 s in: {waited:?}"
+    );
+}
+
 fn approval_canary() -> Strategy {
     canary(vec![
         CanaryStep::SetWeight(10),

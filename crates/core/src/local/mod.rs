@@ -251,6 +251,7 @@ impl LocalEngineBuilder {
             kick: Notify::new(),
             closed: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            shutdown_done: AtomicBool::new(false),
             scheduler: Mutex::new(None),
             state_seq: AtomicU64::new(0),
             state_written: Mutex::new(StateWriter {
@@ -319,6 +320,8 @@ pub(crate) struct Inner {
     kick: Notify,
     closed: AtomicBool,
     shut_down: AtomicBool,
+    /// Set once `shutdown` has stopped every process (it may be cancelled half-way).
+    shutdown_done: AtomicBool,
     scheduler: Mutex<Option<tokio::task::AbortHandle>>,
     /// Sequence number of the newest encoded state ([`Inner::encode_state`]).
     state_seq: AtomicU64,
@@ -389,15 +392,22 @@ impl Inner {
             }
         }
         let mut writer = lock_or_recover(&self.state_written);
-        let Some(newest) = lock_or_recover(&self.state_pending).take() else {
-            return;
+        let pending = lock_or_recover(&self.state_pending).take();
+        let result = match pending {
+            Some(newest) if newest.seq > writer.written => {
+                let seq = newest.seq;
+                writer
+                    .file
+                    .write(&newest.bytes, durable)
+                    .map(|()| writer.written = seq)
+            }
+            // Someone else wrote this state or a newer one, perhaps without waiting for the
+            // disk: a durable caller still needs it there.
+            _ if durable => writer.file.sync_newest(),
+            _ => Ok(()),
         };
-        if newest.seq <= writer.written {
-            return;
-        }
-        match writer.file.write(&newest.bytes, durable) {
-            Ok(()) => writer.written = newest.seq,
-            Err(e) => tracing::error!(error = %e, "cannot persist the local engine's state"),
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot persist the local engine's state");
         }
     }
 
@@ -483,6 +493,13 @@ impl Inner {
         let mut app = None;
         let mut became_ready = false;
         self.with_record(id, true, |r| {
+            // Checked under the state lock, which `Drop` takes after setting `closed`: either
+            // the process is recorded before `Drop` looks, or it is ended here.
+            if self.owned_dir && self.closed.load(Ordering::SeqCst) {
+                // Started while the engine was being dropped: nobody could adopt it later.
+                proc::kill_group_now(&process);
+                return;
+            }
             let was_ready = r.is_ready();
             if let Some(c) = r.containers.get_mut(index) {
                 c.process = Some(process);
@@ -1089,7 +1106,7 @@ impl Drop for LocalEngine {
         }
         // A temporary state directory cannot be found by a later engine, so its processes
         // would be orphans: end them and remove the directory.
-        if self.inner.owned_dir && !self.inner.shut_down.load(Ordering::SeqCst) {
+        if self.inner.owned_dir && !self.inner.shutdown_done.load(Ordering::SeqCst) {
             for rec in st.instances.values() {
                 for process in rec.containers.iter().filter_map(|c| c.process.as_ref()) {
                     proc::kill_group_now(process);
@@ -1428,6 +1445,7 @@ impl Engine for LocalEngine {
                 tracing::warn!(error = %e, "cannot remove the temporary state directory");
             }
         }
+        self.inner.shutdown_done.store(true, Ordering::SeqCst);
         tracing::info!("local engine shut down");
         Ok(())
     }

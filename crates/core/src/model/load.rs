@@ -102,12 +102,16 @@ fn take_bad_quantities(value: &mut Value) -> Vec<FieldError> {
             let Some(field) = resources.get_mut(key) else {
                 continue;
             };
-            let text = match &*field {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                other => format!("{other:?}"),
+            let problem = match &*field {
+                Value::String(s) => parse(s),
+                Value::Number(n) => parse(&n.to_string()),
+                Value::Null => None,
+                other => Some(format!(
+                    "must be a quantity (a string such as `500m` or `2Gi`, or a number), got {}",
+                    yaml_kind(other)
+                )),
             };
-            if let Some(reason) = parse(&text) {
+            if let Some(reason) = problem {
                 errors.push(FieldError {
                     path: format!("containers[{i}].resources.{key}"),
                     message: reason,
@@ -117,6 +121,19 @@ fn take_bad_quantities(value: &mut Value) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// The YAML kind of a value, as a user would name it.
+fn yaml_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
 }
 
 fn check<T: std::str::FromStr>(text: &str) -> Option<String>
@@ -163,6 +180,16 @@ containers:
             "{text}"
         );
         assert!(text.contains("12Qi"), "{text}");
+
+        let yaml = "name: web\ncontainers:\n- name: app\n  command: [/bin/demo]\n  resources: {cpu: true}\n";
+        let err = AppSpec::load(yaml, ValidationTarget::LOCAL)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("containers[0].resources.cpu: must be a quantity")
+                && err.contains("got a boolean"),
+            "{err}"
+        );
     }
 
     #[test]

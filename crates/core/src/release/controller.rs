@@ -513,9 +513,13 @@ impl RolloutController {
             }
             r.status.hold = None;
             r.status.promote_full = true;
-            r.status.step = r.spec.strategy.promote_full_step(r.status.step);
+            let step = r.spec.strategy.promote_full_step(r.status.step);
+            if step != r.status.step {
+                // Staying at the step (already in the final scale-down delay) keeps its clock.
+                r.status.step = step;
+                r.status.step_started = now;
+            }
             r.status.approval_requested = false;
-            r.status.step_started = now;
             r.status.last_progress = now;
             terminate_all(r);
             r.status.analysis = None;
@@ -1088,6 +1092,9 @@ impl RolloutController {
                             r.status.reason
                         );
                         self.fail(e, now, reason).await;
+                        if e.record.status.hold.is_some() {
+                            return Ok(None);
+                        }
                         continue;
                     }
                     soonest(now + inner.resync);

@@ -179,8 +179,8 @@ impl Drop for Reaper {
     }
 }
 
-/// The newest engine state recorded in a state directory: of the two slots (`engine.0`,
-/// `engine.1`: a header line with `seq=N`, then the JSON) the one with the higher sequence
+/// The newest engine state recorded in a state directory: of the slots (`engine.0` to
+/// `engine.2`: a header line with `seq=N`, then the JSON) the one with the higher sequence
 /// number that parses, else an earlier version's `engine.json`.
 pub fn newest_engine_state(dir: &Path) -> Option<serde_json::Value> {
     let first_json = |bytes: &[u8]| {
@@ -190,7 +190,7 @@ pub fn newest_engine_state(dir: &Path) -> Option<serde_json::Value> {
             .next()
             .and_then(Result::ok)
     };
-    let slot = ["engine.0", "engine.1"]
+    let slot = ["engine.0", "engine.1", "engine.2"]
         .iter()
         .filter_map(|name| std::fs::read(dir.join(name)).ok())
         .filter_map(|bytes| {
