@@ -225,6 +225,72 @@ async fn a_file_store_watch_follows_another_allocator_and_rorqual_ipam() {
 }
 
 #[tokio::test]
+async fn a_file_store_watch_sees_a_write_that_keeps_inode_mtime_and_size() {
+    // Two writes within one tick of the file system's clock can leave the state file's inode
+    // (reused), modification time (coarse) and size (an allocate and a release) as they were.
+    // The test makes that happen on purpose: it rewrites the file in place with an equally long
+    // state and sets the modification time back.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path())
+        .unwrap()
+        .with_watch_interval(Duration::from_millis(10));
+    let alloc = Allocator::new(Arc::new(store.clone()));
+    alloc.create_pool(spec("s", "10.8.8.0/29")).await.unwrap();
+    let a = alloc
+        .allocate("s", &AllocRequest::new(Owner::new("c1", "eth0")))
+        .await
+        .unwrap();
+    assert_eq!(a.address.addr().to_string(), "10.8.8.1");
+    let mut watch = Allocator::new(Arc::new(store)).watch().await.unwrap();
+
+    let path = dir.path().join("s.json");
+    let before = std::fs::metadata(&path).unwrap();
+    let body = std::fs::read_to_string(&path).unwrap();
+    let moved = body.replace("10.8.8.1", "10.8.8.5");
+    assert_ne!(moved, body);
+    std::fs::write(&path, &moved).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (after.ino(), after.modified().unwrap(), after.len()),
+        (before.ino(), before.modified().unwrap(), before.len())
+    );
+
+    let ev = next_event(&mut watch).await;
+    assert_eq!(
+        (ev.ip.to_string(), ev.from, ev.to),
+        ("10.8.8.1".to_owned(), IpState::Active, IpState::Available)
+    );
+    let ev = next_event(&mut watch).await;
+    assert_eq!(
+        (ev.ip.to_string(), ev.from, ev.to, ev.owner),
+        (
+            "10.8.8.5".to_owned(),
+            IpState::Available,
+            IpState::Active,
+            Some(Owner::new("c1", "eth0"))
+        )
+    );
+
+    // A file the watch cannot read is re-read while it is fresh, but reported once.
+    std::fs::write(&path, b"{\"version\":3,\"state\":{\"spec\":").unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an error within 10 s")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("s.json"), "{err}");
+    let more = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+    assert!(more.is_err(), "{more:?}");
+}
+
+#[tokio::test]
 async fn stores_without_a_watch_say_so_and_the_allocator_falls_back_to_its_own_events() {
     let store = MemoryStore::new();
     let err = store.watch().await.err().unwrap();

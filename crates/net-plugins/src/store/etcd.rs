@@ -75,45 +75,104 @@ fn decode(key: &str, value: &[u8]) -> Result<PoolState, StoreError> {
     })
 }
 
+/// One key change of a watch response, in plain data (etcd-client's response types cannot be
+/// built outside it, so this is what the decoding is tested on).
+#[derive(Debug, Clone, Copy)]
+struct Change<'a> {
+    key: &'a str,
+    /// The new value; `None` for a delete.
+    value: Option<&'a [u8]>,
+    /// The previous value, when the key existed before.
+    prev: Option<&'a [u8]>,
+}
+
 /// The allocation events of one etcd watch response (each change carries the key's previous
-/// value, so no state is kept between responses).
+/// value, so no state is kept between responses), and whether the watch has ended.
 fn decode_response(
     prefix: &str,
     resp: &etcd_client::WatchResponse,
     out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
+) -> bool {
+    let changes = resp.events().iter().filter_map(|ev| {
+        let kv = ev.kv()?;
+        Some(Change {
+            key: kv.key_str().ok()?,
+            value: match ev.event_type() {
+                EventType::Put => Some(kv.value()),
+                EventType::Delete => None,
+            },
+            prev: ev.prev_kv().map(etcd_client::KeyValue::value),
+        })
+    });
+    decode_changes(prefix, changes, out);
+    let canceled = resp
+        .canceled()
+        .then(|| (resp.cancel_reason(), resp.compact_revision()));
+    decode_cancel(prefix, canceled, out)
+}
+
+/// The events of `changes` under `prefix`. A value that does not decode (the new one or the
+/// previous one) is an error in place of that change's events: diffing against a guess would
+/// report every address of the pool as changed.
+fn decode_changes<'a>(
+    prefix: &str,
+    changes: impl IntoIterator<Item = Change<'a>>,
+    out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
 ) {
-    if resp.canceled() {
-        out.push_back(Err(StoreError::Backend {
-            context: format!("etcd watch on prefix {prefix} was canceled"),
-            reason: format!(
-                "{} (compacted at revision {})",
-                resp.cancel_reason(),
-                resp.compact_revision()
-            ),
-        }));
-    }
-    for ev in resp.events() {
-        let Some(kv) = ev.kv() else { continue };
-        let Ok(key) = kv.key_str() else { continue };
-        let Some(pool) = key.strip_prefix(prefix) else {
+    for change in changes {
+        let Some(pool) = change.key.strip_prefix(prefix) else {
             continue;
         };
-        let new = match ev.event_type() {
-            EventType::Put => match decode(key, kv.value()) {
-                Ok(state) => Some(state),
-                Err(e) => {
-                    out.push_back(Err(e));
-                    continue;
-                }
-            },
-            EventType::Delete => None,
+        let new = match change.value.map(|v| decode(change.key, v)).transpose() {
+            Ok(new) => new,
+            Err(e) => {
+                out.push_back(Err(e));
+                continue;
+            }
         };
-        let old = ev
-            .prev_kv()
-            .filter(|p| !p.value().is_empty())
-            .and_then(|p| decode(key, p.value()).ok());
+        // etcd gives an empty previous value for a key that did not exist.
+        let old = match change.prev.filter(|p| !p.is_empty()).map(|p| {
+            serde_json::from_slice::<PoolState>(p).map_err(|e| StoreError::Corrupt {
+                location: format!("etcd key {} (its previous value)", change.key),
+                reason: e.to_string(),
+            })
+        }) {
+            None => None,
+            Some(Ok(old)) => Some(old),
+            Some(Err(e)) => {
+                out.push_back(Err(e));
+                continue;
+            }
+        };
         out.extend(diff(pool, old.as_ref(), new.as_ref()).into_iter().map(Ok));
     }
+}
+
+/// When the server canceled the watch (`canceled`: its reason and the compaction revision,
+/// for example after the watched revision was compacted away), queues the error naming why and
+/// returns `true`: the server sends nothing more on a canceled watch, so the stream ends.
+fn decode_cancel(
+    prefix: &str,
+    canceled: Option<(&str, i64)>,
+    out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
+) -> bool {
+    let Some((reason, compact_revision)) = canceled else {
+        return false;
+    };
+    let reason = match (reason.is_empty(), compact_revision) {
+        (false, 0) => reason.to_owned(),
+        (true, 0) => "no reason given".to_owned(),
+        (false, r) => format!("{reason} (compacted at revision {r})"),
+        (true, r) => format!("the watched revision was compacted (at revision {r})"),
+    };
+    out.push_back(Err(StoreError::Backend {
+        context: format!(
+            "etcd watch on prefix {prefix} was canceled by the server; watch again and re-read \
+             the pools"
+        ),
+        reason,
+    }));
+    true
 }
 
 #[async_trait]
@@ -215,6 +274,11 @@ impl PoolStore for EtcdStore {
 
     /// An etcd watch on the pool prefix with previous values: every put or delete of a pool
     /// key, by any host, becomes the events that turn the old state into the new one.
+    ///
+    /// The stream ends after an error that ends the etcd watch (the server canceled it, for
+    /// example because the revision it was at was compacted, or the connection failed): that
+    /// error is its last item. Changes may have been missed then; to keep following, watch
+    /// again and re-read the pools ([`PoolStore::load`]).
     async fn watch(&self) -> Result<WatchStream, StoreError> {
         let options = WatchOptions::new().with_prefix().with_prev_key();
         let (watcher, responses) = self
@@ -225,24 +289,116 @@ impl PoolStore for EtcdStore {
             .map_err(backend(format!("cannot watch etcd prefix {}", self.prefix)))?;
         let prefix = self.prefix.clone();
         // The watcher travels with the stream: dropping it would close the request side.
+        // `ended`: the watch is over; the stream yields what is pending, then ends.
         let stream = futures::stream::unfold(
-            (watcher, responses, VecDeque::new(), prefix),
-            |(watcher, mut responses, mut pending, prefix)| async move {
+            (watcher, responses, VecDeque::new(), prefix, false),
+            |(watcher, mut responses, mut pending, prefix, mut ended)| async move {
                 loop {
                     if let Some(item) = pending.pop_front() {
-                        return Some((item, (watcher, responses, pending, prefix)));
+                        return Some((item, (watcher, responses, pending, prefix, ended)));
+                    }
+                    if ended {
+                        return None;
                     }
                     match responses.message().await {
-                        Ok(Some(resp)) => decode_response(&prefix, &resp, &mut pending),
+                        Ok(Some(resp)) => ended = decode_response(&prefix, &resp, &mut pending),
                         Ok(None) => return None,
                         Err(e) => {
                             let err = backend(format!("etcd watch on prefix {prefix} failed"))(e);
-                            return Some((Err(err), (watcher, responses, pending, prefix)));
+                            pending.push_back(Err(err));
+                            ended = true;
                         }
                     }
                 }
             },
         );
         Ok(stream.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::{AllocRequest, IpRange, IpState, Owner, PoolSpec};
+
+    fn states() -> (Vec<u8>, Vec<u8>) {
+        let spec = PoolSpec::new("p").with_range(IpRange::new("10.9.0.0/29".parse().unwrap()));
+        let mut state = PoolState::new(spec).unwrap();
+        for c in ["c1", "c2"] {
+            state
+                .allocate(&AllocRequest::new(Owner::new(c, "eth0")), 0)
+                .unwrap();
+        }
+        let before = serde_json::to_vec(&state).unwrap();
+        state
+            .allocate(&AllocRequest::new(Owner::new("c3", "eth0")), 0)
+            .unwrap();
+        (before, serde_json::to_vec(&state).unwrap())
+    }
+
+    #[test]
+    fn a_change_is_its_diff_and_a_corrupt_previous_value_is_an_error_not_a_fresh_pool() {
+        let (before, after) = states();
+        let mut out = VecDeque::new();
+        let change = |prev| Change {
+            key: "/rq/p",
+            value: Some(&after),
+            prev,
+        };
+        decode_changes("/rq/", [change(Some(before.as_slice()))], &mut out);
+        let events: Vec<_> = out.drain(..).map(Result::unwrap).collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            (events[0].from, events[0].to),
+            (IpState::Available, IpState::Active)
+        );
+
+        // A previous value that does not decode: an error naming the key, not three
+        // Available -> Active events for addresses that were active all along.
+        decode_changes("/rq/", [change(Some(b"{\"spec\":".as_slice()))], &mut out);
+        let items: Vec<_> = out.drain(..).collect();
+        assert_eq!(items.len(), 1, "{items:?}");
+        let err = items[0].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("/rq/p") && err.contains("previous value"),
+            "{err}"
+        );
+
+        // No previous value (a new pool key) or an empty one: every address is new.
+        decode_changes("/rq/", [change(None), change(Some(&[]))], &mut out);
+        assert_eq!(out.len(), 6);
+        assert!(out.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn a_canceled_watch_reports_why_and_ends() {
+        let mut out = VecDeque::new();
+        assert!(!decode_cancel("/rq/", None, &mut out));
+        assert!(out.is_empty());
+        assert!(decode_cancel(
+            "/rq/",
+            Some(("mvcc: required revision has been compacted", 41)),
+            &mut out
+        ));
+        let err = out.pop_front().unwrap().unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("/rq/")
+                && text.contains("canceled")
+                && text.contains("compacted")
+                && text.contains("41"),
+            "{text}"
+        );
+        assert!(err.is_retryable());
+        assert!(decode_cancel("/rq/", Some(("", 0)), &mut out));
+        assert!(
+            out.pop_front()
+                .unwrap()
+                .unwrap_err()
+                .to_string()
+                .contains("no reason")
+        );
     }
 }

@@ -34,7 +34,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -54,26 +54,56 @@ pub struct FileStore {
     watch_interval: Duration,
 }
 
+/// How long after its modification time a state file's stamp is trusted (see [`Stamp`]). File
+/// systems take modification times from a coarse clock (a jiffy on ext4, 1 s on ext3 and
+/// HFS+); this is twice the coarsest.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// How a watch recognises an unchanged state file without reading it: every write renames a
-/// new file into place, so its inode, modification time or size changes.
+/// new file into place, so its inode, modification time or size usually changes. Not always:
+/// inode numbers are reused (ext4 alternates two), the modification time is coarse and one
+/// write can keep the size, so two writes within one clock tick can leave all three as they
+/// were. Only a stamp taken when the file was settled (not modified within [`SETTLE`] before)
+/// proves that a file with the same stamp is unchanged: any later write gets a later
+/// modification time. A watch reads a file whose stamp was not settled on every poll (diffing
+/// an unchanged state yields nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     ino: u64,
-    mtime_ns: i128,
+    mtime: SystemTime,
     len: u64,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+/// The stamp of `path` and whether it is settled.
+fn stamp(path: &Path) -> Option<(Stamp, bool)> {
     let m = fs::metadata(path).ok()?;
-    Some(Stamp {
+    let mtime = m.modified().ok()?;
+    // Taken after the stat; a modification time later than this (a clock set back) is not
+    // settled either.
+    let settled = SystemTime::now()
+        .duration_since(mtime)
+        .is_ok_and(|age| age > SETTLE);
+    let stamp = Stamp {
         ino: m.ino(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        mtime,
         len: m.len(),
-    })
+    };
+    Some((stamp, settled))
+}
+
+/// What a watch last saw of one pool.
+#[derive(Debug, Default)]
+struct SeenPool {
+    /// The state file's stamp when it was last read, and whether it was settled then.
+    stamp: Option<(Stamp, bool)>,
+    /// The state last read.
+    state: Option<PoolState>,
+    /// Whether that last read failed (its error was reported).
+    failed: bool,
 }
 
 /// What a watch last saw of each pool.
-type Seen = BTreeMap<String, (Option<Stamp>, Option<PoolState>)>;
+type Seen = BTreeMap<String, SeenPool>;
 
 #[derive(Serialize)]
 struct DocRef<'a> {
@@ -107,7 +137,8 @@ impl FileStore {
     }
 
     /// How often a [`PoolStore::watch`] stream looks at the state files (default 100 ms). A
-    /// poll costs one `stat` per pool and reads only the files that changed; changes made
+    /// poll costs one `stat` per pool and reads only the files that changed or were written in
+    /// the last 2 s (whose modification time cannot tell two writes apart); changes made
     /// between two polls arrive as their net effect (an address allocated and released in
     /// between is not reported).
     #[must_use]
@@ -251,26 +282,44 @@ impl FileStore {
             .cloned()
             .collect();
         for pool in gone {
-            if let Some((_, Some(old))) = seen.remove(&pool) {
+            if let Some(SeenPool {
+                state: Some(old), ..
+            }) = seen.remove(&pool)
+            {
                 out.extend(diff(&pool, Some(&old), None).into_iter().map(Ok));
             }
         }
         for pool in names {
             let now = stamp(&self.state_path(&pool));
-            let (then, old) = seen.remove(&pool).unwrap_or((None, None));
-            if now.is_some() && now == then {
-                seen.insert(pool, (then, old));
+            let then = seen.remove(&pool).unwrap_or_default();
+            let same = now.is_some() && now.map(|s| s.0) == then.stamp.map(|s| s.0);
+            if same && then.stamp.is_some_and(|s| s.1) {
+                seen.insert(pool, then);
                 continue;
             }
             match self.read(&pool) {
                 Ok(v) => {
                     let new = v.map(|v| v.state);
-                    out.extend(diff(&pool, old.as_ref(), new.as_ref()).into_iter().map(Ok));
-                    seen.insert(pool, (now, new));
+                    let old = then.state.as_ref();
+                    out.extend(diff(&pool, old, new.as_ref()).into_iter().map(Ok));
+                    let seen_pool = SeenPool {
+                        stamp: now,
+                        state: new,
+                        failed: false,
+                    };
+                    seen.insert(pool, seen_pool);
                 }
                 Err(e) => {
-                    out.push(Err(e));
-                    seen.insert(pool, (now, old));
+                    // Re-read while the stamp is not settled, but reported once.
+                    if !(same && then.failed) {
+                        out.push(Err(e));
+                    }
+                    let seen_pool = SeenPool {
+                        stamp: now,
+                        failed: true,
+                        ..then
+                    };
+                    seen.insert(pool, seen_pool);
                 }
             }
         }
@@ -291,6 +340,24 @@ impl FileStore {
         }
         Ok(())
     }
+}
+
+/// The result of one watch poll: the store and what it saw, back, with the changes.
+type Polled = (FileStore, Seen, Vec<Result<AllocationEvent, StoreError>>);
+
+/// [`FileStore::poll_changes`] on tokio's blocking threads (it lists the directory, stats and
+/// reads files), so a slow disk does not hold up an async worker.
+async fn poll_blocking(store: FileStore, mut seen: Seen) -> Result<Polled, StoreError> {
+    let dir = store.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let changes = store.poll_changes(&mut seen);
+        (store, seen, changes)
+    })
+    .await
+    .map_err(|e| StoreError::Io {
+        context: format!("the watch poll of pool store {} failed", dir.display()),
+        source: std::io::Error::other(e),
+    })
 }
 
 #[async_trait]
@@ -324,28 +391,29 @@ impl PoolStore for FileStore {
     }
 
     /// Polls the state files every [`FileStore::with_watch_interval`] (needs a tokio runtime
-    /// with timers) and reports what changed since the last poll, whichever process wrote it.
+    /// with timers; the polls run on its blocking threads) and reports what changed since the
+    /// last poll, whichever process wrote it. Should a poll panic, its error is the stream's
+    /// last item.
     async fn watch(&self) -> Result<WatchStream, StoreError> {
-        let store = self.clone();
-        let mut seen = Seen::new();
         // The starting point is every pool as it is now; only unreadable files are reported.
-        let pending: VecDeque<_> = store
-            .poll_changes(&mut seen)
-            .into_iter()
-            .filter(Result::is_err)
-            .collect();
-        let stream = futures::stream::unfold(
-            (store, seen, pending),
-            |(store, mut seen, mut pending)| async move {
-                loop {
-                    if let Some(item) = pending.pop_front() {
-                        return Some((item, (store, seen, pending)));
-                    }
-                    tokio::time::sleep(store.watch_interval).await;
-                    pending.extend(store.poll_changes(&mut seen));
+        let (store, seen, first) = poll_blocking(self.clone(), Seen::new()).await?;
+        let pending: VecDeque<_> = first.into_iter().filter(Result::is_err).collect();
+        let stream = futures::stream::unfold(Some((store, seen, pending)), |state| async move {
+            let (mut store, mut seen, mut pending) = state?;
+            loop {
+                if let Some(item) = pending.pop_front() {
+                    return Some((item, Some((store, seen, pending))));
                 }
-            },
-        );
+                tokio::time::sleep(store.watch_interval).await;
+                match poll_blocking(store, seen).await {
+                    Ok((s, n, changes)) => {
+                        (store, seen) = (s, n);
+                        pending.extend(changes);
+                    }
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+        });
         Ok(stream.boxed())
     }
 
