@@ -774,3 +774,240 @@ async fn backed_off_pods_are_retried_when_their_backoff_expires_or_a_node_is_add
         r.outcome
     );
 }
+
+/// Holds pods labelled `hold=yes` at Permit (up to 30 s), records every pod PreBind sees, and
+/// keeps pods labelled `gate` in PreBind until `open` is notified (then fails them when the
+/// label is `fail`).
+#[derive(Debug, Default)]
+struct Gate {
+    registry: Mutex<Option<WaitingPods>>,
+    pre_bound: Mutex<Vec<String>>,
+    open: tokio::sync::Notify,
+}
+impl Gate {
+    fn allow(&self, uid: &str) {
+        let registry = self.registry.lock().unwrap().clone().unwrap();
+        registry.allow(uid, "Gate");
+    }
+    fn saw(&self, uid: &str) -> bool {
+        self.pre_bound.lock().unwrap().iter().any(|u| u == uid)
+    }
+}
+impl Plugin for Gate {
+    fn name(&self) -> &str {
+        "Gate"
+    }
+}
+impl PermitPlugin for Gate {
+    fn permit(
+        &self,
+        _s: &CycleState,
+        pod: &PodInfo,
+        _n: Sym,
+        waiting: &WaitingPods,
+    ) -> (Status, Duration) {
+        *self.registry.lock().unwrap() = Some(waiting.clone());
+        if pod.labels.get(Sym::new("hold")).is_some() {
+            (Status::wait("held"), Duration::from_secs(30))
+        } else {
+            (Status::success(), Duration::ZERO)
+        }
+    }
+}
+#[async_trait]
+impl PreBindPlugin for Gate {
+    async fn pre_bind(&self, _s: &CycleState, pod: &PodInfo, _n: Sym) -> Status {
+        self.pre_bound.lock().unwrap().push(pod.uid.to_string());
+        match pod.labels.get(Sym::new("gate")) {
+            None => Status::success(),
+            Some(verdict) => {
+                self.open.notified().await;
+                if verdict == Sym::new("fail") {
+                    Status::error("volume attach failed")
+                } else {
+                    Status::success()
+                }
+            }
+        }
+    }
+}
+
+/// Polls `done` every millisecond for up to 5 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..5000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{what}: not reached within 5 s");
+}
+
+#[tokio::test]
+async fn a_deleted_stateful_pod_never_frees_its_replacements_underlay_address() {
+    let cap = Arc::new(MemoryIpCapacity::new());
+    cap.add_pool("p", ["n0"], (1..=10).map(|i| IpAddr::from([10, 0, 0, i])));
+    let gate = Arc::new(Gate::default());
+    let profile = DefaultPlugins::new()
+        .underlay(cap.clone())
+        .builder("p")
+        .permit(gate.clone())
+        .pre_bind(gate.clone())
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 4000));
+    let db = |uid: &str, identity: &str| {
+        let mut p = pod(uid, 100);
+        p.identity = Some(StatefulIdentity {
+            key: Arc::from(identity),
+            previous_node: None,
+            previous_zone: None,
+        });
+        p.underlay = Some(UnderlayRequest {
+            pool: None,
+            bound_claim: None,
+        });
+        p
+    };
+    // A replacement (new uid, same identity) binds and holds the identity's address.
+    let replace = |uid: &str, identity: &str| {
+        s.enqueue(db(uid, identity)).unwrap();
+        let s = s.clone();
+        async move {
+            let r = s.schedule_next().await.unwrap();
+            assert!(matches!(r.outcome, Outcome::Bound(_)), "{:?}", r.outcome);
+        }
+    };
+    let waiting = |r: rorqual_scheduler::ScheduleResult| match r.outcome {
+        Outcome::Waiting { binding, .. } => binding,
+        other => panic!("must wait at Permit: {other:?}"),
+    };
+
+    // Deleted while waiting at Permit.
+    s.enqueue(db("db-0-old", "ns/db-0").label("hold", "yes"))
+        .unwrap();
+    let old = waiting(s.schedule_next().await.unwrap());
+    assert!(s.remove_pod("db-0-old").is_some());
+    assert_eq!(cap.free("p"), 10, "the deletion gave the address back");
+    replace("db-0-new", "ns/db-0").await;
+    let held = cap
+        .held_by("ns/db-0")
+        .expect("the replacement holds an address");
+    assert!(old.await.unwrap().is_err());
+    assert_eq!(
+        cap.held_by("ns/db-0"),
+        Some(held),
+        "the old binding freed the replacement's address"
+    );
+
+    // Allowed at Permit, deleted while its PreBind runs, which then fails.
+    s.enqueue(
+        db("db-1-old", "ns/db-1")
+            .label("hold", "yes")
+            .label("gate", "fail"),
+    )
+    .unwrap();
+    let old_1 = waiting(s.schedule_next().await.unwrap());
+    gate.allow("db-1-old");
+    until("db-1-old in PreBind", || gate.saw("db-1-old")).await;
+    assert!(s.remove_pod("db-1-old").is_some());
+    replace("db-1-new", "ns/db-1").await;
+    let held_1 = cap
+        .held_by("ns/db-1")
+        .expect("the replacement holds an address");
+    gate.open.notify_one();
+    assert!(old_1.await.unwrap().is_err());
+    assert_eq!(
+        cap.held_by("ns/db-1"),
+        Some(held_1),
+        "the old binding freed the replacement's address"
+    );
+
+    // Allowed at Permit and deleted before its binding ran: nothing is bound for it.
+    s.enqueue(db("db-2-old", "ns/db-2").label("hold", "yes"))
+        .unwrap();
+    let old_2 = waiting(s.schedule_next().await.unwrap());
+    gate.allow("db-2-old");
+    assert!(s.remove_pod("db-2-old").is_some());
+    let err = old_2.await.unwrap().unwrap_err();
+    assert!(err.message().contains("deleted"), "{err}");
+    assert!(!gate.saw("db-2-old"), "PreBind ran for a deleted pod");
+
+    assert_eq!(cap.held_by("ns/db-2"), None);
+    assert_eq!(cap.free("p"), 8, "two addresses held, no double hand-out");
+    assert_eq!(s.with_snapshot(Snapshot::pod_count), 2);
+    assert_eq!(s.queue_len(), (0, 0), "no deleted pod is retried");
+}
+
+#[tokio::test]
+async fn a_gang_member_deleted_while_waiting_still_releases_its_group() {
+    let cap = Arc::new(MemoryIpCapacity::new());
+    cap.add_pool("p", ["n0"], (1..=10).map(|i| IpAddr::from([10, 0, 0, i])));
+    let profile = DefaultPlugins::new().underlay(cap.clone()).build().unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 4000));
+    let mut bindings = Vec::new();
+    for uid in ["g0", "g1"] {
+        let mut p = pod(uid, 100);
+        p.gang = Some(GangMembership {
+            name: Arc::from("g"),
+            min_member: 3,
+            timeout: Some(Duration::from_secs(30)),
+        });
+        p.underlay = Some(UnderlayRequest {
+            pool: None,
+            bound_claim: None,
+        });
+        s.enqueue(p).unwrap();
+        match s.schedule_next().await.unwrap().outcome {
+            Outcome::Waiting { binding, .. } => bindings.push(binding),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(cap.free("p"), 8);
+    assert!(s.remove_pod("g0").is_some());
+    let g1 = bindings.pop().unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), g1)
+        .await
+        .expect("the sibling is released at once, not after its 30 s Permit timeout")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.message().contains("gang member"), "{err}");
+    assert!(bindings.pop().unwrap().await.unwrap().is_err());
+    assert_eq!(cap.free("p"), 10, "both addresses came back, once each");
+    assert_eq!(s.with_snapshot(Snapshot::pod_count), 0);
+    assert_eq!(
+        s.queue_len(),
+        (0, 1),
+        "the sibling is retried, the deleted pod is not"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_deleted_while_its_batch_binds_is_not_requeued() {
+    let gate = Arc::new(Gate::default());
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .pre_bind(gate.clone())
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(1, 1000));
+    // One batch: `slow` binds slowly; `huge` fits no node, so its cycle fails.
+    s.enqueue(pod("slow", 100).label("gate", "pass")).unwrap();
+    s.enqueue(pod("huge", 8000)).unwrap();
+    let (summary, ()) = tokio::join!(s.run_until_idle(), async {
+        until("slow in PreBind", || gate.saw("slow")).await;
+        // Deleted after its cycle failed, before the batch reached its result.
+        assert!(s.remove_pod("huge").is_none(), "never assumed");
+        gate.open.notify_one();
+    });
+    assert_eq!(summary.bound, 1, "{summary:?}");
+    assert_eq!(summary.unschedulable, 1, "{summary:?}");
+    assert_eq!(s.queue_len(), (0, 0), "the deleted pod is not retried");
+    // A node it would fit changes nothing: no phantom pod is scheduled.
+    s.add_nodes([NodeInfo::new("big", Resources::new(16000, 8 << 30))]);
+    assert_eq!(s.run_until_idle().await, Default::default());
+    assert_eq!(s.with_snapshot(Snapshot::pod_count), 1);
+}

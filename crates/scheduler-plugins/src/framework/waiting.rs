@@ -83,6 +83,11 @@ impl WaitingPods {
         }
     }
 
+    /// Whether pod `uid` waits.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.lock().contains_key(uid)
+    }
+
     /// The waiting pods.
     pub fn pods(&self) -> Vec<Arc<PodInfo>> {
         self.lock().values().map(|w| w.pod.clone()).collect()

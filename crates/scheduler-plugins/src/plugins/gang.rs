@@ -1,6 +1,7 @@
 //! Gang scheduling (coscheduling): members of a group wait at Permit until `minMember` of them
-//! are assumed; then all are allowed. When one member is rejected or times out, Unreserve
-//! rejects every waiting sibling, so the whole group releases what it held.
+//! are assumed; then all are allowed. When one member is rejected, times out or is deleted
+//! while it waits, Unreserve rejects every waiting sibling, so the whole group releases what it
+//! held.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -80,26 +81,34 @@ impl ReservePlugin for Gang {
         if let Some(set) = self.lock().get_mut(&group) {
             set.remove(&pod.uid);
         }
-        if state.read::<PodRemoved>().is_some() {
-            // A deleted member just stops counting; siblings keep waiting for a replacement
-            // (if it was itself waiting, its own rejected binding releases the group).
+        if state.read::<PodRemoved>().is_some() && !self.is_waiting(pod) {
+            // A deleted member that no longer waits just stops counting; siblings keep
+            // waiting for a replacement.
             return;
         }
         // Release the whole group: siblings waiting at Permit are rejected (their own
-        // Unreserve then gives back what they hold).
+        // Unreserve then gives back what they hold). A member deleted while it waits
+        // releases the group here: its binding cycle does not run Unreserve again.
         self.reject_siblings(pod);
     }
 }
 
 impl Gang {
-    fn reject_siblings(&self, pod: &PodInfo) {
-        // Unreserve gets no registry argument; use the one captured at Permit time.
-        let waiting = self
-            .waiting
+    /// The registry captured at the first Permit call (Unreserve gets no registry argument).
+    fn registry(&self) -> Option<WaitingPods> {
+        self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(waiting) = waiting {
+            .clone()
+    }
+
+    /// Whether `pod` waits at Permit (the host unreserves a deleted pod before rejecting it).
+    fn is_waiting(&self, pod: &PodInfo) -> bool {
+        self.registry().is_some_and(|w| w.contains(&pod.uid))
+    }
+
+    fn reject_siblings(&self, pod: &PodInfo) {
+        if let Some(waiting) = self.registry() {
             for other in waiting.pods() {
                 if other.uid != pod.uid && Gang::group(&other) == Gang::group(pod) {
                     waiting.reject(

@@ -7,6 +7,7 @@ pub mod queue;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,7 +98,8 @@ struct Cache {
     snapshot: Snapshot,
     /// Pods assumed (scheduled, not yet bound): uid → node.
     assumed: HashMap<Arc<str>, Sym>,
-    /// Assumed pods deleted while their binding cycle ran: it must not requeue them.
+    /// Assumed pods deleted while their binding cycle ran: [`Scheduler::remove_pod`] already
+    /// unreserved them, so the binding cycle must not unreserve, bind or requeue them.
     removed: HashSet<Arc<str>>,
     next_start: usize,
 }
@@ -107,8 +109,12 @@ struct Inner {
     profile: Profile,
     prefilter_pairs: Vec<Option<usize>>,
     prescore_pairs: Vec<Option<usize>>,
+    /// Lock order: `cache`, then `queue` (a pod moves between them under both).
     cache: Mutex<Cache>,
     queue: Mutex<SchedulingQueue>,
+    /// `cache.removed.len()`, readable without the lock, so a binding cycle checks for its
+    /// pod's deletion before binding only while some deletion is pending.
+    removals: AtomicUsize,
     waiting: WaitingPods,
     placed: Mutex<Placed>,
     /// Serializes `Placement` calls: each replaces the snapshot from the engine's views and
@@ -175,6 +181,7 @@ impl Scheduler {
                 prescore_pairs,
                 cache: Mutex::new(Cache::default()),
                 queue: Mutex::new(queue),
+                removals: AtomicUsize::new(0),
                 waiting: WaitingPods::new(),
                 placed: Mutex::new(HashMap::new()),
                 placing: tokio::sync::Mutex::new(()),
@@ -243,13 +250,22 @@ impl Scheduler {
     /// Forgets pod `uid` (deleted); backed-off pods are retried. A pod in the cache (bound,
     /// assumed or waiting at Permit) is unreserved with [`PodRemoved`] in the cycle state, so
     /// plugins give back what it held (a gang stops counting it); a pod waiting at Permit is
-    /// rejected, and a pod whose binding cycle is running is not requeued.
+    /// rejected, and a pod whose binding cycle is running neither unreserves again nor binds
+    /// nor is requeued.
     pub fn remove_pod(&self, uid: &str) -> Option<Arc<PodInfo>> {
         let removed = {
             let mut cache = self.cache();
+            // Under the cache lock, like a pop and its scheduling cycle (and a failed pod's
+            // requeue): the pod is then either queued or in the cache, never in between.
+            {
+                let mut queue = self.queue();
+                queue.remove(uid);
+                queue.move_all_to_active();
+            }
             let node = cache.snapshot.node_of_pod(uid).map(|n| n.name);
             if let Some((key, _)) = cache.assumed.remove_entry(uid) {
                 cache.removed.insert(key);
+                self.note_removals(&cache);
             }
             let removed = cache.snapshot.remove_pod(uid);
             if let (Some(node), Some(pod)) = (node, &removed) {
@@ -267,9 +283,20 @@ impl Scheduler {
         self.inner
             .waiting
             .reject(uid, "Scheduler", "the pod was deleted");
-        self.queue().remove(uid);
-        self.queue().move_all_to_active();
         removed
+    }
+
+    /// Publishes `cache.removed.len()` (called under the cache lock after changing it).
+    fn note_removals(&self, cache: &Cache) {
+        self.inner
+            .removals
+            .store(cache.removed.len(), Ordering::Relaxed);
+    }
+
+    /// Whether pod `uid` was deleted while assumed; takes the cache lock only while some
+    /// deletion is pending (a deletion racing with this check is caught after binding).
+    fn was_removed(&self, uid: &str) -> bool {
+        self.inner.removals.load(Ordering::Relaxed) != 0 && self.cache().removed.contains(uid)
     }
 
     /// Reads the cached snapshot.
@@ -304,10 +331,9 @@ impl Scheduler {
     /// Pops the next pod, runs its scheduling cycle and its binding cycle (inline, or as a
     /// task when it waits at Permit). `None` when the active queue is empty.
     pub async fn schedule_next(&self) -> Option<ScheduleResult> {
-        let info = self.queue().pop(Instant::now())?;
         // Run the cycle on a rayon worker: its parallel filter and score then fork inside the
         // pool instead of handing work over from this thread twice per cycle.
-        let outcome = rayon::scope(|_| self.scheduling_cycle(&info.pod));
+        let (info, outcome) = rayon::scope(|_| self.pop_and_schedule())?;
         Some(self.finish(info, outcome).await)
     }
 
@@ -317,24 +343,37 @@ impl Scheduler {
         rayon::scope(|_| {
             let mut out = Vec::new();
             while out.len() < max {
-                let Some(info) = self.queue().pop(Instant::now()) else {
+                let Some(next) = self.pop_and_schedule() else {
                     break;
                 };
-                let outcome = self.scheduling_cycle(&info.pod);
-                out.push((info, outcome));
+                out.push(next);
             }
             out
         })
     }
 
-    /// The binding half for one pod whose scheduling cycle ended with `outcome`.
+    /// Pops the next pod and runs its scheduling cycle in one hold of the cache lock, and
+    /// requeues it (with backoff) there if the cycle failed. [`Scheduler::remove_pod`] takes
+    /// the cache lock too, so it finds a popped pod queued again or assumed, never in
+    /// between: a pod deleted before its result is finished does not come back.
+    fn pop_and_schedule(&self) -> Option<(QueuedPodInfo, CycleOutcome)> {
+        let mut cache = self.cache();
+        let info = self.queue().pop(Instant::now())?;
+        let outcome = self.scheduling_cycle(&mut cache, &info.pod);
+        if let CycleOutcome::Failed(..) = outcome {
+            self.queue().requeue_backoff(info.clone(), Instant::now());
+        }
+        Some((info, outcome))
+    }
+
+    /// The binding half for one pod whose scheduling cycle ended with `outcome` (a failed one
+    /// is already requeued).
     async fn finish(&self, info: QueuedPodInfo, outcome: CycleOutcome) -> ScheduleResult {
         let pod = info.pod.clone();
         let mut nominated = None;
         let outcome = match outcome {
             CycleOutcome::Failed(status, nomination) => {
                 nominated = nomination;
-                self.queue().requeue_backoff(info, Instant::now());
                 if status.code() == crate::framework::Code::Error {
                     Outcome::Error(status)
                 } else {
@@ -345,24 +384,18 @@ impl Scheduler {
                 node,
                 state,
                 wait: None,
-            } => match self.binding_cycle(pod.clone(), node, state, None).await {
-                (Ok(node), _) => Outcome::Bound(node),
-                (Err(status), removed) => {
-                    if !removed {
-                        self.queue().requeue_backoff(info, Instant::now());
-                    }
-                    Outcome::Error(status)
-                }
+            } => match self
+                .binding_cycle(pod.clone(), node, state, None, Some(info))
+                .await
+            {
+                Ok(node) => Outcome::Bound(node),
+                Err(status) => Outcome::Error(status),
             },
             CycleOutcome::Assumed { node, state, wait } => {
                 let this = self.clone();
                 let pod = pod.clone();
                 let binding = tokio::spawn(async move {
-                    let (result, removed) = this.binding_cycle(pod, node, state, wait).await;
-                    if result.is_err() && !removed {
-                        this.queue().requeue_backoff(info, Instant::now());
-                    }
-                    result
+                    this.binding_cycle(pod, node, state, wait, Some(info)).await
                 });
                 Outcome::Waiting { node, binding }
             }
@@ -432,10 +465,11 @@ impl Scheduler {
     /// Schedules and binds `pod` now, bypassing the queue (the Placement path).
     pub async fn schedule_pod(&self, pod: PodInfo) -> Result<Sym, Status> {
         let pod = Arc::new(pod);
-        match self.scheduling_cycle(&pod) {
+        let outcome = self.scheduling_cycle(&mut self.cache(), &pod);
+        match outcome {
             CycleOutcome::Failed(status, _) => Err(status),
             CycleOutcome::Assumed { node, state, wait } => {
-                self.binding_cycle(pod, node, state, wait).await.0
+                self.binding_cycle(pod, node, state, wait, None).await
             }
         }
     }
@@ -756,9 +790,8 @@ impl Scheduler {
         ))
     }
 
-    fn scheduling_cycle(&self, pod: &Arc<PodInfo>) -> CycleOutcome {
+    fn scheduling_cycle(&self, cache: &mut Cache, pod: &Arc<PodInfo>) -> CycleOutcome {
         let profile = &self.inner.profile;
-        let mut cache = self.cache();
         let mut state = CycleState::new();
         let start = cache.next_start;
         let found = guarded("filter and score", || {
@@ -784,7 +817,7 @@ impl Scheduler {
                 guarded("Reserve", || Ok(p.reserve(&mut state, pod, node))).unwrap_or_else(|s| s);
             if !status.is_success() {
                 let _ = i;
-                self.unreserve_locked(&mut cache, &mut state, pod, node);
+                self.unreserve_locked(cache, &mut state, pod, node);
                 return CycleOutcome::Failed(status.with_plugin(p.name()), None);
             }
         }
@@ -803,7 +836,7 @@ impl Scheduler {
                     timeout = timeout.max(wait.min(MAX_PERMIT_TIMEOUT));
                 }
                 _ => {
-                    self.unreserve_locked(&mut cache, &mut state, pod, node);
+                    self.unreserve_locked(cache, &mut state, pod, node);
                     return CycleOutcome::Failed(status.with_plugin(p.name()), None);
                 }
             }
@@ -835,28 +868,35 @@ impl Scheduler {
         }
     }
 
-    fn unreserve(&self, state: &mut CycleState, pod: &PodInfo, node: Sym) {
-        let mut cache = self.cache();
-        self.unreserve_locked(&mut cache, state, pod, node);
-    }
-
-    /// The binding cycle; the flag says whether the pod was deleted
-    /// ([`Scheduler::remove_pod`]) while it ran, in which case it must not be requeued.
+    /// The binding cycle. On failure the pod is unreserved and `retry` (its queue entry) is
+    /// requeued with backoff, in one hold of the cache lock, unless [`Scheduler::remove_pod`]
+    /// deleted it meanwhile: that already ran Unreserve with [`PodRemoved`], and running it
+    /// again from this cycle's state would give back what a replacement holds now (an
+    /// underlay address kept under a stateful identity, say).
     async fn binding_cycle(
         &self,
         pod: Arc<PodInfo>,
         node: Sym,
         mut state: CycleState,
         wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
-    ) -> (Result<Sym, Status>, bool) {
-        let result = self.bind_after_permit(&pod, node, &mut state, wait).await;
-        let removed = {
+        retry: Option<QueuedPodInfo>,
+    ) -> Result<Sym, Status> {
+        let result = self.bind_after_permit(&pod, node, &state, wait).await;
+        {
             let mut cache = self.cache();
+            let removed = !cache.removed.is_empty() && cache.removed.remove(&pod.uid);
+            if removed {
+                self.note_removals(&cache);
+            }
             if result.is_ok() {
                 cache.assumed.remove(&pod.uid);
+            } else if !removed {
+                self.unreserve_locked(&mut cache, &mut state, &pod, node);
+                if let Some(info) = retry {
+                    self.queue().requeue_backoff(info, Instant::now());
+                }
             }
-            !cache.removed.is_empty() && cache.removed.remove(&pod.uid)
-        };
+        }
         if result.is_ok() {
             for p in &self.inner.profile.post_bind {
                 let _ = AssertUnwindSafe(p.post_bind(&state, &pod, node))
@@ -864,15 +904,15 @@ impl Scheduler {
                     .await;
             }
         }
-        (result, removed)
+        result
     }
 
-    /// Waits at Permit, then runs the binding plugins; unreserves on failure.
+    /// Waits at Permit, then runs the binding plugins unless the pod was deleted meanwhile.
     async fn bind_after_permit(
         &self,
         pod: &Arc<PodInfo>,
         node: Sym,
-        state: &mut CycleState,
+        state: &CycleState,
         wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
     ) -> Result<Sym, Status> {
         if let Some((rx, timeout)) = wait {
@@ -887,9 +927,14 @@ impl Scheduler {
                 }
             };
             if !status.is_success() {
-                self.unreserve(state, pod, node);
                 return Err(status);
             }
+        }
+        if self.was_removed(&pod.uid) {
+            return Err(Status::unschedulable(format!(
+                "{} was deleted before binding",
+                pod.key()
+            )));
         }
         let result = AssertUnwindSafe(self.bind_plugins(state, pod, node))
             .catch_unwind()
@@ -900,13 +945,7 @@ impl Scheduler {
                     panic_message(&*payload)
                 )))
             });
-        match result {
-            Ok(()) => Ok(node),
-            Err(status) => {
-                self.unreserve(state, pod, node);
-                Err(status)
-            }
-        }
+        result.map(|()| node)
     }
 
     async fn bind_plugins(
@@ -974,7 +1013,7 @@ impl Scheduler {
             }
             state
         };
-        self.binding_cycle(pod, node, state, None).await.0
+        self.binding_cycle(pod, node, state, None, None).await
     }
 
     /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).
