@@ -154,39 +154,12 @@ async fn panics_and_out_of_range_scores_fail_only_that_pod() {
     assert!(matches!(outcomes[2].1, Outcome::Bound(_)));
 }
 
-/// Holds pods labelled `hold=yes` at Permit; a test allows them through the registry.
-#[derive(Debug, Default)]
-struct Hold {
-    registry: Mutex<Option<WaitingPods>>,
-}
-impl Plugin for Hold {
-    fn name(&self) -> &str {
-        "Hold"
-    }
-}
-impl PermitPlugin for Hold {
-    fn permit(
-        &self,
-        _s: &CycleState,
-        pod: &PodInfo,
-        _n: Sym,
-        waiting: &WaitingPods,
-    ) -> (Status, Duration) {
-        *self.registry.lock().unwrap() = Some(waiting.clone());
-        if pod.labels.get(Sym::new("hold")).is_some() {
-            (Status::wait("held"), Duration::from_millis(300))
-        } else {
-            (Status::success(), Duration::ZERO)
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_waiting_pod_blocks_only_its_own_binding_and_times_out() {
-    let hold = Arc::new(Hold::default());
+    let gate = Arc::new(Gate::holding_for(Duration::from_millis(300)));
     let profile = DefaultPlugins::new()
         .builder("p")
-        .permit(hold.clone())
+        .permit(gate.clone())
         .build()
         .unwrap();
     let s = Scheduler::new(profile);
@@ -206,12 +179,7 @@ async fn a_waiting_pod_blocks_only_its_own_binding_and_times_out() {
     // Held pods keep their resources assumed: a 400m pod does not fit now.
     let used = s.with_snapshot(|snap| snap.nodes()[0].requested.cpu.0);
     assert_eq!(used, 900);
-    hold.registry
-        .lock()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .allow("held-1", "Hold");
+    gate.allow("held-1");
     let (Outcome::Waiting { binding: b1, .. }, Outcome::Waiting { binding: b2, .. }) =
         (r1.outcome, r2.outcome)
     else {
@@ -775,16 +743,25 @@ async fn backed_off_pods_are_retried_when_their_backoff_expires_or_a_node_is_add
     );
 }
 
-/// Holds pods labelled `hold=yes` at Permit (up to 30 s), records every pod PreBind sees, and
+/// Holds pods labelled `hold=yes` at Permit (up to 30 s unless [`Gate::holding_for`] says
+/// otherwise; a test allows them through the registry), records every pod PreBind sees, and
 /// keeps pods labelled `gate` in PreBind until `open` is notified (then fails them when the
 /// label is `fail`).
 #[derive(Debug, Default)]
 struct Gate {
+    /// How long Permit holds a pod; 30 s when `None`.
+    hold_for: Option<Duration>,
     registry: Mutex<Option<WaitingPods>>,
     pre_bound: Mutex<Vec<String>>,
     open: tokio::sync::Notify,
 }
 impl Gate {
+    fn holding_for(hold_for: Duration) -> Gate {
+        Gate {
+            hold_for: Some(hold_for),
+            ..Gate::default()
+        }
+    }
     fn allow(&self, uid: &str) {
         let registry = self.registry.lock().unwrap().clone().unwrap();
         registry.allow(uid, "Gate");
@@ -808,7 +785,10 @@ impl PermitPlugin for Gate {
     ) -> (Status, Duration) {
         *self.registry.lock().unwrap() = Some(waiting.clone());
         if pod.labels.get(Sym::new("hold")).is_some() {
-            (Status::wait("held"), Duration::from_secs(30))
+            (
+                Status::wait("held"),
+                self.hold_for.unwrap_or(Duration::from_secs(30)),
+            )
         } else {
             (Status::success(), Duration::ZERO)
         }
