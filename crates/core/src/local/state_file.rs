@@ -205,9 +205,18 @@ impl StateFile {
 }
 
 fn header(seq: u64, body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{MAGIC} seq={seq} len={} sha256={hex}\n", body.len())
+    format!(
+        "{MAGIC} seq={seq} len={} sha256={}\n",
+        body.len(),
+        sha256_hex(body)
+    )
+}
+
+fn sha256_hex(body: &[u8]) -> String {
+    Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One slot's content.
@@ -259,7 +268,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<(u64, usize, usize), String
         .checked_add(len)
         .and_then(|stop| bytes.get(start..stop))
         .ok_or_else(|| format!("body is shorter than the {len} bytes its header gives"))?;
-    if header(seq, body).trim_end().rsplit("sha256=").next() != Some(sha.as_str()) {
+    if sha256_hex(body) != sha {
         return Err("checksum mismatch (an interrupted write)".to_owned());
     }
     Ok((seq, start, len))
