@@ -98,7 +98,7 @@ async fn scheduler_places_a_stateful_app_on_the_local_engine() {
         .nodes(3)
         .node_capacity(Resources::new(2000, 4 << 30))
         .placement(Arc::new(Scheduler::with_default_plugins()))
-        .network(Arc::new(HostNetwork::with_port_range(38000..=38099)))
+        .network(Arc::new(HostNetwork::with_port_range(26000..=26099)))
         .state_dir(dir.path())
         .build()
         .await

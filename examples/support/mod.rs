@@ -40,9 +40,7 @@ pub(crate) fn require_binaries(binaries: &[(&str, &str)]) -> anyhow::Result<()> 
 
 /// A free TCP port on 127.0.0.1.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(rorqual::core::network::free_loopback_port()?)
 }
 
 /// The demo app `version` failing `error_rate` of its requests: this very binary re-executed

@@ -50,7 +50,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let stable = backend("v1").await?;
     let canary = backend("v2").await?;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let listen =
+        std::net::SocketAddr::from(([127, 0, 0, 1], rorqual_core::network::free_loopback_port()?));
     let app = AppKey::new("default", "web");
     let router = NginxRouter::builder(dir.path())
         .route(app.clone(), listen)

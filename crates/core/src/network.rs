@@ -116,14 +116,59 @@ struct HostPorts {
 
 impl Default for HostNetwork {
     fn default() -> Self {
-        HostNetwork::with_port_range(20000..=32767)
+        HostNetwork::with_port_range(DEFAULT_PORT_RANGE)
     }
+}
+
+/// Host ports handed out by default: below Linux's default ephemeral range (32768–60999), so
+/// that outgoing connections on the host never hold one.
+pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=32767;
+
+/// A free TCP port on 127.0.0.1 from [`DEFAULT_PORT_RANGE`], probed from a random point.
+///
+/// For a server process that binds the port itself (nginx, etcd, Prometheus): unlike an
+/// operating-system-chosen port (binding port 0), this one lies outside the ephemeral range,
+/// so a client connection elsewhere on the host cannot take it before the server binds.
+/// Another caller can still pick the same port in that window; callers that start a server
+/// on it should retry on a bind failure.
+///
+/// # Errors
+///
+/// `AddrInUse` when no port in the range is free.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    let (start, end) = (*DEFAULT_PORT_RANGE.start(), *DEFAULT_PORT_RANGE.end());
+    let span = u32::from(end) - u32::from(start) + 1;
+    let offset = random_below(span);
+    for i in 0..span {
+        let port = u16::try_from(u32::from(start) + (offset + i) % span).unwrap_or(start);
+        if port_is_free(port, Protocol::Tcp) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {start}-{end}"),
+    ))
+}
+
+/// A random number below `n` (`n` > 0), from the standard library's randomly keyed hasher.
+fn random_below(n: u32) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    u32::try_from(h.finish() % u64::from(n.max(1))).unwrap_or(0)
 }
 
 impl HostNetwork {
     /// Host networking with ports from `range`.
+    ///
+    /// The search for a free port starts at a random point of the range, so that several
+    /// engines on one host (each with its own `HostNetwork`) rarely probe the same port at
+    /// the same moment.
     pub fn with_port_range(range: RangeInclusive<u16>) -> Self {
-        let next = *range.start();
+        let span = u32::from(*range.end()).saturating_sub(u32::from(*range.start())) + 1;
+        let next =
+            u16::try_from(u32::from(*range.start()) + random_below(span)).unwrap_or(*range.start());
         HostNetwork {
             range,
             state: Mutex::new(HostPorts {
@@ -250,7 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn distinct_ports_idempotent_attach_and_reuse() {
-        let net = HostNetwork::with_port_range(41000..=41999);
+        let net = HostNetwork::with_port_range(29000..=29999);
         let a = net.attach(&req("a")).await.unwrap();
         let b = net.attach(&req("b")).await.unwrap();
         assert_eq!(a.ports.len(), 2);
@@ -273,10 +318,10 @@ mod tests {
 
     #[tokio::test]
     async fn exhausted_range_is_a_clear_error() {
-        let net = HostNetwork::with_port_range(42000..=42002);
+        let net = HostNetwork::with_port_range(30000..=30002);
         net.attach(&req("a")).await.unwrap();
         let err = net.attach(&req("b")).await.unwrap_err().to_string();
-        assert!(err.contains("no free host port in 42000-42002"), "{err}");
+        assert!(err.contains("no free host port in 30000-30002"), "{err}");
         // The failed attach gave back the one port it had taken.
         net.detach("a").await.unwrap();
         net.attach(&req("c")).await.unwrap();

@@ -30,11 +30,7 @@ fn prometheus_available() -> bool {
 /// The demo app (`rorqual-demo`) at a 5% error rate, after 100 requests: exactly 95 answered
 /// 200 and 5 answered 500 (the demo fails deterministically).
 async fn demo_with_traffic() -> (SocketAddr, tokio::process::Child) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = rorqual_core::network::free_loopback_port().unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rorqual-demo"))
         .env("PORT", port.to_string())
         .env("DEMO_VERSION", "v2")
@@ -88,11 +84,7 @@ async fn start_prometheus(target: SocketAddr) -> Prometheus {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = rorqual_core::network::free_loopback_port().unwrap();
     let child = tokio::process::Command::new(PROMETHEUS)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(

@@ -18,7 +18,7 @@ use rorqual_core::model::{
 async fn readiness_follows_http_tcp_and_exec_probes() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 33000).build().await.unwrap();
+    let engine = builder(dir.path(), 21000).build().await.unwrap();
     let events = record_events(engine.events());
 
     // HTTP probe: the app only listens after 700 ms.
@@ -93,7 +93,7 @@ async fn readiness_follows_http_tcp_and_exec_probes() {
 async fn kill_9_is_restarted_and_crash_loops_back_off() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 33500).build().await.unwrap();
+    let engine = builder(dir.path(), 21500).build().await.unwrap();
     let events = record_events(engine.events());
     let web = demo("web");
     engine.apply_group(&web, 1).await.unwrap();
@@ -180,7 +180,7 @@ async fn kill_9_is_restarted_and_crash_loops_back_off() {
 async fn graceful_stop_honours_sigterm_and_kills_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 34000).build().await.unwrap();
+    let engine = builder(dir.path(), 22000).build().await.unwrap();
     let events = record_events(engine.events());
 
     // The demo app exits on SIGTERM: deleting it takes far less than its 10 s grace period.
@@ -271,7 +271,7 @@ fn process_group_members(pgid: u32) -> Vec<u32> {
 async fn stateful_identities_keep_node_and_ports_across_restart_and_move() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 34500).build().await.unwrap();
+    let engine = builder(dir.path(), 22500).build().await.unwrap();
     let events = record_events(engine.events());
     let v1 = demo("game").kind(WorkloadKind::Stateful);
     engine.apply_group(&v1, 3).await.unwrap();
@@ -365,7 +365,7 @@ async fn stateful_identities_keep_node_and_ports_across_restart_and_move() {
 async fn an_instance_that_does_not_fit_stays_pending_until_capacity_frees() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 35000)
+    let engine = builder(dir.path(), 23000)
         .nodes(2)
         .node_capacity(Resources::new(1000, 1 << 30))
         .build()
@@ -417,7 +417,7 @@ async fn an_instance_that_does_not_fit_stays_pending_until_capacity_frees() {
 async fn logs_can_be_tailed_and_followed() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 35500).build().await.unwrap();
+    let engine = builder(dir.path(), 23500).build().await.unwrap();
     // `late` is written only once the test has started following (it creates `go`).
     let go = dir.path().join("go");
     let script = format!(

@@ -17,7 +17,7 @@ async fn a_new_engine_readopts_running_instances_and_restarts_missing_ones() {
     let web = demo("web");
     let key = web.key();
 
-    let engine = builder(dir.path(), 36000).build().await.unwrap();
+    let engine = builder(dir.path(), 24000).build().await.unwrap();
     engine.apply_group(&web, 2).await.unwrap();
     let before = all_ready(&engine, &key, 2).await;
     let pids: Vec<u32> = before
@@ -36,7 +36,7 @@ async fn a_new_engine_readopts_running_instances_and_restarts_missing_ones() {
     );
 
     // Same instances, same processes, same addresses; ready again through probes.
-    let engine = builder(dir.path(), 36000).build().await.unwrap();
+    let engine = builder(dir.path(), 24000).build().await.unwrap();
     let adopted = all_ready(&engine, &key, 2).await;
     for (b, a) in before.iter().zip(&adopted) {
         assert_eq!(
@@ -58,7 +58,7 @@ async fn a_new_engine_readopts_running_instances_and_restarts_missing_ones() {
     assert_eq!((v.value.as_slice(), v.version), (&b"step 2"[..], 1));
 
     // The directory is locked while an engine uses it.
-    let err = builder(dir.path(), 36600).build().await.unwrap_err();
+    let err = builder(dir.path(), 24600).build().await.unwrap_err();
     assert!(matches!(err, Error::CorruptState { .. }), "{err}");
     assert!(
         err.to_string().contains("in use by another LocalEngine"),
@@ -72,7 +72,7 @@ async fn a_new_engine_readopts_running_instances_and_restarts_missing_ones() {
         (!pid_alive(pids[0])).then_some(())
     })
     .await;
-    let engine = builder(dir.path(), 36000).build().await.unwrap();
+    let engine = builder(dir.path(), 24000).build().await.unwrap();
     let after = wait_for(60, "restarted instance ready", || async {
         let l = engine.instances(&key).await.unwrap();
         (l.len() == 2 && l.iter().all(|i| i.ready)).then_some(l)
@@ -111,7 +111,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     // A directory holding someone else's files.
     let foreign = tempfile::tempdir().unwrap();
     std::fs::write(foreign.path().join("notes.txt"), "mine").unwrap();
-    let err = builder(foreign.path(), 37000).build().await.unwrap_err();
+    let err = builder(foreign.path(), 25000).build().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::CorruptState { .. }), "{text}");
     assert!(
@@ -131,7 +131,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     // Our directory with a damaged state file.
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 37000).build().await.unwrap();
+    let engine = builder(dir.path(), 25000).build().await.unwrap();
     engine.apply_group(&demo("web"), 1).await.unwrap();
     engine.shutdown().await.unwrap();
     drop(engine);
@@ -140,7 +140,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     for slot in &slots {
         std::fs::write(slot, "{\"apps\": [oops").unwrap();
     }
-    let err = builder(dir.path(), 37000).build().await.unwrap_err();
+    let err = builder(dir.path(), 25000).build().await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::CorruptState { .. }), "{text}");
     assert!(
@@ -160,7 +160,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
 
     // A complete slot whose JSON is not an engine state: refused with the JSON error.
     let other = tempfile::tempdir().unwrap();
-    let engine = builder(other.path(), 37000).build().await.unwrap();
+    let engine = builder(other.path(), 25000).build().await.unwrap();
     engine.shutdown().await.unwrap();
     drop(engine);
     for name in ["engine.0", "engine.1", "engine.2"] {
@@ -168,7 +168,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     }
     let legacy = other.path().join("engine.json");
     std::fs::write(&legacy, "{\"apps\": [oops").unwrap();
-    let err = builder(other.path(), 37000).build().await.unwrap_err();
+    let err = builder(other.path(), 25000).build().await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains(&legacy.display().to_string()) && text.contains("invalid JSON"),
@@ -178,7 +178,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
     // A marker of another format version.
     let marker = dir.path().join("rorqual-state.json");
     std::fs::write(&marker, r#"{"format":"rorqual-local-state","version":99}"#).unwrap();
-    let err = builder(dir.path(), 37000).build().await.unwrap_err();
+    let err = builder(dir.path(), 25000).build().await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains(&marker.display().to_string()) && text.contains("version 99"),
@@ -194,7 +194,7 @@ async fn corrupt_or_foreign_state_dirs_are_refused_and_left_untouched() {
 async fn invalid_specs_are_rejected_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path().to_owned());
-    let engine = builder(dir.path(), 37500).build().await.unwrap();
+    let engine = builder(dir.path(), 25500).build().await.unwrap();
     let mut bad = AppSpec::new(
         "bad",
         vec![
@@ -259,7 +259,7 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
     let _reaper = Reaper(dir.path().to_owned());
     let web = demo("reuse");
     let key = web.key();
-    let engine = builder(dir.path(), 37000).build().await.unwrap();
+    let engine = builder(dir.path(), 25000).build().await.unwrap();
     engine.apply_group(&web, 1).await.unwrap();
     let before = all_ready(&engine, &key, 1).await;
     let pid = engine.pids(&before[0].id).unwrap()[0];
@@ -292,7 +292,7 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
     )
     .unwrap();
 
-    let engine = builder(dir.path(), 37000).build().await.unwrap();
+    let engine = builder(dir.path(), 25000).build().await.unwrap();
     let after = wait_for(60, "instance restarted on a new process", || async {
         let l = engine.instances(&key).await.unwrap();
         (l.len() == 1 && l[0].ready).then_some(l)
@@ -320,7 +320,7 @@ async fn dropping_an_engine_on_a_temporary_directory_leaves_no_process() {
     let engine = rorqual_core::local::LocalEngine::builder()
         .nodes(1)
         .network(std::sync::Arc::new(
-            rorqual_core::network::HostNetwork::with_port_range(37600..=37699),
+            rorqual_core::network::HostNetwork::with_port_range(25600..=25699),
         ))
         .build()
         .await
@@ -347,7 +347,7 @@ async fn a_directory_holding_only_a_stale_lock_is_still_fresh() {
     // What an engine that died between taking the lock and writing its marker leaves behind.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("lock"), "12345").unwrap();
-    let engine = builder(dir.path(), 37700).build().await.unwrap();
+    let engine = builder(dir.path(), 25700).build().await.unwrap();
     assert!(dir.path().join("rorqual-state.json").exists());
     engine.shutdown().await.unwrap();
 }

@@ -49,10 +49,10 @@ async fn backend(name: &'static str) -> TestBackend {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        rorqual_core::network::free_loopback_port().unwrap(),
+    ))
 }
 
 fn split(stable: &TestBackend, canary: &TestBackend, canary_weight: u32) -> TrafficSplit {

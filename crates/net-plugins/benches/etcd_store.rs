@@ -5,77 +5,29 @@
 //!
 //! `cargo bench -p rorqual-net --features etcd --bench etcd_store` (`ROUNDS` sets the count).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rorqual_net::store::PoolStore;
 use rorqual_net::store::etcd::EtcdStore;
 use rorqual_net::{AllocRequest, Allocator, IpRange, Owner, PoolSpec};
 
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+#[path = "../tests/support/etcd.rs"]
+mod etcd_support;
+use etcd_support::LocalEtcd;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if !std::path::Path::new("/usr/bin/etcd").exists() {
-        println!("skipped: /usr/bin/etcd is missing (apt-get install etcd-server)");
-        return;
-    }
     let rounds: u32 = std::env::var("ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(500);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let _etcd = Etcd(
-        Command::new("/usr/bin/etcd")
-            .args(["--name", "b", "--data-dir"])
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("b={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let store = loop {
-        if let Ok(s) = EtcdStore::connect(std::slice::from_ref(&url), "/bench/").await
-            && s.list().await.is_ok()
-        {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let Some(etcd) = LocalEtcd::start().await else {
+        return;
     };
+    let url = etcd.url.clone();
+    let store = EtcdStore::connect(std::slice::from_ref(&url), "/bench/")
+        .await
+        .expect("first client");
     let alloc = Allocator::new(Arc::new(store));
     let other = Allocator::new(Arc::new(
         EtcdStore::connect(std::slice::from_ref(&url), "/bench/")

@@ -1,13 +1,12 @@
 //! The etcd store against a real etcd (Debian's `etcd-server`) started by the test on free
-//! loopback ports in a temporary data directory.
+//! loopback ports in a temporary data directory (`support/etcd.rs`).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use rorqual_net::store::PoolStore;
@@ -17,86 +16,12 @@ use rorqual_net::{
 };
 use serde_json::{Value, json};
 
+mod support {
+    pub(crate) mod etcd;
+}
+use support::etcd::LocalEtcd;
+
 const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
-
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_etcd() -> Option<Etcd> {
-    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    let Some(bin) = bin else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but etcd is not installed"
-        );
-        println!("skipped: etcd is not installed (apt-get install etcd-server)");
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(bin)
-        .args(["--name", "rq", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("rq={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let etcd = Etcd {
-        child,
-        url,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&etcd.url), "/probe/").await
-            && store.list().await.is_ok()
-        {
-            return Some(etcd);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "etcd did not start at {}",
-            etcd.url
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn spec(name: &str, cidr: &str) -> PoolSpec {
     PoolSpec::new(name).with_range(IpRange::new(cidr.parse().unwrap()))
@@ -104,7 +29,7 @@ fn spec(name: &str, cidr: &str) -> PoolSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_cas_and_allocator_behaviour() {
-    let Some(etcd) = start_etcd().await else {
+    let Some(etcd) = LocalEtcd::start().await else {
         return;
     };
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.url), "/rq/")
@@ -181,7 +106,7 @@ async fn etcd_store_cas_and_allocator_behaviour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rorqual_ipam_processes_sharing_etcd_never_double_allocate() {
-    let Some(etcd) = start_etcd().await else {
+    let Some(etcd) = LocalEtcd::start().await else {
         return;
     };
     let conf = json!({
@@ -252,7 +177,7 @@ async fn rorqual_ipam_processes_sharing_etcd_never_double_allocate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allocator_watching_etcd_sees_another_allocators_changes() {
-    let Some(etcd) = start_etcd().await else {
+    let Some(etcd) = LocalEtcd::start().await else {
         return;
     };
     let connect = || async {

@@ -953,8 +953,7 @@ fn probe_features(binary: &Path) -> Features {
 }
 
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
+    crate::network::free_loopback_port().map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 async fn write(path: &Path, text: &str) -> Result<(), TrafficError> {
