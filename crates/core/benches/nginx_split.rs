@@ -65,7 +65,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     router.set_split(&app, &split(0)).await?;
     println!("first split (starts nginx): {:?}", started.elapsed());
-    let client = reqwest::Client::new();
+    // No pooled connections: an idle keep-alive connection to a worker that a reload is
+    // shutting down can be closed under a request sent on it.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
         let w = if i % 2 == 0 { 20 } else { 0 };

@@ -124,24 +124,38 @@ impl Default for HostNetwork {
 /// that outgoing connections on the host never hold one.
 pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=32767;
 
+/// How many ports [`free_loopback_port`] remembers having handed out, and skips.
+const RECENT_PORTS: usize = 1024;
+
 /// A free TCP port on 127.0.0.1 from [`DEFAULT_PORT_RANGE`], probed from a random point.
 ///
 /// For a server process that binds the port itself (nginx, etcd, Prometheus): unlike an
 /// operating-system-chosen port (binding port 0), this one lies outside the ephemeral range,
-/// so a client connection elsewhere on the host cannot take it before the server binds.
-/// Another caller can still pick the same port in that window; callers that start a server
-/// on it should retry on a bind failure.
+/// so a client connection elsewhere on the host cannot take it before the server binds. The
+/// last 1,024 ports it returned are not returned again by this process, so two callers here
+/// never get the same port while their servers start. Another process can still pick the
+/// same port in that window; callers that start a server on it should retry on a bind
+/// failure.
 ///
 /// # Errors
 ///
 /// `AddrInUse` when no port in the range is free.
 pub fn free_loopback_port() -> std::io::Result<u16> {
+    static RECENT: Mutex<std::collections::VecDeque<u16>> =
+        Mutex::new(std::collections::VecDeque::new());
+    let mut recent = RECENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (start, end) = (*DEFAULT_PORT_RANGE.start(), *DEFAULT_PORT_RANGE.end());
     let span = u32::from(end) - u32::from(start) + 1;
     let offset = random_below(span);
     for i in 0..span {
         let port = u16::try_from(u32::from(start) + (offset + i) % span).unwrap_or(start);
-        if port_is_free(port, Protocol::Tcp) {
+        if !recent.contains(&port) && port_is_free(port, Protocol::Tcp) {
+            if recent.len() >= RECENT_PORTS {
+                recent.pop_front();
+            }
+            recent.push_back(port);
             return Ok(port);
         }
     }
@@ -314,6 +328,17 @@ mod tests {
             a.ports,
             "previous ports are kept"
         );
+    }
+
+    #[test]
+    fn free_loopback_ports_are_below_the_ephemeral_range_and_not_repeated() {
+        let mut seen = BTreeSet::new();
+        for _ in 0..200 {
+            let port = free_loopback_port().unwrap();
+            assert!(DEFAULT_PORT_RANGE.contains(&port), "{port}");
+            assert!(seen.insert(port), "{port} handed out twice");
+            assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
+        }
     }
 
     #[tokio::test]

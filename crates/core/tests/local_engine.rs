@@ -21,11 +21,11 @@ async fn readiness_follows_http_tcp_and_exec_probes() {
     let engine = builder(dir.path(), 21000).build().await.unwrap();
     let events = record_events(engine.events());
 
-    // HTTP probe: the app only listens after 700 ms.
+    // HTTP probe: the app only listens after 3 s.
     let mut web = demo("web");
     web.containers[0] = web.containers[0]
         .clone()
-        .env("DEMO_STARTUP_DELAY_MS", "700");
+        .env("DEMO_STARTUP_DELAY_MS", "3000");
     let status = engine.apply_group(&web, 2).await.unwrap();
     assert_eq!((status.desired, status.current, status.ready), (2, 2, 0));
     let early = engine.instances(&web.key()).await.unwrap();
@@ -61,16 +61,13 @@ async fn readiness_follows_http_tcp_and_exec_probes() {
     let exec = AppSpec::new(
         "exec",
         vec![
-            ContainerSpec::new(
-                "app",
-                ["sh", "-c", "sleep 0.5; touch ready; exec sleep 600"],
-            )
-            .readiness(
-                Probe::new(ProbeAction::Exec {
-                    command: vec!["test".into(), "-f".into(), "ready".into()],
-                })
-                .period(0.1),
-            ),
+            ContainerSpec::new("app", ["sh", "-c", "sleep 3; touch ready; exec sleep 600"])
+                .readiness(
+                    Probe::new(ProbeAction::Exec {
+                        command: vec!["test".into(), "-f".into(), "ready".into()],
+                    })
+                    .period(0.1),
+                ),
         ],
     )
     .grace_period_seconds(1);
@@ -195,8 +192,8 @@ async fn graceful_stop_honours_sigterm_and_kills_after_the_grace_period() {
         .unwrap();
     let took = t.elapsed();
     assert!(
-        took < Duration::from_secs(5),
-        "SIGTERM honoured, took {took:?}"
+        took < Duration::from_secs(9),
+        "SIGTERM honoured (grace period 10 s), took {took:?}"
     );
     assert!(!pid_alive(pid));
     assert!(engine.instances(&web.key()).await.unwrap().is_empty());
@@ -234,7 +231,7 @@ async fn graceful_stop_honours_sigterm_and_kills_after_the_grace_period() {
         "grace period waited, took {took:?}"
     );
     assert!(
-        took < Duration::from_secs(6),
+        took < Duration::from_secs(15),
         "SIGKILL after the grace period, took {took:?}"
     );
     wait_for(10, "process group gone", || async {

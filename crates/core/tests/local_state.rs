@@ -259,7 +259,7 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
     let _reaper = Reaper(dir.path().to_owned());
     let web = demo("reuse");
     let key = web.key();
-    let engine = builder(dir.path(), 25000).build().await.unwrap();
+    let engine = builder(dir.path(), 26200).build().await.unwrap();
     engine.apply_group(&web, 1).await.unwrap();
     let before = all_ready(&engine, &key, 1).await;
     let pid = engine.pids(&before[0].id).unwrap()[0];
@@ -292,7 +292,7 @@ async fn a_reused_pid_is_neither_adopted_nor_killed() {
     )
     .unwrap();
 
-    let engine = builder(dir.path(), 25000).build().await.unwrap();
+    let engine = builder(dir.path(), 26200).build().await.unwrap();
     let after = wait_for(60, "instance restarted on a new process", || async {
         let l = engine.instances(&key).await.unwrap();
         (l.len() == 1 && l[0].ready).then_some(l)
@@ -320,7 +320,7 @@ async fn dropping_an_engine_on_a_temporary_directory_leaves_no_process() {
     let engine = rorqual_core::local::LocalEngine::builder()
         .nodes(1)
         .network(std::sync::Arc::new(
-            rorqual_core::network::HostNetwork::with_port_range(25600..=25699),
+            rorqual_core::network::HostNetwork::with_port_range(27200..=27299),
         ))
         .build()
         .await
@@ -347,7 +347,7 @@ async fn a_directory_holding_only_a_stale_lock_is_still_fresh() {
     // What an engine that died between taking the lock and writing its marker leaves behind.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("lock"), "12345").unwrap();
-    let engine = builder(dir.path(), 25700).build().await.unwrap();
+    let engine = builder(dir.path(), 26700).build().await.unwrap();
     assert!(dir.path().join("rorqual-state.json").exists());
     engine.shutdown().await.unwrap();
 }

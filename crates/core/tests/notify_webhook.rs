@@ -137,10 +137,11 @@ async fn retries_server_errors_but_not_client_errors() {
 
 #[tokio::test]
 async fn unreachable_receiver_is_an_error_after_bounded_retries() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A bound socket that does not listen: connections to it are refused, and nothing else
+    // can take its port while it is held.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap();
     let notifier = WebhookNotifier::new(format!("http://{port}/hook"))
         .unwrap()
         .retries(2)

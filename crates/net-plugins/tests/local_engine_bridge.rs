@@ -124,16 +124,23 @@ async fn local_engine_runs_instances_in_bridge_namespaces() {
             Some(&8080),
             "declared port in a namespace"
         );
-        // The process runs in the instance's namespace.
+        // The process runs in the instance's namespace (it enters it through `nsenter` just
+        // after it is spawned, so allow it a moment).
         let pid = engine.pids(&i.id).unwrap()[0].to_string();
         let ns = net.netns_path(&i.id);
         let name = ns.file_name().unwrap().to_str().unwrap().to_owned();
-        let identify = sh(&["ip", "netns", "identify", &pid]);
-        assert_eq!(
-            String::from_utf8_lossy(&identify.stdout).trim(),
-            name,
-            "{identify:?}"
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let identify = sh(&["ip", "netns", "identify", &pid]);
+            if String::from_utf8_lossy(&identify.stdout).trim() == name {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} is not in namespace {name}: {identify:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         addresses.push((name, address));
     }
     assert_ne!(addresses[0].1, addresses[1].1);

@@ -38,15 +38,6 @@ fn etcd_binary() -> Option<&'static str> {
         .find(|p| Path::new(p).exists())
 }
 
-fn free_port(taken: &[u16]) -> u16 {
-    loop {
-        let port = rorqual_core::network::free_loopback_port().expect("a free loopback port");
-        if !taken.contains(&port) {
-            return port;
-        }
-    }
-}
-
 /// The last `lines` lines of `path`.
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -79,8 +70,11 @@ impl LocalEtcd {
 
     async fn try_start(bin: &str) -> Result<LocalEtcd, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        let client = free_port(&[]);
-        let peer = free_port(&[client]);
+        let port = rorqual_core::network::free_loopback_port;
+        let (client, peer) = (
+            port().map_err(|e| format!("client port: {e}"))?,
+            port().map_err(|e| format!("peer port: {e}"))?,
+        );
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = dir.path().join("etcd.log");
@@ -107,6 +101,7 @@ impl LocalEtcd {
         loop {
             if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&etcd.url), "/probe/").await
                 && store.list().await.is_ok()
+                && matches!(etcd.child.try_wait(), Ok(None))
             {
                 return Ok(etcd);
             }
