@@ -1,7 +1,8 @@
 //! Sequential ADD+DEL through the `rorqual-ipam` executable against Debian's host-local, same
 //! range, same run, with 1,000 existing allocations in each.
 //!
-//! `cargo bench -p rorqual-net --bench cni_vs_host_local` (set `ROUNDS` to change the count).
+//! `cargo bench -p rorqual-net --bench cni_vs_host_local` (set `ROUNDS` to change the count of
+//! pairs, `PREFILL` the existing allocations, up to 60,000).
 
 use std::io::Write;
 use std::path::Path;
@@ -13,7 +14,6 @@ use rorqual_net::{AllocRequest, IpRange, Owner, PoolSpec, PoolState};
 use serde_json::json;
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
-const PREFILL: u32 = 1000;
 
 fn invoke(bin: &str, cmd: &str, ctr: &str, conf: &str) {
     let mut child = Command::new(bin)
@@ -64,16 +64,21 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(200);
+    let prefill: u32 = std::env::var("PREFILL")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1000)
+        .clamp(1, 60_000);
     let ours = env!("CARGO_BIN_EXE_rorqual-ipam");
 
     // host-local's on-disk format: one file per address, "containerID\r\nifname".
     let hl = tempfile::tempdir().expect("tempdir");
     let hl_net = hl.path().join("bench");
     std::fs::create_dir_all(&hl_net).expect("mkdir");
-    for i in 0..PREFILL {
+    for i in 0..prefill {
         std::fs::write(hl_net.join(nth(i)), format!("pre{i}\r\neth0")).expect("prefill");
     }
-    std::fs::write(hl_net.join("last_reserved_ip.0"), nth(PREFILL - 1)).expect("prefill");
+    std::fs::write(hl_net.join("last_reserved_ip.0"), nth(prefill - 1)).expect("prefill");
 
     // rorqual's: the pool state file, filled through the allocator.
     let rq = tempfile::tempdir().expect("tempdir");
@@ -83,7 +88,7 @@ fn main() {
             .with_gateway("10.200.0.1".parse().expect("ip")),
     );
     let mut state = PoolState::new(spec.clone()).expect("spec");
-    for i in 0..PREFILL {
+    for i in 0..prefill {
         state
             .allocate(&AllocRequest::new(Owner::new(format!("pre{i}"), "eth0")), 0)
             .expect("prefill");
@@ -122,7 +127,7 @@ fn main() {
         let secs = start.elapsed().as_secs_f64();
         let rate = f64::from(rounds) / secs;
         println!(
-            "{name:>24}: {rounds} sequential ADD+DEL at {PREFILL} existing allocations in {secs:.2}s = {rate:.1} ADD+DEL/s ({:.2} ms per pair)",
+            "{name:>24}: {rounds} sequential ADD+DEL at {prefill} existing allocations in {secs:.2}s = {rate:.1} ADD+DEL/s ({:.2} ms per pair)",
             secs * 1000.0 / f64::from(rounds)
         );
         results.push(rate);
