@@ -1312,6 +1312,53 @@ async fn promote_full_during_the_scale_down_delay_keeps_its_clock() {
     );
 }
 
+#[tokio::test]
+async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_start() {
+    // Instances take 15 s to become ready, longer than the 10 s delay: the final step spends
+    // 15 s scaling the canary up before it takes all traffic, and the delay must still run in
+    // full after that.
+    let clock = ManualClock::new();
+    let engine = Arc::new(
+        MemoryEngine::builder()
+            .clock(clock.clone())
+            .startup(Duration::from_secs(15))
+            .build(),
+    );
+    let router = Arc::new(RecordingRouter::default());
+    let h = Harness::on(clock, engine, Some(router)).await;
+    h.deploy_v1(Strategy::default()).await;
+    let v1 = app("v1").revision();
+    let strategy = Canary::new(vec![CanaryStep::SetWeight(20)]).scale_down_delay(10);
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::Canary(strategy)))
+        .await
+        .unwrap();
+    let (mut switched, mut shrunk) = (None, None);
+    for _ in 0..120 {
+        h.ctl.process_due().await;
+        let now = h.clock.now();
+        if switched.is_none() && h.status().await.weight == Some(100) {
+            switched = Some(now);
+        }
+        if of(&h.counts().await, &v1).0 < 10 {
+            shrunk = Some(now);
+            break;
+        }
+        h.clock.advance(Duration::from_secs(1));
+    }
+    let switched = switched.expect("all traffic on v2");
+    let waited = shrunk
+        .expect("stable scaled down")
+        .duration_since(switched)
+        .unwrap();
+    assert!(
+        waited >= Duration::from_secs(10),
+        "the old stable group was kept only {waited:?} after the switch"
+    );
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+}
+
 fn approval_canary() -> Strategy {
     canary(vec![
         CanaryStep::SetWeight(10),

@@ -177,11 +177,12 @@ impl ReleaseStrategy for BlueGreen {
             ),
             6 => {
                 let d = Duration::from_secs(self.scale_down_delay_seconds);
-                if view.step_elapsed >= d {
+                let elapsed = view.scale_down_elapsed.unwrap_or_default();
+                if elapsed >= d {
                     Gate::StepComplete
                 } else {
                     Gate::ScaleDownDelay(
-                        d - view.step_elapsed,
+                        d - elapsed,
                         "scale-down delay before removing the old revision".into(),
                     )
                 }
@@ -266,7 +267,8 @@ mod tests {
             "preview keeps serving the new revision until done"
         );
         let mut v = view(6, (4, 4), 4);
-        v.step_elapsed = Duration::from_secs(10);
+        v.step_elapsed = Duration::from_secs(25);
+        v.scale_down_elapsed = Some(Duration::from_secs(10));
         let p = bg.plan(&v);
         assert_eq!(
             p.replicas_of(&"blue".into()),

@@ -328,11 +328,12 @@ impl ReleaseStrategy for Canary {
                 }
             } else {
                 let delay = Duration::from_secs(self.scale_down_delay_seconds);
-                if view.step_elapsed >= delay {
+                let elapsed = view.scale_down_elapsed.unwrap_or_default();
+                if elapsed >= delay {
                     Gate::StepComplete
                 } else {
                     Gate::ScaleDownDelay(
-                        delay - view.step_elapsed,
+                        delay - elapsed,
                         "scale-down delay before removing the old stable revision".into(),
                     )
                 }
@@ -479,6 +480,26 @@ mod tests {
         assert_eq!(p.target_weight, Some(100));
         assert!(matches!(p.gate, Gate::Progressing(_)));
         assert_eq!(c.plan(&view(1, (10, 10), (0, 0))).gate, Gate::Done);
+    }
+
+    #[test]
+    fn with_a_router_the_scale_down_delay_counts_from_its_own_start() {
+        let c = Canary::new(vec![CanaryStep::SetWeight(20)]).scale_down_delay(10);
+        let mut v = view(1, (10, 10), (10, 10));
+        v.routes_traffic = true;
+        // 40 s into the final step (the canary took that long to scale up): the delay has
+        // not begun yet, so all of it is still to run.
+        v.step_elapsed = Duration::from_secs(40);
+        let p = c.plan(&v);
+        assert_eq!(p.replicas_of(&"s".into()), Some(10), "stable kept");
+        assert_eq!(p.target_weight, Some(100));
+        assert!(matches!(p.gate, Gate::ScaleDownDelay(d, _) if d == Duration::from_secs(10)));
+        v.scale_down_elapsed = Some(Duration::from_secs(4));
+        assert!(
+            matches!(c.plan(&v).gate, Gate::ScaleDownDelay(d, _) if d == Duration::from_secs(6))
+        );
+        v.scale_down_elapsed = Some(Duration::from_secs(10));
+        assert_eq!(c.plan(&v).gate, Gate::StepComplete);
     }
 
     fn analysis() -> AnalysisStep {

@@ -362,6 +362,7 @@ impl RolloutController {
                         step: 0,
                         step_hash,
                         step_started: now,
+                        scale_down_started: None,
                         last_progress: now,
                         progress_mark: 0,
                         aborted: false,
@@ -808,6 +809,11 @@ impl RolloutController {
             view.step_elapsed = now
                 .duration_since(r.status.step_started)
                 .unwrap_or_default();
+            view.scale_down_elapsed = r
+                .status
+                .scale_down_started
+                .filter(|(step, _)| *step == r.status.step)
+                .map(|(_, since)| now.duration_since(since).unwrap_or_default());
             view.routes_traffic = inner.router.routes_traffic();
             view.previous_replicas = r.status.planned_replicas;
             view.analysis = r
@@ -1127,6 +1133,11 @@ impl RolloutController {
                 }
                 // A timed pause that promote-full keeps (not converted above).
                 Gate::ScaleDownDelay(delay, reason) => {
+                    if view.scale_down_elapsed.is_none() {
+                        r.status.scale_down_started = Some((r.status.step, now));
+                        self.persist(e).await?;
+                    }
+                    let r = &mut e.record;
                     self.pause(r, now, reason).await;
                     soonest(now + delay);
                     return Ok(next);
@@ -1424,6 +1435,7 @@ fn mark_aborted(r: &mut RolloutRecord, now: SystemTime, reason: String) {
 fn restart(status: &mut RolloutStatus, now: SystemTime, reason: &str) {
     status.step = 0;
     status.step_started = now;
+    status.scale_down_started = None;
     status.last_progress = now;
     status.progress_mark = 0;
     status.aborted = false;

@@ -77,6 +77,11 @@ pub struct RolloutView {
     pub step: usize,
     /// Time spent in the current step.
     pub step_elapsed: Duration,
+    /// Time since the current step's scale-down delay began: since the controller first saw
+    /// [`Gate::ScaleDownDelay`] in this step (all traffic on the new revision by then), `None`
+    /// before. The delay counts from here, not from the step's start, so time spent bringing
+    /// the new revision to full availability does not shorten it.
+    pub scale_down_elapsed: Option<Duration>,
     /// Phases of the analysis runs, by key (`step-2`, `background`, `pre-promotion`, …).
     pub analysis: BTreeMap<String, AnalysisPhase>,
     /// The approval decision for the current step, once made.
@@ -99,6 +104,7 @@ impl RolloutView {
             stateful: false,
             step: 0,
             step_elapsed: Duration::ZERO,
+            scale_down_elapsed: None,
             analysis: BTreeMap::new(),
             approval: None,
             routes_traffic: false,

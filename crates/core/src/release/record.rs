@@ -159,6 +159,10 @@ pub struct RolloutStatus {
     pub step_hash: String,
     /// When the current step started.
     pub step_started: SystemTime,
+    /// The step whose scale-down delay began, and when (the first time the controller saw the
+    /// delay gate in that step); ignored once the rollout is at another step.
+    #[serde(default)]
+    pub scale_down_started: Option<(usize, SystemTime)>,
     /// When the last progress was seen (for the progress deadline).
     pub last_progress: SystemTime,
     /// Highest target availability seen in this step (flapping does not count as progress).
