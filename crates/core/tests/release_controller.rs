@@ -817,11 +817,16 @@ fn assert_switch_then_preview_emptied(calls: &[String]) {
 }
 
 async fn recorded_harness() -> (Harness, Arc<RecordingRouter>) {
+    recorded_harness_with_startup(Duration::from_secs(2)).await
+}
+
+/// A harness with a recording router, whose instances become ready `startup` after they start.
+async fn recorded_harness_with_startup(startup: Duration) -> (Harness, Arc<RecordingRouter>) {
     let clock = ManualClock::new();
     let engine = Arc::new(
         MemoryEngine::builder()
             .clock(clock.clone())
-            .startup(Duration::from_secs(2))
+            .startup(startup)
             .build(),
     );
     let router = Arc::new(RecordingRouter::default());
@@ -1317,15 +1322,7 @@ async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_st
     // Instances take 15 s to become ready, longer than the 10 s delay: the final step spends
     // 15 s scaling the canary up before it takes all traffic, and the delay must still run in
     // full after that.
-    let clock = ManualClock::new();
-    let engine = Arc::new(
-        MemoryEngine::builder()
-            .clock(clock.clone())
-            .startup(Duration::from_secs(15))
-            .build(),
-    );
-    let router = Arc::new(RecordingRouter::default());
-    let h = Harness::on(clock, engine, Some(router)).await;
+    let (h, _router) = recorded_harness_with_startup(Duration::from_secs(15)).await;
     h.deploy_v1(Strategy::default()).await;
     let v1 = app("v1").revision();
     let strategy = Canary::new(vec![CanaryStep::SetWeight(20)]).scale_down_delay(10);
