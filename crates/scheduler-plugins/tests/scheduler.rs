@@ -14,7 +14,10 @@ use rorqual_scheduler::framework::{
     BindPlugin, CycleState, FilterPlugin, NodeSet, PermitPlugin, Plugin, PreBindPlugin,
     PreFilterPlugin, ReservePlugin, ScorePlugin, Status, WaitingPods,
 };
-use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity};
+use rorqual_scheduler::plugins::{
+    DefaultBinder, DefaultPlugins, IpCapacity, MemoryIpCapacity, NodeResourcesFit, PrioritySort,
+    ScoringStrategy,
+};
 use rorqual_scheduler::snapshot::{
     AffinityTerm, GangMembership, HOSTNAME_LABEL, StatefulIdentity, UnderlayRequest,
 };
@@ -693,6 +696,149 @@ async fn post_filter_runs_and_nominates_when_a_prefilter_set_leaves_no_node() {
         s.enqueue(pod("small", 100)).unwrap();
         assert!(s.schedule_next().await.unwrap().nominated.is_none());
     }
+}
+
+/// Nominates node `0` when it failed filtering, records the nodes Filter sees for pods named
+/// `big` and counts how often Score runs for them.
+#[derive(Debug)]
+struct Nominator(&'static str, Mutex<Vec<String>>, Mutex<usize>);
+impl Nominator {
+    fn new(node: &'static str) -> Nominator {
+        Nominator(node, Mutex::default(), Mutex::default())
+    }
+    /// The nodes Filter saw for `big` since the last call, and the Score calls for it.
+    fn take(&self) -> (Vec<String>, usize) {
+        let seen = std::mem::take(&mut *self.1.lock().unwrap());
+        let scored = std::mem::take(&mut *self.2.lock().unwrap());
+        (seen, scored)
+    }
+}
+impl Plugin for Nominator {
+    fn name(&self) -> &str {
+        "Nominator"
+    }
+}
+impl rorqual_scheduler::framework::PostFilterPlugin for Nominator {
+    fn post_filter(
+        &self,
+        _s: &CycleState,
+        _p: &PodInfo,
+        _snap: &Snapshot,
+        statuses: &rorqual_scheduler::framework::NodeStatuses,
+    ) -> (Option<Sym>, Status) {
+        match statuses.iter().find(|(n, _)| *n == Sym::new(self.0)) {
+            Some((node, _)) => (Some(*node), Status::success()),
+            None => (None, Status::unschedulable("my node did not fail")),
+        }
+    }
+}
+impl FilterPlugin for Nominator {
+    fn filter(&self, _s: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        if &*pod.name == "big" {
+            self.1.lock().unwrap().push(node.name.to_string());
+        }
+        Status::success()
+    }
+}
+impl ScorePlugin for Nominator {
+    fn score(&self, _s: &CycleState, pod: &PodInfo, _n: &NodeInfo) -> Result<i64, Status> {
+        if &*pod.name == "big" {
+            *self.2.lock().unwrap() += 1;
+        }
+        Ok(0)
+    }
+}
+
+/// Three 1000m nodes, each with a 600m pod already bound (`f0`, `f1`, `f2`), under resource
+/// fit (least allocated) plus `nominator`; pod `big` (800m) is nominated to `n2` by its failed
+/// first cycle.
+async fn nominated_big_pod(nominator: &Arc<Nominator>) -> Scheduler {
+    let fit = Arc::new(NodeResourcesFit::new(ScoringStrategy::LeastAllocated));
+    let profile = rorqual_scheduler::framework::Profile::builder("p")
+        .queue_sort(Arc::new(PrioritySort))
+        // First, so it sees every node the scheduler filters.
+        .filter(nominator.clone())
+        .filter(fit.clone())
+        .post_filter(nominator.clone())
+        .score(fit, 1)
+        .score(nominator.clone(), 1)
+        .bind(Arc::new(DefaultBinder))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(3, 1000));
+    for i in 0..3 {
+        s.add_bound_pod(&format!("n{i}"), pod(&format!("f{i}"), 600))
+            .unwrap();
+    }
+    s.enqueue(pod("big", 800)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Unschedulable(_)),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.nominated, Some(Sym::new("n2")));
+    assert_eq!(s.nominated_node("big"), Some(Sym::new("n2")));
+    nominator.take();
+    s
+}
+
+#[tokio::test]
+async fn a_nominated_node_that_fits_is_taken_first_without_scoring() {
+    let nominator = Arc::new(Nominator::new("n2"));
+    let s = nominated_big_pod(&nominator).await;
+    // Room on n2 (900m free) and more on n0 (1000m free): scoring every node would pick n0,
+    // the least allocated.
+    s.remove_pod("f2");
+    s.add_bound_pod("n2", pod("small", 100)).unwrap();
+    s.remove_pod("f0");
+    let r = s.schedule_next().await.unwrap();
+    assert_eq!(&*r.pod.uid, "big");
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n2")),
+        "the nominated node is used: {:?}",
+        r.outcome
+    );
+    let (seen, scored) = nominator.take();
+    assert_eq!(seen, ["n2"], "only the nominated node is filtered");
+    assert_eq!(scored, 0, "and nothing is scored");
+    assert_eq!(
+        s.nominated_node("big"),
+        None,
+        "a bound pod has no nomination"
+    );
+}
+
+#[tokio::test]
+async fn a_nominated_node_that_does_not_fit_falls_back_to_every_node() {
+    let nominator = Arc::new(Nominator::new("n2"));
+    let s = nominated_big_pod(&nominator).await;
+    // Room on n0 and n1, none on the nominated n2.
+    s.remove_pod("f0");
+    s.remove_pod("f1");
+    s.add_bound_pod("n1", pod("small", 100)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n0")),
+        "the best of every node: {:?}",
+        r.outcome
+    );
+    let (seen, scored) = nominator.take();
+    assert_eq!(seen[0], "n2", "the nominated node is tried first: {seen:?}");
+    let mut rest = seen[1..].to_vec();
+    rest.sort();
+    assert_eq!(rest, ["n0", "n1", "n2"], "then every node: {seen:?}");
+    assert_eq!(scored, 2, "the two feasible nodes are scored");
+    assert_eq!(s.nominated_node("big"), None);
+
+    // A deleted pod's nomination is forgotten.
+    s.enqueue(pod("big-2", 5000)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert_eq!(r.nominated, Some(Sym::new("n2")));
+    assert_eq!(s.nominated_node("big-2"), Some(Sym::new("n2")));
+    assert!(s.remove_pod("big-2").is_none(), "never assumed");
+    assert_eq!(s.nominated_node("big-2"), None);
 }
 
 /// Rejects every pod on its first attempt only.

@@ -82,8 +82,15 @@ pub trait FilterPlugin: Plugin {
 pub type NodeStatuses = Vec<(Sym, Status)>;
 
 /// Runs when no node fits (for example preemption).
+///
+/// The first plugin that nominates a node ends PostFilter. The scheduler reports the
+/// nomination ([`ScheduleResult::nominated`](crate::ScheduleResult::nominated)), remembers it
+/// for the pod ([`Scheduler::nominated_node`](crate::Scheduler::nominated_node)), and the
+/// pod's next cycle filters that node first and takes it without scoring when it passes, as
+/// kube-scheduler does with `nominatedNodeName`.
 pub trait PostFilterPlugin: Plugin {
-    /// May nominate a node (Success with `Some`), or explain why not.
+    /// May nominate a node (Success with `Some`), or explain why not (a cycle that nominates
+    /// nothing clears the pod's earlier nomination).
     fn post_filter(
         &self,
         state: &CycleState,

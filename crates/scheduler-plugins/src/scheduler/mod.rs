@@ -1,6 +1,10 @@
 //! The `Scheduler`: hosts a profile's plugins over a cached snapshot, runs scheduling cycles
 //! (filter and score in parallel with rayon), assumes pods, and runs binding cycles in which a
 //! pod waiting at Permit blocks only its own binding.
+//!
+//! A node a PostFilter plugin nominates for a pod (where preemption would make room, say) is
+//! remembered, and the pod's next scheduling cycle evaluates that node first, as
+//! kube-scheduler's `evaluateNominatedNode` does: see [`Scheduler::nominated_node`].
 
 pub mod placement;
 pub mod queue;
@@ -70,8 +74,10 @@ pub struct ScheduleResult {
     pub pod: Arc<PodInfo>,
     /// What happened.
     pub outcome: Outcome,
-    /// The node a PostFilter plugin nominated when no node fit (for example where
-    /// preemption would make room); the pod itself is retried after its backoff.
+    /// The node a PostFilter plugin nominated in this cycle when no node fit (for example
+    /// where preemption would make room); the pod itself is retried after its backoff. The
+    /// scheduler remembers the nomination ([`Scheduler::nominated_node`]) and its next cycle
+    /// for the pod tries that node first.
     pub nominated: Option<Sym>,
 }
 
@@ -101,6 +107,9 @@ struct Cache {
     /// Assumed pods deleted while their binding cycle ran: [`Scheduler::remove_pod`] already
     /// unreserved them, so the binding cycle must not unreserve, bind or requeue them.
     removed: HashSet<Arc<str>>,
+    /// Nominated nodes: uid → the node a PostFilter plugin nominated in the pod's last failed
+    /// cycle (kube-scheduler's `status.nominatedNodeName`).
+    nominated: HashMap<Arc<str>, Sym>,
     next_start: usize,
 }
 
@@ -204,6 +213,21 @@ impl Scheduler {
         &self.inner.waiting
     }
 
+    /// The node nominated for pod `uid`, if any: the node a PostFilter plugin nominated in
+    /// the pod's last failed scheduling cycle (as [`ScheduleResult::nominated`] reported it).
+    ///
+    /// As in kube-scheduler (`evaluateNominatedNode`), the pod's next cycle runs PreFilter,
+    /// then filters only this node; if it passes (and a PreFilter node set does not exclude
+    /// it) the pod goes there directly, without scoring. Otherwise (the node fails a filter
+    /// or is gone) the cycle filters and scores every node as usual. A failed cycle replaces
+    /// the nomination with its own PostFilter's (none clears it); the nomination is dropped
+    /// once the pod is assumed on a node (bound, or waiting at Permit: a binding that fails
+    /// then retries without one, like upstream's `clearNominatedNode`) and when the pod is
+    /// deleted ([`Scheduler::remove_pod`]) or released through the `Placement` seam.
+    pub fn nominated_node(&self, uid: &str) -> Option<Sym> {
+        self.cache().nominated.get(uid).copied()
+    }
+
     fn cache(&self) -> MutexGuard<'_, Cache> {
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -251,7 +275,7 @@ impl Scheduler {
     /// assumed or waiting at Permit) is unreserved with [`PodRemoved`] in the cycle state, so
     /// plugins give back what it held (a gang stops counting it); a pod waiting at Permit is
     /// rejected, and a pod whose binding cycle is running neither unreserves again nor binds
-    /// nor is requeued.
+    /// nor is requeued. Its nominated node ([`Scheduler::nominated_node`]) is forgotten.
     pub fn remove_pod(&self, uid: &str) -> Option<Arc<PodInfo>> {
         let removed = {
             let mut cache = self.cache();
@@ -262,6 +286,7 @@ impl Scheduler {
                 queue.remove(uid);
                 queue.move_all_to_active();
             }
+            cache.nominated.remove(uid);
             let node = cache.snapshot.node_of_pod(uid).map(|n| n.name);
             if let Some((key, _)) = cache.assumed.remove_entry(uid) {
                 cache.removed.insert(key);
@@ -718,20 +743,28 @@ impl Scheduler {
         Ok((totals, max))
     }
 
-    /// Filter (sampled) and score over the whole snapshot, then pick a node. Pure with respect
-    /// to the cache.
+    /// Filter (sampled) and score over the whole snapshot, then pick a node; a `nominated`
+    /// node that passes Filter is taken first, without scoring (see
+    /// [`Scheduler::nominated_node`]). Returns the node and how many nodes the rotating
+    /// full scan examined. Pure with respect to the cache.
     fn find_node(
         &self,
         state: &mut CycleState,
         pod: &PodInfo,
         snapshot: &Snapshot,
         start: usize,
+        nominated: Option<Sym>,
     ) -> Result<(Sym, usize), Status> {
         let n = snapshot.len();
         if n == 0 {
             return Err(Status::unschedulable("no nodes available to schedule pods"));
         }
         let set = self.pre_filter(state, pod, snapshot)?;
+        if let Some(node) = nominated {
+            if self.nominated_node_fits(state, pod, snapshot, set.as_ref(), node) {
+                return Ok((node, 0));
+            }
+        }
         let mut eval = Evaluation::default();
         let target = num_feasible_nodes_to_find(n, self.inner.profile.percentage_of_nodes_to_score);
         let excluded = match &set {
@@ -790,23 +823,65 @@ impl Scheduler {
         ))
     }
 
+    /// Whether the pod's nominated node `node` passes Filter (and is in the PreFilter node
+    /// set, if any): upstream's `evaluateNominatedNode`. A node that is gone or rejects the
+    /// pod sends the cycle to the full evaluation, and so does a filter Error (logged; the
+    /// full evaluation meets the node again and reports it).
+    fn nominated_node_fits(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+        set: Option<&NodeSet>,
+        node: Sym,
+    ) -> bool {
+        let Some(index) = snapshot.index_of(node) else {
+            return false;
+        };
+        if set.is_some_and(|set| !set.contains(&node)) {
+            return false;
+        }
+        let status = self.filter_one(state, pod, &snapshot.nodes()[index]);
+        if status.code() == crate::framework::Code::Error {
+            tracing::warn!(
+                pod = %pod.key(),
+                node = %node,
+                %status,
+                "evaluation failed on the nominated node; filtering every node"
+            );
+        }
+        status.is_success()
+    }
+
     fn scheduling_cycle(&self, cache: &mut Cache, pod: &Arc<PodInfo>) -> CycleOutcome {
         let profile = &self.inner.profile;
         let mut state = CycleState::new();
         let start = cache.next_start;
+        let nominated = cache.nominated.get(&pod.uid).copied();
         let found = guarded("filter and score", || {
-            self.find_node(&mut state, pod, &cache.snapshot, start)
+            self.find_node(&mut state, pod, &cache.snapshot, start, nominated)
         });
         let (node, examined) = match found {
             Ok(found) => found,
             Err(status) => {
+                // This cycle's nomination replaces the last one; none clears it.
                 let nominated = state.read::<Nominated>().map(|n| n.0);
+                match nominated {
+                    Some(node) => {
+                        cache.nominated.insert(pod.uid.clone(), node);
+                    }
+                    None => {
+                        cache.nominated.remove(&pod.uid);
+                    }
+                }
                 return CycleOutcome::Failed(status, nominated);
             }
         };
         let n = cache.snapshot.len().max(1);
         cache.next_start = (start + examined) % n;
-        // Assume.
+        // Assume; the pod no longer needs its nomination (upstream drops it from the nominator
+        // on assume and clears it when the binding fails).
+        cache.nominated.remove(&pod.uid);
         if cache.snapshot.add_pod(node, pod.clone()).is_err() {
             return CycleOutcome::Failed(Status::error(format!("node `{node}` vanished")), None);
         }
@@ -999,6 +1074,7 @@ impl Scheduler {
                 }
             });
             checked?;
+            cache.nominated.remove(&pod.uid);
             if cache.snapshot.add_pod(node, pod.clone()).is_err() {
                 return Err(Status::error(format!("node `{node}` vanished")));
             }
@@ -1019,6 +1095,7 @@ impl Scheduler {
     /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).
     pub(crate) fn release_pod(&self, uid: &str) -> bool {
         let mut cache = self.cache();
+        cache.nominated.remove(uid);
         let Some(pod) = cache.snapshot.node_of_pod(uid).and_then(|n| {
             n.pods
                 .iter()
