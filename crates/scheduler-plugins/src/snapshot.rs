@@ -1,6 +1,7 @@
 //! Compact pod and node snapshots: interned labels, dense node indices, and incrementally
-//! maintained indexes (pods by label, pods with required anti-affinity) so that affinity and
-//! spreading plugins look only at the pods that can match.
+//! maintained indexes (pods by label, pods with required anti-affinity, pods whose affinity
+//! terms score others) so that affinity and spreading plugins look only at the pods that can
+//! match.
 
 use crate::fast_hash::FastMap;
 use std::collections::HashMap;
@@ -328,6 +329,81 @@ impl NodeInfo {
 /// Where an indexed pod is: its node's dense index and the pod.
 pub type PodLoc = (u32, Arc<PodInfo>);
 
+/// One of an existing pod's (anti-)affinity terms that counts when other pods are scored
+/// (kube-scheduler's InterPodAffinity `processExistingPod`), with its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExistingTerm<'a> {
+    /// A required affinity term (scored with the plugin's `hardPodAffinityWeight`).
+    RequiredAffinity(&'a AffinityTerm),
+    /// A preferred affinity term and its weight.
+    PreferredAffinity(i32, &'a AffinityTerm),
+    /// A preferred anti-affinity term and its weight.
+    PreferredAntiAffinity(i32, &'a AffinityTerm),
+}
+
+impl<'a> ExistingTerm<'a> {
+    /// The term.
+    pub fn term(&self) -> &'a AffinityTerm {
+        match *self {
+            ExistingTerm::RequiredAffinity(t)
+            | ExistingTerm::PreferredAffinity(_, t)
+            | ExistingTerm::PreferredAntiAffinity(_, t) => t,
+        }
+    }
+}
+
+/// Which scoring term of its pod an index entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TermSlot {
+    Required(usize),
+    Preferred(usize),
+    PreferredAnti(usize),
+}
+
+impl TermSlot {
+    /// Every term of `pod` that scores other pods, with its slot.
+    fn all(pod: &PodInfo) -> impl Iterator<Item = (TermSlot, &AffinityTerm)> {
+        let required = pod
+            .affinity
+            .required
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (TermSlot::Required(i), t));
+        let preferred = pod
+            .affinity
+            .preferred
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| (TermSlot::Preferred(i), t));
+        let anti = pod
+            .anti_affinity
+            .preferred
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| (TermSlot::PreferredAnti(i), t));
+        required.chain(preferred).chain(anti)
+    }
+
+    /// The term this slot stands for in `pod` (the pod the entry was made from).
+    fn resolve(self, pod: &PodInfo) -> Option<ExistingTerm<'_>> {
+        Some(match self {
+            TermSlot::Required(i) => ExistingTerm::RequiredAffinity(pod.affinity.required.get(i)?),
+            TermSlot::Preferred(i) => {
+                let (w, t) = pod.affinity.preferred.get(i)?;
+                ExistingTerm::PreferredAffinity(*w, t)
+            }
+            TermSlot::PreferredAnti(i) => {
+                let (w, t) = pod.anti_affinity.preferred.get(i)?;
+                ExistingTerm::PreferredAntiAffinity(*w, t)
+            }
+        })
+    }
+}
+
+/// An indexed scoring term: its pod's node, the pod, and which term.
+type TermLoc = (u32, Arc<PodInfo>, TermSlot);
+
 /// All nodes with their pods, addressed by dense index, plus the pod indexes.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -336,6 +412,11 @@ pub struct Snapshot {
     by_label: FastMap<(Sym, Sym), Vec<PodLoc>>,
     anti_indexed: FastMap<(Sym, Sym), Vec<PodLoc>>,
     anti_unindexed: Vec<PodLoc>,
+    /// Existing pods' scoring terms (required affinity, preferred affinity and anti-affinity)
+    /// by the `key=value` pair their selector requires; usually few pods carry any.
+    terms_indexed: FastMap<(Sym, Sym), Vec<TermLoc>>,
+    /// Scoring terms whose selector requires no single pair (checked for every pod scored).
+    terms_unindexed: Vec<TermLoc>,
     pod_node: HashMap<Arc<str>, u32>,
 }
 
@@ -466,6 +547,13 @@ impl Snapshot {
                 None => self.anti_unindexed.push((index, pod.clone())),
             }
         }
+        for (slot, term) in TermSlot::all(&pod) {
+            let entry = (index, pod.clone(), slot);
+            match term.selector.required_pair() {
+                Some(pair) => self.terms_indexed.entry(pair).or_default().push(entry),
+                None => self.terms_unindexed.push(entry),
+            }
+        }
         self.nodes[index as usize].add_pod(pod);
     }
 
@@ -494,6 +582,26 @@ impl Snapshot {
             if let Some(list) = list {
                 if let Some(i) = list.iter().position(same) {
                     list.swap_remove(i);
+                }
+            }
+        }
+        for (slot, term) in TermSlot::all(pod) {
+            let entry = |loc: &TermLoc| Arc::ptr_eq(&loc.1, pod) && loc.2 == slot;
+            match term.selector.required_pair() {
+                Some(pair) => {
+                    if let Some(list) = self.terms_indexed.get_mut(&pair) {
+                        if let Some(i) = list.iter().position(entry) {
+                            list.swap_remove(i);
+                        }
+                        if list.is_empty() {
+                            self.terms_indexed.remove(&pair);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(i) = self.terms_unindexed.iter().position(entry) {
+                        self.terms_unindexed.swap_remove(i);
+                    }
                 }
             }
         }
@@ -548,6 +656,37 @@ impl Snapshot {
         }
     }
 
+    /// Calls `f` for every existing pod's scoring term (required affinity, preferred affinity
+    /// or preferred anti-affinity) that may select a pod labelled `labels`: the terms whose
+    /// selector requires one of those `key=value` pairs, and the terms whose selector requires
+    /// no single pair. Callers still check the term ([`AffinityTerm::matches`]). Each term is
+    /// visited at most once; pods without such terms are never visited, and when no pod has
+    /// any this returns at once.
+    pub fn for_each_scoring_term_candidate(
+        &self,
+        labels: &Labels,
+        mut f: impl FnMut(u32, &PodInfo, ExistingTerm<'_>),
+    ) {
+        if self.terms_indexed.is_empty() && self.terms_unindexed.is_empty() {
+            return;
+        }
+        let mut visit = |(node, pod, slot): &TermLoc| {
+            if let Some(term) = slot.resolve(pod) {
+                f(*node, pod, term);
+            }
+        };
+        if !self.terms_indexed.is_empty() {
+            for pair in labels.iter() {
+                for loc in self.terms_indexed.get(&pair).into_iter().flatten() {
+                    visit(loc);
+                }
+            }
+        }
+        for loc in &self.terms_unindexed {
+            visit(loc);
+        }
+    }
+
     /// The number of pods.
     pub fn pod_count(&self) -> usize {
         self.pod_node.len()
@@ -557,6 +696,62 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoring_terms_are_indexed_and_unindexed() {
+        let mut snap = Snapshot::from_nodes([
+            NodeInfo::new("a", Resources::new(1000, 1000)),
+            NodeInfo::new("b", Resources::new(1000, 1000)),
+        ]);
+        let web: Labels = [("app", "web")].into_iter().collect();
+        let visited = |snap: &Snapshot| {
+            let mut seen = Vec::new();
+            snap.for_each_scoring_term_candidate(&web, |node, pod, term| {
+                let kind = match term {
+                    ExistingTerm::RequiredAffinity(_) => "required".to_owned(),
+                    ExistingTerm::PreferredAffinity(w, _) => format!("preferred {w}"),
+                    ExistingTerm::PreferredAntiAffinity(w, _) => format!("anti {w}"),
+                };
+                seen.push(format!("{node} {} {kind}", pod.uid));
+            });
+            seen.sort();
+            seen
+        };
+        let mut both = PodInfo::new("both", "ns", "both", Resources::default());
+        both.affinity
+            .required
+            .push(AffinityTerm::new("app", "web", HOSTNAME_LABEL));
+        both.anti_affinity.preferred.push((
+            7,
+            AffinityTerm {
+                selector: Selector::default(),
+                namespaces: Vec::new(),
+                topology_key: Sym::new(ZONE_LABEL),
+            },
+        ));
+        // Required anti-affinity does not score: it is not in this index.
+        let mut strict = PodInfo::new("strict", "ns", "strict", Resources::default());
+        strict
+            .anti_affinity
+            .required
+            .push(AffinityTerm::new("app", "web", HOSTNAME_LABEL));
+        snap.add_pod(Sym::new("a"), Arc::new(both)).unwrap();
+        snap.add_pod(Sym::new("b"), Arc::new(strict)).unwrap();
+        assert_eq!(visited(&snap), ["0 both anti 7", "0 both required"]);
+        // Moving the pod re-indexes it under its new node.
+        let moved = snap.remove_pod("both").unwrap();
+        assert!(visited(&snap).is_empty());
+        snap.add_pod(Sym::new("b"), moved).unwrap();
+        assert_eq!(visited(&snap), ["1 both anti 7", "1 both required"]);
+        // A node replaced with a new pod list drops its old pods' terms.
+        let replacement = NodeInfo {
+            pods: vec![Arc::new(PodInfo::new("x", "ns", "x", Resources::default()))],
+            ..NodeInfo::new("b", Resources::new(1000, 1000))
+        };
+        snap.upsert_node(replacement);
+        assert!(visited(&snap).is_empty());
+        assert!(snap.terms_indexed.is_empty() && snap.terms_unindexed.is_empty());
+    }
 
     #[test]
     fn pods_are_indexed_and_unindexed() {

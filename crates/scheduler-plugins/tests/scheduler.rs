@@ -87,6 +87,53 @@ async fn required_anti_affinity_puts_one_replica_per_host() {
     assert_eq!(per_node, [1, 1, 1]);
 }
 
+#[tokio::test]
+async fn existing_pods_affinity_terms_draw_and_repel_new_pods() {
+    let s = Scheduler::with_default_plugins();
+    s.add_nodes(nodes(3, 4000));
+    // A cache on n1 prefers web pods on its host; least allocated alone would avoid n1.
+    let mut cache = pod("cache", 500);
+    cache
+        .affinity
+        .preferred
+        .push((100, AffinityTerm::new("app", "web", HOSTNAME_LABEL)));
+    s.add_bound_pod("n1", cache).unwrap();
+    // A batch job on n2 would rather not share its host with web pods.
+    let mut batch = pod("batch", 100);
+    batch
+        .anti_affinity
+        .preferred
+        .push((100, AffinityTerm::new("app", "web", HOSTNAME_LABEL)));
+    s.add_bound_pod("n2", batch).unwrap();
+    s.enqueue(pod("web-0", 100).label("app", "web")).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n1")),
+        "next to the cache: {:?}",
+        r.outcome
+    );
+    // Pods the terms do not select are placed on resources alone: n0 is the least allocated.
+    s.enqueue(pod("api-0", 100).label("app", "api")).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n0")),
+        "{:?}",
+        r.outcome
+    );
+    // With the cache gone, n2 (the batch job, 100m) is the least allocated node: n0 holds
+    // 1100m, n1 300m. The batch job's term still keeps web pods off it.
+    s.remove_pod("cache");
+    s.add_bound_pod("n0", pod("filler-0", 1000)).unwrap();
+    s.add_bound_pod("n1", pod("filler-1", 200)).unwrap();
+    s.enqueue(pod("web-1", 100).label("app", "web")).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n1")),
+        "away from the batch job: {:?}",
+        r.outcome
+    );
+}
+
 #[derive(Debug)]
 struct Panicky;
 impl Plugin for Panicky {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 pub use basic::{DefaultBinder, NodeName, NodePorts, NodeUnschedulable, PrioritySort};
 pub use gang::Gang;
-pub use inter_pod_affinity::InterPodAffinity;
+pub use inter_pod_affinity::{
+    DEFAULT_HARD_POD_AFFINITY_WEIGHT, InterPodAffinity, MAX_HARD_POD_AFFINITY_WEIGHT,
+};
 pub use node_affinity::NodeAffinity;
 pub use resources::{
     BalancedAllocation, DEFAULT_MEMORY_REQUEST, DEFAULT_MILLI_CPU_REQUEST, NodeResourcesFit,
@@ -83,6 +85,7 @@ pub struct DefaultPlugins {
     capacity: Option<Arc<dyn IpCapacity>>,
     strategy: Option<ScoringStrategy>,
     gang: Option<Gang>,
+    inter_pod_affinity: Option<InterPodAffinity>,
 }
 
 impl DefaultPlugins {
@@ -109,13 +112,19 @@ impl DefaultPlugins {
         self
     }
 
+    /// A configured InterPodAffinity plugin (the default's `hardPodAffinityWeight` is 1).
+    pub fn inter_pod_affinity(mut self, plugin: InterPodAffinity) -> Self {
+        self.inter_pod_affinity = Some(plugin);
+        self
+    }
+
     /// The builder with every default plugin registered (add more before building).
     pub fn builder(self, name: &str) -> ProfileBuilder {
         let fit = Arc::new(NodeResourcesFit::new(
             self.strategy.unwrap_or(ScoringStrategy::LeastAllocated),
         ));
         let spread = Arc::new(PodTopologySpread);
-        let ipa = Arc::new(InterPodAffinity);
+        let ipa = Arc::new(self.inter_pod_affinity.unwrap_or_default());
         let affinity = Arc::new(NodeAffinity);
         let ports = Arc::new(NodePorts);
         let node_name = Arc::new(NodeName);
@@ -227,6 +236,15 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("timeout"), "{err}");
+        let err = DefaultPlugins::new()
+            .inter_pod_affinity(InterPodAffinity::new().hard_pod_affinity_weight(-1))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "profile `default-scheduler`: plugin `InterPodAffinity` is misconfigured: \
+             hardPodAffinityWeight -1 is not in 0..=100"
+        );
         let err = DefaultPlugins::new()
             .builder("p")
             .filter(Arc::new(TaintToleration))
