@@ -888,6 +888,39 @@ async fn a_nominated_node_that_does_not_fit_falls_back_to_every_node() {
     assert_eq!(s.nominated_node("big-2"), None);
 }
 
+#[tokio::test]
+async fn a_cycle_that_nominates_nothing_keeps_the_earlier_nomination() {
+    let nominator = Arc::new(Nominator::new("n2"));
+    let s = nominated_big_pod(&nominator).await;
+    // n2 leaves: the next cycle fails everywhere and its PostFilter nominates nothing (as a
+    // preemption plugin waiting for its victims to terminate would).
+    assert!(s.remove_node("n2"));
+    // A small node arrives (too small for `big`), which moves the pod out of backoff.
+    s.add_nodes([NodeInfo::new("n3", Resources::new(100, 8 << 30))]);
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Unschedulable(_)),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.nominated, None);
+    assert_eq!(
+        s.nominated_node("big"),
+        Some(Sym::new("n2")),
+        "kept when nothing else is nominated"
+    );
+    // n2 comes back with room: it is tried first and taken without scoring.
+    s.upsert_node(NodeInfo::new("n2", Resources::new(1000, 8 << 30)));
+    nominator.take();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n2")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(nominator.take(), (vec!["n2".to_owned()], 0));
+}
+
 /// Rejects every pod on its first attempt only.
 #[derive(Debug, Default)]
 struct RejectFirstAttempt {

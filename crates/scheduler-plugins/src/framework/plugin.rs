@@ -89,8 +89,10 @@ pub type NodeStatuses = Vec<(Sym, Status)>;
 /// pod's next cycle filters that node first and takes it without scoring when it passes, as
 /// kube-scheduler does with `nominatedNodeName`.
 pub trait PostFilterPlugin: Plugin {
-    /// May nominate a node (Success with `Some`), or explain why not (a cycle that nominates
-    /// nothing clears the pod's earlier nomination).
+    /// May nominate a node (Success with `Some`), or explain why not. A cycle that nominates
+    /// nothing keeps the pod's earlier nomination (the next cycle checks that node first and
+    /// falls back to every node when it no longer fits); a cycle that ends in an Error clears
+    /// it.
     fn post_filter(
         &self,
         state: &CycleState,

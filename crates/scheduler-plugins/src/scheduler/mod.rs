@@ -220,10 +220,15 @@ impl Scheduler {
     /// then filters only this node; if it passes (and a PreFilter node set does not exclude
     /// it) the pod goes there directly, without scoring. Otherwise (the node fails a filter
     /// or is gone) the cycle filters and scores every node as usual. A failed cycle replaces
-    /// the nomination with its own PostFilter's (none clears it); the nomination is dropped
+    /// the nomination with its own PostFilter's; one that nominates nothing keeps it, and one
+    /// that ends in an Error clears it. The nomination is dropped
     /// once the pod is assumed on a node (bound, or waiting at Permit: a binding that fails
     /// then retries without one, like upstream's `clearNominatedNode`) and when the pod is
     /// deleted ([`Scheduler::remove_pod`]) or released through the `Placement` seam.
+    ///
+    /// Unlike upstream, a nomination does not hold room on its node for the pod: other pods'
+    /// filters do not count nominated pods, so a pod scheduled in the meantime can take the
+    /// room a preemption freed.
     pub fn nominated_node(&self, uid: &str) -> Option<Sym> {
         self.cache().nominated.get(uid).copied()
     }
@@ -864,15 +869,19 @@ impl Scheduler {
         let (node, examined) = match found {
             Ok(found) => found,
             Err(status) => {
-                // This cycle's nomination replaces the last one; none clears it.
+                // This cycle's nomination replaces the last one. Without one, the last is kept
+                // (upstream's no-op nominating mode: a preemption plugin that waits for its
+                // victims to terminate nominates nothing), except after an Error, which
+                // clears it; the next cycle re-checks a kept nomination before every node.
                 let nominated = state.read::<Nominated>().map(|n| n.0);
                 match nominated {
                     Some(node) => {
                         cache.nominated.insert(pod.uid.clone(), node);
                     }
-                    None => {
+                    None if status.code() == crate::framework::Code::Error => {
                         cache.nominated.remove(&pod.uid);
                     }
+                    None => {}
                 }
                 return CycleOutcome::Failed(status, nominated);
             }
