@@ -1356,6 +1356,54 @@ async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_st
         .await;
 }
 
+#[tokio::test]
+async fn a_canary_that_loses_availability_in_the_scale_down_delay_starts_the_delay_again() {
+    let (h, _router) = recorded_harness().await;
+    h.deploy_v1(Strategy::default()).await;
+    let (v1, v2) = (app("v1").revision(), app("v2").revision());
+    // Every v2 instance crashes 12 s after it starts, inside the 10 s delay that begins once
+    // all ten are ready; the fault is lifted once traffic has gone back to stable.
+    h.engine
+        .inject(Fault::crash_revision_after(&v2, Duration::from_secs(12)));
+    let strategy = Canary::new(vec![CanaryStep::SetWeight(20)]).scale_down_delay(10);
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), Strategy::Canary(strategy)))
+        .await
+        .unwrap();
+    let (mut switched, mut dropped, mut back, mut shrunk) = (false, false, None, None);
+    for _ in 0..120 {
+        h.ctl.process_due().await;
+        let full = h.status().await.weight == Some(100);
+        if full && !switched {
+            switched = true;
+        } else if !full && switched && !dropped {
+            dropped = true;
+            h.engine.clear_faults();
+        } else if full && dropped && back.is_none() {
+            back = Some(h.clock.now());
+        }
+        if of(&h.counts().await, &v1).0 < 10 {
+            shrunk = Some(h.clock.now());
+            break;
+        }
+        h.clock.advance(Duration::from_secs(1));
+    }
+    assert!(
+        dropped,
+        "traffic went back to stable while the canary crashed"
+    );
+    let waited = shrunk
+        .expect("stable scaled down")
+        .duration_since(back.expect("all traffic on v2 again"))
+        .unwrap();
+    assert!(
+        waited >= Duration::from_secs(10),
+        "the old stable group was kept only {waited:?} after the second switch"
+    );
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+}
+
 fn approval_canary() -> Strategy {
     canary(vec![
         CanaryStep::SetWeight(10),

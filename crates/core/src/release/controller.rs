@@ -1079,6 +1079,13 @@ impl RolloutController {
             let step = r.status.step;
             match gate {
                 Gate::Progressing(reason) => {
+                    // The new revision lost availability (and full traffic) during the
+                    // scale-down delay: the delay starts again once it is back.
+                    if view.scale_down_elapsed.is_some() {
+                        r.status.scale_down_started = None;
+                        self.persist(e).await?;
+                    }
+                    let r = &mut e.record;
                     r.status.phase = if r.status.aborted {
                         RolloutPhase::Degraded
                     } else {

@@ -160,7 +160,8 @@ pub struct RolloutStatus {
     /// When the current step started.
     pub step_started: SystemTime,
     /// The step whose scale-down delay began, and when (the first time the controller saw the
-    /// delay gate in that step); ignored once the rollout is at another step.
+    /// delay gate in that step); ignored once the rollout is at another step, and cleared when
+    /// the new revision loses availability during the delay (the delay then starts again).
     #[serde(default)]
     pub scale_down_started: Option<(usize, SystemTime)>,
     /// When the last progress was seen (for the progress deadline).
