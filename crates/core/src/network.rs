@@ -124,10 +124,15 @@ impl Default for HostNetwork {
 /// that outgoing connections on the host never hold one.
 pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=32767;
 
+/// Ports [`free_loopback_port`] hands out: below [`DEFAULT_PORT_RANGE`], so a server's port
+/// never collides with a port [`HostNetwork`] gives an instance by default (an instance in
+/// crash-loop backoff does not hold its port), and below the ephemeral range.
+pub const SERVER_PORT_RANGE: RangeInclusive<u16> = 15000..=19999;
+
 /// How many ports [`free_loopback_port`] remembers having handed out, and skips.
 const RECENT_PORTS: usize = 1024;
 
-/// A free TCP port on 127.0.0.1 from [`DEFAULT_PORT_RANGE`], probed from a random point.
+/// A free TCP port on 127.0.0.1 from [`SERVER_PORT_RANGE`], probed from a random point.
 ///
 /// For a server process that binds the port itself (nginx, etcd, Prometheus): unlike an
 /// operating-system-chosen port (binding port 0), this one lies outside the ephemeral range,
@@ -146,7 +151,7 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     let mut recent = RECENT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (start, end) = (*DEFAULT_PORT_RANGE.start(), *DEFAULT_PORT_RANGE.end());
+    let (start, end) = (*SERVER_PORT_RANGE.start(), *SERVER_PORT_RANGE.end());
     let span = u32::from(end) - u32::from(start) + 1;
     let offset = random_below(span);
     for i in 0..span {
@@ -335,7 +340,8 @@ mod tests {
         let mut seen = BTreeSet::new();
         for _ in 0..200 {
             let port = free_loopback_port().unwrap();
-            assert!(DEFAULT_PORT_RANGE.contains(&port), "{port}");
+            assert!(SERVER_PORT_RANGE.contains(&port), "{port}");
+            assert!(!DEFAULT_PORT_RANGE.contains(&port), "{port}");
             assert!(seen.insert(port), "{port} handed out twice");
             assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok());
         }
