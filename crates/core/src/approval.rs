@@ -139,7 +139,9 @@ pub trait ApprovalGate: Send + Sync + Debug + 'static {
     /// again instead of reusing an earlier decision.
     ///
     /// Optional: the default answers [`ApprovalError::Unsupported`], and the controller then
-    /// logs that earlier decisions may be reused.
+    /// logs that earlier decisions may be reused. Any other error is retried on every
+    /// reconcile; until a withdrawal of the target's revision succeeds, the rollout neither
+    /// reads a decision for it nor asks again (its approval gate waits).
     async fn withdraw(&self, app: &AppKey, revision: &Revision) -> Result<(), ApprovalError> {
         let _ = (app, revision);
         Err(ApprovalError::Unsupported("withdrawing requests"))

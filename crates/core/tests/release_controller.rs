@@ -12,7 +12,7 @@ use rorqual_core::analysis::AnalysisPhase;
 use rorqual_core::analysis::{
     AnalysisSpec, MetricProvider, MetricSpec, ProviderError, ProviderSpec,
 };
-use rorqual_core::approval::Approvals;
+use rorqual_core::approval::{ApprovalError, ApprovalGate, ApprovalRequest, Approvals, Decision};
 use rorqual_core::clock::{Clock, ManualClock};
 use rorqual_core::engine::Engine;
 use rorqual_core::memory::{Fault, MemoryEngine};
@@ -73,11 +73,22 @@ impl Harness {
         router: Option<Arc<dyn TrafficRouter>>,
     ) -> Self {
         let approvals = Arc::new(Approvals::new());
+        Self::with_gate(clock, engine, router, approvals.clone(), approvals).await
+    }
+
+    /// A harness whose controller asks `gate`; `approvals` is what the test decides through.
+    async fn with_gate(
+        clock: ManualClock,
+        engine: Arc<MemoryEngine>,
+        router: Option<Arc<dyn TrafficRouter>>,
+        approvals: Arc<Approvals>,
+        gate: Arc<dyn ApprovalGate>,
+    ) -> Self {
         let metric = Arc::new(FakeMetric::default());
         let notes = Arc::new(RecordingNotifier::new());
         let mut b = RolloutController::builder(engine.clone())
             .clock(Arc::new(clock.clone()))
-            .approvals(approvals.clone())
+            .approvals(gate)
             .providers(metric.clone())
             .notifier(notes.clone());
         if let Some(r) = router {
@@ -1410,6 +1421,94 @@ fn approval_canary() -> Strategy {
         CanaryStep::Approval(ApprovalStep::default()),
         CanaryStep::SetWeight(60),
     ])
+}
+
+/// The in-process approvals, whose `withdraw` fails while `failing` is set (a remote approval
+/// service that is down).
+#[derive(Debug)]
+struct FlakyWithdraw {
+    inner: Arc<Approvals>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl ApprovalGate for FlakyWithdraw {
+    async fn request(&self, req: &ApprovalRequest) -> Result<(), ApprovalError> {
+        self.inner.request(req).await
+    }
+    async fn decision(
+        &self,
+        app: &AppKey,
+        revision: &Revision,
+        step: usize,
+    ) -> Result<Option<Decision>, ApprovalError> {
+        self.inner.decision(app, revision, step).await
+    }
+    async fn withdraw(&self, app: &AppKey, revision: &Revision) -> Result<(), ApprovalError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApprovalError::Backend(
+                "approval service unavailable".into(),
+            ));
+        }
+        self.inner.withdraw(app, revision).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused() {
+    let clock = ManualClock::new();
+    let engine = Arc::new(
+        MemoryEngine::builder()
+            .clock(clock.clone())
+            .startup(Duration::from_secs(2))
+            .build(),
+    );
+    let approvals = Arc::new(Approvals::new());
+    let gate = Arc::new(FlakyWithdraw {
+        inner: approvals.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let h = Harness::with_gate(clock, engine, None, approvals, gate.clone()).await;
+    h.deploy_v1(Strategy::default()).await;
+    let v2 = app("v2").revision();
+    h.ctl
+        .apply(RolloutSpec::new(app("v2"), approval_canary()).abort_scale_down_delay(0))
+        .await
+        .unwrap();
+    h.until(10, "approval requested", |s| s.approval_requested)
+        .await;
+    // The service goes down just as bob rejects: the abort cannot withdraw his rejection.
+    gate.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.approvals.reject(&key(), &v2, 1, "bob", None).unwrap();
+    h.until(20, "rolled back", |s| s.reason.starts_with("aborted: "))
+        .await;
+    assert_eq!(h.status().await.withdrawals_owed, vec![v2.clone()]);
+    assert!(h.approvals.get(&key(), &v2, 1).is_some(), "still there");
+    h.ctl.retry(&key()).await.unwrap();
+    h.until(10, "back at the approval step", |s| s.step == 1)
+        .await;
+    for _ in 0..5 {
+        h.tick().await;
+    }
+    let s = h.status().await;
+    assert!(!s.aborted, "bob's earlier rejection is not read: {s:?}");
+    assert_eq!(s.phase, RolloutPhase::Paused);
+    assert!(!s.approval_requested, "no new request while one is owed");
+    assert!(s.reason.contains("withdrawing"), "{}", s.reason);
+    // The service is back: the withdrawal goes through and the rollout asks again.
+    gate.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    h.until(10, "asked again", |s| s.approval_requested).await;
+    let s = h.status().await;
+    assert!(s.withdrawals_owed.is_empty(), "{s:?}");
+    assert!(!s.aborted);
+    let pending = h.approvals.pending();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
+    h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
+        .await;
+    assert_eq!(h.status().await.stable, Some(v2));
 }
 
 #[tokio::test]

@@ -376,6 +376,7 @@ impl RolloutController {
                         preview: None,
                         analysis: None,
                         background_analysis: None,
+                        withdrawals_owed: Vec::new(),
                     },
                     spec,
                     stable: None,
@@ -392,8 +393,10 @@ impl RolloutController {
                 };
                 self.persist(&mut entry).await?;
                 // A new attempt: no decision from an earlier one counts.
-                self.withdraw_approvals(&app, &entry.record.status.target)
-                    .await;
+                let target = entry.record.status.target.clone();
+                if self.withdraw_or_owe(&mut entry.record, &target).await {
+                    self.persist(&mut entry).await?;
+                }
                 let status = entry.record.status.clone();
                 lock(&self.inner.rollouts)
                     .insert(app.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
@@ -438,10 +441,14 @@ impl RolloutController {
                 if new_attempt {
                     // The superseded attempt's requests wait for nobody, and the new attempt
                     // (perhaps of a revision released before) asks again.
+                    let mut owed = false;
                     if previous_target != target {
-                        self.withdraw_approvals(&app, &previous_target).await;
+                        owed |= self.withdraw_or_owe(&mut e.record, &previous_target).await;
                     }
-                    self.withdraw_approvals(&app, &target).await;
+                    owed |= self.withdraw_or_owe(&mut e.record, &target).await;
+                    if owed {
+                        self.persist(&mut e).await?;
+                    }
                 }
                 e.record.status.clone()
             }
@@ -614,7 +621,10 @@ impl RolloutController {
             // Still under the entry's lock, so no reconcile asks (or reads a decision) between
             // the verb and the withdrawal.
             if decisions == Decisions::Withdraw {
-                self.withdraw_approvals(app, &e.record.status.target).await;
+                let target = e.record.status.target.clone();
+                if self.withdraw_or_owe(&mut e.record, &target).await {
+                    self.persist(&mut e).await?;
+                }
             }
             e.record.status.clone()
         };
@@ -780,6 +790,8 @@ impl RolloutController {
         let stateful = e.record.spec.app.kind == WorkloadKind::Stateful;
         // Each step may take an iteration to act and one to observe the result.
         let max_iterations = 2 * e.record.spec.strategy.steps() + 16;
+        // Withdrawals an earlier attempt owes, before any decision is read.
+        self.settle_withdrawals(e).await?;
         for _ in 0..max_iterations {
             let now = inner.clock.now();
             let groups = inner.engine.groups(&app).await.map_err(eng)?;
@@ -821,7 +833,9 @@ impl RolloutController {
                 .iter()
                 .map(|(k, run)| (k.clone(), run.phase()))
                 .collect();
-            if r.status.approval_requested && !steady && !r.status.aborted {
+            // A decision for the target from an earlier attempt may still stand.
+            let withdrawal_owed = r.status.withdrawals_owed.contains(&target);
+            if r.status.approval_requested && !steady && !r.status.aborted && !withdrawal_owed {
                 view.approval = inner
                     .approvals
                     .decision(&app, &target, r.status.step)
@@ -1149,6 +1163,18 @@ impl RolloutController {
                     soonest(now + delay);
                     return Ok(next);
                 }
+                Gate::Approval(message) if withdrawal_owed => {
+                    // Neither ask nor read a decision until the earlier attempt's decisions
+                    // are withdrawn (retried on every reconcile).
+                    r.status.phase = RolloutPhase::Paused;
+                    r.status.last_progress = now;
+                    r.status.reason = format!(
+                        "waiting for approval: {message} (withdrawing an earlier attempt's \
+                         approval decisions first; the approval gate failed, retrying)"
+                    );
+                    soonest(now + inner.resync);
+                    return Ok(next);
+                }
                 Gate::Approval(message) => {
                     r.status.phase = RolloutPhase::Paused;
                     r.status.last_progress = now;
@@ -1282,7 +1308,8 @@ impl RolloutController {
         };
         let outcome = if status.aborted { "aborted" } else { "paused" };
         if status.aborted {
-            self.withdraw_approvals(&status.app, &status.target).await;
+            // Recorded in the status, which the reconcile persists next.
+            self.withdraw_or_owe(&mut e.record, &status.target).await;
         }
         self.notify(&status, Some(status.step), outcome, &reason)
             .await;
@@ -1291,18 +1318,64 @@ impl RolloutController {
     /// Withdraws the approval requests and decisions of `app`'s release of `revision` (the
     /// attempt they belonged to is over). A gate that cannot withdraw is logged: a later
     /// attempt of the same revision may then see an earlier decision.
-    async fn withdraw_approvals(&self, app: &AppKey, revision: &Revision) {
+    ///
+    /// Returns false when the gate failed; [`Self::withdraw_or_owe`] then records the
+    /// withdrawal as owed.
+    async fn withdraw_approvals(&self, app: &AppKey, revision: &Revision) -> bool {
         match self.inner.approvals.withdraw(app, revision).await {
-            Ok(()) => {}
-            Err(ApprovalError::Unsupported(what)) => tracing::debug!(
-                app = %app, revision = %revision,
-                "approval gate does not support {what}; earlier decisions may be reused"
-            ),
-            Err(err) => tracing::warn!(
-                app = %app, revision = %revision, error = %err,
-                "withdrawing approval requests failed"
-            ),
+            Ok(()) => true,
+            Err(ApprovalError::Unsupported(what)) => {
+                tracing::debug!(
+                    app = %app, revision = %revision,
+                    "approval gate does not support {what}; earlier decisions may be reused"
+                );
+                true
+            }
+            Err(err) => {
+                tracing::warn!(
+                    app = %app, revision = %revision, error = %err,
+                    "withdrawing approval requests failed; retrying before the next approval"
+                );
+                false
+            }
         }
+    }
+
+    /// Withdraws `revision`'s approvals for the rollout in `r`; when the gate fails, records
+    /// the withdrawal in [`RolloutStatus::withdrawals_owed`] (persist `r` afterwards). Returns
+    /// whether it was recorded as owed.
+    async fn withdraw_or_owe(&self, r: &mut RolloutRecord, revision: &Revision) -> bool {
+        let app = r.status.app.clone();
+        if self.withdraw_approvals(&app, revision).await {
+            r.status.withdrawals_owed.retain(|owed| owed != revision);
+            false
+        } else {
+            if !r.status.withdrawals_owed.contains(revision) {
+                r.status.withdrawals_owed.push(revision.clone());
+            }
+            true
+        }
+    }
+
+    /// Retries the owed withdrawals of the rollout in `e`; persists when the list changed.
+    async fn settle_withdrawals(&self, e: &mut Entry) -> Result<(), ControllerError> {
+        if e.record.status.withdrawals_owed.is_empty() {
+            return Ok(());
+        }
+        let app = e.record.status.app.clone();
+        let owed = std::mem::take(&mut e.record.status.withdrawals_owed);
+        let mut still = Vec::new();
+        for revision in &owed {
+            if !self.withdraw_approvals(&app, revision).await {
+                still.push(revision.clone());
+            }
+        }
+        let changed = still != owed;
+        e.record.status.withdrawals_owed = still;
+        if changed {
+            self.persist(e).await?;
+        }
+        Ok(())
     }
 
     /// The plan reached Done: the target becomes stable (or, when aborted, the abort is
@@ -1381,7 +1454,7 @@ impl RolloutController {
         let target = r.status.target.clone();
         if !already_healthy {
             // The attempt is over: its decisions do not carry over to a later release.
-            self.withdraw_approvals(&app, &target).await;
+            self.withdraw_or_owe(r, &target).await;
             let status = r.status.clone();
             self.persist(e).await?;
             let outcome = if status.aborted {

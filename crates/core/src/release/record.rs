@@ -199,6 +199,12 @@ pub struct RolloutStatus {
     /// The background analysis (canary), from its starting step on.
     #[serde(default)]
     pub background_analysis: Option<AnalysisStatus>,
+    /// Revisions whose approval requests and decisions could not be withdrawn when their
+    /// attempt ended (the approval gate failed). The controller retries on every reconcile,
+    /// and while the target is listed it neither reads a decision for it nor asks again, so
+    /// a decision from an earlier attempt is never taken for this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawals_owed: Vec<Revision>,
 }
 
 /// An analysis run as a console shows it.
