@@ -301,7 +301,9 @@ impl NodeInfo {
         self.allocatable.saturating_sub(self.requested)
     }
 
-    fn add_pod(&mut self, pod: Arc<PodInfo>) {
+    /// Counts `pod` on this node (its requests, ports and the pod itself), without the
+    /// snapshot's indexes: for what-if copies of a node.
+    pub(crate) fn add_pod(&mut self, pod: Arc<PodInfo>) {
         self.requested = self.requested.saturating_add(pod.requests);
         self.used_ports.extend(pod.host_ports.iter().copied());
         self.pods.push(pod);

@@ -1243,3 +1243,124 @@ async fn a_pod_deleted_while_its_batch_binds_is_not_requeued() {
     assert_eq!(s.run_until_idle().await, Default::default());
     assert_eq!(s.with_snapshot(Snapshot::pod_count), 1);
 }
+
+/// Nominates node `.1` for the pod named `.0` when that node failed filtering (as preemption
+/// would, once it picked victims there).
+#[derive(Debug)]
+struct NominateFor(&'static str, &'static str);
+impl Plugin for NominateFor {
+    fn name(&self) -> &str {
+        "NominateFor"
+    }
+}
+impl rorqual_scheduler::framework::PostFilterPlugin for NominateFor {
+    fn post_filter(
+        &self,
+        _s: &CycleState,
+        pod: &PodInfo,
+        _snap: &Snapshot,
+        statuses: &rorqual_scheduler::framework::NodeStatuses,
+    ) -> (Option<Sym>, Status) {
+        let node = Sym::new(self.1);
+        if &*pod.name == self.0 && statuses.iter().any(|(n, _)| *n == node) {
+            (Some(node), Status::success())
+        } else {
+            (None, Status::unschedulable("not the pod to nominate for"))
+        }
+    }
+}
+
+/// Three 1000m nodes holding 900m (`f0`), 900m (`f1`) and 600m (`f2`); pod `big` (800m,
+/// priority 100) fails everywhere and is nominated to `n2`, where deleting `f2` (its victim)
+/// would make room. It waits in backoff.
+async fn big_nominated_to_n2() -> Scheduler {
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .post_filter(Arc::new(NominateFor("big", "n2")))
+        .build()
+        .unwrap();
+    let s = Scheduler::new(profile);
+    s.add_nodes(nodes(3, 1000));
+    for (i, cpu) in [900, 900, 600].into_iter().enumerate() {
+        s.add_bound_pod(&format!("n{i}"), pod(&format!("f{i}"), cpu))
+            .unwrap();
+    }
+    s.enqueue(pod("big", 800).priority(100)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Unschedulable(_)),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(s.nominated_node("big"), Some(Sym::new("n2")));
+    assert_eq!(s.queue_len(), (0, 1), "big waits in backoff");
+    s
+}
+
+#[tokio::test]
+async fn a_nomination_holds_room_against_pods_of_lower_or_equal_priority() {
+    let s = big_nominated_to_n2().await;
+    // `small` fits only on n2 (400m free), but there it would leave `big` without room once
+    // `f2` is gone: n2 with `big` counted is full.
+    for (name, priority) in [("small", 0), ("peer", 100)] {
+        s.enqueue(pod(name, 300).priority(priority)).unwrap();
+        let r = s.schedule_next().await.unwrap();
+        assert_eq!(&*r.pod.uid, name);
+        let Outcome::Unschedulable(status) = r.outcome else {
+            panic!("{name} must not take big's room: {:?}", r.outcome)
+        };
+        assert!(status.message().ends_with("3 Insufficient cpu"), "{status}");
+    }
+    // The extender's filter verb and bind re-check count the nomination too.
+    let small = pod("small-2", 300);
+    let eval = s.with_snapshot(|snap| s.evaluate(&small, snap, None, false));
+    assert!(eval.unwrap().1.feasible.is_empty());
+    let err = s.bind_to_node(small, "n2").await.unwrap_err();
+    assert!(err.message().contains("Insufficient cpu"), "{err}");
+
+    // A pod of higher priority than `big` is not held back.
+    s.enqueue(pod("urgent", 300).priority(1000)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert_eq!(&*r.pod.uid, "urgent");
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n2")),
+        "{:?}",
+        r.outcome
+    );
+
+    // `urgent` finishes and the victim `f2` is deleted: `big` (first by priority) takes n2
+    // through its nomination, which does not count `big` itself.
+    s.remove_pod("urgent");
+    s.remove_pod("f2");
+    let r = s.schedule_next().await.unwrap();
+    assert_eq!(&*r.pod.uid, "big");
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n2")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(s.nominated_node("big"), None);
+}
+
+#[tokio::test]
+async fn deleting_a_nominated_pod_releases_the_room_it_held() {
+    let s = big_nominated_to_n2().await;
+    s.enqueue(pod("small", 300)).unwrap();
+    let r = s.schedule_next().await.unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Unschedulable(_)),
+        "{:?}",
+        r.outcome
+    );
+    assert!(s.remove_pod("big").is_none(), "never assumed");
+    assert_eq!(s.nominated_node("big"), None);
+    // The deletion moved `small` out of backoff; n2's room is free for it now.
+    let r = s.schedule_next().await.unwrap();
+    assert_eq!(&*r.pod.uid, "small");
+    assert!(
+        matches!(r.outcome, Outcome::Bound(n) if n == Sym::new("n2")),
+        "{:?}",
+        r.outcome
+    );
+    assert!(s.schedule_next().await.is_none(), "big is gone");
+}

@@ -85,8 +85,9 @@ pub type NodeStatuses = Vec<(Sym, Status)>;
 ///
 /// The first plugin that nominates a node ends PostFilter. The scheduler reports the
 /// nomination ([`ScheduleResult::nominated`](crate::ScheduleResult::nominated)), remembers it
-/// for the pod ([`Scheduler::nominated_node`](crate::Scheduler::nominated_node)), and the
-/// pod's next cycle filters that node first and takes it without scoring when it passes, as
+/// for the pod ([`Scheduler::nominated_node`](crate::Scheduler::nominated_node)), other pods
+/// of lower or equal priority are filtered as if the pod already ran there, and the pod's next
+/// cycle filters that node first and takes it without scoring when it passes, as
 /// kube-scheduler does with `nominatedNodeName`.
 pub trait PostFilterPlugin: Plugin {
     /// May nominate a node (Success with `Some`), or explain why not. A cycle that nominates

@@ -4,8 +4,11 @@
 //!
 //! A node a PostFilter plugin nominates for a pod (where preemption would make room, say) is
 //! remembered, and the pod's next scheduling cycle evaluates that node first, as
-//! kube-scheduler's `evaluateNominatedNode` does: see [`Scheduler::nominated_node`].
+//! kube-scheduler's `evaluateNominatedNode` does; meanwhile the nomination holds room on the
+//! node against pods of lower or equal priority (`RunFilterPluginsWithNominatedPods`): see
+//! [`Scheduler::nominated_node`].
 
+mod nominator;
 pub mod placement;
 pub mod queue;
 
@@ -24,6 +27,7 @@ use crate::framework::{
 };
 use crate::interner::Sym;
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
+use nominator::NominatedPods;
 use queue::SchedulingQueue;
 
 /// Below this many nodes a batch is filtered or scored on the calling thread.
@@ -76,8 +80,9 @@ pub struct ScheduleResult {
     pub outcome: Outcome,
     /// The node a PostFilter plugin nominated in this cycle when no node fit (for example
     /// where preemption would make room); the pod itself is retried after its backoff. The
-    /// scheduler remembers the nomination ([`Scheduler::nominated_node`]) and its next cycle
-    /// for the pod tries that node first.
+    /// scheduler remembers the nomination ([`Scheduler::nominated_node`]), holds room on the
+    /// node for the pod against pods of lower or equal priority, and its next cycle for the
+    /// pod tries that node first.
     pub nominated: Option<Sym>,
 }
 
@@ -108,7 +113,9 @@ struct Cache {
     /// unreserved them, so the binding cycle must not unreserve, bind or requeue them.
     removed: HashSet<Arc<str>>,
     /// Nominated nodes: uid → the node a PostFilter plugin nominated in the pod's last failed
-    /// cycle (kube-scheduler's `status.nominatedNodeName`).
+    /// cycle (kube-scheduler's `status.nominatedNodeName`). Its pods by node are in
+    /// `Inner::nominated_pods`; change both only through `Scheduler::nominate` and
+    /// `Scheduler::forget_nomination`.
     nominated: HashMap<Arc<str>, Sym>,
     next_start: usize,
 }
@@ -118,9 +125,15 @@ struct Inner {
     profile: Profile,
     prefilter_pairs: Vec<Option<usize>>,
     prescore_pairs: Vec<Option<usize>>,
-    /// Lock order: `cache`, then `queue` (a pod moves between them under both).
+    /// Lock order: `cache`, then `queue` (a pod moves between them under both), then
+    /// `nominated_pods`.
     cache: Mutex<Cache>,
     queue: Mutex<SchedulingQueue>,
+    /// The nominated pods by node (the other half of `Cache::nominated`), changed under the
+    /// cache lock. Behind a lock of its own because [`Scheduler::evaluate`] runs while its
+    /// caller holds the cache lock; readers clone the `Arc` and let go at once (never held
+    /// across parallel filtering), and a change copies the map only while a reader holds it.
+    nominated_pods: Mutex<Arc<NominatedPods>>,
     /// `cache.removed.len()`, readable without the lock, so a binding cycle checks for its
     /// pod's deletion before binding only while some deletion is pending.
     removals: AtomicUsize,
@@ -190,6 +203,7 @@ impl Scheduler {
                 prescore_pairs,
                 cache: Mutex::new(Cache::default()),
                 queue: Mutex::new(queue),
+                nominated_pods: Mutex::default(),
                 removals: AtomicUsize::new(0),
                 waiting: WaitingPods::new(),
                 placed: Mutex::new(HashMap::new()),
@@ -226,9 +240,23 @@ impl Scheduler {
     /// then retries without one, like upstream's `clearNominatedNode`) and when the pod is
     /// deleted ([`Scheduler::remove_pod`]) or released through the `Placement` seam.
     ///
-    /// Unlike upstream, a nomination does not hold room on its node for the pod: other pods'
-    /// filters do not count nominated pods, so a pod scheduled in the meantime can take the
-    /// room a preemption freed.
+    /// A nomination holds room on its node, as upstream's `RunFilterPluginsWithNominatedPods`
+    /// does: when any pod is nominated, filtering another pod on a node first runs the filters
+    /// on a copy of the node with the pods nominated there of priority at least that pod's
+    /// (never the pod itself) added, then, if that passes, on the node as it is; both must
+    /// pass. So a pod of lower or equal priority scheduled in the meantime does not take the
+    /// room a preemption freed, while one of higher priority is not held back. This applies
+    /// to scheduling cycles (the nominated-node check included), to [`Scheduler::evaluate`]
+    /// (the extender's filter, prioritize and preempt verbs: upstream runs an extender after
+    /// its own filters, which count the nominated pods) and to [`Scheduler::bind_to_node`]'s
+    /// re-check. What the copy makes visible is what Filter plugins read from the node: its
+    /// requests and pod count (NodeResourcesFit) and host ports (NodePorts), and any custom
+    /// filter that looks at the node's pods. Upstream also adds the nominated pods to the
+    /// PreFilter state through PreFilter extensions (`AddPod`); this framework has none, so
+    /// filters that decide from what their PreFilter computed over the snapshot
+    /// (InterPodAffinity's affinity and anti-affinity counts, PodTopologySpread's domain
+    /// counts, UnderlayIp's pool capacity) do not count nominated pods. Scoring does not count
+    /// them either, as upstream. With no pod nominated, filtering costs nothing extra.
     pub fn nominated_node(&self, uid: &str) -> Option<Sym> {
         self.cache().nominated.get(uid).copied()
     }
@@ -239,6 +267,51 @@ impl Scheduler {
 
     fn queue(&self) -> MutexGuard<'_, SchedulingQueue> {
         self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn nominated_pods_lock(&self) -> MutexGuard<'_, Arc<NominatedPods>> {
+        self.inner
+            .nominated_pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Nominates `pod` to `node`, replacing its earlier nomination (called under the cache
+    /// lock, which `cache` proves).
+    fn nominate(&self, cache: &mut Cache, pod: &Arc<PodInfo>, node: Sym) {
+        let previous = cache.nominated.insert(pod.uid.clone(), node);
+        let mut pods = self.nominated_pods_lock();
+        let pods = Arc::make_mut(&mut pods);
+        if let Some(previous) = previous {
+            pods.remove(previous, &pod.uid);
+        }
+        pods.add(node, pod.clone());
+    }
+
+    /// Drops pod `uid`'s nomination, if any (called under the cache lock).
+    fn forget_nomination(&self, cache: &mut Cache, uid: &str) {
+        if cache.nominated.is_empty() {
+            return;
+        }
+        if let Some(node) = cache.nominated.remove(uid) {
+            Arc::make_mut(&mut self.nominated_pods_lock()).remove(node, uid);
+        }
+    }
+
+    /// The nominated pods filtering must count, or `None` when no pod is nominated (the
+    /// common case: filtering then costs nothing extra). Called under the cache lock.
+    fn nominated_pods(&self, cache: &Cache) -> Option<Arc<NominatedPods>> {
+        if cache.nominated.is_empty() {
+            return None;
+        }
+        Some(self.nominated_pods_lock().clone())
+    }
+
+    /// [`Scheduler::nominated_pods`] for a caller that may not hold the cache lock
+    /// ([`Scheduler::evaluate`]).
+    fn nominated_pods_unlocked(&self) -> Option<Arc<NominatedPods>> {
+        let pods = self.nominated_pods_lock().clone();
+        (!pods.is_empty()).then_some(pods)
     }
 
     /// Adds or replaces a node (see [`Snapshot::upsert_node`]); backed-off pods are retried.
@@ -291,7 +364,7 @@ impl Scheduler {
                 queue.remove(uid);
                 queue.move_all_to_active();
             }
-            cache.nominated.remove(uid);
+            self.forget_nomination(&mut cache, uid);
             let node = cache.snapshot.node_of_pod(uid).map(|n| n.name);
             if let Some((key, _)) = cache.assumed.remove_entry(uid) {
                 cache.removed.insert(key);
@@ -505,7 +578,9 @@ impl Scheduler {
     }
 
     /// Filters `pod` over `candidates` of `snapshot` (all nodes when `None`; no sampling) and
-    /// scores the feasible ones when `score` is set. The extender uses this.
+    /// scores the feasible ones when `score` is set. The extender uses this. Pods this
+    /// scheduler nominated to a node hold room there as in a scheduling cycle (see
+    /// [`Scheduler::nominated_node`]), on the nodes of `snapshot` with their names.
     pub fn evaluate(
         &self,
         pod: &PodInfo,
@@ -551,12 +626,14 @@ impl Scheduler {
                     .collect(),
                 None => order.to_vec(),
             };
+            let nominated_pods = self.nominated_pods_unlocked();
             self.filter_nodes(
                 &state,
                 pod,
                 snapshot,
                 Order::List(&order),
                 usize::MAX,
+                nominated_pods.as_deref(),
                 &mut eval,
             )?;
             if score && !eval.feasible.is_empty() {
@@ -598,9 +675,17 @@ impl Scheduler {
         Ok(set)
     }
 
-    fn filter_one(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+    /// Runs the active filters for `pod` on `node`, counting the pods `nominated` to it (see
+    /// [`filter_with_nominated`]).
+    fn filter_one(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        nominated: Option<&NominatedPods>,
+    ) -> Status {
         let active = self.active_filters(state);
-        run_filters(&active, state, pod, node)
+        filter_with_nominated(&active, state, pod, node, nominated)
     }
 
     /// The Filter plugins not disabled by their PreFilter's Skip.
@@ -616,7 +701,12 @@ impl Scheduler {
             .collect()
     }
 
-    /// Filters `order` until `target` feasible nodes are found (in parallel batches).
+    /// Filters `order` until `target` feasible nodes are found (in parallel batches),
+    /// counting the pods `nominated` to each node (see [`filter_with_nominated`]; `None`: no
+    /// pod is nominated anywhere).
+    // Eight arguments: bundling them into a struct used by this one function would only move
+    // the list.
+    #[allow(clippy::too_many_arguments)]
     fn filter_nodes(
         &self,
         state: &CycleState,
@@ -624,6 +714,7 @@ impl Scheduler {
         snapshot: &Snapshot,
         order: Order<'_>,
         target: usize,
+        nominated: Option<&NominatedPods>,
         eval: &mut Evaluation,
     ) -> Result<(), Status> {
         let nodes = snapshot.nodes();
@@ -644,7 +735,13 @@ impl Scheduler {
             order.fill(pos, len, &mut buf);
             let batch = &buf[..];
             pos += len;
-            let check = |&i: &u32| (i, run_filters(&active, state, pod, &nodes[i as usize]));
+            let check = |&i: &u32| {
+                let node = &nodes[i as usize];
+                (
+                    i,
+                    filter_with_nominated(&active, state, pod, node, nominated),
+                )
+            };
             let results: Vec<(u32, Status)> = if batch.len() < PARALLEL_THRESHOLD {
                 batch.iter().map(check).collect()
             } else {
@@ -759,6 +856,7 @@ impl Scheduler {
         snapshot: &Snapshot,
         start: usize,
         nominated: Option<Sym>,
+        nominated_pods: Option<&NominatedPods>,
     ) -> Result<(Sym, usize), Status> {
         let n = snapshot.len();
         if n == 0 {
@@ -766,7 +864,7 @@ impl Scheduler {
         }
         let set = self.pre_filter(state, pod, snapshot)?;
         if let Some(node) = nominated {
-            if self.nominated_node_fits(state, pod, snapshot, set.as_ref(), node) {
+            if self.nominated_node_fits(state, pod, snapshot, set.as_ref(), node, nominated_pods) {
                 return Ok((node, 0));
             }
         }
@@ -778,13 +876,29 @@ impl Scheduler {
                     .iter()
                     .filter_map(|name| snapshot.index_of(*name).map(|i| i as u32))
                     .collect();
-                self.filter_nodes(state, pod, snapshot, Order::List(&order), target, &mut eval)?;
+                self.filter_nodes(
+                    state,
+                    pod,
+                    snapshot,
+                    Order::List(&order),
+                    target,
+                    nominated_pods,
+                    &mut eval,
+                )?;
                 n - order.len()
             }
             None => {
                 let start = start % n;
                 let order = Order::Rotated { start, n };
-                self.filter_nodes(state, pod, snapshot, order, target, &mut eval)?;
+                self.filter_nodes(
+                    state,
+                    pod,
+                    snapshot,
+                    order,
+                    target,
+                    nominated_pods,
+                    &mut eval,
+                )?;
                 0
             }
         };
@@ -839,6 +953,7 @@ impl Scheduler {
         snapshot: &Snapshot,
         set: Option<&NodeSet>,
         node: Sym,
+        nominated_pods: Option<&NominatedPods>,
     ) -> bool {
         let Some(index) = snapshot.index_of(node) else {
             return false;
@@ -846,7 +961,8 @@ impl Scheduler {
         if set.is_some_and(|set| !set.contains(&node)) {
             return false;
         }
-        let status = self.filter_one(state, pod, &snapshot.nodes()[index]);
+        // Other pods nominated here count; the pod's own nomination does not.
+        let status = self.filter_one(state, pod, &snapshot.nodes()[index], nominated_pods);
         if status.code() == crate::framework::Code::Error {
             tracing::warn!(
                 pod = %pod.key(),
@@ -863,8 +979,16 @@ impl Scheduler {
         let mut state = CycleState::new();
         let start = cache.next_start;
         let nominated = cache.nominated.get(&pod.uid).copied();
+        let nominated_pods = self.nominated_pods(cache);
         let found = guarded("filter and score", || {
-            self.find_node(&mut state, pod, &cache.snapshot, start, nominated)
+            self.find_node(
+                &mut state,
+                pod,
+                &cache.snapshot,
+                start,
+                nominated,
+                nominated_pods.as_deref(),
+            )
         });
         let (node, examined) = match found {
             Ok(found) => found,
@@ -875,11 +999,9 @@ impl Scheduler {
                 // clears it; the next cycle re-checks a kept nomination before every node.
                 let nominated = state.read::<Nominated>().map(|n| n.0);
                 match nominated {
-                    Some(node) => {
-                        cache.nominated.insert(pod.uid.clone(), node);
-                    }
+                    Some(node) => self.nominate(cache, pod, node),
                     None if status.code() == crate::framework::Code::Error => {
-                        cache.nominated.remove(&pod.uid);
+                        self.forget_nomination(cache, &pod.uid);
                     }
                     None => {}
                 }
@@ -890,7 +1012,7 @@ impl Scheduler {
         cache.next_start = (start + examined) % n;
         // Assume; the pod no longer needs its nomination (upstream drops it from the nominator
         // on assume and clears it when the binding fails).
-        cache.nominated.remove(&pod.uid);
+        self.forget_nomination(cache, &pod.uid);
         if cache.snapshot.add_pod(node, pod.clone()).is_err() {
             return CycleOutcome::Failed(Status::error(format!("node `{node}` vanished")), None);
         }
@@ -1059,13 +1181,16 @@ impl Scheduler {
 
     /// Checks `pod` against node `node` again, assumes and reserves it there, and runs the
     /// binding plugins (no Permit): the extender's bind verb, which must re-check capacity
-    /// under the cache lock because extenders have no Reserve of their own.
+    /// under the cache lock because extenders have no Reserve of their own. The re-check
+    /// counts pods nominated to the node, as the filter verb does (see
+    /// [`Scheduler::nominated_node`]).
     pub async fn bind_to_node(&self, pod: PodInfo, node: &str) -> Result<Sym, Status> {
         let pod = Arc::new(pod);
         let node = Sym::new(node);
         let state = {
             let mut cache = self.cache();
             let mut state = CycleState::new();
+            let nominated_pods = self.nominated_pods(&cache);
             let checked = guarded("filter", || {
                 let snapshot = &cache.snapshot;
                 let Some(index) = snapshot.index_of(node) else {
@@ -1075,7 +1200,12 @@ impl Scheduler {
                 if set.is_some_and(|set| !set.contains(&node)) {
                     return Err(Status::unresolvable("node(s) excluded by PreFilter"));
                 }
-                let status = self.filter_one(&state, &pod, &snapshot.nodes()[index]);
+                let status = self.filter_one(
+                    &state,
+                    &pod,
+                    &snapshot.nodes()[index],
+                    nominated_pods.as_deref(),
+                );
                 if status.is_success() {
                     Ok(())
                 } else {
@@ -1083,7 +1213,7 @@ impl Scheduler {
                 }
             });
             checked?;
-            cache.nominated.remove(&pod.uid);
+            self.forget_nomination(&mut cache, &pod.uid);
             if cache.snapshot.add_pod(node, pod.clone()).is_err() {
                 return Err(Status::error(format!("node `{node}` vanished")));
             }
@@ -1104,7 +1234,7 @@ impl Scheduler {
     /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).
     pub(crate) fn release_pod(&self, uid: &str) -> bool {
         let mut cache = self.cache();
-        cache.nominated.remove(uid);
+        self.forget_nomination(&mut cache, uid);
         let Some(pod) = cache.snapshot.node_of_pod(uid).and_then(|n| {
             n.pods
                 .iter()
@@ -1183,6 +1313,34 @@ fn run_filters(
         }
     }
     Status::success()
+}
+
+/// kube-scheduler's `RunFilterPluginsWithNominatedPods`: when pods of priority at least
+/// `pod`'s (other than `pod`) are nominated to `node`, the filters run on a copy of the node
+/// with them added, so the room they were nominated for is held (NodeResourcesFit counts
+/// their requests and pod slots, NodePorts their host ports); if that passes, the filters run
+/// again on the node as it is (a pod whose affinity is satisfied only by a nominated pod must
+/// not rely on it). Both must pass. Without such pods this is [`run_filters`].
+///
+/// Upstream also updates the PreFilter state through the PreFilter extensions (`AddPod`) for
+/// the first run; this framework has no such extension, so plugins whose Filter reads what
+/// their PreFilter computed from the snapshot (InterPodAffinity, PodTopologySpread,
+/// UnderlayIp) do not see nominated pods.
+fn filter_with_nominated(
+    active: &[&dyn crate::framework::FilterPlugin],
+    state: &CycleState,
+    pod: &PodInfo,
+    node: &NodeInfo,
+    nominated: Option<&NominatedPods>,
+) -> Status {
+    let Some(with_nominated) = nominated.and_then(|n| n.node_with_nominated(pod, node)) else {
+        return run_filters(active, state, pod, node);
+    };
+    let status = run_filters(active, state, pod, &with_nominated);
+    if !status.is_success() {
+        return status;
+    }
+    run_filters(active, state, pod, node)
 }
 
 /// "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had untolerated taint."
