@@ -58,12 +58,7 @@ struct Harness {
 impl Harness {
     async fn new() -> Self {
         let clock = ManualClock::new();
-        let engine = Arc::new(
-            MemoryEngine::builder()
-                .clock(clock.clone())
-                .startup(Duration::from_secs(2))
-                .build(),
-        );
+        let engine = engine_with_startup(&clock, Duration::from_secs(2));
         Self::on(clock, engine, None).await
     }
 
@@ -153,6 +148,16 @@ impl Harness {
             .map(|n| (n.outcome, n.step))
             .collect()
     }
+}
+
+/// A MemoryEngine on `clock` whose instances become ready `startup` after they start.
+fn engine_with_startup(clock: &ManualClock, startup: Duration) -> Arc<MemoryEngine> {
+    Arc::new(
+        MemoryEngine::builder()
+            .clock(clock.clone())
+            .startup(startup)
+            .build(),
+    )
 }
 
 fn key() -> AppKey {
@@ -834,12 +839,7 @@ async fn recorded_harness() -> (Harness, Arc<RecordingRouter>) {
 /// A harness with a recording router, whose instances become ready `startup` after they start.
 async fn recorded_harness_with_startup(startup: Duration) -> (Harness, Arc<RecordingRouter>) {
     let clock = ManualClock::new();
-    let engine = Arc::new(
-        MemoryEngine::builder()
-            .clock(clock.clone())
-            .startup(startup)
-            .build(),
-    );
+    let engine = engine_with_startup(&clock, startup);
     let router = Arc::new(RecordingRouter::default());
     let h = Harness::on(clock, engine, Some(router.clone())).await;
     (h, router)
@@ -1457,12 +1457,7 @@ impl ApprovalGate for FlakyWithdraw {
 #[tokio::test]
 async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused() {
     let clock = ManualClock::new();
-    let engine = Arc::new(
-        MemoryEngine::builder()
-            .clock(clock.clone())
-            .startup(Duration::from_secs(2))
-            .build(),
-    );
+    let engine = engine_with_startup(&clock, Duration::from_secs(2));
     let approvals = Arc::new(Approvals::new());
     let gate = Arc::new(FlakyWithdraw {
         inner: approvals.clone(),
