@@ -112,11 +112,6 @@ struct Cache {
     /// Assumed pods deleted while their binding cycle ran: [`Scheduler::remove_pod`] already
     /// unreserved them, so the binding cycle must not unreserve, bind or requeue them.
     removed: HashSet<Arc<str>>,
-    /// Nominated nodes: uid → the node a PostFilter plugin nominated in the pod's last failed
-    /// cycle (kube-scheduler's `status.nominatedNodeName`). Its pods by node are in
-    /// `Inner::nominated_pods`; change both only through `Scheduler::nominate` and
-    /// `Scheduler::forget_nomination`.
-    nominated: HashMap<Arc<str>, Sym>,
     next_start: usize,
 }
 
@@ -129,10 +124,11 @@ struct Inner {
     /// `nominated_pods`.
     cache: Mutex<Cache>,
     queue: Mutex<SchedulingQueue>,
-    /// The nominated pods by node (the other half of `Cache::nominated`), changed under the
-    /// cache lock. Behind a lock of its own because [`Scheduler::evaluate`] runs while its
-    /// caller holds the cache lock; readers clone the `Arc` and let go at once (never held
-    /// across parallel filtering), and a change copies the map only while a reader holds it.
+    /// The nominations (each nominated pod's node, and the nominated pods by node), changed
+    /// under the cache lock. Behind a lock of its own because [`Scheduler::evaluate`] runs
+    /// while its caller holds the cache lock; readers clone the `Arc` and let go at once
+    /// (never held across parallel filtering), and a change copies the maps only while a
+    /// reader holds them.
     nominated_pods: Mutex<Arc<NominatedPods>>,
     /// `cache.removed.len()`, readable without the lock, so a binding cycle checks for its
     /// pod's deletion before binding only while some deletion is pending.
@@ -258,7 +254,7 @@ impl Scheduler {
     /// counts, UnderlayIp's pool capacity) do not count nominated pods. Scoring does not count
     /// them either, as upstream. With no pod nominated, filtering costs nothing extra.
     pub fn nominated_node(&self, uid: &str) -> Option<Sym> {
-        self.cache().nominated.get(uid).copied()
+        self.nominated_pods_lock().node_of(uid)
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
@@ -276,42 +272,25 @@ impl Scheduler {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Nominates `pod` to `node`, replacing its earlier nomination (called under the cache
-    /// lock, which `cache` proves).
-    fn nominate(&self, cache: &mut Cache, pod: &Arc<PodInfo>, node: Sym) {
-        let previous = cache.nominated.insert(pod.uid.clone(), node);
+    /// Nominates `pod` to `node`, replacing its earlier nomination. Callers hold the cache
+    /// lock, so a cycle sees nominations change only between cycles.
+    fn nominate(&self, pod: &Arc<PodInfo>, node: Sym) {
+        Arc::make_mut(&mut self.nominated_pods_lock()).add(node, pod.clone());
+    }
+
+    /// Drops pod `uid`'s nomination, if any (callers hold the cache lock).
+    fn forget_nomination(&self, uid: &str) {
         let mut pods = self.nominated_pods_lock();
-        let pods = Arc::make_mut(&mut pods);
-        if let Some(previous) = previous {
-            pods.remove(previous, &pod.uid);
-        }
-        pods.add(node, pod.clone());
-    }
-
-    /// Drops pod `uid`'s nomination, if any (called under the cache lock).
-    fn forget_nomination(&self, cache: &mut Cache, uid: &str) {
-        if cache.nominated.is_empty() {
-            return;
-        }
-        if let Some(node) = cache.nominated.remove(uid) {
-            Arc::make_mut(&mut self.nominated_pods_lock()).remove(node, uid);
+        if pods.node_of(uid).is_some() {
+            Arc::make_mut(&mut pods).remove(uid);
         }
     }
 
-    /// The nominated pods filtering must count, or `None` when no pod is nominated (the
-    /// common case: filtering then costs nothing extra). Called under the cache lock.
-    fn nominated_pods(&self, cache: &Cache) -> Option<Arc<NominatedPods>> {
-        if cache.nominated.is_empty() {
-            return None;
-        }
-        Some(self.nominated_pods_lock().clone())
-    }
-
-    /// [`Scheduler::nominated_pods`] for a caller that may not hold the cache lock
-    /// ([`Scheduler::evaluate`]).
-    fn nominated_pods_unlocked(&self) -> Option<Arc<NominatedPods>> {
-        let pods = self.nominated_pods_lock().clone();
-        (!pods.is_empty()).then_some(pods)
+    /// The nominations filtering must count, or `None` when no pod is nominated (the common
+    /// case: filtering then costs nothing extra). The lock is held only to clone the `Arc`.
+    fn nominated_pods(&self) -> Option<Arc<NominatedPods>> {
+        let pods = self.nominated_pods_lock();
+        (!pods.is_empty()).then(|| Arc::clone(&pods))
     }
 
     /// Adds or replaces a node (see [`Snapshot::upsert_node`]); backed-off pods are retried.
@@ -364,7 +343,7 @@ impl Scheduler {
                 queue.remove(uid);
                 queue.move_all_to_active();
             }
-            self.forget_nomination(&mut cache, uid);
+            self.forget_nomination(uid);
             let node = cache.snapshot.node_of_pod(uid).map(|n| n.name);
             if let Some((key, _)) = cache.assumed.remove_entry(uid) {
                 cache.removed.insert(key);
@@ -626,7 +605,7 @@ impl Scheduler {
                     .collect(),
                 None => order.to_vec(),
             };
-            let nominated_pods = self.nominated_pods_unlocked();
+            let nominated_pods = self.nominated_pods();
             self.filter_nodes(
                 &state,
                 pod,
@@ -978,8 +957,8 @@ impl Scheduler {
         let profile = &self.inner.profile;
         let mut state = CycleState::new();
         let start = cache.next_start;
-        let nominated = cache.nominated.get(&pod.uid).copied();
-        let nominated_pods = self.nominated_pods(cache);
+        let nominated_pods = self.nominated_pods();
+        let nominated = nominated_pods.as_ref().and_then(|n| n.node_of(&pod.uid));
         let found = guarded("filter and score", || {
             self.find_node(
                 &mut state,
@@ -999,9 +978,9 @@ impl Scheduler {
                 // clears it; the next cycle re-checks a kept nomination before every node.
                 let nominated = state.read::<Nominated>().map(|n| n.0);
                 match nominated {
-                    Some(node) => self.nominate(cache, pod, node),
+                    Some(node) => self.nominate(pod, node),
                     None if status.code() == crate::framework::Code::Error => {
-                        self.forget_nomination(cache, &pod.uid);
+                        self.forget_nomination(&pod.uid);
                     }
                     None => {}
                 }
@@ -1012,7 +991,7 @@ impl Scheduler {
         cache.next_start = (start + examined) % n;
         // Assume; the pod no longer needs its nomination (upstream drops it from the nominator
         // on assume and clears it when the binding fails).
-        self.forget_nomination(cache, &pod.uid);
+        self.forget_nomination(&pod.uid);
         if cache.snapshot.add_pod(node, pod.clone()).is_err() {
             return CycleOutcome::Failed(Status::error(format!("node `{node}` vanished")), None);
         }
@@ -1190,7 +1169,7 @@ impl Scheduler {
         let state = {
             let mut cache = self.cache();
             let mut state = CycleState::new();
-            let nominated_pods = self.nominated_pods(&cache);
+            let nominated_pods = self.nominated_pods();
             let checked = guarded("filter", || {
                 let snapshot = &cache.snapshot;
                 let Some(index) = snapshot.index_of(node) else {
@@ -1213,7 +1192,7 @@ impl Scheduler {
                 }
             });
             checked?;
-            self.forget_nomination(&mut cache, &pod.uid);
+            self.forget_nomination(&pod.uid);
             if cache.snapshot.add_pod(node, pod.clone()).is_err() {
                 return Err(Status::error(format!("node `{node}` vanished")));
             }
@@ -1234,7 +1213,7 @@ impl Scheduler {
     /// Unreserves and forgets a pod bound by [`Scheduler::schedule_pod`] (Placement release).
     pub(crate) fn release_pod(&self, uid: &str) -> bool {
         let mut cache = self.cache();
-        self.forget_nomination(&mut cache, uid);
+        self.forget_nomination(uid);
         let Some(pod) = cache.snapshot.node_of_pod(uid).and_then(|n| {
             n.pods
                 .iter()

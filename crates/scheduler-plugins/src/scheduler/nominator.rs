@@ -8,26 +8,37 @@ use crate::fast_hash::FastMap;
 use crate::interner::Sym;
 use crate::snapshot::{NodeInfo, PodInfo};
 
-/// The nominated pods by node. Kept consistent with the uid → node map in the scheduler's
-/// cache by `Scheduler::nominate` and `Scheduler::forget_nomination`, which change both.
+/// The nominations: each nominated pod's node (kube-scheduler's `status.nominatedNodeName`),
+/// and the nominated pods by node, changed together.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NominatedPods {
+    by_uid: FastMap<Arc<str>, Sym>,
     by_node: FastMap<Sym, Vec<Arc<PodInfo>>>,
 }
 
 impl NominatedPods {
     /// Whether no pod is nominated anywhere.
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_node.is_empty()
+        self.by_uid.is_empty()
     }
 
-    /// Records `pod` as nominated to `node` (the caller removed any earlier nomination).
+    /// The node pod `uid` is nominated to.
+    pub(crate) fn node_of(&self, uid: &str) -> Option<Sym> {
+        self.by_uid.get(uid).copied()
+    }
+
+    /// Nominates `pod` to `node`, replacing its earlier nomination.
     pub(crate) fn add(&mut self, node: Sym, pod: Arc<PodInfo>) {
+        self.remove(&pod.uid);
+        self.by_uid.insert(pod.uid.clone(), node);
         self.by_node.entry(node).or_default().push(pod);
     }
 
-    /// Drops pod `uid`'s nomination to `node`.
-    pub(crate) fn remove(&mut self, node: Sym, uid: &str) {
+    /// Drops pod `uid`'s nomination, if any.
+    pub(crate) fn remove(&mut self, uid: &str) {
+        let Some(node) = self.by_uid.remove(uid) else {
+            return;
+        };
         if let Some(pods) = self.by_node.get_mut(&node) {
             pods.retain(|p| &*p.uid != uid);
             if pods.is_empty() {
@@ -73,7 +84,7 @@ mod tests {
         let incoming = |uid: &str, priority: i32| {
             PodInfo::new(uid, "ns", uid, Resources::default()).priority(priority)
         };
-        let added = |pod: PodInfo| {
+        let added = |pods: &NominatedPods, pod: PodInfo| {
             pods.node_with_nominated(&pod, &node).map(|n| {
                 let mut uids: Vec<String> = n.pods.iter().map(|p| p.uid.to_string()).collect();
                 uids.sort();
@@ -81,22 +92,32 @@ mod tests {
             })
         };
         assert_eq!(
-            added(incoming("x", 1)),
+            added(&pods, incoming("x", 1)),
             Some((vec!["high".into(), "low".into()], Resources::new(200, 20)))
         );
         assert_eq!(
-            added(incoming("x", 5)),
+            added(&pods, incoming("x", 5)),
             Some((vec!["high".into()], Resources::new(100, 10)))
         );
-        assert_eq!(added(incoming("x", 11)), None);
-        assert_eq!(added(incoming("high", 10)), None, "not itself");
+        assert_eq!(added(&pods, incoming("x", 11)), None);
+        assert_eq!(added(&pods, incoming("high", 10)), None, "not itself");
         let other = NodeInfo::new("elsewhere", Resources::new(1000, 1000));
         assert!(
             pods.node_with_nominated(&incoming("x", 0), &other)
                 .is_none()
         );
-        pods.remove(node.name, "high");
-        pods.remove(node.name, "low");
+        assert_eq!(pods.node_of("high"), Some(node.name));
+        // A new nomination replaces the old one.
+        pods.add(other.name, nominated("high", 10));
+        assert_eq!(pods.node_of("high"), Some(other.name));
+        assert_eq!(
+            added(&pods, incoming("x", 1)).map(|(uids, _)| uids),
+            Some(vec!["low".into()])
+        );
+        pods.remove("high");
+        pods.remove("low");
+        pods.remove("low");
         assert!(pods.is_empty());
+        assert!(pods.by_node.is_empty());
     }
 }
