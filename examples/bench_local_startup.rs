@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rorqual::core::demo;
-use rorqual::core::local::LocalEngine;
+use rorqual::local::LocalEngine;
 use rorqual::prelude::*;
+use rorqual_testkit::demo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const INSTANCES: usize = 20;

@@ -13,10 +13,10 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use rorqual_core::model::{AppKey, PortSpec, Protocol};
-use rorqual_core::network::{AttachRequest, Network};
-use rorqual_net::store::file::FileStore;
-use rorqual_net::{Allocator, BridgeNetwork, IpRange, PoolSpec};
+use rorqual::core::model::{AppKey, PortSpec, Protocol};
+use rorqual::core::network::{AttachRequest, Network};
+use rorqual::net::store::file::FileStore;
+use rorqual::net::{Allocator, BridgeNetwork, IpRange, PoolSpec};
 
 fn request(instance: &str, ordinal: Option<u32>) -> AttachRequest {
     let ports = vec![PortSpec {

@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rorqual::core::demo;
-use rorqual::core::local::LocalEngine;
+use rorqual::local::LocalEngine;
 use rorqual::prelude::*;
+use rorqual_testkit::demo;
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--demo-app") {

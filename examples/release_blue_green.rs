@@ -22,8 +22,7 @@
 //! Needs `/usr/sbin/nginx` (Debian package `nginx-light`). Does not need root.
 
 #[allow(dead_code)] // each example uses part of the shared helpers
-#[path = "support/mod.rs"]
-mod support;
+use rorqual_testkit::examples as support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,15 +31,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rorqual::core::approval::Approvals;
-use rorqual::core::demo;
 use rorqual::core::engine::Engine;
-use rorqual::core::local::LocalEngine;
 use rorqual::core::model::{AppKey, Revision};
-use rorqual::core::release::{
+use rorqual::local::LocalEngine;
+use rorqual::release::approval::Approvals;
+use rorqual::release::traffic::NginxRouter;
+use rorqual::release::{
     BlueGreen, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
 };
-use rorqual::core::traffic::NginxRouter;
+use rorqual_testkit::demo;
 use support::Timeline;
 
 const NGINX: &str = "/usr/sbin/nginx";

@@ -22,8 +22,7 @@
 //! at the end.
 
 #[allow(dead_code)] // each example uses part of the shared helpers
-#[path = "support/mod.rs"]
-mod support;
+use rorqual_testkit::examples as support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,16 +32,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use rorqual::core::analysis::{AnalysisSpec, MetricSpec, PrometheusMetric, ProviderSpec};
-use rorqual::core::demo;
 use rorqual::core::engine::Engine;
-use rorqual::core::local::LocalEngine;
 use rorqual::core::model::{AppKey, Revision};
-use rorqual::core::release::{
+use rorqual::local::LocalEngine;
+use rorqual::release::analysis::{AnalysisSpec, MetricSpec, PrometheusMetric, ProviderSpec};
+use rorqual::release::traffic::NginxRouter;
+use rorqual::release::{
     AnalysisStep, Canary, CanaryStep, RolloutController, RolloutEvent, RolloutPhase, RolloutSpec,
     RolloutStatus, Strategy,
 };
-use rorqual::core::traffic::NginxRouter;
+use rorqual_testkit::demo;
 use support::{Load, Timeline};
 
 const NGINX: &str = "/usr/sbin/nginx";

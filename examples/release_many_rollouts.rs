@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rorqual_core::clock::ManualClock;
-use rorqual_core::memory::MemoryEngine;
-use rorqual_core::model::{AppKey, AppSpec, ContainerSpec};
-use rorqual_core::release::{
+use rorqual::core::clock::ManualClock;
+use rorqual::core::memory::MemoryEngine;
+use rorqual::core::model::{AppKey, AppSpec, ContainerSpec};
+use rorqual::release::{
     Canary, CanaryStep, RolloutController, RolloutPhase, RolloutSpec, Strategy,
 };
 

@@ -2,7 +2,7 @@
 //! full `Scheduler` as its `Placement`, everything reached through the `rorqual` facade.
 //!
 //! A plain `main` (no libtest harness) so that this binary can also serve as the demo app:
-//! re-executed with `--demo-app`, it runs `rorqual::core::demo` instead of the tests.
+//! re-executed with `--demo-app`, it runs `rorqual_testkit::demo` instead of the tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed test
 
@@ -18,7 +18,7 @@ const DEMO_APP_ARG: &str = "--demo-app";
 
 fn main() -> std::process::ExitCode {
     if std::env::args().any(|a| a == DEMO_APP_ARG) {
-        return rorqual::core::demo::run_from_env();
+        return rorqual_testkit::demo::run_from_env();
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,11 +1,16 @@
-//! rorqual-core: the platform model, the engine seam and its embedded implementations.
+//! rorqual-core: the contract every other rorqual crate builds on: the platform model, the
+//! seams and their errors. It carries no HTTP, no process control and no expression language;
+//! implementations live in their own crates (`rorqual-local`, `rorqual-release`,
+//! `rorqual-scheduler`, `rorqual-net`).
 //!
 //! - [`model`]: application specs (stateless and stateful), instances, nodes, events,
 //!   Kubernetes quantities, revision hashes and validation;
 //! - [`engine`]: the [`Engine`](engine::Engine) seam over orchestration engines, with its
 //!   controller [`StateStore`](engine::StateStore);
 //! - [`placement`] and [`network`]: the seams an engine asks where an instance goes and how it
-//!   is reached, with defaults (least-allocated first fit, host ports).
+//!   is reached (a least-allocated first fit is the default placement);
+//! - [`clock`]: the time seam controllers read and sleep on;
+//! - `memory` (feature `testing`): `MemoryEngine`, an in-memory engine with fault injection.
 //!
 //! ```
 //! use rorqual_core::model::{AppSpec, ContainerSpec, Probe, ValidationTarget};
@@ -19,21 +24,14 @@
 //! assert_eq!(spec.revision(), spec.clone().replicas(5).revision());
 //! ```
 
-pub mod analysis;
-pub mod approval;
 pub mod clock;
-pub mod demo;
 pub mod engine;
 pub mod error;
-pub mod local;
 #[cfg(feature = "testing")]
 pub mod memory;
 pub mod model;
 pub mod network;
-pub mod notify;
 pub mod placement;
-pub mod release;
-pub mod traffic;
 
 pub use error::{Error, Result};
 
@@ -52,7 +50,6 @@ mod object_safety {
         assert_seam::<dyn placement::Placement>();
         assert_seam::<dyn network::Network>();
         let _: Arc<dyn placement::Placement> = Arc::new(placement::LeastAllocated);
-        let _: Arc<dyn network::Network> = Arc::new(network::HostNetwork::default());
         let _: Arc<dyn engine::StateStore> = Arc::new(engine::MemoryStateStore::new());
     }
 }

@@ -197,12 +197,11 @@ pub fn least_allocated(
     request: &PlacementRequest,
     nodes: &[NodeView],
 ) -> Result<PlacementDecision> {
-    if let Some(prev) = &request.previous_node {
-        if let Some(view) = nodes.iter().find(|v| &v.node.name == prev) {
-            if unfit_reason(request, view).is_none() {
-                return Ok(PlacementDecision { node: prev.clone() });
-            }
-        }
+    if let Some(prev) = &request.previous_node
+        && let Some(view) = nodes.iter().find(|v| &v.node.name == prev)
+        && unfit_reason(request, view).is_none()
+    {
+        return Ok(PlacementDecision { node: prev.clone() });
     }
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let best = nodes

@@ -11,9 +11,7 @@ use std::time::Instant;
 use rorqual_net::store::etcd::EtcdStore;
 use rorqual_net::{AllocRequest, Allocator, IpRange, Owner, PoolSpec};
 
-#[path = "../tests/support/etcd.rs"]
-mod etcd_support;
-use etcd_support::LocalEtcd;
+use rorqual_testkit::etcd::LocalEtcd;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -16,10 +16,7 @@ use rorqual_net::{
 };
 use serde_json::{Value, json};
 
-mod support {
-    pub(crate) mod etcd;
-}
-use support::etcd::LocalEtcd;
+use rorqual_testkit::etcd::LocalEtcd;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
 

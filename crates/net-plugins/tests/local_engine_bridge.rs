@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rorqual_core::engine::Engine;
-use rorqual_core::local::LocalEngine;
 use rorqual_core::model::{AppSpec, ContainerSpec, InstancePhase};
+use rorqual_local::LocalEngine;
 use rorqual_net::store::memory::MemoryStore;
 use rorqual_net::{Allocator, BridgeNetwork, IpRange, PoolSpec};
 

@@ -528,10 +528,10 @@ impl Snapshot {
     }
 
     fn add_pod_at(&mut self, index: u32, pod: Arc<PodInfo>) {
-        if let Some(old) = self.pod_node.insert(pod.uid.clone(), index) {
-            if let Some(removed) = self.nodes[old as usize].remove_pod(&pod.uid) {
-                self.unindex_pod(&removed);
-            }
+        if let Some(old) = self.pod_node.insert(pod.uid.clone(), index)
+            && let Some(removed) = self.nodes[old as usize].remove_pod(&pod.uid)
+        {
+            self.unindex_pod(&removed);
         }
         for pair in pod.labels.iter() {
             self.by_label
@@ -570,10 +570,10 @@ impl Snapshot {
     fn unindex_pod(&mut self, pod: &Arc<PodInfo>) {
         let same = |loc: &PodLoc| Arc::ptr_eq(&loc.1, pod);
         for pair in pod.labels.iter() {
-            if let Some(list) = self.by_label.get_mut(&pair) {
-                if let Some(i) = list.iter().position(same) {
-                    list.swap_remove(i);
-                }
+            if let Some(list) = self.by_label.get_mut(&pair)
+                && let Some(i) = list.iter().position(same)
+            {
+                list.swap_remove(i);
             }
         }
         for term in &pod.anti_affinity.required {
@@ -581,10 +581,10 @@ impl Snapshot {
                 Some(pair) => self.anti_indexed.get_mut(&pair),
                 None => Some(&mut self.anti_unindexed),
             };
-            if let Some(list) = list {
-                if let Some(i) = list.iter().position(same) {
-                    list.swap_remove(i);
-                }
+            if let Some(list) = list
+                && let Some(i) = list.iter().position(same)
+            {
+                list.swap_remove(i);
             }
         }
         for (slot, term) in TermSlot::all(pod) {

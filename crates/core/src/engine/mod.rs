@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{AppKey, AppSpec, Event, Instance, Node, Revision};
 
-pub use state::{MemoryStateStore, StateStore, Versioned, apply_cas, list_prefix};
+#[cfg(feature = "testing")]
+pub use state::MemoryStateStore;
+pub use state::{StateStore, Versioned, apply_cas, list_prefix};
 
 /// The observed state of one revision group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -56,6 +58,21 @@ pub struct GroupStatus {
     pub ready: u32,
     /// How many are available (ready; engines with a min-ready time may count fewer).
     pub available: u32,
+}
+
+impl GroupStatus {
+    /// The status of a group with `desired` instances wanted and none observed yet; engines set
+    /// the observed counts.
+    pub fn new(app: AppKey, revision: Revision, desired: u32) -> Self {
+        GroupStatus {
+            app,
+            revision,
+            desired,
+            current: 0,
+            ready: 0,
+            available: 0,
+        }
+    }
 }
 
 /// A stream of engine events.

@@ -75,12 +75,14 @@ pub fn list_prefix(map: &BTreeMap<String, Versioned>, prefix: &str) -> Vec<(Stri
         .collect()
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// A [`StateStore`] in memory.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
     map: Mutex<BTreeMap<String, Versioned>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl MemoryStateStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -96,6 +98,7 @@ impl MemoryStateStore {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[async_trait]
 impl StateStore for MemoryStateStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {

@@ -539,14 +539,14 @@ impl MemoryEngine {
                 .filter_map(|(id, s)| s.instance.ordinal.map(|o| (o, id.clone())))
                 .collect();
             for (ordinal, id) in &existing {
-                if *ordinal >= app.identities {
-                    if let Some(mut sim) = app.instances.remove(id) {
-                        unplace(nodes, &mut sim);
-                        ev.emit(now, EventType::Normal, key, id, "Killing", || {
-                            format!("stopping {id}: identities scaled down")
-                        });
-                        removed.push(id.clone());
-                    }
+                if *ordinal >= app.identities
+                    && let Some(mut sim) = app.instances.remove(id)
+                {
+                    unplace(nodes, &mut sim);
+                    ev.emit(now, EventType::Normal, key, id, "Killing", || {
+                        format!("stopping {id}: identities scaled down")
+                    });
+                    removed.push(id.clone());
                 }
             }
             for ordinal in 0..app.identities {

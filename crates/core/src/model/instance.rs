@@ -67,6 +67,30 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A new pending instance with no node, address, ports or restarts; engines in other crates
+    /// build their instances from this and set the observed fields.
+    pub fn new(
+        id: impl Into<String>,
+        app: AppKey,
+        revision: Revision,
+        created: SystemTime,
+    ) -> Self {
+        Instance {
+            id: id.into(),
+            app,
+            revision,
+            ordinal: None,
+            node: None,
+            address: None,
+            ports: BTreeMap::new(),
+            phase: InstancePhase::Pending,
+            ready: false,
+            restarts: 0,
+            reason: None,
+            created,
+        }
+    }
+
     /// The first port, which the local engine also passes as `PORT`.
     pub fn primary_port(&self) -> Option<u16> {
         self.ports.values().next().copied()

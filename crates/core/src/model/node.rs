@@ -120,10 +120,10 @@ pub struct Toleration {
 impl Toleration {
     /// Whether this toleration tolerates `taint` (Kubernetes' rule).
     pub fn tolerates(&self, taint: &Taint) -> bool {
-        if let Some(effect) = self.effect {
-            if effect != taint.effect {
-                return false;
-            }
+        if let Some(effect) = self.effect
+            && effect != taint.effect
+        {
+            return false;
         }
         match self.operator {
             TolerationOperator::Exists => self.key.is_empty() || self.key == taint.key,

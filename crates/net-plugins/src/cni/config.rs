@@ -203,17 +203,17 @@ impl IpamConf {
         let pool_name =
             field::<String>(map, "pool", network)?.unwrap_or_else(|| network.to_owned());
         let pn = pool_name.as_str();
-        if !ignore_unknown {
-            if let Some((k, v)) = map.iter().find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str())) {
-                return Err(CniError::new(
-                    super::code::UNSUPPORTED_FIELD,
-                    format!(
-                        "pool `{pool_name}` (network `{network}`): unsupported field ipam.{k} = {}",
-                        excerpt(v)
-                    ),
-                    "set IgnoreUnknown=1 in CNI_ARGS to ignore unknown keys",
-                ));
-            }
+        if !ignore_unknown
+            && let Some((k, v)) = map.iter().find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+        {
+            return Err(CniError::new(
+                super::code::UNSUPPORTED_FIELD,
+                format!(
+                    "pool `{pool_name}` (network `{network}`): unsupported field ipam.{k} = {}",
+                    excerpt(v)
+                ),
+                "set IgnoreUnknown=1 in CNI_ARGS to ignore unknown keys",
+            ));
         }
         let mut sets: Vec<Vec<RangeConf>> = field(map, "ranges", pn)?.unwrap_or_default();
         if let Some(subnet) = field::<IpNet>(map, "subnet", pn)? {

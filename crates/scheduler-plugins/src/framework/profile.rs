@@ -255,10 +255,10 @@ impl ProfileBuilder {
     /// Validates and builds the profile.
     pub fn build(self) -> Result<Profile, ProfileError> {
         let profile = self.name.clone();
-        if let Some(p) = self.percentage {
-            if p > 100 {
-                return Err(ProfileError::InvalidPercentage { profile, value: p });
-            }
+        if let Some(p) = self.percentage
+            && p > 100
+        {
+            return Err(ProfileError::InvalidPercentage { profile, value: p });
         }
         for (plugin, weight) in &self.score {
             if *weight == 0 || *weight > MAX_WEIGHT {

@@ -65,21 +65,20 @@ impl WaitingPods {
             }
             None => false,
         };
-        if finished {
-            if let Some(mut w) = map.remove(uid) {
-                if let Some(tx) = w.done.take() {
-                    let _ = tx.send(Status::success());
-                }
-            }
+        if finished
+            && let Some(mut w) = map.remove(uid)
+            && let Some(tx) = w.done.take()
+        {
+            let _ = tx.send(Status::success());
         }
     }
 
     /// Rejects pod `uid` (its binding fails with `reason`).
     pub fn reject(&self, uid: &str, plugin: &str, reason: &str) {
-        if let Some(mut w) = self.lock().remove(uid) {
-            if let Some(tx) = w.done.take() {
-                let _ = tx.send(Status::unschedulable(reason).with_plugin(plugin));
-            }
+        if let Some(mut w) = self.lock().remove(uid)
+            && let Some(tx) = w.done.take()
+        {
+            let _ = tx.send(Status::unschedulable(reason).with_plugin(plugin));
         }
     }
 

@@ -106,19 +106,21 @@ impl PreFilterPlugin for InterPodAffinity {
         let mut fs = FilterState::default();
         for term in &pod.anti_affinity.required {
             snapshot.for_each_candidate(&term.selector, |node, other| {
-                if other.uid != pod.uid && term.matches(pod.namespace, other) {
-                    if let Some(v) = domain(snapshot, node, term.topology_key) {
-                        fs.forbidden.insert((term.topology_key, v));
-                    }
+                if other.uid != pod.uid
+                    && term.matches(pod.namespace, other)
+                    && let Some(v) = domain(snapshot, node, term.topology_key)
+                {
+                    fs.forbidden.insert((term.topology_key, v));
                 }
             });
         }
         snapshot.for_each_anti_affinity_candidate(&pod.labels, |node, other| {
             for term in &other.anti_affinity.required {
-                if other.uid != pod.uid && term.matches(other.namespace, pod) {
-                    if let Some(v) = domain(snapshot, node, term.topology_key) {
-                        fs.forbidden.insert((term.topology_key, v));
-                    }
+                if other.uid != pod.uid
+                    && term.matches(other.namespace, pod)
+                    && let Some(v) = domain(snapshot, node, term.topology_key)
+                {
+                    fs.forbidden.insert((term.topology_key, v));
                 }
             }
         });
@@ -159,10 +161,10 @@ impl FilterPlugin for InterPodAffinity {
             return Status::error("InterPodAffinity: pre-filter state missing");
         };
         for key in &fs.forbidden_keys {
-            if let Some(v) = node.labels.get(*key) {
-                if fs.forbidden.contains(&(*key, v)) {
-                    return Status::unschedulable("node(s) didn't match pod anti-affinity rules");
-                }
+            if let Some(v) = node.labels.get(*key)
+                && fs.forbidden.contains(&(*key, v))
+            {
+                return Status::unschedulable("node(s) didn't match pod anti-affinity rules");
             }
         }
         if !fs.affinity_self_ok {
@@ -200,10 +202,11 @@ impl PreScorePlugin for InterPodAffinity {
         // The incoming pod's preferred terms, over the existing pods they select.
         for (weight, term) in terms {
             snapshot.for_each_candidate(&term.selector, |node, other| {
-                if other.uid != pod.uid && term.matches(pod.namespace, other) {
-                    if let Some(v) = domain(snapshot, node, term.topology_key) {
-                        *ss.weights.entry((term.topology_key, v)).or_default() += weight;
-                    }
+                if other.uid != pod.uid
+                    && term.matches(pod.namespace, other)
+                    && let Some(v) = domain(snapshot, node, term.topology_key)
+                {
+                    *ss.weights.entry((term.topology_key, v)).or_default() += weight;
                 }
             });
         }
@@ -217,10 +220,12 @@ impl PreScorePlugin for InterPodAffinity {
                 ExistingTerm::PreferredAntiAffinity(w, _) => -i64::from(w),
             };
             let term = term.term();
-            if weight != 0 && other.uid != pod.uid && term.matches(other.namespace, pod) {
-                if let Some(v) = domain(snapshot, node, term.topology_key) {
-                    *ss.weights.entry((term.topology_key, v)).or_default() += weight;
-                }
+            if weight != 0
+                && other.uid != pod.uid
+                && term.matches(other.namespace, pod)
+                && let Some(v) = domain(snapshot, node, term.topology_key)
+            {
+                *ss.weights.entry((term.topology_key, v)).or_default() += weight;
             }
         });
         // As upstream: nothing counted, nothing to score.

@@ -36,10 +36,10 @@ impl FilterPlugin for NodeAffinity {
         if !pod.node_selector.matches(&node.labels) {
             return Status::unresolvable("node(s) didn't match Pod's node affinity/selector");
         }
-        if let Some(required) = &pod.required_node_affinity {
-            if !required.matches(&node.labels) {
-                return Status::unresolvable("node(s) didn't match Pod's node affinity/selector");
-            }
+        if let Some(required) = &pod.required_node_affinity
+            && !required.matches(&node.labels)
+        {
+            return Status::unresolvable("node(s) didn't match Pod's node affinity/selector");
         }
         Status::success()
     }

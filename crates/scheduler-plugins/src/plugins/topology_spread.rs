@@ -44,10 +44,10 @@ fn count<'a>(
 ) -> DomainCounts {
     let mut counts: FastMap<Sym, i64> = FastMap::default();
     for node in nodes {
-        if let Some(v) = node.labels.get(c.topology_key) {
-            if node_eligible(pod, node) {
-                counts.entry(v).or_insert(0);
-            }
+        if let Some(v) = node.labels.get(c.topology_key)
+            && node_eligible(pod, node)
+        {
+            counts.entry(v).or_insert(0);
         }
     }
     snapshot.for_each_candidate(&c.selector, |node, other| {
@@ -55,10 +55,10 @@ fn count<'a>(
             return;
         }
         let node = &snapshot.nodes()[node as usize];
-        if let Some(v) = node.labels.get(c.topology_key) {
-            if let Some(n) = counts.get_mut(&v) {
-                *n += 1;
-            }
+        if let Some(v) = node.labels.get(c.topology_key)
+            && let Some(n) = counts.get_mut(&v)
+        {
+            *n += 1;
         }
     });
     let min = counts.values().copied().min().unwrap_or(0);

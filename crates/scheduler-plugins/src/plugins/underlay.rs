@@ -165,10 +165,10 @@ impl IpCapacity for MemoryIpCapacity {
         let p = pools
             .get_mut(pool)
             .ok_or_else(|| IpCapacityError::UnknownPool(pool.to_owned()))?;
-        if let Some(&held) = p.taken.get(owner) {
-            if address.is_none_or(|a| a == held) {
-                return Ok(Reservation::new(held, false));
-            }
+        if let Some(&held) = p.taken.get(owner)
+            && address.is_none_or(|a| a == held)
+        {
+            return Ok(Reservation::new(held, false));
         }
         let ip = match address {
             Some(a) => {

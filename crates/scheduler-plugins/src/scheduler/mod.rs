@@ -842,10 +842,10 @@ impl Scheduler {
             return Err(Status::unschedulable("no nodes available to schedule pods"));
         }
         let set = self.pre_filter(state, pod, snapshot)?;
-        if let Some(node) = nominated {
-            if self.nominated_node_fits(state, pod, snapshot, set.as_ref(), node, nominated_pods) {
-                return Ok((node, 0));
-            }
+        if let Some(node) = nominated
+            && self.nominated_node_fits(state, pod, snapshot, set.as_ref(), node, nominated_pods)
+        {
+            return Ok((node, 0));
         }
         let mut eval = Evaluation::default();
         let target = num_feasible_nodes_to_find(n, self.inner.profile.percentage_of_nodes_to_score);

@@ -124,14 +124,14 @@ impl Placement for Scheduler {
         let _placing = self.placing().await;
         self.sync_views(nodes);
         let mut pod = pod_from_request(request);
-        if let Some(identity) = &mut pod.identity {
-            if let Some(prev) = &request.previous_node {
-                identity.previous_zone = nodes
-                    .iter()
-                    .find(|v| &v.node.name == prev)
-                    .and_then(|v| v.node.labels.get(ZONE_LABEL))
-                    .map(|z| Sym::new(z));
-            }
+        if let Some(identity) = &mut pod.identity
+            && let Some(prev) = &request.previous_node
+        {
+            identity.previous_zone = nodes
+                .iter()
+                .find(|v| &v.node.name == prev)
+                .and_then(|v| v.node.labels.get(ZONE_LABEL))
+                .map(|z| Sym::new(z));
         }
         let pod = Arc::new(pod);
         match self.schedule_pod((*pod).clone()).await {

@@ -1,6 +1,0 @@
-//! `rorqual-demo`: the demo HTTP app (see `rorqual_core::demo`). Configured from the
-//! environment: `PORT`, `INSTANCE_IP`, `DEMO_VERSION`, `DEMO_ERROR_RATE`, `DEMO_STARTUP_DELAY_MS`.
-
-fn main() -> std::process::ExitCode {
-    rorqual_core::demo::run_from_env()
-}

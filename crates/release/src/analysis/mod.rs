@@ -1,0 +1,148 @@
+//! Analysis: metrics measured during a release that decide whether it goes on.
+//!
+//! The semantics are Argo Rollouts' `AnalysisRun` (field names included), minus the upstream
+//! defects: `consecutiveErrorLimit` (default 4) is applied, `consecutiveSuccessLimit` is
+//! supported, and a run never stays Inconclusive forever — Inconclusive is terminal and the
+//! controller pauses with the run's message.
+//!
+//! - [`AnalysisSpec`]: arguments and metrics (interval, count, initialDelay, CEL
+//!   success/failure conditions, limits, a provider);
+//! - [`AnalysisRun`]: the pure state machine, serialisable, ticked with `now`;
+//! - [`MetricProvider`] and the registry [`Providers`]: [`WebProvider`] (HTTP + JSONPath),
+//!   [`PrometheusProvider`] (instant queries), [`CommandProvider`] (a program's output).
+//!
+//! Outcome of one measurement: neither condition set → Successful; only the success condition
+//! → Failed when it is false; only the failure condition → Successful when it is false; both
+//! → Failed when the failure condition holds, Successful when the success condition holds,
+//! Inconclusive when neither does. A provider error or a condition that cannot be evaluated →
+//! Error. The run's phase is the worst metric phase (Successful < Running < Pending <
+//! Inconclusive < Error < Failed); a Failed, Error or Inconclusive metric ends the run.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::time::SystemTime;
+//!
+//! use rorqual_release::analysis::{AnalysisPhase, AnalysisRun, AnalysisSpec, CommandMetric,
+//!     MetricSpec, Providers, ProviderSpec};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let spec = AnalysisSpec::new(vec![
+//!     MetricSpec::new("answer", ProviderSpec::Command(CommandMetric::new(["echo", "42"])))
+//!         .success_condition("result == 42"),
+//! ]);
+//! let mut run = AnalysisRun::new(&spec, BTreeMap::new(), SystemTime::now()).unwrap();
+//! let phase = run.tick(&Providers::with_defaults(), SystemTime::now()).await;
+//! assert_eq!(phase, AnalysisPhase::Successful);
+//! # });
+//! ```
+
+mod condition;
+mod duration;
+mod provider;
+mod run;
+mod spec;
+mod template;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::GoDuration;
+pub use provider::{
+    COMMAND_DEFAULT_TIMEOUT, CommandProvider, MetricProvider, PROMETHEUS_DEFAULT_TIMEOUT,
+    PrometheusProvider, ProviderError, Providers, WEB_DEFAULT_TIMEOUT, WebProvider,
+};
+pub use run::{AnalysisRun, ERROR_RETRY_INTERVAL, MEASUREMENTS_KEPT, Measurement, MetricResult};
+pub use spec::{
+    AnalysisSpec, ArgSpec, CommandMetric, DEFAULT_CONSECUTIVE_ERROR_LIMIT, Header, MetricSpec,
+    PrometheusMetric, ProviderSpec, WebMetric,
+};
+
+/// The phase of an analysis run, a metric or a measurement (Argo's `AnalysisPhase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AnalysisPhase {
+    /// Nothing measured yet (waiting for the initial delay or the first tick).
+    Pending,
+    /// Measuring; more measurements are due.
+    Running,
+    /// Done and good.
+    Successful,
+    /// Done without a verdict (both conditions false too often, or a NaN): the rollout pauses.
+    Inconclusive,
+    /// Done because measuring kept failing (`consecutiveErrorLimit`) or cannot work.
+    Error,
+    /// Done and bad (`failureLimit` exceeded): the rollout aborts.
+    Failed,
+}
+
+impl AnalysisPhase {
+    /// Whether the phase is final.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, AnalysisPhase::Pending | AnalysisPhase::Running)
+    }
+
+    /// The phase's name (`Successful`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalysisPhase::Pending => "Pending",
+            AnalysisPhase::Running => "Running",
+            AnalysisPhase::Successful => "Successful",
+            AnalysisPhase::Inconclusive => "Inconclusive",
+            AnalysisPhase::Error => "Error",
+            AnalysisPhase::Failed => "Failed",
+        }
+    }
+
+    /// Rank for "worst phase wins": Successful < Running < Pending < Inconclusive < Error <
+    /// Failed.
+    fn severity(self) -> u8 {
+        match self {
+            AnalysisPhase::Successful => 0,
+            AnalysisPhase::Running => 1,
+            AnalysisPhase::Pending => 2,
+            AnalysisPhase::Inconclusive => 3,
+            AnalysisPhase::Error => 4,
+            AnalysisPhase::Failed => 5,
+        }
+    }
+}
+
+impl fmt::Display for AnalysisPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of analysis specs and runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnalysisError {
+    /// The spec (or the arguments given to it) is invalid.
+    #[error("{}{field}: {reason}", metric.as_ref().map(|m| format!("analysis metric `{m}`: ")).unwrap_or_else(|| "analysis: ".to_owned()))]
+    Invalid {
+        /// The metric at fault, when one is.
+        metric: Option<String>,
+        /// The field (`successCondition`, `count`, `provider.web.url`, `args`).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl AnalysisError {
+    pub(crate) fn invalid(metric: Option<&str>, field: &str, reason: impl Into<String>) -> Self {
+        AnalysisError::Invalid {
+            metric: metric.map(str::to_owned),
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The metric at fault, when one is.
+    pub fn metric(&self) -> Option<&str> {
+        match self {
+            AnalysisError::Invalid { metric, .. } => metric.as_deref(),
+        }
+    }
+}

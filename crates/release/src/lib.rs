@@ -1,0 +1,49 @@
+//! rorqual-release: release strategies as pure planning functions, and the rollout controller
+//! that executes their plans on any `rorqual_core::engine::Engine` and a traffic router.
+//!
+//! - strategies ([`Recreate`], [`RollingUpdate`], [`BlueGreen`], [`Canary`]) and the
+//!   [`RolloutController`] at the crate root;
+//! - [`analysis`]: analysis templates and runs, CEL conditions, metric providers (web,
+//!   Prometheus, command);
+//! - [`traffic`]: traffic routers (replica ratio, nginx);
+//! - [`approval`]: manual approvals kept in the state store, with an HTTP API;
+//! - [`notify`]: notifications (a JSON webhook).
+//!
+//! A [`ReleaseStrategy`] maps a [`RolloutView`] (groups, readiness, step, analysis results,
+//! approval, elapsed time) to a [`Plan`] (replicas per revision, traffic weight, and a
+//! [`Gate`]). Four strategies: [`Recreate`], [`RollingUpdate`] (Kubernetes arithmetic plus a
+//! BCS partition; ordered partitions for stateful workloads), [`BlueGreen`] and [`Canary`]
+//! (Argo Rollouts' semantics). See `reference/release.md` for the upstream rules matched.
+
+pub mod analysis;
+pub mod approval;
+pub mod notify;
+pub mod traffic;
+
+mod blue_green;
+mod canary;
+mod controller;
+mod plan;
+mod queue;
+mod record;
+mod recreate;
+mod rolling;
+mod scale;
+mod strategy;
+
+pub use blue_green::BlueGreen;
+pub use canary::{ApprovalStep, BackgroundAnalysis, Canary, CanaryStep, PauseStep};
+pub use controller::{
+    ControllerError, RolloutController, RolloutControllerBuilder, RolloutEvent, STATE_PREFIX,
+};
+pub use plan::{
+    AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
+    stateful_moves,
+};
+pub use record::{
+    AnalysisStatus, FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec, RolloutStatus,
+};
+pub use recreate::Recreate;
+pub use rolling::{RollingUpdate, proportional};
+pub use scale::{IntOrPercent, resolve_fenceposts};
+pub use strategy::{ReleaseStrategy, Strategy, StrategyError};
