@@ -1,7 +1,7 @@
 //! Reading a spec from YAML or JSON text and validating it in one step, so that a bad quantity
 //! is listed beside every other error instead of stopping the parser at the first one.
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::quantity::{Cpu, Memory};
 use super::spec::AppSpec;
@@ -13,7 +13,7 @@ use super::validate::{FieldError, ValidationErrors, ValidationTarget};
 pub enum LoadError {
     /// The text is not YAML/JSON at all.
     #[error("spec text is not YAML or JSON: {0}")]
-    Syntax(#[source] serde_yaml::Error),
+    Syntax(#[source] yaml_serde::Error),
     /// The text is YAML but not of the spec's shape (a wrong type, an unknown field).
     #[error("spec field `{path}` does not parse: {source}")]
     Shape {
@@ -21,7 +21,7 @@ pub enum LoadError {
         path: String,
         /// What the parser said.
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     /// The text parsed but broke rules; every broken rule is listed, quantities included.
     #[error(transparent)]
@@ -44,7 +44,7 @@ impl AppSpec {
     /// assert_eq!(errors.errors.len(), 2); // the quantity and the missing command
     /// ```
     pub fn load(text: &str, target: ValidationTarget) -> Result<AppSpec, LoadError> {
-        let mut value: Value = serde_yaml::from_str(text).map_err(LoadError::Syntax)?;
+        let mut value: Value = yaml_serde::from_str(text).map_err(LoadError::Syntax)?;
         let quantity_errors = take_bad_quantities(&mut value);
         let spec: AppSpec =
             serde_path_to_error::deserialize(value).map_err(|e| LoadError::Shape {
@@ -239,7 +239,7 @@ containers:
         )
         .kind(WorkloadKind::Stateful)
         .replicas(4);
-        let yaml = serde_yaml::to_string(&spec).unwrap();
+        let yaml = yaml_serde::to_string(&spec).unwrap();
         assert_eq!(
             AppSpec::load(&yaml, ValidationTarget::LOCAL).unwrap(),
             spec,

@@ -168,8 +168,8 @@ impl AppSpec {
     }
 
     /// Parses a spec from YAML (JSON is YAML too).
-    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
-        serde_yaml::from_str(text)
+    pub fn from_yaml(text: &str) -> Result<Self, yaml_serde::Error> {
+        yaml_serde::from_str(text)
     }
 
     /// The JSON Schema of a spec document, for editors and admission checks.
