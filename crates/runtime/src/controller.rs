@@ -576,6 +576,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_trigger_during_backoff_retries_at_once() {
+        let probe = Probe::new();
+        let r = sleeper(probe.clone(), Duration::ZERO, |_, attempt| {
+            if attempt < 3 {
+                Err("boom".to_owned())
+            } else {
+                Ok(Action::await_change())
+            }
+        });
+        let mut triggers = Triggers::new();
+        let tx = triggers.sender();
+        let c = Controller::builder("test", r)
+            .error_policy(ErrorPolicy::default().min_delay(10 * S).jitter(false))
+            .triggers(triggers)
+            .build()
+            .unwrap();
+        let run = tokio::spawn(c.run(std::future::pending()));
+        tx.trigger("web".to_owned());
+        tokio::time::sleep(3 * S).await;
+        tx.trigger("web".to_owned()); // something changed: do not wait out the 10 s
+        drop(tx);
+        run.await.unwrap();
+        assert_eq!(
+            probe.starts_of("web"),
+            [(1, Duration::ZERO), (2, 3 * S), (3, 23 * S)],
+            "the second failure still counts toward the streak (20 s)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_panicking_reconcile_is_retried_with_backoff() {
         let probe = Probe::new();
         let runs = Arc::new(AtomicUsize::new(0));
