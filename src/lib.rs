@@ -7,6 +7,7 @@
 //! - `local` (feature `local`, default): the embedded `LocalEngine` and host networking;
 //! - `release` (feature `release`): strategies, the rollout controller, analysis, traffic
 //!   routers, approvals and notifications;
+//! - `runtime` (feature `runtime`): the controller runtime every rorqual controller runs on;
 //! - `scheduler` (feature `scheduler`): the scheduling framework and its plugins;
 //! - `net` (feature `net`): underlay IP pools and the CNI IPAM plugin;
 //! - `providers` (feature `providers`): declarative cloud resources.
@@ -52,6 +53,8 @@ pub use rorqual_net as net;
 pub use rorqual_providers as providers;
 #[cfg(feature = "release")]
 pub use rorqual_release as release;
+#[cfg(feature = "runtime")]
+pub use rorqual_runtime as runtime;
 #[cfg(feature = "scheduler")]
 pub use rorqual_scheduler as scheduler;
 
