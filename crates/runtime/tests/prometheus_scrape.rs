@@ -22,10 +22,10 @@ use prometheus_client::registry::Registry;
 use rorqual_core::engine::Engine;
 use rorqual_core::memory::MemoryEngine;
 use rorqual_core::model::{AppKey, AppSpec, ContainerSpec};
-use rorqual_testkit::free_loopback_port;
 use rorqual_runtime::metrics::{self, ControllerMetrics};
 use rorqual_runtime::triggers::{Triggers, app_of};
 use rorqual_runtime::{Action, Context, Controller, ErrorPolicy, reconciler_fn};
+use rorqual_testkit::free_loopback_port;
 use serde_json::Value;
 
 const CONTROLLER: &str = "scrape-test";

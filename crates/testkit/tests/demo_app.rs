@@ -38,13 +38,25 @@ async fn the_demo_binary_serves_version_health_and_error_counts() {
         codes.push(code);
     }
     let errors = codes.iter().filter(|&&c| c == 500).count();
-    assert_eq!(errors, 5, "a 0.5 error rate fails exactly half of 10 requests: {codes:?}");
+    assert_eq!(
+        errors, 5,
+        "a 0.5 error rate fails exactly half of 10 requests: {codes:?}"
+    );
 
     let (code, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains(r#"demo_http_requests_total{code="200"} 5"#), "{metrics}");
-    assert!(metrics.contains(r#"demo_http_requests_total{code="500"} 5"#), "{metrics}");
-    assert!(metrics.contains(r#"demo_info{version="v7"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"demo_http_requests_total{code="200"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"demo_http_requests_total{code="500"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"demo_info{version="v7"} 1"#),
+        "{metrics}"
+    );
 
     child.kill().await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), child.wait())
