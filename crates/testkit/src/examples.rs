@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use rorqual_core::engine::Engine;
 use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Probe, Revision};
 use rorqual_local::LocalEngine;
@@ -211,7 +212,7 @@ impl Load {
                     self.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 self.total.fetch_add(1, Ordering::Relaxed);
-                let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut seen = self.seen.lock();
                 *seen.per_version.entry(version.clone()).or_default() += 1;
                 seen.last_at.insert(version, SystemTime::now());
             }
@@ -231,23 +232,12 @@ impl Load {
 
     /// When the last answer from `version` arrived.
     pub fn last_answer_from(&self, version: &str) -> Option<SystemTime> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last_at
-            .get(version)
-            .copied()
+        self.seen.lock().last_at.get(version).copied()
     }
 
     /// "v1 80%, v2 20% (5xx: 3)": the share of answers per version since the last call.
     pub fn take(&self) -> String {
-        let counts = std::mem::take(
-            &mut self
-                .seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .per_version,
-        );
+        let counts = std::mem::take(&mut self.seen.lock().per_version);
         let errors = self.errors.swap(0, Ordering::Relaxed);
         let total: u64 = counts.values().sum();
         if total == 0 {
