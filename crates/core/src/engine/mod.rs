@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{AppKey, AppSpec, Event, Instance, Node, Revision};
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub use state::MemoryStateStore;
 pub use state::{StateStore, Versioned, apply_cas, list_prefix};
 

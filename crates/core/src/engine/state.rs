@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+#[cfg(any(test, feature = "testing"))]
 use std::sync::Mutex;
 
 use async_trait::async_trait;
