@@ -37,7 +37,7 @@ use rorqual::local::LocalEngine;
 use rorqual::release::approval::Approvals;
 use rorqual::release::traffic::NginxRouter;
 use rorqual::release::{
-    BlueGreen, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
+    BlueGreen, EventReason, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
 };
 use rorqual_testkit::demo;
 use support::Timeline;
@@ -287,7 +287,7 @@ async fn follow(w: &World, done: impl Fn(&RolloutStatus) -> bool) -> anyhow::Res
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         while let Ok(event) = events.try_recv() {
-            if event.reason != "Verb" {
+            if event.reason != EventReason::Verb {
                 let version = w
                     .names
                     .get(&event.revision)

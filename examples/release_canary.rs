@@ -38,8 +38,8 @@ use rorqual::local::LocalEngine;
 use rorqual::release::analysis::{AnalysisSpec, MetricSpec, PrometheusMetric, ProviderSpec};
 use rorqual::release::traffic::NginxRouter;
 use rorqual::release::{
-    AnalysisStep, Canary, CanaryStep, RolloutController, RolloutEvent, RolloutPhase, RolloutSpec,
-    RolloutStatus, Strategy,
+    AnalysisStep, Canary, CanaryStep, EventReason, RolloutController, RolloutEvent, RolloutPhase,
+    RolloutSpec, RolloutStatus, Strategy,
 };
 use rorqual_testkit::demo;
 use support::{Load, Timeline};
@@ -270,7 +270,7 @@ async fn follow(
             .update_targets(&w.engine, &w.app, &w.names)
             .await?;
         while let Ok(event) = events.try_recv() {
-            if event.reason == "aborted" {
+            if event.reason == EventReason::Aborted {
                 aborted_at = Some(event.time);
             }
             print_event(w, &event);
@@ -297,7 +297,7 @@ async fn follow(
 }
 
 fn print_event(w: &World, event: &RolloutEvent) {
-    if event.reason == "Verb" {
+    if event.reason == EventReason::Verb {
         return;
     }
     let version = w

@@ -3,7 +3,8 @@
 //!
 //! A rollout controller asks for an approval with [`ApprovalGate::request`] (idempotent) and
 //! polls [`ApprovalGate::decision`]; an operator approves or rejects with
-//! [`Approvals::approve`] / [`Approvals::reject`] or over HTTP ([`Approvals::router`]). Who
+//! [`Approvals::approve`] / [`Approvals::reject`] or over HTTP (`Approvals::router`, feature
+//! `http-api`). Who
 //! decided and when is recorded.
 //!
 //! ```
@@ -26,18 +27,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
-use crate::notify::rfc3339;
 use rorqual_core::model::{AppKey, Revision};
 
 /// A rollout step waiting for a person's decision.
@@ -74,7 +70,8 @@ pub struct Decision {
     pub approved: bool,
     /// Who decided.
     pub by: String,
-    /// When.
+    /// When (RFC 3339 in JSON).
+    #[serde(with = "crate::timestamp")]
     pub at: SystemTime,
     /// Why, optionally.
     pub comment: Option<String>,
@@ -108,9 +105,9 @@ pub enum ApprovalError {
         /// Who made it.
         by: String,
     },
-    /// The decision is incomplete (no approver named).
-    #[error("invalid decision: {0}")]
-    Invalid(String),
+    /// The decision names no approver (`by` is empty).
+    #[error("invalid decision: the approver (`by`) must be named")]
+    NoApprover,
     /// The gate's backend failed (a remote approval service).
     #[error("approval backend failed: {0}")]
     Backend(String),
@@ -149,8 +146,12 @@ pub trait ApprovalGate: Send + Sync + Debug + 'static {
 }
 
 /// A request with its state, as listed by [`Approvals`].
+///
+/// Its JSON form is the HTTP API's: `namespace`, `app`, `revision`, `step`, `message`,
+/// `requestedAt` (RFC 3339), `state` (`pending`, `approved`, `rejected`; derived from the
+/// decision) and `decision` (`approved`, `by`, `at`, `comment`, or null).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "ApprovalView", from = "ApprovalView")]
 pub struct ApprovalRecord {
     /// The request.
     pub request: ApprovalRequest,
@@ -160,28 +161,62 @@ pub struct ApprovalRecord {
     pub decision: Option<Decision>,
 }
 
-impl ApprovalRecord {
-    /// The record as the HTTP API shows it (times in RFC 3339).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "namespace": self.request.app.namespace,
-            "app": self.request.app.name,
-            "revision": self.request.revision.as_str(),
-            "step": self.request.step,
-            "message": self.request.message,
-            "requestedAt": rfc3339(self.requested_at),
-            "state": match &self.decision {
-                None => "pending",
-                Some(d) if d.approved => "approved",
-                Some(_) => "rejected",
-            },
-            "decision": self.decision.as_ref().map(|d| serde_json::json!({
-                "approved": d.approved,
-                "by": d.by,
-                "at": rfc3339(d.at),
-                "comment": d.comment,
-            })),
-        })
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ApprovalState {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+/// The wire form of an [`ApprovalRecord`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApprovalView {
+    namespace: String,
+    app: String,
+    revision: Revision,
+    step: usize,
+    message: String,
+    #[serde(with = "crate::timestamp")]
+    requested_at: SystemTime,
+    state: ApprovalState,
+    decision: Option<Decision>,
+}
+
+impl From<ApprovalRecord> for ApprovalView {
+    fn from(r: ApprovalRecord) -> Self {
+        let state = match &r.decision {
+            None => ApprovalState::Pending,
+            Some(d) if d.approved => ApprovalState::Approved,
+            Some(_) => ApprovalState::Rejected,
+        };
+        ApprovalView {
+            namespace: r.request.app.namespace,
+            app: r.request.app.name,
+            revision: r.request.revision,
+            step: r.request.step,
+            message: r.request.message,
+            requested_at: r.requested_at,
+            state,
+            decision: r.decision,
+        }
+    }
+}
+
+impl From<ApprovalView> for ApprovalRecord {
+    fn from(v: ApprovalView) -> Self {
+        ApprovalRecord {
+            request: ApprovalRequest::new(
+                AppKey::new(v.namespace, v.app),
+                v.revision,
+                v.step,
+                v.message,
+            ),
+            requested_at: v.requested_at,
+            decision: v.decision,
+        }
     }
 }
 
@@ -209,9 +244,7 @@ impl Approvals {
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
-        // A poisoned lock means a panic elsewhere mid-update of one entry; entries are replaced
-        // whole, so the map is still consistent.
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        self.store.lock()
     }
 
     /// Approves a requested step, recording `by` and now.
@@ -251,9 +284,7 @@ impl Approvals {
         at: SystemTime,
     ) -> Result<Decision, ApprovalError> {
         if by.trim().is_empty() {
-            return Err(ApprovalError::Invalid(
-                "the approver (`by`) must be named".into(),
-            ));
+            return Err(ApprovalError::NoApprover);
         }
         let mut store = self.lock();
         let key = (app.clone(), revision.clone(), step);
@@ -312,30 +343,6 @@ impl Approvals {
             .records
             .retain(|(a, r, _), _| !(a == app && r == revision));
     }
-
-    /// An HTTP API over these approvals:
-    ///
-    /// - `GET /approvals`: pending requests;
-    /// - `GET /approvals/{namespace}/{app}/{revision}/{step}`: one record;
-    /// - `POST /approvals/{namespace}/{app}/{revision}/{step}/approve` and `…/reject` with a
-    ///   JSON body `{"by": "alice", "comment": "optional"}`.
-    ///
-    /// Answers 200 with the record, 404 for an unknown request, 409 when already decided, 400
-    /// without an approver.
-    pub fn router(&self) -> axum::Router {
-        axum::Router::new()
-            .route("/approvals", get(list_pending))
-            .route("/approvals/{ns}/{app}/{revision}/{step}", get(show))
-            .route(
-                "/approvals/{ns}/{app}/{revision}/{step}/approve",
-                post(approve),
-            )
-            .route(
-                "/approvals/{ns}/{app}/{revision}/{step}/reject",
-                post(reject),
-            )
-            .with_state(self.clone())
-    }
 }
 
 #[async_trait]
@@ -374,88 +381,145 @@ impl ApprovalGate for Approvals {
     }
 }
 
-/// The body of an approve or reject call.
-#[derive(Debug, Deserialize)]
-struct DecisionBody {
-    by: String,
-    #[serde(default)]
-    comment: Option<String>,
-}
-
-type StepPath = Path<(String, String, String, usize)>;
-
-async fn list_pending(State(a): State<Approvals>) -> Json<serde_json::Value> {
-    Json(serde_json::Value::Array(
-        a.pending().iter().map(ApprovalRecord::to_json).collect(),
-    ))
-}
-
-async fn show(State(a): State<Approvals>, Path((ns, app, rev, step)): StepPath) -> Response {
-    let key = AppKey::new(ns, app);
-    let revision = Revision(rev);
-    match a.get(&key, &revision, step) {
-        Some(r) => Json(r.to_json()).into_response(),
-        None => error_response(&ApprovalError::NotFound {
-            app: key.to_string(),
-            revision: revision.to_string(),
-            step,
-        }),
+#[cfg(feature = "http-api")]
+impl Approvals {
+    /// An HTTP API over these approvals:
+    ///
+    /// - `GET /approvals`: pending requests;
+    /// - `GET /approvals/{namespace}/{app}/{revision}/{step}`: one record;
+    /// - `POST /approvals/{namespace}/{app}/{revision}/{step}/approve` and `…/reject` with a
+    ///   JSON body `{"by": "alice", "comment": "optional"}`.
+    ///
+    /// Answers 200 with the record, 404 for an unknown request, 409 when already decided, 400
+    /// without an approver.
+    pub fn router(&self) -> axum::Router {
+        http_api::router(self.clone())
     }
 }
 
-async fn approve(
-    State(a): State<Approvals>,
-    Path((ns, app, rev, step)): StepPath,
-    Json(body): Json<DecisionBody>,
-) -> Response {
-    decide_http(&a, AppKey::new(ns, app), Revision(rev), step, true, body)
-}
+/// The HTTP API's handlers (feature `http-api`).
+#[cfg(feature = "http-api")]
+mod http_api {
+    use std::time::SystemTime;
 
-async fn reject(
-    State(a): State<Approvals>,
-    Path((ns, app, rev, step)): StepPath,
-    Json(body): Json<DecisionBody>,
-) -> Response {
-    decide_http(&a, AppKey::new(ns, app), Revision(rev), step, false, body)
-}
+    use axum::Json;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use serde::{Deserialize, Serialize};
 
-fn decide_http(
-    a: &Approvals,
-    app: AppKey,
-    revision: Revision,
-    step: usize,
-    approved: bool,
-    body: DecisionBody,
-) -> Response {
-    let result = a.decide(
-        &app,
-        &revision,
-        step,
-        approved,
-        &body.by,
-        body.comment,
-        SystemTime::now(),
-    );
-    match result.map(|_| a.get(&app, &revision, step)) {
-        Ok(Some(record)) => Json(record.to_json()).into_response(),
-        Ok(None) => error_response(&ApprovalError::NotFound {
-            app: app.to_string(),
-            revision: revision.to_string(),
-            step,
-        }),
-        Err(e) => error_response(&e),
+    use super::{ApprovalError, ApprovalRecord, Approvals};
+    use rorqual_core::model::{AppKey, Revision};
+
+    /// The body of an approve or reject call.
+    #[derive(Debug, Deserialize)]
+    struct DecisionBody {
+        by: String,
+        #[serde(default)]
+        comment: Option<String>,
     }
-}
 
-fn error_response(e: &ApprovalError) -> Response {
-    let status = match e {
-        ApprovalError::NotFound { .. } => StatusCode::NOT_FOUND,
-        ApprovalError::AlreadyDecided { .. } => StatusCode::CONFLICT,
-        ApprovalError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ApprovalError::Backend(_) => StatusCode::BAD_GATEWAY,
-        ApprovalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-    };
-    (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+    /// The body of an error answer.
+    #[derive(Debug, Serialize)]
+    struct ErrorBody {
+        error: String,
+    }
+
+    pub(super) fn router(approvals: Approvals) -> axum::Router {
+        use axum::routing::{get, post};
+        axum::Router::new()
+            .route("/approvals", get(list_pending))
+            .route("/approvals/{ns}/{app}/{revision}/{step}", get(show))
+            .route(
+                "/approvals/{ns}/{app}/{revision}/{step}/approve",
+                post(approve),
+            )
+            .route(
+                "/approvals/{ns}/{app}/{revision}/{step}/reject",
+                post(reject),
+            )
+            .with_state(approvals)
+    }
+
+    type StepPath = Path<(String, String, String, usize)>;
+
+    async fn list_pending(State(a): State<Approvals>) -> Json<Vec<ApprovalRecord>> {
+        Json(a.pending())
+    }
+
+    async fn show(State(a): State<Approvals>, Path((ns, app, rev, step)): StepPath) -> Response {
+        let key = AppKey::new(ns, app);
+        let revision = Revision(rev);
+        match a.get(&key, &revision, step) {
+            Some(r) => Json(r).into_response(),
+            None => error_response(&ApprovalError::NotFound {
+                app: key.to_string(),
+                revision: revision.to_string(),
+                step,
+            }),
+        }
+    }
+
+    async fn approve(
+        State(a): State<Approvals>,
+        Path((ns, app, rev, step)): StepPath,
+        Json(body): Json<DecisionBody>,
+    ) -> Response {
+        decide_http(&a, AppKey::new(ns, app), Revision(rev), step, true, body)
+    }
+
+    async fn reject(
+        State(a): State<Approvals>,
+        Path((ns, app, rev, step)): StepPath,
+        Json(body): Json<DecisionBody>,
+    ) -> Response {
+        decide_http(&a, AppKey::new(ns, app), Revision(rev), step, false, body)
+    }
+
+    fn decide_http(
+        a: &Approvals,
+        app: AppKey,
+        revision: Revision,
+        step: usize,
+        approved: bool,
+        body: DecisionBody,
+    ) -> Response {
+        let result = a.decide(
+            &app,
+            &revision,
+            step,
+            approved,
+            &body.by,
+            body.comment,
+            SystemTime::now(),
+        );
+        match result.map(|_| a.get(&app, &revision, step)) {
+            Ok(Some(record)) => Json(record).into_response(),
+            Ok(None) => error_response(&ApprovalError::NotFound {
+                app: app.to_string(),
+                revision: revision.to_string(),
+                step,
+            }),
+            Err(e) => error_response(&e),
+        }
+    }
+
+    fn error_response(e: &ApprovalError) -> Response {
+        let status = match e {
+            ApprovalError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApprovalError::AlreadyDecided { .. } => StatusCode::CONFLICT,
+            ApprovalError::NoApprover => StatusCode::BAD_REQUEST,
+            ApprovalError::Backend(_) => StatusCode::BAD_GATEWAY,
+            ApprovalError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: e.to_string(),
+            }),
+        )
+            .into_response()
+    }
 }
 
 #[cfg(test)]
@@ -494,6 +558,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.decision(&app, &v1, 1).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn records_serialize_in_the_http_api_shape_and_read_back() {
+        let a = Approvals::new();
+        let app = AppKey::new("games", "lobby");
+        let rev = Revision::from("v2");
+        a.request(&ApprovalRequest::new(app.clone(), rev.clone(), 3, "go?"))
+            .await
+            .unwrap();
+        let pending = serde_json::to_value(a.get(&app, &rev, 3).unwrap()).unwrap();
+        assert_eq!(pending["namespace"], "games");
+        assert_eq!(pending["app"], "lobby");
+        assert_eq!(pending["revision"], "v2");
+        assert_eq!(pending["step"], 3);
+        assert_eq!(pending["state"], "pending");
+        assert!(pending["decision"].is_null());
+        assert!(
+            pending["requestedAt"].as_str().unwrap().ends_with('Z'),
+            "{pending}"
+        );
+        a.decide(
+            &app,
+            &rev,
+            3,
+            false,
+            "bob",
+            Some("no".into()),
+            std::time::UNIX_EPOCH,
+        )
+        .unwrap();
+        let record = a.get(&app, &rev, 3).unwrap();
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["state"], "rejected");
+        assert_eq!(
+            json["decision"],
+            serde_json::json!({"approved": false, "by": "bob",
+                "at": "1970-01-01T00:00:00.000Z", "comment": "no"})
+        );
+        // Times keep millisecond precision on the wire.
+        let mut back: ApprovalRecord = serde_json::from_value(json).unwrap();
+        back.requested_at = record.requested_at;
+        assert_eq!(back, record);
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -109,12 +109,61 @@ pub struct RolloutEvent {
     pub revision: Revision,
     /// The step, when about a step.
     pub step: Option<usize>,
-    /// A short reason (`StepCompleted`, `Paused`, `Aborted`, `Healthy`, …).
-    pub reason: String,
+    /// What happened.
+    pub reason: EventReason,
     /// A sentence.
     pub message: String,
     /// When (on the controller's clock).
     pub time: SystemTime,
+}
+
+/// What a [`RolloutEvent`] is about. Notifications carry the same word as their `outcome`
+/// ([`as_str`](EventReason::as_str), kebab-case, also the serde form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum EventReason {
+    /// A spec was applied ([`RolloutController::apply`]).
+    Updated,
+    /// An operator verb (pause, resume, abort, retry, promote, undo) was applied.
+    Verb,
+    /// The preview route changed (blue-green).
+    Preview,
+    /// A step completed.
+    StepCompleted,
+    /// A step waits for a manual approval.
+    ApprovalRequested,
+    /// The rollout paused (a pause step, an inconclusive analysis, a router error).
+    Paused,
+    /// The rollout was aborted (by an operator or a failed analysis).
+    Aborted,
+    /// After an abort, the stable revision serves everything again.
+    RolledBack,
+    /// The target revision is stable and fully available.
+    Healthy,
+}
+
+impl EventReason {
+    /// The reason's kebab-case word (`step-completed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventReason::Updated => "updated",
+            EventReason::Verb => "verb",
+            EventReason::Preview => "preview",
+            EventReason::StepCompleted => "step-completed",
+            EventReason::ApprovalRequested => "approval-requested",
+            EventReason::Paused => "paused",
+            EventReason::Aborted => "aborted",
+            EventReason::RolledBack => "rolled-back",
+            EventReason::Healthy => "healthy",
+        }
+    }
+}
+
+impl std::fmt::Display for EventReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// Builds a [`RolloutController`].
@@ -177,8 +226,8 @@ impl RolloutControllerBuilder {
                 clock: self.clock,
                 store,
                 resync: self.resync,
-                rollouts: Mutex::new(HashMap::new()),
-                queue: Mutex::new(WorkQueue::default()),
+                rollouts: parking_lot::Mutex::new(HashMap::new()),
+                queue: parking_lot::Mutex::new(WorkQueue::default()),
                 wake: Notify::new(),
                 events,
             }),
@@ -204,8 +253,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     store: Arc<dyn StateStore>,
     resync: Duration,
-    rollouts: Mutex<HashMap<AppKey, Arc<tokio::sync::Mutex<Entry>>>>,
-    queue: Mutex<WorkQueue>,
+    rollouts: parking_lot::Mutex<HashMap<AppKey, Arc<tokio::sync::Mutex<Entry>>>>,
+    queue: parking_lot::Mutex<WorkQueue>,
     wake: Notify,
     events: broadcast::Sender<RolloutEvent>,
 }
@@ -237,12 +286,6 @@ enum Decisions {
 
 /// A preview route's content: the revision and its ready endpoints, or empty.
 type Preview = Option<(Revision, Vec<SocketAddr>)>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a single map/queue operation; a panic cannot leave them
-    // half-updated, so a poisoned lock is safe to keep using.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 impl RolloutController {
     /// A builder over `engine`.
@@ -279,7 +322,9 @@ impl RolloutController {
                 last_split: None,
                 last_preview: None,
             };
-            lock(&self.inner.rollouts)
+            self.inner
+                .rollouts
+                .lock()
                 .insert(app.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
             self.enqueue(&app, now);
         }
@@ -287,12 +332,14 @@ impl RolloutController {
     }
 
     fn enqueue(&self, app: &AppKey, at: SystemTime) {
-        lock(&self.inner.queue).push(app, at);
+        self.inner.queue.lock().push(app, at);
         self.inner.wake.notify_one();
     }
 
     fn entry(&self, app: &AppKey) -> Result<Arc<tokio::sync::Mutex<Entry>>, ControllerError> {
-        lock(&self.inner.rollouts)
+        self.inner
+            .rollouts
+            .lock()
             .get(app)
             .cloned()
             .ok_or_else(|| ControllerError::NotFound(app.clone()))
@@ -320,12 +367,12 @@ impl RolloutController {
 
     /// How many rollouts the controller drives.
     pub fn len(&self) -> usize {
-        lock(&self.inner.rollouts).len()
+        self.inner.rollouts.lock().len()
     }
 
     /// How many rollouts are queued for a reconcile.
     pub fn queued(&self) -> usize {
-        lock(&self.inner.queue).len()
+        self.inner.queue.lock().len()
     }
 
     /// Whether it drives none.
@@ -349,7 +396,7 @@ impl RolloutController {
         let now = self.inner.clock.now();
         let target = spec.app.revision();
         let step_hash = spec.step_hash();
-        let existing = lock(&self.inner.rollouts).get(&app).cloned();
+        let existing = self.inner.rollouts.lock().get(&app).cloned();
         let status = match existing {
             None => {
                 let record = RolloutRecord {
@@ -398,7 +445,9 @@ impl RolloutController {
                     self.persist(&mut entry).await?;
                 }
                 let status = entry.record.status.clone();
-                lock(&self.inner.rollouts)
+                self.inner
+                    .rollouts
+                    .lock()
                     .insert(app.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
                 status
             }
@@ -456,7 +505,7 @@ impl RolloutController {
         self.emit(
             &status,
             None,
-            "Updated",
+            EventReason::Updated,
             format!("rollout of {} applied", status.target),
         );
         self.enqueue(&app, now);
@@ -631,7 +680,7 @@ impl RolloutController {
         self.emit(
             &status,
             Some(status.step),
-            "Verb",
+            EventReason::Verb,
             format!("{verb} by an operator"),
         );
         self.enqueue(app, now);
@@ -644,7 +693,7 @@ impl RolloutController {
         let mut count = 0;
         loop {
             let now = self.inner.clock.now();
-            let Some(app) = lock(&self.inner.queue).pop_due(now) else {
+            let Some(app) = self.inner.queue.lock().pop_due(now) else {
                 return count;
             };
             count += 1;
@@ -654,7 +703,7 @@ impl RolloutController {
 
     /// When the next rollout is due.
     pub fn next_due(&self) -> Option<SystemTime> {
-        lock(&self.inner.queue).next_due()
+        self.inner.queue.lock().next_due()
     }
 
     /// Runs the controller until the returned future is dropped: reconciles due rollouts, then
@@ -735,27 +784,39 @@ impl RolloutController {
         Ok(())
     }
 
-    fn emit(&self, status: &RolloutStatus, step: Option<usize>, reason: &str, message: String) {
-        tracing::info!(app = %status.app, revision = %status.target, step, reason, "{message}");
+    fn emit(
+        &self,
+        status: &RolloutStatus,
+        step: Option<usize>,
+        reason: EventReason,
+        message: String,
+    ) {
+        tracing::info!(app = %status.app, revision = %status.target, step, reason = reason.as_str(), "{message}");
         if self.inner.events.receiver_count() > 0 {
             let _ = self.inner.events.send(RolloutEvent {
                 app: status.app.clone(),
                 revision: status.target.clone(),
                 step,
-                reason: reason.to_owned(),
+                reason,
                 message,
                 time: self.inner.clock.now(),
             });
         }
     }
 
-    async fn notify(&self, status: &RolloutStatus, step: Option<usize>, outcome: &str, msg: &str) {
+    async fn notify(
+        &self,
+        status: &RolloutStatus,
+        step: Option<usize>,
+        outcome: EventReason,
+        msg: &str,
+    ) {
         self.emit(status, step, outcome, msg.to_owned());
         if let Some(n) = &self.inner.notifier {
             let mut note = Notification::new(
                 status.app.clone(),
                 status.target.clone(),
-                outcome,
+                outcome.as_str(),
                 msg,
                 self.inner.clock.now(),
             );
@@ -1139,7 +1200,7 @@ impl RolloutController {
                     self.notify(
                         &status,
                         Some(step),
-                        "step-completed",
+                        EventReason::StepCompleted,
                         &format!("step {step} completed"),
                     )
                     .await;
@@ -1194,8 +1255,13 @@ impl RolloutController {
                         r.status.approval_requested = true;
                         let status = r.status.clone();
                         self.persist(e).await?;
-                        self.notify(&status, Some(step), "approval-requested", &message)
-                            .await;
+                        self.notify(
+                            &status,
+                            Some(step),
+                            EventReason::ApprovalRequested,
+                            &message,
+                        )
+                        .await;
                     }
                     soonest(now + inner.resync);
                     return Ok(next);
@@ -1233,7 +1299,7 @@ impl RolloutController {
         if r.status.reason != reason {
             r.status.reason = reason.clone();
             let status = r.status.clone();
-            self.notify(&status, Some(status.step), "paused", &reason)
+            self.notify(&status, Some(status.step), EventReason::Paused, &reason)
                 .await;
         }
     }
@@ -1250,7 +1316,7 @@ impl RolloutController {
         r.status.phase = RolloutPhase::Paused;
         r.status.reason = reason.clone();
         let status = r.status.clone();
-        self.notify(&status, Some(status.step), "paused", &reason)
+        self.notify(&status, Some(status.step), EventReason::Paused, &reason)
             .await;
     }
 
@@ -1285,7 +1351,7 @@ impl RolloutController {
                 _ => "preview route emptied".to_owned(),
             };
             let status = status.clone();
-            self.emit(&status, Some(status.step), "Preview", message);
+            self.emit(&status, Some(status.step), EventReason::Preview, message);
         }
         e.last_preview = Some(preview);
         Ok(())
@@ -1306,7 +1372,11 @@ impl RolloutController {
                 r.status.clone()
             }
         };
-        let outcome = if status.aborted { "aborted" } else { "paused" };
+        let outcome = if status.aborted {
+            EventReason::Aborted
+        } else {
+            EventReason::Paused
+        };
         if status.aborted {
             // Recorded in the status, which the reconcile persists next.
             self.withdraw_or_owe(&mut e.record, &status.target).await;
@@ -1458,9 +1528,9 @@ impl RolloutController {
             let status = r.status.clone();
             self.persist(e).await?;
             let outcome = if status.aborted {
-                "rolled-back"
+                EventReason::RolledBack
             } else {
-                "healthy"
+                EventReason::Healthy
             };
             let msg = status.reason.clone();
             self.notify(&status, None, outcome, &msg).await;

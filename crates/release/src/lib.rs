@@ -9,6 +9,12 @@
 //! - [`approval`]: manual approvals kept in the state store, with an HTTP API;
 //! - [`notify`]: notifications (a JSON webhook).
 //!
+//! HTTP clients (webhook, web and prometheus providers) speak HTTPS with rustls and the
+//! bundled Mozilla roots; `root_certificates_pem` on each adds a private CA.
+//!
+//! Cargo features (see `Cargo.toml`): `prometheus`, `web`, `nginx`, `http-api` and `webhook`
+//! are on by default; `command` (a metric provider that runs programs) is opt-in.
+//!
 //! A [`ReleaseStrategy`] maps a [`RolloutView`] (groups, readiness, step, analysis results,
 //! approval, elapsed time) to a [`Plan`] (replicas per revision, traffic weight, and a
 //! [`Gate`]). Four strategies: [`Recreate`], [`RollingUpdate`] (Kubernetes arithmetic plus a
@@ -23,6 +29,8 @@ pub mod traffic;
 mod blue_green;
 mod canary;
 mod controller;
+#[cfg(any(feature = "web", feature = "prometheus", feature = "webhook"))]
+mod https;
 mod plan;
 mod queue;
 mod record;
@@ -30,12 +38,16 @@ mod recreate;
 mod rolling;
 mod scale;
 mod strategy;
+mod timestamp;
 
 pub use blue_green::BlueGreen;
 pub use canary::{ApprovalStep, BackgroundAnalysis, Canary, CanaryStep, PauseStep};
 pub use controller::{
-    ControllerError, RolloutController, RolloutControllerBuilder, RolloutEvent, STATE_PREFIX,
+    ControllerError, EventReason, RolloutController, RolloutControllerBuilder, RolloutEvent,
+    STATE_PREFIX,
 };
+#[cfg(any(feature = "web", feature = "prometheus", feature = "webhook"))]
+pub use https::RootCertificateError;
 pub use plan::{
     AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
     stateful_moves,
@@ -45,5 +57,5 @@ pub use record::{
 };
 pub use recreate::Recreate;
 pub use rolling::{RollingUpdate, proportional};
-pub use scale::{IntOrPercent, resolve_fenceposts};
+pub use scale::{IntOrPercent, IntOrPercentError, resolve_fenceposts};
 pub use strategy::{ReleaseStrategy, Strategy, StrategyError};

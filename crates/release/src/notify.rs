@@ -1,20 +1,27 @@
 //! Release notifications: what happened to which rollout, sent to people and bots.
 //!
-//! [`Notifier`] is the seam; [`WebhookNotifier`] POSTs JSON to a URL with a timeout and a
+//! [`Notifier`] is the seam; `WebhookNotifier` (feature `webhook`) POSTs JSON to a URL with a timeout and a
 //! bounded retry; [`RecordingNotifier`] keeps notifications in memory for tests.
 
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+#[cfg(feature = "webhook")]
+use std::time::Duration;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use rorqual_core::model::{AppKey, Revision};
 
 /// Something that happened in a release.
+///
+/// Its JSON form is the webhook body: `app` (`namespace/name`), `namespace`, `name`,
+/// `revision`, `step` (number or null), `outcome`, `message` and `time` (RFC 3339, UTC, in
+/// milliseconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "NotificationBody", from = "NotificationBody")]
 pub struct Notification {
     /// The application.
     pub app: AppKey,
@@ -56,20 +63,48 @@ impl Notification {
         self.step = Some(step);
         self
     }
+}
 
-    /// The webhook body: `app` (`namespace/name`), `namespace`, `name`, `revision`, `step`
-    /// (number or null), `outcome`, `message` and `time` (RFC 3339, UTC).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "app": self.app.to_string(),
-            "namespace": self.app.namespace,
-            "name": self.app.name,
-            "revision": self.revision.as_str(),
-            "step": self.step,
-            "outcome": self.outcome,
-            "message": self.message,
-            "time": rfc3339(self.time),
-        })
+/// The wire form of a [`Notification`] (the webhook body).
+#[derive(Serialize, Deserialize)]
+struct NotificationBody {
+    /// `namespace/name`, for receivers that want one string.
+    app: String,
+    namespace: String,
+    name: String,
+    revision: Revision,
+    step: Option<usize>,
+    outcome: String,
+    message: String,
+    #[serde(with = "crate::timestamp")]
+    time: SystemTime,
+}
+
+impl From<Notification> for NotificationBody {
+    fn from(n: Notification) -> Self {
+        NotificationBody {
+            app: n.app.to_string(),
+            namespace: n.app.namespace,
+            name: n.app.name,
+            revision: n.revision,
+            step: n.step,
+            outcome: n.outcome,
+            message: n.message,
+            time: n.time,
+        }
+    }
+}
+
+impl From<NotificationBody> for Notification {
+    fn from(b: NotificationBody) -> Self {
+        Notification {
+            app: AppKey::new(b.namespace, b.name),
+            revision: b.revision,
+            step: b.step,
+            outcome: b.outcome,
+            message: b.message,
+            time: b.time,
+        }
     }
 }
 
@@ -77,18 +112,28 @@ impl Notification {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotifyError {
-    /// The notifier was configured wrongly.
-    #[error("invalid notifier config: {0}")]
-    Config(String),
-    /// The request could not be sent or got no response.
-    #[error("webhook {url} failed after {attempts} attempt(s): {reason}")]
+    /// The webhook URL is not an `http://` or `https://` URL.
+    #[error("webhook URL `{url}` is not an http(s) URL")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+    },
+    /// The request could not be sent or got no response (refused, timed out, the server's
+    /// certificate is not trusted). The message carries the causes, since reqwest's own
+    /// message does not say why.
+    #[cfg(feature = "webhook")]
+    #[error(
+        "webhook {url} failed after {attempts} attempt(s): {}",
+        crate::https::error_chain(source)
+    )]
     Request {
         /// The webhook URL.
         url: String,
         /// Attempts made.
         attempts: u32,
         /// The last error.
-        reason: String,
+        #[source]
+        source: reqwest::Error,
     },
     /// The receiver answered with a non-2xx status.
     #[error("webhook {url} answered {status} after {attempts} attempt(s): {body}")]
@@ -111,7 +156,13 @@ pub trait Notifier: Send + Sync + Debug + 'static {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError>;
 }
 
-/// POSTs each notification as JSON ([`Notification::to_json`]) to a URL.
+#[cfg(feature = "webhook")]
+/// POSTs each notification as JSON (its [`Serialize`] form) to a URL, over HTTP or HTTPS.
+///
+/// HTTPS trusts the bundled Mozilla roots; [`root_certificates_pem`] adds a private or test
+/// CA.
+///
+/// [`root_certificates_pem`]: WebhookNotifier::root_certificates_pem
 ///
 /// Each attempt has a timeout (default 5 s). Connection errors, timeouts, 429 and 5xx answers
 /// are retried up to `retries` more times (default 2) with a doubling backoff from 200 ms;
@@ -126,14 +177,13 @@ pub struct WebhookNotifier {
     headers: Vec<(String, String)>,
 }
 
+#[cfg(feature = "webhook")]
 impl WebhookNotifier {
     /// A notifier posting to `url` (http or https).
     pub fn new(url: impl Into<String>) -> Result<Self, NotifyError> {
         let url = url.into();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(NotifyError::Config(format!(
-                "webhook URL `{url}` is not an http(s) URL"
-            )));
+            return Err(NotifyError::InvalidUrl { url });
         }
         Ok(WebhookNotifier {
             url,
@@ -173,25 +223,33 @@ impl WebhookNotifier {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) besides the
+    /// bundled public roots, for receivers behind a private or test CA. Call it again to
+    /// replace them.
+    pub fn root_certificates_pem(
+        mut self,
+        pem: impl AsRef<[u8]>,
+    ) -> Result<Self, crate::RootCertificateError> {
+        let roots = crate::https::parse_roots(pem.as_ref())?;
+        self.client = crate::https::client_trusting(&roots)?;
+        Ok(self)
+    }
+
     /// The webhook URL.
     pub fn url(&self) -> &str {
         &self.url
     }
 }
 
+#[cfg(feature = "webhook")]
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        let body = n.to_json();
         let mut backoff = self.backoff;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut req = self
-                .client
-                .post(&self.url)
-                .timeout(self.timeout)
-                .json(&body);
+            let mut req = self.client.post(&self.url).timeout(self.timeout).json(n);
             for (k, v) in &self.headers {
                 req = req.header(k, v);
             }
@@ -212,11 +270,11 @@ impl Notifier for WebhookNotifier {
                         retryable,
                     )
                 }
-                Err(e) => (
+                Err(source) => (
                     NotifyError::Request {
                         url: self.url.clone(),
                         attempts,
-                        reason: e.to_string(),
+                        source,
                     },
                     true,
                 ),
@@ -245,63 +303,23 @@ impl RecordingNotifier {
 
     /// The notifications so far, oldest first.
     pub fn notifications(&self) -> Vec<Notification> {
-        // A poisoned lock only means another thread panicked mid-push; the data is still valid.
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sent.lock().clone()
     }
 }
 
 #[async_trait]
 impl Notifier for RecordingNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        self.sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(n.clone());
+        self.sent.lock().push(n.clone());
         Ok(())
     }
-}
-
-/// `time` as RFC 3339 in UTC with millisecond precision (`2026-11-22T01:02:03.456Z`); times
-/// before 1970 print as the epoch.
-pub fn rfc3339(time: SystemTime) -> String {
-    let d = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (Howard
-/// Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    // d is 1..=31 and m is 1..=12 by construction.
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]
@@ -309,18 +327,8 @@ mod tests {
         fn assert_seam<T: ?Sized + Send + Sync + Debug + 'static>() {}
         assert_seam::<dyn Notifier>();
         let _: Arc<dyn Notifier> = Arc::new(RecordingNotifier::new());
+        #[cfg(feature = "webhook")]
         let _: Arc<dyn Notifier> = Arc::new(WebhookNotifier::new("http://127.0.0.1:1/").unwrap());
-    }
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789); // 2024-02-29 (leap day)
-        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_secs(4_102_444_799); // last second of 2099
-        assert_eq!(rfc3339(t), "2099-12-31T23:59:59.000Z");
     }
 
     #[test]
@@ -333,12 +341,20 @@ mod tests {
             UNIX_EPOCH,
         )
         .step(2);
-        let j = n.to_json();
+        let j = serde_json::to_value(&n).unwrap();
         assert_eq!(j["app"], "games/lobby");
         assert_eq!(j["revision"], "abc");
         assert_eq!(j["step"], 2);
         assert_eq!(j["outcome"], "aborted");
+        assert_eq!(j["namespace"], "games");
+        assert_eq!(j["name"], "lobby");
+        assert_eq!(j["message"], "analysis failed");
         assert_eq!(j["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(j.as_object().unwrap().len(), 8, "{j}");
+        // The same shape reads back.
+        let back: Notification = serde_json::from_value(j).unwrap();
+        assert_eq!(back, n);
+        #[cfg(feature = "webhook")]
         assert!(WebhookNotifier::new("ftp://x").is_err());
     }
 }

@@ -43,19 +43,49 @@ impl fmt::Display for IntOrPercent {
     }
 }
 
+/// Why text is not an [`IntOrPercent`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntOrPercentError {
+    /// It ends with `%` but the rest is not a whole non-negative number.
+    #[error("`{text}` is not a whole non-negative percentage")]
+    Percent {
+        /// The text given.
+        text: String,
+        /// The number's parse error.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// It is not a whole non-negative number.
+    #[error("`{text}` is neither a non-negative count nor a percentage")]
+    Count {
+        /// The text given.
+        text: String,
+        /// The number's parse error.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
 impl std::str::FromStr for IntOrPercent {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = IntOrPercentError;
+    fn from_str(s: &str) -> Result<Self, IntOrPercentError> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
             p.trim()
                 .parse()
                 .map(IntOrPercent::Percent)
-                .map_err(|_| format!("`{s}` is not a whole non-negative percentage"))
+                .map_err(|source| IntOrPercentError::Percent {
+                    text: s.to_owned(),
+                    source,
+                })
         } else {
             s.parse()
                 .map(IntOrPercent::Int)
-                .map_err(|_| format!("`{s}` is neither a non-negative count nor a percentage"))
+                .map_err(|source| IntOrPercentError::Count {
+                    text: s.to_owned(),
+                    source,
+                })
         }
     }
 }

@@ -21,8 +21,9 @@ use rorqual_release::approval::{
 use rorqual_release::notify::RecordingNotifier;
 use rorqual_release::traffic::{Backend, TrafficError, TrafficRouter, TrafficSplit};
 use rorqual_release::{
-    AnalysisStep, ApprovalStep, BlueGreen, Canary, CanaryStep, FailurePolicy, IntOrPercent,
-    RollingUpdate, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
+    AnalysisStep, ApprovalStep, BlueGreen, Canary, CanaryStep, EventReason, FailurePolicy,
+    IntOrPercent, RollingUpdate, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus,
+    Strategy,
 };
 
 /// A metric whose value the test sets.
@@ -741,10 +742,20 @@ async fn history_limit_and_event_stream() {
         reasons.push(e.reason);
     }
     assert!(
-        reasons.iter().filter(|r| *r == "healthy").count() >= 4,
+        reasons
+            .iter()
+            .filter(|r| **r == EventReason::Healthy)
+            .count()
+            >= 4,
         "{reasons:?}"
     );
-    assert!(reasons.contains(&"Updated".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&EventReason::Updated), "{reasons:?}");
+    // Events and notifications use one vocabulary: the reason's word is the outcome.
+    assert_eq!(
+        serde_json::to_value(EventReason::StepCompleted).unwrap(),
+        "step-completed"
+    );
+    assert_eq!(EventReason::Updated.to_string(), "updated");
 }
 
 /// A router that sends traffic itself (like nginx) and records every split and preview call as

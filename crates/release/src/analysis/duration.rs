@@ -28,28 +28,31 @@ impl GoDuration {
     }
 
     /// Parses Go notation; the error names the text and what is wrong.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let t = text.trim();
         if t.is_empty() {
-            return Err("empty duration".into());
+            return Err(DurationError::Empty);
         }
         if let Ok(secs) = t.parse::<u64>() {
             return Ok(GoDuration::from_secs(secs));
         }
+        let text = || text.to_owned();
         let mut total = Duration::ZERO;
         let mut rest = t;
         while !rest.is_empty() {
             let digits = rest
                 .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(|| format!("duration `{text}` has a number without a unit"))?;
+                .ok_or_else(|| DurationError::NoUnit { text: text() })?;
             if digits == 0 {
-                return Err(format!(
-                    "duration `{text}` is not like `30s`, `5m`, `1h30m`"
-                ));
+                return Err(DurationError::Malformed { text: text() });
             }
-            let number: f64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("duration `{text}` has a bad number"))?;
+            let number: f64 =
+                rest[..digits]
+                    .parse()
+                    .map_err(|source| DurationError::BadNumber {
+                        text: text(),
+                        source,
+                    })?;
             rest = &rest[digits..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -64,16 +67,68 @@ impl GoDuration {
                 "m" => 60.0,
                 "h" => 3600.0,
                 other => {
-                    return Err(format!(
-                        "duration `{text}` has unknown unit `{other}` (use ms, s, m or h)"
-                    ));
+                    return Err(DurationError::UnknownUnit {
+                        text: text(),
+                        unit: other.to_owned(),
+                    });
                 }
             };
-            total += Duration::try_from_secs_f64(number * scale)
-                .map_err(|_| format!("duration `{text}` is out of range"))?;
+            total += Duration::try_from_secs_f64(number * scale).map_err(|source| {
+                DurationError::OutOfRange {
+                    text: text(),
+                    source,
+                }
+            })?;
         }
         Ok(GoDuration(total))
     }
+}
+
+/// Why a duration in Go notation ([`GoDuration::parse`]) cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// Nothing was given.
+    #[error("empty duration")]
+    Empty,
+    /// The text ends with a number (`1h30`).
+    #[error("duration `{text}` has a number without a unit")]
+    NoUnit {
+        /// The text given.
+        text: String,
+    },
+    /// A unit or sign where a number should be (`s`, `-5s`, `5 minutes`).
+    #[error("duration `{text}` is not like `30s`, `5m`, `1h30m`")]
+    Malformed {
+        /// The text given.
+        text: String,
+    },
+    /// A number that does not parse (`1.2.3s`).
+    #[error("duration `{text}` has a bad number")]
+    BadNumber {
+        /// The text given.
+        text: String,
+        /// The number's parse error.
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// A unit other than `ns`, `us`, `ms`, `s`, `m`, `h`.
+    #[error("duration `{text}` has unknown unit `{unit}` (use ms, s, m or h)")]
+    UnknownUnit {
+        /// The text given.
+        text: String,
+        /// The unit found.
+        unit: String,
+    },
+    /// Too long for a [`Duration`].
+    #[error("duration `{text}` is out of range")]
+    OutOfRange {
+        /// The text given.
+        text: String,
+        /// The conversion's error.
+        #[source]
+        source: std::time::TryFromFloatSecsError,
+    },
 }
 
 impl From<Duration> for GoDuration {
@@ -152,14 +207,28 @@ mod tests {
             GoDuration::from_millis(1500)
         );
         assert_eq!(GoDuration::parse("12").unwrap(), GoDuration::from_secs(12));
-        assert!(
-            GoDuration::parse("5 minutes")
-                .unwrap_err()
-                .contains("unknown unit")
+        assert_eq!(
+            GoDuration::parse("5 minutes"),
+            Err(DurationError::UnknownUnit {
+                text: "5 minutes".into(),
+                unit: " minutes".into()
+            })
         );
-        assert!(GoDuration::parse("s").is_err());
-        assert!(GoDuration::parse("").is_err());
-        assert!(GoDuration::parse("-5s").is_err());
+        assert!(matches!(
+            GoDuration::parse("s"),
+            Err(DurationError::Malformed { .. })
+        ));
+        assert_eq!(GoDuration::parse(""), Err(DurationError::Empty));
+        assert!(matches!(
+            GoDuration::parse("-5s"),
+            Err(DurationError::Malformed { .. })
+        ));
+        assert!(matches!(
+            GoDuration::parse("1h30"),
+            Err(DurationError::NoUnit { .. })
+        ));
+        let e = GoDuration::parse("1.2.3s").unwrap_err();
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! - [`AnalysisSpec`]: arguments and metrics (interval, count, initialDelay, CEL
 //!   success/failure conditions, limits, a provider);
 //! - [`AnalysisRun`]: the pure state machine, serialisable, ticked with `now`;
-//! - [`MetricProvider`] and the registry [`Providers`]: [`WebProvider`] (HTTP + JSONPath),
-//!   [`PrometheusProvider`] (instant queries), [`CommandProvider`] (a program's output).
+//! - [`MetricProvider`] and the registry [`Providers`]: `WebProvider` (HTTP + JSONPath, feature
+//!   `web`), `PrometheusProvider` (instant queries, feature `prometheus`), `CommandProvider` (a
+//!   program's output, feature `command`, opt-in) and any provider the host registers.
 //!
 //! Outcome of one measurement: neither condition set → Successful; only the success condition
 //! → Failed when it is false; only the failure condition → Successful when it is false; both
@@ -20,18 +21,38 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
+//! use std::sync::Arc;
 //! use std::time::SystemTime;
 //!
-//! use rorqual_release::analysis::{AnalysisPhase, AnalysisRun, AnalysisSpec, CommandMetric,
-//!     MetricSpec, Providers, ProviderSpec};
+//! use rorqual_release::analysis::{AnalysisPhase, AnalysisRun, AnalysisSpec, MetricProvider,
+//!     MetricSpec, ProviderError, ProviderSpec, Providers};
+//!
+//! /// A host's own provider kind: always answers 42.
+//! #[derive(Debug)]
+//! struct Answer;
+//!
+//! #[async_trait::async_trait]
+//! impl MetricProvider for Answer {
+//!     fn kind(&self) -> &str {
+//!         "answer"
+//!     }
+//!     async fn measure(
+//!         &self,
+//!         _: &MetricSpec,
+//!         _: &BTreeMap<String, String>,
+//!     ) -> Result<serde_json::Value, ProviderError> {
+//!         Ok(42.into())
+//!     }
+//! }
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let spec = AnalysisSpec::new(vec![
-//!     MetricSpec::new("answer", ProviderSpec::Command(CommandMetric::new(["echo", "42"])))
+//!     MetricSpec::new("answer", ProviderSpec::plugin("answer", serde_json::json!({})))
 //!         .success_condition("result == 42"),
 //! ]);
+//! let providers = Providers::with_defaults().with(Arc::new(Answer));
 //! let mut run = AnalysisRun::new(&spec, BTreeMap::new(), SystemTime::now()).unwrap();
-//! let phase = run.tick(&Providers::with_defaults(), SystemTime::now()).await;
+//! let phase = run.tick(&providers, SystemTime::now()).await;
 //! assert_eq!(phase, AnalysisPhase::Successful);
 //! # });
 //! ```
@@ -47,11 +68,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use duration::GoDuration;
-pub use provider::{
-    COMMAND_DEFAULT_TIMEOUT, CommandProvider, MetricProvider, PROMETHEUS_DEFAULT_TIMEOUT,
-    PrometheusProvider, ProviderError, Providers, WEB_DEFAULT_TIMEOUT, WebProvider,
-};
+pub use duration::{DurationError, GoDuration};
+#[cfg(feature = "command")]
+pub use provider::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
+pub use provider::{MetricProvider, ProviderError, Providers};
+#[cfg(feature = "prometheus")]
+pub use provider::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
+#[cfg(feature = "web")]
+pub use provider::{WEB_DEFAULT_TIMEOUT, WebProvider};
 pub use run::{AnalysisRun, ERROR_RETRY_INTERVAL, MEASUREMENTS_KEPT, Measurement, MetricResult};
 pub use spec::{
     AnalysisSpec, ArgSpec, CommandMetric, DEFAULT_CONSECUTIVE_ERROR_LIMIT, Header, MetricSpec,

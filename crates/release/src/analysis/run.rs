@@ -972,7 +972,7 @@ mod tests {
 
     #[test]
     fn argo_yaml_parses_with_defaults() {
-        let s: AnalysisSpec = serde_yaml::from_str(
+        let s: AnalysisSpec = yaml_serde::from_str(
             r#"
 args:
   - name: service
@@ -1000,7 +1000,7 @@ metrics:
         assert_eq!(m.inconclusive_limit, 0);
         assert_eq!(m.provider.kind(), "web");
         s.validate(&BTreeMap::new()).unwrap();
-        let back: AnalysisSpec = serde_yaml::from_str(&serde_yaml::to_string(&s).unwrap()).unwrap();
+        let back: AnalysisSpec = yaml_serde::from_str(&yaml_serde::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
         let two: Result<ProviderSpec, _> = serde_json::from_value(
             json!({"web": {"url": "http://x"}, "command": {"command": ["x"]}}),

@@ -15,7 +15,7 @@ use super::template;
 /// ```
 /// use rorqual_release::analysis::AnalysisSpec;
 ///
-/// let spec: AnalysisSpec = serde_yaml::from_str(r#"
+/// let spec: AnalysisSpec = yaml_serde::from_str(r#"
 /// args:
 ///   - name: service
 /// metrics:
@@ -138,8 +138,9 @@ impl ProviderSpec {
     }
 }
 
-/// The wire form of [`ProviderSpec`]: an object with exactly one provider key (serde_yaml
-/// would otherwise want YAML tags for an enum).
+/// The wire form of [`ProviderSpec`]: an object with exactly one provider key, as Argo writes
+/// it. A derived enum would not do: `yaml_serde` (like `serde_yaml` before it) reads and
+/// writes enums as YAML tags (`!web`), and the "exactly one" rule gets a clear message here.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawProvider {
@@ -676,5 +677,51 @@ fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod yaml_tests {
+    use super::*;
+
+    /// Argo writes a provider as a one-key map; `yaml_serde` (0.10, like `serde_yaml` 0.9)
+    /// maps a derived enum to YAML tags (`!web`) instead, so [`RawProvider`] stays.
+    #[test]
+    fn providers_read_and_write_as_argo_maps_not_yaml_tags() {
+        let map = "web:\n  url: http://x\n  jsonPath: $.ok\n";
+        let spec: ProviderSpec = yaml_serde::from_str(map).unwrap();
+        assert_eq!(
+            spec,
+            ProviderSpec::Web(WebMetric::get("http://x").json_path("$.ok"))
+        );
+        let written = yaml_serde::to_string(&spec).unwrap();
+        assert_eq!(written, "web:\n  url: http://x\n  jsonPath: $.ok\n");
+        let plugin = ProviderSpec::plugin("kafka-lag", serde_json::json!({"topic": "t"}));
+        let written = yaml_serde::to_string(&plugin).unwrap();
+        assert!(!written.contains('!'), "{written}");
+        assert_eq!(
+            yaml_serde::from_str::<ProviderSpec>(&written).unwrap(),
+            plugin
+        );
+
+        // The tag form is not Argo's and is rejected, naming the keys that work.
+        let tagged = yaml_serde::from_str::<ProviderSpec>("!web\nurl: http://x\n").unwrap_err();
+        assert!(
+            tagged
+                .to_string()
+                .contains("expected one of `web`, `prometheus`"),
+            "{tagged}"
+        );
+
+        // Why the work-around is still needed: a derived enum wants the tag form.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        enum Derived {
+            Web(WebMetric),
+        }
+        let e = yaml_serde::from_str::<Derived>(map).unwrap_err();
+        assert!(e.to_string().contains("YAML tag"), "{e}");
+        assert!(yaml_serde::from_str::<Derived>("!web\nurl: http://x\n").is_ok());
     }
 }

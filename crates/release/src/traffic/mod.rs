@@ -6,7 +6,7 @@
 //! - [`ReplicaRatio`]: no router at all; traffic follows the replica counts, so the strategy
 //!   derives the canary's replica count from the weight with [`canary_replicas_for_weight`]
 //!   (Argo Rollouts' rounding rule);
-//! - [`NginxRouter`]: renders an nginx config with a weighted upstream over each revision's
+//! - `NginxRouter` (feature `nginx`): renders an nginx config with a weighted upstream over each revision's
 //!   instance addresses, validates it with `nginx -t`, reloads, keeps the last versions with
 //!   diffs and restores the previous config when a reload fails.
 //!
@@ -23,6 +23,7 @@
 //! assert_eq!(canary_replicas_for_weight(25, 10), 3); // 2.5 rounds up
 //! ```
 
+#[cfg(feature = "nginx")]
 mod nginx;
 mod ratio;
 
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use rorqual_core::model::{AppKey, Revision};
 
+#[cfg(feature = "nginx")]
 pub use nginx::{ConfigVersion, NGINX_DEFAULT_BINARY, NginxRouter, NginxRouterBuilder};
 pub use ratio::{ReplicaRatio, canary_replicas_for_weight};
 

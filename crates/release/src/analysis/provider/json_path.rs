@@ -3,6 +3,7 @@
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
+#[cfg(any(feature = "web", feature = "command"))]
 /// The value at `path` in `doc`: the single match, or an array when the path matches several
 /// nodes. No path: the whole document. No match is an error naming the path.
 pub(crate) fn extract(doc: Value, path: Option<&str>) -> Result<Value, String> {
@@ -21,6 +22,7 @@ pub(crate) fn extract(doc: Value, path: Option<&str>) -> Result<Value, String> {
     }
 }
 
+#[cfg(any(feature = "web", feature = "command"))]
 /// The start of a document, for error messages.
 pub(crate) fn preview(doc: &Value) -> String {
     let text = doc.to_string();
@@ -39,6 +41,7 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+#[cfg(feature = "command")]
 /// The last `max` bytes or so of `text`, on a character boundary.
 pub(crate) fn last_chars(text: &str, max: usize) -> &str {
     let mut start = text.len().saturating_sub(max);
@@ -48,7 +51,7 @@ pub(crate) fn last_chars(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "web", feature = "command"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::json;

@@ -8,14 +8,29 @@ use async_trait::async_trait;
 
 use super::MetricSpec;
 
+#[cfg(feature = "command")]
 mod command;
+#[cfg(any(feature = "web", feature = "prometheus", feature = "command"))]
 mod json_path;
+#[cfg(feature = "prometheus")]
 mod prometheus;
+#[cfg(feature = "web")]
 mod web;
 
+#[cfg(feature = "command")]
 pub use command::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
+#[cfg(feature = "prometheus")]
 pub use prometheus::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
+#[cfg(feature = "web")]
 pub use web::{WEB_DEFAULT_TIMEOUT, WebProvider};
+
+/// The built-in provider kinds and the cargo feature that compiles each in, with whether it is
+/// on in this build.
+const BUILT_IN: [(&str, bool); 3] = [
+    ("web", cfg!(feature = "web")),
+    ("prometheus", cfg!(feature = "prometheus")),
+    ("command", cfg!(feature = "command")),
+];
 
 /// Measures metrics of one provider kind.
 ///
@@ -94,13 +109,18 @@ impl ProviderError {
 /// A registry of providers by kind; itself a [`MetricProvider`] that hands each metric to the
 /// provider of its kind.
 ///
+/// A metric whose kind has no provider errors at once (it is not retried); when the kind is a
+/// built-in one whose cargo feature is off, the error names the provider and the feature.
+///
 /// ```
 /// use rorqual_release::analysis::Providers;
 ///
 /// let providers = Providers::with_defaults();
-/// assert!(providers.get("prometheus").is_some());
-/// assert!(providers.get("web").is_some());
-/// assert!(providers.get("command").is_some());
+/// # #[cfg(all(feature = "prometheus", feature = "web"))]
+/// assert!(providers.get("prometheus").is_some() && providers.get("web").is_some());
+/// // `command` runs programs named in specs, so it is opt-in (feature `command`).
+/// # #[cfg(not(feature = "command"))]
+/// assert!(providers.get("command").is_none());
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Providers {
@@ -113,12 +133,18 @@ impl Providers {
         Providers::default()
     }
 
-    /// The web, prometheus and command providers.
+    /// The built-in providers compiled in: web (feature `web`), prometheus (feature
+    /// `prometheus`) and command (feature `command`, off by default).
     pub fn with_defaults() -> Self {
-        Providers::new()
-            .with(Arc::new(super::WebProvider::new()))
-            .with(Arc::new(super::PrometheusProvider::new()))
-            .with(Arc::new(super::CommandProvider::new()))
+        #[allow(unused_mut)] // without any provider feature there is nothing to add
+        let mut providers = Providers::new();
+        #[cfg(feature = "web")]
+        providers.insert(Arc::new(WebProvider::new()));
+        #[cfg(feature = "prometheus")]
+        providers.insert(Arc::new(PrometheusProvider::new()));
+        #[cfg(feature = "command")]
+        providers.insert(Arc::new(CommandProvider::new()));
+        providers
     }
 
     /// Adds (or replaces) the provider for its kind.
@@ -153,13 +179,72 @@ impl MetricProvider for Providers {
         let kind = metric.provider.kind();
         match self.by_kind.get(kind) {
             Some(p) => p.measure(metric, args).await,
-            None => Err(ProviderError::config(
+            None => Err(self.missing(kind)),
+        }
+    }
+}
+
+impl Providers {
+    /// The error for a metric of `kind` without a registered provider.
+    fn missing(&self, kind: &str) -> ProviderError {
+        if BUILT_IN.contains(&(kind, false)) {
+            return ProviderError::config(
                 kind,
                 format!(
-                    "no provider of kind `{kind}` is registered (have: {})",
-                    self.by_kind.keys().cloned().collect::<Vec<_>>().join(", ")
+                    "the `{kind}` provider is not compiled in: enable the `{kind}` feature of \
+                     rorqual-release"
                 ),
-            )),
+            );
         }
+        let have: Vec<&str> = self.by_kind.keys().map(String::as_str).collect();
+        ProviderError::config(
+            kind,
+            format!(
+                "no provider of kind `{kind}` is registered (have: {})",
+                if have.is_empty() {
+                    "none".to_owned()
+                } else {
+                    have.join(", ")
+                }
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::analysis::{CommandMetric, ProviderSpec};
+
+    #[tokio::test]
+    async fn a_provider_whose_feature_is_off_is_named_with_its_feature() {
+        let metric = MetricSpec::new("probe", ProviderSpec::Command(CommandMetric::new(["true"])));
+        if cfg!(feature = "command") {
+            assert!(Providers::with_defaults().get("command").is_some());
+        } else {
+            let err = Providers::with_defaults()
+                .measure(&metric, &BTreeMap::new())
+                .await
+                .unwrap_err();
+            assert!(err.is_permanent(), "{err}");
+            assert_eq!(
+                err.to_string(),
+                "command: the `command` provider is not compiled in: enable the `command` \
+                 feature of rorqual-release"
+            );
+        }
+        // A registry without it: the same sentence when the feature is off, "not registered"
+        // when it is on.
+        let err = Providers::new()
+            .measure(&metric, &BTreeMap::new())
+            .await
+            .unwrap_err();
+        let expected = if cfg!(feature = "command") {
+            "no provider of kind `command` is registered (have: none)"
+        } else {
+            "enable the `command` feature"
+        };
+        assert!(err.to_string().contains(expected), "{err}");
     }
 }

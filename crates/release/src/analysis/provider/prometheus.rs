@@ -37,6 +37,19 @@ impl PrometheusProvider {
         PrometheusProvider::default()
     }
 
+    /// A provider trusting the CA certificates in `pem` (one or more PEM `CERTIFICATE`
+    /// blocks) besides the bundled public roots, for servers behind a private or test CA.
+    /// It replaces the client (a default one trusting these roots).
+    pub fn root_certificates_pem(
+        self,
+        pem: impl AsRef<[u8]>,
+    ) -> Result<Self, crate::RootCertificateError> {
+        let roots = crate::https::parse_roots(pem.as_ref())?;
+        Ok(PrometheusProvider {
+            client: crate::https::client_trusting(&roots)?,
+        })
+    }
+
     /// A provider using `client`.
     pub fn with_client(client: reqwest::Client) -> Self {
         PrometheusProvider { client }
@@ -71,13 +84,18 @@ impl MetricProvider for PrometheusProvider {
             req = req.header(&h.key, &h.value);
         }
         let target = format!("query `{}` at {}", p.query, p.address);
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ProviderError::measurement("prometheus", format!("{target}: {e}")))?;
+        let resp = req.send().await.map_err(|e| {
+            ProviderError::measurement(
+                "prometheus",
+                format!("{target}: {}", crate::https::error_chain(&e)),
+            )
+        })?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| {
-            ProviderError::measurement("prometheus", format!("{target}: reading body: {e}"))
+            ProviderError::measurement(
+                "prometheus",
+                format!("{target}: reading body: {}", crate::https::error_chain(&e)),
+            )
         })?;
         let doc: Value = serde_json::from_str(&text).map_err(|e| {
             ProviderError::measurement(

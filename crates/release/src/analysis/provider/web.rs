@@ -27,6 +27,19 @@ impl WebProvider {
         WebProvider::default()
     }
 
+    /// A provider trusting the CA certificates in `pem` (one or more PEM `CERTIFICATE`
+    /// blocks) besides the bundled public roots, for servers behind a private or test CA.
+    /// It replaces the client (a default one trusting these roots).
+    pub fn root_certificates_pem(
+        self,
+        pem: impl AsRef<[u8]>,
+    ) -> Result<Self, crate::RootCertificateError> {
+        let roots = crate::https::parse_roots(pem.as_ref())?;
+        Ok(WebProvider {
+            client: crate::https::client_trusting(&roots)?,
+        })
+    }
+
     /// A provider using `client` (proxies, TLS settings).
     pub fn with_client(client: reqwest::Client) -> Self {
         WebProvider { client }
@@ -68,13 +81,18 @@ impl MetricProvider for WebProvider {
             req = req.body(body.clone());
         }
         let target = format!("{method} {}", web.url);
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ProviderError::measurement("web", format!("{target}: {e}")))?;
+        let resp = req.send().await.map_err(|e| {
+            ProviderError::measurement(
+                "web",
+                format!("{target}: {}", crate::https::error_chain(&e)),
+            )
+        })?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| {
-            ProviderError::measurement("web", format!("{target}: reading body: {e}"))
+            ProviderError::measurement(
+                "web",
+                format!("{target}: reading body: {}", crate::https::error_chain(&e)),
+            )
         })?;
         if !status.is_success() {
             return Err(ProviderError::measurement(
