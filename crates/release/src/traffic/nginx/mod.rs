@@ -5,6 +5,8 @@
 //! - [`process`]: the nginx process — validate, start, reload, stop — on the shared
 //!   supervisor of `rorqual-local`.
 
+#[cfg(test)]
+mod golden;
 mod process;
 mod render;
 mod routes;
