@@ -2,7 +2,7 @@
 //! wait until nginx serves the new config version. This is the "plus one reload" in "from an
 //! analysis failure to the stable revision serving 100% through nginx".
 //!
-//! `cargo bench -p rorqual-core --bench nginx_split` (needs /usr/sbin/nginx; prints
+//! `cargo bench -p rorqual-release --bench nginx_split` (needs /usr/sbin/nginx; prints
 //! `skipped: …` without it). Runs 20 splits alternating between 80/20 and 100/0.
 
 use std::time::{Duration, Instant};
