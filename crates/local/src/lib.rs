@@ -66,6 +66,7 @@ mod host_network;
 mod logs;
 mod probe;
 mod proc;
+pub mod process;
 mod records;
 mod state_file;
 mod store;

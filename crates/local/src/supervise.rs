@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::Inner;
 use super::probe::{ProbeTarget, ProbeTracker, check};
-use super::proc::{Launch, ProcIdentity, Running};
+use super::proc::{Launch, ProcIdentity, SupervisedProcess};
 use rorqual_core::model::{AppSpec, EventType, Probe};
 use rorqual_core::network::{AttachRequest, Attachment};
 
@@ -248,28 +248,28 @@ async fn run_container(
             }
             let was_adopted = adopted.is_some();
             let started = match adopted.take() {
-                Some(identity) => Ok(Running::adopt(identity)),
-                None => Running::spawn(&launch),
+                Some(identity) => Ok(SupervisedProcess::adopt(identity, inner.adopt_poll)),
+                None => launch.spawn(),
             };
             let (reason, ran) = match started {
                 Ok(mut running) => {
                     inner.container_started(
                         &id,
                         index,
-                        running.identity,
+                        running.identity(),
                         was_adopted,
                         container.readiness_probe.is_none(),
                     );
                     let outcome = tokio::select! {
                         biased;
                         () = stop_requested(&mut stop) => Outcome::Stop,
-                        exit = running.wait(inner.adopt_poll) => Outcome::Exited(exit.to_string()),
+                        exit = running.wait() => Outcome::Exited(exit.to_string()),
                         msg = liveness(container.liveness_probe.as_ref(), &target) => Outcome::Liveness(msg),
                         never = readiness(&inner, &id, index, container.readiness_probe.as_ref(), &target) => match never {},
                     };
                     match outcome {
                         Outcome::Stop => {
-                            let exit = running.stop(grace, inner.adopt_poll).await;
+                            let exit = running.stop(grace).await;
                             tracing::info!(%exit, "container stopped");
                             inner.container_stopped(&id, index);
                             return;
@@ -292,13 +292,13 @@ async fn run_container(
                                     container.name
                                 ),
                             );
-                            running.stop(grace, inner.adopt_poll).await;
+                            running.stop(grace).await;
                             (
                                 format!("liveness probe failed: {msg}"),
-                                running.started.elapsed(),
+                                running.started().elapsed(),
                             )
                         }
-                        Outcome::Exited(reason) => (reason, running.started.elapsed()),
+                        Outcome::Exited(reason) => (reason, running.started().elapsed()),
                     }
                 }
                 Err(e) => (format!("failed to start: {e}"), Duration::ZERO),

@@ -400,3 +400,57 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
     assert!(err.to_string().contains("weight 50"), "{err}");
     router.shutdown().await;
 }
+
+/// The prefix the golden configs are rendered with (see `src/traffic/nginx/golden.rs`).
+const GOLDEN_PREFIX: &str = "/var/lib/rorqual/nginx";
+
+#[test]
+fn nginx_t_accepts_every_golden_config() {
+    if !nginx_available() {
+        return;
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/nginx");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("conf") {
+            continue;
+        }
+        // Each file in its own prefix: nginx -t opens the logs and checks the temp paths.
+        let prefix = tempfile::tempdir().unwrap();
+        for dir in ["logs", "tmp/client", "tmp/proxy"] {
+            std::fs::create_dir_all(prefix.path().join(dir)).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(GOLDEN_PREFIX), "{}", path.display());
+        let conf = prefix.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            text.replace(GOLDEN_PREFIX, &prefix.path().display().to_string()),
+        )
+        .unwrap();
+        let out = std::process::Command::new(NGINX_DEFAULT_BINARY)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-e")
+            .arg(prefix.path().join("logs/error.log"))
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nginx -t rejected {}:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(
+        checked.len() >= 5,
+        "expected the golden configs under {}, found {checked:?}",
+        golden.display()
+    );
+    println!("nginx -t accepted {checked:?}");
+}
