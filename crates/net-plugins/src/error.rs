@@ -51,6 +51,16 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
+    /// The core [`rorqual_core::engine::StateStore`] under a
+    /// [`crate::store::state_store::StateStorePools`] failed.
+    #[error("{context}")]
+    StateStore {
+        /// What was being done, naming the key.
+        context: String,
+        /// The state store's error.
+        #[source]
+        source: rorqual_core::error::Error,
+    },
     /// The store does not implement an optional capability (see [`crate::store::PoolStore`]).
     #[error("pool store {store} does not support {operation}")]
     Unsupported {
@@ -70,10 +80,13 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Conflict { .. } | StoreError::Contended { .. } | StoreError::Backend { .. }
-        )
+        match self {
+            StoreError::Conflict { .. }
+            | StoreError::Contended { .. }
+            | StoreError::Backend { .. } => true,
+            StoreError::StateStore { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }
 

@@ -1,5 +1,9 @@
 //! Pool stores: where pool states live, with compare-and-swap writes.
 //!
+//! [`PoolStore`] is the typed layer over the platform's one compare-and-swap contract, core's
+//! `StateStore`: [`state_store::StateStorePools`] puts pools in any `StateStore` (see its
+//! module docs for the mapping, and for why the memory, file and etcd stores stay).
+//!
 //! The allocator ([`crate::Allocator`]) is written once over [`PoolStore`]. A store keeps one
 //! document per pool with a version; [`PoolStore::compare_and_swap`] writes only when the
 //! version is still the one read. [`PoolStore::update`] runs a transaction body (load, change,
@@ -24,6 +28,7 @@ pub mod etcd;
 
 pub mod file;
 pub mod memory;
+pub mod state_store;
 
 /// A pool state with the version it was read at.
 #[derive(Debug, Clone)]
