@@ -238,3 +238,44 @@ pub enum TransferError {
         holder: String,
     },
 }
+
+/// A pool state whose indexes disagree with its entries ([`crate::PoolState::check_consistent`]):
+/// a bug in this crate or a hand-edited store, never a user error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsistencyError {
+    /// The owner index points at an address whose entry is not that owner's active one.
+    #[error("pool `{pool}`: owner {owner} is indexed at {ip} but the entry there is {entry}")]
+    OwnerIndex {
+        /// The pool.
+        pool: String,
+        /// The owner (`container/ifname`).
+        owner: String,
+        /// The indexed address.
+        ip: IpAddr,
+        /// The entry found there, printed.
+        entry: String,
+    },
+    /// The number of active entries differs from the number of indexed owners.
+    #[error("pool `{pool}` has {active} active entries but {owners} indexed owners")]
+    ActiveCount {
+        /// The pool.
+        pool: String,
+        /// Active entries.
+        active: usize,
+        /// Indexed owners.
+        owners: usize,
+    },
+    /// A claim names an address whose entry is not held for its identity.
+    #[error("pool `{pool}`: claim of `{identity}` is on {ip} but the entry there is {entry}")]
+    Claim {
+        /// The pool.
+        pool: String,
+        /// The identity.
+        identity: String,
+        /// The claimed address.
+        ip: IpAddr,
+        /// The entry found there, printed.
+        entry: String,
+    },
+}

@@ -30,7 +30,7 @@ pub mod store;
 pub use allocator::Allocator;
 #[cfg(feature = "bridge")]
 pub use bridge::BridgeNetwork;
-pub use error::{PoolError, StoreError, TransferError};
+pub use error::{ConsistencyError, PoolError, StoreError, TransferError};
 pub use mac::Mac;
 pub use model::{
     AllocRequest, Allocation, AllocationEvent, Dns, IpRange, IpState, Owner, PoolSpec, Route,
