@@ -51,6 +51,16 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
+    /// The core [`rorqual_core::engine::StateStore`] under a
+    /// [`crate::store::state_store::StateStorePools`] failed.
+    #[error("{context}")]
+    StateStore {
+        /// What was being done, naming the key.
+        context: String,
+        /// The state store's error.
+        #[source]
+        source: rorqual_core::error::Error,
+    },
     /// The store does not implement an optional capability (see [`crate::store::PoolStore`]).
     #[error("pool store {store} does not support {operation}")]
     Unsupported {
@@ -70,10 +80,13 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Conflict { .. } | StoreError::Contended { .. } | StoreError::Backend { .. }
-        )
+        match self {
+            StoreError::Conflict { .. }
+            | StoreError::Contended { .. }
+            | StoreError::Backend { .. } => true,
+            StoreError::StateStore { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -223,5 +236,46 @@ pub enum TransferError {
         state: IpState,
         /// Who holds it, or empty.
         holder: String,
+    },
+}
+
+/// A pool state whose indexes disagree with its entries ([`crate::PoolState::check_consistent`]):
+/// a bug in this crate or a hand-edited store, never a user error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsistencyError {
+    /// The owner index points at an address whose entry is not that owner's active one.
+    #[error("pool `{pool}`: owner {owner} is indexed at {ip} but the entry there is {entry}")]
+    OwnerIndex {
+        /// The pool.
+        pool: String,
+        /// The owner (`container/ifname`).
+        owner: String,
+        /// The indexed address.
+        ip: IpAddr,
+        /// The entry found there, printed.
+        entry: String,
+    },
+    /// The number of active entries differs from the number of indexed owners.
+    #[error("pool `{pool}` has {active} active entries but {owners} indexed owners")]
+    ActiveCount {
+        /// The pool.
+        pool: String,
+        /// Active entries.
+        active: usize,
+        /// Indexed owners.
+        owners: usize,
+    },
+    /// A claim names an address whose entry is not held for its identity.
+    #[error("pool `{pool}`: claim of `{identity}` is on {ip} but the entry there is {entry}")]
+    Claim {
+        /// The pool.
+        pool: String,
+        /// The identity.
+        identity: String,
+        /// The claimed address.
+        ip: IpAddr,
+        /// The entry found there, printed.
+        entry: String,
     },
 }

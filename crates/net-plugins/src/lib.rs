@@ -8,9 +8,17 @@
 //! - [`Allocator`]: those operations over any [`store::PoolStore`] (memory, file, etcd with the
 //!   `etcd` feature), with a watch stream of changes.
 //! - [`cni`]: the CNI protocol, used by the `rorqual-ipam` executable.
-//! - [`BridgeNetwork`]: core's `Network` seam on a Linux bridge in network namespaces.
+//! - `BridgeNetwork` (feature `bridge`): core's `Network` seam on a Linux bridge in network
+//!   namespaces.
+//!
+//! # Features
+//!
+//! - `etcd`: the etcd pool store (`store::etcd`; needs `protoc` to build).
+//! - `bridge`: `BridgeNetwork` (pulls in `nix`). The `rorqual-ipam` plugin needs neither, so
+//!   `cargo build -p rorqual-net --bin rorqual-ipam` compiles no `nix`, etcd or gRPC code.
 
 pub mod allocator;
+#[cfg(feature = "bridge")]
 pub mod bridge;
 pub mod cni;
 pub mod error;
@@ -20,8 +28,9 @@ pub mod pool_state;
 pub mod store;
 
 pub use allocator::Allocator;
+#[cfg(feature = "bridge")]
 pub use bridge::BridgeNetwork;
-pub use error::{PoolError, StoreError, TransferError};
+pub use error::{ConsistencyError, PoolError, StoreError, TransferError};
 pub use mac::Mac;
 pub use model::{
     AllocRequest, Allocation, AllocationEvent, Dns, IpRange, IpState, Owner, PoolSpec, Route,

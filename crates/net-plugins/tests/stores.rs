@@ -366,3 +366,37 @@ async fn threads_sharing_a_file_store_never_double_allocate() {
     }
     assert_eq!((got.len(), exhausted), (30, 10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_flock_on_the_lock_file_holds_transactions_back() {
+    // The lock is `flock(LOCK_EX)` on `<pool>.lock`, whichever binary took it (older
+    // `rorqual-ipam` versions took it through `nix`, current ones through `File::lock`).
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path()).unwrap().with_fsync(false);
+    let alloc = Allocator::new(Arc::new(store.clone()));
+    alloc.create_pool(spec("p", "10.8.0.0/29")).await.unwrap();
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store.lock_path("p"))
+        .unwrap();
+    held.lock().unwrap();
+    let a2 = alloc.clone();
+    let task = tokio::spawn(async move {
+        a2.allocate("p", &AllocRequest::new(Owner::new("c1", "eth0")))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !task.is_finished(),
+        "allocated while another process held the lock"
+    );
+    held.unlock().unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.address.addr().to_string(), "10.8.0.1");
+}

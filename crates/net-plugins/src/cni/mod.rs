@@ -25,263 +25,35 @@
 //! MAC from IPAM. The MAC is the one the runtime requested, else the pool's for the first
 //! address (assigned in `macs`, else generated from the pool name and address).
 
+mod add;
+mod args;
 pub mod config;
+mod error;
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+pub use args::Env;
+pub use error::{CniError, code};
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::allocator::Allocator;
 use crate::error::PoolError;
-use crate::mac::Mac;
-use crate::model::{AllocRequest, Allocation, Owner, PoolSpec};
+use crate::model::Owner;
 use crate::pool_state::PoolState;
 use crate::store::PoolStore;
 use crate::store::file::FileStore;
+use add::{add, check};
+use args::{bad_env, parse_cni_args, valid_container_id};
 use config::{IpamConf, NetConf, StoreConf};
-
-/// CNI error codes.
-pub mod code {
-    /// Incompatible CNI version.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// Unsupported field in the network configuration.
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    /// Container unknown or does not exist.
-    pub const UNKNOWN_CONTAINER: u32 = 3;
-    /// Invalid necessary environment variables.
-    pub const BAD_ENV: u32 = 4;
-    /// I/O failure (here: the pool store is unreadable, unwritable or corrupt).
-    pub const IO: u32 = 5;
-    /// Failed to decode content.
-    pub const DECODE: u32 = 6;
-    /// Invalid network config.
-    pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later.
-    pub const TRY_AGAIN: u32 = 11;
-    /// STATUS: the plugin cannot serve ADD (every pool is full, or the store is unusable).
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// rorqual: no free address in a pool.
-    pub const EXHAUSTED: u32 = 110;
-    /// rorqual: a requested address is outside every range or not available.
-    pub const ADDRESS_UNAVAILABLE: u32 = 111;
-    /// rorqual: CHECK found a different address than the previous result.
-    pub const CHECK_MISMATCH: u32 = 112;
-}
 
 /// The CNI versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", NEWEST_VERSION];
 
 /// The newest CNI version this plugin speaks (used when a request names none).
 pub const NEWEST_VERSION: &str = "1.1.0";
-
-/// A CNI error: printed as `{"cniVersion","code","msg","details"}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("CNI error {code}: {msg}")]
-#[non_exhaustive]
-pub struct CniError {
-    /// The code.
-    pub code: u32,
-    /// The message.
-    pub msg: String,
-    /// Details.
-    pub details: String,
-}
-
-impl CniError {
-    /// An error with `code`.
-    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
-    }
-
-    /// The JSON printed on stdout.
-    pub fn to_json(&self, cni_version: &str) -> Value {
-        let mut v = json!({"cniVersion": cni_version, "code": self.code, "msg": self.msg});
-        if !self.details.is_empty() {
-            v["details"] = Value::String(self.details.clone());
-        }
-        v
-    }
-}
-
-impl From<PoolError> for CniError {
-    fn from(e: PoolError) -> Self {
-        let code = match &e {
-            PoolError::Exhausted { .. } => code::EXHAUSTED,
-            PoolError::OutOfRange { .. }
-            | PoolError::Unavailable { .. }
-            | PoolError::AlreadyHolds { .. } => code::ADDRESS_UNAVAILABLE,
-            PoolError::InvalidSpec { .. } | PoolError::PoolExists { .. } => code::INVALID_CONFIG,
-            _ if e.is_retryable() => code::TRY_AGAIN,
-            PoolError::Store { .. } => code::IO,
-            _ => code::INVALID_CONFIG,
-        };
-        let details = std::error::Error::source(&e)
-            .and_then(std::error::Error::source)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        CniError::new(code, e.to_string(), details)
-    }
-}
-
-/// The CNI environment variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Env {
-    /// `CNI_COMMAND`.
-    pub command: Option<String>,
-    /// `CNI_CONTAINERID`.
-    pub container_id: Option<String>,
-    /// `CNI_NETNS`.
-    pub netns: Option<String>,
-    /// `CNI_IFNAME`.
-    pub ifname: Option<String>,
-    /// `CNI_ARGS`.
-    pub args: Option<String>,
-    /// `CNI_PATH`.
-    pub path: Option<String>,
-}
-
-impl Env {
-    /// Reads the process environment.
-    pub fn from_process() -> Env {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Env {
-            command: var("CNI_COMMAND"),
-            container_id: var("CNI_CONTAINERID"),
-            netns: var("CNI_NETNS"),
-            ifname: var("CNI_IFNAME"),
-            args: var("CNI_ARGS"),
-            path: var("CNI_PATH"),
-        }
-    }
-}
-
-fn bad_env(msg: impl Into<String>) -> CniError {
-    CniError::new(code::BAD_ENV, msg, "")
-}
-
-fn valid_container_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// Parsed `CNI_ARGS`.
-#[derive(Debug, Default)]
-struct CniArgs {
-    ignore_unknown: bool,
-    ips: Vec<IpAddr>,
-    mac: Option<Mac>,
-    identity: Option<String>,
-}
-
-fn parse_ip_text(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    s.parse()
-        .ok()
-        .or_else(|| s.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
-}
-
-/// Parses `CNI_ARGS`; errors name `pool` (the pool the command is for) and the entry.
-fn parse_cni_args(raw: Option<&str>, pool: &str) -> Result<CniArgs, CniError> {
-    let mut out = CniArgs::default();
-    let Some(raw) = raw else { return Ok(out) };
-    let pairs: Vec<(&str, &str)> = raw
-        .split(';')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.split_once('=').ok_or_else(|| {
-                bad_env(format!(
-                    "pool `{pool}`: CNI_ARGS entry `{p}` is not KEY=VALUE (in `{raw}`)"
-                ))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    out.ignore_unknown = pairs.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("IgnoreUnknown")
-            && matches!(v.to_ascii_lowercase().as_str(), "1" | "true")
-    });
-    let (mut ns, mut pod) = (None, None);
-    for (k, v) in pairs {
-        match k {
-            "IgnoreUnknown" => {}
-            "IP" => {
-                for part in v.split(',').filter(|p| !p.is_empty()) {
-                    out.ips.push(parse_ip_text(part).ok_or_else(|| {
-                        bad_env(format!(
-                            "pool `{pool}`: CNI_ARGS IP=`{part}` is not an IP address"
-                        ))
-                    })?);
-                }
-            }
-            "MAC" => {
-                out.mac = Some(v.parse().map_err(|e: crate::mac::MacParseError| {
-                    bad_env(format!("pool `{pool}`: CNI_ARGS MAC={v}: {e}"))
-                })?)
-            }
-            "RORQUAL_IDENTITY" => out.identity = Some(v.to_owned()),
-            "K8S_POD_NAMESPACE" => ns = Some(v.to_owned()),
-            "K8S_POD_NAME" => pod = Some(v.to_owned()),
-            other if out.ignore_unknown => {
-                let _ = other;
-            }
-            other => {
-                return Err(CniError::new(
-                    code::UNSUPPORTED_FIELD,
-                    format!(
-                        "pool `{pool}`: unsupported CNI_ARGS key {other}={v} (set IgnoreUnknown=1 to ignore it)"
-                    ),
-                    "",
-                ));
-            }
-        }
-    }
-    if out.identity.is_none()
-        && let (Some(ns), Some(pod)) = (ns, pod)
-    {
-        out.identity = Some(format!("{ns}/{pod}"));
-    }
-    Ok(out)
-}
-
-fn ips_from(v: Option<&Value>, what: &str, pool: &str) -> Result<Vec<IpAddr>, CniError> {
-    let Some(Value::Array(items)) = v else {
-        return Ok(vec![]);
-    };
-    items
-        .iter()
-        .map(|i| {
-            i.as_str().and_then(parse_ip_text).ok_or_else(|| {
-                CniError::new(
-                    code::INVALID_CONFIG,
-                    format!("pool `{pool}`: {what}: `{i}` is not an IP address"),
-                    "",
-                )
-            })
-        })
-        .collect()
-}
-
-fn mac_from(v: Option<&Value>, what: &str, pool: &str) -> Result<Option<Mac>, CniError> {
-    match v.and_then(Value::as_str) {
-        None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|e| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                format!("pool `{pool}`: {what}: {e}"),
-                "",
-            )
-        }),
-    }
-}
 
 /// The pool a configuration is for, as far as it can be read (`ipam.pool`, else the network
 /// name), for naming it in errors before the configuration is known to be valid.
@@ -301,15 +73,6 @@ fn excerpt(input: &[u8]) -> String {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),
     }
-}
-
-#[derive(Serialize)]
-struct IpResult {
-    address: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gateway: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    interface: Option<u32>,
 }
 
 async fn open_store(conf: &IpamConf) -> Result<Arc<dyn PoolStore>, CniError> {
@@ -351,41 +114,6 @@ async fn open_store(conf: &IpamConf) -> Result<Arc<dyn PoolStore>, CniError> {
             "",
         )),
     }
-}
-
-/// Allocates in `spec`'s pool, creating it or updating its spec in the same step.
-async fn allocate_in(
-    alloc: &Allocator,
-    spec: &PoolSpec,
-    req: &AllocRequest,
-) -> Result<Allocation, PoolError> {
-    let now = crate::allocator::system_clock_ms();
-    for _ in 0..3 {
-        let mut out = None;
-        let mut txn = |s: &mut PoolState| {
-            // A config change applies with the allocation (a valid spec on its own: if the
-            // allocation then fails, the file and etcd stores write nothing).
-            let spec_changed = s.set_spec(spec.clone())?;
-            let (a, ev) = s.allocate(req, now)?;
-            out = Some(a);
-            Ok(spec_changed || !ev.is_empty())
-        };
-        match alloc.update(&spec.name, &mut txn).await {
-            Ok(()) => {
-                return out.ok_or_else(|| PoolError::NoSuchPool {
-                    pool: spec.name.clone(),
-                });
-            }
-            Err(PoolError::NoSuchPool { .. }) => match alloc.create_pool(spec.clone()).await {
-                Ok(()) | Err(PoolError::PoolExists { .. }) => continue,
-                Err(e) => return Err(e),
-            },
-            Err(e) => return Err(e),
-        }
-    }
-    Err(PoolError::NoSuchPool {
-        pool: spec.name.clone(),
-    })
 }
 
 /// Whether running the command in `stdin` needs a tokio runtime: only when the network
@@ -589,169 +317,4 @@ async fn execute(command: &str, env: &Env, conf: &NetConf) -> Result<Value, CniE
             "pool `{pool}`: CNI_COMMAND `{other}` is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"
         ))),
     }
-}
-
-async fn add(
-    alloc: &Allocator,
-    conf: &NetConf,
-    ipam: &IpamConf,
-    args: &CniArgs,
-    owner: Owner,
-    sandbox: Option<&str>,
-) -> Result<Value, CniError> {
-    let rc = conf.runtime_config.as_ref();
-    let cni_args = conf.args.as_ref().and_then(|a| a.get("cni"));
-    let mut requested = args.ips.clone();
-    let pool = &ipam.pools[0].name;
-    requested.extend(ips_from(
-        cni_args.and_then(|c| c.get("ips")),
-        "args.cni.ips",
-        pool,
-    )?);
-    requested.extend(ips_from(
-        rc.and_then(|r| r.get("ips")),
-        "runtimeConfig.ips",
-        pool,
-    )?);
-    requested.dedup();
-    let mac = match args.mac {
-        Some(m) => Some(m),
-        None => match mac_from(cni_args.and_then(|c| c.get("mac")), "args.cni.mac", pool)? {
-            Some(m) => Some(m),
-            None => mac_from(rc.and_then(|r| r.get("mac")), "runtimeConfig.mac", pool)?,
-        },
-    };
-    // Each requested address goes to the pool whose ranges contain it.
-    let mut per_pool: BTreeMap<usize, IpAddr> = BTreeMap::new();
-    for ip in &requested {
-        let Some(i) = ipam
-            .pools
-            .iter()
-            .position(|p| PoolState::new(p.clone()).is_ok_and(|s| s.state_of(*ip).is_some()))
-        else {
-            let names: Vec<&str> = ipam.pools.iter().map(|p| p.name.as_str()).collect();
-            return Err(CniError::new(
-                code::ADDRESS_UNAVAILABLE,
-                format!(
-                    "requested address {ip} is outside every range of pool(s) {}",
-                    names.join(", ")
-                ),
-                "",
-            ));
-        };
-        if per_pool.insert(i, *ip).is_some_and(|prev| prev != *ip) {
-            return Err(CniError::new(
-                code::ADDRESS_UNAVAILABLE,
-                format!(
-                    "more than one address requested from pool `{}`",
-                    ipam.pools[i].name
-                ),
-                "",
-            ));
-        }
-    }
-    let mut ips = Vec::new();
-    let mut macs = Vec::new();
-    let mut done: Vec<&str> = Vec::new();
-    let interface = ipam.report_mac.then_some(0);
-    for (i, spec) in ipam.pools.iter().enumerate() {
-        let mut req = AllocRequest::new(owner.clone());
-        req.ip = per_pool.get(&i).copied();
-        req.mac = mac;
-        req.identity = args.identity.clone();
-        match allocate_in(alloc, spec, &req).await {
-            Ok(a) => {
-                ips.push(IpResult {
-                    address: a.address.to_string(),
-                    gateway: a.gateway,
-                    interface,
-                });
-                macs.push(a.mac);
-                done.push(&spec.name);
-            }
-            Err(e) => {
-                // Give back what this ADD took in earlier pools.
-                for pool in done {
-                    let _ = alloc.release(pool, &owner).await;
-                }
-                return Err(e.into());
-            }
-        }
-    }
-    let first = &ipam.pools[0];
-    let mut result = json!({
-        "cniVersion": conf.cni_version,
-        "ips": ips,
-        "routes": first.routes,
-        "dns": first.dns,
-    });
-    if ipam.report_mac
-        && let Some(pool_mac) = macs.first()
-    {
-        let mut iface = json!({"name": owner.ifname, "mac": mac.unwrap_or(*pool_mac).to_string()});
-        if let Some(sandbox) = sandbox {
-            iface["sandbox"] = Value::String(sandbox.to_owned());
-        }
-        result["interfaces"] = json!([iface]);
-    }
-    Ok(result)
-}
-
-async fn check(
-    alloc: &Allocator,
-    conf: &NetConf,
-    ipam: &IpamConf,
-    owner: &Owner,
-) -> Result<(), CniError> {
-    let prev: Vec<IpAddr> = conf
-        .prev_result
-        .as_ref()
-        .and_then(|p| p.get("ips"))
-        .and_then(Value::as_array)
-        .map(|ips| {
-            ips.iter()
-                .filter_map(|i| {
-                    i.get("address")
-                        .and_then(Value::as_str)
-                        .and_then(parse_ip_text)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    for spec in &ipam.pools {
-        let held = match alloc.lookup(&spec.name, owner).await {
-            Ok(h) => h,
-            Err(PoolError::NoSuchPool { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let Some(held) = held else {
-            return Err(CniError::new(
-                code::UNKNOWN_CONTAINER,
-                format!("pool `{}` holds no address for {owner}", spec.name),
-                "",
-            ));
-        };
-        let state = PoolState::new(spec.clone())?;
-        let expected: Vec<&IpAddr> = prev
-            .iter()
-            .filter(|ip| state.state_of(**ip).is_some() || **ip == held.address.addr())
-            .collect();
-        if !expected.is_empty() && !expected.contains(&&held.address.addr()) {
-            return Err(CniError::new(
-                code::CHECK_MISMATCH,
-                format!(
-                    "pool `{}`: {owner} holds {} but prevResult lists {}",
-                    spec.name,
-                    held.address,
-                    expected
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                "",
-            ));
-        }
-    }
-    Ok(())
 }

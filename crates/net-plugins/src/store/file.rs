@@ -38,7 +38,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::{PoolStore, TxnFn, Versioned, WatchStream};
@@ -166,18 +165,26 @@ impl FileStore {
         self.dir.join(format!("{pool}.json"))
     }
 
-    fn lock(&self, pool: &str) -> Result<Flock<File>, StoreError> {
-        let path = self.dir.join(format!("{pool}.lock"));
+    /// Takes the pool's exclusive lock: held until the returned file is dropped (closed).
+    /// `File::lock` is `flock(LOCK_EX)` on Linux, the lock earlier versions took with `nix`, so
+    /// old and new `rorqual-ipam` binaries sharing a directory still exclude each other.
+    fn lock(&self, pool: &str) -> Result<File, StoreError> {
+        let path = self.lock_path(pool);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io(format!("cannot open lock file {}", path.display())))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| StoreError::Io {
-            context: format!("cannot lock {}", path.display()),
-            source: std::io::Error::from(errno),
-        })
+        file.lock()
+            .map_err(io(format!("cannot lock {}", path.display())))?;
+        Ok(file)
+    }
+
+    /// The lock file of `pool` (`<dir>/<pool>.lock`): a process that holds an exclusive
+    /// `flock` on it (`File::lock`) keeps every transaction on the pool waiting.
+    pub fn lock_path(&self, pool: &str) -> PathBuf {
+        self.dir.join(format!("{pool}.lock"))
     }
 
     fn read(&self, pool: &str) -> Result<Option<Versioned>, StoreError> {

@@ -1,9 +1,9 @@
 //! The in-memory pool store (tests, embedded single-process use).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{PoolStore, TxnFn, Versioned};
 use crate::error::{PoolError, StoreError};
@@ -24,9 +24,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, (u64, PoolState)>> {
-        // A panicking transaction body cannot leave a half change: bodies check before they
-        // change, so the map is consistent even when poisoned.
-        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+        // parking_lot's mutex does not poison: a panicking transaction body cannot leave a
+        // half change (bodies check before they change), so the map stays usable.
+        self.pools.lock()
     }
 
     /// Runs `txn` synchronously (the async [`PoolStore::update`] calls this).
@@ -92,5 +92,43 @@ impl PoolStore for MemoryStore {
 
     fn try_update_now(&self, pool: &str, txn: &mut TxnFn<'_>) -> Option<Result<(), PoolError>> {
         Some(self.update_sync(pool, txn))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{AllocRequest, IpRange, Owner, PoolSpec};
+
+    #[test]
+    fn a_panicking_transaction_leaves_the_store_usable() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let spec = PoolSpec::new("p").with_range(IpRange::new("10.0.0.0/29".parse().unwrap()));
+        futures::executor::block_on(store.compare_and_swap(
+            "p",
+            None,
+            Some(&PoolState::new(spec).unwrap()),
+        ))
+        .unwrap();
+        let s2 = store.clone();
+        let panicked = std::thread::spawn(move || {
+            s2.update_sync("p", &mut |_: &mut PoolState| -> Result<bool, PoolError> {
+                panic!("body fails")
+            })
+        })
+        .join();
+        assert!(panicked.is_err());
+        let mut got = None;
+        store
+            .update_sync("p", &mut |s| {
+                got = Some(
+                    s.allocate(&AllocRequest::new(Owner::new("c", "eth0")), 0)?
+                        .0,
+                );
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(got.unwrap().address.to_string(), "10.0.0.1/29");
     }
 }

@@ -1,5 +1,9 @@
 //! Pool stores: where pool states live, with compare-and-swap writes.
 //!
+//! [`PoolStore`] is the typed layer over the platform's one compare-and-swap contract, core's
+//! `StateStore`: [`state_store::StateStorePools`] puts pools in any `StateStore` (see its
+//! module docs for the mapping, and for why the memory, file and etcd stores stay).
+//!
 //! The allocator ([`crate::Allocator`]) is written once over [`PoolStore`]. A store keeps one
 //! document per pool with a version; [`PoolStore::compare_and_swap`] writes only when the
 //! version is still the one read. [`PoolStore::update`] runs a transaction body (load, change,
@@ -24,6 +28,7 @@ pub mod etcd;
 
 pub mod file;
 pub mod memory;
+pub mod state_store;
 
 /// A pool state with the version it was read at.
 #[derive(Debug, Clone)]
@@ -90,6 +95,13 @@ pub trait PoolStore: Send + Sync + Debug + 'static {
     }
 }
 
+/// How long to wait after the `attempt`th conflict: grows with the attempt (up to 10 ms) plus
+/// 0–4 ms of random jitter, so writers that collided (threads of one process as well as
+/// processes) spread out instead of retrying in lockstep.
+fn conflict_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(u64::from(attempt.min(10)) + fastrand::u64(0..5))
+}
+
 /// Load, change, compare-and-swap; retried with a short randomised backoff on conflict.
 pub async fn update_with_cas<S: PoolStore + ?Sized>(
     store: &S,
@@ -116,10 +128,7 @@ pub async fn update_with_cas<S: PoolStore + ?Sized>(
         {
             Ok(_) => return Ok(()),
             Err(StoreError::Conflict { .. }) => {
-                let jitter =
-                    u64::from(std::process::id() ^ attempt.wrapping_mul(2_654_435_761)) % 5;
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) + jitter))
-                    .await;
+                tokio::time::sleep(conflict_backoff(attempt)).await;
             }
             Err(e) => return Err(PoolError::store(pool, e)),
         }
@@ -137,6 +146,21 @@ pub async fn update_with_cas<S: PoolStore + ?Sized>(
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn conflict_backoff_is_bounded_and_jittered_within_one_process() {
+        let waits: std::collections::HashSet<Duration> =
+            (0..64).map(|_| conflict_backoff(3)).collect();
+        // Same process, same attempt: still different waits (the jitter used to be a
+        // function of the process id and the attempt, so a process's writers stayed in step).
+        assert!(waits.len() > 1, "{waits:?}");
+        assert!(
+            waits
+                .iter()
+                .all(|w| (Duration::from_millis(3)..Duration::from_millis(8)).contains(w))
+        );
+        assert!(conflict_backoff(1000) < Duration::from_millis(15));
+    }
 
     #[test]
     fn pool_store_is_object_safe_and_send() {
