@@ -92,6 +92,7 @@ use self::records::{
     AppState, InstanceRecord, Runtime, State, StopIntent, container_records, group_status, plan,
     stateful_id,
 };
+use rorqual_core::engine::planner;
 use rorqual_core::engine::{Engine, EventStream, GroupStatus, LogOptions, LogStream, StateStore};
 use rorqual_core::error::{Error, Result};
 use rorqual_core::model::{
@@ -813,15 +814,20 @@ impl Inner {
         }
         let candidates: Vec<String> = {
             let st = self.lock();
-            let mut pending: Vec<&InstanceRecord> = st
+            let apps: BTreeSet<&AppKey> = st
                 .instances
                 .values()
                 .filter(|r| r.node.is_none() && r.is_active())
+                .map(|r| &r.app)
                 .collect();
-            pending.sort_by(|a, b| {
-                (&a.app, a.ordinal, a.created, &a.id).cmp(&(&b.app, b.ordinal, b.created, &b.id))
-            });
-            pending.into_iter().map(|r| r.id.clone()).collect()
+            apps.into_iter()
+                .flat_map(|app| {
+                    planner::start_order(&records::members(app, &st.instances))
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         };
         for id in candidates {
             let (request, views) = {
@@ -833,15 +839,8 @@ impl Inner {
                     continue;
                 }
                 if let Some(ordinal) = rec.ordinal {
-                    let waiting = st
-                        .instances
-                        .values()
-                        .filter(|r| r.app == rec.app)
-                        .filter(|r| r.ordinal.is_some_and(|o| o < ordinal))
-                        .filter(|r| !r.is_ready())
-                        .map(|r| r.id.clone())
-                        .min();
-                    if let Some(blocker) = waiting {
+                    let members = records::members(&rec.app, &st.instances);
+                    if let Some(blocker) = planner::start_blocker(&members, ordinal) {
                         let reason = format!("waiting for {blocker} to be ready");
                         if let Some(r) = st.instances.get_mut(&id) {
                             r.reason = Some(reason);

@@ -16,6 +16,8 @@
 //!
 //! Stateful applications: [`Engine::apply_group`] and [`Engine::scale_group`] set the number of
 //! identities (new ordinals start at the given revision, the highest ordinals are removed);
+//! identities start in ordinal order, each once the previous one is ready (as `LocalEngine`
+//! does; the decisions are [`planner`](crate::engine::planner)'s);
 //! [`Engine::delete_group`] removes the identities only when every identity is at that revision.
 //!
 //! ```
@@ -49,6 +51,7 @@ use tokio::sync::broadcast;
 pub use fault::{Fault, FaultTarget};
 
 use crate::clock::{Clock, ManualClock};
+use crate::engine::planner::{self, Desired, Member};
 use crate::engine::{Engine, EventStream, GroupStatus, MemoryStateStore, StateStore};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -170,8 +173,8 @@ struct AppState {
     specs: BTreeMap<Revision, Arc<AppSpec>>,
     /// Stateless: desired replicas per revision group.
     groups: BTreeMap<Revision, u32>,
-    /// Stateful: the number of identities.
-    identities: u32,
+    /// Stateful: the revision of each identity, by ordinal.
+    identities: BTreeMap<u32, Revision>,
     /// Stateful: the revision new ordinals start at.
     identity_revision: Option<Revision>,
     instances: BTreeMap<String, Sim>,
@@ -191,6 +194,38 @@ struct Sim {
     restart_at: Option<SystemTime>,
     /// The last scheduling failure reported, to report each new reason once.
     last_unschedulable: Option<String>,
+    /// Since when it passes readiness (stateful identities start after their predecessors).
+    ready_since: Option<SystemTime>,
+    /// Stateful: since when it has waited for a lower ordinal to be ready.
+    waiting_since: Option<SystemTime>,
+}
+
+impl Sim {
+    /// The planner's view of this instance.
+    fn member(&self) -> Member<'_> {
+        let i = &self.instance;
+        let mut m = Member::new(&i.id, &i.revision, i.created)
+            .active(i.phase != InstancePhase::Stopped)
+            .placed(i.phase != InstancePhase::Pending)
+            .ready(i.ready);
+        m.ordinal = i.ordinal;
+        m
+    }
+}
+
+impl AppState {
+    /// The planner's view of the application's instances.
+    fn members(&self) -> Vec<Member<'_>> {
+        self.instances.values().map(Sim::member).collect()
+    }
+
+    /// The desired state, for the planner.
+    fn desired(&self) -> Desired<'_> {
+        match self.kind {
+            WorkloadKind::Stateful => Desired::Stateful(&self.identities),
+            _ => Desired::Stateless(&self.groups),
+        }
+    }
 }
 
 /// Collects events during one call and publishes them afterwards.
@@ -317,10 +352,7 @@ impl MemoryEngine {
                 self.placement.release(&release).await?;
             }
             if app.kind != WorkloadKind::Stateful {
-                let revisions: Vec<Revision> = app.groups.keys().cloned().collect();
-                for rev in revisions {
-                    self.reconcile_group(&mut st, &key, &rev, now).await?;
-                }
+                self.reconcile_app(&mut st, &key, now).await?;
             }
             self.sync_app(&mut st, &key, now).await?;
         }
@@ -350,22 +382,69 @@ impl MemoryEngine {
     /// Advances every instance of `key` to `now` and places pending ones.
     async fn sync_app(&self, st: &mut State, key: &AppKey, now: SystemTime) -> Result<()> {
         let ev = self.emitter();
-        let mut pending = Vec::new();
         {
             let Some(app) = st.apps.get_mut(key) else {
                 return Ok(());
             };
             let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
-            for (id, sim) in &mut app.instances {
-                if sim.instance.phase == InstancePhase::Pending {
-                    pending.push(id.clone());
-                } else {
+            for sim in app.instances.values_mut() {
+                if sim.instance.phase != InstancePhase::Pending {
                     advance(sim, now, &faults, self.startup, &ev);
                 }
             }
         }
-        for id in pending {
-            self.try_place(st, key, &id, now).await?;
+        self.place_pending(st, key, now).await
+    }
+
+    /// Places the pending instances of `key` in the planner's start order. A stateful
+    /// identity waits until every lower ordinal is ready, and then starts at the time the last
+    /// of them became ready (so the same calls give the same times however the clock is
+    /// read); it is then advanced to `now`, so that the next one may start in the same call.
+    async fn place_pending(&self, st: &mut State, key: &AppKey, now: SystemTime) -> Result<()> {
+        let order: Vec<String> = match st.apps.get(key) {
+            Some(app) => planner::start_order(&app.members())
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            None => return Ok(()),
+        };
+        let ev = self.emitter();
+        for id in order {
+            let mut at = now;
+            {
+                let Some(app) = st.apps.get_mut(key) else {
+                    return Ok(());
+                };
+                let Some(ordinal) = app.instances.get(&id).and_then(|s| s.instance.ordinal) else {
+                    self.try_place(st, key, &id, now).await?;
+                    continue;
+                };
+                let members = app.members();
+                if let Some(blocker) = planner::start_blocker(&members, ordinal) {
+                    let reason = format!("waiting for {blocker} to be ready");
+                    if let Some(sim) = app.instances.get_mut(&id) {
+                        sim.instance.reason = Some(reason);
+                        sim.waiting_since.get_or_insert(now);
+                    }
+                    continue;
+                }
+                if let Some(since) = app.instances.get(&id).and_then(|s| s.waiting_since) {
+                    let predecessors_ready = app
+                        .instances
+                        .values()
+                        .filter(|s| s.instance.ordinal.is_some_and(|o| o < ordinal))
+                        .filter_map(|s| s.ready_since)
+                        .max();
+                    at = predecessors_ready.map_or(since, |r| r.max(since)).min(now);
+                }
+            }
+            self.try_place(st, key, &id, at).await?;
+            if let Some(sim) = st.apps.get_mut(key).and_then(|a| a.instances.get_mut(&id))
+                && sim.instance.phase != InstancePhase::Pending
+            {
+                let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+                advance(sim, now, &faults, self.startup, &ev);
+            }
         }
         Ok(())
     }
@@ -426,6 +505,7 @@ impl MemoryEngine {
                 }
                 sim.instance.node = Some(decision.node.clone());
                 sim.last_unschedulable = None;
+                sim.waiting_since = None;
                 ev.emit(now, EventType::Normal, key, id, "Scheduled", || {
                     format!("assigned {id} to {}", decision.node)
                 });
@@ -447,124 +527,49 @@ impl MemoryEngine {
         }
     }
 
-    /// Creates or removes instances of a stateless group until it has its desired count.
-    async fn reconcile_group(
-        &self,
-        st: &mut State,
-        key: &AppKey,
-        revision: &Revision,
-        now: SystemTime,
-    ) -> Result<()> {
+    /// Creates and removes instances of `key` as the planner decides, then places pending
+    /// ones.
+    async fn reconcile_app(&self, st: &mut State, key: &AppKey, now: SystemTime) -> Result<()> {
         let ev = self.emitter();
-        let mut created = Vec::new();
         let mut removed = Vec::new();
         {
             let State { nodes, apps, .. } = &mut *st;
             let Some(app) = apps.get_mut(key) else {
                 return Ok(());
             };
-            let desired = app.groups.get(revision).copied().unwrap_or(0) as usize;
-            let Some(spec) = app.specs.get(revision).cloned() else {
-                return Ok(());
+            let plan = planner::plan(&key.name, &app.desired(), &app.members());
+            let why = match app.kind {
+                WorkloadKind::Stateful => "identities scaled down",
+                _ => "group scaled down",
             };
-            let mut members: Vec<(u8, String)> = app
-                .instances
-                .iter()
-                .filter(|(_, s)| &s.instance.revision == revision)
-                .map(|(id, s)| {
-                    // Removal order: pending first, then not ready, then ready; newest first.
-                    let rank = match (s.instance.phase, s.instance.ready) {
-                        (InstancePhase::Pending, _) => 0,
-                        (_, false) => 1,
-                        (_, true) => 2,
-                    };
-                    (rank, id.clone())
-                })
-                .collect();
-            if members.len() > desired {
-                members.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-                let excess = members.len() - desired;
-                for (_, id) in members.into_iter().take(excess) {
-                    if let Some(mut sim) = app.instances.remove(&id) {
-                        unplace(nodes, &mut sim);
-                        ev.emit(now, EventType::Normal, key, &id, "Killing", || {
-                            format!("stopping {id}: group scaled down")
-                        });
-                        removed.push(id);
-                    }
-                }
-            } else {
-                for _ in members.len()..desired {
-                    app.next_id += 1;
-                    let id = format!("{}-{}-{:05}", key.name, revision, app.next_id);
-                    let sim = new_sim(id.clone(), key, revision, None, &spec, now);
-                    app.instances.insert(id.clone(), sim);
-                    created.push(id);
-                }
-            }
-        }
-        for id in removed {
-            self.placement.release(&id).await?;
-        }
-        for id in created {
-            self.try_place(st, key, &id, now).await?;
-        }
-        Ok(())
-    }
-
-    /// Stateful: creates ordinals below the identity count and removes those above it.
-    async fn reconcile_identities(
-        &self,
-        st: &mut State,
-        key: &AppKey,
-        now: SystemTime,
-    ) -> Result<()> {
-        let ev = self.emitter();
-        let mut created = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let State { nodes, apps, .. } = &mut *st;
-            let Some(app) = apps.get_mut(key) else {
-                return Ok(());
-            };
-            let Some(revision) = app.identity_revision.clone() else {
-                return Ok(());
-            };
-            let Some(spec) = app.specs.get(&revision).cloned() else {
-                return Ok(());
-            };
-            let existing: Vec<(u32, String)> = app
-                .instances
-                .iter()
-                .filter_map(|(id, s)| s.instance.ordinal.map(|o| (o, id.clone())))
-                .collect();
-            for (ordinal, id) in &existing {
-                if *ordinal >= app.identities
-                    && let Some(mut sim) = app.instances.remove(id)
-                {
+            for id in plan.remove {
+                if let Some(mut sim) = app.instances.remove(&id) {
                     unplace(nodes, &mut sim);
-                    ev.emit(now, EventType::Normal, key, id, "Killing", || {
-                        format!("stopping {id}: identities scaled down")
+                    ev.emit(now, EventType::Normal, key, &id, "Killing", || {
+                        format!("stopping {id}: {why}")
                     });
-                    removed.push(id.clone());
+                    removed.push(id);
                 }
             }
-            for ordinal in 0..app.identities {
-                let id = format!("{}-{ordinal}", key.name);
-                if !app.instances.contains_key(&id) {
-                    let sim = new_sim(id.clone(), key, &revision, Some(ordinal), &spec, now);
-                    app.instances.insert(id.clone(), sim);
-                    created.push(id);
-                }
+            for new in plan.create {
+                let Some(spec) = app.specs.get(&new.revision).cloned() else {
+                    continue;
+                };
+                let id = match new.ordinal {
+                    Some(ordinal) => planner::identity_id(&key.name, ordinal),
+                    None => {
+                        app.next_id += 1;
+                        format!("{}-{}-{:05}", key.name, new.revision, app.next_id)
+                    }
+                };
+                let sim = new_sim(id.clone(), key, &new.revision, new.ordinal, &spec, now);
+                app.instances.insert(id, sim);
             }
         }
         for id in removed {
             self.placement.release(&id).await?;
         }
-        for id in created {
-            self.try_place(st, key, &id, now).await?;
-        }
-        Ok(())
+        self.place_pending(st, key, now).await
     }
 
     fn validate(spec: &AppSpec) -> Result<()> {
@@ -573,34 +578,20 @@ impl MemoryEngine {
     }
 
     fn group_status(app: &AppState, key: &AppKey, revision: &Revision) -> GroupStatus {
-        let mut current = 0;
-        let mut ready = 0;
-        let mut at_revision = 0;
-        for sim in app.instances.values() {
-            if &sim.instance.revision != revision {
-                continue;
-            }
-            at_revision += 1;
-            if sim.instance.phase != InstancePhase::Stopped {
-                current += 1;
-            }
-            if sim.instance.ready {
-                ready += 1;
-            }
-        }
-        let desired = match app.kind {
-            WorkloadKind::Stateful => at_revision,
-            _ => app.groups.get(revision).copied().unwrap_or(0),
-        };
-        GroupStatus {
-            app: key.clone(),
-            revision: revision.clone(),
-            desired,
-            current,
-            ready,
-            available: ready,
-        }
+        planner::group_status(key, revision, &app.desired(), &app.members())
     }
+}
+
+/// Stateful: sets the number of identities; new ordinals start at `revision`, the highest
+/// ordinals go.
+fn set_identities(app: &mut AppState, revision: &Revision, count: u32) {
+    for ordinal in 0..count {
+        app.identities
+            .entry(ordinal)
+            .or_insert_with(|| revision.clone());
+    }
+    app.identities.retain(|o, _| *o < count);
+    app.identity_revision = Some(revision.clone());
 }
 
 fn node_index(st: &State, name: &str) -> Result<usize> {
@@ -645,6 +636,8 @@ fn new_sim(
         crash_at: None,
         restart_at: None,
         last_unschedulable: None,
+        ready_since: None,
+        waiting_since: None,
     }
 }
 
@@ -669,6 +662,7 @@ fn start(sim: &mut Sim, at: SystemTime, faults: &Faults, startup: Duration, ev: 
     sim.instance.phase = InstancePhase::Starting;
     sim.instance.ready = false;
     sim.instance.reason = None;
+    sim.ready_since = None;
     sim.ready_at = Some(at + startup);
     sim.restart_at = None;
     sim.crash_at = faults
@@ -708,6 +702,7 @@ fn advance(sim: &mut Sim, now: SystemTime, faults: &Faults, startup: Duration, e
             let backoff = (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_CAP);
             sim.instance.phase = InstancePhase::CrashLoopBackOff;
             sim.instance.ready = false;
+            sim.ready_since = None;
             sim.instance.reason =
                 Some(format!("exit code 1; restarting in {}s", backoff.as_secs()));
             sim.ready_at = None;
@@ -730,6 +725,7 @@ fn advance(sim: &mut Sim, now: SystemTime, faults: &Faults, startup: Duration, e
                 });
             } else {
                 sim.instance.ready = true;
+                sim.ready_since = Some(at);
                 sim.instance.reason = None;
                 ev.emit(at, EventType::Normal, &app, &id, "Ready", || {
                     format!("{id} is ready")
@@ -766,7 +762,7 @@ impl Engine for MemoryEngine {
             kind: spec.kind,
             specs: BTreeMap::new(),
             groups: BTreeMap::new(),
-            identities: 0,
+            identities: BTreeMap::new(),
             identity_revision: None,
             instances: BTreeMap::new(),
             next_id: 0,
@@ -782,17 +778,14 @@ impl Engine for MemoryEngine {
             .or_insert_with(|| Arc::new(spec.clone()));
         match spec.kind {
             WorkloadKind::Stateful => {
-                app.identities = replicas;
-                app.identity_revision = Some(revision.clone());
-                self.sync_app(&mut st, &key, now).await?;
-                self.reconcile_identities(&mut st, &key, now).await?;
+                set_identities(app, &revision, replicas);
             }
             _ => {
                 app.groups.insert(revision.clone(), replicas);
-                self.sync_app(&mut st, &key, now).await?;
-                self.reconcile_group(&mut st, &key, &revision, now).await?;
             }
         }
+        self.sync_app(&mut st, &key, now).await?;
+        self.reconcile_app(&mut st, &key, now).await?;
         let app = st.apps.get(&key).ok_or_else(|| Error::NotFound {
             kind: "application",
             name: key.to_string(),
@@ -817,21 +810,16 @@ impl Engine for MemoryEngine {
             return Err(not_found());
         }
         match state.kind {
-            WorkloadKind::Stateful => {
-                state.identities = replicas;
-                state.identity_revision = Some(revision.clone());
-                self.sync_app(&mut st, app, now).await?;
-                self.reconcile_identities(&mut st, app, now).await?;
-            }
+            WorkloadKind::Stateful => set_identities(state, revision, replicas),
             _ => {
                 if !state.groups.contains_key(revision) {
                     return Err(not_found());
                 }
                 state.groups.insert(revision.clone(), replicas);
-                self.sync_app(&mut st, app, now).await?;
-                self.reconcile_group(&mut st, app, revision, now).await?;
             }
         }
+        self.sync_app(&mut st, app, now).await?;
+        self.reconcile_app(&mut st, app, now).await?;
         let state = st.apps.get(app).ok_or_else(not_found)?;
         Ok(Self::group_status(state, app, revision))
     }
@@ -860,16 +848,15 @@ impl Engine for MemoryEngine {
                         state.instances.len() - at_rev
                     )));
                 }
-                state.identities = 0;
-                self.reconcile_identities(&mut st, app, now).await?;
+                state.identities.clear();
+                self.reconcile_app(&mut st, app, now).await?;
                 st.apps.remove(app);
             }
             _ => {
                 if state.groups.remove(revision).is_none() {
                     return Ok(());
                 }
-                state.groups.insert(revision.clone(), 0);
-                self.reconcile_group(&mut st, app, revision, now).await?;
+                self.reconcile_app(&mut st, app, now).await?;
                 if let Some(state) = st.apps.get_mut(app) {
                     state.groups.remove(revision);
                     state.specs.remove(revision);
@@ -964,12 +951,13 @@ impl Engine for MemoryEngine {
             sim.crash_at = None;
             sim.restart_at = None;
             sim.resources = spec.instance_resources();
+            app.identities.insert(ordinal, revision.clone());
             app.specs
                 .entry(revision.clone())
                 .or_insert_with(|| Arc::new(spec.clone()));
         }
         self.placement.release(&id).await?;
-        self.try_place(&mut st, &key, &id, now).await?;
+        self.place_pending(&mut st, &key, now).await?;
         st.apps
             .get(&key)
             .and_then(|a| a.instances.get(&id))
