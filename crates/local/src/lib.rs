@@ -61,7 +61,6 @@
 //! # Ok(()) }
 //! ```
 
-mod backoff;
 mod host_network;
 mod logs;
 mod probe;
@@ -86,12 +85,12 @@ use tracing::Instrument;
 pub use host_network::{DEFAULT_PORT_RANGE, HostNetwork, SERVER_PORT_RANGE, free_loopback_port};
 pub use store::FileStateStore;
 
-use self::backoff::Backoff;
 use self::proc::{ProcIdentity, is_alive};
 use self::records::{
     AppState, InstanceRecord, Runtime, State, StopIntent, container_records, group_status, plan,
     stateful_id,
 };
+use rorqual_core::backoff::Backoff;
 use rorqual_core::engine::planner;
 use rorqual_core::engine::{Engine, EventStream, GroupStatus, LogOptions, LogStream, StateStore};
 use rorqual_core::error::{Error, Result};
@@ -155,9 +154,10 @@ impl LocalEngineBuilder {
         self
     }
 
-    /// The restart backoff: the first delay and the cap (default 10 s and 5 min).
+    /// The restart backoff: the first delay and the cap (default 10 s and 5 min, doubling:
+    /// [`Backoff::KUBELET_RESTART`]).
     pub fn restart_backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff = Backoff { base, cap };
+        self.backoff = Backoff::new(base, cap);
         self
     }
 
@@ -191,13 +191,13 @@ impl LocalEngineBuilder {
                 problems.push(format!("duplicate node name {:?}", n.name));
             }
         }
-        if self.backoff.base.is_zero() {
+        if self.backoff.initial.is_zero() {
             problems.push("restart backoff base must be > 0".to_owned());
         }
-        if self.backoff.base > self.backoff.cap {
+        if self.backoff.initial > self.backoff.max {
             problems.push(format!(
                 "restart backoff base {:?} exceeds its cap {:?}",
-                self.backoff.base, self.backoff.cap
+                self.backoff.initial, self.backoff.max
             ));
         }
         if self.adopt_poll.is_zero() {
@@ -1058,10 +1058,7 @@ impl LocalEngine {
             placement: Arc::new(LeastAllocated),
             network: Arc::new(HostNetwork::default()),
             state_dir: None,
-            backoff: Backoff {
-                base: Duration::from_secs(10),
-                cap: Duration::from_secs(300),
-            },
+            backoff: Backoff::KUBELET_RESTART,
             adopt_poll: Duration::from_millis(250),
         }
     }

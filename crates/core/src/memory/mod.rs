@@ -50,6 +50,7 @@ use tokio::sync::broadcast;
 
 pub use fault::{Fault, FaultTarget};
 
+use crate::backoff::Backoff;
 use crate::clock::{Clock, ManualClock};
 use crate::engine::planner::{self, Desired, Member};
 use crate::engine::{Engine, EventStream, GroupStatus, MemoryStateStore, StateStore};
@@ -60,11 +61,6 @@ use crate::model::{
 };
 use crate::placement::{LeastAllocated, NodeView, Placement, PlacementRequest};
 use fault::Faults;
-
-/// First restart backoff after a crash (Kubernetes' 10 s).
-const BACKOFF_BASE: Duration = Duration::from_secs(10);
-/// Longest restart backoff (Kubernetes' 5 min).
-const BACKOFF_CAP: Duration = Duration::from_secs(300);
 
 /// Builds a [`MemoryEngine`].
 #[derive(Debug)]
@@ -698,8 +694,7 @@ fn advance(sim: &mut Sim, now: SystemTime, faults: &Faults, startup: Duration, e
             start(sim, at, faults, startup, ev);
         } else if sim.crash_at == Some(at) {
             sim.instance.restarts += 1;
-            let exp = sim.instance.restarts.saturating_sub(1).min(16);
-            let backoff = (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_CAP);
+            let backoff = Backoff::KUBELET_RESTART.delay(sim.instance.restarts.saturating_sub(1));
             sim.instance.phase = InstancePhase::CrashLoopBackOff;
             sim.instance.ready = false;
             sim.ready_since = None;
