@@ -74,11 +74,12 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::fcntl::Flock;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::Instrument;
 
@@ -267,16 +268,10 @@ impl LocalEngineBuilder {
         inner.recover(state).instrument(span).await?;
         let weak = Arc::downgrade(&inner);
         let task = tokio::spawn(scheduler_loop(weak));
-        *lock_or_recover(&inner.scheduler) = Some(task.abort_handle());
+        *inner.scheduler.lock() = Some(task.abort_handle());
         inner.schedule_pass().await;
         Ok(LocalEngine { inner, _lock: lock })
     }
-}
-
-fn lock_or_recover<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section below leaves the data consistent before anything that can panic,
-    // so a poisoned lock still holds usable data.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn scheduler_loop(inner: Weak<Inner>) {
@@ -352,7 +347,7 @@ struct EncodedState {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock_or_recover(&self.state)
+        self.state.lock()
     }
 
     /// Writes `st` (the locked state) to the state file, atomically but without waiting for
@@ -389,13 +384,13 @@ impl Inner {
     /// returns once that newer state is on disk (its writer held the lock meanwhile).
     fn write_state(&self, encoded: EncodedState, durable: bool) {
         {
-            let mut slot = lock_or_recover(&self.state_pending);
+            let mut slot = self.state_pending.lock();
             if slot.as_ref().is_none_or(|p| p.seq < encoded.seq) {
                 *slot = Some(encoded);
             }
         }
-        let mut writer = lock_or_recover(&self.state_written);
-        let pending = lock_or_recover(&self.state_pending).take();
+        let mut writer = self.state_written.lock();
+        let pending = self.state_pending.lock().take();
         let result = match pending {
             Some(newest) if newest.seq > writer.written => {
                 let seq = newest.seq;
@@ -1090,7 +1085,7 @@ impl Drop for LocalEngine {
         // Without shutdown the processes keep running for the next engine to adopt (when the
         // state directory was given): stop supervising them and stop writing state.
         self.inner.closed.store(true, Ordering::SeqCst);
-        if let Some(task) = lock_or_recover(&self.inner.scheduler).take() {
+        if let Some(task) = self.inner.scheduler.lock().take() {
             task.abort();
         }
         let st = self.inner.lock();
@@ -1426,7 +1421,7 @@ impl Engine for LocalEngine {
             dones
         };
         Inner::wait_all(dones).await;
-        if let Some(task) = lock_or_recover(&self.inner.scheduler).take() {
+        if let Some(task) = self.inner.scheduler.lock().take() {
             task.abort();
         }
         let encoded = self.inner.encode_state(&self.inner.lock());

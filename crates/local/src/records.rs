@@ -3,8 +3,6 @@
 //! counts the groups.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -240,22 +238,8 @@ pub(crate) fn stateful_id(app: &str, ordinal: u32) -> String {
 /// Five random characters from the alphabet Kubernetes uses for generated names.
 pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    let mut x = h.finish();
     (0..5)
-        .map(|_| {
-            // The modulo keeps the index below the alphabet's length.
-            let c = ALPHABET[(x % ALPHABET.len() as u64) as usize];
-            x /= ALPHABET.len() as u64;
-            char::from(c)
-        })
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
         .collect()
 }
 

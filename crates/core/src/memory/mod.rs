@@ -42,10 +42,11 @@ mod fault;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 pub use fault::{Fault, FaultTarget};
@@ -279,18 +280,12 @@ impl MemoryEngine {
 
     /// Injects a fault. It applies from the next transition of each matching instance.
     pub fn inject(&self, fault: Fault) {
-        self.faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(fault);
+        self.faults.lock().add(fault);
     }
 
     /// Removes every injected fault (node losses stay until [`MemoryEngine::restore_node`]).
     pub fn clear_faults(&self) {
-        self.faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.faults.lock().clear();
     }
 
     fn emitter(&self) -> Emitter<'_> {
@@ -382,7 +377,7 @@ impl MemoryEngine {
             let Some(app) = st.apps.get_mut(key) else {
                 return Ok(());
             };
-            let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+            let faults = self.faults.lock();
             for sim in app.instances.values_mut() {
                 if sim.instance.phase != InstancePhase::Pending {
                     advance(sim, now, &faults, self.startup, &ev);
@@ -438,7 +433,7 @@ impl MemoryEngine {
             if let Some(sim) = st.apps.get_mut(key).and_then(|a| a.instances.get_mut(&id))
                 && sim.instance.phase != InstancePhase::Pending
             {
-                let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+                let faults = self.faults.lock();
                 advance(sim, now, &faults, self.startup, &ev);
             }
         }
@@ -505,7 +500,7 @@ impl MemoryEngine {
                 ev.emit(now, EventType::Normal, key, id, "Scheduled", || {
                     format!("assigned {id} to {}", decision.node)
                 });
-                let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+                let faults = self.faults.lock();
                 start(sim, now, &faults, self.startup, &ev);
                 Ok(())
             }
