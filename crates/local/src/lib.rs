@@ -27,9 +27,10 @@
 //!
 //! Applications, groups and instances (with each process's PID *and start time*, so a reused
 //! PID is never mistaken for an instance) are kept in the state directory, together with the
-//! controller [`StateStore`] ([`FileStateStore`]). Every write is atomic (temporary file and
-//! rename, so a crashed engine never leaves a torn file); controller state and the state at
-//! shutdown are also fsynced. The directory is locked while an engine uses it.
+//! controller [`StateStore`] ([`FileStateStore`], an append-only log written and fsynced by its
+//! own writer thread; see its docs). The engine's own state is written into rotating slot
+//! files, so a crashed engine never leaves a torn state; the state at shutdown is fsynced. The
+//! directory is locked while an engine uses it.
 //!
 //! A new `LocalEngine` on the same directory re-adopts the instances whose processes still run
 //! (and re-registers their addresses with [`Network::adopt`]) and restarts the ones whose
@@ -66,6 +67,7 @@ mod logs;
 mod probe;
 mod proc;
 mod records;
+mod state_dir;
 mod state_file;
 mod store;
 mod supervise;
@@ -229,7 +231,7 @@ impl LocalEngineBuilder {
                 true,
             ),
         };
-        let lock = store::open_dir(&dir)?;
+        let lock = state_dir::open_dir(&dir)?;
         let (state_file, loaded) = state_file::StateFile::open(&dir)?;
         let state: State = match &loaded.body {
             Some(body) => serde_json::from_slice(body).map_err(|e| Error::CorruptState {
@@ -238,7 +240,7 @@ impl LocalEngineBuilder {
             })?,
             None => State::default(),
         };
-        let store = Arc::new(FileStateStore::open(dir.join(store::STORE_FILE))?);
+        let store = Arc::new(FileStateStore::open(dir.join(state_dir::STORE_FILE))?);
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             nodes,
@@ -364,7 +366,7 @@ impl Inner {
         if self.closed.load(Ordering::SeqCst) {
             return None;
         }
-        match store::encode(&self.dir, st) {
+        match state_dir::encode(&self.dir, st) {
             Ok(bytes) => Some(EncodedState {
                 seq: self.state_seq.fetch_add(1, Ordering::SeqCst) + 1,
                 bytes,
