@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::Inner;
 use super::probe::{ProbeTarget, ProbeTracker, check};
 use super::proc::{Launch, ProcIdentity, Running};
+use crate::reconcile::Inner;
 use rorqual_core::model::{AppSpec, EventType, Probe};
 use rorqual_core::network::{AttachRequest, Attachment};
 
