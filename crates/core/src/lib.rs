@@ -9,7 +9,8 @@
 //!   controller [`StateStore`](engine::StateStore);
 //! - [`placement`] and [`network`]: the seams an engine asks where an instance goes and how it
 //!   is reached (a least-allocated first fit is the default placement);
-//! - [`clock`]: the time seam controllers read and sleep on;
+//! - [`clock`]: the time seam controllers read and sleep on; [`backoff`]: capped exponential
+//!   retry delays;
 //! - `memory` (feature `testing`): `MemoryEngine`, an in-memory engine with fault injection.
 //!
 //! ```
@@ -24,6 +25,7 @@
 //! assert_eq!(spec.revision(), spec.clone().replicas(5).revision());
 //! ```
 
+pub mod backoff;
 pub mod clock;
 pub mod engine;
 pub mod error;

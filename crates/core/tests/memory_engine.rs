@@ -196,8 +196,10 @@ async fn node_loss_replaces_stateless_and_reschedules_stateful() {
     let game = spec("game", "v1").kind(WorkloadKind::Stateful);
     e.apply_group(&web, 2).await.unwrap();
     e.apply_group(&game, 2).await.unwrap();
-    clock.advance(Duration::from_secs(2));
+    // game-1 starts once game-0 is ready (2 s) and is ready 2 s later.
+    clock.advance(Duration::from_secs(4));
     let before = e.instances(&game.key()).await.unwrap();
+    assert!(before.iter().all(|i| i.ready));
     let lost = before[0].node.clone().unwrap();
     let lost_web: Vec<String> = e
         .instances(&web.key())
@@ -225,7 +227,8 @@ async fn node_loss_replaces_stateless_and_reschedules_stateful() {
     assert_eq!(game_now[0].address, before[0].address, "address kept");
     assert_ne!(game_now[0].node, before[0].node);
     assert!(!game_now[0].ready);
-    clock.advance(Duration::from_secs(2));
+    // A rescheduled game-1 would wait for game-0 again: 2 s + 2 s at most.
+    clock.advance(Duration::from_secs(4));
     assert_eq!(e.groups(&game.key()).await.unwrap()[0].ready, 2);
     assert!(
         !e.nodes()
@@ -247,8 +250,10 @@ async fn stateful_identities_move_in_place_and_keep_node_and_address() {
     let v1 = spec("game", "v1").kind(WorkloadKind::Stateful);
     let v2 = spec("game", "v2").kind(WorkloadKind::Stateful);
     e.apply_group(&v1, 3).await.unwrap();
-    clock.advance(Duration::from_secs(2));
+    // Started in ordinal order, each 2 s after the previous.
+    clock.advance(Duration::from_secs(6));
     let before = e.instances(&v1.key()).await.unwrap();
+    assert!(before.iter().all(|i| i.ready && i.node.is_some()));
     assert_eq!(
         before.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         ["game-0", "game-1", "game-2"]
@@ -316,4 +321,60 @@ async fn events_stream_and_invalid_specs() {
     let err = e.apply_group(&bad, 1).await.unwrap_err().to_string();
     assert!(err.contains("name"), "{err}");
     assert!(e.apps().await.unwrap().len() == 1);
+}
+
+#[tokio::test]
+async fn stateful_identities_start_in_ordinal_order_each_after_the_previous_is_ready() {
+    let clock = ManualClock::new();
+    let e = engine(&clock);
+    let game = spec("game", "v1").kind(WorkloadKind::Stateful);
+    let g = e.apply_group(&game, 3).await.unwrap();
+    assert_eq!((g.desired, g.current, g.ready), (3, 3, 0));
+    let phases = |instances: Vec<rorqual_core::model::Instance>| {
+        instances
+            .into_iter()
+            .map(|i| (i.id, i.phase, i.ready))
+            .collect::<Vec<_>>()
+    };
+    let now = phases(e.instances(&game.key()).await.unwrap());
+    assert_eq!(
+        now,
+        [
+            ("game-0".to_owned(), InstancePhase::Starting, false),
+            ("game-1".to_owned(), InstancePhase::Pending, false),
+            ("game-2".to_owned(), InstancePhase::Pending, false),
+        ],
+        "only ordinal 0 starts at first"
+    );
+    let waiting = e.instances(&game.key()).await.unwrap()[2].reason.clone();
+    assert_eq!(waiting.as_deref(), Some("waiting for game-0 to be ready"));
+    clock.advance(Duration::from_secs(2));
+    let now = phases(e.instances(&game.key()).await.unwrap());
+    assert_eq!(
+        now,
+        [
+            ("game-0".to_owned(), InstancePhase::Running, true),
+            ("game-1".to_owned(), InstancePhase::Starting, false),
+            ("game-2".to_owned(), InstancePhase::Pending, false),
+        ],
+        "game-1 starts once game-0 is ready"
+    );
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(e.groups(&game.key()).await.unwrap()[0].ready, 2);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(e.groups(&game.key()).await.unwrap()[0].ready, 3);
+    // Read once, much later: the start times still chain (ready at 2, 4 and 6 s).
+    let clock2 = ManualClock::new();
+    let e2 = engine(&clock2);
+    e2.apply_group(&game, 3).await.unwrap();
+    clock2.advance(Duration::from_secs(5));
+    assert_eq!(e2.groups(&game.key()).await.unwrap()[0].ready, 2);
+    // A never-ready identity holds back the ones above it.
+    let clock3 = ManualClock::new();
+    let e3 = engine(&clock3);
+    e3.inject(Fault::never_ready_instance("game-1"));
+    e3.apply_group(&game, 3).await.unwrap();
+    clock3.advance(Duration::from_secs(60));
+    let now = phases(e3.instances(&game.key()).await.unwrap());
+    assert_eq!(now[2].1, InstancePhase::Pending, "{now:?}");
 }

@@ -1,9 +1,8 @@
-//! The engine's persisted records and the pure decisions over them: phases, group counts,
-//! which instances to create or stop, instance ids.
+//! The engine's persisted records, their phases and instance ids, and their views for the
+//! [`planner`](rorqual_core::engine::planner), which decides what to create and stop and
+//! counts the groups.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +11,7 @@ use tokio::task::AbortHandle;
 
 use super::proc::ProcIdentity;
 use rorqual_core::engine::GroupStatus;
+use rorqual_core::engine::planner::{self, Desired, Member};
 use rorqual_core::model::{AppKey, AppSpec, Instance, InstancePhase, Revision, WorkloadKind};
 use rorqual_core::network::Attachment;
 
@@ -65,6 +65,15 @@ impl AppState {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.groups.is_empty() && self.identities.is_empty()
+    }
+
+    /// The desired state, for the planner.
+    pub(crate) fn desired(&self) -> Desired<'_> {
+        if self.is_stateful() {
+            Desired::Stateful(&self.identities)
+        } else {
+            Desired::Stateless(&self.groups)
+        }
     }
 }
 
@@ -142,6 +151,16 @@ impl InstanceRecord {
         self.stopping.is_none() && !self.stopped
     }
 
+    /// The planner's view of this instance.
+    pub(crate) fn member(&self) -> Member<'_> {
+        let mut m = Member::new(&self.id, &self.revision, self.created)
+            .active(self.is_active())
+            .placed(self.node.is_some())
+            .ready(self.is_ready());
+        m.ordinal = self.ordinal;
+        m
+    }
+
     /// Every container passes readiness.
     pub(crate) fn is_ready(&self) -> bool {
         self.node.is_some()
@@ -213,53 +232,26 @@ pub(crate) fn container_records(spec: &AppSpec) -> Vec<ContainerRecord> {
 
 /// The id of stateful identity `ordinal`.
 pub(crate) fn stateful_id(app: &str, ordinal: u32) -> String {
-    format!("{app}-{ordinal}")
+    planner::identity_id(app, ordinal)
 }
 
 /// Five random characters from the alphabet Kubernetes uses for generated names.
 pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    let mut x = h.finish();
     (0..5)
-        .map(|_| {
-            // The modulo keeps the index below the alphabet's length.
-            let c = ALPHABET[(x % ALPHABET.len() as u64) as usize];
-            x /= ALPHABET.len() as u64;
-            char::from(c)
-        })
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
         .collect()
 }
 
-/// Which of `candidates` to stop when scaling down by `count`: pending first, then not
-/// ready, then the newest (as a ReplicaSet does).
-pub(crate) fn scale_down_victims(candidates: &[&InstanceRecord], count: usize) -> Vec<String> {
-    let mut sorted: Vec<&&InstanceRecord> = candidates.iter().collect();
-    sorted.sort_by(|a, b| {
-        (
-            a.node.is_some(),
-            a.is_ready(),
-            std::cmp::Reverse(a.created),
-            std::cmp::Reverse(&a.id),
-        )
-            .cmp(&(
-                b.node.is_some(),
-                b.is_ready(),
-                std::cmp::Reverse(b.created),
-                std::cmp::Reverse(&b.id),
-            ))
-    });
-    sorted
-        .into_iter()
-        .take(count)
-        .map(|r| r.id.clone())
+/// The planner's view of the instances of `app`.
+pub(crate) fn members<'a>(
+    app: &AppKey,
+    instances: &'a BTreeMap<String, InstanceRecord>,
+) -> Vec<Member<'a>> {
+    instances
+        .values()
+        .filter(|r| &r.app == app)
+        .map(InstanceRecord::member)
         .collect()
 }
 
@@ -272,89 +264,54 @@ pub(crate) struct Plan {
     pub(crate) remove: Vec<String>,
 }
 
-/// Compares an application's desired state with its instances.
+/// Compares an application's desired state with its instances ([`planner::plan`]), naming
+/// new stateless instances `<app>-<revision>-<random suffix>`.
 pub(crate) fn plan(app: &AppState, instances: &BTreeMap<String, InstanceRecord>) -> Plan {
-    let mine: Vec<&InstanceRecord> = instances.values().filter(|r| r.app == app.key).collect();
-    let mut plan = Plan::default();
-    if app.is_stateful() {
-        for (&ordinal, revision) in &app.identities {
-            let id = stateful_id(&app.key.name, ordinal);
-            if !instances.contains_key(&id) {
-                plan.create.push((id, revision.clone(), Some(ordinal)));
+    let decided = planner::plan(&app.key.name, &app.desired(), &members(&app.key, instances));
+    let mut plan = Plan {
+        create: Vec::with_capacity(decided.create.len()),
+        remove: decided.remove,
+    };
+    for new in decided.create {
+        let id = match new.ordinal {
+            Some(ordinal) => {
+                let id = stateful_id(&app.key.name, ordinal);
+                // Ids are global: an application of the same name in another namespace may
+                // hold this one.
+                if instances.contains_key(&id) {
+                    continue;
+                }
+                id
             }
-        }
-        plan.remove = mine
-            .iter()
-            .filter(|r| r.is_active())
-            .filter(|r| r.ordinal.is_none_or(|o| !app.identities.contains_key(&o)))
-            .map(|r| r.id.clone())
-            .collect();
-        // Highest ordinals first.
-        plan.remove.sort_by_key(|id| {
-            std::cmp::Reverse(
-                instances
-                    .get(id)
-                    .and_then(|r| r.ordinal)
-                    .unwrap_or(u32::MAX),
-            )
-        });
-        return plan;
+            None => loop {
+                let id = format!("{}-{}-{}", app.key.name, new.revision, random_suffix());
+                if !instances.contains_key(&id) && !plan.create.iter().any(|(c, _, _)| c == &id) {
+                    break id;
+                }
+            },
+        };
+        plan.create.push((id, new.revision, new.ordinal));
     }
-    for (revision, &desired) in &app.groups {
-        let active: Vec<&InstanceRecord> = mine
-            .iter()
-            .copied()
-            .filter(|r| &r.revision == revision && r.is_active())
-            .collect();
-        let desired = desired as usize;
-        if active.len() < desired {
-            for _ in active.len()..desired {
-                let id = loop {
-                    let id = format!("{}-{}-{}", app.key.name, revision, random_suffix());
-                    if !instances.contains_key(&id) && !plan.create.iter().any(|(c, _, _)| c == &id)
-                    {
-                        break id;
-                    }
-                };
-                plan.create.push((id, revision.clone(), None));
-            }
-        } else {
-            plan.remove
-                .extend(scale_down_victims(&active, active.len() - desired));
-        }
-    }
-    plan.remove.extend(
-        mine.iter()
-            .filter(|r| r.is_active() && !app.groups.contains_key(&r.revision))
-            .map(|r| r.id.clone()),
-    );
     plan
 }
 
-/// The counts of one revision group.
+/// The counts of one revision group ([`planner::group_status`]).
 pub(crate) fn group_status(
     app: Option<&AppState>,
     key: &AppKey,
     revision: &Revision,
     instances: &BTreeMap<String, InstanceRecord>,
 ) -> GroupStatus {
-    let desired = app.map_or(0, |a| {
-        if a.is_stateful() {
-            a.identities.values().filter(|r| *r == revision).count() as u32
-        } else {
-            a.groups.get(revision).copied().unwrap_or(0)
-        }
-    });
-    let active: Vec<&InstanceRecord> = instances
-        .values()
-        .filter(|r| &r.app == key && &r.revision == revision && r.is_active())
-        .collect();
-    let ready = active.iter().filter(|r| r.is_ready()).count() as u32;
-    let mut status = GroupStatus::new(key.clone(), revision.clone(), desired);
-    status.current = active.len() as u32;
-    status.ready = ready;
-    status.available = ready;
-    status
+    let members = members(key, instances);
+    match app {
+        Some(a) => planner::group_status(key, revision, &a.desired(), &members),
+        None => planner::group_status(
+            key,
+            revision,
+            &Desired::Stateless(&BTreeMap::new()),
+            &members,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -364,28 +321,6 @@ mod tests {
 
     fn spec() -> AppSpec {
         AppSpec::new("web", vec![ContainerSpec::new("app", ["/bin/true"])])
-    }
-
-    fn placed_ready(id: &str, age_secs: u64) -> InstanceRecord {
-        let mut r = InstanceRecord::new(id.into(), &spec(), None);
-        r.created = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 - age_secs);
-        r.node = Some("node-1".into());
-        r.containers[0].started = true;
-        r.containers[0].ready = true;
-        r.containers[0].ready_since_start = true;
-        r
-    }
-
-    #[test]
-    fn scale_down_prefers_pending_then_unready_then_newest() {
-        let old = placed_ready("old", 100);
-        let new = placed_ready("new", 10);
-        let mut unready = placed_ready("unready", 200);
-        unready.containers[0].ready = false;
-        let mut pending = placed_ready("pending", 300);
-        pending.node = None;
-        let all = [&old, &new, &unready, &pending];
-        assert_eq!(scale_down_victims(&all, 3), ["pending", "unready", "new"]);
     }
 
     #[test]

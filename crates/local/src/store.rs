@@ -1,225 +1,431 @@
-//! The state directory: a format marker, an exclusive lock, atomic JSON files, and the
-//! file-backed controller [`StateStore`].
+//! [`FileStateStore`]: the LocalEngine's controller [`StateStore`], an append-only log of JSON
+//! records written by one dedicated writer thread.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::mpsc;
 
 use async_trait::async_trait;
-use nix::fcntl::{Flock, FlockArg};
-use serde::de::DeserializeOwned;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use rorqual_core::engine::{StateStore, Versioned, apply_cas, list_prefix};
 use rorqual_core::error::{Error, Result};
 
-/// The marker file that makes a directory a LocalEngine state directory.
-pub(crate) const MARKER: &str = "rorqual-state.json";
-/// The controller state store.
-pub(crate) const STORE_FILE: &str = "store.json";
-const LOCK_FILE: &str = "lock";
-const FORMAT: &str = "rorqual-local-state";
-const VERSION: u32 = 1;
+const FORMAT: &str = "rorqual-state-store";
+const VERSION: u32 = 2;
+/// The log is compacted only once it holds at least this many records.
+pub(crate) const COMPACT_MIN_RECORDS: usize = 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Marker {
+struct Header {
     format: String,
     version: u32,
 }
 
-fn corrupt(location: &Path, reason: impl Into<String>) -> Error {
+/// One log record.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    k: std::borrow::Cow<'a, str>,
+    v: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    s: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    b: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The value part of a record, encoded before the map is locked.
+#[derive(Debug)]
+enum Encoded {
+    Text(String),
+    Base64(String),
+}
+
+impl Encoded {
+    fn new(value: &[u8]) -> Self {
+        match std::str::from_utf8(value) {
+            Ok(s) => Encoded::Text(s.to_owned()),
+            Err(_) => Encoded::Base64(base64::encode(value)),
+        }
+    }
+}
+
+/// A record on its way to the writer.
+#[derive(Debug)]
+struct Pending {
+    key: String,
+    version: u64,
+    value: Option<Encoded>,
+    ack: oneshot::Sender<Result<()>>,
+}
+
+/// Encodes one record line (with its newline).
+fn record_line(key: &str, version: u64, value: Option<&Encoded>) -> Result<Vec<u8>> {
+    let record = Record {
+        k: key.into(),
+        v: version,
+        s: match value {
+            Some(Encoded::Text(s)) => Some(s.as_str().into()),
+            _ => None,
+        },
+        b: match value {
+            Some(Encoded::Base64(b)) => Some(b.as_str().into()),
+            _ => None,
+        },
+    };
+    let mut line = serde_json::to_vec(&record).map_err(|e| Error::Codec {
+        context: format!("cannot encode the record of key `{key}`"),
+        source: e,
+    })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+fn header_line() -> Vec<u8> {
+    let mut line = format!("{{\"format\":\"{FORMAT}\",\"version\":{VERSION}}}").into_bytes();
+    line.push(b'\n');
+    line
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> Error {
     Error::CorruptState {
-        location: location.display().to_string(),
+        location: path.display().to_string(),
         reason: reason.into(),
     }
 }
 
-/// Opens (creating it when missing or empty) and locks a state directory. A directory with
-/// other files but no marker, a bad marker, or one locked by another engine is refused;
-/// nothing is ever removed.
-pub(crate) fn open_dir(dir: &Path) -> Result<Flock<File>> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::io(
-            format!("cannot create state directory {}", dir.display()),
-            e,
-        )
-    })?;
-    let marker_path = dir.join(MARKER);
-    let fresh = match std::fs::read(&marker_path) {
-        Ok(bytes) => {
-            let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| {
-                corrupt(
-                    &marker_path,
-                    format!("not a rorqual state marker (invalid JSON: {e})"),
-                )
-            })?;
-            if marker.format != FORMAT || marker.version != VERSION {
-                return Err(corrupt(
-                    &marker_path,
-                    format!(
-                        "format `{}` version {}, expected `{FORMAT}` version {VERSION}",
-                        marker.format, marker.version
-                    ),
-                ));
-            }
-            false
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A lock file alone is what an engine that died between locking and writing the
-            // marker leaves behind: the directory is still fresh.
-            let mut entries = std::fs::read_dir(dir)
-                .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?
-                .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != LOCK_FILE));
-            if let Some(first) = entries.next() {
-                let name = first.map_or_else(
-                    |_| "?".to_owned(),
-                    |e| e.file_name().to_string_lossy().into_owned(),
-                );
-                return Err(corrupt(
-                    dir,
-                    format!(
-                        "not a rorqual local state directory: no {MARKER}, but it holds other files (such as `{name}`); refusing to use it"
-                    ),
-                ));
-            }
-            true
-        }
-        Err(e) => {
-            return Err(Error::io(
-                format!("cannot read {}", marker_path.display()),
-                e,
-            ));
-        }
-    };
-    let lock_path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(format!("cannot open {}", lock_path.display()), e))?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((_, errno)) => {
-            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-            return Err(corrupt(
-                dir,
-                format!(
-                    "in use by another LocalEngine (pid {}): {errno}",
-                    holder.trim()
-                ),
-            ));
-        }
-    };
-    lock.set_len(0)
-        .and_then(|()| write!(&mut *lock, "{}", std::process::id()))
-        .map_err(|e| Error::io(format!("cannot write {}", lock_path.display()), e))?;
-    if fresh {
-        let marker = Marker {
-            format: FORMAT.to_owned(),
-            version: VERSION,
-        };
-        write_json(&marker_path, &marker)?;
-    }
-    Ok(lock)
+/// What reading a store file found.
+#[derive(Debug, Default)]
+struct Replayed {
+    map: BTreeMap<String, Versioned>,
+    /// Records in the file (for compaction).
+    records: usize,
+    /// Length of the valid prefix (a torn final record starts there).
+    valid_len: u64,
+    /// The file is of an earlier version and must be rewritten.
+    legacy: bool,
 }
 
-/// Writes `value` as JSON to `path` atomically and durably: a temporary file, fsync, rename,
-/// fsync of the directory.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, &encode(path, value)?, true)
-}
-
-/// Encodes `value` as the JSON of the file at `path` (the path names it in errors).
-pub(crate) fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Codec {
-        context: format!("cannot encode {}", path.display()),
-        source: e,
-    })
-}
-
-/// Writes `bytes` to `path` atomically (temporary file and rename); with `durable`, also waits
-/// for the disk (fsync of the file and the directory). Without it a crash of the engine never
-/// leaves a torn file and the page cache outlives it: only a power loss can lose the last
-/// writes, and it ends the instances' processes too. Callers serialise writes to one path.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
-    let tmp = path.with_extension("json.tmp");
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    if durable {
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if durable && let Some(parent) = path.parent() {
-        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    Ok(())
-}
-
-/// Reads a JSON file; a missing file is `None`, an undecodable one [`Error::CorruptState`].
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(path, format!("invalid JSON: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredValue {
+/// The format of version 1: one JSON object of every key.
+#[derive(Debug, Deserialize)]
+struct LegacyValue {
     value: Vec<u8>,
     version: u64,
 }
 
-/// A [`StateStore`] kept in one JSON file, written atomically on every change.
+fn replay(path: &Path, bytes: &[u8]) -> Result<Replayed> {
+    let mut out = Replayed::default();
+    if bytes.is_empty() {
+        return Ok(out);
+    }
+    let header_end = bytes.iter().position(|&b| b == b'\n');
+    let header: Option<Header> =
+        header_end.and_then(|end| serde_json::from_slice(&bytes[..end]).ok());
+    let Some(header) = header.filter(|h| h.format == FORMAT) else {
+        // Perhaps a store of version 1: one JSON object.
+        if let Ok(legacy) = serde_json::from_slice::<BTreeMap<String, LegacyValue>>(bytes) {
+            out.map = legacy
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        Versioned {
+                            value: v.value,
+                            version: v.version,
+                        },
+                    )
+                })
+                .collect();
+            out.legacy = true;
+            return Ok(out);
+        }
+        return Err(corrupt(
+            path,
+            format!(
+                "not a rorqual state store: it does not start with a `{FORMAT}` header line; refusing to use it (nothing was changed)"
+            ),
+        ));
+    };
+    if header.version != VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "state store version {}, expected {VERSION}; refusing to use it (nothing was changed)",
+                header.version
+            ),
+        ));
+    }
+    let mut offset = header_end.map_or(bytes.len(), |e| e + 1);
+    out.valid_len = offset as u64;
+    let mut line_no = 1;
+    while offset < bytes.len() {
+        line_no += 1;
+        let end = bytes[offset..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|e| offset + e);
+        let line = &bytes[offset..end.unwrap_or(bytes.len())];
+        let next = end.map_or(bytes.len(), |e| e + 1);
+        match parse_record(line) {
+            Ok((key, version, value)) => {
+                if end.is_none() {
+                    // A complete record whose newline did not make it: torn as well.
+                    tracing::warn!(file = %path.display(), line = line_no, "ignoring the unterminated last record of the state store (an interrupted write)");
+                    break;
+                }
+                match value {
+                    Some(value) => {
+                        out.map.insert(key, Versioned { value, version });
+                    }
+                    None => {
+                        out.map.remove(&key);
+                    }
+                }
+                out.records += 1;
+                out.valid_len = next as u64;
+            }
+            Err(reason) if next >= bytes.len() => {
+                tracing::warn!(file = %path.display(), line = line_no, %reason, "ignoring a torn last record of the state store (an interrupted write)");
+                break;
+            }
+            Err(reason) => {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "record on line {line_no} is invalid ({reason}) and is not the last one; refusing to use the store (nothing was changed)"
+                    ),
+                ));
+            }
+        }
+        offset = next;
+    }
+    Ok(out)
+}
+
+fn parse_record(line: &[u8]) -> std::result::Result<(String, u64, Option<Vec<u8>>), String> {
+    let record: Record<'_> =
+        serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let value = match (record.s, record.b) {
+        (Some(s), None) => Some(s.into_owned().into_bytes()),
+        (None, Some(b)) => Some(base64::decode(&b).ok_or("invalid base64")?),
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err("both `s` and `b`".to_owned()),
+    };
+    if value.is_some() == (record.v == 0) {
+        return Err(format!(
+            "version {} does not match the record's kind",
+            record.v
+        ));
+    }
+    Ok((record.k.into_owned(), record.v, value))
+}
+
+/// A [`StateStore`] in an append-only log file, written by one dedicated writer thread.
+///
+/// # The file
+///
+/// One line of JSON per record, after a header line:
+///
+/// ```text
+/// {"format":"rorqual-state-store","version":2}
+/// {"k":"rollouts/default/web","v":1,"s":"{\"step\":1}"}
+/// {"k":"rollouts/default/web","v":2,"s":"{\"step\":2}"}
+/// {"k":"rollouts/default/web","v":0}
+/// ```
+///
+/// `k` is the key, `v` its new version (0: deleted), and the value is `s` (a UTF-8 string, as
+/// controllers store JSON) or `b` (base64, for other bytes). Replaying the log from the top
+/// gives the map; a write costs one appended line, whatever the number of keys.
+///
+/// # Writes
+///
+/// [`StateStore::compare_and_swap`] checks and applies the swap to the in-memory map under a
+/// short lock (no I/O, no encoding under it) and hands the record to the writer thread, which
+/// owns the file: it appends every record queued so far, syncs the file once (`fdatasync`) and
+/// acknowledges each of them. Concurrent writers therefore share one sync (group commit); the
+/// call returns once its record is on disk. A write is visible to readers from the moment it is
+/// applied to the map, shortly before it is durable. When the log holds more superseded records
+/// than live keys (and at least 1,024 records), the writer rewrites it with one
+/// record per key (a temporary file, fsync, rename). If the disk fails, the write's caller gets
+/// the error and the store refuses every later write (reopen it).
+///
+/// # Bad input
+///
+/// A file that is not a store log (another format, a bad record before the last one) is refused
+/// with [`Error::CorruptState`] naming it, and is never modified. A bad final record is what a
+/// crash in the middle of an append leaves: it is ignored (and cut off before the next append).
+/// A file of an earlier version (one JSON object of all keys, values as arrays of numbers) is
+/// read and rewritten as a log.
 #[derive(Debug)]
 pub struct FileStateStore {
     path: PathBuf,
+    shared: Arc<Shared>,
+    /// The writer's queue. Sent to under the map lock, so the log's order is the map's.
+    writer: mpsc::Sender<Pending>,
+}
+
+#[derive(Debug)]
+struct Shared {
     map: Mutex<BTreeMap<String, Versioned>>,
+    /// Set when the writer failed; every later write is refused with this message.
+    failed: Mutex<Option<String>>,
 }
 
 impl FileStateStore {
-    /// Opens the store in `path` (empty when the file does not exist).
+    /// Opens the store in `path`, creating it when the file does not exist, and starts its
+    /// writer thread. A file that is not a store is refused with [`Error::CorruptState`] and
+    /// left as it is.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
-        let stored: BTreeMap<String, StoredValue> = read_json(&path)?.unwrap_or_default();
-        let map = stored
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    Versioned {
-                        value: v.value,
-                        version: v.version,
-                    },
-                )
-            })
-            .collect();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        let replayed = replay(&path, &bytes)?;
+        let file = if bytes.is_empty() || replayed.legacy {
+            rewrite(&path, &replayed.map)?
+        } else {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            if replayed.valid_len < bytes.len() as u64 {
+                // Cut off the torn record, so that the next append starts a line.
+                file.set_len(replayed.valid_len)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| Error::io(format!("cannot truncate {}", path.display()), e))?;
+            }
+            file
+        };
+        let records = if replayed.legacy {
+            replayed.map.len()
+        } else {
+            replayed.records
+        };
+        let shared = Arc::new(Shared {
+            map: Mutex::new(replayed.map),
+            failed: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            path: path.clone(),
+            file,
+            records,
+            shared: shared.clone(),
+        };
+        std::thread::Builder::new()
+            .name("rorqual-state-store".to_owned())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io("cannot start the state store's writer thread", e))?;
         Ok(FileStateStore {
             path,
-            map: Mutex::new(map),
+            shared,
+            writer: tx,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Versioned>> {
-        // The map is only replaced after a successful write, so a poisoned lock holds a
-        // consistent map.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The file the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes `map` as a fresh log to `path` (temporary file, fsync, rename, fsync of the
+/// directory) and opens it for appending.
+fn rewrite(path: &Path, map: &BTreeMap<String, Versioned>) -> Result<File> {
+    let io = |e| Error::io(format!("cannot write {}", path.display()), e);
+    let mut buf = header_line();
+    for (key, v) in map {
+        buf.extend(record_line(key, v.version, Some(&Encoded::new(&v.value)))?);
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(&buf).and_then(|()| f.sync_all()).map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    OpenOptions::new().append(true).open(path).map_err(io)
+}
+
+/// The thread that owns the file.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    /// Records in the file.
+    records: usize,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Pending>) {
+        // Ends when the store is dropped and its queue drained.
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let result = self.append(&batch);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, file = %self.path.display(), "the state store cannot write; it refuses writes from now on");
+                *self.shared.failed.lock() = Some(e.to_string());
+            }
+            for p in batch {
+                // The caller may have gone (its future was dropped): nothing to tell.
+                let _ = p.ack.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::io(
+                        format!("cannot write {}", self.path.display()),
+                        std::io::Error::other(e.to_string()),
+                    )),
+                });
+            }
+            if result.is_ok()
+                && let Err(e) = self.maybe_compact()
+            {
+                // The log is still complete: compaction is retried after the next write.
+                tracing::warn!(error = %e, file = %self.path.display(), "cannot compact the state store");
+            }
+        }
+    }
+
+    fn append(&mut self, batch: &[Pending]) -> Result<()> {
+        let mut buf = Vec::new();
+        for p in batch {
+            buf.extend(record_line(&p.key, p.version, p.value.as_ref())?);
+        }
+        let io = |e| Error::io(format!("cannot write {}", self.path.display()), e);
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.records += batch.len();
+        Ok(())
+    }
+
+    /// Rewrites the log when superseded records outnumber the live keys.
+    fn maybe_compact(&mut self) -> Result<()> {
+        let live = self.shared.map.lock().len();
+        if self.records < COMPACT_MIN_RECORDS || self.records - live.min(self.records) <= live {
+            return Ok(());
+        }
+        // The map may already hold records still queued: they are appended again after the
+        // rewrite, which sets the same values again.
+        let snapshot = self.shared.map.lock().clone();
+        self.file = rewrite(&self.path, &snapshot)?;
+        self.records = snapshot.len();
+        tracing::debug!(file = %self.path.display(), keys = snapshot.len(), "compacted the state store");
+        Ok(())
     }
 }
 
 #[async_trait]
 impl StateStore for FileStateStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
-        Ok(self.lock().get(key).cloned())
+        Ok(self.shared.map.lock().get(key).cloned())
     }
 
     async fn compare_and_swap(
@@ -228,27 +434,93 @@ impl StateStore for FileStateStore {
         expected: Option<u64>,
         value: Option<Vec<u8>>,
     ) -> Result<u64> {
-        let mut map = self.lock();
-        let mut next = map.clone();
-        let version = apply_cas(&mut next, key, expected, value)?;
-        let stored: BTreeMap<&String, StoredValue> = next
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    StoredValue {
-                        value: v.value.clone(),
-                        version: v.version,
-                    },
-                )
-            })
-            .collect();
-        write_json(&self.path, &stored)?;
-        *map = next;
-        Ok(version)
+        let encoded = value.as_deref().map(Encoded::new);
+        let (ack, done) = oneshot::channel();
+        let version = {
+            let mut map = self.shared.map.lock();
+            if let Some(reason) = self.shared.failed.lock().clone() {
+                return Err(Error::io(
+                    format!(
+                        "state store {} failed earlier; reopen it",
+                        self.path.display()
+                    ),
+                    std::io::Error::other(reason),
+                ));
+            }
+            let version = apply_cas(&mut map, key, expected, value)?;
+            let pending = Pending {
+                key: key.to_owned(),
+                version,
+                value: encoded,
+                ack,
+            };
+            if self.writer.send(pending).is_err() {
+                return Err(Error::io(
+                    format!("cannot write {}", self.path.display()),
+                    std::io::Error::other("the state store's writer thread ended"),
+                ));
+            }
+            version
+        };
+        match done.await {
+            Ok(result) => result.map(|()| version),
+            Err(_) => Err(Error::io(
+                format!("cannot write {}", self.path.display()),
+                std::io::Error::other("the state store's writer thread ended"),
+            )),
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
-        Ok(list_prefix(&self.lock(), prefix))
+        Ok(list_prefix(&self.shared.map.lock(), prefix))
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), for values that are not UTF-8.
+mod base64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    // The shift and mask keep the index below 64.
+                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let bytes = text.as_bytes();
+        if !bytes.len().is_multiple_of(4) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+        for chunk in bytes.chunks(4) {
+            let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &chunk[..4 - pad] {
+                let v = ALPHABET.iter().position(|&a| a == c)?;
+                n = (n << 6) | v as u32;
+            }
+            n <<= 6 * pad as u32;
+            let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&got[..3 - pad]);
+        }
+        Some(out)
     }
 }

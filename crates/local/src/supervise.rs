@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::Inner;
 use super::probe::{ProbeTarget, ProbeTracker, check};
 use super::proc::{Launch, ProcIdentity, SupervisedProcess};
+use crate::reconcile::Inner;
 use rorqual_core::model::{AppSpec, EventType, Probe};
 use rorqual_core::network::{AttachRequest, Attachment};
 
@@ -99,17 +99,16 @@ pub(crate) async fn run_instance(
             };
             let dir = inner.instance_dir(&id);
             let mut prepared = false;
-            let mut failures = 0;
+            let mut retries = inner.backoff.counter();
             // Adopted processes must be supervised (and stopped) even when stopping already.
             while attachment.is_some() && !prepared && (adopt || !*stop.borrow()) {
                 match prepare_dir(&dir, &spec) {
                     Ok(()) => prepared = true,
                     Err(e) => {
-                        failures += 1;
                         let reason = format!("cannot prepare {}: {e}", dir.display());
                         inner.set_reason(&id, Some(reason.clone()));
                         inner.emit(EventType::Warning, "Failed", &rec.app, Some(&id), reason);
-                        if sleep_or_stop(inner.backoff.delay(failures), &mut stop).await {
+                        if sleep_or_stop(retries.next(), &mut stop).await {
                             break;
                         }
                     }
@@ -165,7 +164,7 @@ async fn attach(
     request.previous = rec
         .ordinal
         .and(rec.previous_attachment.clone().or(rec.attachment.clone()));
-    let mut failures = 0;
+    let mut retries = inner.backoff.counter();
     loop {
         if *stop.borrow() {
             return None;
@@ -176,7 +175,6 @@ async fn attach(
                 return Some(a);
             }
             Err(e) => {
-                failures += 1;
                 let reason = e.to_string();
                 tracing::warn!(error = %reason, "attach failed");
                 inner.set_reason(id, Some(reason.clone()));
@@ -187,7 +185,7 @@ async fn attach(
                     Some(id),
                     reason,
                 );
-                if sleep_or_stop(inner.backoff.delay(failures), stop).await {
+                if sleep_or_stop(retries.next(), stop).await {
                     return None;
                 }
             }
@@ -240,7 +238,7 @@ async fn run_container(
             env,
             netns: attachment.netns.clone(),
         };
-        let mut failures: u32 = 0;
+        let mut restarts = inner.backoff.counter();
         loop {
             if *stop.borrow() && adopted.is_none() {
                 inner.container_stopped(&id, index);
@@ -303,11 +301,12 @@ async fn run_container(
                 }
                 Err(e) => (format!("failed to start: {e}"), Duration::ZERO),
             };
-            if inner.backoff.resets_after(ran) {
-                failures = 0;
+            // As the kubelet: a container that ran for twice the longest delay was healthy, and
+            // its earlier failures are forgotten.
+            if ran >= inner.backoff.max.saturating_mul(2) {
+                restarts.reset();
             }
-            failures = failures.saturating_add(1);
-            let delay = inner.backoff.delay(failures);
+            let delay = restarts.next();
             tracing::warn!(%reason, ?delay, "container ended; restarting after backoff");
             inner.container_exited(&id, index, &reason, delay);
             if sleep_or_stop(delay, &mut stop).await {

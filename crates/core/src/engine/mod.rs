@@ -23,6 +23,7 @@
 //! | [`StateStore`] | a custom resource's `status`, compare-and-swap on `resourceVersion` |
 //! | traffic weights (routers, not the engine) | Service selectors, ingress canary weights |
 
+pub mod planner;
 mod state;
 
 use std::fmt::Debug;

@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-#[cfg(any(test, feature = "testing"))]
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 
@@ -80,7 +78,7 @@ pub fn list_prefix(map: &BTreeMap<String, Versioned>, prefix: &str) -> Vec<(Stri
 /// A [`StateStore`] in memory.
 #[derive(Debug, Default)]
 pub struct MemoryStateStore {
-    map: Mutex<BTreeMap<String, Versioned>>,
+    map: parking_lot::Mutex<BTreeMap<String, Versioned>>,
 }
 
 #[cfg(any(test, feature = "testing"))]
@@ -89,21 +87,13 @@ impl MemoryStateStore {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Versioned>> {
-        // A panic while holding this lock cannot leave the map half-updated (every update is a
-        // single insert or remove), so a poisoned lock is still safe to use.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 #[cfg(any(test, feature = "testing"))]
 #[async_trait]
 impl StateStore for MemoryStateStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
-        Ok(self.lock().get(key).cloned())
+        Ok(self.map.lock().get(key).cloned())
     }
 
     async fn compare_and_swap(
@@ -112,11 +102,11 @@ impl StateStore for MemoryStateStore {
         expected: Option<u64>,
         value: Option<Vec<u8>>,
     ) -> Result<u64> {
-        apply_cas(&mut self.lock(), key, expected, value)
+        apply_cas(&mut self.map.lock(), key, expected, value)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>> {
-        Ok(list_prefix(&self.lock(), prefix))
+        Ok(list_prefix(&self.map.lock(), prefix))
     }
 }
 
