@@ -2,7 +2,9 @@
 //! symbols so that the hot loops compare integers instead of strings.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::RwLock;
 
 use crate::fast_hash::FastMap;
 
@@ -25,16 +27,12 @@ impl Sym {
     /// Interns `text`.
     pub fn new(text: &str) -> Sym {
         {
-            let table = TABLE
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let table = TABLE.read();
             if let Some(&id) = table.ids.get(text) {
                 return Sym(id);
             }
         }
-        let mut table = TABLE
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = TABLE.write();
         if let Some(&id) = table.ids.get(text) {
             return Sym(id);
         }
@@ -48,17 +46,13 @@ impl Sym {
     /// The symbol of `text` if it was ever interned (lookups of unknown text do not grow the
     /// table).
     pub fn lookup(text: &str) -> Option<Sym> {
-        let table = TABLE
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let table = TABLE.read();
         table.ids.get(text).map(|&id| Sym(id))
     }
 
     /// The symbols of many texts under one lock (`None` for text never interned).
     pub fn lookup_many<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<Option<Sym>> {
-        let table = TABLE
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let table = TABLE.read();
         texts
             .into_iter()
             .map(|t| table.ids.get(t).map(|&id| Sym(id)))
@@ -67,9 +61,7 @@ impl Sym {
 
     /// The texts of many symbols under one lock.
     pub fn resolve_many(syms: impl IntoIterator<Item = Sym>) -> Vec<String> {
-        let table = TABLE
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let table = TABLE.read();
         syms.into_iter()
             .map(|s| {
                 table
@@ -82,9 +74,7 @@ impl Sym {
 
     /// The interned text.
     pub fn as_str(self) -> Arc<str> {
-        let table = TABLE
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let table = TABLE.read();
         // Invariant: a Sym is only created by `new`, which pushed its index.
         table
             .names

@@ -143,7 +143,7 @@ impl ExtenderStanza {
             "kind": "KubeSchedulerConfiguration",
             "extenders": [self.to_value()?],
         });
-        serde_yaml::to_string(&doc).map_err(|e| format!("cannot render YAML: {e}"))
+        yaml_serde::to_string(&doc).map_err(|e| format!("cannot render YAML: {e}"))
     }
 }
 

@@ -14,11 +14,12 @@ pub mod queue;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use parking_lot::{Mutex, MutexGuard};
 use rayon::prelude::*;
 
 use crate::framework::{
@@ -258,18 +259,15 @@ impl Scheduler {
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {
-        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.cache.lock()
     }
 
     fn queue(&self) -> MutexGuard<'_, SchedulingQueue> {
-        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.queue.lock()
     }
 
     fn nominated_pods_lock(&self) -> MutexGuard<'_, Arc<NominatedPods>> {
-        self.inner
-            .nominated_pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.inner.nominated_pods.lock()
     }
 
     /// Nominates `pod` to `node`, replacing its earlier nomination. Callers hold the cache
@@ -1237,7 +1235,7 @@ impl Scheduler {
     }
 
     pub(crate) fn placed(&self) -> MutexGuard<'_, Placed> {
-        self.inner.placed.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.placed.lock()
     }
 
     /// Held across one whole `Placement` call.
