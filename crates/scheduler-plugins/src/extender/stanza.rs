@@ -1,5 +1,5 @@
 //! The `extenders` stanza of a KubeSchedulerConfiguration that points kube-scheduler at an
-//! [`ExtenderServer`](crate::extender::ExtenderServer).
+//! `ExtenderServer` (feature `extender`), or at any server speaking the extender protocol.
 
 use std::time::Duration;
 
