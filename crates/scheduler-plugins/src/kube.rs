@@ -56,26 +56,67 @@ pub struct KubeError {
     pub reason: String,
 }
 
+/// Decodes an optional field whose JSON may be `null` (as Kubernetes clients send for unset
+/// fields) as its default, like a missing field; k8s-openapi models these fields as
+/// `Option`s.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Decodes `value` as `T`, naming the object (from `metadata.name`, and `namespace` for pods)
+/// and the failing field's path in the error.
+fn decode<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    value: &Value,
+) -> Result<T, KubeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let meta = value.get("metadata");
+        let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
+        let name = match (kind, text("name")) {
+            (_, None) => "?".to_owned(),
+            ("Pod", Some(name)) => format!("{}/{name}", text("namespace").unwrap_or("default")),
+            (_, Some(name)) => name.to_owned(),
+        };
+        let path = e.path().to_string();
+        KubeError {
+            kind,
+            name,
+            path: if path == "." { "$".to_owned() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct Meta {
+    #[serde(deserialize_with = "null_as_default")]
     name: String,
     namespace: Option<String>,
     uid: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
     annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct Container {
+    #[serde(deserialize_with = "null_as_default")]
     resources: ContainerResources,
+    #[serde(deserialize_with = "null_as_default")]
     ports: Vec<ContainerPort>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct ContainerResources {
+    #[serde(deserialize_with = "null_as_default")]
     requests: BTreeMap<String, Value>,
 }
 
@@ -89,27 +130,34 @@ struct ContainerPort {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct Expr {
+    #[serde(deserialize_with = "null_as_default")]
     key: String,
+    #[serde(deserialize_with = "null_as_default")]
     operator: String,
+    #[serde(deserialize_with = "null_as_default")]
     values: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct NodeTerm {
+    #[serde(deserialize_with = "null_as_default")]
     match_expressions: Vec<Expr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct NodeSelectorJson {
+    #[serde(deserialize_with = "null_as_default")]
     node_selector_terms: Vec<NodeTerm>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct PreferredNodeTerm {
+    #[serde(deserialize_with = "null_as_default")]
     weight: i32,
+    #[serde(deserialize_with = "null_as_default")]
     preference: NodeTerm,
 }
 
@@ -117,13 +165,16 @@ struct PreferredNodeTerm {
 #[serde(rename_all = "camelCase", default)]
 struct NodeAffinityJson {
     required_during_scheduling_ignored_during_execution: Option<NodeSelectorJson>,
+    #[serde(deserialize_with = "null_as_default")]
     preferred_during_scheduling_ignored_during_execution: Vec<PreferredNodeTerm>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct LabelSelectorJson {
+    #[serde(deserialize_with = "null_as_default")]
     match_labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
     match_expressions: Vec<Expr>,
 }
 
@@ -131,21 +182,27 @@ struct LabelSelectorJson {
 #[serde(rename_all = "camelCase", default)]
 struct PodAffinityTermJson {
     label_selector: Option<LabelSelectorJson>,
+    #[serde(deserialize_with = "null_as_default")]
     namespaces: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
     topology_key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct WeightedPodTerm {
+    #[serde(deserialize_with = "null_as_default")]
     weight: i32,
+    #[serde(deserialize_with = "null_as_default")]
     pod_affinity_term: PodAffinityTermJson,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct PodAffinityJson {
+    #[serde(deserialize_with = "null_as_default")]
     required_during_scheduling_ignored_during_execution: Vec<PodAffinityTermJson>,
+    #[serde(deserialize_with = "null_as_default")]
     preferred_during_scheduling_ignored_during_execution: Vec<WeightedPodTerm>,
 }
 
@@ -160,17 +217,24 @@ struct AffinityJson {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct TolerationJson {
+    #[serde(deserialize_with = "null_as_default")]
     key: String,
+    #[serde(deserialize_with = "null_as_default")]
     operator: String,
+    #[serde(deserialize_with = "null_as_default")]
     value: String,
+    #[serde(deserialize_with = "null_as_default")]
     effect: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct SpreadJson {
+    #[serde(deserialize_with = "null_as_default")]
     max_skew: i64,
+    #[serde(deserialize_with = "null_as_default")]
     topology_key: String,
+    #[serde(deserialize_with = "null_as_default")]
     when_unsatisfiable: String,
     label_selector: Option<LabelSelectorJson>,
 }
@@ -179,35 +243,48 @@ struct SpreadJson {
 #[serde(rename_all = "camelCase", default)]
 struct PodSpec {
     node_name: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
     node_selector: BTreeMap<String, String>,
     affinity: Option<AffinityJson>,
+    #[serde(deserialize_with = "null_as_default")]
     tolerations: Vec<TolerationJson>,
+    #[serde(deserialize_with = "null_as_default")]
     containers: Vec<Container>,
+    #[serde(deserialize_with = "null_as_default")]
     init_containers: Vec<Container>,
+    #[serde(deserialize_with = "null_as_default")]
     overhead: BTreeMap<String, Value>,
     priority: Option<i32>,
+    #[serde(deserialize_with = "null_as_default")]
     topology_spread_constraints: Vec<SpreadJson>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct PodJson {
+    #[serde(deserialize_with = "null_as_default")]
     metadata: Meta,
+    #[serde(deserialize_with = "null_as_default")]
     spec: PodSpec,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct TaintJson {
+    #[serde(deserialize_with = "null_as_default")]
     key: String,
+    #[serde(deserialize_with = "null_as_default")]
     value: String,
+    #[serde(deserialize_with = "null_as_default")]
     effect: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct NodeSpec {
+    #[serde(deserialize_with = "null_as_default")]
     taints: Vec<TaintJson>,
+    #[serde(deserialize_with = "null_as_default")]
     unschedulable: bool,
 }
 
@@ -215,23 +292,31 @@ struct NodeSpec {
 #[serde(rename_all = "camelCase", default)]
 struct Condition {
     #[serde(rename = "type")]
+    #[serde(deserialize_with = "null_as_default")]
     kind: String,
+    #[serde(deserialize_with = "null_as_default")]
     status: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct NodeStatus {
+    #[serde(deserialize_with = "null_as_default")]
     allocatable: BTreeMap<String, Value>,
+    #[serde(deserialize_with = "null_as_default")]
     capacity: BTreeMap<String, Value>,
+    #[serde(deserialize_with = "null_as_default")]
     conditions: Vec<Condition>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct NodeJson {
+    #[serde(deserialize_with = "null_as_default")]
     metadata: Meta,
+    #[serde(deserialize_with = "null_as_default")]
     spec: NodeSpec,
+    #[serde(deserialize_with = "null_as_default")]
     status: NodeStatus,
 }
 
@@ -391,12 +476,7 @@ fn effect(s: &str) -> Option<TaintEffect> {
 
 /// Reads a pod from its Kubernetes JSON.
 pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
-    let pod = PodJson::deserialize(value).map_err(|e| KubeError {
-        kind: "Pod",
-        name: "?".into(),
-        path: "$".into(),
-        reason: e.to_string(),
-    })?;
+    let pod: PodJson = decode("Pod", value)?;
     let meta = &pod.metadata;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let cx = Ctx {
@@ -623,12 +703,7 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
 
 /// Reads a node from its Kubernetes JSON.
 pub fn node_from_json(value: &Value) -> Result<NodeInfo, KubeError> {
-    let node = NodeJson::deserialize(value).map_err(|e| KubeError {
-        kind: "Node",
-        name: "?".into(),
-        path: "$".into(),
-        reason: e.to_string(),
-    })?;
+    let node: NodeJson = decode("Node", value)?;
     let cx = Ctx {
         kind: "Node",
         name: node.metadata.name.clone(),
