@@ -10,8 +10,9 @@ use crate::fast_hash::FastMap;
 
 /// An interned string. Cheap to copy, compare and hash; [`Sym::as_str`] gives the text back.
 ///
-/// Symbols live in one process-wide table that only grows: intern names and label values, not
-/// unbounded free text.
+/// Symbols live in one process-wide table that only grows: intern names, label keys and the
+/// values selectors and node labels mention, not unbounded free text (pod label values go
+/// through [`Labels::insert_str`], which interns nothing new).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Sym(u32);
 
@@ -48,6 +49,22 @@ impl Sym {
     pub fn lookup(text: &str) -> Option<Sym> {
         let table = TABLE.read();
         table.ids.get(text).map(|&id| Sym(id))
+    }
+
+    /// The symbol of `text`, or, if it was never interned, the table's size at this lookup
+    /// (every symbol below it differs from `text`).
+    fn lookup_or_generation(text: &str) -> Result<Sym, u32> {
+        let table = TABLE.read();
+        match table.ids.get(text) {
+            Some(&id) => Ok(Sym(id)),
+            None => Err(u32::try_from(table.names.len()).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// How many symbols the process-wide table holds (it only grows): a gauge for
+    /// long-running schedulers.
+    pub fn interned_count() -> usize {
+        TABLE.read().names.len()
     }
 
     /// The symbols of many texts under one lock (`None` for text never interned).
@@ -102,9 +119,68 @@ impl From<&str> for Sym {
     }
 }
 
-/// A label set: interned key/value pairs sorted by key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Vec<(Sym, Sym)>);
+/// A label value: a symbol, or text that was not interned when it was read.
+#[derive(Debug, Clone)]
+enum Value {
+    Sym(Sym),
+    /// `generation`: the table's size when `text` was looked up and not found. Every symbol
+    /// below it was interned by then and so differs from `text`; only younger ones need a
+    /// text comparison.
+    Text {
+        text: Arc<str>,
+        generation: u32,
+    },
+}
+
+impl Value {
+    /// Whether this value is `sym` (by text).
+    fn is(&self, sym: Sym) -> bool {
+        match self {
+            Value::Sym(s) => *s == sym,
+            Value::Text { text, generation } => sym.0 >= *generation && *sym.as_str() == **text,
+        }
+    }
+
+    fn text(&self) -> Arc<str> {
+        match self {
+            Value::Sym(s) => s.as_str(),
+            Value::Text { text, .. } => text.clone(),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Sym(a), Value::Sym(b)) => a == b,
+            (Value::Text { text: a, .. }, Value::Text { text: b, .. }) => a == b,
+            (Value::Sym(s), v @ Value::Text { .. }) | (v @ Value::Text { .. }, Value::Sym(s)) => {
+                v.is(*s)
+            }
+        }
+    }
+}
+
+impl Eq for Value {}
+
+/// A label set sorted by key. Keys are interned; a value is interned when it is set with
+/// [`Labels::insert`], and looked up, not interned, with [`Labels::insert_str`]: a value that
+/// no selector, term or node label mentions (a pod's `controller-uid`, say) is kept as text,
+/// so a long-running scheduler fed such values does not grow the symbol table. Matching
+/// ([`Labels::value_in`], [`crate::selector::Selector::matches`]) compares either form, and a
+/// text value still matches a selector that interns the same text later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Vec<(Sym, Value)>);
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // By text, as equality compares a symbol and a text value with the same text equal.
+        for (k, v) in &self.0 {
+            k.hash(state);
+            v.text().hash(state);
+        }
+    }
+}
 
 impl Labels {
     /// An empty label set.
@@ -112,25 +188,115 @@ impl Labels {
         Labels(Vec::new())
     }
 
-    /// Sets `key` to `value`.
-    pub fn insert(&mut self, key: Sym, value: Sym) {
+    fn set(&mut self, key: Sym, value: Value) {
         match self.0.binary_search_by_key(&key, |(k, _)| *k) {
             Ok(i) => self.0[i].1 = value,
             Err(i) => self.0.insert(i, (key, value)),
         }
     }
 
-    /// The value of `key`.
-    pub fn get(&self, key: Sym) -> Option<Sym> {
+    fn find(&self, key: Sym) -> Option<&Value> {
         self.0
             .binary_search_by_key(&key, |(k, _)| *k)
             .ok()
-            .map(|i| self.0[i].1)
+            .map(|i| &self.0[i].1)
     }
 
-    /// The pairs, sorted by key.
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: Sym, value: Sym) {
+        self.set(key, Value::Sym(value));
+    }
+
+    /// Sets `key` to `value`, interning the key but not the value: a value already interned
+    /// (one a selector, a term or a node label mentions) is stored as its symbol, any other
+    /// as text. Use this for labels of pods read from outside (an extender request, a
+    /// watch), whose values may be unbounded.
+    pub fn insert_str(&mut self, key: &str, value: &str) {
+        let value = match Sym::lookup_or_generation(value) {
+            Ok(sym) => Value::Sym(sym),
+            Err(generation) => Value::Text {
+                text: Arc::from(value),
+                generation,
+            },
+        };
+        self.set(Sym::new(key), value);
+    }
+
+    /// The value of `key` as a symbol. A value kept as text (see [`Labels::insert_str`]) is
+    /// interned by this call: to test pod labels without interning, use
+    /// [`Labels::contains_key`], [`Labels::value_in`] or [`Labels::text`].
+    pub fn get(&self, key: Sym) -> Option<Sym> {
+        match self.find(key)? {
+            Value::Sym(s) => Some(*s),
+            Value::Text { text, .. } => Some(Sym::new(text)),
+        }
+    }
+
+    /// Whether `key` is set.
+    pub fn contains_key(&self, key: Sym) -> bool {
+        self.find(key).is_some()
+    }
+
+    /// Whether the value of `key` is one of `values` (`None`: `key` is not set). Interns
+    /// nothing; a text value is compared by text with the symbols interned after it was set.
+    pub fn value_in(&self, key: Sym, values: &[Sym]) -> Option<bool> {
+        let value = self.find(key)?;
+        Some(match value {
+            Value::Sym(s) => values.contains(s),
+            Value::Text { .. } => values.iter().any(|v| value.is(*v)),
+        })
+    }
+
+    /// The text of the value of `key`.
+    pub fn text(&self, key: Sym) -> Option<Arc<str>> {
+        self.find(key).map(Value::text)
+    }
+
+    /// The pairs whose value is interned, sorted by key (values kept as text are skipped:
+    /// see [`Labels::text_keys`] and [`Labels::resolved_pairs`]).
     pub fn iter(&self) -> impl Iterator<Item = (Sym, Sym)> + '_ {
-        self.0.iter().copied()
+        self.0.iter().filter_map(|(k, v)| match v {
+            Value::Sym(s) => Some((*k, *s)),
+            Value::Text { .. } => None,
+        })
+    }
+
+    /// The keys whose value is kept as text.
+    pub fn text_keys(&self) -> impl Iterator<Item = Sym> + '_ {
+        self.0.iter().filter_map(|(k, v)| match v {
+            Value::Sym(_) => None,
+            Value::Text { .. } => Some(*k),
+        })
+    }
+
+    /// Every pair whose value is interned now: [`Labels::iter`], plus the text values that
+    /// were interned after they were set (looked up, under one lock, only if the table grew
+    /// since).
+    pub fn resolved_pairs(&self) -> Vec<(Sym, Sym)> {
+        let mut out: Vec<(Sym, Sym)> = self.iter().collect();
+        if out.len() == self.0.len() {
+            return out;
+        }
+        let size = Sym::interned_count();
+        let late: Vec<(Sym, &str)> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::Text { text, generation } if (*generation as usize) < size => {
+                    Some((*k, &**text))
+                }
+                _ => None,
+            })
+            .collect();
+        if !late.is_empty() {
+            let syms = Sym::lookup_many(late.iter().map(|(_, t)| *t));
+            out.extend(
+                late.iter()
+                    .zip(syms)
+                    .filter_map(|((k, _), s)| Some((*k, s?))),
+            );
+        }
+        out
     }
 
     /// Whether there are no labels.
@@ -139,6 +305,7 @@ impl Labels {
     }
 }
 
+/// Interns keys and values (use [`Labels::insert_str`] for values that may be unbounded).
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Labels {
         let mut labels = Labels::new();

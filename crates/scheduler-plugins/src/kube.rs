@@ -506,9 +506,6 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
         .unwrap_or_else(|| format!("{namespace}/{}", meta.name));
     let mut info = PodInfo::new(&uid, &namespace, &meta.name, requests);
     info.priority = spec.priority.unwrap_or(0);
-    for (k, v) in &meta.labels {
-        info.labels.insert(Sym::new(k), Sym::new(v));
-    }
     info.node_name = spec
         .node_name
         .as_deref()
@@ -697,6 +694,12 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
             min_member,
             timeout,
         });
+    }
+    // Last, so that values the pod's own selectors mention (`app=web` in an anti-affinity
+    // to its own replicas) are interned by now and stored as symbols. Other values are not
+    // interned: they may be unbounded (`controller-uid`).
+    for (k, v) in &meta.labels {
+        info.labels.insert_str(k, v);
     }
     Ok(info)
 }
