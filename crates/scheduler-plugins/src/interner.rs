@@ -119,49 +119,22 @@ impl From<&str> for Sym {
     }
 }
 
-/// A label value: a symbol, or text that was not interned when it was read.
+/// A label value kept as text: not interned when it was set.
 #[derive(Debug, Clone)]
-enum Value {
-    Sym(Sym),
-    /// `generation`: the table's size when `text` was looked up and not found. Every symbol
-    /// below it was interned by then and so differs from `text`; only younger ones need a
-    /// text comparison.
-    Text {
-        text: Arc<str>,
-        generation: u32,
-    },
+struct TextValue {
+    key: Sym,
+    text: Arc<str>,
+    /// The table's size when `text` was looked up and not found: every symbol below it was
+    /// interned by then and so differs from `text`; only younger ones need a text comparison.
+    generation: u32,
 }
 
-impl Value {
-    /// Whether this value is `sym` (by text).
+impl TextValue {
+    /// Whether this value is `sym`'s text.
     fn is(&self, sym: Sym) -> bool {
-        match self {
-            Value::Sym(s) => *s == sym,
-            Value::Text { text, generation } => sym.0 >= *generation && *sym.as_str() == **text,
-        }
-    }
-
-    fn text(&self) -> Arc<str> {
-        match self {
-            Value::Sym(s) => s.as_str(),
-            Value::Text { text, .. } => text.clone(),
-        }
+        sym.0 >= self.generation && *sym.as_str() == *self.text
     }
 }
-
-impl PartialEq for Value {
-    fn eq(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Sym(a), Value::Sym(b)) => a == b,
-            (Value::Text { text: a, .. }, Value::Text { text: b, .. }) => a == b,
-            (Value::Sym(s), v @ Value::Text { .. }) | (v @ Value::Text { .. }, Value::Sym(s)) => {
-                v.is(*s)
-            }
-        }
-    }
-}
-
-impl Eq for Value {}
 
 /// A label set sorted by key. Keys are interned; a value is interned when it is set with
 /// [`Labels::insert`], and looked up, not interned, with [`Labels::insert_str`]: a value that
@@ -169,13 +142,61 @@ impl Eq for Value {}
 /// so a long-running scheduler fed such values does not grow the symbol table. Matching
 /// ([`Labels::value_in`], [`crate::selector::Selector::matches`]) compares either form, and a
 /// text value still matches a selector that interns the same text later.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels(Vec<(Sym, Value)>);
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    /// Interned pairs, sorted by key (all of a node's labels): the hot path.
+    syms: Vec<(Sym, Sym)>,
+    /// Values kept as text, sorted by key; a key is in one list or the other.
+    texts: Vec<TextValue>,
+}
+
+/// One value, either form.
+#[derive(Clone, Copy)]
+enum ValueRef<'a> {
+    Sym(Sym),
+    Text(&'a TextValue),
+}
+
+impl ValueRef<'_> {
+    fn text(self) -> Arc<str> {
+        match self {
+            ValueRef::Sym(s) => s.as_str(),
+            ValueRef::Text(t) => t.text.clone(),
+        }
+    }
+
+    fn same(self, other: ValueRef<'_>) -> bool {
+        match (self, other) {
+            (ValueRef::Sym(a), ValueRef::Sym(b)) => a == b,
+            (ValueRef::Text(a), ValueRef::Text(b)) => a.text == b.text,
+            (ValueRef::Sym(s), ValueRef::Text(t)) | (ValueRef::Text(t), ValueRef::Sym(s)) => {
+                t.is(s)
+            }
+        }
+    }
+}
+
+impl PartialEq for Labels {
+    /// Equal when the same keys have the same value texts (a symbol and a text value with
+    /// the same text are equal).
+    fn eq(&self, other: &Labels) -> bool {
+        if self.texts.is_empty() && other.texts.is_empty() {
+            return self.syms == other.syms;
+        }
+        let (a, b) = (self.entries(), other.entries());
+        a.len() == b.len()
+            && a.iter()
+                .zip(&b)
+                .all(|((ka, va), (kb, vb))| ka == kb && va.same(*vb))
+    }
+}
+
+impl Eq for Labels {}
 
 impl std::hash::Hash for Labels {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // By text, as equality compares a symbol and a text value with the same text equal.
-        for (k, v) in &self.0 {
+        for (k, v) in self.entries() {
             k.hash(state);
             v.text().hash(state);
         }
@@ -185,26 +206,49 @@ impl std::hash::Hash for Labels {
 impl Labels {
     /// An empty label set.
     pub fn new() -> Labels {
-        Labels(Vec::new())
+        Labels::default()
     }
 
-    fn set(&mut self, key: Sym, value: Value) {
-        match self.0.binary_search_by_key(&key, |(k, _)| *k) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+    /// Every pair, sorted by key.
+    fn entries(&self) -> Vec<(Sym, ValueRef<'_>)> {
+        let mut out: Vec<(Sym, ValueRef<'_>)> = self
+            .syms
+            .iter()
+            .map(|&(k, v)| (k, ValueRef::Sym(v)))
+            .chain(self.texts.iter().map(|t| (t.key, ValueRef::Text(t))))
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+
+    fn remove_text(&mut self, key: Sym) {
+        if let Ok(i) = self.texts.binary_search_by_key(&key, |t| t.key) {
+            self.texts.remove(i);
         }
     }
 
-    fn find(&self, key: Sym) -> Option<&Value> {
-        self.0
-            .binary_search_by_key(&key, |(k, _)| *k)
+    fn find(&self, key: Sym) -> Option<ValueRef<'_>> {
+        if let Ok(i) = self.syms.binary_search_by_key(&key, |(k, _)| *k) {
+            return Some(ValueRef::Sym(self.syms[i].1));
+        }
+        if self.texts.is_empty() {
+            return None;
+        }
+        self.texts
+            .binary_search_by_key(&key, |t| t.key)
             .ok()
-            .map(|i| &self.0[i].1)
+            .map(|i| ValueRef::Text(&self.texts[i]))
     }
 
     /// Sets `key` to `value`.
     pub fn insert(&mut self, key: Sym, value: Sym) {
-        self.set(key, Value::Sym(value));
+        match self.syms.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => self.syms[i].1 = value,
+            Err(i) => {
+                self.syms.insert(i, (key, value));
+                self.remove_text(key);
+            }
+        }
     }
 
     /// Sets `key` to `value`, interning the key but not the value: a value already interned
@@ -212,14 +256,24 @@ impl Labels {
     /// as text. Use this for labels of pods read from outside (an extender request, a
     /// watch), whose values may be unbounded.
     pub fn insert_str(&mut self, key: &str, value: &str) {
-        let value = match Sym::lookup_or_generation(value) {
-            Ok(sym) => Value::Sym(sym),
-            Err(generation) => Value::Text {
-                text: Arc::from(value),
-                generation,
-            },
-        };
-        self.set(Sym::new(key), value);
+        let key = Sym::new(key);
+        match Sym::lookup_or_generation(value) {
+            Ok(sym) => self.insert(key, sym),
+            Err(generation) => {
+                if let Ok(i) = self.syms.binary_search_by_key(&key, |(k, _)| *k) {
+                    self.syms.remove(i);
+                }
+                let text = TextValue {
+                    key,
+                    text: Arc::from(value),
+                    generation,
+                };
+                match self.texts.binary_search_by_key(&key, |t| t.key) {
+                    Ok(i) => self.texts[i] = text,
+                    Err(i) => self.texts.insert(i, text),
+                }
+            }
+        }
     }
 
     /// The value of `key` as a symbol. A value kept as text (see [`Labels::insert_str`]) is
@@ -227,8 +281,8 @@ impl Labels {
     /// [`Labels::contains_key`], [`Labels::value_in`] or [`Labels::text`].
     pub fn get(&self, key: Sym) -> Option<Sym> {
         match self.find(key)? {
-            Value::Sym(s) => Some(*s),
-            Value::Text { text, .. } => Some(Sym::new(text)),
+            ValueRef::Sym(s) => Some(s),
+            ValueRef::Text(t) => Some(Sym::new(&t.text)),
         }
     }
 
@@ -240,68 +294,56 @@ impl Labels {
     /// Whether the value of `key` is one of `values` (`None`: `key` is not set). Interns
     /// nothing; a text value is compared by text with the symbols interned after it was set.
     pub fn value_in(&self, key: Sym, values: &[Sym]) -> Option<bool> {
-        let value = self.find(key)?;
-        Some(match value {
-            Value::Sym(s) => values.contains(s),
-            Value::Text { .. } => values.iter().any(|v| value.is(*v)),
+        Some(match self.find(key)? {
+            ValueRef::Sym(s) => values.contains(&s),
+            ValueRef::Text(t) => values.iter().any(|v| t.is(*v)),
         })
     }
 
     /// The text of the value of `key`.
     pub fn text(&self, key: Sym) -> Option<Arc<str>> {
-        self.find(key).map(Value::text)
+        self.find(key).map(ValueRef::text)
     }
 
     /// The pairs whose value is interned, sorted by key (values kept as text are skipped:
     /// see [`Labels::text_keys`] and [`Labels::resolved_pairs`]).
     pub fn iter(&self) -> impl Iterator<Item = (Sym, Sym)> + '_ {
-        self.0.iter().filter_map(|(k, v)| match v {
-            Value::Sym(s) => Some((*k, *s)),
-            Value::Text { .. } => None,
-        })
+        self.syms.iter().copied()
     }
 
     /// The keys whose value is kept as text.
     pub fn text_keys(&self) -> impl Iterator<Item = Sym> + '_ {
-        self.0.iter().filter_map(|(k, v)| match v {
-            Value::Sym(_) => None,
-            Value::Text { .. } => Some(*k),
-        })
+        self.texts.iter().map(|t| t.key)
     }
 
     /// Every pair whose value is interned now: [`Labels::iter`], plus the text values that
     /// were interned after they were set (looked up, under one lock, only if the table grew
     /// since).
-    pub fn resolved_pairs(&self) -> Vec<(Sym, Sym)> {
-        let mut out: Vec<(Sym, Sym)> = self.iter().collect();
-        if out.len() == self.0.len() {
-            return out;
+    pub fn resolved_pairs(&self) -> impl Iterator<Item = (Sym, Sym)> + '_ {
+        let mut late = Vec::new();
+        if !self.texts.is_empty() {
+            let size = Sym::interned_count();
+            let stale: Vec<&TextValue> = self
+                .texts
+                .iter()
+                .filter(|t| (t.generation as usize) < size)
+                .collect();
+            if !stale.is_empty() {
+                let syms = Sym::lookup_many(stale.iter().map(|t| &*t.text));
+                late.extend(
+                    stale
+                        .iter()
+                        .zip(syms)
+                        .filter_map(|(t, s)| Some((t.key, s?))),
+                );
+            }
         }
-        let size = Sym::interned_count();
-        let late: Vec<(Sym, &str)> = self
-            .0
-            .iter()
-            .filter_map(|(k, v)| match v {
-                Value::Text { text, generation } if (*generation as usize) < size => {
-                    Some((*k, &**text))
-                }
-                _ => None,
-            })
-            .collect();
-        if !late.is_empty() {
-            let syms = Sym::lookup_many(late.iter().map(|(_, t)| *t));
-            out.extend(
-                late.iter()
-                    .zip(syms)
-                    .filter_map(|((k, _), s)| Some((*k, s?))),
-            );
-        }
-        out
+        self.syms.iter().copied().chain(late)
     }
 
     /// Whether there are no labels.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.syms.is_empty() && self.texts.is_empty()
     }
 }
 
@@ -329,5 +371,26 @@ mod tests {
         let labels: Labels = [("b", "2"), ("a", "1"), ("b", "3")].into_iter().collect();
         assert_eq!(labels.get(Sym::new("b")), Some(Sym::new("3")));
         assert_eq!(labels.iter().count(), 2);
+    }
+
+    #[test]
+    fn text_values_are_replaced_and_compared_by_text() {
+        let key = Sym::new("interner-test-key");
+        let mut a = Labels::new();
+        a.insert_str("interner-test-key", "interner-test-never-interned");
+        assert_eq!((a.iter().count(), a.text_keys().count()), (0, 1));
+        assert!(a.contains_key(key));
+        a.insert(key, Sym::new("v"));
+        assert_eq!((a.iter().count(), a.text_keys().count()), (1, 0));
+        assert_eq!(a.get(key), Some(Sym::new("v")));
+
+        let mut text = Labels::new();
+        text.insert_str("interner-test-key", "interner-test-late");
+        let late = Sym::new("interner-test-late");
+        let mut sym = Labels::new();
+        sym.insert(key, late);
+        assert_eq!(text, sym);
+        assert_eq!(text.value_in(key, &[Sym::new("v"), late]), Some(true));
+        assert_eq!(text.resolved_pairs().collect::<Vec<_>>(), vec![(key, late)]);
     }
 }
