@@ -6,27 +6,26 @@
 //! 10,000 pods); under `cargo test` (no `--bench` argument) a small smoke run checks that
 //! every scenario works. A plain harness rather than criterion: the figures wanted are pods/s
 //! of one whole run and a p99 of request latencies, which criterion does not report.
+//!
+//! The extender scenario needs feature `extender` (`--features extender` or `--all-features`);
+//! without it, asking for that scenario says so instead of passing silently.
 
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::Request;
-use http_body_util::BodyExt;
 use rorqual_core::model::Resources;
-use rorqual_scheduler::extender::ExtenderServer;
 use rorqual_scheduler::snapshot::{AffinityTerm, HOSTNAME_LABEL};
 use rorqual_scheduler::{NodeInfo, PodInfo, Scheduler, Snapshot};
-use serde_json::json;
-use tower::ServiceExt;
 
 struct Shape {
     nodes: usize,
     pods: usize,
     baseline_pods: usize,
     runs: usize,
+    /// Extender requests per measurement (read only with feature `extender`).
+    #[cfg_attr(not(feature = "extender"), allow(dead_code))]
     requests: usize,
 }
 
@@ -76,11 +75,6 @@ fn cpu_seconds() -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// The Scheduler: queue, sampled parallel filter/score, incremental snapshot.
@@ -154,125 +148,145 @@ fn throughput(rt: &tokio::runtime::Runtime, shape: &Shape, anti: bool, label: &s
     );
 }
 
-fn pod_json() -> serde_json::Value {
-    json!({"metadata": {"name": "web-0", "namespace": "bench", "uid": "u-web-0"},
-           "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}]}})
-}
+/// Extender latency (feature `extender`).
+#[cfg(feature = "extender")]
+mod extender_latency {
+    use std::time::{Duration, Instant};
 
-fn node_json(name: &str) -> serde_json::Value {
-    json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-           "status": {"allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"}}})
-}
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use rorqual_scheduler::extender::ExtenderServer;
+    use serde_json::json;
+    use tower::ServiceExt;
 
-fn latencies(
-    rt: &tokio::runtime::Runtime,
-    server: &ExtenderServer,
-    body: &str,
-    requests: usize,
-) -> Vec<Duration> {
-    let router = server.router();
-    rt.block_on(async {
-        let mut out = Vec::with_capacity(requests);
-        for _ in 0..requests {
-            let start = Instant::now();
-            let response = router
-                .clone()
-                .oneshot(
-                    Request::post("/filter")
-                        .header("content-type", "application/json")
-                        .body(Body::from(body.to_owned()))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            out.push(start.elapsed());
-            assert!(bytes.len() > 10);
-        }
-        out
-    })
-}
+    use super::{Shape, cluster};
 
-/// The same requests over HTTP on loopback, through one kept-alive connection (as
-/// kube-scheduler's extender client does): what a real kube-scheduler waits for.
-fn latencies_http(
-    rt: &tokio::runtime::Runtime,
-    addr: std::net::SocketAddr,
-    body: &str,
-    requests: usize,
-) -> Vec<Duration> {
-    let client = reqwest::Client::new();
-    let url = format!("http://{addr}/filter");
-    rt.block_on(async {
-        let mut out = Vec::with_capacity(requests);
-        for _ in 0..requests {
-            let start = Instant::now();
-            let response = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.to_owned())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            let bytes = response.bytes().await.unwrap();
-            out.push(start.elapsed());
-            assert!(bytes.len() > 10);
-        }
-        out
-    })
-}
+    fn percentile(v: &mut [Duration], p: f64) -> Duration {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    }
 
-fn extender(rt: &tokio::runtime::Runtime, shape: &Shape) {
-    let server = ExtenderServer::with_default_plugins();
-    server.scheduler().add_nodes(cluster(shape.nodes));
-    let names: Vec<String> = (0..shape.nodes).map(|i| format!("node-{i}")).collect();
-    let cached = json!({"Pod": pod_json(), "Nodes": null, "NodeNames": names}).to_string();
-    let full = json!({"Pod": pod_json(), "Nodes": {"items": names.iter().map(|n| node_json(n)).collect::<Vec<_>>()}, "NodeNames": null}).to_string();
-    // Warm up.
-    latencies(rt, &server, &cached, 20.min(shape.requests));
-    let mut fast = latencies(rt, &server, &cached, shape.requests);
-    let mut naive = latencies(rt, &server, &full, (shape.requests / 5).max(5));
-    let (p50, p99) = (percentile(&mut fast, 0.5), percentile(&mut fast, 0.99));
-    let (n50, n99) = (percentile(&mut naive, 0.5), percentile(&mut naive, 0.99));
-    println!(
-        "extender filter, {} NodeNames (in-process router, JSON in and out): p50 {:.3} ms, p99 {:.3} ms over {} requests; naive baseline (Nodes mode: {} full node objects, snapshot built per request) p50 {:.3} ms, p99 {:.3} ms; p50 ratio {:.1}x",
-        shape.nodes,
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        fast.len(),
-        shape.nodes,
-        n50.as_secs_f64() * 1e3,
-        n99.as_secs_f64() * 1e3,
-        n50.as_secs_f64() / p50.as_secs_f64()
-    );
+    fn pod_json() -> serde_json::Value {
+        json!({"metadata": {"name": "web-0", "namespace": "bench", "uid": "u-web-0"},
+               "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m", "memory": "500Mi"}}}]}})
+    }
 
-    // Over loopback HTTP: the server on its own thread and runtime, the client on this one.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let served = ExtenderServer::new(server.scheduler().clone());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    fn node_json(name: &str) -> serde_json::Value {
+        json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+               "status": {"allocatable": {"cpu": "4", "memory": "32Gi", "pods": "110"}}})
+    }
+
+    fn latencies(
+        rt: &tokio::runtime::Runtime,
+        server: &ExtenderServer,
+        body: &str,
+        requests: usize,
+    ) -> Vec<Duration> {
+        let router = server.router();
         rt.block_on(async {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            served.serve(listener).await.unwrap();
+            let mut out = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let start = Instant::now();
+                let response = router
+                    .clone()
+                    .oneshot(
+                        Request::post("/filter")
+                            .header("content-type", "application/json")
+                            .body(Body::from(body.to_owned()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                out.push(start.elapsed());
+                assert!(bytes.len() > 10);
+            }
+            out
+        })
+    }
+
+    /// The same requests over HTTP on loopback, through one kept-alive connection (as
+    /// kube-scheduler's extender client does): what a real kube-scheduler waits for.
+    fn latencies_http(
+        rt: &tokio::runtime::Runtime,
+        addr: std::net::SocketAddr,
+        body: &str,
+        requests: usize,
+    ) -> Vec<Duration> {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}/filter");
+        rt.block_on(async {
+            let mut out = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let start = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_owned())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let bytes = response.bytes().await.unwrap();
+                out.push(start.elapsed());
+                assert!(bytes.len() > 10);
+            }
+            out
+        })
+    }
+
+    pub(crate) fn extender(rt: &tokio::runtime::Runtime, shape: &Shape) {
+        let server = ExtenderServer::with_default_plugins();
+        server.scheduler().add_nodes(cluster(shape.nodes));
+        let names: Vec<String> = (0..shape.nodes).map(|i| format!("node-{i}")).collect();
+        let cached = json!({"Pod": pod_json(), "Nodes": null, "NodeNames": names}).to_string();
+        let full = json!({"Pod": pod_json(), "Nodes": {"items": names.iter().map(|n| node_json(n)).collect::<Vec<_>>()}, "NodeNames": null}).to_string();
+        // Warm up.
+        latencies(rt, &server, &cached, 20.min(shape.requests));
+        let mut fast = latencies(rt, &server, &cached, shape.requests);
+        let mut naive = latencies(rt, &server, &full, (shape.requests / 5).max(5));
+        let (p50, p99) = (percentile(&mut fast, 0.5), percentile(&mut fast, 0.99));
+        let (n50, n99) = (percentile(&mut naive, 0.5), percentile(&mut naive, 0.99));
+        println!(
+            "extender filter, {} NodeNames (in-process router, JSON in and out): p50 {:.3} ms, p99 {:.3} ms over {} requests; naive baseline (Nodes mode: {} full node objects, snapshot built per request) p50 {:.3} ms, p99 {:.3} ms; p50 ratio {:.1}x",
+            shape.nodes,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            fast.len(),
+            shape.nodes,
+            n50.as_secs_f64() * 1e3,
+            n99.as_secs_f64() * 1e3,
+            n50.as_secs_f64() / p50.as_secs_f64()
+        );
+
+        // Over loopback HTTP: the server on its own thread and runtime, the client on this one.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let served = ExtenderServer::new(server.scheduler().clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                served.serve(listener).await.unwrap();
+            });
         });
-    });
-    latencies_http(rt, addr, &cached, 20.min(shape.requests));
-    let mut http = latencies_http(rt, addr, &cached, shape.requests);
-    let (h50, h99) = (percentile(&mut http, 0.5), percentile(&mut http, 0.99));
-    println!(
-        "extender filter, {} NodeNames over HTTP on 127.0.0.1 (kept-alive connection, server on its own thread): p50 {:.3} ms, p99 {:.3} ms over {} requests",
-        shape.nodes,
-        h50.as_secs_f64() * 1e3,
-        h99.as_secs_f64() * 1e3,
-        http.len()
-    );
+        latencies_http(rt, addr, &cached, 20.min(shape.requests));
+        let mut http = latencies_http(rt, addr, &cached, shape.requests);
+        let (h50, h99) = (percentile(&mut http, 0.5), percentile(&mut http, 0.99));
+        println!(
+            "extender filter, {} NodeNames over HTTP on 127.0.0.1 (kept-alive connection, server on its own thread): p50 {:.3} ms, p99 {:.3} ms over {} requests",
+            shape.nodes,
+            h50.as_secs_f64() * 1e3,
+            h99.as_secs_f64() * 1e3,
+            http.len()
+        );
+    }
 }
 
 fn main() {
@@ -317,6 +331,9 @@ fn main() {
         );
     }
     if run("extender") {
-        extender(&rt, &shape);
+        #[cfg(feature = "extender")]
+        extender_latency::extender(&rt, &shape);
+        #[cfg(not(feature = "extender"))]
+        println!("extender filter: not run (needs feature `extender`)");
     }
 }

@@ -56,20 +56,19 @@ impl Requirement {
         }
     }
 
-    /// Whether `labels` satisfy this requirement.
+    /// Whether `labels` satisfy this requirement (interning nothing).
     pub fn matches(&self, labels: &Labels) -> bool {
-        let value = labels.get(self.key);
         match self.operator {
-            Operator::In => value.is_some_and(|v| self.values.contains(&v)),
-            Operator::NotIn => value.is_none_or(|v| !self.values.contains(&v)),
-            Operator::Exists => value.is_some(),
-            Operator::DoesNotExist => value.is_none(),
+            Operator::In => labels.value_in(self.key, &self.values) == Some(true),
+            Operator::NotIn => labels.value_in(self.key, &self.values) != Some(true),
+            Operator::Exists => labels.contains_key(self.key),
+            Operator::DoesNotExist => !labels.contains_key(self.key),
             Operator::Gt | Operator::Lt => {
-                let (Some(value), Some(bound)) = (value, self.values.first()) else {
+                let (Some(value), Some(bound)) = (labels.text(self.key), self.values.first())
+                else {
                     return false;
                 };
-                let (Ok(value), Ok(bound)) =
-                    (value.as_str().parse::<i64>(), bound.as_str().parse::<i64>())
+                let (Ok(value), Ok(bound)) = (value.parse::<i64>(), bound.as_str().parse::<i64>())
                 else {
                     return false;
                 };

@@ -412,6 +412,10 @@ pub struct Snapshot {
     nodes: Vec<NodeInfo>,
     by_name: FastMap<Sym, u32>,
     by_label: FastMap<(Sym, Sym), Vec<PodLoc>>,
+    /// Pods by the label keys whose value is kept as text (not interned when the pod was
+    /// read, see [`Labels::insert_str`]): such a value can still equal a symbol interned
+    /// later, so a selector requiring `key=value` also visits these pods.
+    by_text_key: FastMap<Sym, Vec<PodLoc>>,
     anti_indexed: FastMap<(Sym, Sym), Vec<PodLoc>>,
     anti_unindexed: Vec<PodLoc>,
     /// Existing pods' scoring terms (required affinity, preferred affinity and anti-affinity)
@@ -539,6 +543,12 @@ impl Snapshot {
                 .or_default()
                 .push((index, pod.clone()));
         }
+        for key in pod.labels.text_keys() {
+            self.by_text_key
+                .entry(key)
+                .or_default()
+                .push((index, pod.clone()));
+        }
         for term in &pod.anti_affinity.required {
             match term.selector.required_pair() {
                 Some(pair) => self
@@ -576,6 +586,16 @@ impl Snapshot {
                 list.swap_remove(i);
             }
         }
+        for key in pod.labels.text_keys() {
+            if let Some(list) = self.by_text_key.get_mut(&key) {
+                if let Some(i) = list.iter().position(same) {
+                    list.swap_remove(i);
+                }
+                if list.is_empty() {
+                    self.by_text_key.remove(&key);
+                }
+            }
+        }
         for term in &pod.anti_affinity.required {
             let list = match term.selector.required_pair() {
                 Some(pair) => self.anti_indexed.get_mut(&pair),
@@ -610,11 +630,17 @@ impl Snapshot {
     }
 
     /// Calls `f` for every pod that may match `selector` (all pods carrying its required
-    /// `key=value` pair, or every pod when it has none); callers still check the selector.
+    /// `key=value` pair, or whose value of that key is kept as text, or every pod when it has
+    /// none); callers still check the selector.
     pub fn for_each_candidate(&self, selector: &Selector, mut f: impl FnMut(u32, &PodInfo)) {
         match selector.required_pair() {
             Some(pair) => {
                 if let Some(list) = self.by_label.get(&pair) {
+                    for (node, pod) in list {
+                        f(*node, pod);
+                    }
+                }
+                if let Some(list) = self.by_text_key.get(&pair.0) {
                     for (node, pod) in list {
                         f(*node, pod);
                     }
@@ -638,7 +664,7 @@ impl Snapshot {
         mut f: impl FnMut(u32, &PodInfo),
     ) {
         let mut seen: Vec<*const PodInfo> = Vec::new();
-        for pair in labels.iter() {
+        for pair in labels.resolved_pairs() {
             if let Some(list) = self.anti_indexed.get(&pair) {
                 for (node, pod) in list {
                     let ptr = Arc::as_ptr(pod);
@@ -678,7 +704,7 @@ impl Snapshot {
             }
         };
         if !self.terms_indexed.is_empty() {
-            for pair in labels.iter() {
+            for pair in labels.resolved_pairs() {
                 for loc in self.terms_indexed.get(&pair).into_iter().flatten() {
                     visit(loc);
                 }

@@ -130,6 +130,44 @@ async fn filter_nodes_mode_returns_the_node_list_subset() {
 }
 
 #[tokio::test]
+async fn filter_accepts_null_optional_fields_in_the_pod_and_the_nodes() {
+    let (server, _) = cluster();
+    exchange(
+        &server,
+        "/filter",
+        "filter_nodes_with_nulls_request.json",
+        "filter_nodes_with_nulls_response.json",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_be_decoded_is_named_in_the_filter_error() {
+    let (server, _) = cluster();
+    let body = fixture("filter_nodes_request.json").replace(
+        r#""taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]"#,
+        r#""taints": {"key": "dedicated"}"#,
+    );
+    let (status, body) = post(&server, "/filter", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let got: Value = serde_json::from_str(&body).unwrap();
+    let error = got["Error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Node `b`: spec.taints: invalid type"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn preempt_with_null_victim_maps_has_no_candidates() {
+    let (server, _) = cluster();
+    let (status, body) = post(&server, "/preempt", fixture("preempt_nulls_request.json")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(got, serde_json::json!({"NodeNameToMetaVictims": {}}));
+}
+
+#[tokio::test]
 async fn prioritize_returns_a_bare_array_of_0_to_10() {
     let (server, _) = cluster();
     exchange(

@@ -1,12 +1,17 @@
 //! The kube-scheduler extender: the same plugins served over HTTP with the upstream wire
 //! format, plus the configuration stanza that points kube-scheduler at it.
+//!
+//! The HTTP server (`ExtenderServer`) needs feature `extender` (`tls` for HTTPS); the wire
+//! types ([`wire`]) and the stanza ([`ExtenderStanza`]) are always available.
 
+#[cfg(feature = "extender")]
 mod server;
 mod stanza;
 #[cfg(feature = "tls")]
 mod tls;
 pub mod wire;
 
+#[cfg(feature = "extender")]
 pub use server::{DEFAULT_BODY_LIMIT, DEFAULT_REMEMBERED_PODS, ExtenderServer};
 pub use stanza::ExtenderStanza;
 #[cfg(feature = "tls")]

@@ -2,7 +2,7 @@
 //! [`Scheduler`]'s plugins and cache.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -236,10 +237,7 @@ impl ExtenderServer {
     }
 
     fn remember(&self, pod: &PodInfo) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pod.clone());
+        self.seen.lock().insert(pod.clone());
     }
 
     /// Runs `f` over the candidate nodes of `args` in the cache: for `Nodes`, the given nodes
@@ -410,11 +408,7 @@ impl ExtenderServer {
     /// request names the pod only, so the pod must have been seen in a filter call; otherwise
     /// the bind fails (kube-scheduler then retries the pod, filter first).
     pub async fn bind(&self, args: &ExtenderBindingArgs) -> ExtenderBindingResult {
-        let seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(&args.pod_uid);
+        let seen = self.seen.lock().take(&args.pod_uid);
         let Some(pod) = seen else {
             return ExtenderBindingResult {
                 error: format!(

@@ -1,5 +1,5 @@
 //! The `extenders` stanza of a KubeSchedulerConfiguration that points kube-scheduler at an
-//! [`ExtenderServer`](crate::extender::ExtenderServer).
+//! `ExtenderServer` (feature `extender`), or at any server speaking the extender protocol.
 
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ impl ExtenderStanza {
             "kind": "KubeSchedulerConfiguration",
             "extenders": [self.to_value()?],
         });
-        serde_yaml::to_string(&doc).map_err(|e| format!("cannot render YAML: {e}"))
+        yaml_serde::to_string(&doc).map_err(|e| format!("cannot render YAML: {e}"))
     }
 }
 

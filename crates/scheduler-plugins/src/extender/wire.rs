@@ -265,16 +265,19 @@ impl ExtenderPreemptionArgs {
             .cloned()
             .ok_or_else(|| wire_err(M, "`Pod` is missing or not an object"))?;
         let mut victims = BTreeMap::new();
+        let none = Map::new();
         let (map, full) = match (
             field(obj, "NodeNameToMetaVictims"),
             field(obj, "NodeNameToVictims"),
         ) {
             (Some(Value::Object(m)), _) => (m, false),
             (_, Some(Value::Object(m))) => (m, true),
+            // Both maps nil (Go's `null`): no candidate nodes.
+            (None | Some(Value::Null), None | Some(Value::Null)) => (&none, false),
             _ => {
                 return Err(wire_err(
                     M,
-                    "neither `NodeNameToMetaVictims` nor `NodeNameToVictims` is an object",
+                    "`NodeNameToMetaVictims` or `NodeNameToVictims` is neither an object nor null",
                 ));
             }
         };

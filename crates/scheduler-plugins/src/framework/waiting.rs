@@ -2,7 +2,9 @@
 //! binding.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -28,10 +30,6 @@ impl WaitingPods {
         WaitingPods::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Waiting>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Registers `pod` as waiting for each of `plugins`; the receiver yields Success once all
     /// allowed, or the first rejection.
     pub(crate) fn add(
@@ -40,7 +38,7 @@ impl WaitingPods {
         plugins: HashSet<String>,
     ) -> oneshot::Receiver<Status> {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(
+        self.inner.lock().insert(
             pod.uid.clone(),
             Waiting {
                 pod,
@@ -52,12 +50,12 @@ impl WaitingPods {
     }
 
     pub(crate) fn remove(&self, uid: &str) {
-        self.lock().remove(uid);
+        self.inner.lock().remove(uid);
     }
 
     /// Plugin `plugin` allows pod `uid`; the pod proceeds when no plugin is pending.
     pub fn allow(&self, uid: &str, plugin: &str) {
-        let mut map = self.lock();
+        let mut map = self.inner.lock();
         let finished = match map.get_mut(uid) {
             Some(w) => {
                 w.pending.remove(plugin);
@@ -75,7 +73,7 @@ impl WaitingPods {
 
     /// Rejects pod `uid` (its binding fails with `reason`).
     pub fn reject(&self, uid: &str, plugin: &str, reason: &str) {
-        if let Some(mut w) = self.lock().remove(uid)
+        if let Some(mut w) = self.inner.lock().remove(uid)
             && let Some(tx) = w.done.take()
         {
             let _ = tx.send(Status::unschedulable(reason).with_plugin(plugin));
@@ -84,17 +82,17 @@ impl WaitingPods {
 
     /// Whether pod `uid` waits.
     pub fn contains(&self, uid: &str) -> bool {
-        self.lock().contains_key(uid)
+        self.inner.lock().contains_key(uid)
     }
 
     /// The waiting pods.
     pub fn pods(&self) -> Vec<Arc<PodInfo>> {
-        self.lock().values().map(|w| w.pod.clone()).collect()
+        self.inner.lock().values().map(|w| w.pod.clone()).collect()
     }
 
     /// The number of waiting pods.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.inner.lock().len()
     }
 
     /// Whether no pod waits.

@@ -4,7 +4,9 @@
 //! held.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::framework::{
@@ -44,10 +46,6 @@ impl Gang {
             .as_ref()
             .map(|g| format!("{}/{}", pod.namespace, g.name))
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<Arc<str>>>> {
-        self.members.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl Plugin for Gang {
@@ -66,7 +64,8 @@ impl Plugin for Gang {
 impl ReservePlugin for Gang {
     fn reserve(&self, _state: &mut CycleState, pod: &PodInfo, _node: Sym) -> Status {
         if let Some(group) = Gang::group(pod) {
-            self.lock()
+            self.members
+                .lock()
                 .entry(group)
                 .or_default()
                 .insert(pod.uid.clone());
@@ -78,7 +77,7 @@ impl ReservePlugin for Gang {
         let Some(group) = Gang::group(pod) else {
             return;
         };
-        if let Some(set) = self.lock().get_mut(&group) {
+        if let Some(set) = self.members.lock().get_mut(&group) {
             set.remove(&pod.uid);
         }
         if state.read::<PodRemoved>().is_some() && !self.is_waiting(pod) {
@@ -96,10 +95,7 @@ impl ReservePlugin for Gang {
 impl Gang {
     /// The registry captured at the first Permit call (Unreserve gets no registry argument).
     fn registry(&self) -> Option<WaitingPods> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.waiting.lock().clone()
     }
 
     /// Whether `pod` waits at Permit (the host unreserves a deleted pod before rejecting it).
@@ -133,8 +129,8 @@ impl PermitPlugin for Gang {
         let (Some(group), Some(gang)) = (Gang::group(pod), pod.gang.as_ref()) else {
             return (Status::success(), Duration::ZERO);
         };
-        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some(waiting.clone());
-        let assumed = self.lock().get(&group).map_or(0, HashSet::len);
+        *self.waiting.lock() = Some(waiting.clone());
+        let assumed = self.members.lock().get(&group).map_or(0, HashSet::len);
         if assumed as u64 >= u64::from(gang.min_member) {
             for other in waiting.pods() {
                 if Gang::group(&other).as_deref() == Some(group.as_str()) {

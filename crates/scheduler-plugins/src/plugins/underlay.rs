@@ -7,7 +7,9 @@ use crate::fast_hash::{FastMap, FastSet};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::framework::{
     CycleState, FilterPlugin, NodeSet, Plugin, PodRemoved, PreFilterPlugin, ReservePlugin, Status,
@@ -109,10 +111,6 @@ impl MemoryIpCapacity {
         MemoryIpCapacity::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemPool>> {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Adds pool `name` usable from `nodes` with `addresses` free.
     pub fn add_pool<S: Into<String>>(
         &self,
@@ -120,7 +118,7 @@ impl MemoryIpCapacity {
         nodes: impl IntoIterator<Item = S>,
         addresses: impl IntoIterator<Item = IpAddr>,
     ) {
-        self.lock().insert(
+        self.pools.lock().insert(
             name.to_owned(),
             MemPool {
                 nodes: nodes.into_iter().map(Into::into).collect(),
@@ -132,12 +130,13 @@ impl MemoryIpCapacity {
 
     /// Free addresses of `pool`.
     pub fn free(&self, pool: &str) -> usize {
-        self.lock().get(pool).map_or(0, |p| p.free.len())
+        self.pools.lock().get(pool).map_or(0, |p| p.free.len())
     }
 
     /// The address `owner` holds, if any.
     pub fn held_by(&self, owner: &str) -> Option<IpAddr> {
-        self.lock()
+        self.pools
+            .lock()
             .values()
             .find_map(|p| p.taken.get(owner).copied())
     }
@@ -145,7 +144,8 @@ impl MemoryIpCapacity {
 
 impl IpCapacity for MemoryIpCapacity {
     fn pools(&self) -> Vec<PoolCapacity> {
-        self.lock()
+        self.pools
+            .lock()
             .iter()
             .map(|(name, p)| PoolCapacity {
                 name: name.clone(),
@@ -161,7 +161,7 @@ impl IpCapacity for MemoryIpCapacity {
         owner: &str,
         address: Option<IpAddr>,
     ) -> Result<Reservation, IpCapacityError> {
-        let mut pools = self.lock();
+        let mut pools = self.pools.lock();
         let p = pools
             .get_mut(pool)
             .ok_or_else(|| IpCapacityError::UnknownPool(pool.to_owned()))?;
@@ -193,7 +193,7 @@ impl IpCapacity for MemoryIpCapacity {
     }
 
     fn release(&self, owner: &str) {
-        for p in self.lock().values_mut() {
+        for p in self.pools.lock().values_mut() {
             if let Some(ip) = p.taken.remove(owner) {
                 p.free.insert(ip);
             }

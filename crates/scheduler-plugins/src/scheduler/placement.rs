@@ -24,8 +24,9 @@ pub fn pod_from_request(request: &PlacementRequest) -> PodInfo {
         &request.instance,
         request.resources,
     );
+    // Values are not interned: an instance's labels may carry unbounded values.
     for (k, v) in &request.labels {
-        pod.labels.insert(Sym::new(k), Sym::new(v));
+        pod.labels.insert_str(k, v);
     }
     pod.node_selector = Selector::match_labels(
         request

@@ -1,0 +1,283 @@
+//! Kubernetes JSON → snapshots: the subset of `Pod` and `Node` the plugins read, decoded from
+//! the API's JSON (what an extender receives). With feature `k8s`, typed k8s-openapi objects
+//! convert through the same mapping, so both paths agree.
+//!
+//! rorqual's own pod annotations: [`ANNOTATION_IDENTITY`] (`namespace/name-ordinal`),
+//! [`ANNOTATION_PREVIOUS_NODE`], [`ANNOTATION_PREVIOUS_ZONE`], [`ANNOTATION_UNDERLAY_POOL`]
+//! (a pool name, or `*` for any), [`ANNOTATION_UNDERLAY_CLAIM`] (`pool/address` of a bound
+//! fixed-IP claim), [`ANNOTATION_GANG`], [`ANNOTATION_GANG_MIN_MEMBER`],
+//! [`ANNOTATION_GANG_TIMEOUT`] (seconds).
+
+mod node;
+mod pod;
+mod selector;
+
+use std::collections::BTreeMap;
+
+use rorqual_core::model::{Cpu, Memory, Resources, TaintEffect};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use node::{node_from_json, node_name};
+pub use pod::pod_from_json;
+
+/// Stable identity of a stateful pod.
+pub const ANNOTATION_IDENTITY: &str = "rorqual.io/identity";
+/// The node the identity ran on last.
+pub const ANNOTATION_PREVIOUS_NODE: &str = "rorqual.io/previous-node";
+/// The zone the identity ran in last.
+pub const ANNOTATION_PREVIOUS_ZONE: &str = "rorqual.io/previous-zone";
+/// The pod needs an underlay address from this pool (`*`: any pool).
+pub const ANNOTATION_UNDERLAY_POOL: &str = "rorqual.io/underlay-pool";
+/// The pod's fixed-IP claim is bound to `pool/address`.
+pub const ANNOTATION_UNDERLAY_CLAIM: &str = "rorqual.io/underlay-claim";
+/// The pod's gang (pod group) name.
+pub const ANNOTATION_GANG: &str = "rorqual.io/gang";
+/// The gang's minMember.
+pub const ANNOTATION_GANG_MIN_MEMBER: &str = "rorqual.io/gang-min-member";
+/// How long gang members wait at Permit, in seconds.
+pub const ANNOTATION_GANG_TIMEOUT: &str = "rorqual.io/gang-timeout-seconds";
+
+/// A Kubernetes object that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} `{name}`: {path}: {reason}")]
+pub struct KubeError {
+    /// `Pod` or `Node`.
+    pub kind: &'static str,
+    /// The object's name (or `?`).
+    pub name: String,
+    /// The field path.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Decodes an optional field whose JSON may be `null` (as Kubernetes clients send for unset
+/// fields) as its default, like a missing field; k8s-openapi models these fields as
+/// `Option`s.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Decodes `value` as `T`, naming the object (from `metadata.name`, and `namespace` for pods)
+/// and the failing field's path in the error.
+fn decode<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    value: &Value,
+) -> Result<T, KubeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let meta = value.get("metadata");
+        let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
+        let name = match (kind, text("name")) {
+            (_, None) => "?".to_owned(),
+            ("Pod", Some(name)) => format!("{}/{name}", text("namespace").unwrap_or("default")),
+            (_, Some(name)) => name.to_owned(),
+        };
+        let path = e.path().to_string();
+        KubeError {
+            kind,
+            name,
+            path: if path == "." { "$".to_owned() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Meta {
+    #[serde(deserialize_with = "null_as_default")]
+    name: String,
+    namespace: Option<String>,
+    uid: Option<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
+    annotations: BTreeMap<String, String>,
+}
+
+struct Ctx {
+    kind: &'static str,
+    name: String,
+}
+
+impl Ctx {
+    fn err(&self, path: impl Into<String>, reason: impl Into<String>) -> KubeError {
+        KubeError {
+            kind: self.kind,
+            name: self.name.clone(),
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn quantity(&self, path: &str, v: &Value) -> Result<String, KubeError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            other => Err(self.err(path, format!("expected a quantity, found {other}"))),
+        }
+    }
+
+    fn resources(&self, path: &str, map: &BTreeMap<String, Value>) -> Result<Resources, KubeError> {
+        let mut r = Resources::default();
+        if let Some(v) = map.get("cpu") {
+            let q = self.quantity(&format!("{path}.cpu"), v)?;
+            r.cpu = q
+                .parse::<Cpu>()
+                .map_err(|e| self.err(format!("{path}.cpu"), e.to_string()))?;
+        }
+        if let Some(v) = map.get("memory") {
+            let q = self.quantity(&format!("{path}.memory"), v)?;
+            r.memory = q
+                .parse::<Memory>()
+                .map_err(|e| self.err(format!("{path}.memory"), e.to_string()))?;
+        }
+        Ok(r)
+    }
+}
+
+fn effect(s: &str) -> Option<TaintEffect> {
+    match s {
+        "NoSchedule" => Some(TaintEffect::NoSchedule),
+        "PreferNoSchedule" => Some(TaintEffect::PreferNoSchedule),
+        "NoExecute" => Some(TaintEffect::NoExecute),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "k8s")]
+mod typed {
+    use super::*;
+    use crate::snapshot::{NodeInfo, PodInfo};
+    use k8s_openapi::api::core::v1::{Node, Pod};
+
+    impl TryFrom<&Pod> for PodInfo {
+        type Error = KubeError;
+        /// Converts through the pod's JSON, the same mapping the extender uses.
+        fn try_from(pod: &Pod) -> Result<PodInfo, KubeError> {
+            let value = serde_json::to_value(pod).map_err(|e| KubeError {
+                kind: "Pod",
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                path: "$".into(),
+                reason: e.to_string(),
+            })?;
+            pod_from_json(&value)
+        }
+    }
+
+    impl TryFrom<&Node> for NodeInfo {
+        type Error = KubeError;
+        /// Converts through the node's JSON, the same mapping the extender uses.
+        fn try_from(node: &Node) -> Result<NodeInfo, KubeError> {
+            let value = serde_json::to_value(node).map_err(|e| KubeError {
+                kind: "Node",
+                name: node.metadata.name.clone().unwrap_or_default(),
+                path: "$".into(),
+                reason: e.to_string(),
+            })?;
+            node_from_json(&value)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interner::Sym;
+    use crate::snapshot::WhenUnsatisfiable;
+    #[cfg(feature = "k8s")]
+    use crate::snapshot::{NodeInfo, PodInfo};
+    use serde_json::json;
+
+    #[test]
+    fn pod_fields() {
+        let pod = pod_from_json(&json!({
+            "metadata": {"name": "web-0", "namespace": "games", "uid": "u-1", "labels": {"app": "web"},
+                "annotations": {"rorqual.io/identity": "games/web-0", "rorqual.io/previous-node": "n1",
+                    "rorqual.io/underlay-claim": "pool-a/10.0.0.5", "rorqual.io/gang": "g", "rorqual.io/gang-min-member": "3"}},
+            "spec": {
+                "priority": 5,
+                "nodeSelector": {"disk": "ssd"},
+                "containers": [
+                    {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}, "ports": [{"containerPort": 80, "hostPort": 8080}]},
+                    {"resources": {"requests": {"cpu": 1}}}
+                ],
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "affinity": {
+                    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}},
+                    "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}
+                },
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "web"}}}]
+            }
+        }))
+        .unwrap();
+        assert_eq!(&*pod.uid, "u-1");
+        assert_eq!(pod.requests, Resources::new(1250, 64 << 20));
+        assert_eq!(pod.priority, 5);
+        assert_eq!(pod.host_ports.len(), 1);
+        assert_eq!(pod.anti_affinity.required.len(), 1);
+        assert!(pod.required_node_affinity.is_some());
+        assert_eq!(
+            pod.spread[0].when_unsatisfiable,
+            WhenUnsatisfiable::ScheduleAnyway
+        );
+        assert_eq!(pod.identity.unwrap().previous_node, Some(Sym::new("n1")));
+        assert_eq!(
+            pod.underlay.unwrap().bound_claim.unwrap().1.to_string(),
+            "10.0.0.5"
+        );
+        assert_eq!(pod.gang.unwrap().min_member, 3);
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let err = pod_from_json(&json!({"metadata": {"name": "p"}, "spec": {"containers": [{"resources": {"requests": {"cpu": "lots"}}}]}})).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Pod `default/p`: spec.containers[0].resources.requests.cpu"),
+            "{err}"
+        );
+        let err = pod_from_json(&json!({"metadata": {"name": "p"}, "spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "z", "operator": "Near", "values": []}]}]}}}}})).unwrap_err();
+        assert!(err.to_string().contains("unknown operator `Near`"), "{err}");
+        let err = node_from_json(&json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": "k", "effect": "Maybe"}]}})).unwrap_err();
+        assert!(err.to_string().contains("spec.taints[0].effect"), "{err}");
+    }
+
+    #[cfg(feature = "k8s")]
+    #[test]
+    fn typed_k8s_objects_convert_like_their_json() {
+        use k8s_openapi::api::core::v1::{Node, Pod};
+        let pod_json = json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}],
+                     "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]}});
+        let typed: Pod = serde_json::from_value(pod_json.clone()).unwrap();
+        assert_eq!(
+            PodInfo::try_from(&typed).unwrap(),
+            pod_from_json(&pod_json).unwrap()
+        );
+        let node_json = json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi"}}});
+        let typed: Node = serde_json::from_value(node_json.clone()).unwrap();
+        let info = NodeInfo::try_from(&typed).unwrap();
+        assert_eq!(info, node_from_json(&node_json).unwrap());
+        assert_eq!(info.allocatable, Resources::new(4000, 8 << 30));
+    }
+
+    #[test]
+    fn node_fields() {
+        let node = node_from_json(&json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}},
+            "spec": {"unschedulable": true, "taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "False"}]}
+        }))
+        .unwrap();
+        assert_eq!(node.allocatable, Resources::new(4000, 8 << 30));
+        assert!(node.unschedulable && !node.ready);
+        assert_eq!(node.max_pods, 110);
+        assert_eq!(node.labels.get(Sym::new("zone")), Some(Sym::new("a")));
+    }
+}
