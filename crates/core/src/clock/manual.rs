@@ -1,10 +1,11 @@
 //! [`ManualClock`]: a clock for tests that moves only when told to.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use super::Clock;
@@ -49,9 +50,7 @@ impl ManualClock {
     }
 
     fn lock(&self) -> MutexGuard<'_, ManualInner> {
-        // Every update under this lock is a single assignment or map operation, so a panic
-        // elsewhere cannot leave it inconsistent; a poisoned lock is still safe to use.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
     /// Moves the clock forward by `duration` and wakes every sleeper whose deadline is reached.
