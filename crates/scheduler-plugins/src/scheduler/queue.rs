@@ -11,6 +11,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rorqual_core::backoff::Backoff;
+
 use crate::framework::{QueueSortPlugin, QueuedPodInfo, Status};
 use crate::snapshot::PodInfo;
 
@@ -19,15 +21,15 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest backoff.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// kube-scheduler's pod backoff policy: 1 s doubling to 10 s.
+pub const POD_BACKOFF: Backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
+
 /// The backoff after `attempts` failed attempts: 1 s, 2 s, 4 s, 8 s, then 10 s.
 pub fn backoff_for(attempts: u32) -> Duration {
-    if attempts == 0 {
-        return Duration::ZERO;
+    match attempts {
+        0 => Duration::ZERO,
+        n => POD_BACKOFF.delay(n - 1),
     }
-    let shift = (attempts - 1).min(16);
-    INITIAL_BACKOFF
-        .saturating_mul(1u32 << shift)
-        .min(MAX_BACKOFF)
 }
 
 /// The order used once the QueueSort plugin has panicked: higher priority first, then FIFO.
