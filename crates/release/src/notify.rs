@@ -245,46 +245,67 @@ impl WebhookNotifier {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), NotifyError> {
-        let mut backoff = self.backoff;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut req = self.client.post(&self.url).timeout(self.timeout).json(n);
-            for (k, v) in &self.headers {
-                req = req.header(k, v);
-            }
-            let (err, retryable) = match req.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(()),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let text = resp.text().await.unwrap_or_default();
-                    let retryable = status.is_server_error() || status.as_u16() == 429;
-                    let body: String = text.chars().take(200).collect();
-                    (
-                        NotifyError::Status {
-                            url: self.url.clone(),
-                            attempts,
-                            status: status.as_u16(),
-                            body,
-                        },
-                        retryable,
-                    )
-                }
-                Err(source) => (
-                    NotifyError::Request {
+        use backon::Retryable;
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let attempt = || async {
+            let attempts = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            self.send_once(n, attempts).await
+        };
+        let policy = backon::ExponentialBuilder::default()
+            .with_min_delay(self.backoff)
+            .with_max_delay(Duration::MAX)
+            .with_factor(2.0)
+            .with_max_times(self.retries as usize);
+        attempt
+            .retry(policy)
+            .sleep(tokio::time::sleep)
+            .when(|failure| failure.retryable)
+            .notify(|failure, delay| {
+                tracing::debug!(url = %self.url, error = %failure.error, ?delay, "webhook delivery failed, retrying");
+            })
+            .await
+            .map_err(|failure| failure.error)
+    }
+}
+
+/// One failed delivery attempt, and whether another may succeed (a network error, a 5xx or a
+/// 429 may; another 4xx will not).
+#[cfg(feature = "webhook")]
+struct FailedAttempt {
+    error: NotifyError,
+    retryable: bool,
+}
+
+#[cfg(feature = "webhook")]
+impl WebhookNotifier {
+    async fn send_once(&self, n: &Notification, attempts: u32) -> Result<(), FailedAttempt> {
+        let mut req = self.client.post(&self.url).timeout(self.timeout).json(n);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                Err(FailedAttempt {
+                    retryable: status.is_server_error() || status.as_u16() == 429,
+                    error: NotifyError::Status {
                         url: self.url.clone(),
                         attempts,
-                        source,
+                        status: status.as_u16(),
+                        body: text.chars().take(200).collect(),
                     },
-                    true,
-                ),
-            };
-            if !retryable || attempts > self.retries {
-                return Err(err);
+                })
             }
-            tracing::debug!(url = %self.url, attempts, error = %err, "webhook delivery failed, retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
+            Err(source) => Err(FailedAttempt {
+                retryable: true,
+                error: NotifyError::Request {
+                    url: self.url.clone(),
+                    attempts,
+                    source,
+                },
+            }),
         }
     }
 }
