@@ -9,6 +9,8 @@
 //!   controller [`StateStore`](engine::StateStore);
 //! - [`placement`] and [`network`]: the seams an engine asks where an instance goes and how it
 //!   is reached (a least-allocated first fit is the default placement);
+//! - [`ip_capacity`]: the seam a scheduler reads underlay pools' free addresses through and
+//!   reserves one;
 //! - [`clock`]: the time seam controllers read and sleep on; [`backoff`]: capped exponential
 //!   retry delays;
 //! - `memory` (feature `testing`): `MemoryEngine`, an in-memory engine with fault injection.
@@ -29,6 +31,7 @@ pub mod backoff;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod ip_capacity;
 #[cfg(feature = "testing")]
 pub mod memory;
 pub mod model;

@@ -17,80 +17,7 @@ use crate::framework::{
 use crate::interner::Sym;
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
 
-/// One pool as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolCapacity {
-    /// The pool's name.
-    pub name: String,
-    /// Free addresses.
-    pub free: usize,
-    /// Nodes that can use the pool's addresses (its subnet's hosts).
-    pub nodes: Vec<String>,
-}
-
-/// Why an address could not be reserved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum IpCapacityError {
-    /// No such pool.
-    #[error("underlay pool `{0}` does not exist")]
-    UnknownPool(String),
-    /// The pool has no free address.
-    #[error("underlay pool `{pool}` has no free address ({taken} taken)")]
-    Exhausted {
-        /// The pool.
-        pool: String,
-        /// Addresses taken.
-        taken: usize,
-    },
-    /// The fixed address is not free in the pool.
-    #[error("address {address} is not free in underlay pool `{pool}`")]
-    AddressUnavailable {
-        /// The pool.
-        pool: String,
-        /// The address.
-        address: IpAddr,
-    },
-}
-
-/// The address [`IpCapacity::reserve`] gave an owner, and whether this call took it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Reservation {
-    /// The address.
-    pub address: IpAddr,
-    /// True when this call took the address from the free pool; false when the owner
-    /// already held it (a bound fixed-IP claim, say), so undoing this reservation must not
-    /// give it back.
-    pub newly_taken: bool,
-}
-
-impl Reservation {
-    /// `address`, newly taken or already held by the owner.
-    pub fn new(address: IpAddr, newly_taken: bool) -> Reservation {
-        Reservation {
-            address,
-            newly_taken,
-        }
-    }
-}
-
-/// Read and reserve access to underlay pools. Object safe; implement it over your IPAM.
-pub trait IpCapacity: Send + Sync + Debug + 'static {
-    /// The pools, with free counts and hosts.
-    fn pools(&self) -> Vec<PoolCapacity>;
-    /// Takes an address of `pool` for `owner` (the given one for a fixed-IP claim). Idempotent
-    /// per owner: an owner already holding an address of the pool gets it again, with
-    /// [`Reservation::newly_taken`] false.
-    fn reserve(
-        &self,
-        pool: &str,
-        owner: &str,
-        address: Option<IpAddr>,
-    ) -> Result<Reservation, IpCapacityError>;
-    /// Gives back what `owner` holds. Idempotent.
-    fn release(&self, owner: &str);
-}
+pub use rorqual_core::ip_capacity::{IpCapacity, IpCapacityError, PoolCapacity, Reservation};
 
 #[derive(Debug, Default)]
 struct MemPool {
@@ -147,11 +74,7 @@ impl IpCapacity for MemoryIpCapacity {
         self.pools
             .lock()
             .iter()
-            .map(|(name, p)| PoolCapacity {
-                name: name.clone(),
-                free: p.free.len(),
-                nodes: p.nodes.clone(),
-            })
+            .map(|(name, p)| PoolCapacity::new(name.clone(), p.free.len(), p.nodes.clone()))
             .collect()
     }
 
