@@ -63,7 +63,7 @@ async fn main() {
     );
     match server.stanza(format!("http://{addr}")).to_yaml() {
         Ok(yaml) => println!("# KubeSchedulerConfiguration for kube-scheduler:\n{yaml}"),
-        Err(e) => usage(&e),
+        Err(e) => usage(&e.to_string()),
     }
     println!(
         "serving default plugins on http://{addr} (/filter, /prioritize, /bind, /preempt); Ctrl-C stops"

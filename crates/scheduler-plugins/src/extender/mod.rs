@@ -13,6 +13,6 @@ pub mod wire;
 
 #[cfg(feature = "extender")]
 pub use server::{DEFAULT_BODY_LIMIT, DEFAULT_REMEMBERED_PODS, ExtenderServer};
-pub use stanza::ExtenderStanza;
+pub use stanza::{ExtenderStanza, StanzaError};
 #[cfg(feature = "tls")]
 pub use tls::{TlsError, TlsListener};

@@ -76,15 +76,16 @@ impl ExtenderStanza {
     }
 
     /// The entry as JSON (the `extenders[]` element).
-    pub fn to_value(&self) -> Result<Value, String> {
+    ///
+    /// # Errors
+    ///
+    /// A weight below 1 or an empty URL prefix ([`StanzaError`]).
+    pub fn to_value(&self) -> Result<Value, StanzaError> {
         if self.weight < 1 {
-            return Err(format!(
-                "extender weight {} must be at least 1",
-                self.weight
-            ));
+            return Err(StanzaError::Weight(self.weight));
         }
         if self.url_prefix.is_empty() {
-            return Err("extender urlPrefix must not be empty".into());
+            return Err(StanzaError::EmptyUrlPrefix);
         }
         let mut v = json!({
             "urlPrefix": self.url_prefix,
@@ -103,26 +104,9 @@ impl ExtenderStanza {
             v["preemptVerb"] = json!("preempt");
         }
         if let Some(ca) = &self.ca_pem {
-            use std::fmt::Write;
+            use base64::Engine as _;
             // caData is base64 of the PEM bytes.
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            let mut out = String::new();
-            for chunk in ca.as_bytes().chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..4 {
-                    if i <= chunk.len() {
-                        let _ = out.write_char(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                    } else {
-                        out.push('=');
-                    }
-                }
-            }
+            let out = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes());
             v["tlsConfig"] = json!({"caData": out});
         }
         if !self.managed_resources.is_empty() {
@@ -137,14 +121,33 @@ impl ExtenderStanza {
     }
 
     /// A whole KubeSchedulerConfiguration (YAML) with this extender.
-    pub fn to_yaml(&self) -> Result<String, String> {
+    ///
+    /// # Errors
+    ///
+    /// What [`ExtenderStanza::to_value`] refuses, or a YAML encoding failure.
+    pub fn to_yaml(&self) -> Result<String, StanzaError> {
         let doc = json!({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
             "extenders": [self.to_value()?],
         });
-        yaml_serde::to_string(&doc).map_err(|e| format!("cannot render YAML: {e}"))
+        yaml_serde::to_string(&doc).map_err(StanzaError::Yaml)
     }
+}
+
+/// Why an extender stanza cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StanzaError {
+    /// kube-scheduler requires a positive weight.
+    #[error("extender weight {0} must be at least 1")]
+    Weight(i64),
+    /// The extender's URL prefix is empty.
+    #[error("extender urlPrefix must not be empty")]
+    EmptyUrlPrefix,
+    /// Encoding the configuration as YAML failed.
+    #[error("cannot render the scheduler configuration as YAML")]
+    Yaml(#[source] yaml_serde::Error),
 }
 
 #[cfg(test)]
@@ -167,6 +170,7 @@ mod tests {
                 .weight(0)
                 .to_value()
                 .unwrap_err()
+                .to_string()
                 .contains("weight 0")
         );
         let tls = ExtenderStanza::new("https://x")
