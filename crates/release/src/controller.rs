@@ -195,7 +195,8 @@ impl RolloutControllerBuilder {
         self.notifier = Some(notifier);
         self
     }
-    /// The analysis metric providers (default web, prometheus and command).
+    /// The analysis metric providers (default: the providers compiled in, see
+    /// `Providers::with_defaults`; `command` only with its feature).
     pub fn providers(mut self, providers: Arc<dyn MetricProvider>) -> Self {
         self.providers = providers;
         self

@@ -6,7 +6,7 @@
 //! - [`analysis`]: analysis templates and runs, CEL conditions, metric providers (web,
 //!   Prometheus, command);
 //! - [`traffic`]: traffic routers (replica ratio, nginx);
-//! - [`approval`]: manual approvals kept in the state store, with an HTTP API;
+//! - [`approval`]: manual approvals (kept in memory by `Approvals`), with an HTTP API;
 //! - [`notify`]: notifications (a JSON webhook).
 //!
 //! HTTP clients (webhook, web and prometheus providers) speak HTTPS with rustls and the
