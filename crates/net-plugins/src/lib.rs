@@ -6,7 +6,8 @@
 //! - [`PoolState`]: the pure allocation logic (Available / Active / Reserved / Disabled,
 //!   owner-idempotent allocation, claims that keep an identity's address, bulk transfer, GC).
 //! - [`Allocator`]: those operations over any [`store::PoolStore`] (memory, file, etcd with the
-//!   `etcd` feature), with a watch stream of changes.
+//!   `etcd` feature, or any core `StateStore` through [`store::state_store::StateStorePools`]),
+//!   with a watch stream of changes.
 //! - [`cni`]: the CNI protocol, used by the `rorqual-ipam` executable.
 //! - `BridgeNetwork` (feature `bridge`): core's `Network` seam on a Linux bridge in network
 //!   namespaces.

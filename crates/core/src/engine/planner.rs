@@ -107,6 +107,7 @@ impl<'a> Member<'a> {
 
 /// The desired state of one application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Desired<'a> {
     /// Stateless: the replica count of each revision group.
     Stateless(&'a BTreeMap<Revision, u32>),

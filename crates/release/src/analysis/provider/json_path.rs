@@ -1,6 +1,8 @@
 //! Picking a value out of a JSON document with a JSONPath (RFC 9535, `serde_json_path`).
 
+#[cfg(any(feature = "web", feature = "command"))]
 use serde_json::Value;
+#[cfg(any(feature = "web", feature = "command"))]
 use serde_json_path::JsonPath;
 
 #[cfg(any(feature = "web", feature = "command"))]
