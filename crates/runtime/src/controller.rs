@@ -8,11 +8,19 @@
 //!   right after it finishes, however many triggers named it meanwhile (coalescing).
 //! - A due key starts when fewer than `concurrency` reconciles run; otherwise it waits in the
 //!   queue (the queue-age metrics say how long).
-//! - When a reconcile returns [`Action::requeue`] the key is scheduled after that delay; on
-//!   [`Action::await_change`] it waits for a trigger; on an error (or a panic) it is scheduled
-//!   after its next [`ErrorPolicy`] backoff delay. A success resets the key's backoff. A
-//!   trigger during a backoff wakes the key at once: something changed, so retrying is worth it.
-//! - The periodic resync triggers every key any trigger has named.
+//! - When a reconcile returns [`Action::requeue`] the key is scheduled after that delay (at
+//!   most [`MAX_DELAY`]); on [`Action::await_change`] it waits for a trigger; on
+//!   [`Action::forget`] it is dropped from the resync and its backoff state is dropped; on a
+//!   retryable error (or a panic) it is scheduled after its next [`ErrorPolicy`] backoff delay
+//!   (at most [`MAX_DELAY`] too). On an error its [`Reconciler::is_retryable`] calls permanent,
+//!   it is not retried: it waits for a trigger, as after [`Action::await_change`]. A success
+//!   resets the key's backoff. A trigger during a backoff wakes the key at once: something
+//!   changed, so retrying is worth it.
+//! - The periodic resync triggers every key any trigger has named and no reconcile has
+//!   forgotten since.
+//! - Triggers are not starved by a backlog: every turn of the loop (each start or finish of a
+//!   reconcile) first takes [`TRIGGERS_PER_TURN`] key the triggers have ready, and a resync
+//!   that is due, before it starts or finishes the next reconcile.
 //!
 //! # Shutdown
 //!
@@ -29,14 +37,14 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::action::Action;
 use crate::delay_queue::{KeyedDelayQueue, MAX_DELAY};
-use crate::error_policy::{Backoffs, ErrorPolicy};
+use crate::error_policy::{Backoffs, ErrorPolicy, ErrorPolicyError};
 use crate::metrics::{ControllerMetrics, Meters, Outcome};
 use crate::reconciler::{Context, Reconciler};
 use crate::triggers::Triggers;
@@ -50,6 +58,14 @@ impl<T: Clone + Eq + Hash + Debug + Display + Send + Sync + 'static> ObjectKey f
 
 /// The default number of reconciles a controller runs at once.
 pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How many ready trigger keys the loop takes on each turn before it starts or finishes the
+/// next reconcile, however long its backlog of due keys. One per turn interleaves triggers
+/// with starts and finishes in arrival order (a larger batch would queue a burst of keys at
+/// one instant before starting any, and the delay queue does not promise FIFO order among
+/// keys due at the same millisecond); when nothing else is ready the loop takes every ready
+/// trigger anyway.
+pub const TRIGGERS_PER_TURN: usize = 1;
 
 /// How often the queue-age gauge is refreshed while due keys wait for a free worker.
 const AGE_REFRESH: Duration = Duration::from_secs(1);
@@ -68,12 +84,21 @@ pub enum BuildError {
         controller: String,
     },
     /// The error policy cannot produce a backoff schedule.
-    #[error("controller `{controller}` has an invalid error policy: {reason}")]
+    #[error("controller `{controller}` has an invalid error policy: {source}")]
     ErrorPolicy {
         /// The controller.
         controller: String,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong with the policy (which setting, which value).
+        #[source]
+        source: ErrorPolicyError,
+    },
+    /// The resync period ([`Triggers::resync`]) is 0: a timer cannot tick that often.
+    #[error(
+        "controller `{controller}` has a resync period of 0 (`Triggers::resync`): use a slow period (minutes) or no resync"
+    )]
+    ZeroResync {
+        /// The controller.
+        controller: String,
     },
 }
 
@@ -129,7 +154,8 @@ impl<K: ObjectKey, E> ControllerBuilder<K, E> {
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for an empty name, a zero concurrency or an unusable error policy.
+    /// [`BuildError`] for an empty name, a zero concurrency, an unusable error policy (see
+    /// [`ErrorPolicy::validate`]) or a zero resync period.
     pub fn build(self) -> Result<Controller<K, E>, BuildError> {
         if self.name.is_empty() {
             return Err(BuildError::EmptyName);
@@ -139,10 +165,15 @@ impl<K: ObjectKey, E> ControllerBuilder<K, E> {
                 controller: self.name,
             });
         }
-        if let Some(reason) = self.error_policy.problem() {
+        if let Err(source) = self.error_policy.validate() {
             return Err(BuildError::ErrorPolicy {
                 controller: self.name,
-                reason,
+                source,
+            });
+        }
+        if self.triggers.resync_period() == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroResync {
+                controller: self.name,
             });
         }
         let meters = match &self.metrics {
@@ -245,6 +276,24 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Controller<K, E> 
         loop {
             let now = Instant::now();
             runner.report(now);
+            // Take ready triggers first (a bounded batch), and a due resync: the
+            // `biased` select below prefers finished and due reconciles, which a backlog keeps
+            // ready turn after turn.
+            if triggers_open {
+                for _ in 0..TRIGGERS_PER_TURN {
+                    match triggers.next().now_or_never() {
+                        Some(Some(key)) => runner.trigger(key),
+                        Some(None) => {
+                            triggers_open = false;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if tick(&mut resync).now_or_never().is_some() {
+                runner.resync();
+            }
             if !triggers_open
                 && resync.is_none()
                 && runner.queue.is_empty()
@@ -275,13 +324,7 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Controller<K, E> 
                 }
                 Wake::Trigger(Some(key)) => runner.trigger(key),
                 Wake::Trigger(None) => triggers_open = false,
-                Wake::Resync => {
-                    let keys: Vec<K> = runner.known.iter().cloned().collect();
-                    tracing::debug!(controller = %runner.name, keys = keys.len(), "resync");
-                    for key in keys {
-                        runner.trigger(key);
-                    }
-                }
+                Wake::Resync => runner.resync(),
                 Wake::Refresh => {}
             }
         }
@@ -298,6 +341,11 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Controller<K, E> 
         runner.report(Instant::now());
         tracing::debug!(controller = %runner.name, "controller stopped");
     }
+}
+
+/// `delay` after `now`, at most [`MAX_DELAY`] ahead (`Instant + Duration` panics on overflow).
+fn later(now: Instant, delay: Duration) -> Instant {
+    now + delay.min(MAX_DELAY)
 }
 
 async fn tick(timer: &mut Option<tokio::time::Interval>) {
@@ -322,7 +370,7 @@ struct Runner<K, E> {
     running_keys: HashSet<K>,
     /// Running keys triggered again while running.
     dirty: HashSet<K>,
-    /// Every key a trigger named, for the resync.
+    /// Every key a trigger named and no reconcile forgot since, for the resync.
     known: HashSet<K>,
 }
 
@@ -343,6 +391,14 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Runner<K, E> {
             self.dirty.insert(key);
         } else {
             self.queue.schedule_now(key);
+        }
+    }
+
+    fn resync(&mut self) {
+        let keys: Vec<K> = self.known.iter().cloned().collect();
+        tracing::debug!(controller = %self.name, keys = keys.len(), "resync");
+        for key in keys {
+            self.trigger(key);
         }
     }
 
@@ -375,6 +431,7 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Runner<K, E> {
         self.running_keys.remove(&key);
         let now = Instant::now();
         let took = now - started;
+        // A failure's message, and whether retrying can help.
         let failure = match result {
             Ok(Ok(action)) => {
                 self.backoffs.succeeded(&key);
@@ -382,7 +439,12 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Runner<K, E> {
                     Some(delay) => {
                         self.meters.finished(Outcome::Requeue, took);
                         tracing::debug!(controller = %self.name, key = %key, attempt, ?took, requeue_in = ?delay, "reconciled");
-                        self.queue.schedule(key.clone(), now + delay.min(MAX_DELAY));
+                        self.queue.schedule(key.clone(), later(now, delay));
+                    }
+                    None if action.is_forget() => {
+                        self.meters.finished(Outcome::Success, took);
+                        tracing::debug!(controller = %self.name, key = %key, attempt, ?took, "reconciled; forgetting the key");
+                        self.known.remove(&key);
                     }
                     None => {
                         self.meters.finished(Outcome::Success, took);
@@ -391,17 +453,26 @@ impl<K: ObjectKey, E: Display + Debug + Send + Sync + 'static> Runner<K, E> {
                 }
                 None
             }
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(join) if join.is_panic() => Some("reconcile panicked".to_owned()),
-            Err(_) => Some("reconcile was cancelled".to_owned()),
+            Ok(Err(err)) => Some((err.to_string(), self.reconciler.is_retryable(&err))),
+            Err(join) if join.is_panic() => Some(("reconcile panicked".to_owned(), true)),
+            Err(_) => Some(("reconcile was cancelled".to_owned(), true)),
         };
-        if let Some(error) = failure {
+        if let Some((error, retryable)) = failure {
             self.meters.finished(Outcome::Error, took);
+            // A permanent failure still counts toward the streak: the attempt number says how
+            // many reconciles in a row failed, and a retryable failure after it backs off from
+            // where the streak is.
             let delay = self.backoffs.failed(key.clone());
-            tracing::warn!(controller = %self.name, key = %key, attempt, %error, retry_in = ?delay, "reconcile failed");
-            self.queue.schedule(key.clone(), now + delay);
+            if retryable {
+                tracing::warn!(controller = %self.name, key = %key, attempt, %error, retry_in = ?delay, "reconcile failed");
+                self.queue.schedule(key.clone(), later(now, delay));
+            } else {
+                tracing::warn!(controller = %self.name, key = %key, attempt, %error, "reconcile failed permanently: waiting for a change");
+            }
         }
         if self.dirty.remove(&key) {
+            // Triggered while running: it is known (again, if this reconcile forgot it).
+            self.known.insert(key.clone());
             self.queue.schedule_now(key);
         }
     }
@@ -700,6 +771,234 @@ mod tests {
             .error_policy(ErrorPolicy::default().factor(0.5))
             .build()
             .unwrap_err();
-        assert!(matches!(err, BuildError::ErrorPolicy { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                BuildError::ErrorPolicy {
+                    source: ErrorPolicyError::Factor { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_a_backoff_beyond_a_year_naming_the_setting() {
+        let r: Arc<dyn Reconciler<String, Error = String>> =
+            Arc::new(reconciler_fn(|_k: String, _c: Context| async {
+                Ok::<_, String>(Action::await_change())
+            }));
+        let err = Controller::builder("x", r)
+            .error_policy(ErrorPolicy::default().max_delay(Duration::MAX))
+            .build()
+            .unwrap_err();
+        match &err {
+            BuildError::ErrorPolicy {
+                controller,
+                source:
+                    ErrorPolicyError::MaxDelayTooLong {
+                        max_delay,
+                        limit: MAX_DELAY,
+                    },
+            } => {
+                assert_eq!(controller, "x");
+                assert_eq!(*max_delay, Duration::MAX);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with("controller `x` has an invalid error policy: backoff `max_delay`"),
+            "{err}"
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the cause is a source"
+        );
+    }
+
+    #[test]
+    fn build_refuses_a_zero_resync_period() {
+        let r: Arc<dyn Reconciler<String, Error = String>> =
+            Arc::new(reconciler_fn(|_k: String, _c: Context| async {
+                Ok::<_, String>(Action::await_change())
+            }));
+        let err = Controller::builder("x", r)
+            .triggers(Triggers::new().resync(Duration::ZERO))
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, BuildError::ZeroResync { .. }), "{err:?}");
+        assert!(err.to_string().contains("resync period of 0"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_beyond_a_year_is_capped_not_a_panic() {
+        // `build` refuses such a policy; the loop caps the delay all the same (a policy is a
+        // public struct, and the cap is what keeps `Instant + delay` from overflowing).
+        let probe = Probe::new();
+        let r = sleeper(probe.clone(), Duration::ZERO, |_, attempt| {
+            if attempt == 1 {
+                Err("boom".to_owned())
+            } else {
+                Ok(Action::await_change())
+            }
+        });
+        let mut triggers = Triggers::new();
+        let tx = triggers.sender();
+        let policy = ErrorPolicy::default()
+            .min_delay(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .jitter(false);
+        let c = Controller {
+            name: "test".into(),
+            reconciler: r,
+            concurrency: 1,
+            error_policy: policy,
+            triggers,
+            meters: Meters::detached(),
+        };
+        let run = tokio::spawn(c.run(std::future::pending()));
+        tx.trigger("web".to_owned());
+        tokio::time::sleep(5 * S).await;
+        tx.trigger("web".to_owned()); // wakes the key out of its year-long backoff
+        drop(tx);
+        run.await.expect("the controller loop did not panic");
+        assert_eq!(probe.starts_of("web"), [(1, Duration::ZERO), (2, 5 * S)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forget_drops_the_key_from_the_resync_and_its_backoff() {
+        let probe = Probe::new();
+        // `gone` fails once (a backoff streak), then finds its object deleted and forgets it.
+        let r = sleeper(probe.clone(), Duration::ZERO, |key, attempt| {
+            match (key, attempt) {
+                ("gone", 1) => Err("boom".to_owned()),
+                ("gone", _) => Ok(Action::forget()),
+                _ => Ok(Action::await_change()),
+            }
+        });
+        let mut triggers = Triggers::new();
+        let tx = triggers.sender();
+        let c = Controller::builder("test", r)
+            .error_policy(ErrorPolicy::default().jitter(false))
+            .triggers(
+                triggers
+                    .keys(["gone".to_owned(), "kept".to_owned()])
+                    .resync(60 * S),
+            )
+            .build()
+            .unwrap();
+        let run = tokio::spawn(c.run(tokio::time::sleep(150 * S)));
+        tokio::time::sleep(130 * S).await;
+        tx.trigger("gone".to_owned()); // created again: a new key, from attempt 1
+        run.await.unwrap();
+        assert_eq!(
+            probe.starts_of("gone"),
+            [(1, Duration::ZERO), (2, S), (1, 130 * S), (2, 131 * S)],
+            "not resynced at 60 s and 120 s once forgotten; no streak left over"
+        );
+        let kept: Vec<Duration> = probe
+            .starts_of("kept")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(kept, [Duration::ZERO, 60 * S, 120 * S]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_waits_for_a_change_instead_of_retrying() {
+        let probe = Probe::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r: Arc<dyn Reconciler<String, Error = String>> = {
+            let (probe, runs) = (probe.clone(), runs.clone());
+            Arc::new(
+                reconciler_fn(move |key: String, ctx: Context| {
+                    let (probe, runs) = (probe.clone(), runs.clone());
+                    async move {
+                        probe.enter(&key, ctx.attempt);
+                        probe.exit(&key);
+                        match runs.fetch_add(1, Ordering::SeqCst) {
+                            0 => Err("spec is invalid".to_owned()),
+                            1 => Err("engine busy".to_owned()),
+                            _ => Ok(Action::await_change()),
+                        }
+                    }
+                })
+                .retryable_when(|err: &String| !err.contains("invalid")),
+            )
+        };
+        let mut registry = Registry::default();
+        let mut triggers = Triggers::new();
+        let tx = triggers.sender();
+        let c = Controller::builder("test", r)
+            .error_policy(ErrorPolicy::default().jitter(false))
+            .triggers(triggers)
+            .metrics(ControllerMetrics::register(&mut registry))
+            .build()
+            .unwrap();
+        let run = tokio::spawn(c.run(std::future::pending()));
+        tx.trigger("web".to_owned());
+        tokio::time::sleep(30 * S).await;
+        assert_eq!(
+            probe.starts_of("web"),
+            [(1, Duration::ZERO)],
+            "a permanent error is not retried"
+        );
+        tx.trigger("web".to_owned()); // the spec was fixed
+        drop(tx);
+        run.await.unwrap();
+        assert_eq!(
+            probe.starts_of("web"),
+            [(1, Duration::ZERO), (2, 30 * S), (3, 32 * S)],
+            "a retryable error after it backs off, from where the streak is (2 s)"
+        );
+        let text = crate::metrics::encode_text(&registry).unwrap();
+        for line in [
+            r#"rorqual_controller_reconciles_total{controller="test",outcome="error"} 2"#,
+            r#"rorqual_controller_reconcile_errors_total{controller="test"} 2"#,
+            r#"rorqual_controller_reconciles_total{controller="test",outcome="success"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_is_taken_promptly_behind_a_long_due_backlog() {
+        // 5000 keys all come due at 10 s; a trigger for `probe` arrives at that same instant.
+        // The controller must take the trigger within a few turns of its loop, not after it
+        // has worked through the backlog.
+        const BACKLOG: usize = 5000;
+        let probe = Probe::new();
+        let r = sleeper(probe.clone(), Duration::ZERO, |key, _| {
+            if key == "probe" {
+                return Ok(Action::await_change());
+            }
+            Ok(Action::requeue(10 * S))
+        });
+        let t0 = Instant::now();
+        let late = futures::stream::once(async move {
+            tokio::time::sleep_until(t0 + 10 * S).await;
+            "probe".to_owned()
+        });
+        let keys: Vec<String> = (0..BACKLOG).map(|i| format!("k{i}")).collect();
+        let c = Controller::builder("test", r)
+            .concurrency(BACKLOG + 1)
+            .triggers(Triggers::new().keys(keys).stream(late))
+            .build()
+            .unwrap();
+        c.run(tokio::time::sleep(15 * S)).await;
+        let starts = probe.starts.lock();
+        let second_round: Vec<&str> = starts
+            .iter()
+            .filter(|(_, _, t)| *t == 10 * S)
+            .map(|(k, _, _)| k.as_str())
+            .collect();
+        assert_eq!(second_round.len(), BACKLOG + 1);
+        let position = second_round.iter().position(|k| *k == "probe").unwrap();
+        assert!(
+            position <= 2,
+            "the trigger waited behind {position} of {BACKLOG} due keys"
+        );
     }
 }

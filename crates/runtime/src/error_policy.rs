@@ -4,12 +4,48 @@
 //! the first retry waits `min_delay`, each further one `factor` times longer, capped at
 //! `max_delay`; with jitter, each delay is stretched by a random fraction of itself (never past
 //! `max_delay`), so keys that failed together do not retry in lockstep.
+//!
+//! A controller refuses a policy that cannot produce a schedule (see [`ErrorPolicy::validate`]
+//! and [`ErrorPolicyError`]), including a `max_delay` beyond [`MAX_DELAY`], the furthest ahead
+//! a controller can schedule a key.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::delay_queue::MAX_DELAY;
+
+/// What is wrong with an [`ErrorPolicy`]; see [`ErrorPolicy::validate`].
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorPolicyError {
+    /// `factor` is below 1 (delays would shrink) or not a finite number.
+    #[error("backoff `factor` {factor} must be a finite number of at least 1")]
+    Factor {
+        /// The factor given.
+        factor: f32,
+    },
+    /// `min_delay` is longer than `max_delay`.
+    #[error("backoff `min_delay` {min_delay:?} is above `max_delay` {max_delay:?}")]
+    MinAboveMax {
+        /// The minimum delay given.
+        min_delay: Duration,
+        /// The maximum delay given.
+        max_delay: Duration,
+    },
+    /// `max_delay` is longer than a controller can schedule a key ahead ([`MAX_DELAY`]).
+    #[error(
+        "backoff `max_delay` {max_delay:?} is above the longest delay a controller can schedule ({limit:?})"
+    )]
+    MaxDelayTooLong {
+        /// The maximum delay given.
+        max_delay: Duration,
+        /// The longest delay allowed ([`MAX_DELAY`]).
+        limit: Duration,
+    },
+}
 
 /// How a controller retries a key whose reconcile failed. The default is 1 s doubling to 60 s,
 /// with jitter.
@@ -78,36 +114,49 @@ impl ErrorPolicy {
         self
     }
 
-    /// Why this policy is unusable, if it is: a factor below 1 or not finite, or a minimum
-    /// delay above the maximum.
-    pub(crate) fn problem(&self) -> Option<String> {
+    /// Checks that this policy can produce a backoff schedule: a finite `factor` of at least 1,
+    /// `min_delay` at most `max_delay`, and `max_delay` at most [`MAX_DELAY`] (one year).
+    /// [`ControllerBuilder::build`](crate::ControllerBuilder::build) runs this check.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, naming the setting and its value.
+    pub fn validate(&self) -> Result<(), ErrorPolicyError> {
         if !self.factor.is_finite() || self.factor < 1.0 {
-            return Some(format!(
-                "backoff factor {} must be a finite number of at least 1",
-                self.factor
-            ));
+            return Err(ErrorPolicyError::Factor {
+                factor: self.factor,
+            });
+        }
+        if self.max_delay > MAX_DELAY {
+            return Err(ErrorPolicyError::MaxDelayTooLong {
+                max_delay: self.max_delay,
+                limit: MAX_DELAY,
+            });
         }
         if self.min_delay > self.max_delay {
-            return Some(format!(
-                "backoff min delay {:?} is above max delay {:?}",
-                self.min_delay, self.max_delay
-            ));
+            return Err(ErrorPolicyError::MinAboveMax {
+                min_delay: self.min_delay,
+                max_delay: self.max_delay,
+            });
         }
-        None
+        Ok(())
     }
 
     /// The retry delays of one key failing again and again, from the first retry on (an
-    /// endless iterator).
+    /// endless iterator). Delays never exceed [`MAX_DELAY`], even for a policy that
+    /// [`validate`](ErrorPolicy::validate) refuses.
     pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + Sync + 'static {
+        // Capping the inputs keeps backon's arithmetic (jitter multiplies a delay) far from
+        // `Duration`'s range.
+        let max = self.max_delay.min(MAX_DELAY);
         let mut builder = ExponentialBuilder::new()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
+            .with_min_delay(self.min_delay.min(max))
+            .with_max_delay(max)
             .with_factor(self.factor)
             .without_max_times();
         if self.jitter {
             builder = builder.with_jitter();
         }
-        let max = self.max_delay;
         // Jitter may stretch a delay past the cap; the cap is the promise, so clamp.
         builder.build().map(move |d| d.min(max))
     }
@@ -143,10 +192,11 @@ impl<K: Eq + Hash> Backoffs<K> {
             .or_insert_with(|| (0, Box::new(policy.delays())));
         *failures = failures.saturating_add(1);
         // The iterator is endless (no max times); the cap is the fallback all the same.
-        delays.next().unwrap_or(policy.max_delay)
+        delays.next().unwrap_or(policy.max_delay.min(MAX_DELAY))
     }
 
-    /// Records a success of `key`: its next failure starts from the minimum delay again.
+    /// Records a success of `key`: its next failure starts from the minimum delay again. Also
+    /// drops everything kept about `key` (a forgotten key).
     pub(crate) fn succeeded(&mut self, key: &K) {
         self.keys.remove(key);
     }
@@ -207,11 +257,57 @@ mod tests {
     }
 
     #[test]
-    fn rejects_shrinking_or_inverted_policies() {
-        assert!(ErrorPolicy::default().problem().is_none());
-        assert!(ErrorPolicy::default().factor(0.5).problem().is_some());
-        assert!(ErrorPolicy::default().factor(f32::NAN).problem().is_some());
+    fn rejects_shrinking_inverted_or_endless_policies() {
+        assert_eq!(ErrorPolicy::default().validate(), Ok(()));
+        assert_eq!(
+            ErrorPolicy::default().factor(0.5).validate(),
+            Err(ErrorPolicyError::Factor { factor: 0.5 })
+        );
+        assert!(matches!(
+            ErrorPolicy::default().factor(f32::NAN).validate(),
+            Err(ErrorPolicyError::Factor { .. })
+        ));
         let inverted = ErrorPolicy::default().min_delay(10 * S).max_delay(S);
-        assert!(inverted.problem().unwrap().contains("above max"));
+        assert_eq!(
+            inverted.validate(),
+            Err(ErrorPolicyError::MinAboveMax {
+                min_delay: 10 * S,
+                max_delay: S
+            })
+        );
+        let err = ErrorPolicy::default()
+            .max_delay(Duration::MAX)
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ErrorPolicyError::MaxDelayTooLong {
+                max_delay: Duration::MAX,
+                limit: MAX_DELAY
+            }
+        );
+        assert!(err.to_string().starts_with("backoff `max_delay` "), "{err}");
+        assert_eq!(
+            ErrorPolicy::default().max_delay(MAX_DELAY).validate(),
+            Ok(()),
+            "a year is the limit, and allowed"
+        );
+    }
+
+    #[test]
+    fn delays_of_a_huge_policy_are_capped_not_a_panic() {
+        for jitter in [false, true] {
+            let policy = ErrorPolicy::default()
+                .min_delay(Duration::MAX)
+                .max_delay(Duration::MAX)
+                .jitter(jitter);
+            for delay in policy.delays().take(100) {
+                assert!(delay <= MAX_DELAY, "{delay:?}");
+            }
+            let mut b = Backoffs::new(policy);
+            for _ in 0..100 {
+                assert!(b.failed("k") <= MAX_DELAY);
+            }
+        }
     }
 }

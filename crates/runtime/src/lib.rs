@@ -8,14 +8,22 @@
 //!   deadline wins, depth and oldest-due age;
 //! - [`controller`]: the runner: bounded concurrency, never two reconciles of one key at once,
 //!   triggers during a reconcile coalesced into one more run, graceful shutdown;
-//! - [`action`]: what a reconcile returns ([`Action::requeue`], [`Action::await_change`]);
-//! - [`error_policy`]: per-key exponential backoff after errors, reset on success;
+//! - [`action`]: what a reconcile returns ([`Action::requeue`], [`Action::await_change`],
+//!   [`Action::forget`] when the object is gone);
+//! - [`error_policy`]: per-key exponential backoff after retryable errors, reset on success;
 //! - [`triggers`]: keys from engine events, extra trigger streams and verbs, start keys, and a
 //!   slow periodic resync;
 //! - [`record`]: typed records persisted by compare-and-swap in a
 //!   [`StateStore`](rorqual_core::engine::StateStore);
 //! - [`recorder`]: event recorders (tracing-backed and in-memory);
 //! - [`metrics`]: Prometheus metrics labelled by controller, into a registry the host owns.
+//!
+//! A controller remembers every key a trigger has named, to resync it, and the backoff streak
+//! of every key that is failing. A reconcile that finds its object deleted returns
+//! [`Action::forget`]: the key leaves the resync set and its backoff state is dropped, so a
+//! controller whose objects come and go keeps state only for the objects that exist. An error
+//! that [`Reconciler::is_retryable`] calls permanent is not retried with backoff: the key
+//! waits for a change (see [`controller`]).
 //!
 //! Each reconcile runs in a `tracing` span `reconcile` with the controller's name, the key and
 //! the attempt number.
@@ -76,7 +84,7 @@ pub mod triggers;
 pub use action::Action;
 pub use controller::{BuildError, Controller, ControllerBuilder, ObjectKey};
 pub use delay_queue::KeyedDelayQueue;
-pub use error_policy::ErrorPolicy;
+pub use error_policy::{ErrorPolicy, ErrorPolicyError};
 pub use metrics::ControllerMetrics;
 pub use reconciler::{Context, FnReconciler, Reconciler, reconciler_fn};
 pub use record::{Record, RecordError, RecordStore};

@@ -50,18 +50,39 @@ impl Context {
 ///
 /// A reconcile should be idempotent (it may run again for the same state, after a resync or
 /// a coalesced trigger) and read the current state itself rather than trusting the trigger.
+///
+/// # Retryable and permanent errors
+///
+/// By default every error is retryable: the controller retries the key after its
+/// [`ErrorPolicy`](crate::ErrorPolicy) backoff. A reconciler whose errors classify themselves
+/// (rorqual's errors have an `is_retryable()`, see ADR 001) overrides
+/// [`Reconciler::is_retryable`]; a permanent error (an invalid spec, say) is then counted and
+/// logged as a failure, and the key waits for a change (a trigger naming it) instead of
+/// retrying what cannot succeed.
 #[async_trait]
 pub trait Reconciler<K>: Send + Sync + Debug + 'static {
-    /// Why a reconcile failed; the controller logs it and retries the key with backoff.
+    /// Why a reconcile failed; the controller logs it and, when
+    /// [`is_retryable`](Reconciler::is_retryable), retries the key with backoff.
     type Error: Display + Debug + Send + Sync + 'static;
 
     /// Reconciles one key.
     async fn reconcile(&self, key: K, ctx: Context) -> Result<Action, Self::Error>;
+
+    /// Whether retrying after `error` can help (`true` by default). When `false`, the
+    /// controller does not back off and retry the key; it waits for a trigger naming it.
+    fn is_retryable(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        true
+    }
 }
+
+/// Tells retryable errors from permanent ones, for [`FnReconciler::retryable_when`].
+type Classifier<E> = Arc<dyn Fn(&E) -> bool + Send + Sync>;
 
 /// A [`Reconciler`] made of an async closure; see [`reconciler_fn`].
 pub struct FnReconciler<F, E> {
     f: F,
+    retryable: Option<Classifier<E>>,
     _error: PhantomData<fn() -> E>,
 }
 
@@ -69,7 +90,32 @@ impl<F, E> Debug for FnReconciler<F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FnReconciler")
             .field("fn", &std::any::type_name::<F>())
+            .field("classifies_errors", &self.retryable.is_some())
             .finish()
+    }
+}
+
+impl<F, E> FnReconciler<F, E> {
+    /// Classifies this reconciler's errors (its [`Reconciler::is_retryable`]): an error for
+    /// which `retryable` returns `false` is permanent, and the key waits for a change instead
+    /// of being retried. Without it, every error is retryable.
+    ///
+    /// ```
+    /// use rorqual_runtime::{Action, Context, Reconciler, reconciler_fn};
+    ///
+    /// let r = reconciler_fn(|_key: String, _ctx: Context| async {
+    ///     Err::<Action, _>(rorqual_core::Error::BadRequest("replicas must be positive".into()))
+    /// })
+    /// .retryable_when(rorqual_core::Error::is_retryable);
+    /// assert!(!r.is_retryable(&rorqual_core::Error::BadRequest("bad".into())));
+    /// ```
+    #[must_use]
+    pub fn retryable_when(
+        mut self,
+        retryable: impl Fn(&E) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.retryable = Some(Arc::new(retryable));
+        self
     }
 }
 
@@ -94,6 +140,7 @@ where
 {
     FnReconciler {
         f,
+        retryable: None,
         _error: PhantomData,
     }
 }
@@ -110,5 +157,11 @@ where
 
     async fn reconcile(&self, key: K, ctx: Context) -> Result<Action, E> {
         (self.f)(key, ctx).await
+    }
+
+    fn is_retryable(&self, error: &E) -> bool {
+        self.retryable
+            .as_ref()
+            .is_none_or(|retryable| retryable(error))
     }
 }

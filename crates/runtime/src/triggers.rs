@@ -58,8 +58,14 @@ impl<K> Clone for TriggerSender<K> {
 impl<K> TriggerSender<K> {
     /// Asks for `key` to be reconciled soon. Returns `false` when the controller has stopped.
     ///
-    /// The channel is unbounded, but the controller coalesces repeated keys, so what it holds
-    /// is bounded by how fast senders send, not by how slow reconciles are.
+    /// The channel is unbounded and never blocks a sender. The controller takes
+    /// [`TRIGGERS_PER_TURN`](crate::controller::TRIGGERS_PER_TURN) key from its triggers on
+    /// every turn of its loop (every start or finish of a reconcile), however long its backlog
+    /// of due keys, and all of them when it has nothing else to do; it keeps each key queued
+    /// at most once. So the channel holds only
+    /// what senders send faster than that; what the controller keeps per key (its queue and
+    /// resync set) is bounded by the number of distinct keys, not by the number of triggers.
+    /// A sender that can outpace the controller for long should bound itself.
     pub fn trigger(&self, key: K) -> bool {
         self.tx.unbounded_send(key).is_ok()
     }
