@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `STATE_STORE_BENCH_SECS` bounds each update phase (default 5 s); `STATE_STORE_BENCH_N`
-//! replaces the key counts (comma-separated).
+//! replaces the key counts (comma-separated). Without `--bench` (as `cargo test --all-targets`
+//! runs it) it is a smoke run: 100 keys, 50 ms per phase.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -115,16 +116,26 @@ async fn run(n: usize, budget: Duration) {
 }
 
 fn main() {
-    let budget = Duration::from_secs(
-        std::env::var("STATE_STORE_BENCH_SECS")
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let budget = if full {
+        Duration::from_secs(
+            std::env::var("STATE_STORE_BENCH_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(5),
+        )
+    } else {
+        Duration::from_millis(50)
+    };
+    let ns: Vec<usize> = if full {
+        std::env::var("STATE_STORE_BENCH_N")
             .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5),
-    );
-    let ns: Vec<usize> = std::env::var("STATE_STORE_BENCH_N")
-        .ok()
-        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000, 10_000]);
+            .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1_000, 10_000])
+    } else {
+        vec![100]
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

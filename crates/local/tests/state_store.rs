@@ -1,5 +1,7 @@
-//! FileStateStore: reopening, compare-and-swap, group commit, compaction, and bad files
-//! (corrupt or foreign files refused and left untouched, a torn last record tolerated).
+//! FileStateStore: reopening, compare-and-swap, group commit, compaction, the lock against a
+//! second open, and bad files (corrupt or foreign files refused and left untouched, a torn last
+//! record tolerated, a store of version 1 backed up and migrated). Disk failures are injected
+//! in the unit tests of `src/store.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -200,8 +202,21 @@ async fn the_log_is_compacted_when_garbage_exceeds_live_data() {
 
 #[tokio::test]
 async fn corrupt_or_foreign_files_are_refused_and_left_untouched() {
-    let cases: [(&str, &[u8]); 4] = [
+    let cases: [(&str, &[u8]); 8] = [
         ("foreign JSON", br#"{"hello":"world"}"#),
+        ("an empty JSON object", b"{}"),
+        (
+            "an object shaped almost like version 1",
+            br#"{"a":{"value":[104,105],"version":4,"extra":1}}"#,
+        ),
+        (
+            "a complete but invalid last record",
+            b"{\"format\":\"rorqual-state-store\",\"version\":2}\n{\"k\":\"a\",\"v\":1,\"s\":\"x\"}\nnot a record\n",
+        ),
+        (
+            "base64 with padding in the middle",
+            b"{\"format\":\"rorqual-state-store\",\"version\":2}\n{\"k\":\"a\",\"v\":1,\"b\":\"AA==AA==\"}\n{\"k\":\"a\",\"v\":2,\"s\":\"y\"}\n",
+        ),
         ("not JSON", b"\x00\x01garbage\n"),
         (
             "a bad record before the last one",
@@ -214,12 +229,15 @@ async fn corrupt_or_foreign_files_are_refused_and_left_untouched() {
         std::fs::write(&path, bytes).unwrap();
         let err = FileStateStore::open(&path).unwrap_err();
         match &err {
-            Error::CorruptState { location, .. } => {
+            Error::CorruptState { location, reason } => {
                 assert_eq!(
                     location,
                     &path.display().to_string(),
                     "{name}: names the file"
                 );
+                if name.contains("record") || name.contains("base64") {
+                    assert!(reason.contains("line "), "{name}: names the line: {reason}");
+                }
             }
             other => panic!("{name}: {other}"),
         }
@@ -260,15 +278,88 @@ async fn a_torn_last_record_is_ignored() {
 }
 
 #[tokio::test]
-async fn a_store_of_the_earlier_format_is_read_and_rewritten() {
+async fn a_zero_filled_tail_is_ignored() {
     let (_dir, path) = store_path();
-    std::fs::write(&path, br#"{"a":{"value":[104,105],"version":4}}"#).unwrap();
+    let s = FileStateStore::open(&path).unwrap();
+    s.compare_and_swap("a", None, Some(b"1".to_vec()))
+        .await
+        .unwrap();
+    drop(s);
+    // A crash after the file system extended the file but before the data reached it.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[0; 40]);
+    std::fs::write(&path, &bytes).unwrap();
+    let s = FileStateStore::open(&path).unwrap();
+    s.compare_and_swap("a", Some(1), Some(b"2".to_vec()))
+        .await
+        .unwrap();
+    drop(s);
+    let s = FileStateStore::open(&path).unwrap();
+    assert_eq!(s.get("a").await.unwrap().unwrap().value, b"2");
+}
+
+#[tokio::test]
+async fn a_second_open_of_an_open_store_is_refused_naming_the_file() {
+    let (_dir, path) = store_path();
+    let first = Arc::new(FileStateStore::open(&path).unwrap());
+    first
+        .compare_and_swap("a", None, Some(b"1".to_vec()))
+        .await
+        .unwrap();
+    let handed_out = first.clone();
+    drop(first);
+    let err = FileStateStore::open(&path).unwrap_err();
+    match &err {
+        Error::Io { context, source } => {
+            assert!(
+                context.contains(&path.display().to_string()),
+                "names the file: {context}"
+            );
+            assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+        }
+        other => panic!("{other}"),
+    }
+    // The last handle gone, the file is free again (and complete).
+    drop(handed_out);
+    let s = FileStateStore::open(&path).unwrap();
+    assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1");
+}
+
+#[tokio::test]
+async fn a_store_reopened_in_a_loop_right_after_compacting_writes_loses_nothing() {
+    let (_dir, path) = store_path();
+    let mut version = None;
+    for _ in 0..4 {
+        let s = FileStateStore::open(&path).unwrap();
+        assert_eq!(s.get("k").await.unwrap().map(|v| v.version), version);
+        // Enough writes of one key to compact the log at least once per round.
+        for i in 0..1100u32 {
+            version = Some(
+                s.compare_and_swap("k", version, Some(i.to_string().into_bytes()))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_of_the_earlier_format_is_backed_up_read_and_rewritten() {
+    let (dir, path) = store_path();
+    let v1 = br#"{"a":{"value":[104,105],"version":4},"b":{"value":[],"version":1}}"#;
+    std::fs::write(&path, v1).unwrap();
     let s = FileStateStore::open(&path).unwrap();
     let a = s.get("a").await.unwrap().unwrap();
     assert_eq!((a.value.as_slice(), a.version), (&b"hi"[..], 4));
+    assert_eq!(s.get("b").await.unwrap().unwrap().value, b"");
     assert!(
         std::fs::read_to_string(&path)
             .unwrap()
             .starts_with("{\"format\":\"rorqual-state-store\"")
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("store.json.v1.bak")).unwrap(),
+        v1,
+        "the original is kept"
     );
 }
