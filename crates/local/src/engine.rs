@@ -71,6 +71,9 @@ impl Drop for LocalEngine {
         // Without shutdown the processes keep running for the next engine to adopt (when the
         // state directory was given): stop supervising them and stop writing state.
         self.inner.closed.store(true, Ordering::SeqCst);
+        // The controller store is closed with the engine, so that a new engine may open the
+        // directory at once, even while a task or a caller still holds the store.
+        self.inner.store.close();
         if let Some(task) = self.inner.scheduler.lock().take() {
             task.abort();
         }

@@ -364,12 +364,12 @@ impl Disk for RealDisk {}
 pub struct FileStateStore {
     path: PathBuf,
     shared: Arc<Shared>,
-    /// The writer's queue. Sent to under the map lock, so the log's order is the map's.
-    writer: mpsc::Sender<Pending>,
-    /// The writer thread, joined on drop.
-    thread: Option<JoinHandle<()>>,
-    /// The exclusive lock on `<name>.lock`; released (closed) after the writer is joined.
-    _lock: File,
+    /// The writer's queue (`None` once closed). Sent to under the map lock, so the log's order
+    /// is the map's.
+    writer: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// The writer thread and the exclusive lock on `<name>.lock`, released (closed) after the
+    /// writer is joined; taken by [`FileStateStore::close`].
+    running: Mutex<Option<(JoinHandle<()>, File)>>,
 }
 
 #[derive(Debug)]
@@ -461,9 +461,8 @@ impl FileStateStore {
         Ok(FileStateStore {
             path,
             shared,
-            writer: tx,
-            thread: Some(thread),
-            _lock: lock,
+            writer: Mutex::new(Some(tx)),
+            running: Mutex::new(Some((thread, lock))),
         })
     }
 
@@ -471,19 +470,28 @@ impl FileStateStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Closes the store: waits until every queued write is on disk, stops the writer and
+    /// releases the file's lock, so that another store may open it. Later writes fail; reads
+    /// still answer from memory, which holds exactly what is on disk. Dropping the store closes
+    /// it; an owner that hands out `Arc`s (such as `LocalEngine`) closes it when it is done,
+    /// whoever still holds one. Closing twice does nothing.
+    pub fn close(&self) {
+        // Closing the queue ends the writer once it has written (and compacted) what is queued;
+        // waiting for it means that whoever reopens the file afterwards is alone with it.
+        drop(self.writer.lock().take());
+        if let Some((thread, lock)) = self.running.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!(file = %self.path.display(), "the state store's writer thread panicked");
+            }
+            drop(lock);
+        }
+    }
 }
 
 impl Drop for FileStateStore {
     fn drop(&mut self) {
-        // Closing the queue ends the writer once it has written (and compacted) what is queued;
-        // waiting for it means that whoever reopens the file after the drop is alone with it.
-        let (closed, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.writer, closed));
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!(file = %self.path.display(), "the state store's writer thread panicked");
-        }
+        self.close();
     }
 }
 
@@ -812,7 +820,16 @@ impl StateStore for FileStateStore {
                 value: encoded,
                 ack,
             };
-            if self.writer.send(pending).is_err() {
+            let sent = match &*self.writer.lock() {
+                Some(writer) => writer.send(pending).is_ok(),
+                None => {
+                    return Err(Error::io(
+                        format!("cannot write {}", self.path.display()),
+                        io::Error::other("the state store is closed"),
+                    ));
+                }
+            };
+            if !sent {
                 return Err(Error::io(
                     format!("cannot write {}", self.path.display()),
                     io::Error::other("the state store's writer thread ended"),

@@ -4,9 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serializer};
-use time::{OffsetDateTime, PrimitiveDateTime};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// `2026-11-22T01:02:03.456Z`: RFC 3339 with three fractional digits, always UTC.
 const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
@@ -57,7 +57,11 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime,
 #[test]
 fn far_future_and_past_times_are_clamped_not_panics() {
     let far = UNIX_EPOCH + std::time::Duration::from_secs(400_000_000_000);
-    assert!(format(far).starts_with("9999-12-31T23:59:59"), "{}", format(far));
+    assert!(
+        format(far).starts_with("9999-12-31T23:59:59"),
+        "{}",
+        format(far)
+    );
     assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
 }
 
