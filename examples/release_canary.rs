@@ -42,6 +42,7 @@ use rorqual::release::{
     RolloutSpec, RolloutStatus, Strategy,
 };
 use rorqual_testkit::demo;
+use rorqual_testkit::prometheus::LocalPrometheus;
 use support::{Load, Timeline};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -126,7 +127,7 @@ async fn run() -> anyhow::Result<()> {
             });
             let result = release(&mut world).await;
             runner.abort();
-            world.prometheus.stop().await;
+            world.prometheus.stop();
             result
         }
         Err(e) => Err(e),
@@ -310,67 +311,28 @@ fn print_event(w: &World, event: &RolloutEvent) {
     ));
 }
 
-/// A Prometheus server in a temporary directory, scraping the targets file every second.
+/// Prometheus scraping the demo instances listed in a targets file every second.
 struct Prometheus {
+    server: LocalPrometheus,
     address: String,
     targets: PathBuf,
-    child: tokio::process::Child,
 }
 
 impl Prometheus {
     async fn start(dir: &Path) -> anyhow::Result<Prometheus> {
         let targets = dir.join("targets.json");
         std::fs::write(&targets, "[]")?;
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: demo\n    file_sd_configs:\n      \
-                 - files: ['{}']\n        refresh_interval: 1s\n",
-                targets.display()
-            ),
-        )?;
-        let port = support::free_port()?;
-        let child = tokio::process::Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {PROMETHEUS}"))?;
-        let prometheus = Prometheus {
-            address: format!("http://127.0.0.1:{port}"),
+        let server = LocalPrometheus::builder()
+            .scrape_file("demo", &targets, Duration::from_secs(1))
+            .start()
+            .await?;
+        let address = server.url().to_owned();
+        println!("== prometheus on {address}");
+        Ok(Prometheus {
+            server,
+            address,
             targets,
-            child,
-        };
-        prometheus.wait_ready().await?;
-        println!("== prometheus on {}", prometheus.address);
-        Ok(prometheus)
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = client
-                .get(format!("{}/-/ready", self.address))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("prometheus did not become ready within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
     }
 
     /// Writes every instance with an address as a scrape target labelled with its revision
@@ -405,22 +367,10 @@ impl Prometheus {
     async fn error_rates(&self) -> String {
         let query = "sum by (version) (rate(demo_http_requests_total{code=\"500\"}[10s])) \
                      / sum by (version) (rate(demo_http_requests_total[10s]))";
-        let answer = async {
-            let body: serde_json::Value = reqwest::Client::new()
-                .get(format!("{}/api/v1/query", self.address))
-                .query(&[("query", query)])
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok(body)
-        }
-        .await;
-        let Ok(body) = answer else {
+        let Ok(result) = self.server.query(query).await else {
             return "unavailable".into();
         };
-        let rates: Vec<String> = body["data"]["result"]
+        let rates: Vec<String> = result
             .as_array()
             .into_iter()
             .flatten()
@@ -441,7 +391,8 @@ impl Prometheus {
         }
     }
 
-    async fn stop(&mut self) {
-        let _ = self.child.kill().await;
+    /// Kills and reaps Prometheus and removes its storage.
+    fn stop(self) {
+        self.server.stop();
     }
 }

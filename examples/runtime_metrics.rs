@@ -6,11 +6,17 @@
 //! cargo run --example runtime_metrics                       # until Ctrl-C
 //! cargo run --example runtime_metrics -- --listen 127.0.0.1:9898
 //! cargo run --example runtime_metrics -- --once             # print and exit
+//! cargo run --example runtime_metrics -- --prometheus       # scraped by a real Prometheus
 //! ```
 //!
 //! then `curl http://127.0.0.1:<port>/metrics`, or point a Prometheus scrape job at it.
 //!
-//! A real Prometheus scraping this endpoint is exercised by `crates/runtime/tests/prometheus_scrape.rs`.
+//! With `--prometheus`, the example starts Debian's `prometheus` binary itself (on a free
+//! loopback port, storage in a temporary directory) scraping its own `/metrics` every second,
+//! waits until the controller's series arrive, prints the answer to
+//! `sum by (outcome) (rorqual_controller_reconciles_total)` and exits, stopping Prometheus.
+//! It needs `/usr/bin/prometheus` (Debian package `prometheus`; `scripts/test` installs it).
+//! `crates/runtime/tests/prometheus_scrape.rs` checks the same scrape in the test suite.
 //!
 //! The controller ("inventory") reconciles every application of an in-memory engine when the
 //! engine reports an event about it; the application `flaky` fails its first reconciles, so
@@ -33,16 +39,19 @@ use rorqual::core::model::{AppKey, AppSpec, ContainerSpec};
 use rorqual::runtime::metrics::{self, ControllerMetrics};
 use rorqual::runtime::triggers::{Triggers, app_of};
 use rorqual::runtime::{Action, Context, Controller, ErrorPolicy, reconciler_fn};
+use rorqual_testkit::prometheus::LocalPrometheus;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut once = false;
+    let mut with_prometheus = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?.parse()?,
             "--once" => once = true,
+            "--prometheus" => with_prometheus = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -121,20 +130,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         );
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        println!(
-            "metrics on http://{}/metrics (Ctrl-C to stop)",
-            listener.local_addr()?
-        );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let endpoint = listener.local_addr()?;
+        if with_prometheus {
+            let server = tokio::spawn(async move { axum::serve(listener, app).await });
+            let scraped = scrape_with_prometheus(endpoint).await;
+            server.abort();
+            scraped?;
+        } else {
+            println!("metrics on http://{endpoint}/metrics (Ctrl-C to stop)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+        }
     }
 
     workload.abort();
     let _ = stop.send(());
     run.await?;
     engine.shutdown().await?;
+    Ok(())
+}
+
+/// Starts a real Prometheus scraping `endpoint` every second, waits for the controller's
+/// reconcile counters and prints them per outcome; Prometheus is stopped on return.
+async fn scrape_with_prometheus(endpoint: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let prometheus = LocalPrometheus::builder()
+        .scrape("runtime_metrics", [endpoint], Duration::from_secs(1))
+        .start()
+        .await?;
+    println!(
+        "metrics on http://{endpoint}/metrics, scraped every second by prometheus on {}",
+        prometheus.url()
+    );
+    let query = "sum by (outcome) (rorqual_controller_reconciles_total)";
+    // The application `flaky` fails its first reconciles: wait until errors are in too.
+    let series = prometheus
+        .wait_for_series(
+            &format!("{query} and on() (sum(rorqual_controller_reconciles_total{{outcome=\"error\"}}) > 0)"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    println!("{query}:");
+    for s in &series {
+        let outcome = s["metric"]["outcome"].as_str().unwrap_or("?");
+        let value = s["value"][1].as_str().unwrap_or("?");
+        println!("  outcome={outcome:<8} {value}");
+    }
+    prometheus.stop();
+    println!("prometheus stopped");
     Ok(())
 }

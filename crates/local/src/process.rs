@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
 use nix::sys::signal::{kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
@@ -136,6 +137,32 @@ pub fn kill_group_now(id: &ProcessIdentity) {
     if is_alive(id) {
         // ESRCH (the group ended meanwhile) needs no handling.
         let _ = killpg(Pid::from_raw(id.pid), Signal::SIGKILL);
+    }
+}
+
+/// What is known about a supervised process group's leader, for [`group_is_ours`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    /// Our child, not reaped yet: alive or a zombie, it holds its PID, so no other process
+    /// (and no other group) can have that id.
+    Unreaped,
+    /// Our child, reaped: its PID, and so the group id, may now belong to anyone.
+    Reaped,
+    /// Adopted from an earlier supervisor: not our child, so it may be reaped at any time.
+    Adopted,
+}
+
+/// Whether a signal to the process group `recorded.pid` can only reach the group `recorded`
+/// leads. `now` is whoever runs under that PID now (`/proc/<pid>/stat`).
+///
+/// After its leader was reaped a group is never signalled: the PID may have been reused by
+/// an unrelated process leading its own group (another `LocalEngine` instance, say). An
+/// adopted leader is signalled only while its PID still shows the recorded start time.
+fn group_is_ours(leader: Leader, recorded: &ProcessIdentity, now: Option<ProcessIdentity>) -> bool {
+    match leader {
+        Leader::Unreaped => true,
+        Leader::Reaped => false,
+        Leader::Adopted => now.is_some_and(|now| now == *recorded),
     }
 }
 
@@ -305,9 +332,15 @@ fn output(path: Option<&Path>) -> Result<Stdio, ProcessError> {
 /// Dropping it leaves the process running (a later supervisor may adopt it); stop it with
 /// [`stop`](Self::stop), or with [`terminate`](Self::terminate) where waiting is impossible
 /// (in a `Drop`). tokio reaps a dropped child in the background.
+///
+/// When our child is found to have exited, what is left of its group is killed *before* the
+/// child is reaped (the zombie still holds the PID, so the group id is still ours); once it
+/// is reaped, its group is never signalled again, since the PID may have been reused.
 #[derive(Debug)]
 pub struct SupervisedProcess {
     child: Option<Child>,
+    /// Whether `child` has been reaped (its PID is free for reuse).
+    reaped: bool,
     identity: ProcessIdentity,
     started: Instant,
     poll: Duration,
@@ -354,6 +387,7 @@ impl SupervisedProcess {
         let start_ticks = ProcessIdentity::of(pid).map_or(0, |i| i.start_ticks);
         Ok(SupervisedProcess {
             child: Some(child),
+            reaped: false,
             identity: ProcessIdentity { pid, start_ticks },
             started: Instant::now(),
             poll: DEFAULT_ADOPT_POLL,
@@ -365,6 +399,7 @@ impl SupervisedProcess {
     pub fn adopt(identity: ProcessIdentity, poll: Duration) -> SupervisedProcess {
         SupervisedProcess {
             child: None,
+            reaped: false,
             identity,
             started: Instant::now(),
             poll,
@@ -386,12 +421,50 @@ impl SupervisedProcess {
         self.started
     }
 
-    /// Whether it is still running, without blocking (reaps it if it has exited).
+    /// Whether it is still running, without blocking (if it has exited, kills what is left
+    /// of its group and reaps it).
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => is_alive(&self.identity),
+        if self.child.is_some() {
+            self.reap_if_exited().is_none()
+        } else {
+            is_alive(&self.identity)
         }
+    }
+
+    /// What is known about the group's leader.
+    fn leader(&self) -> Leader {
+        match (&self.child, self.reaped) {
+            (Some(_), false) => Leader::Unreaped,
+            (Some(_), true) => Leader::Reaped,
+            (None, _) => Leader::Adopted,
+        }
+    }
+
+    /// For our child: `None` while it runs; once it has exited, kills what is left of its
+    /// group (while the unreaped zombie still holds the PID), reaps it and returns how it
+    /// ended (again on later calls, without signalling).
+    fn reap_if_exited(&mut self) -> Option<ExitReason> {
+        let pid = self.identity.pid;
+        let child = self.child.as_mut()?;
+        if !self.reaped {
+            // WNOWAIT: look without reaping. ECHILD (not waitable) falls through to try_wait.
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+                Ok(WaitStatus::StillAlive) => return None,
+                Ok(_) => {
+                    // ESRCH (nothing left in the group) needs no handling.
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                Err(_) => {}
+            }
+        }
+        let reason = match child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(status)) => ExitReason::from(status),
+            Err(_) => ExitReason::Unknown("ended; waiting for it failed"),
+        };
+        self.reaped = true;
+        Some(reason)
     }
 
     /// Sends `signal` to the process alone (a reload, say), if it is still the one recorded.
@@ -408,41 +481,63 @@ impl SupervisedProcess {
         kill(Pid::from_raw(pid), signal).map_err(gone)
     }
 
-    /// Sends `signal` to the whole process group (ESRCH, nothing left, is not an error).
-    pub fn signal_group(&self, signal: Signal) {
+    /// Sends `signal` to the whole process group if the group is provably still the one
+    /// this process leads: our child not reaped yet, or an adopted process whose PID still
+    /// shows the recorded start time. Returns whether it was sent (ESRCH, nothing left in the
+    /// group, counts as sent).
+    pub fn signal_group(&self, signal: Signal) -> bool {
+        let now = match self.leader() {
+            Leader::Adopted => ProcessIdentity::of(self.identity.pid),
+            Leader::Unreaped | Leader::Reaped => None,
+        };
+        if !group_is_ours(self.leader(), &self.identity, now) {
+            return false;
+        }
         let _ = killpg(Pid::from_raw(self.identity.pid), signal);
+        true
     }
 
-    /// Starts a graceful stop without waiting: SIGTERM to the process group. For `Drop`
+    /// Starts a graceful stop without waiting: SIGTERM to the process group (unless its
+    /// leader was reaped already, see [`signal_group`](Self::signal_group)). For `Drop`
     /// implementations; nothing escalates to SIGKILL afterwards, and the child is reaped by
     /// tokio in the background once the handle is dropped.
     pub fn terminate(&mut self) {
-        if self.child.is_some() || is_alive(&self.identity) {
-            self.signal_group(Signal::SIGTERM);
-        }
+        self.signal_group(Signal::SIGTERM);
     }
 
-    /// Waits until the process ends (reaping it); then kills what is left of its group.
+    /// Waits until the process ends. For our child, what is left of its group is killed
+    /// before the child is reaped; an adopted process's group is not signalled once the
+    /// process is gone (its PID may belong to someone else by then). Cancel safe.
     pub async fn wait(&mut self) -> ExitReason {
-        let reason = match &mut self.child {
-            Some(child) => match child.wait().await {
-                Ok(status) => ExitReason::from(status),
-                Err(_) => ExitReason::Unknown("ended; waiting for it failed"),
-            },
-            None => {
-                while is_alive(&self.identity) {
-                    tokio::time::sleep(self.poll).await;
-                }
-                ExitReason::Unknown("exited (status unknown: adopted process)")
+        if self.child.is_none() {
+            while is_alive(&self.identity) {
+                tokio::time::sleep(self.poll).await;
             }
-        };
-        self.signal_group(Signal::SIGKILL);
-        reason
+            return ExitReason::Unknown("exited (status unknown: adopted process)");
+        }
+        // SIGCHLD says when to look (registered before the first look, so none is missed);
+        // the timeout covers a runtime without signal handling.
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        loop {
+            if let Some(reason) = self.reap_if_exited() {
+                return reason;
+            }
+            match &mut sigchld {
+                Some(sigchld) => {
+                    let _ = tokio::time::timeout(DEFAULT_ADOPT_POLL, sigchld.recv()).await;
+                }
+                None => tokio::time::sleep(DEFAULT_ADOPT_POLL).await,
+            }
+        }
     }
 
     /// Stops the process: SIGTERM to its group, SIGKILL to the group after `grace`, then
     /// waits for (and reaps) it.
     pub async fn stop(&mut self, grace: Duration) -> ExitReason {
+        if let Some(reason) = self.reap_if_exited() {
+            return reason;
+        }
         if self.child.is_none() && !is_alive(&self.identity) {
             return ExitReason::Unknown("already gone");
         }
@@ -469,6 +564,29 @@ mod tests {
         let text = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat(text), Some(('S', 987654)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_reaped_leaders_group_is_never_signalled() {
+        let recorded = ProcessIdentity {
+            pid: 4242,
+            start_ticks: 1000,
+        };
+        let reused = ProcessIdentity {
+            pid: 4242,
+            start_ticks: 9000,
+        };
+        // Reaped: whoever has the PID now (nobody, a stranger, even an identical-looking
+        // record) is not signalled.
+        for now in [None, Some(reused), Some(recorded)] {
+            assert!(!group_is_ours(Leader::Reaped, &recorded, now), "{now:?}");
+        }
+        // Unreaped, alive or a zombie: the PID is still ours.
+        assert!(group_is_ours(Leader::Unreaped, &recorded, None));
+        // Adopted: only while the PID shows the recorded start time.
+        assert!(group_is_ours(Leader::Adopted, &recorded, Some(recorded)));
+        assert!(!group_is_ours(Leader::Adopted, &recorded, Some(reused)));
+        assert!(!group_is_ours(Leader::Adopted, &recorded, None));
     }
 
     #[test]

@@ -1,31 +1,20 @@
 //! The prometheus provider against a real Prometheus (Debian `prometheus`) started by the test,
 //! scraping the demo app's `/metrics` every second.
+//!
+//! Skipped with a printed reason when `prometheus` is not installed (`scripts/test` installs
+//! it), except under `CI=true`, where a missing binary fails the test.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use rorqual_release::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisSpec, MetricProvider, MetricSpec, PrometheusMetric,
     PrometheusProvider, ProviderError, ProviderSpec,
 };
+use rorqual_testkit::prometheus::LocalPrometheus;
 use serde_json::json;
-
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-fn prometheus_available() -> bool {
-    if Path::new(PROMETHEUS).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{PROMETHEUS} is missing (install prometheus); required when CI=true"
-    );
-    println!("skipped: {PROMETHEUS} not installed (Debian package prometheus)");
-    false
-}
 
 /// The demo app (`rorqual-demo`) at a 5% error rate, after 100 requests: exactly 95 answered
 /// 200 and 5 answered 500 (the demo fails deterministically).
@@ -67,57 +56,18 @@ async fn demo_with_traffic() -> (SocketAddr, tokio::process::Child) {
     (addr, child)
 }
 
-struct Prometheus {
-    address: String,
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_prometheus(target: SocketAddr) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: demo\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let port = rorqual_local::free_loopback_port().unwrap();
-    let child = tokio::process::Command::new(PROMETHEUS)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
+/// Prometheus scraping the demo app every second, once it has scraped it; `None` (saying why)
+/// when prometheus is not installed outside CI.
+async fn start_prometheus(target: SocketAddr) -> Option<LocalPrometheus> {
+    let prometheus = LocalPrometheus::builder()
+        .scrape("demo", [target], Duration::from_secs(1))
+        .start_or_skip()
+        .await?;
+    prometheus
+        .wait_for_series("up{job=\"demo\"} == 1", Duration::from_secs(60))
+        .await
         .unwrap();
-    let p = Prometheus {
-        address: format!("http://127.0.0.1:{port}"),
-        _child: child,
-        _dir: dir,
-    };
-    // Wait until the target has been scraped.
-    let provider = PrometheusProvider::new();
-    let up = metric("up", "up{job=\"demo\"}", &p.address);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(v) = provider.measure(&up, &BTreeMap::new()).await
-            && v == json!(1.0)
-        {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus did not scrape the target within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Some(prometheus)
 }
 
 fn metric(name: &str, query: &str, address: &str) -> MetricSpec {
@@ -129,31 +79,36 @@ fn metric(name: &str, query: &str, address: &str) -> MetricSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_a_real_prometheus() {
-    if !prometheus_available() {
+    if LocalPrometheus::binary().is_none() {
+        // Prints why it is skipped, or fails under CI=true.
+        assert!(LocalPrometheus::builder().start_or_skip().await.is_none());
         return;
     }
     let (target, _demo) = demo_with_traffic().await;
-    let prom = start_prometheus(target).await;
+    let Some(prom) = start_prometheus(target).await else {
+        return;
+    };
+    let address = prom.url().to_owned();
     let provider = PrometheusProvider::new();
     let none = BTreeMap::new();
 
     // An error ratio from the scraped counters: 5 / 100.
     let ratio = "sum(demo_http_requests_total{code=~\"5..\"}) / sum(demo_http_requests_total)";
     let v = provider
-        .measure(&metric("r", ratio, &prom.address), &none)
+        .measure(&metric("r", ratio, &address), &none)
         .await
         .unwrap();
     assert!((v.as_f64().unwrap() - 0.05).abs() < 1e-9, "{v}");
 
     // Scalars, and vectors of several samples as arrays.
     let v = provider
-        .measure(&metric("s", "scalar(demo_info)", &prom.address), &none)
+        .measure(&metric("s", "scalar(demo_info)", &address), &none)
         .await
         .unwrap();
     assert_eq!(v, json!(1.0));
     let v = provider
         .measure(
-            &metric("v", "sort_desc(demo_http_requests_total)", &prom.address),
+            &metric("v", "sort_desc(demo_http_requests_total)", &address),
             &none,
         )
         .await
@@ -165,14 +120,14 @@ async fn queries_a_real_prometheus() {
     let rate =
         "(sum(demo_http_requests_total{code=\"500\"}) - 5) / (sum(demo_http_requests_total) - 100)";
     let e = provider
-        .measure(&metric("n", rate, &prom.address), &none)
+        .measure(&metric("n", rate, &address), &none)
         .await
         .unwrap_err();
     assert!(matches!(e, ProviderError::Inconclusive { .. }), "{e}");
 
     // No series: an error that a later measurement may fix.
     let e = provider
-        .measure(&metric("e", "no_such_metric", &prom.address), &none)
+        .measure(&metric("e", "no_such_metric", &address), &none)
         .await
         .unwrap_err();
     assert!(
@@ -182,7 +137,7 @@ async fn queries_a_real_prometheus() {
 
     // A malformed query is permanent.
     let e = provider
-        .measure(&metric("b", "sum(", &prom.address), &none)
+        .measure(&metric("b", "sum(", &address), &none)
         .await
         .unwrap_err();
     assert!(
@@ -204,7 +159,7 @@ async fn queries_a_real_prometheus() {
     ])
     .arg("job", Some("demo"))
     .arg("prometheus", None);
-    let args = [("prometheus".to_string(), prom.address.clone())].into();
+    let args = [("prometheus".to_string(), address.clone())].into();
     let mut run = AnalysisRun::new(&spec, args, SystemTime::now()).unwrap();
     let phase = run
         .tick(

@@ -9,11 +9,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
@@ -26,26 +24,9 @@ use rorqual_runtime::metrics::{self, ControllerMetrics};
 use rorqual_runtime::triggers::{Triggers, app_of};
 use rorqual_runtime::{Action, Context, Controller, ErrorPolicy, reconciler_fn};
 use rorqual_testkit::free_loopback_port;
-use serde_json::Value;
+use rorqual_testkit::prometheus::LocalPrometheus;
 
 const CONTROLLER: &str = "scrape-test";
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// A child process killed (and reaped) when dropped, also when the test panics.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Serves `registry` at `/metrics` on a free loopback port; returns the port.
 async fn serve_metrics(registry: Arc<Registry>) -> u16 {
@@ -70,72 +51,8 @@ async fn serve_metrics(registry: Arc<Registry>) -> u16 {
     panic!("no loopback port could be bound for the metrics endpoint");
 }
 
-/// Starts Prometheus scraping `127.0.0.1:target` every second; returns it and its API port.
-async fn start_prometheus(bin: &Path, dir: &Path, target: u16) -> (KillOnDrop, u16) {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rorqual\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-        ),
-    )
-    .unwrap();
-    let client = reqwest::Client::new();
-    for _ in 0..5 {
-        let port = free_loopback_port().unwrap();
-        let log = dir.join(format!("prometheus-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut child = KillOnDrop(
-            Command::new(bin)
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("address already in use") {
-                    break; // another process took the port: try another
-                }
-                panic!("prometheus exited with {status}:\n{text}");
-            }
-            let ready = client
-                .get(format!("http://127.0.0.1:{port}/-/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return (child, port);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if child.0.try_wait().unwrap().is_none() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("prometheus not ready after 30 s:\n{text}");
-        }
-    }
-    panic!("prometheus could not bind a loopback port in 5 tries");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_controller_metrics() {
-    let Some(bin) = find_binary("prometheus") else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("prometheus is not installed, and CI=true requires this test to run");
-        }
-        println!("skipped: prometheus not installed (scripts/test installs it)");
-        return;
-    };
-
     // A controller over the in-memory engine, reporting into the host's registry.
     let mut registry = Registry::default();
     let controller_metrics = ControllerMetrics::register(&mut registry);
@@ -171,36 +88,39 @@ async fn prometheus_scrapes_controller_metrics() {
     }
 
     let metrics_port = serve_metrics(registry.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_prometheus, api_port) = start_prometheus(&bin, dir.path(), metrics_port).await;
+    // Skipped (saying why) when prometheus is not installed, except under CI=true.
+    let Some(prometheus) = LocalPrometheus::builder()
+        .scrape(
+            "rorqual",
+            [format!("127.0.0.1:{metrics_port}")],
+            Duration::from_secs(1),
+        )
+        .start_or_skip()
+        .await
+    else {
+        return;
+    };
 
     // Wait until a scrape has brought every outcome in.
-    let client = reqwest::Client::new();
-    let url = format!(
-        "http://127.0.0.1:{api_port}/api/v1/query?query=rorqual_controller_reconciles_total"
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let series = loop {
-        let body: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
-        assert_eq!(body["status"], "success", "{body}");
-        let result = body["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let positive = result
-            .iter()
-            .filter(|s| s["value"][1].as_str().is_some_and(|v| v != "0"))
-            .count();
-        if positive >= 3 {
-            break result;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no scrape with every outcome after 60 s; last answer: {body}\nendpoint:\n{}",
+    let waited = prometheus
+        .wait_for_series(
+            "count(rorqual_controller_reconciles_total > 0) >= 3",
+            Duration::from_secs(60),
+        )
+        .await;
+    if let Err(e) = waited {
+        panic!(
+            "{e}\nendpoint:\n{}",
             metrics::encode_text(&registry).unwrap()
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+    let series = prometheus
+        .query("rorqual_controller_reconciles_total")
+        .await
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap();
 
     let mut outcomes = BTreeSet::new();
     for s in &series {

@@ -6,6 +6,8 @@
 //!   spec, waiting for readiness and events, process checks);
 //! - [`examples`]: helpers for the release examples (traffic generation, timelines);
 //! - [`etcd`]: a single-member etcd from Debian's `etcd-server` on loopback ports;
+//! - [`prometheus`]: a real Prometheus (Debian's `prometheus`) on loopback, scraping the jobs
+//!   it is given and queried through its HTTP API;
 //! - [`demo_bin`]: the path of the `rorqual-demo` binary, built on first use if missing;
 //! - [`free_loopback_port`]: a loopback port below the ephemeral range for a server to bind.
 //!
@@ -18,6 +20,7 @@ pub mod demo;
 pub mod etcd;
 pub mod examples;
 pub mod local;
+pub mod prometheus;
 
 pub use rorqual_local::{SERVER_PORT_RANGE, free_loopback_port};
 
