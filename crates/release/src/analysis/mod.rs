@@ -57,18 +57,23 @@
 //! # });
 //! ```
 
+mod assessment;
 mod condition;
 mod duration;
+mod measurement;
 mod provider;
 mod run;
 mod spec;
 mod template;
+#[cfg(test)]
+mod test_support;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationError, GoDuration};
+pub use measurement::{ERROR_RETRY_INTERVAL, MEASUREMENTS_KEPT, Measurement, MetricResult};
 #[cfg(feature = "command")]
 pub use provider::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
 pub use provider::{MetricProvider, ProviderError, Providers};
@@ -76,7 +81,7 @@ pub use provider::{MetricProvider, ProviderError, Providers};
 pub use provider::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
 #[cfg(feature = "web")]
 pub use provider::{WEB_DEFAULT_TIMEOUT, WebProvider};
-pub use run::{AnalysisRun, ERROR_RETRY_INTERVAL, MEASUREMENTS_KEPT, Measurement, MetricResult};
+pub use run::AnalysisRun;
 pub use spec::{
     AnalysisSpec, ArgSpec, CommandMetric, DEFAULT_CONSECUTIVE_ERROR_LIMIT, Header, MetricSpec,
     PrometheusMetric, ProviderSpec, WebMetric,
