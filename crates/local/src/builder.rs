@@ -17,7 +17,7 @@ use crate::store::FileStateStore;
 use crate::{state_dir, state_file};
 
 use crate::engine::LocalEngine;
-use crate::reconcile::{Inner, StateWriter};
+use crate::reconcile::Inner;
 use rorqual_core::backoff::Backoff;
 use rorqual_core::error::{Error, Result};
 use rorqual_core::model::{Node, Resources};
@@ -195,11 +195,7 @@ impl LocalEngineBuilder {
             shutdown_done: AtomicBool::new(false),
             scheduler: Mutex::new(None),
             state_seq: AtomicU64::new(0),
-            state_written: Mutex::new(StateWriter {
-                file: state_file,
-                written: 0,
-            }),
-            state_pending: Mutex::new(None),
+            state_writer: state_file::Writer::spawn(state_file)?,
         });
         let span = tracing::info_span!("local_engine_build", dir = %dir.display());
         inner.recover(state).instrument(span).await?;

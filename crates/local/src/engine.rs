@@ -81,6 +81,10 @@ impl Drop for LocalEngine {
         for rt in st.runtimes.values() {
             rt.abort.abort();
         }
+        // Every state encoded before `closed` was set was handed to the writer under the lock
+        // just taken: let the writer thread write it and join it, so that a new engine on this
+        // directory starts after the last write.
+        self.inner.state_writer.close();
         // A temporary state directory cannot be found by a later engine, so its processes
         // would be orphans: end them and remove the directory.
         if self.inner.owned_dir && !self.inner.shutdown_done.load(Ordering::SeqCst) {

@@ -15,19 +15,15 @@ use rorqual_core::model::EventType;
 
 impl Inner {
     pub(crate) fn with_record(&self, id: &str, persist: bool, f: impl FnOnce(&mut InstanceRecord)) {
-        let encoded = {
-            let mut st = self.lock();
-            let Some(rec) = st.instances.get_mut(id) else {
-                return;
-            };
-            f(rec);
-            if !persist {
-                return;
-            }
-            self.encode_state(&st)
+        let mut st = self.lock();
+        let Some(rec) = st.instances.get_mut(id) else {
+            return;
         };
-        if let Some(encoded) = encoded {
-            self.write_state(encoded, false);
+        f(rec);
+        if persist {
+            // Handed to the writer thread under the lock (no I/O here), so that `Drop`, which
+            // takes the lock before closing the writer, never misses it.
+            self.persist(&st);
         }
     }
 

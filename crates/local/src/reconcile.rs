@@ -57,19 +57,8 @@ pub(crate) struct Inner {
     pub(crate) scheduler: Mutex<Option<tokio::task::AbortHandle>>,
     /// Sequence number of the newest encoded state ([`Inner::encode_state`]).
     pub(crate) state_seq: AtomicU64,
-    /// The state file and the sequence number of the state on it; its lock serialises the
-    /// writes.
-    pub(crate) state_written: Mutex<StateWriter>,
-    /// The newest encoded state not yet taken by a writer.
-    pub(crate) state_pending: Mutex<Option<EncodedState>>,
-}
-
-/// The engine's state file and what was last written to it.
-#[derive(Debug)]
-pub(crate) struct StateWriter {
-    pub(crate) file: state_file::StateFile,
-    /// Sequence number ([`Inner::encode_state`]) of the state on disk.
-    pub(crate) written: u64,
+    /// The thread that owns the state file and writes the newest encoded state to it.
+    pub(crate) state_writer: state_file::Writer,
 }
 
 /// The state file's bytes and the sequence number they were encoded with.
@@ -84,8 +73,10 @@ impl Inner {
         self.state.lock()
     }
 
-    /// Writes `st` (the locked state) to the state file, atomically but without waiting for
-    /// the disk.
+    /// Encodes `st` (the locked state) and hands it to the state writer thread, which writes
+    /// it to the state file, atomically but without waiting for the disk. Returns at once: no
+    /// file I/O happens under the state lock. (The encoding does: `State` is not `Clone`, and
+    /// cloning it would cost about what encoding it does.)
     pub(crate) fn persist(&self, st: &State) {
         if let Some(encoded) = self.encode_state(st) {
             self.write_state(encoded, false);
@@ -110,36 +101,15 @@ impl Inner {
         }
     }
 
-    /// Writes an encoded state unless a newer one is already on disk. Callers may do this
-    /// after releasing the state lock, so that supervisors do not queue behind file I/O.
-    ///
-    /// Writes coalesce: the state is left in a slot that holds the newest one, and whoever gets
-    /// the write lock writes what the slot holds. A caller whose state a newer one replaced
-    /// returns once that newer state is on disk (its writer held the lock meanwhile).
+    /// Hands an encoded state to the state writer thread unless a newer one was handed
+    /// already (the highest sequence number wins). Without `durable` it returns at once; with
+    /// it, it waits until this state or a newer one is on disk and synced (or its write
+    /// failed, which the writer logs). Must not be called with `durable` under the state lock.
     pub(crate) fn write_state(&self, encoded: EncodedState, durable: bool) {
-        {
-            let mut slot = self.state_pending.lock();
-            if slot.as_ref().is_none_or(|p| p.seq < encoded.seq) {
-                *slot = Some(encoded);
-            }
-        }
-        let mut writer = self.state_written.lock();
-        let pending = self.state_pending.lock().take();
-        let result = match pending {
-            Some(newest) if newest.seq > writer.written => {
-                let seq = newest.seq;
-                writer
-                    .file
-                    .write(&newest.bytes, durable)
-                    .map(|()| writer.written = seq)
-            }
-            // Someone else wrote this state or a newer one, perhaps without waiting for the
-            // disk: a durable caller still needs it there.
-            _ if durable => writer.file.sync_newest(),
-            _ => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot persist the local engine's state");
+        let seq = encoded.seq;
+        self.state_writer.submit(seq, encoded.bytes);
+        if durable {
+            self.state_writer.wait_durable(seq);
         }
     }
 

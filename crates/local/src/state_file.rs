@@ -26,8 +26,11 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use sha2::{Digest, Sha256};
 
 use rorqual_core::error::{Error, Result};
@@ -283,12 +286,252 @@ fn read_legacy(dir: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// What the writer thread writes to: the [`StateFile`] (a stand-in in tests).
+pub(crate) trait Sink: Send + 'static {
+    /// Writes `body` as the newest state ([`StateFile::write`]).
+    fn write(&mut self, body: &[u8], durable: bool) -> Result<()>;
+    /// Waits until the newest state is on disk ([`StateFile::sync_newest`]).
+    fn sync_newest(&mut self) -> Result<()>;
+}
+
+impl Sink for StateFile {
+    fn write(&mut self, body: &[u8], durable: bool) -> Result<()> {
+        StateFile::write(self, body, durable)
+    }
+
+    fn sync_newest(&mut self) -> Result<()> {
+        StateFile::sync_newest(self)
+    }
+}
+
+/// The engine's state writer: a dedicated thread (`rorqual-engine-state`) that owns the state
+/// file, so that no caller does file I/O (least of all under the engine's state lock on a
+/// Tokio worker). [`Writer::submit`] leaves an encoded state in a latest-wins slot (the highest
+/// sequence number wins) and wakes the thread; [`Writer::wait_durable`] waits until a state
+/// at least that new is on disk and synced. Dropping or [closing](Writer::close) the writer
+/// lets the thread write what is pending and joins it.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    shared: Arc<WriterShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct WriterShared {
+    state: Mutex<WriterState>,
+    /// Wakes the thread: a state is pending, a durable write is wanted, or closing.
+    wake: Condvar,
+    /// Wakes durable waiters: the thread finished a durable write or exited.
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
+    /// The newest submitted state not yet taken by the thread: sequence number and bytes.
+    pending: Option<(u64, Vec<u8>)>,
+    /// Sequence number of the newest state the thread has taken (written or failed).
+    taken: u64,
+    /// The highest sequence number a durable waiter wants on disk.
+    durable_wanted: u64,
+    /// The highest sequence number whose durable write the thread finished (or failed and
+    /// logged): waiters up to it return.
+    durable_done: u64,
+    closing: bool,
+    exited: bool,
+}
+
+impl Writer {
+    /// Starts the writer thread, which owns `sink`.
+    pub(crate) fn spawn(sink: impl Sink) -> Result<Writer> {
+        let shared = Arc::new(WriterShared::default());
+        let thread = std::thread::Builder::new()
+            .name("rorqual-engine-state".to_owned())
+            .spawn({
+                let shared = shared.clone();
+                move || writer_loop(&shared, sink)
+            })
+            .map_err(|e| Error::io("cannot start the engine's state writer thread", e))?;
+        Ok(Writer {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Leaves the state `bytes` numbered `seq` for the thread, unless a newer one was
+    /// submitted already, and returns at once.
+    pub(crate) fn submit(&self, seq: u64, bytes: Vec<u8>) {
+        let mut st = self.shared.state.lock();
+        if st.exited || seq <= st.taken || st.pending.as_ref().is_some_and(|(p, _)| *p >= seq) {
+            return;
+        }
+        st.pending = Some((seq, bytes));
+        drop(st);
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until the state numbered `seq` (or a newer one) is written and synced, or its
+    /// write failed (logged by the thread), or the thread exited.
+    pub(crate) fn wait_durable(&self, seq: u64) {
+        let mut st = self.shared.state.lock();
+        if st.durable_wanted < seq {
+            st.durable_wanted = seq;
+            self.shared.wake.notify_one();
+        }
+        while st.durable_done < seq && !st.exited {
+            self.shared.done.wait(&mut st);
+        }
+    }
+
+    /// Lets the thread write what is pending, then stops and joins it. Later submissions are
+    /// dropped.
+    pub(crate) fn close(&self) {
+        self.shared.state.lock().closing = true;
+        self.shared.wake.notify_one();
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the local engine's state writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Marks the writer exited (also when the thread panics), releasing every waiter.
+struct ExitGuard<'a>(&'a WriterShared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock();
+        st.exited = true;
+        st.pending = None;
+        drop(st);
+        self.0.done.notify_all();
+    }
+}
+
+fn writer_loop(shared: &WriterShared, mut sink: impl Sink) {
+    let _guard = ExitGuard(shared);
+    loop {
+        let (pending, durable) = {
+            let mut st = shared.state.lock();
+            while st.pending.is_none() && st.durable_wanted <= st.durable_done && !st.closing {
+                shared.wake.wait(&mut st);
+            }
+            let pending = st.pending.take();
+            if let Some((seq, _)) = &pending {
+                st.taken = *seq;
+            }
+            let durable = (st.durable_wanted > st.durable_done).then_some(st.durable_wanted);
+            if pending.is_none() && durable.is_none() {
+                // Closing with nothing left to write.
+                return;
+            }
+            (pending, durable)
+        };
+        let result = match &pending {
+            Some((_, bytes)) => sink.write(bytes, durable.is_some()),
+            None => sink.sync_newest(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot persist the local engine's state");
+        }
+        if let Some(wanted) = durable {
+            // A durable waiter's state was written before it asked (`taken` covered it), or
+            // is the one just written (`pending` held the newest): either way it is synced now.
+            let mut st = shared.state.lock();
+            st.durable_done = st.durable_done.max(wanted);
+            drop(st);
+            shared.done.notify_all();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn body(text: &str) -> Vec<u8> {
         text.as_bytes().to_vec()
+    }
+
+    /// A disk that takes `delay` per write or sync and records what reached it.
+    struct SlowSink {
+        delay: Duration,
+        log: Arc<Mutex<Vec<(String, bool)>>>,
+    }
+
+    impl Sink for SlowSink {
+        fn write(&mut self, body: &[u8], durable: bool) -> Result<()> {
+            std::thread::sleep(self.delay);
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            self.log.lock().push((text, durable));
+            Ok(())
+        }
+
+        fn sync_newest(&mut self) -> Result<()> {
+            std::thread::sleep(self.delay);
+            self.log.lock().push(("sync".to_owned(), true));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn submitting_never_waits_for_a_slow_disk_and_the_newest_state_wins() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = Writer::spawn(SlowSink {
+            delay: Duration::from_millis(300),
+            log: log.clone(),
+        })
+        .unwrap();
+        let started = Instant::now();
+        for seq in 1..=50u64 {
+            writer.submit(seq, body(&seq.to_string()));
+        }
+        // An older state handed over late is dropped.
+        writer.submit(7, body("7"));
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "submit waited for the disk: {:?}",
+            started.elapsed()
+        );
+        // A durable wait returns once the newest state is written and synced.
+        writer.wait_durable(50);
+        let written = log.lock().clone();
+        assert_eq!(
+            written.last().map(|(t, d)| (t.as_str(), *d)),
+            Some(("50", true))
+        );
+        // Coalesced: the first write (taken at once) and the newest one, nothing older after.
+        assert!(written.len() <= 3, "{written:?}");
+        assert!(!written.iter().any(|(t, _)| t == "7"), "{written:?}");
+        // Closing writes what is pending and joins the thread; later states are dropped.
+        writer.submit(51, body("51"));
+        writer.close();
+        assert_eq!(log.lock().last().unwrap().0, "51");
+        writer.submit(52, body("52"));
+        writer.wait_durable(52); // returns: the thread has exited
+        assert_eq!(log.lock().last().unwrap().0, "51");
+    }
+
+    #[test]
+    fn a_durable_wait_for_a_state_already_written_syncs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = StateFile::open(dir.path()).unwrap();
+        let writer = Writer::spawn(file).unwrap();
+        writer.submit(1, body(r#"{"n":1}"#));
+        writer.wait_durable(1);
+        writer.submit(2, body(r#"{"n":2}"#));
+        writer.wait_durable(2);
+        writer.wait_durable(2);
+        drop(writer);
+        let (_, loaded) = StateFile::open(dir.path()).unwrap();
+        assert_eq!(loaded.body.unwrap(), body(r#"{"n":2}"#));
     }
 
     #[test]
