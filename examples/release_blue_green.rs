@@ -21,7 +21,6 @@
 //!
 //! Needs `/usr/sbin/nginx` (Debian package `nginx-light`). Does not need root.
 
-#[allow(dead_code)] // each example uses part of the shared helpers
 use rorqual_testkit::examples as support;
 
 use std::collections::BTreeMap;

@@ -21,7 +21,6 @@
 //! `prometheus`). Does not need root. Everything runs in a temporary directory and is stopped
 //! at the end.
 
-#[allow(dead_code)] // each example uses part of the shared helpers
 use rorqual_testkit::examples as support;
 
 use std::collections::BTreeMap;

@@ -8,7 +8,9 @@
 //! should other engines, so that every engine starts, stops and counts alike:
 //!
 //! - **Stateful** identities `name-0 … name-(n-1)` are created when missing; identities at or
-//!   above the count are removed, highest ordinal first. A pending identity starts only once
+//!   above the count are removed, listed highest ordinal first (LocalEngine sends every surplus
+//!   identity its stop signal in that order without waiting for each to end, unlike a
+//!   StatefulSet's `OrderedReady` scale-down). A pending identity starts only once
 //!   every lower ordinal is ready ([`start_blocker`]), as a StatefulSet with `OrderedReady`.
 //! - **Stateless** groups get instances created up to their replica count; a surplus is
 //!   removed pending first, then not ready, then newest ([`stateless_surplus`]), as a
