@@ -1,7 +1,8 @@
 //! Clocks: the wall clock for production and a manual clock for deterministic tests.
 //!
 //! Controllers never call `SystemTime::now()` or `tokio::time::sleep` directly; they ask a
-//! [`Clock`], so a test can drive hours of rollout in microseconds with a [`ManualClock`].
+//! [`Clock`], so a test can drive hours of rollout in microseconds with a `ManualClock`
+//! (feature `testing`).
 //!
 //! ```
 //! use std::time::Duration;
