@@ -748,15 +748,16 @@ mod tests {
         assert!(!tx.trigger("c".to_owned()), "the controller is gone");
     }
 
+    /// A reconciler that does nothing and waits for a change, for tests of `build()`.
+    fn idle_reconciler() -> Arc<dyn Reconciler<String, Error = String>> {
+        Arc::new(reconciler_fn(|_k: String, _c: Context| async {
+            Ok::<_, String>(Action::await_change())
+        }))
+    }
+
     #[test]
     fn build_validates() {
-        let r = || {
-            let r: Arc<dyn Reconciler<String, Error = String>> =
-                Arc::new(reconciler_fn(|_k: String, _c: Context| async {
-                    Ok::<_, String>(Action::await_change())
-                }));
-            r
-        };
+        let r = idle_reconciler;
         let err = Controller::builder("", r()).build().unwrap_err();
         assert_eq!(err.to_string(), "controller name is empty");
         let err = Controller::builder("x", r())
@@ -785,10 +786,7 @@ mod tests {
 
     #[test]
     fn build_refuses_a_backoff_beyond_a_year_naming_the_setting() {
-        let r: Arc<dyn Reconciler<String, Error = String>> =
-            Arc::new(reconciler_fn(|_k: String, _c: Context| async {
-                Ok::<_, String>(Action::await_change())
-            }));
+        let r = idle_reconciler();
         let err = Controller::builder("x", r)
             .error_policy(ErrorPolicy::default().max_delay(Duration::MAX))
             .build()
@@ -820,10 +818,7 @@ mod tests {
 
     #[test]
     fn build_refuses_a_zero_resync_period() {
-        let r: Arc<dyn Reconciler<String, Error = String>> =
-            Arc::new(reconciler_fn(|_k: String, _c: Context| async {
-                Ok::<_, String>(Action::await_change())
-            }));
+        let r = idle_reconciler();
         let err = Controller::builder("x", r)
             .triggers(Triggers::new().resync(Duration::ZERO))
             .build()
