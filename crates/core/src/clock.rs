@@ -60,6 +60,58 @@ impl Clock for SystemClock {
     }
 }
 
+/// A wall clock that follows tokio's timer: `now` is the wall time when the clock was made
+/// plus the tokio time elapsed since. In production it matches [`SystemClock`] (but never
+/// jumps with the system's clock); under `tokio::time::pause` it moves only as tokio's paused
+/// time does, so a test that auto-advances or calls `tokio::time::advance` drives both the
+/// timestamps and the timers a controller running on tokio (the `rorqual-runtime` queue)
+/// sees, in step.
+///
+/// ```
+/// use std::time::Duration;
+/// use rorqual_core::clock::{Clock, TokioClock};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// let clock = TokioClock::new();
+/// let start = clock.now();
+/// tokio::time::advance(Duration::from_secs(90)).await;
+/// assert_eq!(clock.now(), start + Duration::from_secs(90));
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    wall: SystemTime,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading the wall time now, following tokio's timer from here on. Call it
+    /// inside a tokio runtime (after `tokio::time::pause`, when pausing).
+    pub fn new() -> Self {
+        TokioClock {
+            wall: SystemTime::now(),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Clock for TokioClock {
+    fn now(&self) -> SystemTime {
+        self.wall + tokio::time::Instant::now().saturating_duration_since(self.origin)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -26,15 +26,17 @@ pub mod approval;
 pub mod notify;
 pub mod traffic;
 
+pub mod machine;
+
 mod blue_green;
 mod canary;
 mod controller;
 #[cfg(any(feature = "web", feature = "prometheus", feature = "webhook"))]
 mod https;
 mod plan;
-mod queue;
 mod record;
 mod recreate;
+mod registry;
 mod rolling;
 mod scale;
 mod strategy;
@@ -46,15 +48,15 @@ pub use controller::{
     ControllerError, EventReason, RolloutController, RolloutControllerBuilder, RolloutEvent,
     STATE_PREFIX,
 };
+pub use machine::{RolloutMachine, RolloutState, RolloutStatus, Verb, VerbRefusal};
 #[cfg(any(feature = "web", feature = "prometheus", feature = "webhook"))]
 pub use https::RootCertificateError;
 pub use plan::{
     AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
     stateful_moves,
 };
-pub use record::{
-    AnalysisStatus, FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec, RolloutStatus,
-};
+pub use record::{AnalysisStatus, FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec};
+pub use registry::{StrategyFactory, StrategyRegistry, StrategySpec};
 pub use recreate::Recreate;
 pub use rolling::{RollingUpdate, proportional};
 pub use scale::{IntOrPercent, IntOrPercentError, resolve_fenceposts};

@@ -1,15 +1,14 @@
-//! What a rollout is asked to do ([`RolloutSpec`]) and what the controller persists about it
-//! ([`RolloutStatus`] inside a record stored as JSON in the engine's state store).
+//! What a rollout is asked to do ([`RolloutSpec`]), and the small value types the persisted
+//! state ([`Rollout`](crate::machine::Rollout)) and the status are made of.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::strategy::Strategy;
-use crate::analysis::{AnalysisPhase, AnalysisRun};
-use rorqual_core::model::{AppKey, AppSpec, Revision};
+use crate::analysis::AnalysisRun;
+use crate::registry::StrategySpec;
+use rorqual_core::model::{AppSpec, Revision};
 
 /// What to do when a rollout fails (analysis failed, approval rejected, deadline exceeded).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,9 +29,10 @@ pub enum FailurePolicy {
 pub struct RolloutSpec {
     /// The desired application (template and replicas).
     pub app: AppSpec,
-    /// The strategy.
+    /// The strategy, as `{kind, config}` (or Argo's `{canary: {...}}` shape), resolved through
+    /// the controller's [`StrategyRegistry`](crate::StrategyRegistry).
     #[serde(default)]
-    pub strategy: Strategy,
+    pub strategy: StrategySpec,
     /// What a failure does.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
@@ -42,9 +42,17 @@ pub struct RolloutSpec {
     /// How many old revisions are kept for `undo` (10).
     #[serde(default = "ten")]
     pub revision_history_limit: usize,
-    /// Seconds an aborted revision's instances are kept after the stable group is full (30).
+    /// Seconds an aborted revision's instances are kept after the stable group is full (30),
+    /// with a traffic router or in blue-green only (a basic canary's aborted instances carry
+    /// traffic by their count, so they go at once); `0` keeps them (Argo: never scale down).
     #[serde(default = "thirty")]
     pub abort_scale_down_delay_seconds: u64,
+    /// Who released this revision (shown to approvers and in notifications).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
+    /// The commit this revision was released from (GitOps), shown to approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 fn six_hundred() -> u64 {
@@ -59,15 +67,25 @@ fn thirty() -> u64 {
 
 impl RolloutSpec {
     /// A rollout of `app` with `strategy` and the defaults.
-    pub fn new(app: AppSpec, strategy: Strategy) -> Self {
+    pub fn new(app: AppSpec, strategy: impl Into<StrategySpec>) -> Self {
         RolloutSpec {
             app,
-            strategy,
+            strategy: strategy.into(),
             failure_policy: FailurePolicy::RollBack,
             progress_deadline_seconds: 600,
             revision_history_limit: 10,
             abort_scale_down_delay_seconds: 30,
+            released_by: None,
+            commit: None,
         }
+    }
+
+    /// Says who released it and from which commit (shown to approvers).
+    #[must_use]
+    pub fn released(mut self, by: impl Into<String>, commit: Option<String>) -> Self {
+        self.released_by = Some(by.into());
+        self.commit = commit;
+        self
     }
 
     /// Sets the failure policy.
@@ -98,7 +116,7 @@ impl RolloutSpec {
         self
     }
 
-    /// A hash of the strategy (its steps): editing it restarts the rollout at step 0.
+    /// A hash of the strategy (its kind and config): editing it restarts the rollout at step 0.
     pub fn step_hash(&self) -> String {
         // Serialising plain data (strings, numbers, maps) cannot fail.
         let json = serde_json::to_vec(&self.strategy).unwrap_or_default();
@@ -136,75 +154,6 @@ pub struct HistoryEntry {
     pub spec: AppSpec,
     /// When it became stable.
     pub promoted_at: SystemTime,
-}
-
-/// The observable status of a rollout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct RolloutStatus {
-    /// The application.
-    pub app: AppKey,
-    /// Phase.
-    pub phase: RolloutPhase,
-    /// Why it is in its phase.
-    pub reason: String,
-    /// The revision being rolled out.
-    pub target: Revision,
-    /// The stable revision.
-    pub stable: Option<Revision>,
-    /// The current step.
-    pub step: usize,
-    /// The hash of the steps the index refers to.
-    pub step_hash: String,
-    /// When the current step started.
-    pub step_started: SystemTime,
-    /// The step whose scale-down delay began, and when (the first time the controller saw the
-    /// delay gate in that step); ignored once the rollout is at another step, and cleared when
-    /// the new revision loses availability during the delay (the delay then starts again).
-    #[serde(default)]
-    pub scale_down_started: Option<(usize, SystemTime)>,
-    /// When the last progress was seen (for the progress deadline).
-    pub last_progress: SystemTime,
-    /// Highest target availability seen in this step (flapping does not count as progress).
-    pub progress_mark: u32,
-    /// Aborted: rolling back to stable.
-    pub aborted: bool,
-    /// When it was aborted.
-    pub aborted_at: Option<SystemTime>,
-    /// Why it was aborted.
-    #[serde(default)]
-    pub abort_reason: Option<String>,
-    /// Held by a problem or the pause policy, with the reason; promote or retry resumes.
-    pub hold: Option<String>,
-    /// Promote-full: remaining steps, pauses and analyses are skipped.
-    pub promote_full: bool,
-    /// The approval for the current step was requested.
-    pub approval_requested: bool,
-    /// The replica count the groups were last planned for.
-    pub planned_replicas: Option<u32>,
-    /// The target's traffic weight as routed now: the weight last set on the router for the
-    /// current target (0 at the start of a rollout to a new revision, until its first split
-    /// is applied).
-    pub weight: Option<u32>,
-    /// The revision the preview route serves (blue-green), once set on the router; `None`
-    /// when empty or when the router has no preview service.
-    #[serde(default)]
-    pub preview: Option<Revision>,
-    /// The current step's analysis (a canary analysis step, blue-green pre- or
-    /// post-promotion), while it runs and once it ended in this step. After an abort it keeps
-    /// the run that caused it.
-    #[serde(default)]
-    pub analysis: Option<AnalysisStatus>,
-    /// The background analysis (canary), from its starting step on.
-    #[serde(default)]
-    pub background_analysis: Option<AnalysisStatus>,
-    /// Revisions whose approval requests and decisions could not be withdrawn when their
-    /// attempt ended (the approval gate failed). The controller retries on every reconcile,
-    /// and while the target is listed it neither reads a decision for it nor asks again, so
-    /// a decision from an earlier attempt is never taken for this one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub withdrawals_owed: Vec<Revision>,
 }
 
 /// An analysis run as a console shows it.
@@ -276,40 +225,3 @@ impl AnalysisStatus {
     }
 }
 
-/// Everything persisted about one rollout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct RolloutRecord {
-    pub(crate) spec: RolloutSpec,
-    pub(crate) stable: Option<AppSpec>,
-    pub(crate) history: Vec<HistoryEntry>,
-    pub(crate) status: RolloutStatus,
-    pub(crate) analyses: BTreeMap<String, AnalysisRun>,
-}
-
-impl RolloutRecord {
-    /// The store key of `app`'s rollout.
-    pub(crate) fn key(app: &AppKey) -> String {
-        format!(
-            "{}{}/{}",
-            super::controller::STATE_PREFIX,
-            app.namespace,
-            app.name
-        )
-    }
-
-    /// The spec of `revision`, from the target, the stable spec or the history.
-    pub(crate) fn spec_of(&self, revision: &Revision) -> Option<AppSpec> {
-        let with_replicas = |s: &AppSpec| s.clone().replicas(self.spec.app.replicas);
-        if &self.status.target == revision {
-            return Some(self.spec.app.clone());
-        }
-        if let Some(s) = self.stable.as_ref().filter(|s| &s.revision() == revision) {
-            return Some(with_replicas(s));
-        }
-        self.history
-            .iter()
-            .find(|h| &h.revision == revision)
-            .map(|h| with_replicas(&h.spec))
-    }
-}

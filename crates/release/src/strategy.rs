@@ -106,6 +106,14 @@ pub enum StrategyError {
         #[source]
         source: AnalysisError,
     },
+    /// No strategy of this kind is registered.
+    #[error("unknown strategy kind `{kind}` (registered: {registered})")]
+    UnknownKind {
+        /// The kind the spec names.
+        kind: String,
+        /// The registered kinds, comma-separated.
+        registered: String,
+    },
     /// A strategy field is invalid.
     #[error("{field}: {message}")]
     Field {

@@ -1,0 +1,151 @@
+//! Work the controller does beside its reconciles: notifications (in order per rollout),
+//! approval cleanup and measurements, whose results come back through the queue.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::task::JoinHandle;
+
+use super::{EventReason, Inner};
+use crate::analysis::{CompletedMeasurement, PendingMeasurement};
+use crate::approval::{ApprovalError, ApprovalRequest};
+use crate::notify::Notification;
+use rorqual_core::model::{AppKey, Revision};
+
+/// A measurement in flight: the rollout, the run, the metric and its sequence number.
+type InFlight = (AppKey, String, String, u32);
+
+/// The controller's background work.
+#[derive(Debug, Default)]
+pub(super) struct Background {
+    /// The last notification task per rollout: the next one waits for it, so a rollout's
+    /// notifications arrive in order while different rollouts' run side by side.
+    last_notice: parking_lot::Mutex<HashMap<AppKey, JoinHandle<()>>>,
+    in_flight: parking_lot::Mutex<HashSet<InFlight>>,
+    measured: parking_lot::Mutex<HashMap<AppKey, Vec<(String, CompletedMeasurement)>>>,
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts a background task while it runs.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Running(counter.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Background {
+    pub(super) fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Sends a notification after the rollout's earlier ones.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn notify(
+        &self,
+        inner: &Arc<Inner>,
+        app: &AppKey,
+        revision: &Revision,
+        step: Option<usize>,
+        reason: EventReason,
+        message: &str,
+        approval: Option<ApprovalRequest>,
+    ) {
+        let Some(notifier) = inner.notifier.clone() else {
+            return;
+        };
+        let mut note = Notification::new(
+            app.clone(),
+            revision.clone(),
+            reason.as_str(),
+            message,
+            inner.clock.now(),
+        );
+        note.step = step;
+        if let Some(req) = approval {
+            note = note.with_approval(req);
+        }
+        let guard = Running::start(&self.running);
+        let mut last = self.last_notice.lock();
+        let previous = last.remove(app);
+        let app_name = app.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            if let Err(err) = notifier.notify(&note).await {
+                tracing::warn!(app = %app_name, error = %err, "notification failed");
+            }
+        });
+        last.insert(app.clone(), task);
+        last.retain(|_, task| !task.is_finished());
+    }
+
+    /// Withdraws `revision`'s approval requests (cleanup: decisions are keyed by attempt).
+    pub(super) fn withdraw(&self, inner: &Arc<Inner>, app: &AppKey, revision: &Revision) {
+        let gate = inner.approvals.clone();
+        let (app, revision) = (app.clone(), revision.clone());
+        let guard = Running::start(&self.running);
+        tokio::spawn(async move {
+            let _guard = guard;
+            match gate.withdraw(&app, &revision).await {
+                Ok(()) | Err(ApprovalError::Unsupported(_)) => {}
+                Err(err) => {
+                    tracing::warn!(app = %app, revision = %revision, error = %err, "withdrawing approval requests failed");
+                }
+            }
+        });
+    }
+
+    /// Takes `pending` in the background unless it is already in flight; the result wakes the
+    /// rollout.
+    pub(super) fn measure(
+        &self,
+        inner: &Arc<Inner>,
+        app: &AppKey,
+        key: &str,
+        pending: PendingMeasurement,
+    ) {
+        let id = (
+            app.clone(),
+            key.to_owned(),
+            pending.metric().to_owned(),
+            pending.seq(),
+        );
+        if !self.in_flight.lock().insert(id.clone()) {
+            return;
+        }
+        let inner = inner.clone();
+        let key = key.to_owned();
+        let guard = Running::start(&self.running);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let done = pending.measure(inner.providers.as_ref()).await;
+            let app = id.0.clone();
+            inner
+                .background
+                .measured
+                .lock()
+                .entry(app.clone())
+                .or_default()
+                .push((key, done));
+            inner.background.in_flight.lock().remove(&id);
+            inner.trigger.trigger(app);
+        });
+    }
+
+    /// The measurements that came back for `app`.
+    pub(super) fn take_measured(&self, app: &AppKey) -> Vec<(String, CompletedMeasurement)> {
+        self.measured.lock().remove(app).unwrap_or_default()
+    }
+}
