@@ -907,7 +907,7 @@ impl RolloutController {
                     .map(|d| d.approved);
             }
             let max_unavailable = replicas.max(1);
-            let plan: Plan<'_> = if steady {
+            let plan: Plan = if steady {
                 let mut v = view.clone();
                 v.step_elapsed = Duration::MAX;
                 abort_plan(&v, Duration::ZERO, max_unavailable)
