@@ -108,7 +108,7 @@ impl ReleaseStrategy for BlueGreen {
         step.max(FULL_SCALE_UP)
     }
 
-    fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
+    fn plan(&self, view: &RolloutView) -> Plan {
         let replicas = view.replicas;
         let preview = self.preview_replica_count.unwrap_or(replicas).min(replicas);
         let target = view.target_group();
@@ -200,21 +200,18 @@ impl ReleaseStrategy for BlueGreen {
 }
 
 impl BlueGreen {
-    fn analysis<'a>(
+    fn analysis(
         &self,
         view: &RolloutView,
-        plan: &mut Plan<'a>,
+        plan: &mut Plan,
         key: &str,
-        analysis: &'a Option<AnalysisStep>,
+        analysis: &Option<AnalysisStep>,
     ) -> Gate {
         match analysis {
             None => Gate::StepComplete,
             Some(a) => {
-                plan.analyses.push(AnalysisRequest {
-                    key: key.to_owned(),
-                    analysis: a,
-                    background: false,
-                });
+                plan.analyses
+                    .push(AnalysisRequest::new(key, a.clone(), false));
                 analysis_gate(view, key)
             }
         }

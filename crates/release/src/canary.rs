@@ -231,7 +231,7 @@ impl ReleaseStrategy for Canary {
         self.steps.len()
     }
 
-    fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
+    fn plan(&self, view: &RolloutView) -> Plan {
         let n = self.steps.len();
         let step = view.step.min(n + 1);
         let replicas = view.replicas;
@@ -241,11 +241,11 @@ impl ReleaseStrategy for Canary {
             .as_ref()
             .filter(|bg| step >= bg.starting_step && step < n);
         if let Some(bg) = background {
-            plan.analyses.push(AnalysisRequest {
-                key: "background".into(),
-                analysis: &bg.analysis,
-                background: true,
-            });
+            plan.analyses.push(AnalysisRequest::new(
+                "background",
+                bg.analysis.clone(),
+                true,
+            ));
         }
         let canary_target = self.canary_replicas(step, replicas, view.routes_traffic);
 
@@ -346,7 +346,7 @@ impl ReleaseStrategy for Canary {
 }
 
 impl Canary {
-    fn step_gate<'a>(&'a self, view: &RolloutView, step: usize, plan: &mut Plan<'a>) -> Gate {
+    fn step_gate(&self, view: &RolloutView, step: usize, plan: &mut Plan) -> Gate {
         match &self.steps[step] {
             CanaryStep::SetWeight(_) | CanaryStep::SetReplicas(_) => Gate::StepComplete,
             CanaryStep::Pause(PauseStep { duration: None }) => {
@@ -362,11 +362,8 @@ impl Canary {
             }
             CanaryStep::Analysis(a) => {
                 let key = format!("step-{step}");
-                plan.analyses.push(AnalysisRequest {
-                    key: key.clone(),
-                    analysis: a,
-                    background: false,
-                });
+                plan.analyses
+                    .push(AnalysisRequest::new(key.clone(), a.clone(), false));
                 analysis_gate(view, &key)
             }
             CanaryStep::Approval(a) => match view.approval {
@@ -383,7 +380,7 @@ impl Canary {
 
     /// A failed background analysis aborts whatever the step waits for; an inconclusive one
     /// pauses.
-    fn with_background<'a>(&self, view: &RolloutView, mut plan: Plan<'a>) -> Plan<'a> {
+    fn with_background(&self, view: &RolloutView, mut plan: Plan) -> Plan {
         if plan.analyses.iter().any(|a| a.background) {
             match analysis_gate(view, "background") {
                 g @ Gate::Abort(_) => plan.gate = g,

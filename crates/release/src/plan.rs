@@ -140,15 +140,29 @@ impl RolloutView {
 }
 
 /// An analysis that should be running.
+///
+/// It owns a copy of its [`AnalysisStep`], so a [`Plan`] outlives the strategy that made it;
+/// strategies only request an analysis in the steps that run it.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct AnalysisRequest<'a> {
+pub struct AnalysisRequest {
     /// Its key in [`RolloutView::analysis`].
     pub key: String,
     /// What to run.
-    pub analysis: &'a AnalysisStep,
+    pub analysis: AnalysisStep,
     /// Runs across steps (background analysis) rather than blocking one step.
     pub background: bool,
+}
+
+impl AnalysisRequest {
+    /// A request to run `analysis` under `key`, across steps when `background`.
+    pub fn new(key: impl Into<String>, analysis: AnalysisStep, background: bool) -> Self {
+        AnalysisRequest {
+            key: key.into(),
+            analysis,
+            background,
+        }
+    }
 }
 
 /// An analysis to run: a spec and its arguments.
@@ -199,7 +213,7 @@ pub enum Gate {
 /// What a strategy wants for one reconcile.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct Plan<'a> {
+pub struct Plan {
     /// Desired replicas per revision; revisions not listed keep their count.
     pub replicas: Vec<(Revision, u32)>,
     /// The target revision's traffic weight (the stable revision gets the rest); `None` leaves
@@ -216,12 +230,12 @@ pub struct Plan<'a> {
     /// Stateful: identities to move now, with the revision each moves to.
     pub moves: Vec<(u32, Revision)>,
     /// Analyses that should be running.
-    pub analyses: Vec<AnalysisRequest<'a>>,
+    pub analyses: Vec<AnalysisRequest>,
     /// What to wait for.
     pub gate: Gate,
 }
 
-impl Plan<'_> {
+impl Plan {
     /// A plan that changes nothing and waits behind `gate`.
     pub fn gate(gate: Gate) -> Self {
         Plan {
@@ -296,11 +310,11 @@ pub fn stateful_moves(
 /// The plan when the rollout is aborted (or rolled back to stable): the stable revision back to
 /// its full count first, all traffic to it, and the other groups scaled to zero only once the
 /// stable group is fully available and `scale_down_after` has passed.
-pub fn abort_plan<'a>(
+pub fn abort_plan(
     view: &RolloutView,
     scale_down_after: Duration,
     max_unavailable_stateful: u32,
-) -> Plan<'a> {
+) -> Plan {
     let mut plan = Plan::gate(Gate::Progressing(format!(
         "bringing {} to {} instances",
         view.stable, view.replicas

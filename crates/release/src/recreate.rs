@@ -24,7 +24,7 @@ impl ReleaseStrategy for Recreate {
         1
     }
 
-    fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
+    fn plan(&self, view: &RolloutView) -> Plan {
         if view.stateful {
             // Every identity moves at once: there is nothing to keep available.
             let (moves, reached) = stateful_moves(

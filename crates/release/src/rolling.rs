@@ -109,7 +109,7 @@ impl ReleaseStrategy for RollingUpdate {
         usize::from(self.partition.is_some())
     }
 
-    fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
+    fn plan(&self, view: &RolloutView) -> Plan {
         let partition = if view.step == 0 {
             self.partition_count(view.replicas)
         } else {
@@ -171,7 +171,7 @@ fn old_groups(view: &RolloutView) -> Vec<GroupView> {
     old
 }
 
-fn rolling_plan<'a>(s: &RollingUpdate, view: &RolloutView, partition: u32) -> Plan<'a> {
+fn rolling_plan(s: &RollingUpdate, view: &RolloutView, partition: u32) -> Plan {
     let replicas = view.replicas;
     let (surge, unavailable) = s.fenceposts(replicas);
     let new = view.target_group();

@@ -21,7 +21,7 @@ pub trait ReleaseStrategy: Send + Sync + Debug + 'static {
     fn steps(&self) -> usize;
 
     /// Plans one reconcile of the rollout from `view.stable` to `view.target`.
-    fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a>;
+    fn plan(&self, view: &RolloutView) -> Plan;
 
     /// The step a promote-full jumps to from `step`. The default is the final promotion
     /// ([`steps`](Self::steps)); a strategy whose later steps do more than wait (blue-green
@@ -75,7 +75,7 @@ impl ReleaseStrategy for Strategy {
     fn steps(&self) -> usize {
         self.inner().steps()
     }
-    fn plan<'a>(&'a self, view: &RolloutView) -> Plan<'a> {
+    fn plan(&self, view: &RolloutView) -> Plan {
         self.inner().plan(view)
     }
     fn promote_full_step(&self, step: usize) -> usize {
