@@ -233,6 +233,10 @@ mod tests {
 
     #[test]
     fn the_strategy_choice_forwards_every_method() {
+        let s = Strategy::Recreate(Recreate::default());
+        assert!(s.recreates());
+        assert_eq!(s.promote_step(0), None);
+        assert_eq!(s.stateful_max_unavailable(3), 3);
         let s = Strategy::default();
         assert!(!s.recreates());
         assert_eq!(s.stateful_max_unavailable(3), 1);
