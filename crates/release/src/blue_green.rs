@@ -68,6 +68,8 @@ impl BlueGreen {
 }
 
 const STEPS: usize = 7;
+/// The promotion gate: approval, auto-promotion delay, or straight on.
+const PROMOTION_GATE: usize = 2;
 /// The full scale-up: promote-full jumps here, so the new revision is fully available before
 /// the switch (step 4) and the old one keeps its replicas until the scale-down delay is over.
 const FULL_SCALE_UP: usize = 3;
@@ -78,8 +80,9 @@ impl ReleaseStrategy for BlueGreen {
     }
 
     fn validate(&self, stateful: bool) -> Result<(), StrategyError> {
+        let mut problems = Vec::new();
         if stateful {
-            return Err(StrategyError::Field {
+            problems.push(StrategyError::Field {
                 field: "blueGreen".into(),
                 message: "needs a stateless workload (stateful identities cannot run twice)".into(),
             });
@@ -88,16 +91,16 @@ impl ReleaseStrategy for BlueGreen {
             ("prePromotionAnalysis", &self.pre_promotion_analysis),
             ("postPromotionAnalysis", &self.post_promotion_analysis),
         ] {
-            if let Some(a) = a {
-                a.spec
-                    .validate(&a.args)
-                    .map_err(|source| StrategyError::Analysis {
-                        location: location.into(),
-                        source,
-                    })?;
+            if let Some(a) = a
+                && let Err(source) = a.spec.validate(&a.args)
+            {
+                problems.push(StrategyError::Analysis {
+                    location: location.into(),
+                    source,
+                });
             }
         }
-        Ok(())
+        StrategyError::from_problems(problems)
     }
 
     fn steps(&self) -> usize {
@@ -106,6 +109,14 @@ impl ReleaseStrategy for BlueGreen {
 
     fn promote_full_step(&self, step: usize) -> usize {
         step.max(FULL_SCALE_UP)
+    }
+
+    /// Only the promotion gate (step 2) is passed by a promote, to the full scale-up. A
+    /// promote skips neither a running pre-promotion analysis nor the preview scale-up, the
+    /// switch, the post-promotion analysis or the scale-down delay: those wait for something
+    /// other than a person.
+    fn promote_step(&self, step: usize) -> Option<usize> {
+        (step == PROMOTION_GATE).then_some(FULL_SCALE_UP)
     }
 
     fn plan(&self, view: &RolloutView) -> Plan {
@@ -145,7 +156,7 @@ impl ReleaseStrategy for BlueGreen {
                 "pre-promotion",
                 &self.pre_promotion_analysis,
             ),
-            2 => {
+            PROMOTION_GATE => {
                 if !self.auto_promotion_enabled {
                     match view.approval {
                         Some(true) => Gate::StepComplete,
@@ -288,6 +299,36 @@ mod tests {
         assert_eq!(p.replicas_of(&"blue".into()), Some(4), "blue kept");
         assert_eq!(p.target_weight, Some(0), "no switch before green is full");
         assert!(matches!(p.gate, Gate::Progressing(_)));
+    }
+
+    #[test]
+    fn promote_passes_only_the_promotion_gate() {
+        let bg = BlueGreen::manual(Some(1));
+        assert_eq!(bg.promote_step(2), Some(3));
+        for step in [0, 1, 3, 4, 5, 6, 7] {
+            assert_eq!(bg.promote_step(step), None, "step {step}");
+        }
+        assert_eq!(bg.stateful_max_unavailable(4), 1);
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let bad = AnalysisStep::new(Default::default(), Default::default());
+        let bg = BlueGreen {
+            pre_promotion_analysis: Some(bad.clone()),
+            post_promotion_analysis: Some(bad),
+            ..BlueGreen::default()
+        };
+        let err = bg.validate(true).unwrap_err();
+        assert_eq!(err.problems().len(), 3, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("3 problems: blueGreen: needs a stateless workload"),
+            "{text}"
+        );
+        assert!(text.contains("; prePromotionAnalysis: "), "{text}");
+        assert!(text.contains("; postPromotionAnalysis: "), "{text}");
+        BlueGreen::default().validate(false).unwrap();
     }
 
     #[test]

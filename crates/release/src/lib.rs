@@ -16,10 +16,18 @@
 //! are on by default; `command` (a metric provider that runs programs) is opt-in.
 //!
 //! A [`ReleaseStrategy`] maps a [`RolloutView`] (groups, readiness, step, analysis results,
-//! approval, elapsed time) to a [`Plan`] (replicas per revision, traffic weight, and a
-//! [`Gate`]). Four strategies: [`Recreate`], [`RollingUpdate`] (Kubernetes arithmetic plus a
-//! BCS partition; ordered partitions for stateful workloads), [`BlueGreen`] and [`Canary`]
-//! (Argo Rollouts' semantics). See `reference/release.md` for the upstream rules matched.
+//! approval, elapsed time) to a [`Plan`] it owns (replicas per revision, traffic weight,
+//! analyses to run, and a [`Gate`]); it also says where a promote goes
+//! ([`ReleaseStrategy::promote_step`]), how many stateful identities may move at once, also
+//! when rolling back ([`ReleaseStrategy::stateful_max_unavailable`]), and whether it never
+//! runs two revisions at once ([`ReleaseStrategy::recreates`]). Validation reports every
+//! problem with its path ([`StrategyError::Invalid`]). Four strategies: [`Recreate`],
+//! [`RollingUpdate`] (Kubernetes arithmetic plus a BCS partition; ordered partitions for
+//! stateful workloads), [`BlueGreen`] and [`Canary`] (Argo Rollouts' semantics: without a
+//! traffic router a weight becomes replica counts by Argo's surge-aware
+//! [`traffic::weighted_replica_counts`], reached within maxSurge and maxUnavailable; pauses
+//! in seconds or Go notation, [`PauseDuration`]). See `reference/release.md` for the upstream
+//! rules matched.
 
 pub mod analysis;
 pub mod approval;
@@ -43,7 +51,7 @@ mod strategy;
 mod timestamp;
 
 pub use blue_green::BlueGreen;
-pub use canary::{ApprovalStep, BackgroundAnalysis, Canary, CanaryStep, PauseStep};
+pub use canary::{ApprovalStep, BackgroundAnalysis, Canary, CanaryStep, PauseDuration, PauseStep};
 pub use controller::{
     ControllerError, EventReason, RolloutController, RolloutControllerBuilder, RolloutEvent,
     STATE_PREFIX,

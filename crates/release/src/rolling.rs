@@ -85,23 +85,28 @@ impl ReleaseStrategy for RollingUpdate {
     }
 
     fn validate(&self, _stateful: bool) -> Result<(), StrategyError> {
-        if let Some(IntOrPercent::Percent(p)) = self.max_unavailable
-            && p > 100
-        {
-            return Err(StrategyError::Field {
-                field: "rollingUpdate.maxUnavailable".into(),
-                message: format!("must be at most 100%, got {p}%"),
-            });
+        let mut problems = Vec::new();
+        for (field, value) in [
+            ("rollingUpdate.maxUnavailable", self.max_unavailable),
+            ("rollingUpdate.partition", self.partition),
+        ] {
+            if let Some(IntOrPercent::Percent(p)) = value
+                && p > 100
+            {
+                problems.push(StrategyError::Field {
+                    field: field.into(),
+                    message: format!("must be at most 100%, got {p}%"),
+                });
+            }
         }
-        if let Some(IntOrPercent::Percent(p)) = self.partition
-            && p > 100
-        {
-            return Err(StrategyError::Field {
-                field: "rollingUpdate.partition".into(),
-                message: format!("must be at most 100%, got {p}%"),
-            });
-        }
-        Ok(())
+        StrategyError::from_problems(problems)
+    }
+
+    /// maxUnavailable for stateful workloads (default 1, at least 1).
+    fn stateful_max_unavailable(&self, replicas: u32) -> u32 {
+        self.max_unavailable
+            .map_or(1, |m| m.scaled(replicas, false))
+            .max(1)
     }
 
     fn steps(&self) -> usize {
@@ -116,10 +121,7 @@ impl ReleaseStrategy for RollingUpdate {
             0
         };
         if view.stateful {
-            let max_unavailable = self
-                .max_unavailable
-                .map_or(1, |m| m.scaled(view.replicas, false))
-                .max(1);
+            let max_unavailable = self.stateful_max_unavailable(view.replicas);
             let (moves, reached) = stateful_moves(
                 &view.identities,
                 &view.stable,
@@ -426,6 +428,29 @@ mod tests {
         assert_eq!(total, 25);
         assert_eq!(p.replicas_of(&"old".into()), Some(15));
         assert_eq!(p.replicas_of(&"new".into()), Some(10));
+    }
+
+    #[test]
+    fn validation_and_stateful_max_unavailable() {
+        let s = RollingUpdate {
+            max_unavailable: Some(IntOrPercent::Percent(120)),
+            partition: Some(IntOrPercent::Percent(101)),
+            ..RollingUpdate::default()
+        };
+        assert_eq!(
+            s.validate(false).unwrap_err().to_string(),
+            "2 problems: rollingUpdate.maxUnavailable: must be at most 100%, got 120%; \
+             rollingUpdate.partition: must be at most 100%, got 101%"
+        );
+        assert_eq!(RollingUpdate::default().stateful_max_unavailable(10), 1);
+        let two = RollingUpdate::default()
+            .surge_unavailable(IntOrPercent::Int(0), IntOrPercent::Percent(20));
+        assert_eq!(two.stateful_max_unavailable(10), 2);
+        // One step with a partition: a promote lifts it; without, nothing to promote.
+        let partitioned = RollingUpdate::default().partition(IntOrPercent::Int(2));
+        assert_eq!(partitioned.promote_step(0), Some(1));
+        assert_eq!(partitioned.promote_step(1), None);
+        assert_eq!(RollingUpdate::default().promote_step(0), None);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! rollout controller hands it to a [`TrafficRouter`]:
 //!
 //! - [`ReplicaRatio`]: no router at all; traffic follows the replica counts, so the strategy
-//!   derives the canary's replica count from the weight with [`canary_replicas_for_weight`]
-//!   (Argo Rollouts' rounding rule);
+//!   derives the canary and stable replica counts from the weight with
+//!   [`weighted_replica_counts`] (Argo Rollouts' surge-aware rule);
 //! - `NginxRouter` (feature `nginx`): renders an nginx config with a weighted upstream over each revision's
 //!   instance addresses, validates it with `nginx -t`, reloads, keeps the last versions with
 //!   diffs and restores the previous config when a reload fails.
@@ -16,11 +16,14 @@
 //! [`TrafficError::Unsupported`] and the controller carries on without a preview.
 //!
 //! ```
-//! use rorqual_release::traffic::canary_replicas_for_weight;
+//! use rorqual_release::traffic::weighted_replica_counts;
 //!
-//! // Without a router, setWeight 41 on 10 replicas runs 4 canary and 6 stable instances.
-//! assert_eq!(canary_replicas_for_weight(41, 10), 4);
-//! assert_eq!(canary_replicas_for_weight(25, 10), 3); // 2.5 rounds up
+//! // Without a router, setWeight 25 on 10 replicas with a positive maxSurge runs 3 canary and
+//! // 8 stable instances (3 of 11 is closer to 25 % than 3 of 10); weights 1-99 never leave a
+//! // side empty.
+//! assert_eq!(weighted_replica_counts(25, 10, 3), (3, 8));
+//! assert_eq!(weighted_replica_counts(1, 10, 3), (1, 10));
+//! assert_eq!(weighted_replica_counts(41, 10, 0), (4, 6));
 //! ```
 
 #[cfg(feature = "nginx")]
@@ -37,7 +40,7 @@ use rorqual_core::model::{AppKey, Revision};
 
 #[cfg(feature = "nginx")]
 pub use nginx::{ConfigVersion, NGINX_DEFAULT_BINARY, NginxRouter, NginxRouterBuilder};
-pub use ratio::{ReplicaRatio, canary_replicas_for_weight};
+pub use ratio::{ReplicaRatio, weighted_replica_counts};
 
 /// One revision's share of an application's traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,8 +246,8 @@ pub trait TrafficRouter: Send + Sync + Debug + 'static {
     fn name(&self) -> &str;
 
     /// Whether this router sets weights itself. `false` for [`ReplicaRatio`]: traffic follows
-    /// replica counts, so the strategy derives canary replicas from the weight with
-    /// [`canary_replicas_for_weight`].
+    /// replica counts, so the strategy derives replica counts from the weight with
+    /// [`weighted_replica_counts`].
     fn routes_traffic(&self) -> bool;
 
     /// Applies `split` to `app`'s traffic. On error the previous split keeps serving.
