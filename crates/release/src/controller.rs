@@ -1041,7 +1041,7 @@ impl RolloutController {
                     let split = TrafficSplit::new(
                         desired
                             .iter()
-                            .map(|(r, w, ep)| Backend::new(r.clone(), *w, ep.clone()))
+                            .map(|(r, w, _)| Backend::new(r.clone(), *w))
                             .collect(),
                     );
                     if let Err(err) = inner.router.set_split(&app, &split).await {
@@ -1331,7 +1331,7 @@ impl RolloutController {
         let app = e.record.status.app.clone();
         let backend = preview
             .as_ref()
-            .map(|(rev, endpoints)| Backend::preview(rev.clone(), endpoints.clone()));
+            .map(|(rev, _)| Backend::preview(rev.clone()));
         let shown = match router.set_preview(&app, backend.as_ref()).await {
             Ok(()) => preview.as_ref().map(|(rev, _)| rev.clone()),
             Err(TrafficError::Unsupported { capability, .. }) => {
