@@ -7,7 +7,8 @@
 //! Starts a `LocalEngine` (3 virtual nodes) running the demo app (this binary re-executed with
 //! `--demo-app`) and nginx through `NginxRouter` with the app's two listeners on free
 //! 127.0.0.1 ports: *active* (what users get, `.route`) and *preview* (what testers get,
-//! `.preview_route`). The rollout controller drives both. The approvals API
+//! `.preview_route`), finding each revision's ready instances through `EngineEndpoints` over
+//! the engine. The rollout controller drives both. The approvals API
 //! (`Approvals::router()`) is served with axum on 127.0.0.1. Then:
 //!
 //! 1. v1 (blue) is deployed behind the active listener;
@@ -34,7 +35,7 @@ use rorqual::core::engine::Engine;
 use rorqual::core::model::{AppKey, Revision};
 use rorqual::local::LocalEngine;
 use rorqual::release::approval::Approvals;
-use rorqual::release::traffic::NginxRouter;
+use rorqual::release::traffic::{EngineEndpoints, NginxRouter};
 use rorqual::release::{
     BlueGreen, EventReason, RolloutController, RolloutPhase, RolloutSpec, RolloutStatus, Strategy,
 };
@@ -92,6 +93,8 @@ async fn run() -> anyhow::Result<()> {
     let preview = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
     let router = Arc::new(
         NginxRouter::builder(dir.path().join("nginx"))
+            // nginx finds each revision's ready instances in the engine the controller drives.
+            .endpoints(Arc::new(EngineEndpoints::new(engine.clone())))
             .route(app.clone(), active)
             .preview_route(app.clone(), preview)
             .build()?,
@@ -217,10 +220,10 @@ async fn deploy(w: &mut World, version: &str) -> anyhow::Result<Revision> {
 /// Checks through nginx that the preview listener answers only `preview` and the active one
 /// only `active` (the controller set both).
 async fn check_listeners(w: &World, preview: &str, active: &str) -> anyhow::Result<()> {
-    if let Some(backend) = w.router.current_preview(&w.app).await {
+    if let Some(upstream) = w.router.current_preview_upstream(&w.app).await {
         w.timeline.print(format_args!(
             "preview listener → {}",
-            backend
+            upstream
                 .endpoints
                 .iter()
                 .map(ToString::to_string)

@@ -5,10 +5,11 @@
 //! ```
 //!
 //! Starts a `LocalEngine` (3 virtual nodes) running the demo app (this binary re-executed with
-//! `--demo-app`), nginx in front of it through `NginxRouter` on a free 127.0.0.1 port, and
-//! Prometheus scraping every instance's `/metrics` each second (file-based service discovery,
-//! labelled with the instance's revision). Then, with a bounded traffic generator sending
-//! requests through nginx:
+//! `--demo-app`), nginx in front of it through `NginxRouter` on a free 127.0.0.1 port (finding
+//! each revision's ready instances through `EngineEndpoints` over the engine), and Prometheus
+//! scraping every instance's `/metrics` each second (file-based service discovery, labelled
+//! with the instance's revision). Then, with a bounded traffic generator sending requests
+//! through nginx:
 //!
 //! 1. v1 is deployed;
 //! 2. v2 is released in steps setWeight 20 → pause 5 s → analysis → setWeight 50 → analysis →
@@ -35,7 +36,7 @@ use rorqual::core::engine::Engine;
 use rorqual::core::model::{AppKey, Revision};
 use rorqual::local::LocalEngine;
 use rorqual::release::analysis::{AnalysisSpec, MetricSpec, PrometheusMetric, ProviderSpec};
-use rorqual::release::traffic::NginxRouter;
+use rorqual::release::traffic::{EngineEndpoints, NginxRouter};
 use rorqual::release::{
     AnalysisStep, Canary, CanaryStep, EventReason, RolloutController, RolloutEvent, RolloutPhase,
     RolloutSpec, RolloutStatus, Strategy,
@@ -94,6 +95,8 @@ async fn run() -> anyhow::Result<()> {
     let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()?));
     let router = Arc::new(
         NginxRouter::builder(dir.path().join("nginx"))
+            // nginx finds each revision's ready instances in the engine the controller drives.
+            .endpoints(Arc::new(EngineEndpoints::new(engine.clone())))
             .route(app.clone(), listen)
             .build()?,
     );

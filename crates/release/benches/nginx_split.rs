@@ -1,15 +1,17 @@
-//! How long `NginxRouter::set_split` takes end to end: render, `nginx -t`, swap, SIGHUP, and
-//! wait until nginx serves the new config version. This is the "plus one reload" in "from an
+//! How long `NginxRouter::set_split` takes end to end: look up the revisions' endpoints
+//! (a `StaticEndpoints` map here), render, `nginx -t`, swap, SIGHUP, and wait until nginx
+//! serves the new config version. This is the "plus one reload" in "from an
 //! analysis failure to the stable revision serving 100% through nginx".
 //!
 //! `cargo bench -p rorqual-release --bench nginx_split` (needs /usr/sbin/nginx; prints
 //! `skipped: …` without it). Runs 20 splits alternating between 80/20 and 100/0.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rorqual_core::model::{AppKey, Revision};
 use rorqual_release::traffic::{
-    Backend, NGINX_DEFAULT_BINARY, NginxRouter, TrafficRouter, TrafficSplit,
+    Backend, NGINX_DEFAULT_BINARY, NginxRouter, StaticEndpoints, TrafficRouter, TrafficSplit,
 };
 
 const RUNS: usize = 20;
@@ -52,13 +54,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let canary = backend("v2").await?;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], rorqual_local::free_loopback_port()?));
     let app = AppKey::new("default", "web");
+    let (v1, v2) = (Revision::from("v1"), Revision::from("v2"));
+    let endpoints = StaticEndpoints::new()
+        .with(&app, &v1, [stable])
+        .with(&app, &v2, [canary]);
     let router = NginxRouter::builder(dir.path())
+        .endpoints(Arc::new(endpoints))
         .route(app.clone(), listen)
         .build()?;
     let split = |w: u32| {
         TrafficSplit::new(vec![
-            Backend::new(Revision::from("v1"), 100 - w, vec![stable]),
-            Backend::new(Revision::from("v2"), w, vec![canary]),
+            Backend::new(v1.clone(), 100 - w),
+            Backend::new(v2.clone(), w),
         ])
     };
     let started = Instant::now();

@@ -782,7 +782,7 @@ impl TrafficRouter for RecordingRouter {
         true
     }
     async fn set_split(&self, _app: &AppKey, split: &TrafficSplit) -> Result<(), TrafficError> {
-        split.validate()?;
+        split.validate_weights()?;
         let call = ["v1", "v2"]
             .map(|v| format!("{v}={}", split.weight_of(&app(v).revision())))
             .join(" ");

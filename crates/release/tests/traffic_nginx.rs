@@ -1,5 +1,6 @@
 //! The nginx router against a real nginx (Debian `nginx-light`) started by the test under a
-//! temp prefix, with two tiny HTTP backends on loopback.
+//! temp prefix, with tiny HTTP backends on loopback whose addresses the router finds through
+//! a `StaticEndpoints` map.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use rorqual_core::model::{AppKey, Revision};
 use rorqual_release::traffic::{
-    Backend, NGINX_DEFAULT_BINARY, NginxRouter, TrafficError, TrafficRouter, TrafficSplit,
+    Backend, NGINX_DEFAULT_BINARY, NginxRouter, NginxRouterBuilder, StaticEndpoints, TrafficError,
+    TrafficRouter, TrafficSplit, Verification,
 };
 
 /// `true` when nginx is installed; otherwise prints why the test is skipped, or fails under CI.
@@ -52,11 +54,42 @@ fn free_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], rorqual_local::free_loopback_port().unwrap()))
 }
 
-fn split(stable: &TestBackend, canary: &TestBackend, canary_weight: u32) -> TrafficSplit {
+fn v1() -> Revision {
+    Revision::from("v1")
+}
+
+fn v2() -> Revision {
+    Revision::from("v2")
+}
+
+/// v1 at `100 - canary_weight`, v2 at `canary_weight`.
+fn split(canary_weight: u32) -> TrafficSplit {
     TrafficSplit::new(vec![
-        Backend::new(Revision::from("v1"), 100 - canary_weight, vec![stable.addr]),
-        Backend::new(Revision::from("v2"), canary_weight, vec![canary.addr]),
+        Backend::new(v1(), 100 - canary_weight),
+        Backend::new(v2(), canary_weight),
     ])
+}
+
+/// `app`'s v1 on `stable` and v2 on `canary`.
+fn endpoints(app: &AppKey, stable: &TestBackend, canary: &TestBackend) -> Arc<StaticEndpoints> {
+    Arc::new(
+        StaticEndpoints::new()
+            .with(app, &v1(), [stable.addr])
+            .with(app, &v2(), [canary.addr]),
+    )
+}
+
+/// A router under `prefix` finding endpoints in `endpoints`.
+fn builder(prefix: &Path, endpoints: &Arc<StaticEndpoints>) -> NginxRouterBuilder {
+    NginxRouter::builder(prefix).endpoints(endpoints.clone())
+}
+
+/// How many reloads (SIGHUP) nginx's error log shows so far.
+fn reloads(router: &NginxRouter) -> usize {
+    std::fs::read_to_string(router.error_log_path())
+        .unwrap_or_default()
+        .matches("(SIGHUP) received")
+        .count()
 }
 
 async fn count(client: &reqwest::Client, listen: SocketAddr, n: usize) -> (usize, usize) {
@@ -86,15 +119,16 @@ async fn canary_weight_20_percent_over_1000_requests() {
     let (stable, canary) = (backend("v1").await, backend("v2").await);
     let app = AppKey::new("default", "web");
     let listen = free_port();
-    let router = NginxRouter::builder(dir.path())
+    let router = builder(dir.path(), &endpoints(&app, &stable, &canary))
         .route(app.clone(), listen)
         .build()
         .unwrap();
     assert!(router.routes_traffic());
-    router
-        .set_split(&app, &split(&stable, &canary, 20))
-        .await
-        .unwrap();
+    router.set_split(&app, &split(20)).await.unwrap();
+    assert_eq!(
+        router.verify(&app, &split(20)).await.unwrap(),
+        Verification::Verified
+    );
     let client = fresh_client();
     let (v1, v2) = count(&client, listen, 1000).await;
     assert_eq!(v1 + v2, 1000);
@@ -102,10 +136,7 @@ async fn canary_weight_20_percent_over_1000_requests() {
     assert!((158..=242).contains(&v2), "canary got {v2} of 1000");
 
     // Back to 100% stable: the canary revision (weight 0) leaves the upstream.
-    router
-        .set_split(&app, &split(&stable, &canary, 0))
-        .await
-        .unwrap();
+    router.set_split(&app, &split(0)).await.unwrap();
     let (v1, v2) = count(&client, listen, 100).await;
     assert_eq!((v1, v2), (100, 0));
 
@@ -144,16 +175,13 @@ async fn failed_reload_restores_previous_config_and_traffic_keeps_flowing() {
     let app = AppKey::new("default", "web");
     let listen = free_port();
     let router = Arc::new(
-        NginxRouter::builder(dir.path())
+        builder(dir.path(), &endpoints(&app, &stable, &canary))
             .keep_versions(2)
             .route(app.clone(), listen)
             .build()
             .unwrap(),
     );
-    router
-        .set_split(&app, &split(&stable, &canary, 50))
-        .await
-        .unwrap();
+    router.set_split(&app, &split(50)).await.unwrap();
     let before = std::fs::read_to_string(router.config_path()).unwrap();
 
     // Traffic keeps running during the failed reload.
@@ -211,10 +239,7 @@ async fn failed_reload_restores_previous_config_and_traffic_keeps_flowing() {
 
     // The router still works: a new split applies (after nginx gave up binding).
     drop(squatter);
-    router
-        .set_split(&app, &split(&stable, &canary, 0))
-        .await
-        .unwrap();
+    router.set_split(&app, &split(0)).await.unwrap();
     let (v1, v2) = count(&fresh_client(), listen, 20).await;
     assert_eq!((v1, v2), (20, 0));
     let versions = router.versions().await;
@@ -230,7 +255,7 @@ async fn invalid_config_is_rejected_by_nginx_t_before_anything_changes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let app = AppKey::new("default", "web");
-    let router = NginxRouter::builder(dir.path())
+    let router = builder(dir.path(), &Arc::new(StaticEndpoints::new()))
         .http_snippet("no_such_directive on;")
         .route(app.clone(), free_port())
         .build()
@@ -252,12 +277,8 @@ async fn invalid_config_is_rejected_by_nginx_t_before_anything_changes() {
     assert!(router.versions().await.is_empty());
 
     // A split for an app the router does not serve is refused without touching nginx.
-    let be = backend("v1").await;
     let err = router
-        .set_split(
-            &AppKey::new("x", "y"),
-            &TrafficSplit::single(Revision::from("a"), vec![be.addr]),
-        )
+        .set_split(&AppKey::new("x", "y"), &TrafficSplit::single(v1()))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("x/y is not routed"), "{err}");
@@ -306,17 +327,17 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
     let (blue, green) = (backend("v1").await, backend("v2").await);
     let app = AppKey::new("default", "shop");
     let (active, preview) = (free_port(), free_port());
-    let router = NginxRouter::builder(dir.path())
+    let other = AppKey::new("default", "api");
+    let endpoints = endpoints(&app, &blue, &green);
+    endpoints.set(&other, &v2(), [green.addr]);
+    let router = builder(dir.path(), &endpoints)
         .route(app.clone(), active)
         .preview_route(app.clone(), preview)
         .build()
         .unwrap();
     assert_eq!(router.preview_addr(&app).await, Some(preview));
     router
-        .set_split(
-            &app,
-            &TrafficSplit::single(Revision::from("v1"), vec![blue.addr]),
-        )
+        .set_split(&app, &TrafficSplit::single(v1()))
         .await
         .unwrap();
     let client = fresh_client();
@@ -327,7 +348,19 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
         "no preview yet"
     );
 
-    let green_preview = Backend::preview(Revision::from("v2"), vec![green.addr]);
+    // A preview revision without a ready endpoint is refused; the preview stays empty.
+    let err = router
+        .set_preview(&app, Some(&Backend::preview(Revision::from("v3"))))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TrafficError::NoEndpoints { revision, .. } if revision.as_str() == "v3"),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    assert_eq!(bodies(&client, preview, 3).await, only("503", 3));
+
+    let green_preview = Backend::preview(v2());
     router
         .set_preview(&app, Some(&green_preview))
         .await
@@ -336,23 +369,26 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
         router.current_preview(&app).await,
         Some(green_preview.clone())
     );
+    let upstream = router.current_preview_upstream(&app).await.unwrap();
+    assert_eq!(
+        (upstream.revision, upstream.endpoints),
+        (v2(), vec![green.addr])
+    );
     assert_eq!(bodies(&client, preview, 50).await, only("v2", 50));
     assert_eq!(bodies(&client, active, 50).await, only("v1", 50));
 
     // The same preview again changes nothing (no reload).
-    let versions = router.versions().await.len();
+    let (versions, sighups) = (router.versions().await.len(), reloads(&router));
     router
         .set_preview(&app, Some(&green_preview))
         .await
         .unwrap();
     assert_eq!(router.versions().await.len(), versions);
+    assert_eq!(reloads(&router), sighups);
 
     // Promotion: active switches to v2 while preview still serves it; then preview empties.
     router
-        .set_split(
-            &app,
-            &TrafficSplit::single(Revision::from("v2"), vec![green.addr]),
-        )
+        .set_split(&app, &TrafficSplit::single(v2()))
         .await
         .unwrap();
     assert_eq!(bodies(&client, active, 20).await, only("v2", 20));
@@ -372,7 +408,6 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
 
     // A preview route can be added later; an app without one has no preview service, and a
     // preview must be one revision at weight 100.
-    let other = AppKey::new("default", "api");
     router.add_route(&other, free_port()).await.unwrap();
     let err = router
         .set_preview(&other, Some(&green_preview))
@@ -395,9 +430,189 @@ async fn preview_listener_serves_the_new_revision_while_active_serves_the_old_on
         .await
         .unwrap();
     assert_eq!(bodies(&client, other_preview, 10).await, only("v2", 10));
-    let half = Backend::new(Revision::from("v2"), 50, vec![green.addr]);
+    let half = Backend::new(v2(), 50);
     let err = router.set_preview(&other, Some(&half)).await.unwrap_err();
     assert!(err.to_string().contains("weight 50"), "{err}");
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_revision_without_endpoints_is_refused_and_the_old_config_keeps_serving() {
+    if !nginx_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (stable, canary) = (backend("v1").await, backend("v2").await);
+    let app = AppKey::new("default", "web");
+    let listen = free_port();
+    // v2 has no ready endpoint yet.
+    let endpoints = Arc::new(StaticEndpoints::new().with(&app, &v1(), [stable.addr]));
+    let router = builder(dir.path(), &endpoints)
+        .route(app.clone(), listen)
+        .build()
+        .unwrap();
+    router.set_split(&app, &split(0)).await.unwrap();
+    let before = std::fs::read_to_string(router.config_path()).unwrap();
+    let versions = router.versions().await;
+
+    let err = router.set_split(&app, &split(20)).await.unwrap_err();
+    match &err {
+        TrafficError::NoEndpoints {
+            router, revision, ..
+        } => assert_eq!((router.as_str(), revision), ("nginx", &v2())),
+        e => panic!("expected NoEndpoints, got {e}"),
+    }
+    assert!(err.is_retryable());
+    assert_eq!(
+        err.to_string(),
+        "nginx found no ready endpoint for default/web revision v2"
+    );
+    assert_eq!(router.versions().await, versions, "nothing was applied");
+    assert_eq!(
+        std::fs::read_to_string(router.config_path()).unwrap(),
+        before
+    );
+    assert_eq!(router.current_split(&app).await, Some(split(0)));
+    assert_eq!(count(&fresh_client(), listen, 50).await, (50, 0));
+    // The refused split is not what nginx routes.
+    assert!(matches!(
+        router.verify(&app, &split(20)).await.unwrap(),
+        Verification::Failed(_)
+    ));
+
+    // Once v2 has an instance the same split applies.
+    endpoints.add(&app, &v2(), canary.addr);
+    router.set_split(&app, &split(50)).await.unwrap();
+    let (v1, v2) = count(&fresh_client(), listen, 100).await;
+    assert!(v1 > 0 && v2 > 0, "v1 {v1}, v2 {v2}");
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_split_reloads_only_when_the_endpoints_changed() {
+    if !nginx_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (backend("a").await, backend("b").await);
+    let app = AppKey::new("default", "web");
+    let listen = free_port();
+    let endpoints = Arc::new(StaticEndpoints::new().with(&app, &v1(), [a.addr]));
+    let router = builder(dir.path(), &endpoints)
+        .route(app.clone(), listen)
+        .build()
+        .unwrap();
+    let all_v1 = TrafficSplit::single(v1());
+    router.set_split(&app, &all_v1).await.unwrap();
+    let client = fresh_client();
+    let only = |body: &str, n: usize| [(body.to_owned(), n)].into_iter().collect();
+    assert_eq!(bodies(&client, listen, 20).await, only("a", 20));
+
+    // The same split with the same endpoints: no new version, no SIGHUP.
+    let (versions, sighups) = (router.versions().await, reloads(&router));
+    router.set_split(&app, &all_v1).await.unwrap();
+    router.set_split(&app, &all_v1).await.unwrap();
+    assert_eq!(router.versions().await, versions);
+    assert_eq!(reloads(&router), sighups);
+    assert_eq!(
+        router.verify(&app, &all_v1).await.unwrap(),
+        Verification::Verified
+    );
+
+    // A second v1 instance becomes ready: verify sees nginx lagging behind, and the same
+    // split sent again reloads and sends traffic to it.
+    endpoints.add(&app, &v1(), b.addr);
+    match router.verify(&app, &all_v1).await.unwrap() {
+        Verification::Failed(reason) => assert!(
+            reason.contains(&format!("nginx routes to [{}]", a.addr))
+                && reason.contains(&b.addr.to_string()),
+            "{reason}"
+        ),
+        v => panic!("expected a failed verification, got {v:?}"),
+    }
+    router.set_split(&app, &all_v1).await.unwrap();
+    assert_eq!(router.versions().await.len(), versions.len() + 1);
+    assert_eq!(reloads(&router), sighups + 1);
+    let diff = router.versions().await.last().unwrap().diff.clone();
+    assert!(
+        diff.contains(&format!("+        server {} weight=5000;", b.addr)),
+        "{diff}"
+    );
+    let seen = bodies(&client, listen, 100).await;
+    // Two servers of equal weight: nginx's round robin alternates between them.
+    assert!(
+        (40..=60).contains(seen.get("b").unwrap_or(&0)) && seen.len() == 2,
+        "{seen:?}"
+    );
+    assert_eq!(
+        router.verify(&app, &all_v1).await.unwrap(),
+        Verification::Verified
+    );
+    let upstream = router.current_upstream(&app).await;
+    let mut both = vec![a.addr, b.addr];
+    both.sort();
+    assert_eq!(upstream.len(), 1);
+    assert_eq!(upstream[0].endpoints, both);
+
+    // The first instance goes away: the next split drops it.
+    endpoints.remove(&app, &v1(), a.addr);
+    router.set_split(&app, &all_v1).await.unwrap();
+    assert_eq!(bodies(&client, listen, 20).await, only("b", 20));
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_what_differs_from_the_split() {
+    if !nginx_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (stable, canary) = (backend("v1").await, backend("v2").await);
+    let app = AppKey::new("default", "web");
+    let router = builder(dir.path(), &endpoints(&app, &stable, &canary))
+        .route(app.clone(), free_port())
+        .build()
+        .unwrap();
+    let failed = |v: Verification| match v {
+        Verification::Failed(reason) => reason,
+        v => panic!("expected a failed verification, got {v:?}"),
+    };
+    let reason = failed(router.verify(&app, &split(20)).await.unwrap());
+    assert!(reason.contains("no split yet"), "{reason}");
+
+    router.set_split(&app, &split(20)).await.unwrap();
+    assert_eq!(
+        router.verify(&app, &split(20)).await.unwrap(),
+        Verification::Verified
+    );
+    // Other weights than nginx routes.
+    let reason = failed(router.verify(&app, &split(50)).await.unwrap());
+    assert!(
+        reason.contains("as v1 80%, v2 20%, not v1 50%, v2 50%"),
+        "{reason}"
+    );
+
+    // Someone edits the live config: verify notices, and the same split puts it right.
+    let path = router.config_path();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("# edited by hand\n");
+    std::fs::write(&path, text).unwrap();
+    let reason = failed(router.verify(&app, &split(20)).await.unwrap());
+    assert!(reason.contains("changed outside the router"), "{reason}");
+    let versions = router.versions().await.len();
+    router.set_split(&app, &split(20)).await.unwrap();
+    assert_eq!(router.versions().await.len(), versions + 1);
+    assert_eq!(
+        router.verify(&app, &split(20)).await.unwrap(),
+        Verification::Verified
+    );
+
+    // An application the router does not serve cannot be verified at all.
+    let err = router
+        .verify(&AppKey::new("x", "y"), &split(20))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("x/y is not routed"), "{err}");
     router.shutdown().await;
 }
 

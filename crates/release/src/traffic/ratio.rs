@@ -104,9 +104,7 @@ impl TrafficRouter for ReplicaRatio {
     ) -> Result<(), TrafficError> {
         // Endpoints are not needed here either; only the weight must say "one revision".
         match preview {
-            Some(b) if b.weight != 100 => {
-                Backend::new(b.revision.clone(), b.weight, Vec::new()).validate_preview()
-            }
+            Some(b) if b.weight != 100 => b.validate_preview(),
             _ => Ok(()),
         }
     }
@@ -242,14 +240,14 @@ mod tests {
     async fn replica_ratio_validates_only() {
         let app = AppKey::new("default", "web");
         let ok = TrafficSplit::new(vec![
-            Backend::new(Revision::from("a"), 80, vec![]),
-            Backend::new(Revision::from("b"), 20, vec![]),
+            Backend::new(Revision::from("a"), 80),
+            Backend::new(Revision::from("b"), 20),
         ]);
         assert!(!ReplicaRatio.routes_traffic());
         ReplicaRatio.set_split(&app, &ok).await.unwrap();
         let bad = TrafficSplit::new(vec![
-            Backend::new(Revision::from("a"), 80, vec![]),
-            Backend::new(Revision::from("b"), 30, vec![]),
+            Backend::new(Revision::from("a"), 80),
+            Backend::new(Revision::from("b"), 30),
         ]);
         let err = ReplicaRatio.set_split(&app, &bad).await.unwrap_err();
         assert!(err.to_string().contains("sum to 110"), "{err}");
@@ -258,10 +256,10 @@ mod tests {
     #[tokio::test]
     async fn replica_ratio_accepts_a_preview_and_checks_its_weight() {
         let app = AppKey::new("default", "web");
-        let green = Backend::preview(Revision::from("green"), vec![]);
+        let green = Backend::preview(Revision::from("green"));
         ReplicaRatio.set_preview(&app, Some(&green)).await.unwrap();
         ReplicaRatio.set_preview(&app, None).await.unwrap();
-        let half = Backend::new(Revision::from("green"), 50, vec![]);
+        let half = Backend::new(Revision::from("green"), 50);
         let err = ReplicaRatio
             .set_preview(&app, Some(&half))
             .await
@@ -296,47 +294,37 @@ mod tests {
 
     #[test]
     fn preview_backend_validation_names_the_problem() {
-        let ep = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))];
-        Backend::preview(Revision::from("a"), ep)
+        Backend::preview(Revision::from("a"))
             .validate_preview()
             .unwrap();
-        let empty = Backend::preview(Revision::from("a"), vec![]).validate_preview();
-        assert!(empty.unwrap_err().to_string().contains("no endpoints"));
+        let half = Backend::new(Revision::from("a"), 50).validate_preview();
+        assert!(half.unwrap_err().to_string().contains("weight 50"));
     }
 
     #[test]
     fn split_validation_names_the_problem() {
-        let ep = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 8080))];
-        let over = TrafficSplit::new(vec![Backend::new(Revision::from("a"), 120, ep.clone())]);
+        let over = TrafficSplit::new(vec![Backend::new(Revision::from("a"), 120)]);
         assert!(
-            over.validate()
+            over.validate_weights()
                 .unwrap_err()
                 .to_string()
                 .contains("weight 120, over 100")
         );
         let dup = TrafficSplit::new(vec![
-            Backend::new(Revision::from("a"), 50, ep.clone()),
-            Backend::new(Revision::from("a"), 50, ep.clone()),
+            Backend::new(Revision::from("a"), 50),
+            Backend::new(Revision::from("a"), 50),
         ]);
         assert!(
-            dup.validate()
+            dup.validate_weights()
                 .unwrap_err()
                 .to_string()
                 .contains("appears twice")
         );
-        let empty = TrafficSplit::new(vec![Backend::new(Revision::from("a"), 100, vec![])]);
-        assert!(
-            empty
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("no endpoints")
-        );
         let zero_ok = TrafficSplit::new(vec![
-            Backend::new(Revision::from("a"), 100, ep),
-            Backend::new(Revision::from("b"), 0, vec![]),
+            Backend::new(Revision::from("a"), 100),
+            Backend::new(Revision::from("b"), 0),
         ]);
-        zero_ok.validate().unwrap();
+        zero_ok.validate_weights().unwrap();
         assert_eq!(zero_ok.weight_of(&Revision::from("a")), 100);
     }
 }

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::render::{Features, RenderSettings, render};
-use super::routes::{AppRoute, PreviewRoute, RouteTable};
-use crate::traffic::{Backend, TrafficSplit};
+use super::routes::{AppRoute, PreviewRoute, RouteTable, RoutedBackend};
+use crate::traffic::Backend;
 use rorqual_core::model::{AppKey, Revision};
 
 /// The prefix golden files are rendered with; the nginx check replaces it with a temp dir.
@@ -36,22 +36,21 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn backend(revision: &str, weight: u32, ports: &[u16]) -> Backend {
-    Backend::new(
-        Revision::from(revision),
-        weight,
+fn backend(revision: &str, weight: u32, ports: &[u16]) -> RoutedBackend {
+    RoutedBackend::new(
+        &Backend::new(Revision::from(revision), weight),
         ports.iter().map(|&p| addr(p)).collect(),
     )
 }
 
-fn route(listen: u16, split: Option<Vec<Backend>>) -> AppRoute {
+fn route(listen: u16, split: Option<Vec<RoutedBackend>>) -> AppRoute {
     AppRoute {
-        split: split.map(TrafficSplit::new),
+        split,
         ..AppRoute::new(addr(listen))
     }
 }
 
-fn with_preview(mut route: AppRoute, listen: u16, backend: Option<Backend>) -> AppRoute {
+fn with_preview(mut route: AppRoute, listen: u16, backend: Option<RoutedBackend>) -> AppRoute {
     route.preview = Some(PreviewRoute {
         listen: addr(listen),
         backend,
@@ -97,7 +96,7 @@ fn cases() -> Vec<(&'static str, RenderSettings, RouteTable, u64)> {
                 with_preview(
                     route(18080, Some(vec![backend("blue", 100, &[18001])])),
                     18081,
-                    Some(Backend::preview(Revision::from("green"), vec![addr(18002)])),
+                    Some(backend("green", 100, &[18002])),
                 ),
             )]
             .into(),
@@ -142,7 +141,7 @@ fn cases() -> Vec<(&'static str, RenderSettings, RouteTable, u64)> {
                     with_preview(
                         route(18090, Some(vec![backend("blue", 100, &[18011])])),
                         18091,
-                        Some(Backend::preview(Revision::from("green"), vec![addr(18012)])),
+                        Some(backend("green", 100, &[18012])),
                     ),
                 ),
                 (AppKey::new("shop", "new"), route(18095, None)),

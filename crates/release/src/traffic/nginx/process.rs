@@ -159,6 +159,28 @@ impl NginxProcess {
         self.await_version(version, &old).await
     }
 
+    /// The config version nginx's workers serve now, as its control server answers it.
+    pub(super) async fn served_version(&self) -> Result<u64, String> {
+        let resp = self
+            .client
+            .get(&self.version_url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .map_err(|e| format!("asking nginx's control server {}: {e}", self.version_url))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| format!("reading nginx's control server answer: {e}"))?;
+        text.trim().parse().map_err(|_| {
+            format!(
+                "nginx's control server {} answered {:?}, not a config version",
+                self.version_url,
+                text.trim()
+            )
+        })
+    }
+
     /// Sends `signal` to the master.
     pub(super) fn signal(&mut self, signal: Signal) -> Result<(), String> {
         let master = self.master.as_mut().ok_or("nginx master is not running")?;

@@ -6,8 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::routes::RouteTable;
-use crate::traffic::Backend;
+use super::routes::{RouteTable, RoutedBackend};
 use rorqual_core::model::AppKey;
 
 /// The path the control server answers the config version on.
@@ -100,17 +99,13 @@ pub(super) fn render(s: &RenderSettings, routes: &RouteTable, version: u64) -> S
         let live: Vec<_> = route
             .split
             .iter()
-            .flat_map(|s| s.backends.iter())
-            .filter(|b| b.weight > 0 && !b.endpoints.is_empty())
+            .flatten()
+            .filter(|b| b.is_live())
             .collect();
         let _ = writeln!(c, "    # {app}");
         render_server(&mut c, &upstream_name(app), route.listen, &live);
         if let Some(p) = &route.preview {
-            let live: Vec<_> = p
-                .backend
-                .iter()
-                .filter(|b| !b.endpoints.is_empty())
-                .collect();
+            let live: Vec<_> = p.backend.iter().filter(|b| b.is_live()).collect();
             let _ = writeln!(c, "    # {app} preview");
             // `-` never appears in `upstream_name`'s cleaned parts, so no app's active
             // upstream can be called this.
@@ -124,7 +119,7 @@ pub(super) fn render(s: &RenderSettings, routes: &RouteTable, version: u64) -> S
 
 /// One `server` on `listen` proxying to a weighted `upstream` over `live` (at least one
 /// endpoint each), or answering 503 when `live` is empty.
-fn render_server(c: &mut String, upstream: &str, listen: SocketAddr, live: &[&Backend]) {
+fn render_server(c: &mut String, upstream: &str, listen: SocketAddr, live: &[&RoutedBackend]) {
     if !live.is_empty() {
         let _ = writeln!(c, "    upstream {upstream} {{");
         for b in live {
@@ -177,8 +172,15 @@ fn upstream_name(app: &AppKey) -> String {
 mod tests {
     use super::super::routes::{AppRoute, PreviewRoute};
     use super::*;
-    use crate::traffic::TrafficSplit;
+    use crate::traffic::Backend;
     use rorqual_core::model::Revision;
+
+    fn routed(revision: &str, weight: u32, endpoints: &[&str]) -> RoutedBackend {
+        RoutedBackend::new(
+            &Backend::new(Revision::from(revision), weight),
+            endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        )
+    }
 
     fn settings() -> RenderSettings {
         RenderSettings {
@@ -194,26 +196,11 @@ mod tests {
     #[test]
     fn renders_weights_per_endpoint_and_drops_zero_weight_revisions() {
         let app = AppKey::new("games", "lobby");
-        let split = TrafficSplit::new(vec![
-            Backend::new(
-                Revision::from("stable"),
-                80,
-                vec![
-                    "127.0.0.1:8001".parse().unwrap(),
-                    "127.0.0.1:8002".parse().unwrap(),
-                ],
-            ),
-            Backend::new(
-                Revision::from("canary"),
-                20,
-                vec!["127.0.0.1:8003".parse().unwrap()],
-            ),
-            Backend::new(
-                Revision::from("old"),
-                0,
-                vec!["127.0.0.1:8004".parse().unwrap()],
-            ),
-        ]);
+        let split = vec![
+            routed("stable", 80, &["127.0.0.1:8002", "127.0.0.1:8001"]),
+            routed("canary", 20, &["127.0.0.1:8003"]),
+            routed("old", 0, &["127.0.0.1:8004"]),
+        ];
         let routes = [(
             app,
             AppRoute {
@@ -227,6 +214,10 @@ mod tests {
         assert!(c.contains("upstream rorqual_games__lobby {"), "{c}");
         assert!(c.contains("server 127.0.0.1:8001 weight=4000;"), "{c}");
         assert!(c.contains("server 127.0.0.1:8002 weight=4000;"), "{c}");
+        assert!(
+            c.find(":8001 ") < c.find(":8002 "),
+            "endpoints render sorted, whatever order they came in: {c}"
+        );
         assert!(c.contains("server 127.0.0.1:8003 weight=2000;"), "{c}");
         assert!(
             !c.contains("8004"),
@@ -252,14 +243,12 @@ mod tests {
     #[test]
     fn a_preview_server_serves_its_revision_alone_or_503() {
         let app = AppKey::new("shop", "web");
-        let blue: SocketAddr = "127.0.0.1:8001".parse().unwrap();
-        let green: SocketAddr = "127.0.0.1:8002".parse().unwrap();
-        let route = |backend: Option<Backend>| {
+        let route = |backend: Option<RoutedBackend>| {
             [(
                 app.clone(),
                 AppRoute {
                     listen: "127.0.0.1:8080".parse().unwrap(),
-                    split: Some(TrafficSplit::single(Revision::from("blue"), vec![blue])),
+                    split: Some(vec![routed("blue", 100, &["127.0.0.1:8001"])]),
                     preview: Some(PreviewRoute {
                         listen: "127.0.0.1:8081".parse().unwrap(),
                         backend,
@@ -270,7 +259,7 @@ mod tests {
         };
         let c = render(
             &settings(),
-            &route(Some(Backend::preview(Revision::from("green"), vec![green]))),
+            &route(Some(routed("green", 100, &["127.0.0.1:8002"]))),
             2,
         );
         let preview = c.split("# shop/web preview").nth(1).unwrap();

@@ -1,12 +1,56 @@
 //! The route table — which application nginx serves on which address, with which split and
-//! preview — and the history of applied config versions. No I/O.
+//! preview, each revision resolved to its endpoints — and the history of applied config
+//! versions. No I/O.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::traffic::{Backend, TrafficError, TrafficSplit};
-use rorqual_core::model::AppKey;
+use rorqual_core::model::{AppKey, Revision};
+
+/// A revision as nginx routes it: its weight and the endpoints its upstream lists (the
+/// revision's ready endpoints when the split or preview was applied, sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RoutedBackend {
+    /// The revision.
+    pub revision: Revision,
+    /// Its weight in percent (100 for a preview).
+    pub weight: u32,
+    /// The `server` addresses of its share of the upstream; empty for a weight-0 revision,
+    /// which nginx leaves out.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl RoutedBackend {
+    /// `backend` over `endpoints` (sorted and deduplicated here, so that the same set always
+    /// renders the same config).
+    pub(super) fn new(backend: &Backend, mut endpoints: Vec<SocketAddr>) -> Self {
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        RoutedBackend {
+            revision: backend.revision.clone(),
+            weight: backend.weight,
+            endpoints,
+        }
+    }
+
+    /// The split's entry for this revision (weight only).
+    pub(super) fn to_backend(&self) -> Backend {
+        Backend::new(self.revision.clone(), self.weight)
+    }
+
+    /// Whether the upstream lists it: a positive weight over at least one endpoint.
+    pub(super) fn is_live(&self) -> bool {
+        self.weight > 0 && !self.endpoints.is_empty()
+    }
+}
+
+/// The split nginx routes, weights only.
+pub(super) fn to_split(routed: &[RoutedBackend]) -> TrafficSplit {
+    TrafficSplit::new(routed.iter().map(RoutedBackend::to_backend).collect())
+}
 
 /// One applied config, with the unified diff from the one before.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +73,9 @@ pub(super) type RouteTable = BTreeMap<AppKey, AppRoute>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct AppRoute {
     pub(super) listen: SocketAddr,
-    /// `None` until the first split: the server answers 503.
-    pub(super) split: Option<TrafficSplit>,
+    /// `None` until the first split: the server answers 503. One entry per revision of the
+    /// split, in its order.
+    pub(super) split: Option<Vec<RoutedBackend>>,
     pub(super) preview: Option<PreviewRoute>,
 }
 
@@ -38,7 +83,7 @@ pub(super) struct AppRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PreviewRoute {
     pub(super) listen: SocketAddr,
-    pub(super) backend: Option<Backend>,
+    pub(super) backend: Option<RoutedBackend>,
 }
 
 impl AppRoute {
@@ -74,15 +119,15 @@ pub(super) fn route_table(
         );
     for (name, addr) in listens {
         if let Some(other) = seen.insert(*addr, name.clone()) {
-            return Err(TrafficError::InvalidSplit {
-                reason: format!("{name} and {other} both listen on {addr}"),
-            });
+            return Err(config_error(format!(
+                "{name} and {other} both listen on {addr}"
+            )));
         }
     }
     if let Some(app) = previews.keys().find(|a| !routes.contains_key(*a)) {
-        return Err(TrafficError::InvalidSplit {
-            reason: format!("preview route for {app} needs an active route for it too"),
-        });
+        return Err(config_error(format!(
+            "preview route for {app} needs an active route for it too"
+        )));
     }
     Ok(routes
         .into_iter()
@@ -123,12 +168,18 @@ pub(super) fn check_free(
             r.listens().any(|l| l == listen)
         };
         if taken {
-            return Err(TrafficError::InvalidSplit {
-                reason: format!("{a} already listens on {listen}"),
-            });
+            return Err(config_error(format!("{a} already listens on {listen}")));
         }
     }
     Ok(())
+}
+
+/// A [`TrafficError::Config`] of the nginx router.
+pub(super) fn config_error(reason: String) -> TrafficError {
+    TrafficError::Config {
+        router: "nginx".into(),
+        reason,
+    }
 }
 
 /// The error for an application this router does not serve.
