@@ -110,11 +110,22 @@ pub(super) fn assess(
     if let Some(count) = spec.effective_count()
         && r.count >= count
     {
+        // Argo's rule: a success limit not reached by `count` is Inconclusive while the failure
+        // limit also applies (neither limit decided), and Failed when the failure limit is
+        // disabled (−1), the success limit then being the only criterion.
         if spec.consecutive_success_limit > 0 {
+            let (phase, failure) = if spec.failure_limit >= 0 {
+                (
+                    AnalysisPhase::Inconclusive,
+                    format!("failureLimit {} not exceeded either", spec.failure_limit),
+                )
+            } else {
+                (AnalysisPhase::Failed, "failureLimit disabled".to_owned())
+            };
             return (
-                AnalysisPhase::Failed,
+                phase,
                 Some(format!(
-                    "{count} measurements without {} consecutive successes; {last}",
+                    "{count} measurements without {} consecutive successes ({failure}); {last}",
                     spec.consecutive_success_limit
                 )),
             );
@@ -263,7 +274,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn consecutive_success_limit_succeeds_early_or_fails_at_count() {
+    async fn consecutive_success_limit_succeeds_early_or_fails_at_count_without_failure_limit() {
         let make = || {
             MetricSpec::new("m", fake())
                 .interval(Duration::from_secs(1))
@@ -295,6 +306,45 @@ mod tests {
                 .unwrap()
                 .contains("without 2 consecutive successes")
         );
+    }
+
+    /// Argo: with the failure limit in force, running out of measurements without the streak
+    /// decides nothing (Inconclusive, the rollout pauses); it used to fail the metric.
+    #[tokio::test]
+    async fn consecutive_success_limit_not_reached_at_count_is_inconclusive() {
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(4)
+            .failure_limit(2)
+            .consecutive_success_limit(3)
+            .success_condition("result");
+        let answers = [true, false, true, true].map(|b| Ok(json!(b)));
+        let p = Scripted::new(answers.into());
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.len(), 4);
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Inconclusive));
+        assert_eq!(run.metrics()[0].phase, AnalysisPhase::Inconclusive);
+        let msg = run.message().unwrap();
+        assert!(
+            msg.contains("metric `m` inconclusive")
+                && msg.contains("4 measurements without 3 consecutive successes")
+                && msg.contains("failureLimit 2 not exceeded"),
+            "{msg}"
+        );
+        assert_eq!(run.next_due(), None, "Inconclusive is terminal");
+
+        // The default failure limit (0) applies too: an error breaks the streak without
+        // counting, so three measurements end with a streak of two.
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(3)
+            .consecutive_success_limit(3)
+            .success_condition("result > 0");
+        let p = Scripted::new(vec![Ok(json!(1)), err(), Ok(json!(1)), Ok(json!(1))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Inconclusive));
     }
 
     #[tokio::test]

@@ -89,8 +89,10 @@ pub struct MetricSpec {
     /// disables.
     #[serde(default = "default_consecutive_error_limit")]
     pub consecutive_error_limit: i32,
-    /// Consecutive successful measurements after which the metric succeeds early; when set,
-    /// reaching `count` without them fails the metric. Default 0 (off).
+    /// Consecutive successful measurements after which the metric succeeds early. Default 0
+    /// (off). When set, reaching `count` without the streak is Inconclusive (the rollout
+    /// pauses) while `failureLimit` applies, and Failed when `failureLimit` is −1 (the streak
+    /// is then the only success criterion), as in Argo.
     #[serde(default)]
     pub consecutive_success_limit: u32,
     /// Where the value comes from.
