@@ -2,8 +2,9 @@
 //!
 //! The semantics are Argo Rollouts' `AnalysisRun` (field names included), minus the upstream
 //! defects: `consecutiveErrorLimit` (default 4) is applied, `consecutiveSuccessLimit` is
-//! supported, and a run never stays Inconclusive forever — Inconclusive is terminal and the
-//! controller pauses with the run's message.
+//! supported (and checked when `count` runs out, where BCS forgets it), BCS HookRun's
+//! `successfulLimit` is supported too, and a run never stays Inconclusive forever —
+//! Inconclusive is terminal and the controller pauses with the run's message.
 //!
 //! - [`AnalysisSpec`]: arguments and metrics (interval, count, initialDelay, CEL
 //!   success/failure conditions, limits, a provider);

@@ -95,8 +95,24 @@ pub struct MetricSpec {
     /// is then the only success criterion), as in Argo.
     #[serde(default)]
     pub consecutive_success_limit: u32,
+    /// Successful measurements in total (not necessarily in a row) after which the metric
+    /// succeeds early: BCS HookRun's `successfulLimit`. Default 0 (off).
+    ///
+    /// As in BCS, the limit is checked after `failureLimit` and before the inconclusive and
+    /// error limits, and it ends a metric that would otherwise run until terminated
+    /// (`interval` without `count`): "poll until it has worked N times". Where rorqual
+    /// differs: BCS passes a metric that reaches `count` without reaching this limit; here,
+    /// as for `consecutiveSuccessLimit`, that is Inconclusive while `failureLimit` applies and
+    /// Failed when `failureLimit` is −1. A limit above the number of measurements is rejected
+    /// by validation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub successful_limit: u32,
     /// Where the value comes from.
     pub provider: ProviderSpec,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_consecutive_error_limit() -> i32 {
@@ -346,6 +362,7 @@ impl MetricSpec {
             inconclusive_limit: 0,
             consecutive_error_limit: DEFAULT_CONSECUTIVE_ERROR_LIMIT,
             consecutive_success_limit: 0,
+            successful_limit: 0,
             provider,
         }
     }
@@ -410,6 +427,14 @@ impl MetricSpec {
     #[must_use]
     pub fn consecutive_success_limit(mut self, limit: u32) -> Self {
         self.consecutive_success_limit = limit;
+        self
+    }
+
+    /// Sets the total successes after which the metric succeeds (BCS `successfulLimit`; 0:
+    /// off).
+    #[must_use]
+    pub fn successful_limit(mut self, limit: u32) -> Self {
+        self.successful_limit = limit;
         self
     }
 
@@ -565,6 +590,18 @@ impl MetricSpec {
                 format!(
                     "{} consecutive successes can never happen in {c} measurements",
                     self.consecutive_success_limit
+                ),
+            );
+        }
+        if self.successful_limit > 0
+            && let Some(c) = self.effective_count()
+            && c < self.successful_limit
+        {
+            return err(
+                "successfulLimit",
+                format!(
+                    "{} successes can never happen in {c} measurements",
+                    self.successful_limit
                 ),
             );
         }
