@@ -115,6 +115,20 @@ async fn web_provider_templates_url_and_headers_and_follows_the_json_path() {
     assert_eq!(m.count, 2);
     assert_eq!(m.measurements[0].value, Some(json!(0.01)));
 
+    // Argo writes the JSONPath in Kubernetes' braced form.
+    let mut braced = spec.clone();
+    if let ProviderSpec::Web(w) = &mut braced.metrics[0].provider {
+        w.json_path = Some("{$.data.errorRate}".into());
+    }
+    let run = run_to_end(&braced, &[("service", "good")]).await;
+    assert_eq!(
+        run.phase(),
+        AnalysisPhase::Successful,
+        "{:?}",
+        run.message()
+    );
+    assert_eq!(run.metrics()[0].measurements[0].value, Some(json!(0.01)));
+
     let run = run_to_end(&spec, &[("service", "bad")]).await;
     assert_eq!(run.phase(), AnalysisPhase::Failed);
     assert!(

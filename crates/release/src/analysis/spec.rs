@@ -230,7 +230,9 @@ pub struct WebMetric {
     /// Request timeout in seconds (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
-    /// JSONPath to the value in the response (`$.data.ok`); absent: the whole document.
+    /// JSONPath (RFC 9535) to the value in the response: `$.data.ok`, or Argo's Kubernetes
+    /// form in braces, `{$.data.ok}` (also `{.data.ok}`, the root implied); absent: the whole
+    /// document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_path: Option<String>,
 }
@@ -329,7 +331,8 @@ pub struct CommandMetric {
     /// Kill the program after this long (default 60 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<GoDuration>,
-    /// JSONPath to the value in the output; absent: the whole output.
+    /// JSONPath to the value in the output (`$.healthy` or `{$.healthy}`, as for the web
+    /// provider); absent: the whole output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_path: Option<String>,
 }
@@ -701,9 +704,28 @@ impl ProviderSpec {
     }
 }
 
+/// A `jsonPath` as RFC 9535 wants it: Argo writes Kubernetes' template form, one expression in
+/// braces (`{$.data.ok}`, or `{.data.ok}` with the root implied); the braces are dropped and a
+/// missing `$` root is added. Anything else is returned trimmed, as written.
+pub(crate) fn normalize_json_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = path.trim();
+    let Some(inner) = trimmed
+        .strip_prefix('{')
+        .and_then(|rest| rest.strip_suffix('}'))
+        .map(str::trim)
+    else {
+        return trimmed.into();
+    };
+    if inner.starts_with('.') || inner.starts_with('[') {
+        format!("${inner}").into()
+    } else {
+        inner.into()
+    }
+}
+
 fn check_json_path(path: Option<&str>, field: &str) -> Result<(), (String, String)> {
     match path {
-        Some(p) => serde_json_path::JsonPath::parse(p)
+        Some(p) => serde_json_path::JsonPath::parse(&normalize_json_path(p))
             .map(|_| ())
             .map_err(|e| (field.to_owned(), format!("`{p}` is not a JSONPath: {e}"))),
         None => Ok(()),
@@ -752,6 +774,15 @@ mod yaml_tests {
                 .contains("expected one of `web`, `prometheus`"),
             "{tagged}"
         );
+
+        // Argo's braced JSONPath validates; a broken one is named with its field.
+        let braced: ProviderSpec =
+            yaml_serde::from_str("web:\n  url: http://x\n  jsonPath: \"{$.data.ok}\"\n").unwrap();
+        assert_eq!(braced.validate(), Ok(()));
+        let broken = ProviderSpec::Web(WebMetric::get("http://x").json_path("{$.data["));
+        let (field, reason) = broken.validate().unwrap_err();
+        assert_eq!(field, "provider.web.jsonPath");
+        assert!(reason.contains("`{$.data[` is not a JSONPath"), "{reason}");
 
         // Why the work-around is still needed: a derived enum wants the tag form.
         #[derive(Debug, PartialEq, Deserialize)]
