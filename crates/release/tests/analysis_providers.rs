@@ -71,7 +71,8 @@ async fn run_to_end(spec: &AnalysisSpec, args: &[(&str, &str)]) -> AnalysisRun {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let providers = Providers::with_defaults();
+    // The command provider runs programs, so it is never a default: this test opts in.
+    let providers = Providers::with_defaults().with_command();
     let mut run = AnalysisRun::new(spec, args, SystemTime::now()).unwrap();
     for _ in 0..20 {
         let Some(due) = run.next_due() else { break };

@@ -11,7 +11,8 @@
 //! - [`AnalysisRun`]: the pure state machine, serialisable, ticked with `now`;
 //! - [`MetricProvider`] and the registry [`Providers`]: `WebProvider` (HTTP + JSONPath, feature
 //!   `web`), `PrometheusProvider` (instant queries, feature `prometheus`), `CommandProvider` (a
-//!   program's output, feature `command`, opt-in) and any provider the host registers.
+//!   program's output, feature `command`, never a default: `Providers::with_command`) and
+//!   any provider the host registers.
 //!
 //! Outcome of one measurement: neither condition set → Successful; only the success condition
 //! → Failed when it is false; only the failure condition → Successful when it is false; both

@@ -112,15 +112,23 @@ impl ProviderError {
 /// A metric whose kind has no provider errors at once (it is not retried); when the kind is a
 /// built-in one whose cargo feature is off, the error names the provider and the feature.
 ///
+/// The `command` provider runs programs named in analysis specs, so whoever can write a spec
+/// can run programs on the controller's host: it is never among the defaults, even with its
+/// cargo feature on, and a host registers it explicitly with `Providers::with_command`.
+///
 /// ```
 /// use rorqual_release::analysis::Providers;
 ///
 /// let providers = Providers::with_defaults();
 /// # #[cfg(all(feature = "prometheus", feature = "web"))]
 /// assert!(providers.get("prometheus").is_some() && providers.get("web").is_some());
-/// // `command` runs programs named in specs, so it is opt-in (feature `command`).
-/// # #[cfg(not(feature = "command"))]
 /// assert!(providers.get("command").is_none());
+/// # #[cfg(feature = "command")]
+/// # {
+/// // Opting in (feature `command`):
+/// let providers = Providers::with_defaults().with_command();
+/// assert!(providers.get("command").is_some());
+/// # }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Providers {
@@ -133,8 +141,8 @@ impl Providers {
         Providers::default()
     }
 
-    /// The built-in providers compiled in: web (feature `web`), prometheus (feature
-    /// `prometheus`) and command (feature `command`, off by default).
+    /// The built-in network providers compiled in: web (feature `web`) and prometheus (feature
+    /// `prometheus`). Never `command`, which runs programs: see [`Providers::with_command`].
     pub fn with_defaults() -> Self {
         #[allow(unused_mut)] // without any provider feature there is nothing to add
         let mut providers = Providers::new();
@@ -142,9 +150,16 @@ impl Providers {
         providers.insert(Arc::new(WebProvider::new()));
         #[cfg(feature = "prometheus")]
         providers.insert(Arc::new(PrometheusProvider::new()));
-        #[cfg(feature = "command")]
-        providers.insert(Arc::new(CommandProvider::new()));
         providers
+    }
+
+    /// Adds the [`CommandProvider`] (feature `command`): metrics may then run any program their
+    /// spec names, with the controller's privileges. Only for hosts whose analysis specs come
+    /// from trusted authors.
+    #[cfg(feature = "command")]
+    #[must_use]
+    pub fn with_command(self) -> Self {
+        self.with(Arc::new(CommandProvider::new()))
     }
 
     /// Adds (or replaces) the provider for its kind.
@@ -197,10 +212,16 @@ impl Providers {
             );
         }
         let have: Vec<&str> = self.by_kind.keys().map(String::as_str).collect();
+        let hint = if kind == "command" {
+            "; the command provider runs programs, so it is opt-in: \
+             register it with `Providers::with_command()`"
+        } else {
+            ""
+        };
         ProviderError::config(
             kind,
             format!(
-                "no provider of kind `{kind}` is registered (have: {})",
+                "no provider of kind `{kind}` is registered (have: {}){hint}",
                 if have.is_empty() {
                     "none".to_owned()
                 } else {
@@ -218,33 +239,35 @@ mod tests {
     use crate::analysis::{CommandMetric, ProviderSpec};
 
     #[tokio::test]
-    async fn a_provider_whose_feature_is_off_is_named_with_its_feature() {
+    async fn command_is_never_a_default_and_its_absence_is_explained() {
         let metric = MetricSpec::new("probe", ProviderSpec::Command(CommandMetric::new(["true"])));
+        let defaults = Providers::with_defaults();
+        assert!(
+            defaults.get("command").is_none(),
+            "even with the feature on"
+        );
+        let err = defaults
+            .measure(&metric, &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(err.is_permanent(), "{err}");
         if cfg!(feature = "command") {
-            assert!(Providers::with_defaults().get("command").is_some());
+            assert!(
+                err.to_string()
+                    .contains("it is opt-in: register it with `Providers::with_command()`"),
+                "{err}"
+            );
         } else {
-            let err = Providers::with_defaults()
-                .measure(&metric, &BTreeMap::new())
-                .await
-                .unwrap_err();
-            assert!(err.is_permanent(), "{err}");
             assert_eq!(
                 err.to_string(),
                 "command: the `command` provider is not compiled in: enable the `command` \
                  feature of rorqual-release"
             );
         }
-        // A registry without it: the same sentence when the feature is off, "not registered"
-        // when it is on.
-        let err = Providers::new()
-            .measure(&metric, &BTreeMap::new())
-            .await
-            .unwrap_err();
-        let expected = if cfg!(feature = "command") {
-            "no provider of kind `command` is registered (have: none)"
-        } else {
-            "enable the `command` feature"
-        };
-        assert!(err.to_string().contains(expected), "{err}");
+        #[cfg(feature = "command")]
+        {
+            let opted_in = Providers::with_defaults().with_command();
+            assert_eq!(opted_in.get("command").unwrap().kind(), "command");
+        }
     }
 }
