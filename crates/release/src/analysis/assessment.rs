@@ -461,7 +461,7 @@ mod tests {
         let e = impossible.validate(&BTreeMap::new()).unwrap_err();
         assert!(
             e.to_string()
-                .contains("successfulLimit: 2 successes can never happen in 1 measurements"),
+                .contains("metrics[0].successfulLimit (metric `m`): 2 successes can never happen in 1 measurements"),
             "{e}"
         );
     }

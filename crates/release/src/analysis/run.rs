@@ -383,7 +383,8 @@ mod tests {
         let count = spec(MetricSpec::new("m", fake()).count(3));
         let e = count.validate(&none).unwrap_err();
         assert!(
-            e.to_string().contains("count: count 3 needs an interval"),
+            e.to_string()
+                .contains("metrics[0].count (metric `m`): count 3 needs an interval"),
             "{e}"
         );
 

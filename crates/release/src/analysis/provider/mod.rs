@@ -32,6 +32,15 @@ const BUILT_IN: [(&str, bool); 3] = [
     ("command", cfg!(feature = "command")),
 ];
 
+/// The cargo feature to turn on for a built-in `kind` that is not compiled in (each built-in
+/// kind's feature has its name).
+pub(crate) fn feature_off(kind: &str) -> Option<&'static str> {
+    BUILT_IN
+        .iter()
+        .find(|(k, on)| *k == kind && !on)
+        .map(|(k, _)| *k)
+}
+
 /// Measures metrics of one provider kind.
 ///
 /// `measure` gets the metric with `{{args.x}}` already substituted, and the run's arguments.
@@ -48,6 +57,17 @@ pub trait MetricProvider: Send + Sync + Debug + 'static {
         metric: &MetricSpec,
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ProviderError>;
+
+    /// Whether this provider measures metrics of `kind` (by default: `kind` is
+    /// [`kind`](MetricProvider::kind)). A registry answers for each provider it holds.
+    fn supports(&self, kind: &str) -> bool {
+        kind == self.kind()
+    }
+
+    /// The kinds this provider measures, for error messages (by default its own kind).
+    fn kinds(&self) -> Vec<String> {
+        vec![self.kind().to_owned()]
+    }
 }
 
 /// Why a measurement produced no value.
@@ -197,38 +217,20 @@ impl MetricProvider for Providers {
             None => Err(self.missing(kind)),
         }
     }
+
+    fn supports(&self, kind: &str) -> bool {
+        self.by_kind.contains_key(kind)
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.by_kind.keys().cloned().collect()
+    }
 }
 
 impl Providers {
     /// The error for a metric of `kind` without a registered provider.
     fn missing(&self, kind: &str) -> ProviderError {
-        if BUILT_IN.contains(&(kind, false)) {
-            return ProviderError::config(
-                kind,
-                format!(
-                    "the `{kind}` provider is not compiled in: enable the `{kind}` feature of \
-                     rorqual-release"
-                ),
-            );
-        }
-        let have: Vec<&str> = self.by_kind.keys().map(String::as_str).collect();
-        let hint = if kind == "command" {
-            "; the command provider runs programs, so it is opt-in: \
-             register it with `Providers::with_command()`"
-        } else {
-            ""
-        };
-        ProviderError::config(
-            kind,
-            format!(
-                "no provider of kind `{kind}` is registered (have: {}){hint}",
-                if have.is_empty() {
-                    "none".to_owned()
-                } else {
-                    have.join(", ")
-                }
-            ),
-        )
+        ProviderError::config(kind, super::spec::missing_provider(kind, &self.kinds()))
     }
 }
 
