@@ -8,7 +8,13 @@
 //!
 //! - [`AnalysisSpec`]: arguments and metrics (interval, count, initialDelay, CEL
 //!   success/failure conditions, limits, a provider);
-//! - [`AnalysisRun`]: the pure state machine, serialisable, ticked with `now`;
+//! - [`AnalysisRun`]: the pure state machine, serialisable: [`AnalysisRun::due`] hands out
+//!   owned [`PendingMeasurement`]s a controller can spawn, [`AnalysisRun::record`] applies
+//!   their results (ignoring stale and duplicate ones), [`AnalysisRun::tick`] does both in
+//!   place;
+//! - long measurements (Argo's job shape): a provider may answer [`MeasureOutcome::Running`]
+//!   with a handle, resumed when next due and terminated when the run ends
+//!   ([`AnalysisRun::take_abandoned`]);
 //! - [`MetricProvider`] and the registry [`Providers`]: `WebProvider` (HTTP + JSONPath, feature
 //!   `web`), `PrometheusProvider` (instant queries, feature `prometheus`), `CommandProvider` (a
 //!   program's output, feature `command`, never a default: `Providers::with_command`) and
@@ -75,15 +81,17 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationError, GoDuration};
-pub use measurement::{ERROR_RETRY_INTERVAL, MEASUREMENTS_KEPT, Measurement, MetricResult};
+pub use measurement::{
+    ERROR_RETRY_INTERVAL, InProgress, MEASUREMENTS_KEPT, Measurement, MetricResult,
+};
 #[cfg(feature = "command")]
 pub use provider::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
-pub use provider::{MetricProvider, ProviderError, Providers};
+pub use provider::{MeasureOutcome, MetricProvider, ProviderError, Providers};
 #[cfg(feature = "prometheus")]
 pub use provider::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
 #[cfg(feature = "web")]
 pub use provider::{WEB_DEFAULT_TIMEOUT, WebProvider};
-pub use run::AnalysisRun;
+pub use run::{AnalysisRun, CompletedMeasurement, PendingMeasurement, RunningMeasurement};
 pub use spec::{
     AnalysisSpec, ArgSpec, CommandMetric, DEFAULT_CONSECUTIVE_ERROR_LIMIT, Header, MetricSpec,
     PrometheusMetric, ProviderSpec, WebMetric,

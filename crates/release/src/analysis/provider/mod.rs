@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -41,10 +42,33 @@ pub(crate) fn feature_off(kind: &str) -> Option<&'static str> {
         .map(|(k, _)| *k)
 }
 
+/// What a provider answers when it starts or resumes a measurement.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum MeasureOutcome {
+    /// The measurement is complete: the value the conditions see as `result`.
+    Done(serde_json::Value),
+    /// The measurement goes on (a job, a long program): the run keeps `handle` (persisted with
+    /// the run, so it should be small JSON) and calls [`MetricProvider::resume`] with it
+    /// once `resume_after` has passed, or [`MetricProvider::terminate`] if the run ends first.
+    Running {
+        /// What the provider needs to find the measurement again.
+        handle: serde_json::Value,
+        /// How long to wait before resuming it.
+        resume_after: Duration,
+    },
+}
+
 /// Measures metrics of one provider kind.
 ///
 /// `measure` gets the metric with `{{args.x}}` already substituted, and the run's arguments.
 /// It returns the value the conditions see as `result`.
+///
+/// Long measurements (Argo's job provider shape) are optional: a provider whose measurement
+/// may outlast one call overrides [`start`](MetricProvider::start) to answer
+/// [`MeasureOutcome::Running`], and then must implement [`resume`](MetricProvider::resume)
+/// (and should implement [`terminate`](MetricProvider::terminate)); by default `start` is
+/// `measure` and the other two answer [`ProviderError::Unsupported`].
 #[async_trait]
 pub trait MetricProvider: Send + Sync + Debug + 'static {
     /// The provider kind this measures: `web`, `prometheus`, `command` or a plugin's kind
@@ -57,6 +81,49 @@ pub trait MetricProvider: Send + Sync + Debug + 'static {
         metric: &MetricSpec,
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ProviderError>;
+
+    /// Starts a measurement that may outlast this call. By default, [`measure`]
+    /// (MetricProvider::measure), complete at once.
+    async fn start(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        self.measure(metric, args).await.map(MeasureOutcome::Done)
+    }
+
+    /// Checks on a measurement that [`start`](MetricProvider::start) (or an earlier
+    /// `resume`) answered as running, with its `handle`: done, or still running (with the
+    /// same or a new handle). Required of a provider that answers
+    /// [`MeasureOutcome::Running`]; by default unsupported, which errors the metric.
+    async fn resume(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        let _ = (metric, args, handle);
+        Err(ProviderError::unsupported(
+            self.kind(),
+            "resuming a running measurement",
+        ))
+    }
+
+    /// Stops a running measurement whose run no longer waits for it (the run was terminated,
+    /// or another metric ended it). Stopping one that already ended is not an error. By
+    /// default unsupported.
+    async fn terminate(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        let _ = (metric, args, handle);
+        Err(ProviderError::unsupported(
+            self.kind(),
+            "terminating a running measurement",
+        ))
+    }
 
     /// Whether this provider measures metrics of `kind` (by default: `kind` is
     /// [`kind`](MetricProvider::kind)). A registry answers for each provider it holds.
@@ -92,6 +159,15 @@ pub enum ProviderError {
         /// What went wrong, naming the URL, query or program.
         reason: String,
     },
+    /// The provider does not offer an optional capability (resuming or terminating a running
+    /// measurement); permanent.
+    #[error("{provider}: does not support {capability}")]
+    Unsupported {
+        /// The provider kind.
+        provider: String,
+        /// What it was asked to do.
+        capability: &'static str,
+    },
     /// The metric cannot be measured at all (no provider of its kind, wrong spec for this
     /// provider); errors the metric at once instead of retrying.
     #[error("{provider}: {reason}")]
@@ -120,9 +196,20 @@ impl ProviderError {
         }
     }
 
+    /// `provider` does not offer `capability`.
+    pub fn unsupported(provider: &str, capability: &'static str) -> Self {
+        ProviderError::Unsupported {
+            provider: provider.to_owned(),
+            capability,
+        }
+    }
+
     /// Whether retrying cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ProviderError::Config { .. })
+        matches!(
+            self,
+            ProviderError::Config { .. } | ProviderError::Unsupported { .. }
+        )
     }
 }
 
@@ -211,11 +298,35 @@ impl MetricProvider for Providers {
         metric: &MetricSpec,
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ProviderError> {
-        let kind = metric.provider.kind();
-        match self.by_kind.get(kind) {
-            Some(p) => p.measure(metric, args).await,
-            None => Err(self.missing(kind)),
-        }
+        self.provider_of(metric)?.measure(metric, args).await
+    }
+
+    async fn start(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        self.provider_of(metric)?.start(metric, args).await
+    }
+
+    async fn resume(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        self.provider_of(metric)?.resume(metric, args, handle).await
+    }
+
+    async fn terminate(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        self.provider_of(metric)?
+            .terminate(metric, args, handle)
+            .await
     }
 
     fn supports(&self, kind: &str) -> bool {
@@ -228,6 +339,12 @@ impl MetricProvider for Providers {
 }
 
 impl Providers {
+    /// The provider of `metric`'s kind.
+    fn provider_of(&self, metric: &MetricSpec) -> Result<&Arc<dyn MetricProvider>, ProviderError> {
+        let kind = metric.provider.kind();
+        self.by_kind.get(kind).ok_or_else(|| self.missing(kind))
+    }
+
     /// The error for a metric of `kind` without a registered provider.
     fn missing(&self, kind: &str) -> ProviderError {
         ProviderError::config(kind, super::spec::missing_provider(kind, &self.kinds()))
