@@ -13,7 +13,8 @@
 //! bundled Mozilla roots; `root_certificates_pem` on each adds a private CA.
 //!
 //! Cargo features (see `Cargo.toml`): `prometheus`, `web`, `nginx`, `http-api` and `webhook`
-//! are on by default; `command` (a metric provider that runs programs) is opt-in.
+//! are on by default; `command` (a metric provider that runs programs) is opt-in twice: its
+//! feature compiles it in, and a host still registers it with `Providers::with_command`.
 //!
 //! A [`ReleaseStrategy`] maps a [`RolloutView`] (groups, readiness, step, analysis results,
 //! approval, elapsed time) to a [`Plan`] it owns (replicas per revision, traffic weight,

@@ -71,7 +71,8 @@ async fn run_to_end(spec: &AnalysisSpec, args: &[(&str, &str)]) -> AnalysisRun {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let providers = Providers::with_defaults();
+    // The command provider runs programs, so it is never a default: this test opts in.
+    let providers = Providers::with_defaults().with_command();
     let mut run = AnalysisRun::new(spec, args, SystemTime::now()).unwrap();
     for _ in 0..20 {
         let Some(due) = run.next_due() else { break };
@@ -114,6 +115,20 @@ async fn web_provider_templates_url_and_headers_and_follows_the_json_path() {
     let m = &run.metrics()[0];
     assert_eq!(m.count, 2);
     assert_eq!(m.measurements[0].value, Some(json!(0.01)));
+
+    // Argo writes the JSONPath in Kubernetes' braced form.
+    let mut braced = spec.clone();
+    if let ProviderSpec::Web(w) = &mut braced.metrics[0].provider {
+        w.json_path = Some("{$.data.errorRate}".into());
+    }
+    let run = run_to_end(&braced, &[("service", "good")]).await;
+    assert_eq!(
+        run.phase(),
+        AnalysisPhase::Successful,
+        "{:?}",
+        run.message()
+    );
+    assert_eq!(run.metrics()[0].measurements[0].value, Some(json!(0.01)));
 
     let run = run_to_end(&spec, &[("service", "bad")]).await;
     assert_eq!(run.phase(), AnalysisPhase::Failed);

@@ -77,6 +77,16 @@ pub(super) fn assess(
             )),
         );
     }
+    // BCS HookRun checks `successfulLimit` right after the failure limit.
+    if spec.successful_limit > 0 && r.successful >= spec.successful_limit {
+        return (
+            AnalysisPhase::Successful,
+            Some(format!(
+                "{} of {} measurements successful (successfulLimit {})",
+                r.successful, r.count, spec.successful_limit
+            )),
+        );
+    }
     if spec.inconclusive_limit >= 0 && r.inconclusive > spec.inconclusive_limit.unsigned_abs() {
         return (
             AnalysisPhase::Inconclusive,
@@ -110,12 +120,37 @@ pub(super) fn assess(
     if let Some(count) = spec.effective_count()
         && r.count >= count
     {
+        // Argo's rule: a success limit not reached by `count` is Inconclusive while the failure
+        // limit also applies (neither limit decided), and Failed when the failure limit is
+        // disabled (−1), the success limit then being the only criterion. BCS's
+        // `successfulLimit` is held to the same rule (BCS itself passes the metric).
+        let mut unmet = Vec::new();
         if spec.consecutive_success_limit > 0 {
+            unmet.push(format!(
+                "{} consecutive successes",
+                spec.consecutive_success_limit
+            ));
+        }
+        if spec.successful_limit > 0 {
+            unmet.push(format!(
+                "{} successes (successfulLimit; {} so far)",
+                spec.successful_limit, r.successful
+            ));
+        }
+        if !unmet.is_empty() {
+            let (phase, failure) = if spec.failure_limit >= 0 {
+                (
+                    AnalysisPhase::Inconclusive,
+                    format!("failureLimit {} not exceeded either", spec.failure_limit),
+                )
+            } else {
+                (AnalysisPhase::Failed, "failureLimit disabled".to_owned())
+            };
             return (
-                AnalysisPhase::Failed,
+                phase,
                 Some(format!(
-                    "{count} measurements without {} consecutive successes; {last}",
-                    spec.consecutive_success_limit
+                    "{count} measurements without {} ({failure}); {last}",
+                    unmet.join(" or ")
                 )),
             );
         }
@@ -263,7 +298,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn consecutive_success_limit_succeeds_early_or_fails_at_count() {
+    async fn consecutive_success_limit_succeeds_early_or_fails_at_count_without_failure_limit() {
         let make = || {
             MetricSpec::new("m", fake())
                 .interval(Duration::from_secs(1))
@@ -294,6 +329,140 @@ mod tests {
             run.message()
                 .unwrap()
                 .contains("without 2 consecutive successes")
+        );
+    }
+
+    /// Argo: with the failure limit in force, running out of measurements without the streak
+    /// decides nothing (Inconclusive, the rollout pauses); it used to fail the metric.
+    #[tokio::test]
+    async fn consecutive_success_limit_not_reached_at_count_is_inconclusive() {
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(4)
+            .failure_limit(2)
+            .consecutive_success_limit(3)
+            .success_condition("result");
+        let answers = [true, false, true, true].map(|b| Ok(json!(b)));
+        let p = Scripted::new(answers.into());
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.len(), 4);
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Inconclusive));
+        assert_eq!(run.metrics()[0].phase, AnalysisPhase::Inconclusive);
+        let msg = run.message().unwrap();
+        assert!(
+            msg.contains("metric `m` inconclusive")
+                && msg.contains("4 measurements without 3 consecutive successes")
+                && msg.contains("failureLimit 2 not exceeded"),
+            "{msg}"
+        );
+        assert_eq!(run.next_due(), None, "Inconclusive is terminal");
+
+        // The default failure limit (0) applies too: an error breaks the streak without
+        // counting, so three measurements end with a streak of two.
+        let m = MetricSpec::new("m", fake())
+            .interval(Duration::from_secs(1))
+            .count(3)
+            .consecutive_success_limit(3)
+            .success_condition("result > 0");
+        let p = Scripted::new(vec![Ok(json!(1)), err(), Ok(json!(1)), Ok(json!(1))]);
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 10).await;
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Inconclusive));
+    }
+
+    /// BCS HookRun's `successfulLimit`: successes in total, not in a row, end the metric.
+    #[tokio::test]
+    async fn successful_limit_counts_successes_in_total() {
+        // Interval without count would run until terminated; the limit ends it.
+        let m = MetricSpec::new("ready", fake())
+            .interval(Duration::from_secs(5))
+            .failure_limit(-1)
+            .successful_limit(3)
+            .success_condition("result");
+        let answers = [true, false, true, false, false, true, true].map(|b| Ok(json!(b)));
+        let p = Scripted::new(answers.into());
+        let mut run = AnalysisRun::new(&spec(m), BTreeMap::new(), t(0)).unwrap();
+        let phases = drive(&mut run, &p, 20).await;
+        assert_eq!(phases.len(), 6, "the third success ends it: {phases:?}");
+        assert_eq!(phases.last(), Some(&AnalysisPhase::Successful));
+        let r = &run.metrics()[0];
+        assert_eq!((r.count, r.successful, r.failed), (6, 3, 3));
+        assert!(
+            r.message
+                .as_deref()
+                .unwrap()
+                .contains("3 of 6 measurements successful (successfulLimit 3)"),
+            "{:?}",
+            r.message
+        );
+        assert_eq!(p.calls(), 6);
+
+        // The failure limit is checked first, as in BCS.
+        let m = MetricSpec::new("ready", fake())
+            .interval(Duration::from_secs(5))
+            .count(5)
+            .failure_limit(1)
+            .successful_limit(2)
+            .success_condition("result");
+        let p = Scripted::new([false, true, false].map(|b| Ok(json!(b))).into());
+        let mut run = AnalysisRun::new(&spec(m.clone()), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(
+            drive(&mut run, &p, 20).await.last(),
+            Some(&AnalysisPhase::Failed)
+        );
+
+        // Not reached by `count`: Inconclusive while the failure limit applies (BCS would pass
+        // it), Failed when the failure limit is disabled.
+        let p = Scripted::new(
+            [true, false, false, false, false]
+                .map(|b| Ok(json!(b)))
+                .into(),
+        );
+        let lenient = m.clone().failure_limit(4);
+        let mut run = AnalysisRun::new(&spec(lenient), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(
+            drive(&mut run, &p, 20).await.last(),
+            Some(&AnalysisPhase::Inconclusive)
+        );
+        let msg = run.message().unwrap();
+        assert!(
+            msg.contains("5 measurements without 2 successes (successfulLimit; 1 so far)"),
+            "{msg}"
+        );
+        let p = Scripted::new(
+            [true, false, false, false, false]
+                .map(|b| Ok(json!(b)))
+                .into(),
+        );
+        let only_success = m.failure_limit(-1);
+        let mut run = AnalysisRun::new(&spec(only_success), BTreeMap::new(), t(0)).unwrap();
+        assert_eq!(
+            drive(&mut run, &p, 20).await.last(),
+            Some(&AnalysisPhase::Failed)
+        );
+    }
+
+    #[test]
+    fn successful_limit_reads_from_bcs_yaml_and_is_validated() {
+        let s: crate::analysis::AnalysisSpec = yaml_serde::from_str(
+            "metrics:\n  - name: m\n    interval: 5s\n    successfulLimit: 2\n    \
+             provider:\n      plugin:\n        fake: {}\n",
+        )
+        .unwrap();
+        assert_eq!(s.metrics[0].successful_limit, 2);
+        s.validate(&BTreeMap::new()).unwrap();
+        // Off (0) is not written back, so specs without it keep their form.
+        let plain = MetricSpec::new("m", fake());
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("successfulLimit").is_none(), "{json}");
+
+        let impossible = spec(MetricSpec::new("m", fake()).successful_limit(2));
+        let e = impossible.validate(&BTreeMap::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("metrics[0].successfulLimit (metric `m`): 2 successes can never happen in 1 measurements"),
+            "{e}"
         );
     }
 

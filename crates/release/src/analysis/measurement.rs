@@ -61,22 +61,75 @@ pub struct MetricResult {
     pub consecutive_success: u32,
     /// The last [`MEASUREMENTS_KEPT`] measurements, oldest first.
     pub measurements: VecDeque<Measurement>,
-    /// When the next measurement is due (absent once terminal).
+    /// When the next measurement is due (absent once terminal); for a measurement in progress,
+    /// when it is resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due: Option<SystemTime>,
+    /// A measurement the provider answered as still running, resumed when next due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<InProgress>,
+}
+
+impl MetricResult {
+    /// Measurements taken so far, errors included: the sequence number a completed
+    /// measurement must carry to be recorded.
+    pub fn taken(&self) -> u64 {
+        u64::from(self.count) + u64::from(self.error)
+    }
+}
+
+/// A measurement in progress: what the provider handed back to resume (or stop) it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct InProgress {
+    /// The provider's handle (a job name, a process id), passed back to `resume` and
+    /// `terminate`.
+    pub handle: Value,
+    /// When the measurement started.
+    pub started_at: SystemTime,
 }
 
 /// What one measurement turned into, before counting.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Outcome {
     Value(AnalysisPhase, Value),
     Inconclusive(String),
+    /// The reason, and whether it is permanent.
     Error(String, bool),
+    /// Not finished: resume with `handle` after `resume_after`.
+    Running {
+        handle: Value,
+        resume_after: Duration,
+    },
 }
 
-/// Counts one measurement into `r` and assesses the metric.
+impl Outcome {
+    /// The measurement's phase (Running while in progress).
+    pub(super) fn phase(&self) -> AnalysisPhase {
+        match self {
+            Outcome::Value(phase, _) => *phase,
+            Outcome::Inconclusive(_) => AnalysisPhase::Inconclusive,
+            Outcome::Error(..) => AnalysisPhase::Error,
+            Outcome::Running { .. } => AnalysisPhase::Running,
+        }
+    }
+}
+
+/// Counts one measurement into `r` and assesses the metric; a measurement still running is
+/// kept in progress and nothing is counted.
 pub(super) fn record(spec: &MetricSpec, r: &mut MetricResult, outcome: Outcome, now: SystemTime) {
     let (measurement, permanent) = match outcome {
+        Outcome::Running {
+            handle,
+            resume_after,
+        } => {
+            let started_at = r.in_progress.as_ref().map_or(now, |p| p.started_at);
+            r.in_progress = Some(InProgress { handle, started_at });
+            r.phase = AnalysisPhase::Running;
+            r.next_due = Some(now + resume_after);
+            return;
+        }
         Outcome::Value(phase, value) => (
             Measurement {
                 phase,
@@ -130,6 +183,7 @@ pub(super) fn record(spec: &MetricSpec, r: &mut MetricResult, outcome: Outcome, 
             }
         }
     }
+    r.in_progress = None;
     let errored = measurement.phase == AnalysisPhase::Error;
     r.measurements.push_back(measurement);
     while r.measurements.len() > MEASUREMENTS_KEPT {

@@ -2,15 +2,23 @@
 //!
 //! The semantics are Argo Rollouts' `AnalysisRun` (field names included), minus the upstream
 //! defects: `consecutiveErrorLimit` (default 4) is applied, `consecutiveSuccessLimit` is
-//! supported, and a run never stays Inconclusive forever — Inconclusive is terminal and the
-//! controller pauses with the run's message.
+//! supported (and checked when `count` runs out, where BCS forgets it), BCS HookRun's
+//! `successfulLimit` is supported too, and a run never stays Inconclusive forever —
+//! Inconclusive is terminal and the controller pauses with the run's message.
 //!
 //! - [`AnalysisSpec`]: arguments and metrics (interval, count, initialDelay, CEL
 //!   success/failure conditions, limits, a provider);
-//! - [`AnalysisRun`]: the pure state machine, serialisable, ticked with `now`;
+//! - [`AnalysisRun`]: the pure state machine, serialisable: [`AnalysisRun::due`] hands out
+//!   owned [`PendingMeasurement`]s a controller can spawn, [`AnalysisRun::record`] applies
+//!   their results (ignoring stale and duplicate ones), [`AnalysisRun::tick`] does both in
+//!   place;
+//! - long measurements (Argo's job shape): a provider may answer [`MeasureOutcome::Running`]
+//!   with a handle, resumed when next due and terminated when the run ends
+//!   ([`AnalysisRun::take_abandoned`]);
 //! - [`MetricProvider`] and the registry [`Providers`]: `WebProvider` (HTTP + JSONPath, feature
 //!   `web`), `PrometheusProvider` (instant queries, feature `prometheus`), `CommandProvider` (a
-//!   program's output, feature `command`, opt-in) and any provider the host registers.
+//!   program's output, feature `command`, never a default: `Providers::with_command`) and
+//!   any provider the host registers.
 //!
 //! Outcome of one measurement: neither condition set → Successful; only the success condition
 //! → Failed when it is false; only the failure condition → Successful when it is false; both
@@ -73,15 +81,17 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationError, GoDuration};
-pub use measurement::{ERROR_RETRY_INTERVAL, MEASUREMENTS_KEPT, Measurement, MetricResult};
+pub use measurement::{
+    ERROR_RETRY_INTERVAL, InProgress, MEASUREMENTS_KEPT, Measurement, MetricResult,
+};
 #[cfg(feature = "command")]
 pub use provider::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
-pub use provider::{MetricProvider, ProviderError, Providers};
+pub use provider::{MeasureOutcome, MetricProvider, ProviderError, Providers};
 #[cfg(feature = "prometheus")]
 pub use provider::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
 #[cfg(feature = "web")]
 pub use provider::{WEB_DEFAULT_TIMEOUT, WebProvider};
-pub use run::AnalysisRun;
+pub use run::{AnalysisRun, CompletedMeasurement, PendingMeasurement, RunningMeasurement};
 pub use spec::{
     AnalysisSpec, ArgSpec, CommandMetric, DEFAULT_CONSECUTIVE_ERROR_LIMIT, Header, MetricSpec,
     PrometheusMetric, ProviderSpec, WebMetric,
@@ -147,31 +157,81 @@ impl fmt::Display for AnalysisPhase {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AnalysisError {
-    /// The spec (or the arguments given to it) is invalid.
-    #[error("{}{field}: {reason}", metric.as_ref().map(|m| format!("analysis metric `{m}`: ")).unwrap_or_else(|| "analysis: ".to_owned()))]
-    Invalid {
-        /// The metric at fault, when one is.
-        metric: Option<String>,
-        /// The field (`successCondition`, `count`, `provider.web.url`, `args`).
-        field: String,
-        /// What is wrong.
-        reason: String,
-    },
+    /// The spec (or the arguments given to it, or the providers it needs) is invalid: every
+    /// problem found, in spec order. Permanent: the spec must change.
+    #[error("{}", describe(.0))]
+    Invalid(Vec<SpecProblem>),
 }
 
-impl AnalysisError {
-    pub(crate) fn invalid(metric: Option<&str>, field: &str, reason: impl Into<String>) -> Self {
-        AnalysisError::Invalid {
+/// One thing wrong with an analysis spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SpecProblem {
+    /// Where, as a path into the spec: `metrics[1].count`, `metrics[0].provider.web.url`,
+    /// `metrics[2].provider`, `args[0].value`, `args` (a provided argument that is not
+    /// declared), `metrics` (none).
+    pub path: String,
+    /// The metric's name, when the problem is in a named metric.
+    pub metric: Option<String>,
+    /// What is wrong, with the value at fault.
+    pub reason: String,
+}
+
+impl SpecProblem {
+    /// A problem at `path` (in `metric`, if any).
+    pub fn new(path: impl Into<String>, metric: Option<&str>, reason: impl Into<String>) -> Self {
+        SpecProblem {
+            path: path.into(),
             metric: metric.map(str::to_owned),
-            field: field.to_owned(),
             reason: reason.into(),
         }
     }
+}
 
-    /// The metric at fault, when one is.
-    pub fn metric(&self) -> Option<&str> {
-        match self {
-            AnalysisError::Invalid { metric, .. } => metric.as_deref(),
+impl fmt::Display for SpecProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.metric {
+            Some(m) => write!(f, "{} (metric `{m}`): {}", self.path, self.reason),
+            None => write!(f, "{}: {}", self.path, self.reason),
         }
+    }
+}
+
+/// `p1` alone, or `N problems: p1; p2; …`.
+fn describe(problems: &[SpecProblem]) -> String {
+    match problems {
+        [] => "invalid analysis".to_owned(),
+        [one] => one.to_string(),
+        many => format!(
+            "{} problems: {}",
+            many.len(),
+            many.iter()
+                .map(SpecProblem::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+impl AnalysisError {
+    /// `Ok` without problems, else [`AnalysisError::Invalid`] with them.
+    pub(crate) fn from_problems(problems: Vec<SpecProblem>) -> Result<(), AnalysisError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(AnalysisError::Invalid(problems))
+        }
+    }
+
+    /// Every problem, in spec order.
+    pub fn problems(&self) -> &[SpecProblem] {
+        match self {
+            AnalysisError::Invalid(problems) => problems,
+        }
+    }
+
+    /// The metric of the first problem in a metric, if any.
+    pub fn metric(&self) -> Option<&str> {
+        self.problems().iter().find_map(|p| p.metric.as_deref())
     }
 }

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::AnalysisError;
 use super::condition;
 use super::duration::GoDuration;
 use super::template;
+use super::{AnalysisError, MetricProvider, SpecProblem};
 
 /// An analysis template: arguments and the metrics measured with them (Argo's
 /// `AnalysisTemplate.spec`).
@@ -89,12 +89,30 @@ pub struct MetricSpec {
     /// disables.
     #[serde(default = "default_consecutive_error_limit")]
     pub consecutive_error_limit: i32,
-    /// Consecutive successful measurements after which the metric succeeds early; when set,
-    /// reaching `count` without them fails the metric. Default 0 (off).
+    /// Consecutive successful measurements after which the metric succeeds early. Default 0
+    /// (off). When set, reaching `count` without the streak is Inconclusive (the rollout
+    /// pauses) while `failureLimit` applies, and Failed when `failureLimit` is −1 (the streak
+    /// is then the only success criterion), as in Argo.
     #[serde(default)]
     pub consecutive_success_limit: u32,
+    /// Successful measurements in total (not necessarily in a row) after which the metric
+    /// succeeds early: BCS HookRun's `successfulLimit`. Default 0 (off).
+    ///
+    /// As in BCS, the limit is checked after `failureLimit` and before the inconclusive and
+    /// error limits, and it ends a metric that would otherwise run until terminated
+    /// (`interval` without `count`): "poll until it has worked N times". Where rorqual
+    /// differs: BCS passes a metric that reaches `count` without reaching this limit; here,
+    /// as for `consecutiveSuccessLimit`, that is Inconclusive while `failureLimit` applies and
+    /// Failed when `failureLimit` is −1. A limit above the number of measurements is rejected
+    /// by validation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub successful_limit: u32,
     /// Where the value comes from.
     pub provider: ProviderSpec,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_consecutive_error_limit() -> i32 {
@@ -212,7 +230,9 @@ pub struct WebMetric {
     /// Request timeout in seconds (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
-    /// JSONPath to the value in the response (`$.data.ok`); absent: the whole document.
+    /// JSONPath (RFC 9535) to the value in the response: `$.data.ok`, or Argo's Kubernetes
+    /// form in braces, `{$.data.ok}` (also `{.data.ok}`, the root implied); absent: the whole
+    /// document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_path: Option<String>,
 }
@@ -311,7 +331,8 @@ pub struct CommandMetric {
     /// Kill the program after this long (default 60 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<GoDuration>,
-    /// JSONPath to the value in the output; absent: the whole output.
+    /// JSONPath to the value in the output (`$.healthy` or `{$.healthy}`, as for the web
+    /// provider); absent: the whole output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_path: Option<String>,
 }
@@ -344,6 +365,7 @@ impl MetricSpec {
             inconclusive_limit: 0,
             consecutive_error_limit: DEFAULT_CONSECUTIVE_ERROR_LIMIT,
             consecutive_success_limit: 0,
+            successful_limit: 0,
             provider,
         }
     }
@@ -411,6 +433,14 @@ impl MetricSpec {
         self
     }
 
+    /// Sets the total successes after which the metric succeeds (BCS `successfulLimit`; 0:
+    /// off).
+    #[must_use]
+    pub fn successful_limit(mut self, limit: u32) -> Self {
+        self.successful_limit = limit;
+        self
+    }
+
     /// The number of non-error measurements after which the metric completes; `None`: runs
     /// until terminated.
     pub fn effective_count(&self) -> Option<u32> {
@@ -457,16 +487,27 @@ impl AnalysisSpec {
     /// The argument values a run uses: declared defaults overridden by `provided`.
     ///
     /// Fails on a provided argument that is not declared and on a declared argument without a
-    /// value.
+    /// value, naming every one.
     pub fn resolve_args(
         &self,
         provided: &BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, AnalysisError> {
+        let mut problems = Vec::new();
+        let args = self.resolve_args_into(provided, &mut problems);
+        AnalysisError::from_problems(problems).map(|()| args)
+    }
+
+    /// The values that resolve; a problem for each argument that does not.
+    fn resolve_args_into(
+        &self,
+        provided: &BTreeMap<String, String>,
+        problems: &mut Vec<SpecProblem>,
+    ) -> BTreeMap<String, String> {
         let declared: BTreeSet<&str> = self.args.iter().map(|a| a.name.as_str()).collect();
-        if let Some(unknown) = provided.keys().find(|k| !declared.contains(k.as_str())) {
-            return Err(AnalysisError::invalid(
-                None,
+        for unknown in provided.keys().filter(|k| !declared.contains(k.as_str())) {
+            problems.push(SpecProblem::new(
                 "args",
+                None,
                 format!(
                     "unknown argument `{unknown}` (declared: {})",
                     list(declared.iter().copied())
@@ -474,73 +515,122 @@ impl AnalysisSpec {
             ));
         }
         let mut out = BTreeMap::new();
-        for arg in &self.args {
+        for (i, arg) in self.args.iter().enumerate() {
             match provided.get(&arg.name).or(arg.value.as_ref()) {
                 Some(v) => {
                     out.insert(arg.name.clone(), v.clone());
                 }
-                None => {
-                    return Err(AnalysisError::invalid(
-                        None,
-                        "args",
-                        format!("argument `{}` has no value and none was provided", arg.name),
-                    ));
-                }
+                None => problems.push(SpecProblem::new(
+                    format!("args[{i}].value"),
+                    None,
+                    format!("argument `{}` has no value and none was provided", arg.name),
+                )),
             }
         }
-        Ok(out)
+        out
     }
 
     /// Checks the spec with the arguments a run will provide: argument names, every
     /// `{{args.x}}` declared, CEL syntax of both conditions, `count > 1` only with an
-    /// `interval`, limits, and each provider's required fields. Errors name the metric and
-    /// field.
+    /// `interval`, limits, and each provider's required fields.
+    ///
+    /// Every problem is reported, each with its path (`metrics[1].count`,
+    /// `metrics[0].provider.web.url`, `args[2].value`). Checks that need an argument's value
+    /// (a condition's CEL syntax, a templated URL) are skipped for a metric that uses an
+    /// argument without one; that argument is reported instead.
     pub fn validate(&self, provided_args: &BTreeMap<String, String>) -> Result<(), AnalysisError> {
+        let mut problems = Vec::new();
         if self.metrics.is_empty() {
-            return Err(AnalysisError::invalid(None, "metrics", "no metrics"));
+            problems.push(SpecProblem::new("metrics", None, "no metrics"));
         }
         let mut names = BTreeSet::new();
-        for arg in &self.args {
-            if arg.name.is_empty() || !names.insert(arg.name.as_str()) {
-                return Err(AnalysisError::invalid(
+        for (i, arg) in self.args.iter().enumerate() {
+            if arg.name.is_empty() {
+                problems.push(SpecProblem::new(
+                    format!("args[{i}].name"),
                     None,
-                    "args",
-                    format!("argument name `{}` is empty or declared twice", arg.name),
+                    "argument name is empty",
+                ));
+            } else if !names.insert(arg.name.as_str()) {
+                problems.push(SpecProblem::new(
+                    format!("args[{i}].name"),
+                    None,
+                    format!("argument `{}` is declared twice", arg.name),
                 ));
             }
         }
-        let args = self.resolve_args(provided_args)?;
+        let args = self.resolve_args_into(provided_args, &mut problems);
         let mut metric_names = BTreeSet::new();
-        for m in &self.metrics {
-            let name = Some(m.name.as_str());
-            if m.name.is_empty() || !metric_names.insert(m.name.as_str()) {
-                return Err(AnalysisError::invalid(
-                    name,
-                    "name",
-                    "metric name is empty or used twice",
+        for (i, m) in self.metrics.iter().enumerate() {
+            if m.name.is_empty() {
+                problems.push(SpecProblem::new(
+                    format!("metrics[{i}].name"),
+                    None,
+                    "metric name is empty",
+                ));
+            } else if !metric_names.insert(m.name.as_str()) {
+                problems.push(SpecProblem::new(
+                    format!("metrics[{i}].name"),
+                    Some(&m.name),
+                    format!("metric name `{}` is used twice", m.name),
                 ));
             }
-            m.validate_fields(&args)?;
+            m.validate_fields(i, &names, &args, &mut problems);
         }
-        Ok(())
+        AnalysisError::from_problems(problems)
+    }
+
+    /// Checks that `providers` measures every metric's provider kind, so that a spec naming
+    /// an unknown kind is rejected before anything starts (a run would error that metric at
+    /// its first measurement). Every metric without a provider is reported at
+    /// `metrics[i].provider`, with its kind and the kinds registered.
+    pub fn validate_providers(&self, providers: &dyn MetricProvider) -> Result<(), AnalysisError> {
+        let problems = self
+            .metrics
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !providers.supports(m.provider.kind()))
+            .map(|(i, m)| {
+                SpecProblem::new(
+                    format!("metrics[{i}].provider"),
+                    Some(&m.name),
+                    missing_provider(m.provider.kind(), &providers.kinds()),
+                )
+            })
+            .collect();
+        AnalysisError::from_problems(problems)
     }
 }
 
 impl MetricSpec {
-    fn validate_fields(&self, args: &BTreeMap<String, String>) -> Result<(), AnalysisError> {
-        let name = Some(self.name.as_str());
-        let err = |field: &str, reason: String| Err(AnalysisError::invalid(name, field, reason));
+    /// Adds this metric's problems, at `metrics[index].<field>`. `declared` are the declared
+    /// argument names, `args` the values that resolved.
+    fn validate_fields(
+        &self,
+        index: usize,
+        declared: &BTreeSet<&str>,
+        args: &BTreeMap<String, String>,
+        problems: &mut Vec<SpecProblem>,
+    ) {
+        let name = (!self.name.is_empty()).then_some(self.name.as_str());
+        let mut push = |field: &str, reason: String| {
+            problems.push(SpecProblem::new(
+                format!("metrics[{index}].{field}"),
+                name,
+                reason,
+            ));
+        };
         if let Some(c) = self.count
             && c > 1
             && self.interval.is_none()
         {
-            return err(
+            push(
                 "count",
                 format!("count {c} needs an interval between measurements"),
             );
         }
         if self.interval.is_some_and(|i| i.0.is_zero()) {
-            return err("interval", "interval must be positive".into());
+            push("interval", "interval must be positive".into());
         }
         for (field, limit) in [
             ("failureLimit", self.failure_limit),
@@ -548,46 +638,70 @@ impl MetricSpec {
             ("consecutiveErrorLimit", self.consecutive_error_limit),
         ] {
             if limit < -1 {
-                return err(
+                push(
                     field,
                     format!("{limit} is below -1 (-1 disables the limit)"),
                 );
             }
         }
-        if self.consecutive_success_limit > 0
-            && let Some(c) = self.effective_count()
-            && c < self.consecutive_success_limit
-        {
-            return err(
+        // A count of 1 without an interval is still one measurement; count > 1 without one is
+        // reported above, so the success limits are measured against what would run.
+        let measurements = match (self.interval, self.count) {
+            (None, Some(c)) if c > 1 => None,
+            _ => self.effective_count(),
+        };
+        for (field, limit, what) in [
+            (
                 "consecutiveSuccessLimit",
-                format!(
-                    "{} consecutive successes can never happen in {c} measurements",
-                    self.consecutive_success_limit
-                ),
-            );
+                self.consecutive_success_limit,
+                "consecutive successes",
+            ),
+            ("successfulLimit", self.successful_limit, "successes"),
+        ] {
+            if limit > 0
+                && let Some(c) = measurements
+                && c < limit
+            {
+                push(
+                    field,
+                    format!("{limit} {what} can never happen in {c} measurements"),
+                );
+            }
         }
-        // Every `{{args.x}}` must be declared: render reports the first unknown one.
+        // Every `{{args.x}}` must be declared (one problem per field, naming the first
+        // undeclared argument).
+        let every_declared: BTreeMap<String, String> = declared
+            .iter()
+            .map(|n| ((*n).to_owned(), String::new()))
+            .collect();
+        let mut undeclared = false;
         for (field, text) in self.templated_fields() {
-            template::render_str(&text, args)
-                .map_err(|reason| AnalysisError::invalid(name, &field, reason))?;
+            if let Err(reason) = template::render_str(&text, &every_declared) {
+                push(&field, reason);
+                undeclared = true;
+            }
         }
-        let rendered = self
-            .render(args)
-            .map_err(|reason| AnalysisError::invalid(name, "provider", reason))?;
+        if undeclared {
+            return;
+        }
+        // A declared argument without a value was reported with the arguments; what needs
+        // the values cannot be checked.
+        let Ok(rendered) = self.render(args) else {
+            return;
+        };
         for (field, cond) in [
             ("successCondition", &rendered.success_condition),
             ("failureCondition", &rendered.failure_condition),
         ] {
-            if let Some(expr) = cond {
-                condition::check(expr).map_err(|reason| {
-                    AnalysisError::invalid(name, field, format!("`{expr}`: {reason}"))
-                })?;
+            if let Some(expr) = cond
+                && let Err(reason) = condition::check(expr)
+            {
+                push(field, format!("`{expr}`: {reason}"));
             }
         }
-        rendered
-            .provider
-            .validate()
-            .map_err(|(field, reason)| AnalysisError::invalid(name, &field, reason))
+        for (field, reason) in rendered.provider.problems() {
+            push(&field, reason);
+        }
     }
 
     /// Every string that is templated, with its field path (for error messages).
@@ -607,68 +721,109 @@ impl MetricSpec {
 }
 
 impl ProviderSpec {
-    /// Required fields of the rendered provider; the error is (field path, reason).
-    fn validate(&self) -> Result<(), (String, String)> {
-        let fail = |field: &str, reason: &str| Err((field.to_owned(), reason.to_owned()));
+    /// Problems with the rendered provider's fields, as (field path, reason).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut push = |field: &str, reason: String| out.push((field.to_owned(), reason));
         match self {
             ProviderSpec::Web(w) => {
                 if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                    return Err((
-                        "provider.web.url".into(),
+                    push(
+                        "provider.web.url",
                         format!("`{}` is not an http(s) URL", w.url),
-                    ));
+                    );
                 }
                 if let Some(m) = &w.method
                     && !matches!(m.to_ascii_uppercase().as_str(), "GET" | "POST" | "PUT")
                 {
-                    return Err((
-                        "provider.web.method".into(),
+                    push(
+                        "provider.web.method",
                         format!("`{m}` is not GET, POST or PUT"),
-                    ));
+                    );
                 }
                 if w.timeout_seconds == Some(0) {
-                    return fail("provider.web.timeoutSeconds", "must be positive");
+                    push("provider.web.timeoutSeconds", "must be positive".into());
                 }
-                check_json_path(w.json_path.as_deref(), "provider.web.jsonPath")
+                if let Some(reason) = json_path_problem(w.json_path.as_deref()) {
+                    push("provider.web.jsonPath", reason);
+                }
             }
             ProviderSpec::Prometheus(p) => {
                 if !(p.address.starts_with("http://") || p.address.starts_with("https://")) {
-                    return Err((
-                        "provider.prometheus.address".into(),
+                    push(
+                        "provider.prometheus.address",
                         format!("`{}` is not an http(s) URL", p.address),
-                    ));
+                    );
                 }
                 if p.query.trim().is_empty() {
-                    return fail("provider.prometheus.query", "empty query");
+                    push("provider.prometheus.query", "empty query".into());
                 }
-                Ok(())
             }
             ProviderSpec::Command(c) => {
                 if c.command.first().is_none_or(|p| p.is_empty()) {
-                    return fail("provider.command.command", "no program given");
+                    push("provider.command.command", "no program given".into());
                 }
-                check_json_path(c.json_path.as_deref(), "provider.command.jsonPath")
+                if let Some(reason) = json_path_problem(c.json_path.as_deref()) {
+                    push("provider.command.jsonPath", reason);
+                }
             }
             ProviderSpec::Plugin(map) => {
                 if map.len() != 1 || map.keys().any(String::is_empty) {
-                    return fail(
+                    push(
                         "provider.plugin",
-                        "must name exactly one plugin kind as its only key",
+                        "must name exactly one plugin kind as its only key".into(),
                     );
                 }
-                Ok(())
             }
         }
+        out
     }
 }
 
-fn check_json_path(path: Option<&str>, field: &str) -> Result<(), (String, String)> {
-    match path {
-        Some(p) => serde_json_path::JsonPath::parse(p)
-            .map(|_| ())
-            .map_err(|e| (field.to_owned(), format!("`{p}` is not a JSONPath: {e}"))),
-        None => Ok(()),
+/// A `jsonPath` as RFC 9535 wants it: Argo writes Kubernetes' template form, one expression in
+/// braces (`{$.data.ok}`, or `{.data.ok}` with the root implied); the braces are dropped and a
+/// missing `$` root is added. Anything else is returned trimmed, as written.
+pub(crate) fn normalize_json_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = path.trim();
+    let Some(inner) = trimmed
+        .strip_prefix('{')
+        .and_then(|rest| rest.strip_suffix('}'))
+        .map(str::trim)
+    else {
+        return trimmed.into();
+    };
+    if inner.starts_with('.') || inner.starts_with('[') {
+        format!("${inner}").into()
+    } else {
+        inner.into()
     }
+}
+
+fn json_path_problem(path: Option<&str>) -> Option<String> {
+    let p = path?;
+    serde_json_path::JsonPath::parse(&normalize_json_path(p))
+        .err()
+        .map(|e| format!("`{p}` is not a JSONPath: {e}"))
+}
+
+/// Why no provider measures `kind`, given the kinds `registered`.
+pub(crate) fn missing_provider(kind: &str, registered: &[String]) -> String {
+    if let Some(feature) = super::provider::feature_off(kind) {
+        return format!(
+            "the `{kind}` provider is not compiled in: enable the `{feature}` feature of \
+             rorqual-release"
+        );
+    }
+    let hint = if kind == "command" {
+        "; the command provider runs programs, so it is opt-in: register it with \
+         `Providers::with_command()`"
+    } else {
+        ""
+    };
+    format!(
+        "no provider of kind `{kind}` is registered (registered: {}){hint}",
+        list(registered.iter().map(String::as_str))
+    )
 }
 
 fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -714,6 +869,15 @@ mod yaml_tests {
             "{tagged}"
         );
 
+        // Argo's braced JSONPath validates; a broken one is named with its field.
+        let braced: ProviderSpec =
+            yaml_serde::from_str("web:\n  url: http://x\n  jsonPath: \"{$.data.ok}\"\n").unwrap();
+        assert_eq!(braced.problems(), []);
+        let broken = ProviderSpec::Web(WebMetric::get("http://x").json_path("{$.data["));
+        let (field, reason) = broken.problems().remove(0);
+        assert_eq!(field, "provider.web.jsonPath");
+        assert!(reason.contains("`{$.data[` is not a JSONPath"), "{reason}");
+
         // Why the work-around is still needed: a derived enum wants the tag form.
         #[derive(Debug, PartialEq, Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -723,5 +887,129 @@ mod yaml_tests {
         let e = yaml_serde::from_str::<Derived>(map).unwrap_err();
         assert!(e.to_string().contains("YAML tag"), "{e}");
         assert!(yaml_serde::from_str::<Derived>("!web\nurl: http://x\n").is_ok());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod validation_tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::analysis::Providers;
+    use crate::analysis::test_support::{Scripted, fake};
+
+    /// Every problem is reported with its path, not only the first one found.
+    #[test]
+    fn validate_reports_every_problem_with_its_path() {
+        let spec = AnalysisSpec::new(vec![
+            MetricSpec::new("ok", fake()),
+            MetricSpec::new("latency", fake())
+                .count(3)
+                .failure_limit(-2)
+                .success_condition("result <"),
+            MetricSpec::new(
+                "web",
+                ProviderSpec::Web(WebMetric::get("localhost/{{args.path}}").json_path("$[")),
+            ),
+            MetricSpec::new("ok", fake()),
+        ])
+        .arg("svc", None)
+        .arg("", Some("x"));
+        let provided: BTreeMap<String, String> = [("extra".to_string(), "1".to_string())].into();
+        let err = spec.validate(&provided).unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "args[1].name",
+                "args",
+                "args[0].value",
+                "metrics[1].count",
+                "metrics[1].failureLimit",
+                "metrics[2].provider.web.url",
+                "metrics[3].name",
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("7 problems: args[1].name: argument name is empty; "),
+            "{text}"
+        );
+        assert!(
+            text.contains("args: unknown argument `extra` (declared: , svc)")
+                && text.contains("args[0].value: argument `svc` has no value")
+                && text.contains(
+                    "metrics[2].provider.web.url (metric `web`): unknown argument `path`"
+                )
+                && text.contains("metrics[3].name (metric `ok`): metric name `ok` is used twice"),
+            "{text}"
+        );
+        // The metric using `svc`, which has no value, is not checked further (its CEL and
+        // provider fields need the value); the others are.
+        assert_eq!(err.metric(), Some("latency"));
+
+        // With the arguments fixed, the value-dependent checks run and report too.
+        let spec = AnalysisSpec::new(vec![
+            MetricSpec::new("latency", fake()).success_condition("result <"),
+            MetricSpec::new(
+                "web",
+                ProviderSpec::Web(WebMetric::get("localhost/x").json_path("$[")),
+            ),
+        ])
+        .arg("svc", Some("api"));
+        let err = spec.validate(&BTreeMap::new()).unwrap_err();
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "metrics[0].successCondition",
+                "metrics[1].provider.web.url",
+                "metrics[1].provider.web.jsonPath"
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validate_providers_names_the_metric_path_the_kind_and_the_registered_kinds() {
+        let spec = AnalysisSpec::new(vec![
+            MetricSpec::new("a", fake()),
+            MetricSpec::new("b", ProviderSpec::plugin("kafka-lag", json!({}))),
+            MetricSpec::new("c", ProviderSpec::Command(CommandMetric::new(["true"]))),
+        ])
+        .arg("svc", Some("x"));
+        let providers = Providers::new().with(Arc::new(Scripted::new(vec![])));
+        let err = spec.validate_providers(&providers).unwrap_err();
+        let problems = err.problems();
+        assert_eq!(problems.len(), 2, "{err}");
+        assert_eq!(problems[0].path, "metrics[1].provider");
+        assert_eq!(problems[0].metric.as_deref(), Some("b"));
+        assert_eq!(
+            problems[0].reason,
+            "no provider of kind `kafka-lag` is registered (registered: fake)"
+        );
+        assert_eq!(problems[1].path, "metrics[2].provider");
+        assert!(
+            problems[1].reason.contains("command")
+                && (problems[1].reason.contains("with_command")
+                    || problems[1].reason.contains("enable the `command` feature")),
+            "{}",
+            problems[1].reason
+        );
+
+        // A single provider answers for its own kind; the registry for each it holds.
+        let only = AnalysisSpec::new(vec![MetricSpec::new("a", fake())]).arg("svc", Some("x"));
+        only.validate_providers(&Scripted::new(vec![])).unwrap();
+        only.validate_providers(&providers).unwrap();
+        let err = only.validate_providers(&Providers::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].provider (metric `a`): no provider of kind `fake` is registered \
+             (registered: none)"
+        );
     }
 }

@@ -7,12 +7,14 @@ use serde_json_path::JsonPath;
 
 #[cfg(any(feature = "web", feature = "command"))]
 /// The value at `path` in `doc`: the single match, or an array when the path matches several
-/// nodes. No path: the whole document. No match is an error naming the path.
+/// nodes. No path: the whole document. No match is an error naming the path. Argo's braced
+/// form (`{$.data.ok}`) is accepted as well as the bare one.
 pub(crate) fn extract(doc: Value, path: Option<&str>) -> Result<Value, String> {
     let Some(path) = path else {
         return Ok(doc);
     };
-    let parsed = JsonPath::parse(path).map_err(|e| format!("`{path}` is not a JSONPath: {e}"))?;
+    let parsed = JsonPath::parse(&crate::analysis::spec::normalize_json_path(path))
+        .map_err(|e| format!("`{path}` is not a JSONPath: {e}"))?;
     let nodes = parsed.query(&doc).all();
     match nodes.len() {
         0 => Err(format!(
@@ -79,10 +81,24 @@ mod tests {
         let e = extract(doc.clone(), Some("$.nope")).unwrap_err();
         assert!(e.contains("matched nothing"), "{e}");
         assert!(
-            extract(doc, Some("data.ok"))
+            extract(doc.clone(), Some("data.ok"))
                 .unwrap_err()
                 .contains("not a JSONPath")
         );
+        // Argo's Kubernetes form: one expression in braces, the root optional.
+        for braced in ["{$.data.ok}", " { $.data.ok } ", "{.data.ok}"] {
+            assert_eq!(
+                extract(doc.clone(), Some(braced)).unwrap(),
+                json!(true),
+                "{braced}"
+            );
+        }
+        assert_eq!(
+            extract(doc.clone(), Some("{$.data.items[*].v}")).unwrap(),
+            json!([1, 2])
+        );
+        let e = extract(doc.clone(), Some("{$.nope}")).unwrap_err();
+        assert!(e.contains("`{$.nope}` matched nothing"), "{e}");
         assert_eq!(truncate("ééé", 3), "é…");
         assert_eq!(last_chars("ééé", 3), "é");
     }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -32,10 +33,42 @@ const BUILT_IN: [(&str, bool); 3] = [
     ("command", cfg!(feature = "command")),
 ];
 
+/// The cargo feature to turn on for a built-in `kind` that is not compiled in (each built-in
+/// kind's feature has its name).
+pub(crate) fn feature_off(kind: &str) -> Option<&'static str> {
+    BUILT_IN
+        .iter()
+        .find(|(k, on)| *k == kind && !on)
+        .map(|(k, _)| *k)
+}
+
+/// What a provider answers when it starts or resumes a measurement.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum MeasureOutcome {
+    /// The measurement is complete: the value the conditions see as `result`.
+    Done(serde_json::Value),
+    /// The measurement goes on (a job, a long program): the run keeps `handle` (persisted with
+    /// the run, so it should be small JSON) and calls [`MetricProvider::resume`] with it
+    /// once `resume_after` has passed, or [`MetricProvider::terminate`] if the run ends first.
+    Running {
+        /// What the provider needs to find the measurement again.
+        handle: serde_json::Value,
+        /// How long to wait before resuming it.
+        resume_after: Duration,
+    },
+}
+
 /// Measures metrics of one provider kind.
 ///
 /// `measure` gets the metric with `{{args.x}}` already substituted, and the run's arguments.
 /// It returns the value the conditions see as `result`.
+///
+/// Long measurements (Argo's job provider shape) are optional: a provider whose measurement
+/// may outlast one call overrides [`start`](MetricProvider::start) to answer
+/// [`MeasureOutcome::Running`], and then must implement [`resume`](MetricProvider::resume)
+/// (and should implement [`terminate`](MetricProvider::terminate)); by default `start` is
+/// `measure` and the other two answer [`ProviderError::Unsupported`].
 #[async_trait]
 pub trait MetricProvider: Send + Sync + Debug + 'static {
     /// The provider kind this measures: `web`, `prometheus`, `command` or a plugin's kind
@@ -48,6 +81,60 @@ pub trait MetricProvider: Send + Sync + Debug + 'static {
         metric: &MetricSpec,
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ProviderError>;
+
+    /// Starts a measurement that may outlast this call. By default, [`measure`]
+    /// (MetricProvider::measure), complete at once.
+    async fn start(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        self.measure(metric, args).await.map(MeasureOutcome::Done)
+    }
+
+    /// Checks on a measurement that [`start`](MetricProvider::start) (or an earlier
+    /// `resume`) answered as running, with its `handle`: done, or still running (with the
+    /// same or a new handle). Required of a provider that answers
+    /// [`MeasureOutcome::Running`]; by default unsupported, which errors the metric.
+    async fn resume(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        let _ = (metric, args, handle);
+        Err(ProviderError::unsupported(
+            self.kind(),
+            "resuming a running measurement",
+        ))
+    }
+
+    /// Stops a running measurement whose run no longer waits for it (the run was terminated,
+    /// or another metric ended it). Stopping one that already ended is not an error. By
+    /// default unsupported.
+    async fn terminate(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        let _ = (metric, args, handle);
+        Err(ProviderError::unsupported(
+            self.kind(),
+            "terminating a running measurement",
+        ))
+    }
+
+    /// Whether this provider measures metrics of `kind` (by default: `kind` is
+    /// [`kind`](MetricProvider::kind)). A registry answers for each provider it holds.
+    fn supports(&self, kind: &str) -> bool {
+        kind == self.kind()
+    }
+
+    /// The kinds this provider measures, for error messages (by default its own kind).
+    fn kinds(&self) -> Vec<String> {
+        vec![self.kind().to_owned()]
+    }
 }
 
 /// Why a measurement produced no value.
@@ -71,6 +158,15 @@ pub enum ProviderError {
         provider: String,
         /// What went wrong, naming the URL, query or program.
         reason: String,
+    },
+    /// The provider does not offer an optional capability (resuming or terminating a running
+    /// measurement); permanent.
+    #[error("{provider}: does not support {capability}")]
+    Unsupported {
+        /// The provider kind.
+        provider: String,
+        /// What it was asked to do.
+        capability: &'static str,
     },
     /// The metric cannot be measured at all (no provider of its kind, wrong spec for this
     /// provider); errors the metric at once instead of retrying.
@@ -100,9 +196,20 @@ impl ProviderError {
         }
     }
 
+    /// `provider` does not offer `capability`.
+    pub fn unsupported(provider: &str, capability: &'static str) -> Self {
+        ProviderError::Unsupported {
+            provider: provider.to_owned(),
+            capability,
+        }
+    }
+
     /// Whether retrying cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, ProviderError::Config { .. })
+        matches!(
+            self,
+            ProviderError::Config { .. } | ProviderError::Unsupported { .. }
+        )
     }
 }
 
@@ -112,15 +219,23 @@ impl ProviderError {
 /// A metric whose kind has no provider errors at once (it is not retried); when the kind is a
 /// built-in one whose cargo feature is off, the error names the provider and the feature.
 ///
+/// The `command` provider runs programs named in analysis specs, so whoever can write a spec
+/// can run programs on the controller's host: it is never among the defaults, even with its
+/// cargo feature on, and a host registers it explicitly with `Providers::with_command`.
+///
 /// ```
 /// use rorqual_release::analysis::Providers;
 ///
 /// let providers = Providers::with_defaults();
 /// # #[cfg(all(feature = "prometheus", feature = "web"))]
 /// assert!(providers.get("prometheus").is_some() && providers.get("web").is_some());
-/// // `command` runs programs named in specs, so it is opt-in (feature `command`).
-/// # #[cfg(not(feature = "command"))]
 /// assert!(providers.get("command").is_none());
+/// # #[cfg(feature = "command")]
+/// # {
+/// // Opting in (feature `command`):
+/// let providers = Providers::with_defaults().with_command();
+/// assert!(providers.get("command").is_some());
+/// # }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Providers {
@@ -133,8 +248,8 @@ impl Providers {
         Providers::default()
     }
 
-    /// The built-in providers compiled in: web (feature `web`), prometheus (feature
-    /// `prometheus`) and command (feature `command`, off by default).
+    /// The built-in network providers compiled in: web (feature `web`) and prometheus (feature
+    /// `prometheus`). Never `command`, which runs programs: see [`Providers::with_command`].
     pub fn with_defaults() -> Self {
         #[allow(unused_mut)] // without any provider feature there is nothing to add
         let mut providers = Providers::new();
@@ -142,9 +257,16 @@ impl Providers {
         providers.insert(Arc::new(WebProvider::new()));
         #[cfg(feature = "prometheus")]
         providers.insert(Arc::new(PrometheusProvider::new()));
-        #[cfg(feature = "command")]
-        providers.insert(Arc::new(CommandProvider::new()));
         providers
+    }
+
+    /// Adds the [`CommandProvider`] (feature `command`): metrics may then run any program their
+    /// spec names, with the controller's privileges. Only for hosts whose analysis specs come
+    /// from trusted authors.
+    #[cfg(feature = "command")]
+    #[must_use]
+    pub fn with_command(self) -> Self {
+        self.with(Arc::new(CommandProvider::new()))
     }
 
     /// Adds (or replaces) the provider for its kind.
@@ -176,38 +298,56 @@ impl MetricProvider for Providers {
         metric: &MetricSpec,
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ProviderError> {
-        let kind = metric.provider.kind();
-        match self.by_kind.get(kind) {
-            Some(p) => p.measure(metric, args).await,
-            None => Err(self.missing(kind)),
-        }
+        self.provider_of(metric)?.measure(metric, args).await
+    }
+
+    async fn start(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        self.provider_of(metric)?.start(metric, args).await
+    }
+
+    async fn resume(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<MeasureOutcome, ProviderError> {
+        self.provider_of(metric)?.resume(metric, args, handle).await
+    }
+
+    async fn terminate(
+        &self,
+        metric: &MetricSpec,
+        args: &BTreeMap<String, String>,
+        handle: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        self.provider_of(metric)?
+            .terminate(metric, args, handle)
+            .await
+    }
+
+    fn supports(&self, kind: &str) -> bool {
+        self.by_kind.contains_key(kind)
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.by_kind.keys().cloned().collect()
     }
 }
 
 impl Providers {
+    /// The provider of `metric`'s kind.
+    fn provider_of(&self, metric: &MetricSpec) -> Result<&Arc<dyn MetricProvider>, ProviderError> {
+        let kind = metric.provider.kind();
+        self.by_kind.get(kind).ok_or_else(|| self.missing(kind))
+    }
+
     /// The error for a metric of `kind` without a registered provider.
     fn missing(&self, kind: &str) -> ProviderError {
-        if BUILT_IN.contains(&(kind, false)) {
-            return ProviderError::config(
-                kind,
-                format!(
-                    "the `{kind}` provider is not compiled in: enable the `{kind}` feature of \
-                     rorqual-release"
-                ),
-            );
-        }
-        let have: Vec<&str> = self.by_kind.keys().map(String::as_str).collect();
-        ProviderError::config(
-            kind,
-            format!(
-                "no provider of kind `{kind}` is registered (have: {})",
-                if have.is_empty() {
-                    "none".to_owned()
-                } else {
-                    have.join(", ")
-                }
-            ),
-        )
+        ProviderError::config(kind, super::spec::missing_provider(kind, &self.kinds()))
     }
 }
 
@@ -218,33 +358,35 @@ mod tests {
     use crate::analysis::{CommandMetric, ProviderSpec};
 
     #[tokio::test]
-    async fn a_provider_whose_feature_is_off_is_named_with_its_feature() {
+    async fn command_is_never_a_default_and_its_absence_is_explained() {
         let metric = MetricSpec::new("probe", ProviderSpec::Command(CommandMetric::new(["true"])));
+        let defaults = Providers::with_defaults();
+        assert!(
+            defaults.get("command").is_none(),
+            "even with the feature on"
+        );
+        let err = defaults
+            .measure(&metric, &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(err.is_permanent(), "{err}");
         if cfg!(feature = "command") {
-            assert!(Providers::with_defaults().get("command").is_some());
+            assert!(
+                err.to_string()
+                    .contains("it is opt-in: register it with `Providers::with_command()`"),
+                "{err}"
+            );
         } else {
-            let err = Providers::with_defaults()
-                .measure(&metric, &BTreeMap::new())
-                .await
-                .unwrap_err();
-            assert!(err.is_permanent(), "{err}");
             assert_eq!(
                 err.to_string(),
                 "command: the `command` provider is not compiled in: enable the `command` \
                  feature of rorqual-release"
             );
         }
-        // A registry without it: the same sentence when the feature is off, "not registered"
-        // when it is on.
-        let err = Providers::new()
-            .measure(&metric, &BTreeMap::new())
-            .await
-            .unwrap_err();
-        let expected = if cfg!(feature = "command") {
-            "no provider of kind `command` is registered (have: none)"
-        } else {
-            "enable the `command` feature"
-        };
-        assert!(err.to_string().contains(expected), "{err}");
+        #[cfg(feature = "command")]
+        {
+            let opted_in = Providers::with_defaults().with_command();
+            assert_eq!(opted_in.get("command").unwrap().kind(), "command");
+        }
     }
 }

@@ -130,6 +130,8 @@ impl MetricProvider for PrometheusProvider {
                 provider,
                 reason: format!("{target}: {reason}"),
             },
+            // `interpret` only judges the response; it never asks for a capability.
+            other @ ProviderError::Unsupported { .. } => other,
         })
     }
 }
