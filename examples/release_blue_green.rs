@@ -122,7 +122,7 @@ async fn run() -> anyhow::Result<()> {
         };
         let runner = tokio::spawn({
             let controller = world.controller.clone();
-            async move { controller.run().await }
+            async move { controller.run(std::future::pending()).await }
         });
         let result = release(world).await;
         runner.abort();

@@ -125,7 +125,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let runner = tokio::spawn({
                 let controller = world.controller.clone();
-                async move { controller.run().await }
+                async move { controller.run(std::future::pending()).await }
             });
             let result = release(&mut world).await;
             runner.abort();

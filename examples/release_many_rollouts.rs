@@ -1,5 +1,5 @@
 //! Benchmark: many concurrent canary rollouts of five steps on the MemoryEngine, driven by one
-//! RolloutController on a manual clock. Prints the CPU time of the rollout phase, the step
+//! RolloutController under tokio's paused clock (simulated time). Prints the CPU time of the rollout phase, the step
 //! transitions made, and the process's peak RSS.
 //!
 //! ```text
@@ -9,12 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rorqual::core::clock::ManualClock;
+use rorqual::core::clock::TokioClock;
 use rorqual::core::memory::MemoryEngine;
 use rorqual::core::model::{AppKey, AppSpec, ContainerSpec};
-use rorqual::release::{
-    Canary, CanaryStep, RolloutController, RolloutPhase, RolloutSpec, Strategy,
-};
+use rorqual::release::{Canary, CanaryStep, RolloutController, RolloutPhase, RolloutSpec};
 
 const REPLICAS: u32 = 5;
 
@@ -26,17 +24,15 @@ fn app(i: usize, version: &str) -> AppSpec {
     .replicas(REPLICAS)
 }
 
-fn canary() -> Strategy {
-    Strategy::Canary(
-        Canary::new(vec![
+fn canary() -> Canary {
+    Canary::new(vec![
             CanaryStep::SetWeight(20),
             CanaryStep::pause(10),
             CanaryStep::SetWeight(60),
             CanaryStep::pause(10),
             CanaryStep::SetWeight(80),
-        ])
-        .scale_down_delay(0),
-    )
+    ])
+    .scale_down_delay(0)
 }
 
 /// User + system CPU time of this process, from /proc/self/stat.
@@ -74,10 +70,10 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn drive(ctl: &RolloutController, clock: &ManualClock, keys: &[AppKey]) -> u32 {
+/// Waits (in simulated seconds) until every rollout is Healthy.
+async fn drive(ctl: &RolloutController, keys: &[AppKey]) -> u32 {
     let mut seconds = 0;
     loop {
-        ctl.process_due().await;
         let mut done = true;
         for k in keys {
             let s = ctl.status(k).await.map(|s| s.phase);
@@ -89,37 +85,47 @@ async fn drive(ctl: &RolloutController, clock: &ManualClock, keys: &[AppKey]) ->
         if done || seconds > 600 {
             return seconds;
         }
-        clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
         seconds += 1;
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args()
         .nth(1)
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(10_000);
-    let clock = ManualClock::new();
+    let clock = TokioClock::new();
     let engine = Arc::new(
         MemoryEngine::builder()
-            .clock(clock.clone())
+            .clock(clock)
             .startup(Duration::from_secs(2))
             .build(),
     );
     let ctl = RolloutController::builder(engine.clone())
-        .clock(Arc::new(clock.clone()))
-        .resync(Duration::from_secs(1))
+        .clock(Arc::new(clock))
         .build()
         .await?;
+    let runner = {
+        let ctl = ctl.clone();
+        tokio::spawn(async move { ctl.run(std::future::pending()).await })
+    };
     let keys: Vec<AppKey> = (0..n).map(|i| app(i, "v1").key()).collect();
 
     let (cpu0, wall0) = (cpu_time(), Instant::now());
     for i in 0..n {
         ctl.apply(RolloutSpec::new(app(i, "v1"), canary())).await?;
     }
-    let secs = drive(&ctl, &clock, &keys).await;
+    let secs = drive(&ctl, &keys).await;
     println!(
         "deploy v1: {n} apps x {REPLICAS} replicas healthy after {secs} simulated s; cpu {:.2} s, wall {:.2} s",
         (cpu_time() - cpu0).as_secs_f64(),
@@ -130,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..n {
         ctl.apply(RolloutSpec::new(app(i, "v2"), canary())).await?;
     }
-    let secs = drive(&ctl, &clock, &keys).await;
+    let secs = drive(&ctl, &keys).await;
     let cpu = (cpu_time() - cpu1).as_secs_f64();
     let mut transitions = 0u64;
     let mut healthy = 0;
@@ -147,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         wall1.elapsed().as_secs_f64()
     );
     println!("peak RSS {:.1} MiB", peak_rss_mib());
+    runner.abort();
     if healthy != n {
         return Err(format!("only {healthy} of {n} rollouts became healthy").into());
     }

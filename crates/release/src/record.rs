@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::analysis::AnalysisRun;
+use crate::analysis::{AnalysisPhase, AnalysisRun};
 use crate::registry::StrategySpec;
 use rorqual_core::model::{AppSpec, Revision};
 

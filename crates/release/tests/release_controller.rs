@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rorqual_core::clock::{Clock, ManualClock};
+use rorqual_core::clock::{Clock, TokioClock};
 use rorqual_core::engine::Engine;
 use rorqual_core::memory::{Fault, MemoryEngine};
 use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Revision, WorkloadKind};
@@ -49,9 +49,11 @@ impl MetricProvider for FakeMetric {
 }
 
 struct Harness {
-    clock: ManualClock,
+    clock: TokioClock,
     engine: Arc<MemoryEngine>,
     ctl: RolloutController,
+    /// The controller's run loop (stopped when the harness is dropped).
+    runner: tokio::task::JoinHandle<()>,
     approvals: Arc<Approvals>,
     metric: Arc<FakeMetric>,
     notes: Arc<RecordingNotifier>,
@@ -59,13 +61,13 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
-        let clock = ManualClock::new();
+        let clock = TokioClock::new();
         let engine = engine_with_startup(&clock, Duration::from_secs(2));
         Self::on(clock, engine, None).await
     }
 
     async fn on(
-        clock: ManualClock,
+        clock: TokioClock,
         engine: Arc<MemoryEngine>,
         router: Option<Arc<dyn TrafficRouter>>,
     ) -> Self {
@@ -75,7 +77,7 @@ impl Harness {
 
     /// A harness whose controller asks `gate`; `approvals` is what the test decides through.
     async fn with_gate(
-        clock: ManualClock,
+        clock: TokioClock,
         engine: Arc<MemoryEngine>,
         router: Option<Arc<dyn TrafficRouter>>,
         approvals: Arc<Approvals>,
@@ -84,7 +86,7 @@ impl Harness {
         let metric = Arc::new(FakeMetric::default());
         let notes = Arc::new(RecordingNotifier::new());
         let mut b = RolloutController::builder(engine.clone())
-            .clock(Arc::new(clock.clone()))
+            .clock(Arc::new(clock))
             .approvals(gate)
             .providers(metric.clone())
             .notifier(notes.clone());
@@ -92,10 +94,17 @@ impl Harness {
             b = b.router(r);
         }
         let ctl = b.build().await.unwrap();
+        let runner = tokio::spawn({
+            let ctl = ctl.clone();
+            async move {
+                ctl.run(std::future::pending()).await.unwrap();
+            }
+        });
         Harness {
             clock,
             engine,
             ctl,
+            runner,
             approvals,
             metric,
             notes,
@@ -103,8 +112,12 @@ impl Harness {
     }
 
     async fn tick(&self) {
-        self.clock.advance(Duration::from_secs(1));
-        self.ctl.process_due().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// Stops the controller (a crash: nothing more is reconciled or persisted).
+    fn stop(&self) {
+        self.runner.abort();
     }
 
     async fn status(&self) -> RolloutStatus {
@@ -113,7 +126,7 @@ impl Harness {
 
     /// Ticks until `pred` holds; panics after `max` seconds.
     async fn until(&self, max: u32, what: &str, pred: impl Fn(&RolloutStatus) -> bool) {
-        self.ctl.process_due().await;
+        settle().await;
         for _ in 0..max {
             if pred(&self.status().await) {
                 return;
@@ -152,11 +165,23 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.runner.abort();
+    }
+}
+
+/// Lets the controller and its background tasks run what is ready (tokio's paused clock moves
+/// only when everything waits).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
 /// A MemoryEngine on `clock` whose instances become ready `startup` after they start.
-fn engine_with_startup(clock: &ManualClock, startup: Duration) -> Arc<MemoryEngine> {
+fn engine_with_startup(clock: &TokioClock, startup: Duration) -> Arc<MemoryEngine> {
     Arc::new(
         MemoryEngine::builder()
-            .clock(clock.clone())
+            .clock(*clock)
             .startup(startup)
             .build(),
     )
@@ -191,7 +216,7 @@ fn canary(steps: Vec<CanaryStep>) -> Strategy {
     Strategy::Canary(Canary::new(steps).scale_down_delay(0))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn canary_happy_path_with_weights_pause_and_analysis() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -245,7 +270,7 @@ async fn canary_happy_path_with_weights_pause_and_analysis() {
     assert_eq!(steps, [0, 1, 2, 3], "every step exactly once");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn analysis_failure_rolls_back_and_stable_never_shrinks() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -266,7 +291,7 @@ async fn analysis_failure_rolls_back_and_stable_never_shrinks() {
         )
         .await
         .unwrap();
-    h.until(20, "aborted", |s| s.aborted).await;
+    h.until(20, "aborted", |s| s.aborted()).await;
     let s = h.status().await;
     assert_eq!(s.phase, RolloutPhase::Degraded);
     assert!(s.reason.contains("analysis step-1 failed"), "{}", s.reason);
@@ -288,7 +313,7 @@ async fn analysis_failure_rolls_back_and_stable_never_shrinks() {
     assert!(h.outcomes().iter().any(|(o, _)| o == "rolled-back"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn failure_policy_pause_holds_instead_of_rolling_back() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -309,7 +334,7 @@ async fn failure_policy_pause_holds_instead_of_rolling_back() {
     h.until(20, "held", |s| s.hold.is_some()).await;
     let s = h.status().await;
     assert_eq!(s.phase, RolloutPhase::Paused);
-    assert!(!s.aborted);
+    assert!(!s.aborted());
     assert_eq!(h.counts().await[&app("v2").revision()].0, 3, "canary kept");
     // Retry re-runs from step 0 with a good metric.
     *h.metric.value.lock().unwrap() = 0.0;
@@ -318,7 +343,7 @@ async fn failure_policy_pause_holds_instead_of_rolling_back() {
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn approval_gate_through_the_approvals_api() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -353,11 +378,11 @@ async fn approval_gate_through_the_approvals_api() {
     .await;
     assert_eq!(h.counts().await[&v2].0, 6);
     h.approvals.reject(&key(), &v2, 3, "bob", None).unwrap();
-    h.until(10, "aborted", |s| s.aborted).await;
+    h.until(10, "aborted", |s| s.aborted()).await;
     assert!(h.status().await.reason.contains("rejected"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn verbs_abort_retry_promote_full_and_undo() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -384,7 +409,7 @@ async fn verbs_abort_retry_promote_full_and_undo() {
         "aborted: promote refused"
     );
     h.ctl.retry(&key()).await.unwrap();
-    h.until(10, "paused at 1 again", |s| s.step == 1 && !s.aborted)
+    h.until(10, "paused at 1 again", |s| s.step == 1 && !s.aborted())
         .await;
     h.ctl.promote(&key()).await.unwrap();
     h.until(10, "paused at 3", |s| s.step == 3).await;
@@ -404,7 +429,7 @@ async fn verbs_abort_retry_promote_full_and_undo() {
     assert!(h.ctl.undo(&key(), Some(&"nope".into())).await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn going_back_to_stable_mid_rollout_skips_every_step() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -425,7 +450,7 @@ async fn going_back_to_stable_mid_rollout_skips_every_step() {
         .apply(RolloutSpec::new(app("v1"), canary(steps)))
         .await
         .unwrap();
-    h.ctl.process_due().await;
+    settle().await;
     assert_eq!(h.counts().await[&v1].0, 10, "stable back to full at once");
     h.until(10, "healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
@@ -438,7 +463,7 @@ async fn going_back_to_stable_mid_rollout_skips_every_step() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn controller_restart_mid_rollout_resumes_exactly() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -480,7 +505,7 @@ async fn controller_restart_mid_rollout_resumes_exactly() {
     assert_eq!(steps, [0, 1, 2, 3, 4], "no step repeated or skipped");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn crash_looping_canary_hits_the_progress_deadline() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -495,7 +520,7 @@ async fn crash_looping_canary_hits_the_progress_deadline() {
         )
         .await
         .unwrap();
-    h.until(120, "deadline", |s| s.aborted).await;
+    h.until(120, "deadline", |s| s.aborted()).await;
     let s = h.status().await;
     assert!(
         s.reason.contains("ProgressDeadlineExceeded"),
@@ -507,7 +532,7 @@ async fn crash_looping_canary_hits_the_progress_deadline() {
     assert_eq!(h.counts().await[&app("v1").revision()], (10, 10));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rolling_update_arithmetic_on_the_engine() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -517,7 +542,7 @@ async fn rolling_update_arithmetic_on_the_engine() {
         .apply(RolloutSpec::new(app("v2"), Strategy::default()))
         .await
         .unwrap();
-    h.ctl.process_due().await;
+    settle().await;
     // Kubernetes' moves within one instant: new +3 (surge, total 13), old -2 (unavailable,
     // 8 available left), new +2 (total 13 again); then nothing until new instances are ready.
     let c = h.counts().await;
@@ -545,7 +570,7 @@ async fn rolling_update_arithmetic_on_the_engine() {
     assert_eq!(h.counts().await[&v2], (10, 10));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn blue_green_with_preview_and_manual_approval() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -572,7 +597,7 @@ async fn blue_green_with_preview_and_manual_approval() {
     assert_eq!(h.counts().await.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stateful_partition_update_moves_highest_ordinals_first() {
     let h = Harness::new().await;
     let game = |v: &str| app(v).kind(WorkloadKind::Stateful).replicas(5);
@@ -650,9 +675,9 @@ impl TrafficRouter for BrokenNginx {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn router_failure_pauses_with_the_reason_and_bad_steps_are_rejected() {
-    let clock = ManualClock::new();
+    let clock = TokioClock::new();
     let engine = Arc::new(MemoryEngine::builder().clock(clock.clone()).build());
     let h = Harness::on(clock, engine, Some(Arc::new(BrokenNginx))).await;
     h.deploy_v1(Strategy::default()).await;
@@ -706,7 +731,7 @@ async fn router_failure_pauses_with_the_reason_and_bad_steps_are_rejected() {
     let _ = h.clock.now();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn history_limit_and_event_stream() {
     let h = Harness::new().await;
     let mut events = h.ctl.events();
@@ -850,7 +875,7 @@ async fn recorded_harness() -> (Harness, Arc<RecordingRouter>) {
 
 /// A harness with a recording router, whose instances become ready `startup` after they start.
 async fn recorded_harness_with_startup(startup: Duration) -> (Harness, Arc<RecordingRouter>) {
-    let clock = ManualClock::new();
+    let clock = TokioClock::new();
     let engine = engine_with_startup(&clock, startup);
     let router = Arc::new(RecordingRouter::default());
     let h = Harness::on(clock, engine, Some(router.clone())).await;
@@ -863,7 +888,7 @@ fn manual_blue_green() -> Strategy {
     Strategy::BlueGreen(bg)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn blue_green_preview_is_routed_by_the_controller_in_argos_order() {
     let (h, router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -908,7 +933,7 @@ async fn blue_green_preview_is_routed_by_the_controller_in_argos_order() {
     assert!(events.iter().any(|(o, _)| o == "healthy"), "{events:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn blue_green_abort_switches_back_and_empties_the_preview() {
     let (h, router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -921,7 +946,7 @@ async fn blue_green_abort_switches_back_and_empties_the_preview() {
     router.take();
     h.ctl.abort(&key()).await.unwrap();
     h.until(20, "rolled back", |s| {
-        s.aborted && s.reason.starts_with("aborted: ")
+        s.aborted() && s.reason.starts_with("aborted: ")
     })
     .await;
     let s = h.status().await;
@@ -942,7 +967,7 @@ async fn blue_green_abort_switches_back_and_empties_the_preview() {
     assert_eq!(h.counts().await.len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn blue_green_preview_resumes_after_a_controller_restart() {
     let (h, router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -960,7 +985,7 @@ async fn blue_green_preview_resumes_after_a_controller_restart() {
     // A new controller and a new router (say, nginx restarted too) over the same engine.
     let router2 = Arc::new(RecordingRouter::default());
     let h2 = Harness::on(h.clock.clone(), h.engine.clone(), Some(router2.clone())).await;
-    h2.ctl.process_due().await;
+    settle().await;
     let resumed = h2.status().await;
     assert_eq!(resumed.step, before.step, "still at the promotion gate");
     assert!(resumed.approval_requested);
@@ -978,7 +1003,7 @@ async fn blue_green_preview_resumes_after_a_controller_restart() {
     assert_eq!(h2.status().await.stable, Some(v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn analysis_phases_and_messages_are_in_the_status() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1039,7 +1064,7 @@ async fn analysis_phases_and_messages_are_in_the_status() {
     // The metric goes bad: the step analysis fails, the rollout aborts, and the status keeps
     // the failed run with its message.
     *h.metric.value.lock().unwrap() = 0.5;
-    h.until(10, "aborted", |s| s.aborted).await;
+    h.until(10, "aborted", |s| s.aborted()).await;
     let s = h.status().await;
     let step = s.analysis.clone().unwrap();
     assert_eq!(
@@ -1072,7 +1097,7 @@ async fn analysis_phases_and_messages_are_in_the_status() {
     assert_eq!((s.analysis, s.background_analysis), (None, None));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn weight_is_the_new_targets_from_step_0() {
     let (h, _router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1089,7 +1114,7 @@ async fn weight_is_the_new_targets_from_step_0() {
         .await
         .unwrap();
     assert_eq!((s.step, s.weight), (0, Some(0)), "not v1's 100");
-    h.ctl.process_due().await;
+    settle().await;
     let s = h.status().await;
     assert_eq!(
         h.counts().await[&app("v2").revision()].1,
@@ -1152,9 +1177,9 @@ impl TrafficRouter for StickyPreview {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_preview_clear_at_completion_is_retried() {
-    let clock = ManualClock::new();
+    let clock = TokioClock::new();
     let engine = Arc::new(MemoryEngine::builder().clock(clock.clone()).build());
     let router = Arc::new(StickyPreview {
         inner: RecordingRouter::default(),
@@ -1188,7 +1213,7 @@ fn of(c: &BTreeMap<Revision, (u32, u32)>, rev: &Revision) -> (u32, u32) {
     c.get(rev).copied().unwrap_or((0, 0))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_keeps_the_delay() {
     let (h, router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1211,7 +1236,7 @@ async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_ke
     let mut switched = None;
     let mut blue_shrunk = None;
     for _ in 0..60 {
-        h.ctl.process_due().await;
+        settle().await;
         let c = h.counts().await;
         let s = h.status().await;
         let now = h.clock.now();
@@ -1230,7 +1255,7 @@ async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_ke
         if s.phase == RolloutPhase::Healthy {
             break;
         }
-        h.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(h.status().await.phase, RolloutPhase::Healthy);
     let switched = switched.expect("traffic switched");
@@ -1249,7 +1274,7 @@ async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_ke
     assert_eq!(h.status().await.stable, Some(v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn canary_promote_full_with_a_router_keeps_the_scale_down_delay() {
     let (h, _router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1271,13 +1296,13 @@ async fn canary_promote_full_with_a_router_keeps_the_scale_down_delay() {
     h.ctl.promote_full(&key()).await.unwrap();
     let mut stable_shrunk = None;
     for _ in 0..60 {
-        h.ctl.process_due().await;
+        settle().await;
         let c = h.counts().await;
         if of(&c, &v1).0 < 10 {
             stable_shrunk = Some(h.clock.now());
             break;
         }
-        h.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let shrunk = stable_shrunk.expect("stable scaled down");
     assert_eq!(h.status().await.weight, Some(100));
@@ -1290,7 +1315,7 @@ async fn canary_promote_full_with_a_router_keeps_the_scale_down_delay() {
     assert_eq!(of(&h.counts().await, &v2), (10, 10));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn promote_full_during_the_scale_down_delay_keeps_its_clock() {
     let (h, _router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1309,26 +1334,26 @@ async fn promote_full_during_the_scale_down_delay_keeps_its_clock() {
     // Run until the delay has begun: all traffic on v2, v1 still at full size.
     let mut delay_started = None;
     for _ in 0..60 {
-        h.ctl.process_due().await;
+        settle().await;
         if h.status().await.weight == Some(100) && of(&h.counts().await, &v1).0 == 10 {
             delay_started = Some(h.clock.now());
             break;
         }
-        h.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let delay_started = delay_started.expect("the scale-down delay began");
-    h.clock.advance(Duration::from_secs(6));
-    h.ctl.process_due().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settle().await;
     // A second promote-full in the delay must not restart it.
     h.ctl.promote_full(&key()).await.unwrap();
     let mut shrunk = None;
     for _ in 0..30 {
-        h.ctl.process_due().await;
+        settle().await;
         if of(&h.counts().await, &v1).0 < 10 {
             shrunk = Some(h.clock.now());
             break;
         }
-        h.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let waited = shrunk
         .expect("stable scaled down")
@@ -1340,7 +1365,7 @@ async fn promote_full_during_the_scale_down_delay_keeps_its_clock() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_start() {
     // Instances take 15 s to become ready, longer than the 10 s delay: the final step spends
     // 15 s scaling the canary up before it takes all traffic, and the delay must still run in
@@ -1355,7 +1380,7 @@ async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_st
         .unwrap();
     let (mut switched, mut shrunk) = (None, None);
     for _ in 0..120 {
-        h.ctl.process_due().await;
+        settle().await;
         let now = h.clock.now();
         if switched.is_none() && h.status().await.weight == Some(100) {
             switched = Some(now);
@@ -1364,7 +1389,7 @@ async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_st
             shrunk = Some(now);
             break;
         }
-        h.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let switched = switched.expect("all traffic on v2");
     let waited = shrunk
@@ -1379,7 +1404,7 @@ async fn the_canary_scale_down_delay_counts_from_the_full_switch_not_the_step_st
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_canary_that_loses_availability_in_the_scale_down_delay_starts_the_delay_again() {
     let (h, _router) = recorded_harness().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1395,7 +1420,7 @@ async fn a_canary_that_loses_availability_in_the_scale_down_delay_starts_the_del
         .unwrap();
     let (mut switched, mut dropped, mut back, mut shrunk) = (false, false, None, None);
     for _ in 0..120 {
-        h.ctl.process_due().await;
+        settle().await;
         let full = h.status().await.weight == Some(100);
         if full && !switched {
             switched = true;
@@ -1409,7 +1434,7 @@ async fn a_canary_that_loses_availability_in_the_scale_down_delay_starts_the_del
             shrunk = Some(h.clock.now());
             break;
         }
-        h.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(
         dropped,
@@ -1466,9 +1491,9 @@ impl ApprovalGate for FlakyWithdraw {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused() {
-    let clock = ManualClock::new();
+    let clock = TokioClock::new();
     let engine = engine_with_startup(&clock, Duration::from_secs(2));
     let approvals = Arc::new(Approvals::new());
     let gate = Arc::new(FlakyWithdraw {
@@ -1499,7 +1524,7 @@ async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused(
         h.tick().await;
     }
     let s = h.status().await;
-    assert!(!s.aborted, "bob's earlier rejection is not read: {s:?}");
+    assert!(!s.aborted(), "bob's earlier rejection is not read: {s:?}");
     assert_eq!(s.phase, RolloutPhase::Paused);
     assert!(!s.approval_requested, "no new request while one is owed");
     assert!(s.reason.contains("withdrawing"), "{}", s.reason);
@@ -1509,7 +1534,7 @@ async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused(
     h.until(10, "asked again", |s| s.approval_requested).await;
     let s = h.status().await;
     assert!(s.withdrawals_owed.is_empty(), "{s:?}");
-    assert!(!s.aborted);
+    assert!(!s.aborted());
     let pending = h.approvals.pending();
     assert_eq!(pending.len(), 1, "{pending:?}");
     h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
@@ -1518,7 +1543,7 @@ async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused(
     assert_eq!(h.status().await.stable, Some(v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retry_after_a_rejection_asks_for_approval_again() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1543,7 +1568,7 @@ async fn retry_after_a_rejection_asks_for_approval_again() {
         h.tick().await;
     }
     let s = h.status().await;
-    assert!(!s.aborted, "the earlier rejection is not re-read: {s:?}");
+    assert!(!s.aborted(), "the earlier rejection is not re-read: {s:?}");
     assert_eq!((s.step, s.phase), (1, RolloutPhase::Paused));
     let pending = h.approvals.pending();
     assert_eq!(pending.len(), 1, "{pending:?}");
@@ -1557,7 +1582,7 @@ async fn retry_after_a_rejection_asks_for_approval_again() {
     assert_eq!(h.status().await.stable, Some(v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_abort_withdraws_pending_approvals_and_a_re_release_asks_again() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1628,7 +1653,7 @@ fn three_way_analysis() -> AnalysisStep {
     AnalysisStep::new(AnalysisSpec::new(vec![metric]), BTreeMap::new())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn promote_continues_past_a_failed_analysis_under_the_pause_policy() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1662,7 +1687,7 @@ async fn promote_continues_past_a_failed_analysis_under_the_pause_policy() {
     assert_eq!(h.status().await.stable, Some(app("v2").revision()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn promote_continues_past_a_rejected_approval_under_the_pause_policy() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1682,7 +1707,7 @@ async fn promote_continues_past_a_rejected_approval_under_the_pause_policy() {
     assert_eq!(h.status().await.stable, Some(v2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn promote_after_an_inconclusive_background_analysis_proceeds() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1716,7 +1741,7 @@ async fn promote_after_an_inconclusive_background_analysis_proceeds() {
     assert!(*h.metric.calls.lock().unwrap() >= 2, "measured again");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn promote_after_an_inconclusive_step_analysis_proceeds() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1740,7 +1765,7 @@ async fn promote_after_an_inconclusive_step_analysis_proceeds() {
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_held_rollout_still_follows_replica_changes() {
     let h = Harness::new().await;
     h.deploy_v1(Strategy::default()).await;
@@ -1812,7 +1837,7 @@ async fn rejected(strategy: Strategy) -> String {
         ),
         "{err:?}"
     );
-    h.ctl.process_due().await;
+    settle().await;
     for _ in 0..3 {
         h.tick().await;
     }
@@ -1834,7 +1859,7 @@ async fn rejected(strategy: Strategy) -> String {
     err.to_string()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn bad_steps_are_rejected_by_apply_naming_the_step_before_anything_starts() {
     let fake = |config: serde_json::Value| {
         MetricSpec::new("m", ProviderSpec::plugin("fake", config)).success_condition("result < 1")

@@ -14,7 +14,7 @@ use crate::notify::Notification;
 use rorqual_core::model::{AppKey, Revision};
 
 /// A measurement in flight: the rollout, the run, the metric and its sequence number.
-type InFlight = (AppKey, String, String, u32);
+type InFlight = (AppKey, String, String, u64);
 
 /// The controller's background work.
 #[derive(Debug, Default)]

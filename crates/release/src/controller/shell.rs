@@ -66,7 +66,12 @@ impl RolloutController {
             let t = self.machine(strategy.as_ref()).step(&mut next, &input);
             match self.execute(&mut next, &t, &observed).await {
                 Ok(()) => {}
-                Err(Stop::Router(err)) if err.is_retryable() => {
+                // Not ready yet (no endpoints) or not in effect yet: send it again soon. Other
+                // router failures hold the rollout with the reason.
+                Err(Stop::Router(
+                    err @ (TrafficError::NoEndpoints { .. }
+                    | TrafficError::VerificationFailed { .. }),
+                )) => {
                     tracing::debug!(app = %app, error = %err, "traffic router not ready; retrying");
                     return Ok(Action::requeue(self.inner.progress_check));
                 }

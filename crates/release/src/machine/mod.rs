@@ -535,11 +535,6 @@ impl<'a> RolloutMachine<'a> {
                 self.promote(r, now, None, t);
                 Flow::Again
             }
-            _ => {
-                r.message = format!("unknown gate at step {step}");
-                t.wake_at(now + self.progress_check);
-                Flow::Settled
-            }
         }
     }
 

@@ -264,6 +264,17 @@ pub enum TrafficError {
         #[source]
         source: std::io::Error,
     },
+    /// After a weight change the router reports that the split is not (yet) in effect; the
+    /// controller sends it again.
+    #[error("{router} has not applied the split for {app}: {reason}")]
+    VerificationFailed {
+        /// The router's name.
+        router: String,
+        /// The application.
+        app: String,
+        /// What differs.
+        reason: String,
+    },
 }
 
 impl TrafficError {
@@ -287,7 +298,8 @@ impl TrafficError {
         match self {
             TrafficError::ReloadFailed { .. }
             | TrafficError::Io { .. }
-            | TrafficError::NoEndpoints { .. } => true,
+            | TrafficError::NoEndpoints { .. }
+            | TrafficError::VerificationFailed { .. } => true,
             TrafficError::Engine { source, .. } => source.is_retryable(),
             TrafficError::InvalidSplit { .. }
             | TrafficError::ValidationFailed { .. }
