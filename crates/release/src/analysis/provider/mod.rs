@@ -19,7 +19,9 @@ mod prometheus;
 mod web;
 
 #[cfg(feature = "command")]
-pub use command::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
+pub use command::{
+    COMMAND_DEFAULT_TIMEOUT, COMMAND_INLINE_WAIT, COMMAND_RESUME_AFTER, CommandProvider,
+};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
 #[cfg(feature = "web")]
