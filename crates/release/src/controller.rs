@@ -29,7 +29,11 @@ use super::record::{
 };
 use super::strategy::{ReleaseStrategy, StrategyError};
 use crate::analysis::{AnalysisPhase, AnalysisRun, MetricProvider, Providers};
-use crate::approval::{ApprovalError, ApprovalGate, ApprovalRequest, Approvals};
+use crate::approval::{ApprovalError, ApprovalGate, ApprovalKey, ApprovalRequest, Approvals};
+
+/// The attempt number of every approval this controller asks for: it does not number the
+/// attempts of a release yet and relies on withdrawing an ended attempt's approvals instead.
+const APPROVAL_ATTEMPT: u64 = 0;
 use crate::notify::{Notification, Notifier};
 use crate::traffic::{Backend, ReplicaRatio, TrafficError, TrafficRouter, TrafficSplit};
 use rorqual_core::clock::{Clock, SystemClock};
@@ -900,7 +904,12 @@ impl RolloutController {
             if r.status.approval_requested && !steady && !r.status.aborted && !withdrawal_owed {
                 view.approval = inner
                     .approvals
-                    .decision(&app, &target, r.status.step)
+                    .decision(&ApprovalKey::new(
+                        app.clone(),
+                        target.clone(),
+                        APPROVAL_ATTEMPT,
+                        r.status.step,
+                    ))
                     .await
                     .ok()
                     .flatten()
@@ -1243,9 +1252,7 @@ impl RolloutController {
                     r.status.reason = format!("waiting for approval: {message}");
                     if !r.status.approval_requested {
                         let req = ApprovalRequest::new(
-                            app.clone(),
-                            target.clone(),
-                            step,
+                            ApprovalKey::new(app.clone(), target.clone(), APPROVAL_ATTEMPT, step),
                             message.clone(),
                         );
                         if let Err(err) = inner.approvals.request(&req).await {
