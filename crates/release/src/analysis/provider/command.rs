@@ -39,8 +39,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// `true` is JSON) and applies the JSONPath. A non-zero exit is an error carrying the end of
 /// standard error; a program that does not exist is a configuration error.
 ///
-/// [`measure`](MetricProvider::measure) waits for the program. [`start`]
-/// (MetricProvider::start), which analysis runs use, waits up to [`inline_wait`]
+/// [`measure`](MetricProvider::measure) waits for the program.
+/// [`start`](MetricProvider::start), which analysis runs use, waits up to [`inline_wait`]
 /// (default 10 s); a program still running then is a running measurement whose handle
 /// (`{"id": …, "pid": …, "process": …}`) the run keeps: [`resume`](MetricProvider::resume)
 /// answers its value once it has ended (checking again every [`resume_after`], default 5 s),
