@@ -365,9 +365,20 @@ async fn terminating_a_long_command_kills_it() {
     assert_eq!(provider.in_flight(), 0);
     // Terminating again (or a handle already collected) is not an error.
     abandoned[0].terminate(&providers).await.unwrap();
+
+    // A start cancelled while it waits for the program (its caller gave up) kills it too.
+    let patient = CommandProvider::new().inline_wait(Duration::from_secs(30));
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        patient.start(&spec.metrics[0], &BTreeMap::new()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "still waiting when cancelled");
+    assert_eq!(patient.in_flight(), 0);
+
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !marker.exists(),
-        "the program was killed before it finished"
+        "the programs were killed before they finished"
     );
 }

@@ -74,6 +74,17 @@ impl Drop for Running {
     }
 }
 
+/// A collecting task aborted (its program killed) when dropped while still held.
+struct AbortOnDrop(Option<JoinHandle<Result<Value, ProviderError>>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// The handle of a running command measurement.
 #[derive(Debug, Serialize, Deserialize)]
 struct Handle {
@@ -261,15 +272,22 @@ impl MetricProvider for CommandProvider {
         let c = command_of(metric)?;
         let child = spawn(c)?;
         let pid = child.id();
-        let mut task = tokio::spawn(collect(c.clone(), child));
-        match tokio::time::timeout(self.inline_wait, &mut task).await {
-            Ok(result) => joined(result),
-            Err(_) => {
+        // Owned until registered: if this call is cancelled while it waits, the program is
+        // killed instead of running unseen until its timeout.
+        let mut owned = AbortOnDrop(Some(tokio::spawn(collect(c.clone(), child))));
+        let waited = match &mut owned.0 {
+            Some(task) => tokio::time::timeout(self.inline_wait, task).await,
+            None => return Err(ProviderError::measurement("command", "no task to wait for")),
+        };
+        match (waited, owned.0.take()) {
+            (Ok(result), _) => joined(result),
+            (Err(_), Some(task)) => {
                 let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                 self.running.tasks.lock().insert(id, task);
                 tracing::debug!(id, ?pid, program = ?c.command.first(), "command still running");
                 Ok(self.running(id, pid))
             }
+            (Err(_), None) => Err(ProviderError::measurement("command", "no task to wait for")),
         }
     }
 
