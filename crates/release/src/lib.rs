@@ -6,7 +6,8 @@
 //! - [`analysis`]: analysis templates and runs, CEL conditions, metric providers (web,
 //!   Prometheus, command);
 //! - [`traffic`]: traffic routers (replica ratio, nginx);
-//! - [`approval`]: manual approvals (kept in memory by `Approvals`), with an HTTP API;
+//! - [`approval`]: manual approvals keyed by release attempt (`Approvals`, in memory or in a
+//!   state store so they survive restarts), with an HTTP API;
 //! - [`notify`]: notifications (a JSON webhook).
 //!
 //! HTTP clients (webhook, web and prometheus providers) speak HTTPS with rustls and the

@@ -1,7 +1,14 @@
 //! Release notifications: what happened to which rollout, sent to people and bots.
 //!
-//! [`Notifier`] is the seam; `WebhookNotifier` (feature `webhook`) POSTs JSON to a URL with a timeout and a
-//! bounded retry; [`RecordingNotifier`] keeps notifications in memory for tests.
+//! [`Notifier`] is the seam; `WebhookNotifier` (feature `webhook`) POSTs to a URL with a
+//! timeout and a bounded retry, as JSON (the [`Notification`]'s fields) or as a chat message
+//! for Slack-compatible or WeCom (企业微信) group robots ([`WebhookFormat`]);
+//! [`RecordingNotifier`] keeps notifications in memory for tests.
+//!
+//! A notification asking for an approval carries the [`ApprovalRequest`]
+//! ([`Notification::with_approval`]), so the message tells an approver what they need: the
+//! application, cluster, revision, "step i of n", the share of replicas updated, who released
+//! it and which commit, and what is asked.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -15,13 +22,17 @@ use serde::{Deserialize, Serialize};
 
 use rorqual_core::model::{AppKey, Revision};
 
+use crate::approval::ApprovalRequest;
+
 /// Something that happened in a release.
 ///
 /// Its JSON form is the webhook body: `app` (`namespace/name`), `namespace`, `name`,
-/// `revision`, `step` (number or null), `outcome`, `message` and `time` (RFC 3339, UTC, in
-/// milliseconds).
+/// `revision`, `step` (number or null), `outcome`, `message`, `time` (RFC 3339, UTC, in
+/// milliseconds) and, when it asks for an approval, `approval` (the [`ApprovalRequest`]: its
+/// `key`, `message` and `context`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "NotificationBody", from = "NotificationBody")]
+#[non_exhaustive]
 pub struct Notification {
     /// The application.
     pub app: AppKey,
@@ -36,6 +47,8 @@ pub struct Notification {
     pub message: String,
     /// When it happened.
     pub time: SystemTime,
+    /// The approval asked for, when the notification is about one.
+    pub approval: Option<ApprovalRequest>,
 }
 
 impl Notification {
@@ -54,6 +67,7 @@ impl Notification {
             outcome: outcome.into(),
             message: message.into(),
             time,
+            approval: None,
         }
     }
 
@@ -62,6 +76,79 @@ impl Notification {
     pub fn step(mut self, step: usize) -> Self {
         self.step = Some(step);
         self
+    }
+
+    /// Attaches the approval asked for (and sets the step to its step).
+    #[must_use]
+    pub fn with_approval(mut self, request: ApprovalRequest) -> Self {
+        self.step = Some(request.key.step);
+        self.approval = Some(request);
+        self
+    }
+
+    /// The notification as a short message for people, with `**bold**` markdown (WeCom's);
+    /// see [`WebhookFormat`] for Slack's.
+    ///
+    /// About an approval: the application and cluster, the revision, "step i of n" (steps
+    /// counted from 1), the attempt, the share of replicas updated, who released it and the
+    /// commit, and what is asked. Otherwise: the application, the outcome, the revision and
+    /// step, and the message.
+    pub fn text(&self) -> String {
+        self.render("**")
+    }
+
+    /// The text with `bold` as the bold marker.
+    fn render(&self, bold: &str) -> String {
+        let b = |s: &str| format!("{bold}{s}{bold}");
+        let mut lines = Vec::new();
+        match &self.approval {
+            Some(req) => {
+                let ctx = &req.context;
+                let title = if self.outcome == "approval-requested" {
+                    "Approval needed".to_owned()
+                } else {
+                    format!("Approval {}", self.outcome)
+                };
+                let cluster = ctx
+                    .cluster
+                    .as_ref()
+                    .map(|c| format!(" in cluster {c}"))
+                    .unwrap_or_default();
+                lines.push(format!("{}: {}{cluster}", b(&title), self.app));
+                let step = if ctx.step_count > 0 {
+                    format!("step {} of {}", req.key.step + 1, ctx.step_count)
+                } else {
+                    format!("step {}", req.key.step + 1)
+                };
+                lines.push(format!(
+                    "Revision {}, {step} (attempt {}), {}% of replicas updated",
+                    req.key.revision, req.key.attempt, ctx.updated_percent
+                ));
+                match (&ctx.released_by, &ctx.commit) {
+                    (Some(who), Some(commit)) => {
+                        lines.push(format!("Released by {who}, commit {commit}"));
+                    }
+                    (Some(who), None) => lines.push(format!("Released by {who}")),
+                    (None, Some(commit)) => lines.push(format!("Commit {commit}")),
+                    (None, None) => {}
+                }
+                lines.push(format!("Asked: {}", req.message));
+                if !self.message.is_empty() && self.message != req.message {
+                    lines.push(self.message.clone());
+                }
+            }
+            None => {
+                lines.push(format!("{}: {}", b(&self.app.to_string()), self.outcome));
+                lines.push(match self.step {
+                    Some(step) => format!("Revision {}, step {}", self.revision, step + 1),
+                    None => format!("Revision {}", self.revision),
+                });
+                if !self.message.is_empty() {
+                    lines.push(self.message.clone());
+                }
+            }
+        }
+        lines.join("\n")
     }
 }
 
@@ -78,6 +165,8 @@ struct NotificationBody {
     message: String,
     #[serde(with = "crate::timestamp")]
     time: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    approval: Option<ApprovalRequest>,
 }
 
 impl From<Notification> for NotificationBody {
@@ -91,6 +180,7 @@ impl From<Notification> for NotificationBody {
             outcome: n.outcome,
             message: n.message,
             time: n.time,
+            approval: n.approval,
         }
     }
 }
@@ -104,6 +194,37 @@ impl From<NotificationBody> for Notification {
             outcome: b.outcome,
             message: b.message,
             time: b.time,
+            approval: b.approval,
+        }
+    }
+}
+
+/// How a `WebhookNotifier` writes its request body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebhookFormat {
+    /// The [`Notification`]'s JSON form (its [`Serialize`] impl).
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message, `{"text": "…"}`, also taken by Slack-compatible
+    /// receivers (Mattermost, Rocket.Chat); bold is `*…*`.
+    Slack,
+    /// A WeCom (企业微信) group robot markdown message,
+    /// `{"msgtype": "markdown", "markdown": {"content": "…"}}`; bold is `**…**`.
+    WeCom,
+}
+
+impl WebhookFormat {
+    /// The request body for `n`.
+    pub fn body(self, n: &Notification) -> serde_json::Value {
+        match self {
+            // A notification is plain data (strings, numbers, times): it always serialises.
+            WebhookFormat::Json => serde_json::to_value(n).unwrap_or_default(),
+            WebhookFormat::Slack => serde_json::json!({ "text": n.render("*") }),
+            WebhookFormat::WeCom => serde_json::json!({
+                "msgtype": "markdown",
+                "markdown": { "content": n.render("**") },
+            }),
         }
     }
 }
@@ -135,6 +256,16 @@ pub enum NotifyError {
         #[source]
         source: reqwest::Error,
     },
+    /// The receiver answered 2xx but refused the message: a WeCom robot answers
+    /// `{"errcode": 93000, "errmsg": "…"}` for a wrong key or a malformed message. Not
+    /// retried.
+    #[error("webhook {url} refused the message: {reason}")]
+    Refused {
+        /// The webhook URL.
+        url: String,
+        /// The receiver's error code and message.
+        reason: String,
+    },
     /// The receiver answered with a non-2xx status.
     #[error("webhook {url} answered {status} after {attempts} attempt(s): {body}")]
     Status {
@@ -157,7 +288,8 @@ pub trait Notifier: Send + Sync + Debug + 'static {
 }
 
 #[cfg(feature = "webhook")]
-/// POSTs each notification as JSON (its [`Serialize`] form) to a URL, over HTTP or HTTPS.
+/// POSTs each notification to a URL, over HTTP or HTTPS: as JSON (its [`Serialize`] form) by
+/// default, or as a Slack or WeCom chat message ([`WebhookNotifier::format`]).
 ///
 /// HTTPS trusts the bundled Mozilla roots; [`root_certificates_pem`] adds a private or test
 /// CA.
@@ -175,6 +307,7 @@ pub struct WebhookNotifier {
     retries: u32,
     backoff: Duration,
     headers: Vec<(String, String)>,
+    format: WebhookFormat,
 }
 
 #[cfg(feature = "webhook")]
@@ -192,7 +325,15 @@ impl WebhookNotifier {
             retries: 2,
             backoff: Duration::from_millis(200),
             headers: Vec::new(),
+            format: WebhookFormat::Json,
         })
+    }
+
+    /// Sets the body format (default [`WebhookFormat::Json`]).
+    #[must_use]
+    pub fn format(mut self, format: WebhookFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Sets the per-attempt timeout.
@@ -279,11 +420,34 @@ struct FailedAttempt {
 #[cfg(feature = "webhook")]
 impl WebhookNotifier {
     async fn send_once(&self, n: &Notification, attempts: u32) -> Result<(), FailedAttempt> {
-        let mut req = self.client.post(&self.url).timeout(self.timeout).json(n);
+        let mut req = self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .json(&self.format.body(n));
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
         match req.send().await {
+            Ok(resp) if resp.status().is_success() && self.format == WebhookFormat::WeCom => {
+                // WeCom answers 200 with `errcode` 0, or another code when it refuses.
+                let text = resp.text().await.unwrap_or_default();
+                let answer: serde_json::Value =
+                    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                match answer["errcode"].as_i64() {
+                    Some(0) | None => Ok(()),
+                    Some(code) => Err(FailedAttempt {
+                        retryable: false,
+                        error: NotifyError::Refused {
+                            url: self.url.clone(),
+                            reason: format!(
+                                "errcode {code}: {}",
+                                answer["errmsg"].as_str().unwrap_or_default()
+                            ),
+                        },
+                    }),
+                }
+            }
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) => {
                 let status = resp.status();
@@ -377,5 +541,103 @@ mod tests {
         assert_eq!(back, n);
         #[cfg(feature = "webhook")]
         assert!(WebhookNotifier::new("ftp://x").is_err());
+    }
+
+    fn approval_request() -> ApprovalRequest {
+        use crate::approval::{ApprovalContext, ApprovalKey};
+        ApprovalRequest::new(
+            ApprovalKey::new(
+                AppKey::new("games", "lobby"),
+                Revision::from("9f1c2a7b3d"),
+                2,
+                2,
+            ),
+            "promote to 50%?",
+        )
+        .context(
+            ApprovalContext::new()
+                .cluster("sh-1")
+                .step_count(5)
+                .updated_percent(40)
+                .released_by("alice")
+                .commit("abc1234"),
+        )
+    }
+
+    #[test]
+    fn an_approval_notification_tells_the_approver_what_they_need() {
+        let n = Notification::new(
+            AppKey::new("games", "lobby"),
+            Revision::from("9f1c2a7b3d"),
+            "approval-requested",
+            "promote to 50%?",
+            UNIX_EPOCH,
+        )
+        .with_approval(approval_request());
+        assert_eq!(n.step, Some(2));
+        assert_eq!(
+            n.text(),
+            "**Approval needed**: games/lobby in cluster sh-1\n\
+             Revision 9f1c2a7b3d, step 3 of 5 (attempt 2), 40% of replicas updated\n\
+             Released by alice, commit abc1234\n\
+             Asked: promote to 50%?"
+        );
+        assert_eq!(
+            WebhookFormat::Slack.body(&n)["text"],
+            n.text().replace("**", "*")
+        );
+        let wecom = WebhookFormat::WeCom.body(&n);
+        assert_eq!(wecom["msgtype"], "markdown");
+        assert_eq!(wecom["markdown"]["content"], n.text());
+        // The JSON form carries the request, and reads back.
+        let j = WebhookFormat::Json.body(&n);
+        assert_eq!(j["approval"]["key"]["attempt"], 2);
+        assert_eq!(j["approval"]["context"]["updatedPercent"], 40);
+        assert_eq!(serde_json::from_value::<Notification>(j).unwrap(), n);
+
+        // Unknown parts are left out.
+        let bare = Notification::new(
+            AppKey::new("games", "lobby"),
+            Revision::from("v2"),
+            "approval-requested",
+            "",
+            UNIX_EPOCH,
+        )
+        .with_approval(ApprovalRequest::new(
+            crate::approval::ApprovalKey::new(AppKey::new("games", "lobby"), "v2".into(), 0, 0),
+            "go?",
+        ));
+        assert_eq!(
+            bare.text(),
+            "**Approval needed**: games/lobby\n\
+             Revision v2, step 1 (attempt 0), 0% of replicas updated\nAsked: go?"
+        );
+    }
+
+    #[test]
+    fn other_notifications_say_the_outcome_and_message() {
+        let n = Notification::new(
+            AppKey::new("games", "lobby"),
+            Revision::from("abc"),
+            "aborted",
+            "analysis failed",
+            UNIX_EPOCH,
+        )
+        .step(2);
+        assert_eq!(
+            n.text(),
+            "**games/lobby**: aborted\nRevision abc, step 3\nanalysis failed"
+        );
+        let healthy = Notification::new(
+            AppKey::new("games", "lobby"),
+            Revision::from("abc"),
+            "healthy",
+            "",
+            UNIX_EPOCH,
+        );
+        assert_eq!(
+            WebhookFormat::Slack.body(&healthy),
+            serde_json::json!({"text": "*games/lobby*: healthy\nRevision abc"})
+        );
     }
 }

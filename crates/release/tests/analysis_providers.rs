@@ -1,16 +1,17 @@
 //! The web and command metric providers through whole analysis runs, against a local HTTP
-//! server and real programs.
+//! server and real programs (including long ones, resumed and terminated).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use rorqual_release::analysis::{
-    AnalysisPhase, AnalysisRun, AnalysisSpec, CommandMetric, MetricSpec, ProviderSpec, Providers,
-    WebMetric,
+    AnalysisPhase, AnalysisRun, AnalysisSpec, CommandMetric, CommandProvider, MetricProvider,
+    MetricSpec, ProviderSpec, Providers, WebMetric,
 };
 use serde_json::json;
 
@@ -270,5 +271,114 @@ async fn command_provider_parses_output_and_reports_exit_codes() {
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "timeout not applied"
+    );
+}
+
+/// A program outlasting the provider's inline wait is a running measurement: the run keeps
+/// its handle, resumes it when due and gets the value once the program has ended.
+#[tokio::test]
+async fn a_long_command_runs_in_the_background_and_is_resumed() {
+    let provider = Arc::new(
+        CommandProvider::new()
+            .inline_wait(Duration::from_millis(50))
+            .resume_after(Duration::from_millis(100)),
+    );
+    let providers = Providers::new().with(provider.clone());
+    let spec = AnalysisSpec::new(vec![
+        MetricSpec::new(
+            "smoke",
+            ProviderSpec::Command(CommandMetric::new([
+                "sh",
+                "-c",
+                "sleep 0.4; echo '{\"passed\": 12, \"failed\": 0}'",
+            ])),
+        )
+        .success_condition("result.failed == 0 && result.passed > 10"),
+    ]);
+    let mut run = AnalysisRun::new(&spec, BTreeMap::new(), SystemTime::now()).unwrap();
+    assert_eq!(
+        run.tick(&providers, SystemTime::now()).await,
+        AnalysisPhase::Running
+    );
+    let handle = run.metrics()[0].in_progress.clone().unwrap().handle;
+    assert!(handle["pid"].as_u64().is_some(), "{handle}");
+    assert_eq!(provider.in_flight(), 1);
+    let mut resumes = 0;
+    while !run.phase().is_terminal() {
+        let due = run.next_due().unwrap();
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        run.tick(&providers, SystemTime::now()).await;
+        resumes += 1;
+        assert!(resumes < 50, "never finished: {run:?}");
+    }
+    assert_eq!(
+        run.phase(),
+        AnalysisPhase::Successful,
+        "{:?}",
+        run.message()
+    );
+    assert!(resumes >= 2, "resumed while it ran, then collected");
+    assert_eq!(
+        run.metrics()[0].measurements[0].value,
+        Some(json!({"passed": 12, "failed": 0}))
+    );
+    assert_eq!(provider.in_flight(), 0, "collected");
+
+    // The handle means nothing to another provider (a restarted controller): a measurement
+    // error, so the metric measures again instead of waiting forever.
+    let other = CommandProvider::new();
+    let err = other
+        .resume(&spec.metrics[0], &BTreeMap::new(), &handle)
+        .await
+        .unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    assert!(
+        err.to_string().contains("is not running in this process"),
+        "{err}"
+    );
+}
+
+/// Terminating a run hands back its running program, and terminating that kills it.
+#[tokio::test]
+async fn terminating_a_long_command_kills_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("finished");
+    let provider = Arc::new(CommandProvider::new().inline_wait(Duration::ZERO));
+    let providers = Providers::new().with(provider.clone());
+    let script = format!("sleep 1; touch '{}'; echo 1", marker.display());
+    let spec = AnalysisSpec::new(vec![
+        MetricSpec::new(
+            "soak",
+            ProviderSpec::Command(CommandMetric::new(["sh", "-c", script.as_str()])),
+        )
+        .interval(Duration::from_secs(60)),
+    ]);
+    let mut run = AnalysisRun::new(&spec, BTreeMap::new(), SystemTime::now()).unwrap();
+    run.tick(&providers, SystemTime::now()).await;
+    assert_eq!(run.running().len(), 1);
+    run.terminate();
+    let abandoned = run.take_abandoned();
+    assert_eq!(abandoned.len(), 1);
+    abandoned[0].terminate(&providers).await.unwrap();
+    assert_eq!(provider.in_flight(), 0);
+    // Terminating again (or a handle already collected) is not an error.
+    abandoned[0].terminate(&providers).await.unwrap();
+
+    // A start cancelled while it waits for the program (its caller gave up) kills it too.
+    let patient = CommandProvider::new().inline_wait(Duration::from_secs(30));
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        patient.start(&spec.metrics[0], &BTreeMap::new()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "still waiting when cancelled");
+    assert_eq!(patient.in_flight(), 0);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !marker.exists(),
+        "the programs were killed before they finished"
     );
 }

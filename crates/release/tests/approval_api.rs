@@ -1,11 +1,17 @@
-//! The approvals API in process and over HTTP (axum router driven with tower's `oneshot`).
+//! The approvals API in process and over HTTP (axum router driven with tower's `oneshot`),
+//! in memory and over a file-backed state store across a restart.
 #![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use rorqual_core::model::{AppKey, Revision};
-use rorqual_release::approval::{ApprovalError, ApprovalGate, ApprovalRequest, Approvals};
+use rorqual_local::FileStateStore;
+use rorqual_release::approval::{
+    ApprovalContext, ApprovalError, ApprovalGate, ApprovalKey, ApprovalRequest, Approvals,
+};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -15,6 +21,10 @@ fn app() -> AppKey {
 
 fn rev() -> Revision {
     Revision::from("9f1c2a7b3d")
+}
+
+fn key(attempt: u64, step: usize) -> ApprovalKey {
+    ApprovalKey::new(app(), rev(), attempt, step)
 }
 
 async fn call(
@@ -44,7 +54,14 @@ async fn call(
 #[tokio::test]
 async fn approve_over_http_records_who_and_when() {
     let approvals = Approvals::new();
-    let req = ApprovalRequest::new(app(), rev(), 3, "promote to 100%?");
+    let req = ApprovalRequest::new(key(1, 3), "promote to 100%?").context(
+        ApprovalContext::new()
+            .cluster("sh-1")
+            .step_count(4)
+            .updated_percent(50)
+            .released_by("dana")
+            .commit("e4f5a6b"),
+    );
     approvals.request(&req).await.unwrap();
     approvals.request(&req).await.unwrap(); // idempotent
 
@@ -53,6 +70,12 @@ async fn approve_over_http_records_who_and_when() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["state"], "pending");
     assert_eq!(list[0]["message"], "promote to 100%?");
+    assert_eq!(list[0]["attempt"], 1);
+    assert_eq!(
+        list[0]["context"],
+        json!({"cluster": "sh-1", "stepCount": 4, "updatedPercent": 50,
+               "releasedBy": "dana", "commit": "e4f5a6b"})
+    );
 
     let uri = "/approvals/games/lobby/9f1c2a7b3d/3/approve";
     let (status, record) = call(
@@ -68,26 +91,24 @@ async fn approve_over_http_records_who_and_when() {
     assert_eq!(record["decision"]["comment"], "metrics fine");
     assert!(record["decision"]["at"].as_str().unwrap().ends_with('Z'));
 
-    let d = approvals
-        .decision(&app(), &rev(), 3)
-        .await
-        .unwrap()
-        .unwrap();
+    let d = approvals.decision(&key(1, 3)).await.unwrap().unwrap();
     assert!(d.approved);
     assert_eq!(d.by, "alice");
     assert!(d.at <= std::time::SystemTime::now());
-    assert!(approvals.pending().is_empty());
+    assert!(approvals.pending().await.unwrap().is_empty());
 
-    // Decisions are final.
+    // The same call again (a client retrying) answers the recorded decision.
+    let (status, again) = call(&approvals, "POST", uri, Some(json!({"by": "alice"}))).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["decision"]["comment"], "metrics fine");
+
+    // Deciding differently is refused: decisions are final.
     let reject = "/approvals/games/lobby/9f1c2a7b3d/3/reject";
     let (status, body) = call(&approvals, "POST", reject, Some(json!({"by": "bob"}))).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("already approved by alice"),
-        "{body}"
+    assert_eq!(
+        body["error"],
+        "games/lobby revision 9f1c2a7b3d attempt 1 step 3 was already approved by alice"
     );
 
     let (status, record) = call(
@@ -105,11 +126,11 @@ async fn approve_over_http_records_who_and_when() {
 async fn reject_and_bad_requests() {
     let approvals = Approvals::new();
     approvals
-        .request(&ApprovalRequest::new(app(), rev(), 1, "go?"))
+        .request(&ApprovalRequest::new(key(1, 1), "go?"))
         .await
         .unwrap();
 
-    // Unknown step, no approver, malformed body.
+    // Unknown step, app and revision: 404 naming it and what was requested instead.
     let (status, body) = call(
         &approvals,
         "POST",
@@ -118,8 +139,44 @@ async fn reject_and_bad_requests() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(body["error"].as_str().unwrap().contains("step 7"), "{body}");
-    let (status, _) = call(
+    assert_eq!(
+        body["error"],
+        "no approval was requested for games/lobby revision 9f1c2a7b3d step 7 (attempt 1 \
+         asked for step 1)"
+    );
+    let (status, body) = call(
+        &approvals,
+        "GET",
+        "/approvals/games/arena/9f1c2a7b3d/1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("(no approval was requested for games/arena)"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &approvals,
+        "POST",
+        "/approvals/games/lobby/0000000000/1/reject",
+        Some(json!({"by": "a"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("games/lobby has requests for revision 9f1c2a7b3d only"),
+        "{body}"
+    );
+
+    // No approver, malformed body, malformed step.
+    let (status, body) = call(
         &approvals,
         "POST",
         "/approvals/games/lobby/9f1c2a7b3d/1/approve",
@@ -127,6 +184,7 @@ async fn reject_and_bad_requests() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("`by`"), "{body}");
     let (status, _) = call(
         &approvals,
         "POST",
@@ -143,7 +201,7 @@ async fn reject_and_bad_requests() {
     )
     .await;
     assert!(status.is_client_error());
-    assert_eq!(approvals.decision(&app(), &rev(), 1).await.unwrap(), None);
+    assert_eq!(approvals.decision(&key(1, 1)).await.unwrap(), None);
 
     let (status, record) = call(
         &approvals,
@@ -154,50 +212,132 @@ async fn reject_and_bad_requests() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(record["state"], "rejected");
-    let d = approvals
-        .decision(&app(), &rev(), 1)
-        .await
-        .unwrap()
-        .unwrap();
+    let d = approvals.decision(&key(1, 1)).await.unwrap().unwrap();
     assert!(!d.approved && d.by == "carol" && d.comment.is_none());
+}
+
+/// The HTTP API addresses the newest attempt of a release: a retried release asks again, and
+/// the operator's decision goes to the retry, never to the attempt that ended.
+#[tokio::test]
+async fn the_newest_attempt_is_addressed() {
+    let approvals = Approvals::new();
+    approvals
+        .request(&ApprovalRequest::new(key(1, 1), "first try?"))
+        .await
+        .unwrap();
+    approvals.reject(&key(1, 1), "bob", None).await.unwrap();
+    approvals
+        .request(&ApprovalRequest::new(key(2, 1), "second try?"))
+        .await
+        .unwrap();
+    let (_, list) = call(&approvals, "GET", "/approvals", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["attempt"], 2);
+    let (status, record) = call(
+        &approvals,
+        "POST",
+        "/approvals/games/lobby/9f1c2a7b3d/1/approve",
+        Some(json!({"by": "alice"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["attempt"], 2);
+    assert!(
+        approvals
+            .decision(&key(2, 1))
+            .await
+            .unwrap()
+            .unwrap()
+            .approved
+    );
+    assert!(
+        !approvals
+            .decision(&key(1, 1))
+            .await
+            .unwrap()
+            .unwrap()
+            .approved
+    );
+}
+
+/// Approvals over a file-backed state store: a request made before a restart is listed by the
+/// restarted process, approved over its HTTP API, and the decision is read after another
+/// restart.
+#[tokio::test]
+async fn a_restart_keeps_requests_and_decisions_in_the_state_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.log");
+    let req = ApprovalRequest::new(key(4, 2), "promote to 50%?")
+        .context(ApprovalContext::new().step_count(5).updated_percent(20));
+    {
+        let approvals = Approvals::with_store(Arc::new(FileStateStore::open(&path).unwrap()));
+        approvals.request(&req).await.unwrap();
+        // Dropping the last handle closes the store (and releases its lock).
+    }
+
+    let approvals = Approvals::with_store(Arc::new(FileStateStore::open(&path).unwrap()));
+    let (status, list) = call(&approvals, "GET", "/approvals", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["message"], "promote to 50%?");
+    assert_eq!(list[0]["attempt"], 4);
+    assert_eq!(list[0]["context"]["stepCount"], 5);
+    let (status, record) = call(
+        &approvals,
+        "POST",
+        "/approvals/games/lobby/9f1c2a7b3d/2/approve",
+        Some(json!({"by": "alice", "comment": "after the restart"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    // The gate of the restarted controller reads it.
+    let gate: Arc<dyn ApprovalGate> = Arc::new(approvals.clone());
+    assert!(gate.decision(&req.key).await.unwrap().unwrap().approved);
+    drop((gate, approvals));
+
+    let reopened = Approvals::with_store(Arc::new(FileStateStore::open(&path).unwrap()));
+    let d = reopened.decision(&req.key).await.unwrap().unwrap();
+    assert_eq!(
+        (d.approved, d.by.as_str(), d.comment.as_deref()),
+        (true, "alice", Some("after the restart"))
+    );
+    assert!(reopened.pending().await.unwrap().is_empty());
+    assert_eq!(reopened.get(&req.key).await.unwrap().unwrap().request, req);
 }
 
 #[tokio::test]
 async fn in_process_api() {
     let approvals = Approvals::new();
     let err = approvals
-        .approve(&app(), &rev(), 0, "alice", None)
+        .approve(&key(1, 0), "alice", None)
+        .await
         .unwrap_err();
     assert!(matches!(err, ApprovalError::NotFound { .. }), "{err}");
     for step in [2, 0] {
         approvals
-            .request(&ApprovalRequest::new(
-                app(),
-                rev(),
-                step,
-                format!("step {step}"),
-            ))
+            .request(&ApprovalRequest::new(key(1, step), format!("step {step}")))
             .await
             .unwrap();
     }
-    let pending = approvals.pending();
+    let pending = approvals.pending().await.unwrap();
     assert_eq!(pending.len(), 2);
-    assert_eq!(pending[0].request.step, 2, "oldest request first");
+    assert_eq!(pending[0].request.key.step, 2, "oldest request first");
     approvals
-        .reject(&app(), &rev(), 0, "bob", Some("error budget spent".into()))
+        .reject(&key(1, 0), "bob", Some("error budget spent".into()))
+        .await
         .unwrap();
-    assert_eq!(approvals.pending().len(), 1);
+    assert_eq!(approvals.pending().await.unwrap().len(), 1);
     // Clones share state (the controller's gate and the operator's handle are one store).
     let handle = approvals.clone();
-    handle.approve(&app(), &rev(), 2, "alice", None).unwrap();
+    handle.approve(&key(1, 2), "alice", None).await.unwrap();
     assert!(
         approvals
-            .decision(&app(), &rev(), 2)
+            .decision(&key(1, 2))
             .await
             .unwrap()
             .unwrap()
             .approved
     );
-    approvals.forget(&app(), &rev());
-    assert!(approvals.get(&app(), &rev(), 2).is_none());
+    approvals.forget(&app(), &rev()).await.unwrap();
+    assert!(approvals.get(&key(1, 2)).await.unwrap().is_none());
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode};
 use rorqual_core::model::{AppKey, Revision};
+use rorqual_release::approval::{ApprovalContext, ApprovalKey, ApprovalRequest};
 use rorqual_release::notify::{
-    Notification, Notifier, NotifyError, RecordingNotifier, WebhookNotifier,
+    Notification, Notifier, NotifyError, RecordingNotifier, WebhookFormat, WebhookNotifier,
 };
 use serde_json::Value;
 
@@ -20,6 +21,8 @@ struct Received {
     bodies: Arc<Mutex<Vec<Delivery>>>,
     /// Status codes to answer with before answering 200.
     failures: Arc<Mutex<Vec<u16>>>,
+    /// The body of the 200 answers (a WeCom robot's `{"errcode": …}`); empty when unset.
+    answer: Arc<Mutex<Option<Value>>>,
 }
 
 async fn receiver(received: Received) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -35,9 +38,13 @@ async fn receiver(received: Received) -> (SocketAddr, tokio::task::JoinHandle<()
                         .map(|v| v.to_str().unwrap().to_owned());
                     r.bodies.lock().unwrap().push((auth, body.0));
                     let next = r.failures.lock().unwrap().pop();
+                    let answer = r.answer.lock().unwrap().clone();
                     match next {
-                        Some(code) => StatusCode::from_u16(code).unwrap(),
-                        None => StatusCode::OK,
+                        Some(code) => (StatusCode::from_u16(code).unwrap(), String::new()),
+                        None => (
+                            StatusCode::OK,
+                            answer.map(|a| a.to_string()).unwrap_or_default(),
+                        ),
                     }
                 },
             ),
@@ -157,4 +164,125 @@ async fn unreachable_receiver_is_an_error_after_bounded_retries() {
     let recorder = RecordingNotifier::new();
     recorder.notify(&notification()).await.unwrap();
     assert_eq!(recorder.notifications(), vec![notification()]);
+}
+
+/// An approval request as the rollout controller sends it to approvers.
+fn approval_notification() -> Notification {
+    let request = ApprovalRequest::new(
+        ApprovalKey::new(AppKey::new("games", "lobby"), "9f1c2a7b3d".into(), 3, 1),
+        "promote to 50%?",
+    )
+    .context(
+        ApprovalContext::new()
+            .cluster("sh-1")
+            .step_count(4)
+            .updated_percent(25)
+            .released_by("alice")
+            .commit("e4f5a6b"),
+    );
+    Notification::new(
+        AppKey::new("games", "lobby"),
+        Revision::from("9f1c2a7b3d"),
+        "approval-requested",
+        "promote to 50%?",
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    )
+    .with_approval(request)
+}
+
+/// Sends `n` in `format` to a fresh receiver and returns the body it got.
+async fn delivered(format: WebhookFormat, n: &Notification) -> Value {
+    let received = Received::default();
+    let (addr, server) = receiver(received.clone()).await;
+    WebhookNotifier::new(format!("http://{addr}/hook"))
+        .unwrap()
+        .format(format)
+        .notify(n)
+        .await
+        .unwrap();
+    server.abort();
+    let bodies = received.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    bodies[0].1.clone()
+}
+
+#[tokio::test]
+async fn slack_format_posts_a_text_message_for_approvers() {
+    let body = delivered(WebhookFormat::Slack, &approval_notification()).await;
+    assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+    assert_eq!(
+        body["text"],
+        "*Approval needed*: games/lobby in cluster sh-1\n\
+         Revision 9f1c2a7b3d, step 2 of 4 (attempt 3), 25% of replicas updated\n\
+         Released by alice, commit e4f5a6b\n\
+         Asked: promote to 50%?"
+    );
+    let body = delivered(WebhookFormat::Slack, &notification()).await;
+    assert_eq!(
+        body,
+        serde_json::json!({"text": "*games/lobby*: rolled-back\nRevision 9f1c2a7b3d, step 3\n\
+            analysis error-rate failed: 0.12 > 0.05"})
+    );
+}
+
+#[tokio::test]
+async fn wecom_format_posts_a_markdown_message_and_reports_a_refusal() {
+    let body = delivered(WebhookFormat::WeCom, &approval_notification()).await;
+    assert_eq!(body["msgtype"], "markdown");
+    let content = body["markdown"]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("**Approval needed**: games/lobby in cluster sh-1\n")
+            && content.contains("step 2 of 4")
+            && content.contains("25% of replicas updated")
+            && content.contains("Released by alice, commit e4f5a6b")
+            && content.ends_with("Asked: promote to 50%?"),
+        "{content}"
+    );
+    let body = delivered(WebhookFormat::WeCom, &notification()).await;
+    assert_eq!(
+        body["markdown"]["content"],
+        "**games/lobby**: rolled-back\nRevision 9f1c2a7b3d, step 3\n\
+         analysis error-rate failed: 0.12 > 0.05"
+    );
+
+    // A robot that answers 200 with an error code refused the message.
+    let received = Received::default();
+    *received.answer.lock().unwrap() =
+        Some(serde_json::json!({"errcode": 93000, "errmsg": "invalid webhook url"}));
+    let (addr, server) = receiver(received.clone()).await;
+    let err = WebhookNotifier::new(format!("http://{addr}/hook"))
+        .unwrap()
+        .format(WebhookFormat::WeCom)
+        .notify(&notification())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, NotifyError::Refused { reason, .. }
+            if reason == "errcode 93000: invalid webhook url"),
+        "{err}"
+    );
+    assert_eq!(received.bodies.lock().unwrap().len(), 1, "not retried");
+    *received.answer.lock().unwrap() = Some(serde_json::json!({"errcode": 0, "errmsg": "ok"}));
+    WebhookNotifier::new(format!("http://{addr}/hook"))
+        .unwrap()
+        .format(WebhookFormat::WeCom)
+        .notify(&notification())
+        .await
+        .unwrap();
+    server.abort();
+}
+
+#[tokio::test]
+async fn json_format_carries_the_approval_request() {
+    let body = delivered(WebhookFormat::Json, &approval_notification()).await;
+    assert_eq!(body["outcome"], "approval-requested");
+    assert_eq!(body["step"], 1);
+    assert_eq!(
+        body["approval"]["key"],
+        serde_json::json!({"app": {"namespace": "games", "name": "lobby"},
+            "revision": "9f1c2a7b3d", "attempt": 3, "step": 1})
+    );
+    assert_eq!(body["approval"]["context"]["releasedBy"], "alice");
+    let back: Notification = serde_json::from_value(body).unwrap();
+    assert_eq!(back, approval_notification());
 }

@@ -16,7 +16,7 @@ use rorqual_release::analysis::{
     AnalysisSpec, MetricProvider, MetricSpec, ProviderError, ProviderSpec,
 };
 use rorqual_release::approval::{
-    ApprovalError, ApprovalGate, ApprovalRequest, Approvals, Decision,
+    ApprovalError, ApprovalGate, ApprovalKey, ApprovalRequest, Approvals, Decision,
 };
 use rorqual_release::notify::RecordingNotifier;
 use rorqual_release::traffic::{Backend, TrafficError, TrafficRouter, TrafficSplit};
@@ -363,21 +363,19 @@ async fn approval_gate_through_the_approvals_api() {
     h.until(10, "approval requested", |s| s.approval_requested)
         .await;
     assert_eq!(h.status().await.phase, RolloutPhase::Paused);
-    let pending = h.approvals.pending();
+    let pending = h.approvals.pending().await.unwrap();
     assert_eq!(pending.len(), 1);
     for _ in 0..10 {
         h.tick().await;
     }
     assert_eq!(h.status().await.step, 1, "waits for the decision");
-    h.approvals
-        .approve(&key(), &v2, 1, "alice", Some("looks good".into()))
-        .unwrap();
+    approve(&h.approvals, &v2, 1, "alice", Some("looks good".into())).await;
     h.until(10, "second approval", |s| {
         s.step == 3 && s.approval_requested
     })
     .await;
     assert_eq!(h.counts().await[&v2].0, 6);
-    h.approvals.reject(&key(), &v2, 3, "bob", None).unwrap();
+    reject(&h.approvals, &v2, 3, "bob").await;
     h.until(10, "aborted", |s| s.aborted()).await;
     assert!(h.status().await.reason.contains("rejected"));
 }
@@ -588,7 +586,7 @@ async fn blue_green_with_preview_and_manual_approval() {
     assert_eq!(c[&v2], (2, 2), "preview replicas");
     assert_eq!(c[&v1], (10, 10));
     assert_eq!(h.status().await.weight, Some(0), "active still v1");
-    h.approvals.approve(&key(), &v2, 2, "carol", None).unwrap();
+    approve(&h.approvals, &v2, 2, "carol", None).await;
     h.until(10, "switched", |s| s.weight == Some(100)).await;
     assert_eq!(h.counts().await[&v2], (10, 10), "full before the switch");
     assert_eq!(h.counts().await[&v1].0, 10, "old kept for the delay");
@@ -918,7 +916,7 @@ async fn blue_green_preview_is_routed_by_the_controller_in_argos_order() {
         ["split v1=100 v2=0", "preview v2"],
         "preview points at v2 once it has ready instances; active untouched"
     );
-    h.approvals.approve(&key(), &v2, 2, "carol", None).unwrap();
+    approve(&h.approvals, &v2, 2, "carol", None).await;
     h.until(10, "switched", |s| s.weight == Some(100)).await;
     assert_eq!(
         h.status().await.preview,
@@ -1230,7 +1228,7 @@ async fn blue_green_promote_full_from_preview_scales_up_before_the_switch_and_ke
     let promoted = h.clock.now();
     h.ctl.promote_full(&key()).await.unwrap();
     assert!(
-        h.approvals.pending().is_empty(),
+        h.approvals.pending().await.unwrap().is_empty(),
         "the skipped promotion gate no longer waits for anyone"
     );
     let mut switched = None;
@@ -1460,6 +1458,34 @@ fn approval_canary() -> Strategy {
     ])
 }
 
+/// Approves `step` of the newest attempt of `revision`'s release, as the HTTP API does.
+async fn approve(
+    approvals: &Approvals,
+    revision: &Revision,
+    step: usize,
+    by: &str,
+    comment: Option<String>,
+) {
+    let k = approvals
+        .latest(&key(), revision, step)
+        .await
+        .unwrap()
+        .request
+        .key;
+    approvals.approve(&k, by, comment).await.unwrap();
+}
+
+/// Rejects `step` of the newest attempt of `revision`'s release, as the HTTP API does.
+async fn reject(approvals: &Approvals, revision: &Revision, step: usize, by: &str) {
+    let k = approvals
+        .latest(&key(), revision, step)
+        .await
+        .unwrap()
+        .request
+        .key;
+    approvals.reject(&k, by, None).await.unwrap();
+}
+
 /// The in-process approvals, whose `withdraw` fails while `failing` is set (a remote approval
 /// service that is down).
 #[derive(Debug)]
@@ -1473,13 +1499,8 @@ impl ApprovalGate for FlakyWithdraw {
     async fn request(&self, req: &ApprovalRequest) -> Result<(), ApprovalError> {
         self.inner.request(req).await
     }
-    async fn decision(
-        &self,
-        app: &AppKey,
-        revision: &Revision,
-        step: usize,
-    ) -> Result<Option<Decision>, ApprovalError> {
-        self.inner.decision(app, revision, step).await
+    async fn decision(&self, key: &ApprovalKey) -> Result<Option<Decision>, ApprovalError> {
+        self.inner.decision(key).await
     }
     async fn withdraw(&self, app: &AppKey, revision: &Revision) -> Result<(), ApprovalError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1512,11 +1533,14 @@ async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused(
     // The service goes down just as bob rejects: the abort cannot withdraw his rejection.
     gate.failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    h.approvals.reject(&key(), &v2, 1, "bob", None).unwrap();
+    reject(&h.approvals, &v2, 1, "bob").await;
     h.until(20, "rolled back", |s| s.reason.starts_with("aborted: "))
         .await;
     assert_eq!(h.status().await.withdrawals_owed, vec![v2.clone()]);
-    assert!(h.approvals.get(&key(), &v2, 1).is_some(), "still there");
+    assert!(
+        h.approvals.latest(&key(), &v2, 1).await.is_ok(),
+        "still there"
+    );
     h.ctl.retry(&key()).await.unwrap();
     h.until(10, "back at the approval step", |s| s.step == 1)
         .await;
@@ -1535,9 +1559,9 @@ async fn a_failed_withdrawal_is_retried_and_an_earlier_decision_is_never_reused(
     let s = h.status().await;
     assert!(s.withdrawals_owed.is_empty(), "{s:?}");
     assert!(!s.aborted());
-    let pending = h.approvals.pending();
+    let pending = h.approvals.pending().await.unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
-    h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
+    approve(&h.approvals, &v2, 1, "alice", None).await;
     h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
     assert_eq!(h.status().await.stable, Some(v2));
@@ -1554,11 +1578,11 @@ async fn retry_after_a_rejection_asks_for_approval_again() {
         .unwrap();
     h.until(10, "approval requested", |s| s.approval_requested)
         .await;
-    h.approvals.reject(&key(), &v2, 1, "bob", None).unwrap();
+    reject(&h.approvals, &v2, 1, "bob").await;
     h.until(20, "rolled back", |s| s.reason.starts_with("aborted: "))
         .await;
     assert!(
-        h.approvals.get(&key(), &v2, 1).is_none(),
+        h.approvals.latest(&key(), &v2, 1).await.is_err(),
         "the attempt's rejection is withdrawn"
     );
     h.ctl.retry(&key()).await.unwrap();
@@ -1570,13 +1594,16 @@ async fn retry_after_a_rejection_asks_for_approval_again() {
     let s = h.status().await;
     assert!(!s.aborted(), "the earlier rejection is not re-read: {s:?}");
     assert_eq!((s.step, s.phase), (1, RolloutPhase::Paused));
-    let pending = h.approvals.pending();
+    let pending = h.approvals.pending().await.unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(
-        (pending[0].request.revision.clone(), pending[0].request.step),
+        (
+            pending[0].request.key.revision.clone(),
+            pending[0].request.key.step
+        ),
         (v2.clone(), 1)
     );
-    h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
+    approve(&h.approvals, &v2, 1, "alice", None).await;
     h.until(30, "healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
     assert_eq!(h.status().await.stable, Some(v2));
@@ -1592,12 +1619,12 @@ async fn an_abort_withdraws_pending_approvals_and_a_re_release_asks_again() {
     h.ctl.apply(spec("v2")).await.unwrap();
     h.until(10, "approval requested", |s| s.approval_requested)
         .await;
-    assert_eq!(h.approvals.pending().len(), 1);
+    assert_eq!(h.approvals.pending().await.unwrap().len(), 1);
     h.ctl.abort(&key()).await.unwrap();
     assert!(
-        h.approvals.pending().is_empty(),
+        h.approvals.pending().await.unwrap().is_empty(),
         "an aborted rollout asks nobody: {:?}",
-        h.approvals.pending()
+        h.approvals.pending().await.unwrap()
     );
     // Superseding a waiting rollout withdraws its request too.
     h.ctl.retry(&key()).await.unwrap();
@@ -1607,21 +1634,23 @@ async fn an_abort_withdraws_pending_approvals_and_a_re_release_asks_again() {
     let waiting: Vec<_> = h
         .approvals
         .pending()
+        .await
+        .unwrap()
         .into_iter()
-        .map(|r| r.request.revision)
+        .map(|r| r.request.key.revision)
         .collect();
     assert!(!waiting.contains(&v2), "{waiting:?}");
     // v2 released with an approval, then undone, then released again: it asks again.
     h.ctl.apply(spec("v2")).await.unwrap();
     h.until(10, "v2 approval requested", |s| s.approval_requested)
         .await;
-    h.approvals.approve(&key(), &v2, 1, "alice", None).unwrap();
+    approve(&h.approvals, &v2, 1, "alice", None).await;
     h.until(30, "v2 healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
     h.ctl.undo(&key(), Some(&v1)).await.unwrap();
     h.until(10, "v1 approval requested", |s| s.approval_requested)
         .await;
-    h.approvals.approve(&key(), &v1, 1, "alice", None).unwrap();
+    approve(&h.approvals, &v1, 1, "alice", None).await;
     h.until(30, "v1 healthy", |s| {
         s.phase == RolloutPhase::Healthy && s.stable == Some(v1.clone())
     })
@@ -1638,8 +1667,11 @@ async fn an_abort_withdraws_pending_approvals_and_a_re_release_asks_again() {
         "alice's approval of the earlier release does not count: {s:?}"
     );
     assert!(s.approval_requested);
-    assert_eq!(h.approvals.pending().len(), 1);
-    assert_eq!(h.approvals.pending()[0].request.revision, v2);
+    assert_eq!(h.approvals.pending().await.unwrap().len(), 1);
+    assert_eq!(
+        h.approvals.pending().await.unwrap()[0].request.key.revision,
+        v2
+    );
 }
 
 /// Successful below 0.05, failed above 0.5, inconclusive in between.
@@ -1698,7 +1730,7 @@ async fn promote_continues_past_a_rejected_approval_under_the_pause_policy() {
         .unwrap();
     h.until(10, "approval requested", |s| s.approval_requested)
         .await;
-    h.approvals.reject(&key(), &v2, 1, "bob", None).unwrap();
+    reject(&h.approvals, &v2, 1, "bob").await;
     h.until(10, "held", |s| s.hold.is_some()).await;
     assert!(h.status().await.reason.contains("rejected"));
     h.ctl.promote(&key()).await.unwrap();

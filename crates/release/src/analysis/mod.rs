@@ -85,7 +85,9 @@ pub use measurement::{
     ERROR_RETRY_INTERVAL, InProgress, MEASUREMENTS_KEPT, Measurement, MetricResult,
 };
 #[cfg(feature = "command")]
-pub use provider::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
+pub use provider::{
+    COMMAND_DEFAULT_TIMEOUT, COMMAND_INLINE_WAIT, COMMAND_RESUME_AFTER, CommandProvider,
+};
 pub use provider::{MeasureOutcome, MetricProvider, ProviderError, Providers};
 #[cfg(feature = "prometheus")]
 pub use provider::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};

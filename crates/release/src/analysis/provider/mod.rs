@@ -19,7 +19,9 @@ mod prometheus;
 mod web;
 
 #[cfg(feature = "command")]
-pub use command::{COMMAND_DEFAULT_TIMEOUT, CommandProvider};
+pub use command::{
+    COMMAND_DEFAULT_TIMEOUT, COMMAND_INLINE_WAIT, COMMAND_RESUME_AFTER, CommandProvider,
+};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{PROMETHEUS_DEFAULT_TIMEOUT, PrometheusProvider};
 #[cfg(feature = "web")]
@@ -82,8 +84,8 @@ pub trait MetricProvider: Send + Sync + Debug + 'static {
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ProviderError>;
 
-    /// Starts a measurement that may outlast this call. By default, [`measure`]
-    /// (MetricProvider::measure), complete at once.
+    /// Starts a measurement that may outlast this call. By default,
+    /// [`measure`](MetricProvider::measure), complete at once.
     async fn start(
         &self,
         metric: &MetricSpec,
@@ -249,7 +251,8 @@ impl Providers {
     }
 
     /// The built-in network providers compiled in: web (feature `web`) and prometheus (feature
-    /// `prometheus`). Never `command`, which runs programs: see [`Providers::with_command`].
+    /// `prometheus`). Never `command`, which runs programs: see `Providers::with_command`
+    /// (feature `command`).
     pub fn with_defaults() -> Self {
         #[allow(unused_mut)] // without any provider feature there is nothing to add
         let mut providers = Providers::new();
