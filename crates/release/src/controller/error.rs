@@ -42,6 +42,14 @@ pub enum ControllerError {
         /// What is missing (`revision v3 is not in the history`).
         what: String,
     },
+    /// A decision was given for a rollout that waits for no approval.
+    #[error("rollout {app} is not waiting for an approval: {doing}")]
+    NotWaitingForApproval {
+        /// The application.
+        app: AppKey,
+        /// What it is doing instead.
+        doing: String,
+    },
     /// An approval decision through the controller failed.
     #[error("approval for rollout {app}: {source}")]
     Approval {

@@ -321,12 +321,9 @@ impl RolloutController {
             let e = entry.lock().await;
             let r = &e.rollout;
             if !matches!(r.state, crate::machine::RolloutState::WaitingApproval { .. }) {
-                return Err(ControllerError::Approval {
+                return Err(ControllerError::NotWaitingForApproval {
                     app: app.clone(),
-                    source: crate::approval::ApprovalError::NotPending(format!(
-                        "rollout {app} is not waiting for an approval ({})",
-                        r.message
-                    )),
+                    doing: r.message.clone(),
                 });
             }
             crate::approval::ApprovalKey::new(app.clone(), r.target.clone(), r.attempt, r.step)
@@ -339,7 +336,7 @@ impl RolloutController {
                 ),
             });
         };
-        api.decide(&key, approved, by, comment)
+        api.decide(&key, approved, by, comment, self.inner.clock.now())
             .await
             .map_err(|source| ControllerError::Approval {
                 app: app.clone(),

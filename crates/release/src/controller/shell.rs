@@ -243,7 +243,6 @@ impl RolloutController {
                 }
                 // After the new state is persisted (see `announce`).
                 Effect::Measure { .. } | Effect::WithdrawApprovals(_) | Effect::Notify { .. } => {}
-                _ => {}
             }
         }
         Ok(())

@@ -553,16 +553,17 @@ impl<'a> RolloutMachine<'a> {
                 .group(&r.target)
                 .map_or(0, |g| g.current)
         };
-        let mut context = ApprovalContext::new(self.strategy.steps());
+        let mut context = ApprovalContext::new()
+            .step_count(self.strategy.steps())
+            .updated_percent((updated.min(replicas) * 100) / replicas);
         context.cluster = self.cluster.map(str::to_owned);
-        context.updated_percent = (updated.min(replicas) * 100) / replicas;
         context.released_by = r.spec.released_by.clone();
         context.commit = r.spec.commit.clone();
         ApprovalRequest::new(
             ApprovalKey::new(r.app.clone(), r.target.clone(), r.attempt, r.step),
             message,
-            context,
         )
+        .context(context)
     }
 
     /// Starts the plan's analyses and asks for their due measurements. Errors when one cannot
