@@ -101,7 +101,8 @@ impl ControllerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ControllerError::Engine { source, .. } => source.is_retryable(),
-            ControllerError::Router { source, .. } => source.is_retryable(),
+            // A preview the router could not set is retried whatever the error.
+            ControllerError::Router { .. } => true,
             _ => false,
         }
     }

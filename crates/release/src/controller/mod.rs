@@ -217,6 +217,7 @@ impl RolloutController {
                 (RolloutStatus::of(&e.rollout), effects)
             }
         };
+        let effects = self.withdraw_now(&app, effects).await;
         self.announce(&app, &status.target, &effects);
         self.emit(
             &app,
@@ -365,9 +366,27 @@ impl RolloutController {
             self.persist(&mut e, next).await?;
             (RolloutStatus::of(&e.rollout), effects)
         };
-        self.announce(app, &status.target, &effects);
+        let rest = self.withdraw_now(app, effects).await;
+        self.announce(app, &status.target, &rest);
         self.inner.trigger.trigger(app.clone());
         Ok(status)
+    }
+
+    /// Withdraws the approval requests `effects` end before answering an operator (who waits
+    /// for the verb or apply); returns the other effects.
+    async fn withdraw_now(&self, app: &AppKey, effects: Vec<Effect>) -> Vec<Effect> {
+        let (withdrawals, rest): (Vec<Effect>, Vec<Effect>) = effects
+            .into_iter()
+            .partition(|e| matches!(e, Effect::WithdrawApprovals(_)));
+        for effect in withdrawals {
+            if let Effect::WithdrawApprovals(revision) = effect
+                && let Err(err) = self.inner.approvals.withdraw(app, &revision).await
+                && !matches!(err, crate::approval::ApprovalError::Unsupported(_))
+            {
+                tracing::warn!(app = %app, revision = %revision, error = %err, "withdrawing approval requests failed");
+            }
+        }
+        rest
     }
 
     /// Runs the controller until `shutdown` completes (running reconciles finish first).
@@ -503,6 +522,7 @@ impl RolloutController {
                     held.state = crate::machine::RolloutState::Paused {
                         why: crate::machine::PauseReason::Held {
                             reason: err.to_string(),
+                            step_failed: false,
                         },
                     };
                     held.message = err.to_string();

@@ -37,9 +37,11 @@ impl Reconciler<AppKey> for RolloutReconciler {
 
 /// Why executing a transition's effects stopped.
 enum Stop {
-    /// The router refused or failed: hold the rollout with the reason (or retry soon when the
-    /// error is transient).
+    /// The router refused or failed a split: hold the rollout with the reason (or retry soon
+    /// when it is not ready yet).
     Router(TrafficError),
+    /// The router failed to set the preview: retry.
+    Preview(TrafficError),
     /// The engine or the approval gate failed: retry with backoff.
     Failed(ControllerError),
 }
@@ -66,8 +68,7 @@ impl RolloutController {
             let t = self.machine(strategy.as_ref()).step(&mut next, &input);
             match self.execute(&mut next, &t, &observed).await {
                 Ok(()) => {}
-                // Not ready yet (no endpoints) or not in effect yet: send it again soon. Other
-                // router failures hold the rollout with the reason.
+                // Not ready yet (no endpoints) or not in effect yet: send it again soon.
                 Err(Stop::Router(
                     err @ (TrafficError::NoEndpoints { .. }
                     | TrafficError::VerificationFailed { .. }),
@@ -75,9 +76,22 @@ impl RolloutController {
                     tracing::debug!(app = %app, error = %err, "traffic router not ready; retrying");
                     return Ok(Action::requeue(self.inner.progress_check));
                 }
+                // A split that failed leaves traffic where it was: hold for a person.
                 Err(Stop::Router(err)) => {
                     self.hold(&mut e, &err).await?;
                     return Ok(Action::await_change());
+                }
+                // The preview failed (it carries no live traffic): retry with backoff, showing
+                // why.
+                Err(Stop::Preview(err)) => {
+                    let mut shown = e.rollout.clone();
+                    shown.message = format!("retrying: traffic router {}: {err}", self.inner.router.name());
+                    self.persist(&mut e, shown).await?;
+                    return Err(ControllerError::Router {
+                        app: app.clone(),
+                        router: self.inner.router.name().to_owned(),
+                        source: Box::new(err),
+                    });
                 }
                 Err(Stop::Failed(err)) => return Err(err),
             }
@@ -88,7 +102,8 @@ impl RolloutController {
                 return Ok(action(t.wake, now));
             }
         }
-        Ok(Action::requeue(std::time::Duration::ZERO))
+        // Still changing after every round: look again shortly rather than spin.
+        Ok(Action::requeue(self.inner.progress_check))
     }
 
     async fn observe(&self, e: &Entry) -> Result<Observation, ControllerError> {
@@ -230,7 +245,7 @@ impl RolloutController {
                             inner.no_preview.store(true, Ordering::Relaxed);
                             next.preview = None;
                         }
-                        Err(err) => return Err(Stop::Router(err)),
+                        Err(err) => return Err(Stop::Preview(err)),
                     }
                 }
                 Effect::RequestApproval(req) => {
@@ -255,6 +270,7 @@ impl RolloutController {
         held.state = RolloutState::Paused {
             why: PauseReason::Held {
                 reason: reason.clone(),
+                step_failed: false,
             },
         };
         held.message = reason.clone();

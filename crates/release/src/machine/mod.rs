@@ -198,10 +198,10 @@ impl<'a> RolloutMachine<'a> {
             let flow = match &r.state {
                 RolloutState::Healthy => self.steady(r, input, &mut t),
                 RolloutState::Aborting { .. } => self.abort(r, input, &mut t),
-                RolloutState::Degraded { .. }
-                | RolloutState::Paused {
+                RolloutState::Degraded { .. } => Flow::Settled,
+                RolloutState::Paused {
                     why: PauseReason::Operator | PauseReason::Held { .. },
-                } => Flow::Settled,
+                } => self.hold(r, input, &mut t),
                 _ if r.stable.is_none() || r.stable.as_ref() == Some(&r.target) => {
                     self.steady(r, input, &mut t)
                 }
@@ -280,9 +280,15 @@ impl<'a> RolloutMachine<'a> {
             others_left = true;
             if let Some(ret) = r.retiring.iter_mut().find(|x| x.revision == g.revision) {
                 if !full {
-                    ret.until = ret.until.max(now + ret.delay);
+                    ret.waiting = true;
+                    continue;
                 }
-                if ret.until > now || !full {
+                if ret.waiting {
+                    // Full again: the whole delay from now.
+                    ret.waiting = false;
+                    ret.until = now + ret.delay;
+                }
+                if ret.until > now {
                     continue;
                 }
             }
@@ -326,6 +332,26 @@ impl<'a> RolloutMachine<'a> {
         Flow::Settled
     }
 
+    /// Paused by an operator or held: the step, weights and gate stay as they are, but a
+    /// replica change is still followed (Kubernetes: a paused rollout still scales), spread
+    /// over the groups as the strategy plans it.
+    fn hold(&self, r: &mut Rollout, input: &Input<'_>, t: &mut Transition) -> Flow {
+        let (Some(stable), false) = (r.stable.clone(), self.stateful(r)) else {
+            return Flow::Settled;
+        };
+        if stable == r.target {
+            return Flow::Settled;
+        }
+        let view = self.view(r, input, &stable);
+        let plan = self.strategy.plan(&view);
+        let desired = Desired {
+            replicas: plan.replicas,
+            ..Desired::default()
+        };
+        self.apply(r, input, &desired, t);
+        Flow::Settled
+    }
+
     /// Rolling back after an abort: traffic to stable first, stable to full, then the aborted
     /// revision goes (at once without a router; after the abort delay with a router or a
     /// preview; never when that delay is 0).
@@ -340,6 +366,7 @@ impl<'a> RolloutMachine<'a> {
             r.state = RolloutState::Paused {
                 why: PauseReason::Held {
                     reason: reason.clone(),
+                    step_failed: false,
                 },
             };
             return Flow::Settled;
@@ -528,7 +555,12 @@ impl<'a> RolloutMachine<'a> {
                 Flow::Settled
             }
             Gate::Abort(reason) => {
-                self.fail(r, now, reason, t);
+                // The step's own gate, unless the background analysis is what failed.
+                let background_failed = r
+                    .analyses
+                    .get("background")
+                    .is_some_and(|run| run.phase().is_terminal() && run.phase() != crate::analysis::AnalysisPhase::Successful);
+                self.fail_step(r, now, reason, !background_failed, t);
                 Flow::Again
             }
             Gate::Done => {
@@ -611,6 +643,19 @@ impl<'a> RolloutMachine<'a> {
 
     /// Applies the failure policy.
     fn fail(&self, r: &mut Rollout, now: SystemTime, reason: String, t: &mut Transition) {
+        self.fail_step(r, now, reason, false, t);
+    }
+
+    /// Applies the failure policy; `step_failed` when the step's own gate failed (a rejected
+    /// approval, a failed step analysis), so that a promote of a held rollout passes the step.
+    fn fail_step(
+        &self,
+        r: &mut Rollout,
+        now: SystemTime,
+        reason: String,
+        step_failed: bool,
+        t: &mut Transition,
+    ) {
         let step = Some(r.step);
         if r.spec.failure_policy == FailurePolicy::RollBack && r.stable.is_some() {
             r.state = RolloutState::Aborting {
@@ -625,6 +670,7 @@ impl<'a> RolloutMachine<'a> {
             r.state = RolloutState::Paused {
                 why: PauseReason::Held {
                     reason: reason.clone(),
+                    step_failed,
                 },
             };
             r.message = reason.clone();
@@ -645,6 +691,7 @@ impl<'a> RolloutMachine<'a> {
                     revision: old,
                     until: now + delay,
                     delay,
+                    waiting: false,
                 });
             }
             if let Some(old) = r.stable_spec.take() {
@@ -689,8 +736,10 @@ impl<'a> RolloutMachine<'a> {
         let now = input.now;
         // 1. New capacity first.
         let mut downs = Vec::new();
+        // Stateful: the engine starts identities one after another, so compare what it was
+        // asked for (the groups' desired counts), not the identities started so far.
         if let Some(n) = d.identities
-            && obs.identities.len() as u32 != n
+            && obs.groups.iter().map(|g| g.desired).sum::<u32>() != n
         {
             t.push(Effect::Identities { replicas: n });
         }
@@ -731,7 +780,7 @@ impl<'a> RolloutMachine<'a> {
                     },
                 })
                 .collect();
-            if routable && wanted != r.routed {
+            if routable && (wanted != r.routed || r.router_stale) {
                 t.push(Effect::SetSplit(
                     wanted
                         .iter()
@@ -766,18 +815,21 @@ impl<'a> RolloutMachine<'a> {
             }
         }
         // 4. Preview.
-        if let Some(preview) = &d.preview
-            && *preview != r.preview
-        {
-            t.push(Effect::SetPreview(preview.clone()));
-            r.preview = preview.clone();
-        }
-        if d.preview_target {
-            let wanted = (obs.available(&r.target) > 0).then(|| r.target.clone());
-            if wanted != r.preview {
-                t.push(Effect::SetPreview(wanted.clone()));
-                r.preview = wanted;
+        let wanted = if d.preview_target {
+            Some((obs.available(&r.target) > 0).then(|| r.target.clone()))
+        } else {
+            d.preview.clone()
+        };
+        match wanted {
+            Some(preview) if preview != r.preview || r.router_stale => {
+                t.push(Effect::SetPreview(preview.clone()));
+                r.preview = preview;
             }
+            None if r.router_stale => t.push(Effect::SetPreview(r.preview.clone())),
+            _ => {}
+        }
+        if d.split.is_some() {
+            r.router_stale = false;
         }
     }
 }

@@ -87,6 +87,10 @@ pub enum PauseReason {
     Held {
         /// The problem.
         reason: String,
+        /// The step's own gate failed (a rejected approval, a failed step analysis): a
+        /// promote passes the step instead of resuming it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        step_failed: bool,
     },
 }
 
@@ -102,6 +106,9 @@ pub struct Retiring {
     pub until: SystemTime,
     /// The whole delay.
     pub delay: Duration,
+    /// The new stable revision is not fully available: the delay starts again once it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 /// A revision's traffic as last applied to the router.
@@ -116,6 +123,10 @@ pub struct Routed {
     /// Its available instances when the split was applied (a router that resolves endpoints
     /// itself is told again when this changes).
     pub available: u32,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Everything persisted about one rollout: the spec, the stable spec and history kept for
@@ -168,6 +179,10 @@ pub struct Rollout {
     /// The replica count the groups were last planned for.
     #[serde(default)]
     pub planned_replicas: Option<u32>,
+    /// The router's state is unknown (a controller that just started, or a new rollout): the
+    /// next step sends the split and the preview again even when they look applied.
+    #[serde(skip, default = "yes")]
+    pub(crate) router_stale: bool,
     /// The analysis runs of this attempt, by key (`step-2`, `background`, `pre-promotion`…).
     #[serde(default)]
     pub analyses: BTreeMap<String, AnalysisRun>,
@@ -202,6 +217,7 @@ impl Rollout {
             preview: None,
             retiring: Vec::new(),
             planned_replicas: None,
+            router_stale: true,
             analyses: BTreeMap::new(),
             analysis: None,
             background_analysis: None,

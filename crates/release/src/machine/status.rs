@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Rollout, RolloutState};
+use super::{PauseReason, Rollout, RolloutState};
 use crate::record::{AnalysisStatus, RolloutPhase};
 use rorqual_core::model::{AppKey, Revision};
 
@@ -60,6 +60,21 @@ impl RolloutStatus {
             background_analysis: r.background_analysis.clone(),
             retiring: r.retiring.iter().map(|x| x.revision.clone()).collect(),
             promote_full: r.full,
+        }
+    }
+
+    /// Whether the current step waits for an approval decision.
+    pub fn waiting_for_approval(&self) -> bool {
+        matches!(self.state, RolloutState::WaitingApproval { .. })
+    }
+
+    /// Why the rollout is held (the failure policy `pause`, a router error), if it is.
+    pub fn held(&self) -> Option<&str> {
+        match &self.state {
+            RolloutState::Paused {
+                why: PauseReason::Held { reason, .. },
+            } => Some(reason),
+            _ => None,
         }
     }
 

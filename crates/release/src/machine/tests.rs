@@ -355,7 +355,10 @@ fn stateful_fast_rollback_moves_one_identity_at_a_time() {
     r.stable = Some(r.target.clone());
     r.stable_spec = Some(app("v1", 5).kind(WorkloadKind::Stateful));
     let mut sim = Sim::new().with_identities("v2", 5);
-    sim.identities.iter_mut().for_each(|i| i.revision = app("v2", 5).kind(WorkloadKind::Stateful).revision());
+    let v2 = app("v2", 5).kind(WorkloadKind::Stateful).revision();
+    sim.identities.iter_mut().for_each(|i| i.revision = v2.clone());
+    // The engine was asked for five identities.
+    sim.groups = vec![GroupView::new(v2, 5, 5, 5)];
     let v1 = r.target.clone();
     for _ in 0..20 {
         let t = sim.step(&m, &mut r, false);

@@ -193,13 +193,13 @@ impl RolloutMachine<'_> {
             .analyses
             .get("background")
             .is_some_and(|run| ended_badly(run.phase()));
-        let held = matches!(
-            r.state,
+        let (held, step_failed) = match &r.state {
             RolloutState::Paused {
-                why: PauseReason::Held { .. }
-            }
-        );
-        let approval = matches!(r.state, RolloutState::WaitingApproval { .. });
+                why: PauseReason::Held { step_failed, .. },
+            } => (true, *step_failed),
+            _ => (false, false),
+        };
+        let approval = matches!(r.state, RolloutState::WaitingApproval { .. }) || step_failed;
         let last = self.strategy.steps();
         let next = if step_key_bad || approval {
             Some(self.strategy.promote_step(r.step).unwrap_or((r.step + 1).min(last)))
