@@ -166,7 +166,7 @@ async fn release(mut w: World) -> anyhow::Result<()> {
 
     println!("== v2 (green): preview of 2 instances on {}", w.preview);
     let v2 = deploy(&mut w, "v2").await?;
-    follow(&w, |s| s.approval_requested).await?;
+    follow(&w, |s| s.waiting_for_approval()).await?;
     let status = w.controller.status(&w.app).await.context("no rollout")?;
     if status.preview.as_ref() != Some(&v2) {
         bail!("the controller has not pointed the preview at v2: {status:?}");

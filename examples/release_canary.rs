@@ -174,7 +174,7 @@ async fn canaries(w: &mut World, load: &Load) -> anyhow::Result<()> {
     println!("== v3 fails 50% of its requests: the analysis fails, the rollout rolls back");
     deploy(w, "v3", 0.5).await?;
     let failed_at = follow(w, Some(load), |s| {
-        s.phase == RolloutPhase::Degraded && s.aborted
+        s.phase == RolloutPhase::Degraded && s.aborted()
     })
     .await?
     .context("the rollout ended without an analysis failure")?;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::routing::{get, post};
+use rorqual::core::clock::SystemClock;
 use rorqual::core::memory::MemoryEngine;
 use rorqual::core::model::{AppKey, AppSpec, ContainerSpec};
 use rorqual::release::analysis::{AnalysisSpec, MetricSpec, ProviderSpec, WebMetric};
@@ -27,7 +28,6 @@ use rorqual::release::notify::WebhookNotifier;
 use rorqual::release::{
     AnalysisStep, Canary, CanaryStep, EventReason, RolloutController, RolloutPhase, RolloutSpec,
 };
-use rorqual::core::clock::SystemClock;
 
 const PAUSE: Duration = Duration::from_secs(5);
 const METRIC_DELAY: Duration = Duration::from_millis(500);
@@ -181,11 +181,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut missing = 0;
     for k in &keys {
         for (step, own) in [(1usize, PAUSE), (2, METRIC_DELAY), (3, PAUSE)] {
-            match (completed.get(&(k.clone(), step - 1)), completed.get(&(k.clone(), step))) {
+            match (
+                completed.get(&(k.clone(), step - 1)),
+                completed.get(&(k.clone(), step)),
+            ) {
                 (Some(prev), Some(done)) => {
-                    let delay = done
-                        .duration_since(*prev + own)
-                        .unwrap_or_default();
+                    let delay = done.duration_since(*prev + own).unwrap_or_default();
                     delays.push(delay);
                 }
                 _ => missing += 1,

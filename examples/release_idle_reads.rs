@@ -40,7 +40,11 @@ impl Engine for Counting {
         self.read();
         self.inner.nodes().await
     }
-    async fn apply_group(&self, spec: &AppSpec, replicas: u32) -> rorqual::core::Result<GroupStatus> {
+    async fn apply_group(
+        &self,
+        spec: &AppSpec,
+        replicas: u32,
+    ) -> rorqual::core::Result<GroupStatus> {
         self.inner.apply_group(spec, replicas).await
     }
     async fn scale_group(

@@ -26,11 +26,11 @@ fn app(i: usize, version: &str) -> AppSpec {
 
 fn canary() -> Canary {
     Canary::new(vec![
-            CanaryStep::SetWeight(20),
-            CanaryStep::pause(10),
-            CanaryStep::SetWeight(60),
-            CanaryStep::pause(10),
-            CanaryStep::SetWeight(80),
+        CanaryStep::SetWeight(20),
+        CanaryStep::pause(10),
+        CanaryStep::SetWeight(60),
+        CanaryStep::pause(10),
+        CanaryStep::SetWeight(80),
     ])
     .scale_down_delay(0)
 }

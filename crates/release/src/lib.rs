@@ -58,16 +58,16 @@ pub use controller::{
     ControllerError, EventReason, RolloutController, RolloutControllerBuilder, RolloutEvent,
     STATE_PREFIX,
 };
-pub use machine::{RolloutMachine, RolloutState, RolloutStatus, Verb, VerbRefusal};
 #[cfg(any(feature = "web", feature = "prometheus", feature = "webhook"))]
 pub use https::RootCertificateError;
+pub use machine::{RolloutMachine, RolloutState, RolloutStatus, Verb, VerbRefusal};
 pub use plan::{
     AnalysisRequest, AnalysisStep, Gate, GroupView, IdentityView, Plan, RolloutView, abort_plan,
     stateful_moves,
 };
 pub use record::{AnalysisStatus, FailurePolicy, HistoryEntry, RolloutPhase, RolloutSpec};
-pub use registry::{StrategyFactory, StrategyRegistry, StrategySpec};
 pub use recreate::Recreate;
+pub use registry::{StrategyFactory, StrategyRegistry, StrategySpec};
 pub use rolling::{RollingUpdate, proportional};
 pub use scale::{IntOrPercent, IntOrPercentError, resolve_fenceposts};
 pub use strategy::{ReleaseStrategy, Strategy, StrategyError};

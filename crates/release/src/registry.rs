@@ -120,8 +120,9 @@ impl<'de> Deserialize<'de> for StrategySpec {
 }
 
 /// Builds a strategy from its configuration.
-pub type StrategyFactory =
-    Arc<dyn Fn(&serde_json::Value) -> Result<Arc<dyn ReleaseStrategy>, StrategyError> + Send + Sync>;
+pub type StrategyFactory = Arc<
+    dyn Fn(&serde_json::Value) -> Result<Arc<dyn ReleaseStrategy>, StrategyError> + Send + Sync,
+>;
 
 /// Strategies by kind. Cloning shares the factories.
 #[derive(Clone, Default)]
@@ -238,7 +239,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("canary:"), "{err}");
-        let err = StrategyRegistry::new().resolve(&spec).unwrap_err().to_string();
+        let err = StrategyRegistry::new()
+            .resolve(&spec)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown strategy kind `canary`"), "{err}");
     }
 }

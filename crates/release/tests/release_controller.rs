@@ -485,7 +485,7 @@ async fn controller_restart_mid_rollout_resumes_exactly() {
     let first_steps: Vec<_> = h.outcomes();
     h.stop();
     // A new controller over the same engine (and so the same state store).
-    let h2 = Harness::on(h.clock.clone(), h.engine.clone(), None).await;
+    let h2 = Harness::on(h.clock, h.engine.clone(), None).await;
     let resumed = h2.status().await;
     assert_eq!(resumed.step, before.step);
     assert_eq!(
@@ -595,7 +595,11 @@ async fn blue_green_with_preview_and_manual_approval() {
     h.until(20, "healthy", |s| s.phase == RolloutPhase::Healthy)
         .await;
     assert_eq!(h.status().await.stable, Some(v2), "stable at the switch");
-    assert_eq!(h.counts().await[&v1].0, 10, "the old revision waits for its delay");
+    assert_eq!(
+        h.counts().await[&v1].0,
+        10,
+        "the old revision waits for its delay"
+    );
     for _ in 0..15 {
         h.tick().await;
     }
@@ -683,7 +687,7 @@ impl TrafficRouter for BrokenNginx {
 #[tokio::test(start_paused = true)]
 async fn router_failure_pauses_with_the_reason_and_bad_steps_are_rejected() {
     let clock = TokioClock::new();
-    let engine = Arc::new(MemoryEngine::builder().clock(clock.clone()).build());
+    let engine = Arc::new(MemoryEngine::builder().clock(clock).build());
     let h = Harness::on(clock, engine, Some(Arc::new(BrokenNginx))).await;
     h.deploy_v1(Strategy::default()).await;
     h.ctl
@@ -988,7 +992,7 @@ async fn blue_green_preview_resumes_after_a_controller_restart() {
     router.take();
     // A new controller and a new router (say, nginx restarted too) over the same engine.
     let router2 = Arc::new(RecordingRouter::default());
-    let h2 = Harness::on(h.clock.clone(), h.engine.clone(), Some(router2.clone())).await;
+    let h2 = Harness::on(h.clock, h.engine.clone(), Some(router2.clone())).await;
     settle().await;
     let resumed = h2.status().await;
     assert_eq!(resumed.step, before.step, "still at the promotion gate");
@@ -1184,7 +1188,7 @@ impl TrafficRouter for StickyPreview {
 #[tokio::test(start_paused = true)]
 async fn a_failed_preview_clear_at_completion_is_retried() {
     let clock = TokioClock::new();
-    let engine = Arc::new(MemoryEngine::builder().clock(clock.clone()).build());
+    let engine = Arc::new(MemoryEngine::builder().clock(clock).build());
     let router = Arc::new(StickyPreview {
         inner: RecordingRouter::default(),
         clears: Mutex::new(2),
@@ -1434,12 +1438,19 @@ async fn a_new_stable_that_loses_availability_in_the_scale_down_delay_keeps_the_
         if s.stable == Some(v2.clone()) && of(&c, &v2).1 < 10 && !crashed {
             crashed = true;
             h.engine.clear_faults();
-            assert_eq!(s.weight, Some(100), "traffic stays on the new stable revision");
+            assert_eq!(
+                s.weight,
+                Some(100),
+                "traffic stays on the new stable revision"
+            );
         } else if crashed && full_again.is_none() && of(&c, &v2).1 == 10 {
             full_again = Some(h.clock.now());
         }
         if of(&c, &v1).0 < 10 {
-            assert!(full_again.is_some(), "v1 removed while v2 was not full: {c:?}");
+            assert!(
+                full_again.is_some(),
+                "v1 removed while v2 was not full: {c:?}"
+            );
             shrunk = Some(h.clock.now());
             break;
         }
@@ -1518,7 +1529,6 @@ impl ApprovalGate for FlakyWithdraw {
     }
 }
 
-
 #[tokio::test(start_paused = true)]
 async fn an_earlier_attempts_decision_is_never_read_even_when_withdrawing_fails() {
     let clock = TokioClock::new();
@@ -1543,7 +1553,8 @@ async fn an_earlier_attempts_decision_is_never_read_even_when_withdrawing_fails(
         .await;
     let first = h.status().await.attempt;
     h.ctl.retry(&key()).await.unwrap();
-    h.until(10, "asked again", |s| s.waiting_for_approval()).await;
+    h.until(10, "asked again", |s| s.waiting_for_approval())
+        .await;
     for _ in 0..5 {
         h.tick().await;
     }
@@ -1578,8 +1589,10 @@ async fn retry_after_a_rejection_asks_for_approval_again() {
         "the attempt's rejection is withdrawn"
     );
     h.ctl.retry(&key()).await.unwrap();
-    h.until(10, "asked again", |s| s.step == 1 && s.waiting_for_approval())
-        .await;
+    h.until(10, "asked again", |s| {
+        s.step == 1 && s.waiting_for_approval()
+    })
+    .await;
     for _ in 0..5 {
         h.tick().await;
     }

@@ -57,7 +57,7 @@ pub enum ControllerError {
         app: AppKey,
         /// The gate's error.
         #[source]
-        source: ApprovalError,
+        source: Box<ApprovalError>,
     },
     /// The engine or the state store failed.
     #[error("engine operation for {app} failed: {source}")]

@@ -162,7 +162,11 @@ impl RolloutController {
             app: app.clone(),
             source: Box::new(source),
         };
-        let strategy = self.inner.registry.resolve(&spec.strategy).map_err(invalid)?;
+        let strategy = self
+            .inner
+            .registry
+            .resolve(&spec.strategy)
+            .map_err(invalid)?;
         strategy
             .validate(spec.app.kind == WorkloadKind::Stateful)
             .map_err(invalid)?;
@@ -321,7 +325,10 @@ impl RolloutController {
         let key = {
             let e = entry.lock().await;
             let r = &e.rollout;
-            if !matches!(r.state, crate::machine::RolloutState::WaitingApproval { .. }) {
+            if !matches!(
+                r.state,
+                crate::machine::RolloutState::WaitingApproval { .. }
+            ) {
                 return Err(ControllerError::NotWaitingForApproval {
                     app: app.clone(),
                     doing: r.message.clone(),
@@ -332,16 +339,16 @@ impl RolloutController {
         let Some(api) = &self.inner.approvals_api else {
             return Err(ControllerError::Approval {
                 app: app.clone(),
-                source: crate::approval::ApprovalError::Unsupported(
-                    "decisions through the controller need the built-in Approvals gate".into(),
-                ),
+                source: Box::new(crate::approval::ApprovalError::Unsupported(
+                    "decisions through the controller need the built-in Approvals gate",
+                )),
             });
         };
         api.decide(&key, approved, by, comment, self.inner.clock.now())
             .await
             .map_err(|source| ControllerError::Approval {
                 app: app.clone(),
-                source,
+                source: Box::new(source),
             })?;
         self.inner.trigger.trigger(app.clone());
         let e = entry.lock().await;
@@ -459,7 +466,7 @@ impl RolloutController {
         let mut approval = None;
         for effect in effects {
             match effect {
-                Effect::RequestApproval(req) => approval = Some(req.clone()),
+                Effect::RequestApproval(req) => approval = Some((**req).clone()),
                 Effect::Notify {
                     reason,
                     step,
@@ -485,7 +492,7 @@ impl RolloutController {
                 Effect::Measure { key, pending } => {
                     self.inner
                         .background
-                        .measure(&self.inner, app, key, pending.clone());
+                        .measure(&self.inner, app, key, (**pending).clone());
                 }
                 _ => {}
             }
@@ -526,7 +533,10 @@ impl RolloutController {
                         },
                     };
                     held.message = err.to_string();
-                    (held, Arc::new(crate::Recreate::default()) as Arc<dyn ReleaseStrategy>)
+                    (
+                        held,
+                        Arc::new(crate::Recreate::default()) as Arc<dyn ReleaseStrategy>,
+                    )
                 }
             };
             seen.insert(app.clone());

@@ -7,9 +7,7 @@ use async_trait::async_trait;
 
 use super::{ControllerError, Entry, EventReason, RolloutController};
 use crate::approval::ApprovalKey;
-use crate::machine::{
-    Effect, Input, Observation, PauseReason, Rollout, RolloutState, Transition,
-};
+use crate::machine::{Effect, Input, Observation, PauseReason, Rollout, RolloutState, Transition};
 use crate::plan::{GroupView, IdentityView};
 use crate::traffic::{Backend, TrafficError, TrafficSplit, Verification};
 use rorqual_core::model::{AppKey, WorkloadKind};
@@ -85,7 +83,10 @@ impl RolloutController {
                 // why.
                 Err(Stop::Preview(err)) => {
                     let mut shown = e.rollout.clone();
-                    shown.message = format!("retrying: traffic router {}: {err}", self.inner.router.name());
+                    shown.message = format!(
+                        "retrying: traffic router {}: {err}",
+                        self.inner.router.name()
+                    );
                     self.persist(&mut e, shown).await?;
                     return Err(ControllerError::Router {
                         app: app.clone(),
@@ -174,7 +175,11 @@ impl RolloutController {
                             .await
                             .map_err(eng)?;
                     } else if let Some(spec) = next.spec_of(revision) {
-                        inner.engine.apply_group(&spec, *replicas).await.map_err(eng)?;
+                        inner
+                            .engine
+                            .apply_group(&spec, *replicas)
+                            .await
+                            .map_err(eng)?;
                     } else {
                         tracing::warn!(app = %app, revision = %revision, "no spec kept for this revision; not scaled");
                     }
@@ -185,7 +190,11 @@ impl RolloutController {
                         .clone()
                         .map(|s| s.replicas(*replicas))
                         .unwrap_or_else(|| next.spec.app.clone());
-                    inner.engine.apply_group(&spec, *replicas).await.map_err(eng)?;
+                    inner
+                        .engine
+                        .apply_group(&spec, *replicas)
+                        .await
+                        .map_err(eng)?;
                 }
                 Effect::MoveIdentity { ordinal, revision } => {
                     if let Some(spec) = next.spec_of(revision) {
@@ -215,15 +224,17 @@ impl RolloutController {
                         .set_split(&app, &split)
                         .await
                         .map_err(Stop::Router)?;
-                    match inner.router.verify(&app, &split).await.map_err(Stop::Router)? {
-                        Verification::Failed(reason) => {
-                            return Err(Stop::Router(TrafficError::VerificationFailed {
-                                router: inner.router.name().to_owned(),
-                                app: app.to_string(),
-                                reason,
-                            }));
-                        }
-                        _ => {}
+                    if let Verification::Failed(reason) = inner
+                        .router
+                        .verify(&app, &split)
+                        .await
+                        .map_err(Stop::Router)?
+                    {
+                        return Err(Stop::Router(TrafficError::VerificationFailed {
+                            router: inner.router.name().to_owned(),
+                            app: app.to_string(),
+                            reason,
+                        }));
                     }
                 }
                 Effect::SetPreview(preview) => {
@@ -238,7 +249,13 @@ impl RolloutController {
                                 Some(rev) => format!("preview route serves {rev}"),
                                 None => "preview route emptied".to_owned(),
                             };
-                            self.emit(&app, &next.target, Some(next.step), EventReason::Preview, message);
+                            self.emit(
+                                &app,
+                                &next.target,
+                                Some(next.step),
+                                EventReason::Preview,
+                                message,
+                            );
                         }
                         Err(TrafficError::Unsupported { capability, .. }) => {
                             tracing::debug!(app = %app, router = inner.router.name(), "no preview: {capability}");
@@ -252,7 +269,7 @@ impl RolloutController {
                     inner.approvals.request(req).await.map_err(|source| {
                         Stop::Failed(ControllerError::Approval {
                             app: app.clone(),
-                            source,
+                            source: Box::new(source),
                         })
                     })?;
                 }

@@ -44,10 +44,10 @@ pub enum Effect {
         /// The run's key.
         key: String,
         /// What to measure.
-        pending: PendingMeasurement,
+        pending: Box<PendingMeasurement>,
     },
     /// Ask for an approval.
-    RequestApproval(ApprovalRequest),
+    RequestApproval(Box<ApprovalRequest>),
     /// Withdraw `revision`'s approval requests (cleanup; attempts key decisions, so a failure
     /// here cannot make an old decision count).
     WithdrawApprovals(Revision),

@@ -33,7 +33,7 @@ mod verb;
 use std::time::{Duration, SystemTime};
 
 pub use effect::Effect;
-pub use state::{PauseReason, Retiring, RolloutState, Rollout, Routed};
+pub use state::{PauseReason, Retiring, Rollout, RolloutState, Routed};
 pub use status::RolloutStatus;
 pub use verb::{Verb, VerbRefusal};
 
@@ -234,10 +234,7 @@ impl<'a> RolloutMachine<'a> {
         v.identities = input.observed.identities.clone();
         v.stateful = self.stateful(r);
         v.step = r.step;
-        v.step_elapsed = input
-            .now
-            .duration_since(r.step_started)
-            .unwrap_or_default();
+        v.step_elapsed = input.now.duration_since(r.step_started).unwrap_or_default();
         v.analysis = r
             .analyses
             .iter()
@@ -302,8 +299,14 @@ impl<'a> RolloutMachine<'a> {
         }
         if recreate && others_left {
             // Nothing of the target starts before the others are gone.
-            desired.replicas.retain(|(rev, n)| rev != &target || *n == 0);
-            if obs.groups.iter().all(|g| g.revision == target || g.current == 0) {
+            desired
+                .replicas
+                .retain(|(rev, n)| rev != &target || *n == 0);
+            if obs
+                .groups
+                .iter()
+                .all(|g| g.revision == target || g.current == 0)
+            {
                 desired.replicas.push((target.clone(), replicas));
             }
         }
@@ -313,9 +316,10 @@ impl<'a> RolloutMachine<'a> {
         if t.mutates_engine() {
             return Flow::Settled;
         }
-        let settled = full && !obs.groups.iter().any(|g| {
-            g.revision != target && !r.retiring.iter().any(|x| x.revision == g.revision)
-        });
+        let settled = full
+            && !obs.groups.iter().any(|g| {
+                g.revision != target && !r.retiring.iter().any(|x| x.revision == g.revision)
+            });
         if r.state != RolloutState::Healthy {
             if settled || (full && r.stable.is_some()) {
                 self.promote(r, now, None, t);
@@ -423,8 +427,7 @@ impl<'a> RolloutMachine<'a> {
                 );
                 t.wake_at(at + delay);
             }
-            done = stable_full
-                && (keep || others.iter().all(|g| g.current == 0 && g.desired == 0));
+            done = stable_full && (keep || others.iter().all(|g| g.current == 0 && g.desired == 0));
         }
         self.apply(r, input, &desired, t);
         if t.mutates_engine() {
@@ -481,7 +484,12 @@ impl<'a> RolloutMachine<'a> {
             r.last_progress = now;
         }
         let mut gate = plan.gate;
-        if r.full && matches!(gate, Gate::Analysis(_) | Gate::Approval(_) | Gate::Pause(..)) {
+        if r.full
+            && matches!(
+                gate,
+                Gate::Analysis(_) | Gate::Approval(_) | Gate::Pause(..)
+            )
+        {
             gate = Gate::StepComplete;
         }
         let step = r.step;
@@ -538,7 +546,7 @@ impl<'a> RolloutMachine<'a> {
             Gate::Approval(message) => {
                 if !matches!(r.state, RolloutState::WaitingApproval { .. }) {
                     let request = self.approval_request(r, input, &message);
-                    t.push(Effect::RequestApproval(request));
+                    t.push(Effect::RequestApproval(Box::new(request)));
                     t.notify(EventReason::ApprovalRequested, Some(step), message.clone());
                 }
                 r.state = RolloutState::WaitingApproval {
@@ -556,10 +564,10 @@ impl<'a> RolloutMachine<'a> {
             }
             Gate::Abort(reason) => {
                 // The step's own gate, unless the background analysis is what failed.
-                let background_failed = r
-                    .analyses
-                    .get("background")
-                    .is_some_and(|run| run.phase().is_terminal() && run.phase() != crate::analysis::AnalysisPhase::Successful);
+                let background_failed = r.analyses.get("background").is_some_and(|run| {
+                    run.phase().is_terminal()
+                        && run.phase() != crate::analysis::AnalysisPhase::Successful
+                });
                 self.fail_step(r, now, reason, !background_failed, t);
                 Flow::Again
             }
@@ -580,10 +588,7 @@ impl<'a> RolloutMachine<'a> {
                 .filter(|i| i.revision == r.target)
                 .count() as u32
         } else {
-            input
-                .observed
-                .group(&r.target)
-                .map_or(0, |g| g.current)
+            input.observed.group(&r.target).map_or(0, |g| g.current)
         };
         let mut context = ApprovalContext::new()
             .step_count(self.strategy.steps())
@@ -629,7 +634,7 @@ impl<'a> RolloutMachine<'a> {
                 for pending in run.due(now) {
                     t.push(Effect::Measure {
                         key: req.key.clone(),
-                        pending,
+                        pending: Box::new(pending),
                     });
                 }
                 if let Some(due) = run.next_due().filter(|d| *d > now) {
@@ -680,7 +685,13 @@ impl<'a> RolloutMachine<'a> {
 
     /// The target becomes the stable revision (phase Healthy); the old one is kept for
     /// `retire` when given (its scale-down delay), otherwise removed by the steady state.
-    fn promote(&self, r: &mut Rollout, now: SystemTime, retire: Option<Duration>, t: &mut Transition) {
+    fn promote(
+        &self,
+        r: &mut Rollout,
+        now: SystemTime,
+        retire: Option<Duration>,
+        t: &mut Transition,
+    ) {
         let target = r.target.clone();
         if r.stable.as_ref() != Some(&target) {
             if let Some(old) = r.stable.clone()
@@ -703,7 +714,10 @@ impl<'a> RolloutMachine<'a> {
                     promoted_at: now,
                 });
             }
-            let excess = r.history.len().saturating_sub(r.spec.revision_history_limit);
+            let excess = r
+                .history
+                .len()
+                .saturating_sub(r.spec.revision_history_limit);
             r.history.drain(..excess);
             r.history.retain(|h| h.revision != target);
             r.stable_spec = Some(r.spec.app.clone());
@@ -794,7 +808,10 @@ impl<'a> RolloutMachine<'a> {
         // a retiring one before its delay is over.
         for (rev, n) in downs {
             let routed = input.routes_traffic && r.routed_weight(&rev) > 0;
-            let retiring = r.retiring.iter().any(|x| x.revision == rev && x.until > now);
+            let retiring = r
+                .retiring
+                .iter()
+                .any(|x| x.revision == rev && x.until > now);
             if (n == 0 && routed) || retiring {
                 continue;
             }
@@ -806,7 +823,11 @@ impl<'a> RolloutMachine<'a> {
         for rev in &d.deletes {
             t.push(Effect::DeleteGroup(rev.clone()));
         }
-        if !t.effects.iter().any(|e| matches!(e, Effect::Identities { .. })) {
+        if !t
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Identities { .. }))
+        {
             for (ordinal, rev) in &d.moves {
                 t.push(Effect::MoveIdentity {
                     ordinal: *ordinal,

@@ -236,7 +236,11 @@ impl Rollout {
         if &self.target == revision {
             return Some(self.spec.app.clone());
         }
-        if let Some(s) = self.stable_spec.as_ref().filter(|s| &s.revision() == revision) {
+        if let Some(s) = self
+            .stable_spec
+            .as_ref()
+            .filter(|s| &s.revision() == revision)
+        {
             return Some(with_replicas(s));
         }
         self.history

@@ -80,9 +80,12 @@ impl Sim {
                             g.current = *replicas;
                             g.available = g.available.min(*replicas);
                         }
-                        None => self
-                            .groups
-                            .push(GroupView::new(revision.clone(), *replicas, *replicas, 0)),
+                        None => self.groups.push(GroupView::new(
+                            revision.clone(),
+                            *replicas,
+                            *replicas,
+                            0,
+                        )),
                     }
                 }
                 Effect::DeleteGroup(revision) => self.groups.retain(|g| &g.revision != revision),
@@ -154,13 +157,21 @@ impl Sim {
             let next = t.wake.unwrap_or(self.now + Duration::from_secs(1));
             self.now = next.max(self.now + Duration::from_millis(1));
         }
-        assert!(done(r, self), "not reached in {max} steps: {:?}\n{:?}", r.state, self.groups);
+        assert!(
+            done(r, self),
+            "not reached in {max} steps: {:?}\n{:?}",
+            r.state,
+            self.groups
+        );
     }
 }
 
 /// A rollout of `to` over a stable `from`, both with `replicas`.
 fn rollout(from: &str, to: &str, replicas: u32, strategy: impl Into<StrategySpec>) -> Rollout {
-    let mut r = Rollout::new(RolloutSpec::new(app(to, replicas), strategy), Sim::new().now);
+    let mut r = Rollout::new(
+        RolloutSpec::new(app(to, replicas), strategy),
+        Sim::new().now,
+    );
     r.stable = Some(rev(from));
     r.stable_spec = Some(app(from, replicas));
     r.routed = vec![Routed {
@@ -184,7 +195,10 @@ fn position(log: &[Effect], pred: impl Fn(&Effect) -> bool) -> Option<usize> {
 
 #[test]
 fn promote_is_capped_at_the_last_step_and_the_final_switch_waits_for_availability() {
-    let canary = Canary::new(vec![CanaryStep::SetWeight(20), CanaryStep::pause_until_promoted()]);
+    let canary = Canary::new(vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::pause_until_promoted(),
+    ]);
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 10, canary.clone());
     let mut sim = Sim::new().with_group("v1", 10);
@@ -195,17 +209,23 @@ fn promote_is_capped_at_the_last_step_and_the_final_switch_waits_for_availabilit
     m.verb(&mut r, Verb::Promote, sim.now).unwrap();
     assert_eq!(r.step, 2, "to the final step");
     let err = m.verb(&mut r, Verb::Promote, sim.now).unwrap_err();
-    assert!(matches!(err, VerbRefusal::NotSkippable { step: 2, .. }), "{err}");
+    assert!(
+        matches!(err, VerbRefusal::NotSkippable { step: 2, .. }),
+        "{err}"
+    );
     assert_eq!(r.step, 2, "a refused promote changes nothing");
     // The canary's new instances never become ready: the stable revision keeps serving.
     sim.stuck.insert(rev("v2"));
     sim.run(&m, &mut r, false, 30);
     assert_ne!(r.state, RolloutState::Healthy);
     assert!(sim.count("v1").1 > 0, "stable kept: {:?}", sim.groups);
-    assert!(sim.available_total() >= 8, "within maxUnavailable: {:?}", sim.groups);
+    assert!(
+        sim.available_total() >= 8,
+        "within maxUnavailable: {:?}",
+        sim.groups
+    );
     assert_eq!(r.stable, Some(rev("v1")));
 }
-
 
 #[test]
 fn blue_green_promote_does_not_skip_a_running_pre_promotion_analysis() {
@@ -213,7 +233,9 @@ fn blue_green_promote_does_not_skip_a_running_pre_promotion_analysis() {
     let m = RolloutMachine::new(&bg);
     let mut r = rollout("v1", "v2", 4, bg.clone());
     r.step = 1;
-    let err = m.verb(&mut r, Verb::Promote, SystemTime::UNIX_EPOCH).unwrap_err();
+    let err = m
+        .verb(&mut r, Verb::Promote, SystemTime::UNIX_EPOCH)
+        .unwrap_err();
     assert!(
         err.to_string().contains("promote does not skip it"),
         "{err}"
@@ -222,13 +244,20 @@ fn blue_green_promote_does_not_skip_a_running_pre_promotion_analysis() {
     r.state = RolloutState::WaitingApproval {
         message: "promote?".into(),
     };
-    m.verb(&mut r, Verb::Promote, SystemTime::UNIX_EPOCH).unwrap();
-    assert_eq!(r.step, 3, "the promotion gate is passed, to the full scale-up");
+    m.verb(&mut r, Verb::Promote, SystemTime::UNIX_EPOCH)
+        .unwrap();
+    assert_eq!(
+        r.step, 3,
+        "the promotion gate is passed, to the full scale-up"
+    );
 }
 
 #[test]
 fn traffic_moves_before_instances_that_receive_it_are_removed() {
-    let canary = Canary::new(vec![CanaryStep::SetWeight(50), CanaryStep::pause_until_promoted()]);
+    let canary = Canary::new(vec![
+        CanaryStep::SetWeight(50),
+        CanaryStep::pause_until_promoted(),
+    ]);
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 10, canary.clone());
     let mut sim = Sim::new().with_group("v1", 10);
@@ -242,9 +271,10 @@ fn traffic_moves_before_instances_that_receive_it_are_removed() {
     r.restart(sim.now, "rollout updated");
     r.target = rev("v3");
     sim.drive(&m, &mut r, true, 20, |_, s| s.count("v2").0 == 0);
-    let split = position(&sim.log, |e| {
-        matches!(e, Effect::SetSplit(w) if !w.iter().any(|(rv, w)| rv == &rev("v2") && *w > 0))
-    })
+    let split = position(
+        &sim.log,
+        |e| matches!(e, Effect::SetSplit(w) if !w.iter().any(|(rv, w)| rv == &rev("v2") && *w > 0)),
+    )
     .expect("v2's traffic moved");
     let down = position(&sim.log, |e| *e == scale("v2", 0)).unwrap();
     assert!(split < down, "traffic first: {:?}", sim.log);
@@ -266,7 +296,9 @@ fn the_switched_revision_is_stable_during_the_scale_down_delay() {
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 4, canary.clone());
     let mut sim = Sim::new().with_group("v1", 4);
-    sim.drive(&m, &mut r, true, 30, |r, _| r.state == RolloutState::Healthy);
+    sim.drive(&m, &mut r, true, 30, |r, _| {
+        r.state == RolloutState::Healthy
+    });
     assert_eq!(r.stable, Some(rev("v2")), "stable at once");
     assert_eq!(r.retiring.len(), 1);
     assert_eq!(sim.count("v1").0, 4, "kept for its delay");
@@ -291,19 +323,29 @@ fn the_old_revision_goes_only_after_its_delay() {
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 4, canary.clone());
     let mut sim = Sim::new().with_group("v1", 4);
-    sim.drive(&m, &mut r, true, 30, |r, _| r.state == RolloutState::Healthy);
+    sim.drive(&m, &mut r, true, 30, |r, _| {
+        r.state == RolloutState::Healthy
+    });
     let switched = r.retiring[0].until - r.retiring[0].delay;
     sim.drive(&m, &mut r, true, 60, |_, s| s.count("v1") == (0, 0));
     let waited = sim.now.duration_since(switched).unwrap();
     assert!(waited >= Duration::from_secs(30), "{waited:?}");
     sim.run(&m, &mut r, true, 3);
     assert!(r.retiring.is_empty(), "{:?}", r.retiring);
-    assert_eq!(sim.groups.len(), 1, "the old group is deleted: {:?}", sim.groups);
+    assert_eq!(
+        sim.groups.len(),
+        1,
+        "the old group is deleted: {:?}",
+        sim.groups
+    );
 }
 
 #[test]
 fn aborting_a_basic_canary_removes_it_at_once() {
-    let canary = Canary::new(vec![CanaryStep::SetWeight(50), CanaryStep::pause_until_promoted()]);
+    let canary = Canary::new(vec![
+        CanaryStep::SetWeight(50),
+        CanaryStep::pause_until_promoted(),
+    ]);
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 10, canary.clone());
     let mut sim = Sim::new().with_group("v1", 10);
@@ -314,15 +356,19 @@ fn aborting_a_basic_canary_removes_it_at_once() {
     let t = sim.step(&m, &mut r, false);
     assert!(t.effects.contains(&scale("v2", 0)), "{:?}", t.effects);
     sim.settle();
-    sim.drive(&m, &mut r, false, 20, |r, _| matches!(r.state, RolloutState::Degraded { .. }));
+    sim.drive(&m, &mut r, false, 20, |r, _| {
+        matches!(r.state, RolloutState::Degraded { .. })
+    });
     assert_eq!(RolloutStatus::of(&r).weight, Some(0));
 }
 
 #[test]
 fn abort_delay_with_a_router_and_zero_means_never() {
     for (delay, removed) in [(30, true), (0, false)] {
-        let canary =
-            Canary::new(vec![CanaryStep::SetWeight(50), CanaryStep::pause_until_promoted()]);
+        let canary = Canary::new(vec![
+            CanaryStep::SetWeight(50),
+            CanaryStep::pause_until_promoted(),
+        ]);
         let m = RolloutMachine::new(&canary);
         let mut r = rollout("v1", "v2", 4, canary.clone());
         r.spec = r.spec.clone().abort_scale_down_delay(delay);
@@ -335,7 +381,12 @@ fn abort_delay_with_a_router_and_zero_means_never() {
         sim.drive(&m, &mut r, true, 40, |r, _| {
             matches!(r.state, RolloutState::Degraded { .. })
         });
-        assert_eq!(sim.count("v2").0 == 0, removed, "delay {delay}: {:?}", sim.groups);
+        assert_eq!(
+            sim.count("v2").0 == 0,
+            removed,
+            "delay {delay}: {:?}",
+            sim.groups
+        );
         if removed {
             assert!(sim.now.duration_since(aborted).unwrap() >= Duration::from_secs(30));
         }
@@ -347,16 +398,15 @@ fn abort_delay_with_a_router_and_zero_means_never() {
 fn stateful_fast_rollback_moves_one_identity_at_a_time() {
     let canary = Canary::new(vec![CanaryStep::SetWeight(100)]);
     let m = RolloutMachine::new(&canary);
-    let spec = RolloutSpec::new(
-        app("v1", 5).kind(WorkloadKind::Stateful),
-        canary.clone(),
-    );
+    let spec = RolloutSpec::new(app("v1", 5).kind(WorkloadKind::Stateful), canary.clone());
     let mut r = Rollout::new(spec, Sim::new().now);
     r.stable = Some(r.target.clone());
     r.stable_spec = Some(app("v1", 5).kind(WorkloadKind::Stateful));
     let mut sim = Sim::new().with_identities("v2", 5);
     let v2 = app("v2", 5).kind(WorkloadKind::Stateful).revision();
-    sim.identities.iter_mut().for_each(|i| i.revision = v2.clone());
+    sim.identities
+        .iter_mut()
+        .for_each(|i| i.revision = v2.clone());
     // The engine was asked for five identities.
     sim.groups = vec![GroupView::new(v2, 5, 5, 5)];
     let v1 = r.target.clone();
@@ -382,7 +432,8 @@ fn aborting_a_recreate_never_runs_both_revisions() {
     let mut r = rollout("v1", "v2", 3, Recreate::default());
     let mut sim = Sim::new().with_group("v1", 3);
     sim.drive(&m, &mut r, false, 10, |_, s| s.count("v2").1 == 3);
-    m.verb(&mut r, Verb::Abort, sim.now).unwrap_or_else(|e| panic!("{e}"));
+    m.verb(&mut r, Verb::Abort, sim.now)
+        .unwrap_or_else(|e| panic!("{e}"));
     for _ in 0..20 {
         sim.step(&m, &mut r, false);
         assert!(
@@ -393,7 +444,11 @@ fn aborting_a_recreate_never_runs_both_revisions() {
         sim.settle();
         sim.now += Duration::from_secs(1);
     }
-    assert!(matches!(r.state, RolloutState::Degraded { .. }), "{:?}", r.state);
+    assert!(
+        matches!(r.state, RolloutState::Degraded { .. }),
+        "{:?}",
+        r.state
+    );
     assert_eq!(sim.count("v1"), (3, 3));
 }
 
@@ -409,14 +464,23 @@ fn verbs_refuse_clearly_and_repeat_harmlessly() {
     let mut r = rollout("v1", "v2", 2, canary.clone());
     m.verb(&mut r, Verb::Pause, now).unwrap();
     m.verb(&mut r, Verb::Pause, now).unwrap();
-    assert_eq!(r.state, RolloutState::Paused { why: PauseReason::Operator });
+    assert_eq!(
+        r.state,
+        RolloutState::Paused {
+            why: PauseReason::Operator
+        }
+    );
     m.verb(&mut r, Verb::Resume, now).unwrap();
     assert_eq!(r.state, RolloutState::Progressing);
     m.verb(&mut r, Verb::Abort, now).unwrap();
     let at = r.state.clone();
-    m.verb(&mut r, Verb::Abort, now + Duration::from_secs(5)).unwrap();
+    m.verb(&mut r, Verb::Abort, now + Duration::from_secs(5))
+        .unwrap();
     assert_eq!(r.state, at, "a second abort changes nothing");
-    assert_eq!(m.verb(&mut r, Verb::Promote, now).unwrap_err(), VerbRefusal::Aborted);
+    assert_eq!(
+        m.verb(&mut r, Verb::Promote, now).unwrap_err(),
+        VerbRefusal::Aborted
+    );
     let attempt = r.attempt;
     m.verb(&mut r, Verb::Retry, now).unwrap();
     assert_eq!((r.attempt, r.step), (attempt + 1, 0));
@@ -443,7 +507,7 @@ fn approval_requests_carry_what_the_approver_needs() {
         .log
         .iter()
         .find_map(|e| match e {
-            Effect::RequestApproval(req) => Some(req.clone()),
+            Effect::RequestApproval(req) => Some((**req).clone()),
             _ => None,
         })
         .unwrap();
@@ -457,7 +521,11 @@ fn approval_requests_carry_what_the_approver_needs() {
     // Asked once, however often the machine looks again.
     let before = sim.log.len();
     sim.step(&m, &mut r, false);
-    assert!(!sim.log[before..].iter().any(|e| matches!(e, Effect::RequestApproval(_))));
+    assert!(
+        !sim.log[before..]
+            .iter()
+            .any(|e| matches!(e, Effect::RequestApproval(_)))
+    );
     // A rejection aborts.
     let obs = sim.observation();
     let mut input = Input::new(sim.now, &obs);

@@ -202,7 +202,11 @@ impl RolloutMachine<'_> {
         let approval = matches!(r.state, RolloutState::WaitingApproval { .. }) || step_failed;
         let last = self.strategy.steps();
         let next = if step_key_bad || approval {
-            Some(self.strategy.promote_step(r.step).unwrap_or((r.step + 1).min(last)))
+            Some(
+                self.strategy
+                    .promote_step(r.step)
+                    .unwrap_or((r.step + 1).min(last)),
+            )
         } else if held || background_bad {
             // Resume where it is: the hold (or the background run) is acknowledged.
             Some(r.step)
