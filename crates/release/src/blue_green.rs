@@ -75,6 +75,16 @@ const PROMOTION_GATE: usize = 2;
 const FULL_SCALE_UP: usize = 3;
 
 impl ReleaseStrategy for BlueGreen {
+    fn analyses(&self) -> Vec<(String, AnalysisStep)> {
+        [
+            ("prePromotionAnalysis", &self.pre_promotion_analysis),
+            ("postPromotionAnalysis", &self.post_promotion_analysis),
+        ]
+        .into_iter()
+        .filter_map(|(at, a)| a.clone().map(|a| (at.to_owned(), a)))
+        .collect()
+    }
+
     fn name(&self) -> &'static str {
         "blueGreen"
     }

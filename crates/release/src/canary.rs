@@ -399,6 +399,22 @@ fn is_zero(value: Option<IntOrPercent>) -> bool {
 }
 
 impl ReleaseStrategy for Canary {
+    fn analyses(&self) -> Vec<(String, AnalysisStep)> {
+        let mut found: Vec<(String, AnalysisStep)> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| match step {
+                CanaryStep::Analysis(a) => Some((format!("steps[{i}].analysis"), a.clone())),
+                _ => None,
+            })
+            .collect();
+        if let Some(bg) = &self.analysis {
+            found.push(("analysis".into(), bg.analysis.clone()));
+        }
+        found
+    }
+
     fn name(&self) -> &'static str {
         "canary"
     }

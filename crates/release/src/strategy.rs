@@ -4,7 +4,7 @@ use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::{Plan, RolloutView};
+use super::plan::{AnalysisStep, Plan, RolloutView};
 use super::{BlueGreen, Canary, Recreate, RollingUpdate};
 use crate::analysis::AnalysisError;
 
@@ -58,6 +58,13 @@ pub trait ReleaseStrategy: Send + Sync + Debug + 'static {
     /// default is `false`.
     fn recreates(&self) -> bool {
         false
+    }
+
+    /// The analyses the strategy may run, each with where it is in the strategy's config
+    /// (`steps[3].analysis`, `prePromotionAnalysis`), so the controller can check before
+    /// anything starts that every metric's provider is registered. The default is none.
+    fn analyses(&self) -> Vec<(String, AnalysisStep)> {
+        Vec::new()
     }
 }
 
@@ -117,6 +124,9 @@ impl ReleaseStrategy for Strategy {
     }
     fn recreates(&self) -> bool {
         self.inner().recreates()
+    }
+    fn analyses(&self) -> Vec<(String, AnalysisStep)> {
+        self.inner().analyses()
     }
 }
 

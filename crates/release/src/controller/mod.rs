@@ -40,7 +40,7 @@ use crate::machine::{Effect, Rollout, RolloutMachine, RolloutStatus, Verb};
 use crate::notify::Notifier;
 use crate::record::{HistoryEntry, RolloutSpec};
 use crate::registry::StrategyRegistry;
-use crate::strategy::ReleaseStrategy;
+use crate::strategy::{ReleaseStrategy, StrategyError};
 use crate::traffic::TrafficRouter;
 use rorqual_core::clock::Clock;
 use rorqual_core::engine::{Engine, StateStore};
@@ -167,9 +167,20 @@ impl RolloutController {
             .registry
             .resolve(&spec.strategy)
             .map_err(invalid)?;
-        strategy
+        let mut problems: Vec<StrategyError> = strategy
             .validate(spec.app.kind == WorkloadKind::Stateful)
-            .map_err(invalid)?;
+            .err()
+            .into_iter()
+            .collect();
+        for (location, analysis) in strategy.analyses() {
+            if let Err(source) = analysis
+                .spec
+                .validate_providers(self.inner.providers.as_ref())
+            {
+                problems.push(StrategyError::Analysis { location, source });
+            }
+        }
+        StrategyError::from_problems(problems).map_err(invalid)?;
         Ok(strategy)
     }
 
