@@ -9,7 +9,7 @@
 //!   completion + 500 ms).
 //!
 //! ```text
-//! ulimit -n 65536; cargo run --release --example release_concurrency -- 1000
+//! cargo run --release --example release_concurrency -- 1000   # needs ~4,000 open files
 //! ```
 //!
 //! Then it waits for every rollout to be Healthy (bounded by `BENCH_TIMEOUT_S`, 600 s) and prints p50, p90,
