@@ -905,8 +905,8 @@ async fn blue_green_preview_is_routed_by_the_controller_in_argos_order() {
     calls.sort();
     assert_eq!(
         calls,
-        ["preview none", "split v1=100 v2=0"],
-        "a rollout without preview keeps the preview route empty"
+        ["split v1=100 v2=0"],
+        "a rollout without a preview never touches the preview route"
     );
     let v2 = app("v2").revision();
     h.ctl

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 use tokio::task::JoinHandle;
 
@@ -13,8 +14,12 @@ use crate::approval::{ApprovalError, ApprovalRequest};
 use crate::notify::Notification;
 use rorqual_core::model::{AppKey, Revision};
 
-/// A measurement in flight: the rollout, the run, the metric and its sequence number.
-type InFlight = (AppKey, String, String, u64);
+/// A measurement in flight: the rollout, the run (its key and start), the metric and its
+/// sequence number.
+type InFlight = (AppKey, String, SystemTime, String, u64);
+
+/// A measurement that came back: the run's key and start, and the result.
+pub(super) type Measured = (String, SystemTime, CompletedMeasurement);
 
 /// The controller's background work.
 #[derive(Debug, Default)]
@@ -23,7 +28,7 @@ pub(super) struct Background {
     /// notifications arrive in order while different rollouts' run side by side.
     last_notice: parking_lot::Mutex<HashMap<AppKey, JoinHandle<()>>>,
     in_flight: parking_lot::Mutex<HashSet<InFlight>>,
-    measured: parking_lot::Mutex<HashMap<AppKey, Vec<(String, CompletedMeasurement)>>>,
+    measured: parking_lot::Mutex<HashMap<AppKey, Vec<Measured>>>,
     running: Arc<AtomicUsize>,
 }
 
@@ -113,12 +118,13 @@ impl Background {
         &self,
         inner: &Arc<Inner>,
         app: &AppKey,
-        key: &str,
+        (key, started): (&str, SystemTime),
         pending: PendingMeasurement,
     ) {
         let id = (
             app.clone(),
             key.to_owned(),
+            started,
             pending.metric().to_owned(),
             pending.seq(),
         );
@@ -138,14 +144,45 @@ impl Background {
                 .lock()
                 .entry(app.clone())
                 .or_default()
-                .push((key, done));
+                .push((key, started, done));
             inner.background.in_flight.lock().remove(&id);
             inner.trigger.trigger(app);
         });
     }
 
     /// The measurements that came back for `app`.
-    pub(super) fn take_measured(&self, app: &AppKey) -> Vec<(String, CompletedMeasurement)> {
+    pub(super) fn take_measured(&self, app: &AppKey) -> Vec<Measured> {
         self.measured.lock().remove(app).unwrap_or_default()
+    }
+
+    /// Gives back measurements a failed reconcile took, for the next one.
+    pub(super) fn put_back(&self, app: &AppKey, measured: Vec<Measured>) {
+        if !measured.is_empty() {
+            self.measured
+                .lock()
+                .entry(app.clone())
+                .or_default()
+                .extend(measured);
+        }
+    }
+
+    /// Stops long measurements of ended runs (a program still running for a metric).
+    pub(super) fn terminate(
+        &self,
+        inner: &Arc<Inner>,
+        app: &AppKey,
+        running: Vec<crate::analysis::RunningMeasurement>,
+    ) {
+        for m in running {
+            let inner = inner.clone();
+            let app = app.clone();
+            let guard = Running::start(&self.running);
+            tokio::spawn(async move {
+                let _guard = guard;
+                if let Err(err) = m.terminate(inner.providers.as_ref()).await {
+                    tracing::warn!(app = %app, metric = m.metric(), error = %err, "stopping a measurement failed");
+                }
+            });
+        }
     }
 }

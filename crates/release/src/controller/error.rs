@@ -79,6 +79,13 @@ pub enum ControllerError {
         #[source]
         source: Box<TrafficError>,
     },
+    /// Listing the stored rollouts failed.
+    #[error("loading the rollouts from the state store failed: {source}")]
+    Load {
+        /// The store's error.
+        #[source]
+        source: EngineError,
+    },
     /// A stored record could not be decoded.
     #[error("rollout record `{key}` is unreadable: {source}")]
     Corrupt {
@@ -100,7 +107,10 @@ impl ControllerError {
     /// Whether retrying the same call later may succeed (engine, store and router failures).
     pub fn is_retryable(&self) -> bool {
         match self {
-            ControllerError::Engine { source, .. } => source.is_retryable(),
+            ControllerError::Engine { source, .. } | ControllerError::Load { source } => {
+                source.is_retryable()
+            }
+            ControllerError::Approval { source, .. } => source.is_retryable(),
             // A preview the router could not set is retried whatever the error.
             ControllerError::Router { .. } => true,
             _ => false,

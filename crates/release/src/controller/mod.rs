@@ -77,8 +77,8 @@ struct Inner {
     trigger: TriggerSender<AppKey>,
     events: broadcast::Sender<RolloutEvent>,
     background: background::Background,
-    /// Whether the router answered that it has no preview service.
-    no_preview: std::sync::atomic::AtomicBool,
+    /// The applications whose preview the router answered it has no service for.
+    no_preview: parking_lot::Mutex<HashSet<AppKey>>,
 }
 
 /// One rollout in memory.
@@ -233,7 +233,7 @@ impl RolloutController {
             }
         };
         let effects = self.withdraw_now(&app, effects).await;
-        self.announce(&app, &status.target, &effects);
+        self.announce(&app, &status.target, &effects, None);
         self.emit(
             &app,
             &status.target,
@@ -368,9 +368,9 @@ impl RolloutController {
 
     async fn verb(&self, app: &AppKey, verb: Verb) -> Result<RolloutStatus, ControllerError> {
         let entry = self.entry(app)?;
-        let now = self.inner.clock.now();
         let (status, effects) = {
             let mut e = entry.lock().await;
+            let now = self.inner.clock.now();
             let mut next = e.rollout.clone();
             let strategy = e.strategy.clone();
             let effects = self
@@ -385,7 +385,7 @@ impl RolloutController {
             (RolloutStatus::of(&e.rollout), effects)
         };
         let rest = self.withdraw_now(app, effects).await;
-        self.announce(app, &status.target, &rest);
+        self.announce(app, &status.target, &rest, None);
         self.inner.trigger.trigger(app.clone());
         Ok(status)
     }
@@ -473,7 +473,13 @@ impl RolloutController {
 
     /// Runs the effects that follow a persisted transition: events, notifications, approval
     /// cleanup and measurements, in the background.
-    fn announce(&self, app: &AppKey, revision: &Revision, effects: &[Effect]) {
+    fn announce(
+        &self,
+        app: &AppKey,
+        revision: &Revision,
+        effects: &[Effect],
+        runs: Option<&Rollout>,
+    ) {
         let mut approval = None;
         for effect in effects {
             match effect {
@@ -501,18 +507,38 @@ impl RolloutController {
                     self.inner.background.withdraw(&self.inner, app, rev);
                 }
                 Effect::Measure { key, pending } => {
-                    self.inner
-                        .background
-                        .measure(&self.inner, app, key, (**pending).clone());
+                    let Some(started) = runs
+                        .and_then(|r| r.analyses.get(key))
+                        .map(|run| run.started_at())
+                    else {
+                        continue;
+                    };
+                    self.inner.background.measure(
+                        &self.inner,
+                        app,
+                        (key, started),
+                        (**pending).clone(),
+                    );
                 }
                 _ => {}
             }
         }
     }
 
-    /// Takes the measurements that came back for `app`.
-    fn take_measured(&self, app: &AppKey) -> Vec<(String, CompletedMeasurement)> {
-        self.inner.background.take_measured(app)
+    /// Takes the measurements that came back for `r`'s current runs (a result for a run that
+    /// ended or was started again since is dropped).
+    fn take_measured(&self, r: &Rollout) -> Vec<(String, CompletedMeasurement)> {
+        self.inner
+            .background
+            .take_measured(&r.app)
+            .into_iter()
+            .filter(|(key, started, _)| {
+                r.analyses
+                    .get(key)
+                    .is_some_and(|run| run.started_at() == *started)
+            })
+            .map(|(key, _, done)| (key, done))
+            .collect()
     }
 
     /// Loads every persisted rollout (a restarted controller resumes them where they stopped).
@@ -522,14 +548,16 @@ impl RolloutController {
             .store
             .list(STATE_PREFIX)
             .await
-            .map_err(|source| ControllerError::Engine {
-                app: AppKey::new("", ""),
-                source,
-            })?;
+            .map_err(|source| ControllerError::Load { source })?;
         let mut seen = HashSet::new();
         for (key, versioned) in records {
-            let rollout: Rollout = serde_json::from_slice(&versioned.value)
-                .map_err(|source| ControllerError::Corrupt { key, source })?;
+            let rollout = match serde_json::from_slice::<Rollout>(&versioned.value) {
+                Ok(rollout) => rollout,
+                // A record of the controller before the state machine: migrated on load (and
+                // written in the new form at its next change).
+                Err(source) => crate::machine::legacy::migrate(&versioned.value)
+                    .ok_or(ControllerError::Corrupt { key, source })?,
+            };
             let app = rollout.app.clone();
             // A spec that no longer resolves (a strategy kind unregistered since) is held
             // with the reason instead of stopping the controller.
@@ -544,10 +572,7 @@ impl RolloutController {
                         },
                     };
                     held.message = err.to_string();
-                    (
-                        held,
-                        Arc::new(crate::Recreate::default()) as Arc<dyn ReleaseStrategy>,
-                    )
+                    (held, Arc::new(Unresolved) as Arc<dyn ReleaseStrategy>)
                 }
             };
             seen.insert(app.clone());
@@ -563,6 +588,32 @@ impl RolloutController {
                 .insert(app, Arc::new(tokio::sync::Mutex::new(entry)));
         }
         Ok(())
+    }
+}
+
+/// The strategy of a loaded rollout whose spec no longer resolves (a kind no longer
+/// registered): it plans nothing, so the held rollout changes nothing until a new spec is
+/// applied (an abort still rolls back to the stable revision).
+#[derive(Debug)]
+struct Unresolved;
+
+impl ReleaseStrategy for Unresolved {
+    fn name(&self) -> &'static str {
+        "unresolved"
+    }
+    fn validate(&self, _stateful: bool) -> Result<(), StrategyError> {
+        Ok(())
+    }
+    fn steps(&self) -> usize {
+        0
+    }
+    fn plan(&self, _view: &crate::plan::RolloutView) -> crate::plan::Plan {
+        crate::plan::Plan::gate(crate::plan::Gate::Progressing(
+            "the rollout's strategy does not resolve; apply a new spec".into(),
+        ))
+    }
+    fn promote_step(&self, _step: usize) -> Option<usize> {
+        None
     }
 }
 

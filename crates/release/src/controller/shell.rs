@@ -1,6 +1,5 @@
 //! One reconcile: observe, run the machine, execute its effects in order, persist.
 
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -56,7 +55,8 @@ impl RolloutController {
             let now = self.inner.clock.now();
             let observed = self.observe(&e).await?;
             let approval = self.decision(&e.rollout).await?;
-            let measured = self.take_measured(app);
+            let measured = self.take_measured(&e.rollout);
+            let taken: Vec<_> = measured.clone();
             let mut next = e.rollout.clone();
             let strategy = e.strategy.clone();
             let mut input = Input::new(now, &observed);
@@ -64,7 +64,19 @@ impl RolloutController {
             input.approval = approval;
             input.measured = measured;
             let t = self.machine(strategy.as_ref()).step(&mut next, &input);
-            match self.execute(&mut next, &t, &observed).await {
+            let result = self.execute(&mut next, &t, &observed).await;
+            if result.is_err() {
+                // Nothing of this step is kept: its measurements go to the next one.
+                let back = taken
+                    .into_iter()
+                    .filter_map(|(key, done)| {
+                        let started = e.rollout.analyses.get(&key)?.started_at();
+                        Some((key, started, done))
+                    })
+                    .collect();
+                self.inner.background.put_back(app, back);
+            }
+            match result {
                 Ok(()) => {}
                 // Not ready yet (no endpoints) or not in effect yet: send it again soon.
                 Err(Stop::Router(
@@ -74,8 +86,21 @@ impl RolloutController {
                     tracing::debug!(app = %app, error = %err, "traffic router not ready; retrying");
                     return Ok(Action::requeue(self.inner.progress_check));
                 }
-                // A split that failed leaves traffic where it was: hold for a person.
+                // A split that failed mid-release leaves traffic where it was: hold for a
+                // person. A rollback (an abort, a fast rollback, a Healthy rollout) is never
+                // held: it is retried with backoff.
                 Err(Stop::Router(err)) => {
+                    let rolling_back = e.rollout.state.is_aborted()
+                        || e.rollout.state == RolloutState::Healthy
+                        || e.rollout.stable.is_none()
+                        || e.rollout.stable.as_ref() == Some(&e.rollout.target);
+                    if rolling_back {
+                        return Err(ControllerError::Router {
+                            app: app.clone(),
+                            router: self.inner.router.name().to_owned(),
+                            source: Box::new(err),
+                        });
+                    }
                     self.hold(&mut e, &err).await?;
                     return Ok(Action::await_change());
                 }
@@ -97,8 +122,17 @@ impl RolloutController {
                 Err(Stop::Failed(err)) => return Err(err),
             }
             let target = next.target.clone();
-            self.persist(&mut e, next).await?;
-            self.announce(app, &target, &t.effects);
+            let abandoned = std::mem::take(&mut next.abandoned);
+            if let Err(err) = self.persist(&mut e, next).await {
+                // Another writer changed the record: start again from the stored one.
+                self.reload(&mut e).await;
+                return Err(err);
+            }
+            self.inner.background.terminate(&self.inner, app, abandoned);
+            // Withdrawals are awaited so that a later attempt's request is never removed by a
+            // slow withdrawal of an earlier one.
+            let effects = self.withdraw_now(app, t.effects.clone()).await;
+            self.announce(app, &target, &effects, Some(&e.rollout));
             if !t.mutates_engine() {
                 return Ok(action(t.wake, now));
             }
@@ -238,7 +272,7 @@ impl RolloutController {
                     }
                 }
                 Effect::SetPreview(preview) => {
-                    if inner.no_preview.load(Ordering::Relaxed) {
+                    if inner.no_preview.lock().contains(&app) {
                         next.preview = None;
                         continue;
                     }
@@ -259,7 +293,7 @@ impl RolloutController {
                         }
                         Err(TrafficError::Unsupported { capability, .. }) => {
                             tracing::debug!(app = %app, router = inner.router.name(), "no preview: {capability}");
-                            inner.no_preview.store(true, Ordering::Relaxed);
+                            inner.no_preview.lock().insert(app.clone());
                             next.preview = None;
                         }
                         Err(err) => return Err(Stop::Preview(err)),
@@ -301,8 +335,23 @@ impl RolloutController {
                 step: Some(step),
                 message: reason,
             }],
+            None,
         );
         Ok(())
+    }
+}
+
+impl RolloutController {
+    /// Reads `e`'s record again from the store (after a write conflict).
+    async fn reload(&self, e: &mut Entry) {
+        let key = Rollout::store_key(super::STATE_PREFIX, &e.rollout.app);
+        if let Ok(Some(v)) = self.inner.store.get(&key).await
+            && let Ok(rollout) = serde_json::from_slice::<Rollout>(&v.value)
+        {
+            e.rollout = rollout;
+            e.version = Some(v.version);
+            e.persisted = super::digest(&v.value);
+        }
     }
 }
 

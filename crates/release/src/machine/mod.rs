@@ -24,6 +24,7 @@
 //! Verbs ([`Verb`]) are applied by [`RolloutMachine::verb`], also pure.
 
 mod effect;
+pub(crate) mod legacy;
 mod state;
 mod status;
 #[cfg(test)]
@@ -194,7 +195,15 @@ impl<'a> RolloutMachine<'a> {
                 show_run(r, key);
             }
         }
+        // A decision belongs to the step it was read for: once that step is passed, the next
+        // (approval) step must not see it.
+        let decided_step = r.step;
+        let mut input = input.clone();
         for _ in 0..MAX_TRANSITIONS {
+            if r.step != decided_step {
+                input.approval = None;
+            }
+            let input = &input;
             let flow = match &r.state {
                 RolloutState::Healthy => self.steady(r, input, &mut t),
                 RolloutState::Aborting { .. } => self.abort(r, input, &mut t),
@@ -220,7 +229,15 @@ impl<'a> RolloutMachine<'a> {
                 t.wake_at(retiring.until);
             }
         }
-        r.planned_replicas = Some(r.spec.app.replicas);
+        if !matches!(
+            r.state,
+            RolloutState::Paused {
+                why: PauseReason::Operator | PauseReason::Held { .. }
+            }
+        ) {
+            r.planned_replicas = Some(r.spec.app.replicas);
+        }
+        r.fresh = false;
         t
     }
 
@@ -289,7 +306,7 @@ impl<'a> RolloutMachine<'a> {
                     continue;
                 }
             }
-            if full || recreate {
+            if (full || recreate) && !self.stateful(r) {
                 if g.desired > 0 || g.current > 0 {
                     desired.replicas.push((g.revision.clone(), 0));
                 } else {
@@ -316,10 +333,13 @@ impl<'a> RolloutMachine<'a> {
         if t.mutates_engine() {
             return Flow::Settled;
         }
+        // Stateful workloads keep one group per revision their identities ran; only the
+        // identities matter.
         let settled = full
-            && !obs.groups.iter().any(|g| {
-                g.revision != target && !r.retiring.iter().any(|x| x.revision == g.revision)
-            });
+            && (self.stateful(r)
+                || !obs.groups.iter().any(|g| {
+                    g.revision != target && !r.retiring.iter().any(|x| x.revision == g.revision)
+                }));
         if r.state != RolloutState::Healthy {
             if settled || (full && r.stable.is_some()) {
                 self.promote(r, now, None, t);
@@ -343,7 +363,7 @@ impl<'a> RolloutMachine<'a> {
         let (Some(stable), false) = (r.stable.clone(), self.stateful(r)) else {
             return Flow::Settled;
         };
-        if stable == r.target {
+        if stable == r.target || r.planned_replicas == Some(r.spec.app.replicas) {
             return Flow::Settled;
         }
         let view = self.view(r, input, &stable);
@@ -353,6 +373,10 @@ impl<'a> RolloutMachine<'a> {
             ..Desired::default()
         };
         self.apply(r, input, &desired, t);
+        if t.effects.is_empty() {
+            // The groups reached the new size: nothing more moves while paused.
+            r.planned_replicas = Some(r.spec.app.replicas);
+        }
         Flow::Settled
     }
 
@@ -544,7 +568,9 @@ impl<'a> RolloutMachine<'a> {
                 Flow::Again
             }
             Gate::Approval(message) => {
-                if !matches!(r.state, RolloutState::WaitingApproval { .. }) {
+                // Asked once per attempt and step; again after a restart, in case the request
+                // (or its notification) was lost with the previous process.
+                if !matches!(r.state, RolloutState::WaitingApproval { .. }) || r.fresh {
                     let request = self.approval_request(r, input, &message);
                     t.push(Effect::RequestApproval(Box::new(request)));
                     t.notify(EventReason::ApprovalRequested, Some(step), message.clone());
@@ -795,6 +821,7 @@ impl<'a> RolloutMachine<'a> {
                 })
                 .collect();
             if routable && (wanted != r.routed || r.router_stale) {
+                r.router_stale = false;
                 t.push(Effect::SetSplit(
                     wanted
                         .iter()
@@ -806,8 +833,10 @@ impl<'a> RolloutMachine<'a> {
         }
         // 3. Removals: never of a revision that still receives traffic through a router, nor of
         // a retiring one before its delay is over.
+        // A strategy that recreates accepts the downtime: its old revision goes first.
+        let guard_traffic = input.routes_traffic && !self.strategy.recreates();
         for (rev, n) in downs {
-            let routed = input.routes_traffic && r.routed_weight(&rev) > 0;
+            let routed = guard_traffic && r.routed_weight(&rev) > 0;
             let retiring = r
                 .retiring
                 .iter()
@@ -842,15 +871,15 @@ impl<'a> RolloutMachine<'a> {
             d.preview.clone()
         };
         match wanted {
-            Some(preview) if preview != r.preview || r.router_stale => {
+            Some(preview) if preview != r.preview || r.fresh => {
                 t.push(Effect::SetPreview(preview.clone()));
                 r.preview = preview;
             }
-            None if r.router_stale => t.push(Effect::SetPreview(r.preview.clone())),
+            // After a restart, a preview the router may have lost is set again.
+            None if r.fresh && r.preview.is_some() => {
+                t.push(Effect::SetPreview(r.preview.clone()));
+            }
             _ => {}
-        }
-        if d.split.is_some() {
-            r.router_stale = false;
         }
     }
 }

@@ -183,6 +183,14 @@ pub struct Rollout {
     /// next step sends the split and the preview again even when they look applied.
     #[serde(skip, default = "yes")]
     pub(crate) router_stale: bool,
+    /// Loaded (or created) by this process and not stepped yet: requests that may have been
+    /// lost with an earlier process (an approval request, the preview) are made again.
+    #[serde(skip, default = "yes")]
+    pub(crate) fresh: bool,
+    /// Long measurements of ended runs, to stop (not persisted: a restarted controller cannot
+    /// reach another process's measurements anyway).
+    #[serde(skip)]
+    pub(crate) abandoned: Vec<crate::analysis::RunningMeasurement>,
     /// The analysis runs of this attempt, by key (`step-2`, `background`, `pre-promotion`…).
     #[serde(default)]
     pub analyses: BTreeMap<String, AnalysisRun>,
@@ -218,6 +226,8 @@ impl Rollout {
             retiring: Vec::new(),
             planned_replicas: None,
             router_stale: true,
+            fresh: true,
+            abandoned: Vec::new(),
             analyses: BTreeMap::new(),
             analysis: None,
             background_analysis: None,
@@ -289,6 +299,7 @@ impl Rollout {
     pub(crate) fn terminate_analyses(&mut self) {
         for run in self.analyses.values_mut() {
             run.terminate();
+            self.abandoned.extend(run.take_abandoned());
         }
         for shown in [&mut self.analysis, &mut self.background_analysis]
             .into_iter()

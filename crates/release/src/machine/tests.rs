@@ -533,3 +533,49 @@ fn approval_requests_carry_what_the_approver_needs() {
     m.step(&mut r, &input);
     assert!(r.state.is_aborted(), "{:?}", r.state);
 }
+
+#[test]
+fn one_decision_passes_one_approval_step() {
+    let canary = Canary::new(vec![
+        CanaryStep::Approval(crate::ApprovalStep::default()),
+        CanaryStep::Approval(crate::ApprovalStep::default()),
+    ]);
+    let m = RolloutMachine::new(&canary);
+    let mut r = rollout("v1", "v2", 4, canary.clone());
+    let mut sim = Sim::new().with_group("v1", 4);
+    sim.drive(&m, &mut r, false, 10, |r, _| {
+        matches!(r.state, RolloutState::WaitingApproval { .. })
+    });
+    assert_eq!(r.step, 0);
+    let obs = sim.observation();
+    let mut input = Input::new(sim.now, &obs);
+    input.approval = Some(true);
+    m.step(&mut r, &input);
+    assert_eq!(r.step, 1, "the first approval is passed");
+    assert!(
+        matches!(r.state, RolloutState::WaitingApproval { .. }),
+        "the second waits for its own decision: {:?}",
+        r.state
+    );
+}
+
+#[test]
+fn recreate_behind_a_traffic_router_releases_and_aborts() {
+    let recreate = Recreate::default();
+    let m = RolloutMachine::new(&recreate);
+    let mut r = rollout("v1", "v2", 3, Recreate::default());
+    let mut sim = Sim::new().with_group("v1", 3);
+    sim.drive(&m, &mut r, true, 20, |_, s| s.count("v2").1 == 3);
+    assert_eq!(sim.count("v1").0, 0);
+    let mut r = rollout("v1", "v2", 3, Recreate::default());
+    let mut sim = Sim::new().with_group("v1", 3);
+    sim.drive(&m, &mut r, true, 20, |_, s| {
+        s.count("v2").1 == 3 && s.count("v1").0 == 0
+    });
+    m.verb(&mut r, Verb::Abort, sim.now).unwrap();
+    sim.drive(&m, &mut r, true, 20, |r, _| {
+        matches!(r.state, RolloutState::Degraded { .. })
+    });
+    assert_eq!(sim.count("v1"), (3, 3));
+    assert_eq!(sim.count("v2").0, 0);
+}
