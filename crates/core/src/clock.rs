@@ -61,8 +61,9 @@ impl Clock for SystemClock {
 }
 
 /// A wall clock that follows tokio's timer: `now` is the wall time when the clock was made
-/// plus the tokio time elapsed since. In production it matches [`SystemClock`] (but never
-/// jumps with the system's clock); under `tokio::time::pause` it moves only as tokio's paused
+/// plus the tokio time elapsed since. In production it starts at the wall time and then moves
+/// with tokio's monotonic timer (so it does not follow later changes of the system's clock);
+/// under `tokio::time::pause` it moves only as tokio's paused
 /// time does, so a test that auto-advances or calls `tokio::time::advance` drives both the
 /// timestamps and the timers a controller running on tokio (the `rorqual-runtime` queue)
 /// sees, in step.

@@ -77,10 +77,10 @@ pub struct RolloutView {
     pub step: usize,
     /// Time spent in the current step.
     pub step_elapsed: Duration,
-    /// Time since the current step's scale-down delay began: since the controller first saw
-    /// [`Gate::ScaleDownDelay`] in this step (all traffic on the new revision by then), `None`
-    /// before. The delay counts from here, not from the step's start, so time spent bringing
-    /// the new revision to full availability does not shorten it.
+    /// Time since the current step's scale-down delay began, for a strategy that runs the delay
+    /// itself. The [`RolloutMachine`](crate::RolloutMachine) leaves it `None`: at the first
+    /// [`Gate::ScaleDownDelay`] it makes the target stable and keeps the old revision for the
+    /// whole delay from that moment (all traffic on the new revision by then).
     pub scale_down_elapsed: Option<Duration>,
     /// Phases of the analysis runs, by key (`step-2`, `background`, `pre-promotion`, …).
     pub analysis: BTreeMap<String, AnalysisPhase>,
