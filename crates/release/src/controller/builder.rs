@@ -146,6 +146,7 @@ impl RolloutControllerBuilder {
                 notifier: self.notifier,
                 providers: self.providers,
                 registry: self.registry,
+                resolved: Default::default(),
                 clock: self.clock,
                 cluster: self.cluster,
                 resync: self.resync,

@@ -67,6 +67,9 @@ struct Inner {
     notifier: Option<Arc<dyn Notifier>>,
     providers: Arc<dyn MetricProvider>,
     registry: StrategyRegistry,
+    /// Resolved strategies by the hash of their spec and the workload kind, shared by the
+    /// rollouts that use them.
+    resolved: parking_lot::Mutex<HashMap<String, std::sync::Weak<dyn ReleaseStrategy>>>,
     clock: Arc<dyn Clock>,
     cluster: Option<String>,
     resync: Duration,
@@ -157,6 +160,26 @@ impl RolloutController {
     /// Validates `spec` and resolves its strategy: the kind must be registered, the strategy
     /// valid (every problem listed with its path), and every analysis metric's provider known.
     fn resolve(&self, spec: &RolloutSpec) -> Result<Arc<dyn ReleaseStrategy>, ControllerError> {
+        // Rollouts with the same strategy share one resolved, validated copy (10,000 rollouts
+        // of one canary hold one `Canary`).
+        let key = format!("{}/{:?}", spec.step_hash(), spec.app.kind);
+        if let Some(strategy) = self
+            .inner
+            .resolved
+            .lock()
+            .get(&key)
+            .and_then(std::sync::Weak::upgrade)
+        {
+            return Ok(strategy);
+        }
+        let strategy = self.resolve_new(spec)?;
+        let mut resolved = self.inner.resolved.lock();
+        resolved.retain(|_, weak| weak.strong_count() > 0);
+        resolved.insert(key, Arc::downgrade(&strategy));
+        Ok(strategy)
+    }
+
+    fn resolve_new(&self, spec: &RolloutSpec) -> Result<Arc<dyn ReleaseStrategy>, ControllerError> {
         let app = spec.app.key();
         let invalid = |source| ControllerError::InvalidStrategy {
             app: app.clone(),
