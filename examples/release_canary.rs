@@ -291,6 +291,14 @@ async fn follow(
             status.reason
         ));
         if done(&status) {
+            // Events of the transition just seen may follow the status by a moment.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(event) = events.try_recv() {
+                if event.reason == EventReason::Aborted {
+                    aborted_at = Some(event.time);
+                }
+                print_event(w, &event);
+            }
             return Ok(aborted_at);
         }
         if Instant::now() > deadline {

@@ -156,7 +156,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = ctl.events();
     let collector = tokio::spawn(async move {
         let mut completed: HashMap<(AppKey, usize), SystemTime> = HashMap::new();
-        while let Ok(ev) = events.recv().await {
+        // Until the controller is gone, or nothing happened for 20 s (the bench has stopped).
+        while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
             if ev.reason == EventReason::StepCompleted
                 && let Some(step) = ev.step
             {

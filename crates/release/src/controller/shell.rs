@@ -129,10 +129,15 @@ impl RolloutController {
                 return Err(err);
             }
             self.inner.background.terminate(&self.inner, app, abandoned);
-            // Withdrawals are awaited so that a later attempt's request is never removed by a
-            // slow withdrawal of an earlier one.
-            let effects = self.withdraw_now(app, t.effects.clone()).await;
-            self.announce(app, &target, &effects, Some(&e.rollout));
+            // Events and notifications first; then the withdrawals, awaited so that a later
+            // attempt's request is never removed by a slow withdrawal of an earlier one.
+            let (withdrawals, rest): (Vec<Effect>, Vec<Effect>) = t
+                .effects
+                .iter()
+                .cloned()
+                .partition(|e| matches!(e, Effect::WithdrawApprovals(_)));
+            self.announce(app, &target, &rest, Some(&e.rollout));
+            self.withdraw_now(app, withdrawals).await;
             if !t.mutates_engine() {
                 return Ok(action(t.wake, now));
             }
