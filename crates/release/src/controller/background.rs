@@ -48,6 +48,21 @@ impl Drop for Running {
     }
 }
 
+/// A measurement in flight. Dropped when it ends — with a result, or cancelled or panicking
+/// without one — it leaves the in-flight set and wakes its rollout, which measures again if
+/// no result came back.
+struct Flight {
+    inner: Arc<Inner>,
+    id: InFlight,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.inner.background.in_flight.lock().remove(&self.id);
+        self.inner.trigger.trigger(self.id.0.clone());
+    }
+}
+
 impl Background {
     pub(super) fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
@@ -131,22 +146,24 @@ impl Background {
         if !self.in_flight.lock().insert(id.clone()) {
             return;
         }
-        let inner = inner.clone();
         let key = key.to_owned();
         let guard = Running::start(&self.running);
+        let flight = Flight {
+            inner: inner.clone(),
+            id,
+        };
         tokio::spawn(async move {
             let _guard = guard;
+            let inner = flight.inner.clone();
             let done = pending.measure(inner.providers.as_ref()).await;
-            let app = id.0.clone();
             inner
                 .background
                 .measured
                 .lock()
-                .entry(app.clone())
+                .entry(flight.id.0.clone())
                 .or_default()
                 .push((key, started, done));
-            inner.background.in_flight.lock().remove(&id);
-            inner.trigger.trigger(app);
+            drop(flight);
         });
     }
 

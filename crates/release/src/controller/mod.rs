@@ -214,11 +214,10 @@ impl RolloutController {
     pub async fn apply(&self, spec: RolloutSpec) -> Result<RolloutStatus, ControllerError> {
         let strategy = self.resolve(&spec)?;
         let app = spec.app.key();
-        let now = self.inner.clock.now();
         let existing = self.inner.rollouts.lock().get(&app).cloned();
         let (status, effects) = match existing {
             None => {
-                let rollout = Rollout::new(spec, now);
+                let rollout = Rollout::new(spec, self.inner.clock.now());
                 let mut entry = Entry {
                     rollout: rollout.clone(),
                     version: None,
@@ -235,6 +234,7 @@ impl RolloutController {
             }
             Some(entry) => {
                 let mut e = entry.lock().await;
+                let now = self.inner.clock.now();
                 let mut next = e.rollout.clone();
                 let target = spec.app.revision();
                 let step_hash = spec.step_hash();
