@@ -75,9 +75,13 @@ impl Sim {
             match e {
                 Effect::Scale { revision, replicas } => {
                     match self.groups.iter_mut().find(|g| &g.revision == revision) {
-                        Some(g) => {
+                        // Starting is immediate; stopping takes until the next settle.
+                        Some(g) if *replicas >= g.current => {
                             g.desired = *replicas;
                             g.current = *replicas;
+                        }
+                        Some(g) => {
+                            g.desired = *replicas;
                             g.available = g.available.min(*replicas);
                         }
                         None => self.groups.push(GroupView::new(
@@ -100,9 +104,11 @@ impl Sim {
         }
     }
 
-    /// Instances started become ready (except stuck revisions).
+    /// Instances stopping are gone and instances started become ready (except stuck
+    /// revisions).
     fn settle(&mut self) {
         for g in &mut self.groups {
+            g.current = g.desired;
             if !self.stuck.contains(&g.revision) {
                 g.available = g.current;
             }
