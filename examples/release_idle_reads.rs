@@ -8,78 +8,13 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rorqual::core::clock::TokioClock;
-use rorqual::core::engine::{Engine, EventStream, GroupStatus, StateStore};
 use rorqual::core::memory::MemoryEngine;
-use rorqual::core::model::{AppKey, AppSpec, ContainerSpec, Instance, Node, Revision};
+use rorqual::core::model::{AppSpec, ContainerSpec};
 use rorqual::release::{Canary, CanaryStep, RolloutController, RolloutPhase, RolloutSpec};
-
-/// A MemoryEngine that counts read calls.
-#[derive(Debug)]
-struct Counting {
-    inner: MemoryEngine,
-    reads: AtomicU64,
-}
-
-impl Counting {
-    fn read(&self) {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl Engine for Counting {
-    fn kind(&self) -> &str {
-        "counting-memory"
-    }
-    async fn nodes(&self) -> rorqual::core::Result<Vec<Node>> {
-        self.read();
-        self.inner.nodes().await
-    }
-    async fn apply_group(
-        &self,
-        spec: &AppSpec,
-        replicas: u32,
-    ) -> rorqual::core::Result<GroupStatus> {
-        self.inner.apply_group(spec, replicas).await
-    }
-    async fn scale_group(
-        &self,
-        app: &AppKey,
-        revision: &Revision,
-        replicas: u32,
-    ) -> rorqual::core::Result<GroupStatus> {
-        self.inner.scale_group(app, revision, replicas).await
-    }
-    async fn delete_group(&self, app: &AppKey, revision: &Revision) -> rorqual::core::Result<()> {
-        self.inner.delete_group(app, revision).await
-    }
-    async fn groups(&self, app: &AppKey) -> rorqual::core::Result<Vec<GroupStatus>> {
-        self.read();
-        self.inner.groups(app).await
-    }
-    async fn instances(&self, app: &AppKey) -> rorqual::core::Result<Vec<Instance>> {
-        self.read();
-        self.inner.instances(app).await
-    }
-    async fn apps(&self) -> rorqual::core::Result<Vec<AppKey>> {
-        self.read();
-        self.inner.apps().await
-    }
-    async fn move_identity(&self, spec: &AppSpec, ordinal: u32) -> rorqual::core::Result<Instance> {
-        self.inner.move_identity(spec, ordinal).await
-    }
-    fn events(&self) -> EventStream {
-        self.inner.events()
-    }
-    fn state_store(&self) -> Arc<dyn StateStore> {
-        self.inner.state_store()
-    }
-}
+use rorqual_testkit::counting::CountingEngine;
 
 fn app(i: usize, version: &str) -> AppSpec {
     AppSpec::new(
@@ -101,13 +36,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     rt.block_on(async move {
         let clock = TokioClock::new();
-        let engine = Arc::new(Counting {
-            inner: MemoryEngine::builder()
+        let engine = Arc::new(CountingEngine::new(Arc::new(
+            MemoryEngine::builder()
                 .clock(clock)
                 .startup(Duration::from_secs(1))
                 .build(),
-            reads: AtomicU64::new(0),
-        });
+        )));
         let ctl = RolloutController::builder(engine.clone())
             .clock(Arc::new(clock))
             .build()
@@ -133,10 +67,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         // Let the last reconciles of the deploy finish, then count.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let before = engine.reads.load(Ordering::Relaxed);
+        let before = engine.reads();
         let minutes = 10u64;
         tokio::time::sleep(Duration::from_secs(60 * minutes)).await;
-        let reads = engine.reads.load(Ordering::Relaxed) - before;
+        let reads = engine.reads() - before;
         println!(
             "{n} idle Healthy rollouts, {minutes} simulated minutes: {reads} engine reads = {:.3} per rollout per minute",
             reads as f64 / (n as f64 * minutes as f64)

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rorqual_core::clock::TokioClock;
-use rorqual_core::engine::{Engine, EventStream, GroupStatus, StateStore};
+use rorqual_core::engine::Engine;
 use rorqual_core::memory::MemoryEngine;
-use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Instance, Node, Revision};
+use rorqual_core::model::{AppKey, AppSpec, ContainerSpec};
 use rorqual_release::analysis::{AnalysisSpec, MetricSpec, ProviderSpec};
 use rorqual_release::approval::Approvals;
 use rorqual_release::notify::{Notification, Notifier, NotifyError};
@@ -21,6 +21,7 @@ use rorqual_release::{
     RolloutControllerBuilder, RolloutPhase, RolloutSpec, RolloutView, StrategyError,
     StrategyRegistry, StrategySpec,
 };
+use rorqual_testkit::counting::CountingEngine;
 use serde::Deserialize;
 
 fn app(version: &str, replicas: u32) -> AppSpec {
@@ -374,66 +375,12 @@ async fn a_slow_notifier_delays_no_step() {
     assert_eq!(ctl.background_tasks(), 0);
 }
 
-/// A MemoryEngine that counts read calls.
-#[derive(Debug)]
-struct Counting {
-    inner: MemoryEngine,
-    reads: AtomicU64,
-}
-
-#[async_trait]
-impl Engine for Counting {
-    fn kind(&self) -> &str {
-        "counting"
-    }
-    async fn nodes(&self) -> rorqual_core::Result<Vec<Node>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.nodes().await
-    }
-    async fn apply_group(&self, spec: &AppSpec, n: u32) -> rorqual_core::Result<GroupStatus> {
-        self.inner.apply_group(spec, n).await
-    }
-    async fn scale_group(
-        &self,
-        app: &AppKey,
-        rev: &Revision,
-        n: u32,
-    ) -> rorqual_core::Result<GroupStatus> {
-        self.inner.scale_group(app, rev, n).await
-    }
-    async fn delete_group(&self, app: &AppKey, rev: &Revision) -> rorqual_core::Result<()> {
-        self.inner.delete_group(app, rev).await
-    }
-    async fn groups(&self, app: &AppKey) -> rorqual_core::Result<Vec<GroupStatus>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.groups(app).await
-    }
-    async fn instances(&self, app: &AppKey) -> rorqual_core::Result<Vec<Instance>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.instances(app).await
-    }
-    async fn apps(&self) -> rorqual_core::Result<Vec<AppKey>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.apps().await
-    }
-    async fn move_identity(&self, spec: &AppSpec, ordinal: u32) -> rorqual_core::Result<Instance> {
-        self.inner.move_identity(spec, ordinal).await
-    }
-    fn events(&self) -> EventStream {
-        self.inner.events()
-    }
-    fn state_store(&self) -> Arc<dyn StateStore> {
-        self.inner.state_store()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_idle_healthy_rollout_is_read_only_by_the_resync() {
     let clock = TokioClock::new();
-    let engine = Arc::new(Counting {
-        inner: MemoryEngine::builder().clock(clock).build(),
-        reads: AtomicU64::new(0),
-    });
+    let engine = Arc::new(CountingEngine::new(Arc::new(
+        MemoryEngine::builder().clock(clock).build(),
+    )));
     let ctl = RolloutController::builder(engine.clone())
         .clock(Arc::new(clock))
         .resync(Duration::from_secs(300))
@@ -446,9 +393,9 @@ async fn an_idle_healthy_rollout_is_read_only_by_the_resync() {
         .unwrap();
     until(&ctl, 30, "healthy", |s| s.phase == RolloutPhase::Healthy).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = engine.reads.load(Ordering::SeqCst);
+    let before = engine.reads();
     tokio::time::sleep(Duration::from_secs(600)).await;
-    let reads = engine.reads.load(Ordering::SeqCst) - before;
+    let reads = engine.reads() - before;
     assert!(
         reads <= 10,
         "{reads} reads in 10 idle minutes (resync every 5)"

@@ -16,6 +16,7 @@
 //! assert!(rorqual_testkit::SERVER_PORT_RANGE.contains(&port));
 //! ```
 
+pub mod counting;
 pub mod demo;
 pub mod etcd;
 pub mod examples;
