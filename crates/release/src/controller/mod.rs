@@ -526,6 +526,18 @@ impl RolloutController {
                         with,
                     );
                 }
+                // A preview the router took (not one it has no service for).
+                Effect::SetPreview(preview)
+                    if runs.is_some_and(|r| r.preview == *preview)
+                        && !self.inner.no_preview.lock().contains(app) =>
+                {
+                    let message = match preview {
+                        Some(rev) => format!("preview route serves {rev}"),
+                        None => "preview route emptied".to_owned(),
+                    };
+                    let step = runs.map(|r| r.step);
+                    self.emit(app, revision, step, EventReason::Preview, message);
+                }
                 Effect::WithdrawApprovals(rev) => {
                     self.inner.background.withdraw(&self.inner, app, rev);
                 }

@@ -283,19 +283,8 @@ impl RolloutController {
                     }
                     let backend = preview.as_ref().map(|rev| Backend::new(rev.clone(), 100));
                     match inner.router.set_preview(&app, backend.as_ref()).await {
-                        Ok(()) => {
-                            let message = match preview {
-                                Some(rev) => format!("preview route serves {rev}"),
-                                None => "preview route emptied".to_owned(),
-                            };
-                            self.emit(
-                                &app,
-                                &next.target,
-                                Some(next.step),
-                                EventReason::Preview,
-                                message,
-                            );
-                        }
+                        // The event goes out with the transition's others, once persisted.
+                        Ok(()) => {}
                         Err(TrafficError::Unsupported { capability, .. }) => {
                             tracing::debug!(app = %app, router = inner.router.name(), "no preview: {capability}");
                             inner.no_preview.lock().insert(app.clone());

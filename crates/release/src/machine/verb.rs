@@ -85,6 +85,7 @@ impl RolloutMachine<'_> {
         now: SystemTime,
     ) -> Result<Vec<Effect>, VerbRefusal> {
         let steady = r.stable.is_none() || r.stable.as_ref() == Some(&r.target);
+        let before = (r.state.clone(), r.step, r.full, r.attempt);
         let mut effects = Vec::new();
         match verb {
             Verb::Promote => {
@@ -162,11 +163,15 @@ impl RolloutMachine<'_> {
                 }
             }
         }
-        effects.push(Effect::Notify {
-            reason: EventReason::Verb,
-            step: Some(r.step),
-            message: format!("{verb} by an operator"),
-        });
+        // A verb that changed nothing (a second pause, a resume of a running rollout) is not
+        // an event.
+        if before != (r.state.clone(), r.step, r.full, r.attempt) {
+            effects.push(Effect::Notify {
+                reason: EventReason::Verb,
+                step: Some(r.step),
+                message: format!("{verb} by an operator"),
+            });
+        }
         Ok(effects)
     }
 
