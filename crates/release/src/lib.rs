@@ -30,6 +30,14 @@
 //! [`traffic::weighted_replica_counts`], reached within maxSurge and maxUnavailable; pauses
 //! in seconds or Go notation, [`PauseDuration`]). See `reference/release.md` for the upstream
 //! rules matched.
+//!
+//! The [`RolloutController`] is a shell on `rorqual-runtime` around the pure
+//! [`RolloutMachine`] ([`machine`]): from a persisted [`machine::Rollout`] (one
+//! [`RolloutState`]) and the strategy's plan to the next state and [`machine::Effect`]s, which
+//! the shell executes in order (new instances, traffic, removals) before persisting the state.
+//! Rollout specs name their strategy as `{kind, config}` ([`StrategySpec`]), resolved through a
+//! [`StrategyRegistry`] on the builder, so a host's own [`ReleaseStrategy`] runs beside the
+//! built-ins.
 
 pub mod analysis;
 pub mod approval;
