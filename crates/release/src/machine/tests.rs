@@ -134,6 +134,13 @@ impl Sim {
         t
     }
 
+    /// Steps until the rollout pauses (at most 20 steps).
+    fn drive_to_pause(&mut self, m: &RolloutMachine<'_>, r: &mut Rollout, routes: bool) {
+        self.drive(m, r, routes, 20, |r, _| {
+            matches!(r.state, RolloutState::Paused { .. })
+        });
+    }
+
     /// Steps `n` times, settling instances and moving time to each wake.
     fn run(&mut self, m: &RolloutMachine<'_>, r: &mut Rollout, routes: bool, n: usize) {
         for _ in 0..n {
@@ -208,9 +215,7 @@ fn promote_is_capped_at_the_last_step_and_the_final_switch_waits_for_availabilit
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 10, canary.clone());
     let mut sim = Sim::new().with_group("v1", 10);
-    sim.drive(&m, &mut r, false, 20, |r, _| {
-        matches!(r.state, RolloutState::Paused { .. })
-    });
+    sim.drive_to_pause(&m, &mut r, false);
     assert_eq!(r.step, 1);
     m.verb(&mut r, Verb::Promote, sim.now).unwrap();
     assert_eq!(r.step, 2, "to the final step");
@@ -267,9 +272,7 @@ fn traffic_moves_before_instances_that_receive_it_are_removed() {
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 10, canary.clone());
     let mut sim = Sim::new().with_group("v1", 10);
-    sim.drive(&m, &mut r, true, 20, |r, _| {
-        matches!(r.state, RolloutState::Paused { .. })
-    });
+    sim.drive_to_pause(&m, &mut r, true);
     assert_eq!(r.routed_weight(&rev("v2")), 50);
     // A third revision arrives mid-rollout.
     sim.log.clear();
@@ -285,9 +288,7 @@ fn traffic_moves_before_instances_that_receive_it_are_removed() {
     let down = position(&sim.log, |e| *e == scale("v2", 0)).unwrap();
     assert!(split < down, "traffic first: {:?}", sim.log);
     // An abort: all traffic back to v1 before v3 is removed.
-    sim.drive(&m, &mut r, true, 20, |r, _| {
-        matches!(r.state, RolloutState::Paused { .. })
-    });
+    sim.drive_to_pause(&m, &mut r, true);
     sim.log.clear();
     m.verb(&mut r, Verb::Abort, sim.now).unwrap();
     sim.drive(&m, &mut r, true, 80, |_, s| s.count("v3").0 == 0);
@@ -355,9 +356,7 @@ fn aborting_a_basic_canary_removes_it_at_once() {
     let m = RolloutMachine::new(&canary);
     let mut r = rollout("v1", "v2", 10, canary.clone());
     let mut sim = Sim::new().with_group("v1", 10);
-    sim.drive(&m, &mut r, false, 20, |r, _| {
-        matches!(r.state, RolloutState::Paused { .. })
-    });
+    sim.drive_to_pause(&m, &mut r, false);
     m.verb(&mut r, Verb::Abort, sim.now).unwrap();
     let t = sim.step(&m, &mut r, false);
     assert!(t.effects.contains(&scale("v2", 0)), "{:?}", t.effects);
@@ -379,9 +378,7 @@ fn abort_delay_with_a_router_and_zero_means_never() {
         let mut r = rollout("v1", "v2", 4, canary.clone());
         r.spec = r.spec.clone().abort_scale_down_delay(delay);
         let mut sim = Sim::new().with_group("v1", 4);
-        sim.drive(&m, &mut r, true, 20, |r, _| {
-            matches!(r.state, RolloutState::Paused { .. })
-        });
+        sim.drive_to_pause(&m, &mut r, true);
         m.verb(&mut r, Verb::Abort, sim.now).unwrap();
         let aborted = sim.now;
         sim.drive(&m, &mut r, true, 40, |r, _| {
