@@ -61,6 +61,17 @@ pub enum StoreError {
         #[source]
         source: rorqual_core::error::Error,
     },
+    /// A watch was asked to resume after a revision the store no longer keeps changes for;
+    /// the consumer must resynchronise from [`crate::store::PoolStore::snapshot`].
+    #[error("pool store at {location} no longer keeps changes after revision {requested} (oldest kept: {oldest})")]
+    Compacted {
+        /// Where (a path or an etcd prefix).
+        location: String,
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision a watch can still resume after.
+        oldest: u64,
+    },
     /// The store does not implement an optional capability (see [`crate::store::PoolStore`]).
     #[error("pool store {store} does not support {operation}")]
     Unsupported {

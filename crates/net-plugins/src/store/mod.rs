@@ -23,6 +23,46 @@ use crate::pool_state::PoolState;
 /// The changes a store's watch delivers ([`PoolStore::watch`]).
 pub type WatchStream = BoxStream<'static, Result<AllocationEvent, StoreError>>;
 
+/// One change with the store revision that committed it ([`PoolStore::watch_from`]). One
+/// commit may change several addresses: its events share a revision and arrive together, in
+/// order; revisions only grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RevisionedEvent {
+    /// The store revision of the commit.
+    pub revision: u64,
+    /// The change.
+    pub event: AllocationEvent,
+}
+
+impl RevisionedEvent {
+    /// `event`, committed at `revision`.
+    pub fn new(revision: u64, event: AllocationEvent) -> Self {
+        RevisionedEvent { revision, event }
+    }
+}
+
+/// The changes [`PoolStore::watch_from`] delivers.
+pub type RevisionWatch = BoxStream<'static, Result<RevisionedEvent, StoreError>>;
+
+/// Every pool of a store as of one revision ([`PoolStore::snapshot`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreSnapshot {
+    /// The store revision the pools were read at: a watch resumed after it
+    /// ([`PoolStore::watch_from`]) delivers exactly the changes made since.
+    pub revision: u64,
+    /// The pools, by name.
+    pub pools: Vec<PoolState>,
+}
+
+impl StoreSnapshot {
+    /// `pools` as of `revision`.
+    pub fn new(revision: u64, pools: Vec<PoolState>) -> Self {
+        StoreSnapshot { revision, pools }
+    }
+}
+
 #[cfg(feature = "etcd")]
 pub mod etcd;
 
@@ -91,6 +131,31 @@ pub trait PoolStore: Send + Sync + Debug + 'static {
         Err(StoreError::Unsupported {
             store: std::any::type_name::<Self>().to_owned(),
             operation: "watch",
+        })
+    }
+
+    /// Every pool as of one store revision, read consistently (no commit half seen). With
+    /// [`PoolStore::watch_from`] this lets a consumer (a registry sync) start from a full view
+    /// and then follow changes without missing or repeating one. Optional capability: the
+    /// default returns [`StoreError::Unsupported`].
+    async fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
+        Err(StoreError::Unsupported {
+            store: std::any::type_name::<Self>().to_owned(),
+            operation: "snapshot",
+        })
+    }
+
+    /// The changes committed after `revision` (a [`StoreSnapshot::revision`] or the
+    /// [`RevisionedEvent::revision`] of the last change a consumer applied), in commit order,
+    /// then every later one as it is committed. [`StoreError::Compacted`] when the store no
+    /// longer keeps the changes right after `revision`: resynchronise from
+    /// [`PoolStore::snapshot`]. Optional capability: the default returns
+    /// [`StoreError::Unsupported`].
+    async fn watch_from(&self, revision: u64) -> Result<RevisionWatch, StoreError> {
+        let _ = revision;
+        Err(StoreError::Unsupported {
+            store: std::any::type_name::<Self>().to_owned(),
+            operation: "watch_from",
         })
     }
 }
