@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use rorqual_core::model::Resources;
 use rorqual_scheduler::extender::ExtenderServer;
 use rorqual_scheduler::framework::{CycleState, FilterPlugin, Plugin, Status};
-use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity};
+use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity, ReserveRequest};
 use rorqual_scheduler::{NodeInfo, PodInfo, Scheduler, Sym};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -36,8 +36,14 @@ fn cluster() -> (ExtenderServer, Arc<MemoryIpCapacity>) {
     let cap = Arc::new(MemoryIpCapacity::new());
     cap.add_pool("pool-a", ["n1", "n4"], [ip("10.0.0.1")]);
     cap.add_pool("pool-b", ["n2"], [ip("10.1.0.7")]);
-    cap.reserve("pool-b", "games/game-1", Some(ip("10.1.0.7")))
-        .unwrap();
+    // An earlier pod of identity games/game-1 took the address; its claim keeps it.
+    cap.reserve(
+        &ReserveRequest::new("pool-b", "game-1-earlier")
+            .identity("games/game-1")
+            .address(ip("10.1.0.7")),
+    )
+    .unwrap();
+    cap.release("game-1-earlier");
     let profile = DefaultPlugins::new().underlay(cap.clone()).build().unwrap();
     let scheduler = Scheduler::new(profile);
     scheduler.add_nodes(
@@ -204,7 +210,10 @@ async fn bind_reserves_the_underlay_address_and_records_the_pod() {
     let (_, body) = post(&server, "/filter", other).await;
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(got["NodeNames"], serde_json::json!([]), "{body}");
-    assert_eq!(got["FailedNodes"]["n1"], "no free underlay IP");
+    assert_eq!(
+        got["FailedNodes"]["n1"],
+        "underlay pool `pool-a` has no free address (1 of 1 taken)"
+    );
     // Binding where the pod does not fit fails with a message and takes nothing.
     let bad = r#"{"PodName":"x","PodNamespace":"games","PodUID":"6c1f5a2e-0000-4000-8000-000000000009","Node":"n4"}"#;
     let (status, body) = post(&server, "/bind", bad).await;

@@ -16,7 +16,7 @@ use rorqual_scheduler::framework::{
 };
 use rorqual_scheduler::plugins::{
     DefaultBinder, DefaultPlugins, IpCapacity, MemoryIpCapacity, NodeResourcesFit, PrioritySort,
-    ScoringStrategy,
+    ReserveRequest, ScoringStrategy,
 };
 use rorqual_scheduler::snapshot::{
     AffinityTerm, GangMembership, HOSTNAME_LABEL, StatefulIdentity, UnderlayRequest,
@@ -529,7 +529,14 @@ async fn a_failed_binding_keeps_an_already_bound_claim_address() {
     let claimed = IpAddr::from([10, 0, 0, 7]);
     let cap = Arc::new(MemoryIpCapacity::new());
     cap.add_pool("p", ["n0"], [claimed, IpAddr::from([10, 0, 0, 8])]);
-    cap.reserve("p", "games/game-1", Some(claimed)).unwrap();
+    // An earlier pod of identity games/game-1 took the address; its claim keeps it.
+    cap.reserve(
+        &ReserveRequest::new("p", "game-1-earlier")
+            .identity("games/game-1")
+            .address(claimed),
+    )
+    .unwrap();
+    cap.release("game-1-earlier");
     let profile = DefaultPlugins::new()
         .underlay(cap.clone())
         .builder("p")
@@ -552,9 +559,14 @@ async fn a_failed_binding_keeps_an_already_bound_claim_address() {
     let r = s.schedule_next().await.unwrap();
     assert!(matches!(r.outcome, Outcome::Error(_)), "{:?}", r.outcome);
     assert_eq!(
-        cap.held_by("games/game-1"),
+        cap.held_by("game-1-uid"),
+        None,
+        "the failed cycle gave it back"
+    );
+    assert_eq!(
+        cap.claim("games/game-1").map(|c| c.address),
         Some(claimed),
-        "the claim keeps the address Reserve did not take"
+        "the claim keeps the address"
     );
     assert_eq!(cap.free("p"), 1);
     // An address the failed cycle did take goes back.
@@ -1121,14 +1133,16 @@ async fn a_deleted_stateful_pod_never_frees_its_replacements_underlay_address() 
         .unwrap();
     let old = waiting(s.schedule_next().await.unwrap());
     assert!(s.remove_pod("db-0-old").is_some());
-    assert_eq!(cap.free("p"), 10, "the deletion gave the address back");
+    assert_eq!(cap.held_by("db-0-old"), None, "the deletion released it");
+    assert_eq!(cap.free("p"), 9, "the identity's claim keeps the address");
     replace("db-0-new", "ns/db-0").await;
     let held = cap
-        .held_by("ns/db-0")
+        .held_by("db-0-new")
         .expect("the replacement holds an address");
+    assert_eq!(cap.claim("ns/db-0").map(|c| c.address), Some(held));
     assert!(old.await.unwrap().is_err());
     assert_eq!(
-        cap.held_by("ns/db-0"),
+        cap.held_by("db-0-new"),
         Some(held),
         "the old binding freed the replacement's address"
     );
@@ -1146,12 +1160,12 @@ async fn a_deleted_stateful_pod_never_frees_its_replacements_underlay_address() 
     assert!(s.remove_pod("db-1-old").is_some());
     replace("db-1-new", "ns/db-1").await;
     let held_1 = cap
-        .held_by("ns/db-1")
+        .held_by("db-1-new")
         .expect("the replacement holds an address");
     gate.open.notify_one();
     assert!(old_1.await.unwrap().is_err());
     assert_eq!(
-        cap.held_by("ns/db-1"),
+        cap.held_by("db-1-new"),
         Some(held_1),
         "the old binding freed the replacement's address"
     );
@@ -1166,8 +1180,16 @@ async fn a_deleted_stateful_pod_never_frees_its_replacements_underlay_address() 
     assert!(err.message().contains("deleted"), "{err}");
     assert!(!gate.saw("db-2-old"), "PreBind ran for a deleted pod");
 
-    assert_eq!(cap.held_by("ns/db-2"), None);
-    assert_eq!(cap.free("p"), 8, "two addresses held, no double hand-out");
+    assert_eq!(cap.held_by("db-2-old"), None);
+    assert!(
+        cap.claim("ns/db-2").is_some(),
+        "its claim keeps its address"
+    );
+    assert_eq!(
+        cap.free("p"),
+        7,
+        "two addresses held and one claimed, no double hand-out"
+    );
     assert_eq!(s.with_snapshot(Snapshot::pod_count), 2);
     assert_eq!(s.queue_len(), (0, 0), "no deleted pod is retried");
 }

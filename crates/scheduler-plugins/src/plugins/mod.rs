@@ -26,8 +26,8 @@ pub use sticky::StickyIdentity;
 pub use taints::TaintToleration;
 pub use topology_spread::PodTopologySpread;
 pub use underlay::{
-    IpCapacity, IpCapacityError, MemoryIpCapacity, PoolCapacity, Reservation, ReservedIp,
-    UnderlayIp,
+    CapacitySnapshot, ClaimedAddress, IpCapacity, IpCapacityError, MemoryIpCapacity, PoolCapacity,
+    Reservation, ReserveRequest, ReservedIp, UnderlayIp,
 };
 
 use crate::framework::{MAX_NODE_SCORE, Profile, ProfileBuilder, ProfileError};
@@ -161,7 +161,11 @@ impl DefaultPlugins {
             .bind(Arc::new(DefaultBinder));
         if let Some(capacity) = self.capacity {
             let ip = Arc::new(UnderlayIp::new(capacity));
-            b = b.pre_filter(ip.clone()).filter(ip.clone()).reserve(ip);
+            b = b
+                .pre_filter(ip.clone())
+                .filter(ip.clone())
+                .reserve(ip.clone())
+                .pre_bind(ip);
         }
         b
     }
