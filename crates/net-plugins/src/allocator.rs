@@ -93,6 +93,11 @@ impl Allocator {
         self
     }
 
+    /// The allocator's clock now, in milliseconds since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn PoolStore> {
         &self.store

@@ -17,7 +17,10 @@ use rorqual_core::network::{AttachRequest, Attachment, Network};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use rorqual_core::engine::planner::identity_id;
+
 use crate::allocator::Allocator;
+use crate::capacity::instance_owner;
 use crate::model::{AllocRequest, Allocation, Owner};
 
 /// Where the runtime keeps named network namespaces (`ip netns`).
@@ -86,12 +89,10 @@ impl BridgeNetwork {
         PathBuf::from(NETNS_DIR).join(self.netns_name(instance))
     }
 
+    /// The pool owner of `instance`: the same key [`crate::AllocatorCapacity`] reserves
+    /// under, so the address a scheduler reserved is the one attached.
     fn owner(&self, instance: &str) -> Owner {
-        // CNI container ids: alphanumeric first, then alphanumerics, `_`, `.`, `-`.
-        Owner::new(
-            format!("x{}", self.netns_name(instance)),
-            self.ifname.clone(),
-        )
+        instance_owner(instance)
     }
 
     fn conf(&self, a: &Allocation) -> Value {
@@ -203,8 +204,12 @@ impl Network for BridgeNetwork {
             ));
         }
         let mut req = AllocRequest::new(self.owner(instance)).with_node(request.node.clone());
-        if request.ordinal.is_some() {
-            req = req.with_identity(format!("{}/{}", request.app.namespace, instance));
+        if let Some(ordinal) = request.ordinal {
+            req = req.with_identity(format!(
+                "{}/{}",
+                request.app.namespace,
+                identity_id(&request.app.name, ordinal)
+            ));
         }
         let mut allocation = self.allocator.allocate(&self.pool, &req).await;
         if allocation.is_err()

@@ -8,6 +8,9 @@
 //! - [`Allocator`]: those operations over any [`store::PoolStore`] (memory, file, etcd with the
 //!   `etcd` feature, or any core `StateStore` through [`store::state_store::StateStorePools`]),
 //!   with a watch stream of changes.
+//! - [`AllocatorCapacity`]: core's `IpCapacity` seam over an allocator, for the scheduler's
+//!   underlay-IP plugin (snapshot and reservations from an in-memory copy fed by the pool
+//!   watch; commits to the store).
 //! - [`cni`]: the CNI protocol, used by the `rorqual-ipam` executable.
 //! - `BridgeNetwork` (feature `bridge`): core's `Network` seam on a Linux bridge in network
 //!   namespaces.
@@ -21,6 +24,7 @@
 pub mod allocator;
 #[cfg(feature = "bridge")]
 pub mod bridge;
+pub mod capacity;
 pub mod cni;
 pub mod error;
 pub mod mac;
@@ -31,6 +35,7 @@ pub mod store;
 pub use allocator::Allocator;
 #[cfg(feature = "bridge")]
 pub use bridge::BridgeNetwork;
+pub use capacity::{AllocatorCapacity, instance_owner};
 pub use error::{ConsistencyError, PoolError, StoreError, TransferError};
 pub use mac::Mac;
 pub use model::{

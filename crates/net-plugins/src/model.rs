@@ -126,6 +126,10 @@ pub struct PoolSpec {
     /// (0: claims are off; identities get no fixed address).
     #[serde(default)]
     pub claim_keep_secs: u64,
+    /// The nodes that can use the pool's addresses (the hosts of its subnet), for schedulers
+    /// ([`crate::capacity::AllocatorCapacity`]); empty: every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 impl PoolSpec {
@@ -142,6 +146,7 @@ impl PoolSpec {
             vlan: None,
             macs: BTreeMap::new(),
             claim_keep_secs: 0,
+            nodes: Vec::new(),
         }
     }
 
@@ -198,6 +203,13 @@ impl PoolSpec {
     #[must_use]
     pub fn with_mac(mut self, ip: IpAddr, mac: Mac) -> Self {
         self.macs.insert(ip, mac);
+        self
+    }
+
+    /// The nodes that can use the pool (see [`PoolSpec::nodes`]).
+    #[must_use]
+    pub fn with_nodes<S: Into<String>>(mut self, nodes: impl IntoIterator<Item = S>) -> Self {
+        self.nodes = nodes.into_iter().map(Into::into).collect();
         self
     }
 
