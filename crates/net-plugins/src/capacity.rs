@@ -91,6 +91,8 @@ struct PoolCopy {
     state: PoolState,
     free: usize,
     taken: usize,
+    /// The spec's nodes, shared by every snapshot (`None`: every node).
+    nodes: Option<Arc<[String]>>,
 }
 
 impl PoolCopy {
@@ -98,10 +100,13 @@ impl PoolCopy {
         let u = state.usage_at(now_ms);
         let free = usize::try_from(u.available).unwrap_or(usize::MAX);
         let total = usize::try_from(u.total).unwrap_or(usize::MAX);
+        let nodes = &state.spec().nodes;
+        let nodes = (!nodes.is_empty()).then(|| nodes.iter().cloned().collect());
         PoolCopy {
             state,
             free,
             taken: total.saturating_sub(free),
+            nodes,
         }
     }
 
@@ -399,10 +404,9 @@ impl IpCapacity for AllocatorCapacity {
             .pools
             .iter()
             .map(|(name, p)| {
-                let nodes = &p.state.spec().nodes;
                 PoolCapacity::on_every_node(name.clone(), p.free)
                     .with_taken(p.taken)
-                    .with_nodes((!nodes.is_empty()).then(|| nodes.iter().cloned().collect()))
+                    .with_nodes(p.nodes.clone())
             })
             .collect();
         let snap = Arc::new(CapacitySnapshot::new(cache.layout, pools));

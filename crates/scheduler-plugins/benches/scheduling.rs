@@ -148,6 +148,112 @@ fn throughput(rt: &tokio::runtime::Runtime, shape: &Shape, anti: bool, label: &s
     );
 }
 
+/// Where the underlay scenario's pools live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pools {
+    /// No underlay need at all (the same pods, the same cluster): the baseline.
+    None,
+    /// `MemoryIpCapacity`.
+    Memory,
+    /// rorqual-net's `AllocatorCapacity` over an `Allocator` on the memory store: every
+    /// reservation is committed to the store at PreBind.
+    Allocator,
+}
+
+/// 50 pools, each a /20 whose hosts are 1/50 of the nodes; every pod needs an address from
+/// any pool.
+fn run_underlay(rt: &tokio::runtime::Runtime, shape: &Shape, pools: Pools) -> f64 {
+    use rorqual_net::{
+        Allocator, AllocatorCapacity, IpRange, PoolSpec, store::memory::MemoryStore,
+    };
+    use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity};
+    use rorqual_scheduler::snapshot::UnderlayRequest;
+    const POOLS: usize = 50;
+    let per_pool = shape.nodes.div_ceil(POOLS);
+    let hosts = |p: usize| -> Vec<String> {
+        (p * per_pool..((p + 1) * per_pool).min(shape.nodes))
+            .map(|i| format!("node-{i}"))
+            .collect()
+    };
+    let subnet = |p: usize| format!("10.{}.{}.0/20", p / 16, (p % 16) * 16);
+    let capacity: Option<Arc<dyn IpCapacity>> = match pools {
+        Pools::None => None,
+        Pools::Memory => {
+            let cap = MemoryIpCapacity::new();
+            for p in 0..POOLS {
+                let net: ipnet::Ipv4Net = subnet(p).parse().unwrap();
+                cap.add_pool(&format!("pool-{p}"), hosts(p), net.hosts().map(Into::into));
+            }
+            Some(Arc::new(cap))
+        }
+        Pools::Allocator => rt.block_on(async {
+            let alloc = Allocator::new(Arc::new(MemoryStore::new()));
+            for p in 0..POOLS {
+                let spec = PoolSpec::new(format!("pool-{p}"))
+                    .with_range(IpRange::new(subnet(p).parse().unwrap()))
+                    .with_nodes(hosts(p));
+                alloc.create_pool(spec).await.unwrap();
+            }
+            let cap: Arc<dyn IpCapacity> = Arc::new(AllocatorCapacity::start(alloc).await.unwrap());
+            Some(cap)
+        }),
+    };
+    let mut plugins = DefaultPlugins::new();
+    if let Some(cap) = &capacity {
+        plugins = plugins.underlay(cap.clone());
+    }
+    let s = Scheduler::new(plugins.build().unwrap());
+    s.add_nodes(cluster(shape.nodes));
+    let mut pods = pods(shape.pods, false, "u");
+    if pools != Pools::None {
+        for p in &mut pods {
+            p.underlay = Some(UnderlayRequest {
+                pool: None,
+                bound_claim: None,
+            });
+        }
+    }
+    let start = Instant::now();
+    for p in pods {
+        s.enqueue(p).unwrap();
+    }
+    let summary = rt.block_on(s.run_until_idle());
+    let elapsed = start.elapsed();
+    assert_eq!(summary.bound, shape.pods, "{summary:?}");
+    if let Some(cap) = capacity {
+        let taken: usize = cap.snapshot().pools.iter().map(|p| p.taken).sum();
+        assert_eq!(taken, shape.pods, "one address per pod");
+    }
+    shape.pods as f64 / elapsed.as_secs_f64()
+}
+
+fn underlay(rt: &tokio::runtime::Runtime, shape: &Shape) {
+    let runs = |pools: Pools| -> (f64, Vec<f64>) {
+        let v: Vec<f64> = (0..shape.runs)
+            .map(|_| run_underlay(rt, shape, pools))
+            .collect();
+        (median(v.clone()), v)
+    };
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (alloc, alloc_runs) = runs(Pools::Allocator);
+    let (mem, mem_runs) = runs(Pools::Memory);
+    let (none, none_runs) = runs(Pools::None);
+    println!(
+        "underlay IPs: {} nodes, 50 pools (/20 each, 1/50 of the nodes each), {} pods each needing an address: AllocatorCapacity over the memory store median {alloc:.0} pods/s (runs: {}); MemoryIpCapacity {mem:.0} pods/s ({}); same pods without underlay {none:.0} pods/s ({}); ratio to no underlay {:.2}",
+        shape.nodes,
+        shape.pods,
+        fmt(&alloc_runs),
+        fmt(&mem_runs),
+        fmt(&none_runs),
+        alloc / none
+    );
+}
+
 /// Extender latency (feature `extender`).
 #[cfg(feature = "extender")]
 mod extender_latency {
@@ -316,11 +422,14 @@ fn main() {
         "machine: {} cores available",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    // SCHED_BENCH=basic|anti|extender runs one scenario.
+    // SCHED_BENCH=basic|anti|underlay|extender runs one scenario.
     let only = std::env::var("SCHED_BENCH").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     if run("basic") {
         throughput(&rt, &shape, false, "SchedulingBasic (default plugins)");
+    }
+    if run("underlay") {
+        underlay(&rt, &shape);
     }
     if run("anti") {
         throughput(

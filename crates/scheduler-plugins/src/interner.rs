@@ -25,6 +25,12 @@ struct Table {
 static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(|| RwLock::new(Table::default()));
 
 impl Sym {
+    /// The symbol's position in the process-wide table (dense from 0; symbols are never
+    /// removed), for tables indexed by symbol.
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+
     /// Interns `text`.
     pub fn new(text: &str) -> Sym {
         {

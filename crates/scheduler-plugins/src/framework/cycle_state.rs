@@ -1,8 +1,9 @@
 //! Per-cycle typed state shared by a pod's plugin calls; cloneable for what-if runs.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::fmt;
+
+use crate::fast_hash::FastMap;
 
 /// A value stored in [`CycleState`]: any `Clone + Debug + Send + Sync` type.
 pub trait StateData: Any + Send + Sync + fmt::Debug {
@@ -37,7 +38,8 @@ pub struct PodRemoved;
 /// its own private type, so keys never clash).
 #[derive(Debug, Default)]
 pub struct CycleState {
-    values: HashMap<TypeId, Box<dyn StateData>>,
+    // Read once per plugin per node in the filter: a cheap hash, as the keys are type ids.
+    values: FastMap<TypeId, Box<dyn StateData>>,
     skip_filter: Vec<usize>,
     skip_score: Vec<usize>,
 }

@@ -31,14 +31,21 @@ pub use rorqual_core::ip_capacity::{
     ReserveRequest,
 };
 
+/// No pool list for a node ([`Layout::node_list`]).
+const NO_LIST: u16 = u16::MAX;
+
 /// Which pools each node can use, derived from one snapshot layout.
 #[derive(Debug)]
 struct Layout {
     layout: u64,
     /// Pool names, by index (the snapshot's order).
     names: Vec<Arc<str>>,
-    /// Node → indexes of the pools it can use (pools limited to nodes).
-    node_pools: FastMap<Sym, Vec<u16>>,
+    /// By node symbol ([`Sym::index`]): the position in `lists` of the pools it can use
+    /// (pools limited to nodes), or `NO_LIST`. A dense table of two bytes per symbol stays in
+    /// cache where a hash map of 5,000 nodes does not: the filter reads it once per node.
+    node_list: Vec<u16>,
+    /// Distinct lists of pool indexes.
+    lists: Vec<Vec<u16>>,
     /// Indexes of the pools every node can use.
     everywhere: Vec<u16>,
 }
@@ -58,6 +65,17 @@ impl Layout {
                 }
             }
         }
+        let mut lists: Vec<Vec<u16>> = Vec::new();
+        let mut list_of: FastMap<Vec<u16>, u16> = FastMap::default();
+        let size = node_pools.keys().map(|s| s.index() + 1).max().unwrap_or(0);
+        let mut node_list = vec![NO_LIST; size];
+        for (node, pools) in node_pools {
+            let at = *list_of.entry(pools.clone()).or_insert_with(|| {
+                lists.push(pools);
+                u16::try_from(lists.len() - 1).unwrap_or(NO_LIST)
+            });
+            node_list[node.index()] = at;
+        }
         Layout {
             layout: snap.layout,
             names: snap
@@ -65,15 +83,18 @@ impl Layout {
                 .iter()
                 .map(|p| Arc::from(p.name.as_str()))
                 .collect(),
-            node_pools,
+            node_list,
+            lists,
             everywhere,
         }
     }
 
     fn pools_of(&self, node: Sym) -> impl Iterator<Item = usize> + '_ {
-        self.node_pools
-            .get(&node)
-            .into_iter()
+        let list = match self.node_list.get(node.index()) {
+            Some(&at) if at != NO_LIST => self.lists.get(usize::from(at)),
+            _ => None,
+        };
+        list.into_iter()
             .flatten()
             .chain(self.everywhere.iter())
             .map(|&i| usize::from(i))
