@@ -154,10 +154,32 @@ impl Allocator {
         self.store.update(pool, txn).await
     }
 
-    /// Creates a pool; fails if it exists with another spec (same spec: no change).
+    /// Fails when `state`'s addresses overlap another pool's.
+    async fn check_disjoint(&self, state: &PoolState) -> Result<(), PoolError> {
+        for other in self.pools().await? {
+            if other == state.name() {
+                continue;
+            }
+            let Ok(other_state) = self.pool(&other).await else {
+                continue;
+            };
+            if let Some(address) = state.shared_address(&other_state) {
+                return Err(PoolError::Overlaps {
+                    pool: state.name().to_owned(),
+                    other,
+                    address,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a pool; fails if it exists with another spec (same spec: no change), or if its
+    /// addresses overlap another pool's ([`PoolError::Overlaps`]).
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<(), PoolError> {
         let name = spec.name.clone();
         let state = PoolState::new(spec.clone())?;
+        self.check_disjoint(&state).await?;
         match self.store.compare_and_swap(&name, None, Some(&state)).await {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict { .. }) => match self.pool(&name).await {
@@ -168,10 +190,11 @@ impl Allocator {
         }
     }
 
-    /// Creates the pool, or updates its spec when it differs (allocations are kept).
+    /// Creates the pool, or updates its spec when it differs (allocations are kept); fails
+    /// when its addresses would overlap another pool's.
     pub async fn ensure_pool(&self, spec: PoolSpec) -> Result<(), PoolError> {
         let name = spec.name.clone();
-        PoolState::new(spec.clone())?;
+        let state = PoolState::new(spec.clone())?;
         for _ in 0..crate::store::MAX_CAS_ATTEMPTS {
             match self
                 .store
@@ -185,6 +208,7 @@ impl Allocator {
                 },
                 Some(v) if v.state.spec() == &spec => return Ok(()),
                 Some(_) => {
+                    self.check_disjoint(&state).await?;
                     let mut txn = |s: &mut PoolState| s.set_spec(spec.clone());
                     return self.update(&name, &mut txn).await;
                 }

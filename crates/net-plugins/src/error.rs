@@ -119,6 +119,16 @@ pub enum PoolError {
         /// The pool.
         pool: String,
     },
+    /// The pool's addresses overlap another pool's.
+    #[error("pool `{pool}` overlaps pool `{other}`: both could hand out {address}")]
+    Overlaps {
+        /// The pool being created or changed.
+        pool: String,
+        /// The pool it overlaps.
+        other: String,
+        /// The lowest address both could hand out.
+        address: IpAddr,
+    },
     /// The pool's definition is wrong.
     #[error("pool `{pool}` is invalid: {reason}")]
     InvalidSpec {

@@ -74,8 +74,9 @@ fn addr(v: &Value) -> String {
 
 #[test]
 fn add_is_idempotent_and_results_are_exact() {
-    let dir = tempfile::tempdir().unwrap();
     for version in ["1.0.0", "1.1.0"] {
+        // A store per version: pools of one store may not overlap.
+        let dir = tempfile::tempdir().unwrap();
         let c = conf(
             dir.path(),
             version,

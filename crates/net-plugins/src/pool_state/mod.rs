@@ -22,6 +22,7 @@ mod claims;
 mod consistency;
 mod diff;
 mod layout;
+mod overlap;
 mod usage;
 
 pub use diff::diff;
