@@ -33,7 +33,7 @@ impl std::fmt::Debug for LocalEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalEngine")
             .field("state_dir", &self.inner.dir)
-            .field("nodes", &self.inner.nodes.len())
+            .field("nodes", &self.inner.nodes.lock().len())
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +115,7 @@ impl Engine for LocalEngine {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>> {
-        Ok(self.inner.nodes.clone())
+        Ok(self.inner.nodes.lock().clone())
     }
 
     #[tracing::instrument(skip(self, spec), fields(app = %spec.key(), revision = %spec.revision()))]

@@ -38,7 +38,9 @@ pub(crate) async fn scheduler_loop(inner: Weak<Inner>) {
 }
 
 pub(crate) struct Inner {
-    pub(crate) nodes: Vec<Node>,
+    /// The virtual nodes; readiness changes at run time ([`crate::LocalEngine::set_node_ready`]).
+    /// Lock order: the state lock, then this one.
+    pub(crate) nodes: Mutex<Vec<Node>>,
     pub(crate) placement: Arc<dyn Placement>,
     pub(crate) network: Arc<dyn Network>,
     pub(crate) dir: PathBuf,
@@ -205,7 +207,13 @@ impl Inner {
     }
 
     pub(crate) fn node_views(&self, st: &State) -> Vec<NodeView> {
-        let mut views: Vec<NodeView> = self.nodes.iter().cloned().map(NodeView::new).collect();
+        let mut views: Vec<NodeView> = self
+            .nodes
+            .lock()
+            .iter()
+            .cloned()
+            .map(NodeView::new)
+            .collect();
         for rec in st.instances.values() {
             let Some(node) = &rec.node else { continue };
             let Some(view) = views.iter_mut().find(|v| &v.node.name == node) else {
@@ -278,17 +286,13 @@ impl Inner {
                 else {
                     continue;
                 };
-                let mut request = PlacementRequest::new(
+                let request = PlacementRequest::from_spec(
+                    spec,
                     id.clone(),
-                    rec.app.clone(),
                     rec.revision.clone(),
-                    spec.instance_resources(),
+                    rec.ordinal,
+                    rec.last_node.clone(),
                 );
-                request.ordinal = rec.ordinal;
-                request.labels = spec.labels.clone();
-                request.node_selector = spec.node_selector.clone();
-                request.tolerations = spec.tolerations.clone();
-                request.previous_node = rec.last_node.clone();
                 (request, self.node_views(&st))
             };
             let result = self
@@ -328,6 +332,7 @@ impl Inner {
                     return;
                 };
                 rec.node = Some(decision.node.clone());
+                rec.reserved = decision.address.clone();
                 rec.reason = None;
                 let app = rec.app.clone();
                 self.emit(

@@ -25,6 +25,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod convert;
 pub mod extender;
 pub mod fast_hash;
 pub mod framework;
@@ -36,5 +37,5 @@ pub mod selector;
 pub mod snapshot;
 
 pub use interner::{Labels, Sym};
-pub use scheduler::{Outcome, RunSummary, ScheduleResult, Scheduler};
+pub use scheduler::{Outcome, PodPlacement, RunSummary, ScheduleResult, Scheduler};
 pub use snapshot::{NodeInfo, PodInfo, Snapshot};
