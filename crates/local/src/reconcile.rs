@@ -236,8 +236,9 @@ impl Inner {
         views
     }
 
-    /// Places pending instances, in creation order (stateful identities in ordinal order, each
-    /// after the previous is ready), and starts the placed ones.
+    /// Places pending instances, highest spec priority first and otherwise in creation order
+    /// (stateful identities in ordinal order, each after the previous is ready), and starts
+    /// the placed ones.
     pub(crate) async fn schedule_pass(self: &Arc<Self>) {
         let _guard = self.sched.lock().await;
         if self.closed.load(Ordering::SeqCst) || self.shut_down.load(Ordering::SeqCst) {
@@ -251,14 +252,19 @@ impl Inner {
                 .filter(|r| r.node.is_none() && r.is_active())
                 .map(|r| &r.app)
                 .collect();
-            apps.into_iter()
+            let mut ordered: Vec<(i32, String)> = apps
+                .into_iter()
                 .flat_map(|app| {
                     planner::start_order(&records::members(app, &st.instances))
                         .into_iter()
-                        .map(str::to_owned)
+                        .map(|id| (priority_of(&st, id), id.to_owned()))
                         .collect::<Vec<_>>()
                 })
-                .collect()
+                .collect();
+            // Higher priority first (as kube-scheduler's PrioritySort), creation and ordinal
+            // order otherwise: the sort is stable.
+            ordered.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+            ordered.into_iter().map(|(_, id)| id).collect()
         };
         for id in candidates {
             let (request, views) = {
@@ -318,7 +324,17 @@ impl Inner {
             }
         }
     }
+}
 
+/// The scheduling priority of instance `id` (its spec's), 0 when unknown.
+fn priority_of(st: &State, id: &str) -> i32 {
+    st.instances
+        .get(id)
+        .and_then(|r| st.apps.get(&r.app.to_string())?.specs.get(&r.revision))
+        .map_or(0, |spec| spec.priority)
+}
+
+impl Inner {
     /// Records a placement result for a pending instance (under the state lock).
     pub(crate) fn apply_placement(
         self: &Arc<Self>,
