@@ -390,4 +390,23 @@ mod tests {
             (InstancePhase::CrashLoopBackOff, Some("exit code 1".into()))
         );
     }
+
+    #[test]
+    fn records_without_a_reservation_still_load() {
+        let mut r = InstanceRecord::new("x".into(), &spec(), Some(0));
+        r.reserved = Some(ReservedAddress::new("p", [10, 0, 0, 1].into()));
+        r.stopping = Some(StopIntent::NodeLost("n1".into()));
+        let mut json = serde_json::to_value(&r).unwrap();
+        let back: InstanceRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.reserved, r.reserved);
+        assert_eq!(back.stopping, r.stopping);
+        assert!(
+            back.is_active(),
+            "a node-lost instance still counts for its group"
+        );
+        // A state file written before reservations existed.
+        json.as_object_mut().unwrap().remove("reserved");
+        let old: InstanceRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.reserved, None);
+    }
 }

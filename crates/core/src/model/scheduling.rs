@@ -367,7 +367,9 @@ pub struct GangSpec {
     /// The gang's name, unique in the namespace (default: the application's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// How many instances must fit before any is started (1..=replicas).
+    /// How many instances must fit before any is started (≥ 1; not checked against
+    /// `replicas`, since engines and release strategies run groups of other sizes: a group
+    /// smaller than this waits until the gang's timeout rejects it).
     pub min_member: u32,
     /// How long placed members wait for the rest, in seconds (default: the scheduler's).
     #[serde(default, skip_serializing_if = "Option::is_none")]

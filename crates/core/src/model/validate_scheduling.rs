@@ -71,16 +71,12 @@ impl AppSpec {
             if g.name.as_deref().is_some_and(str::is_empty) {
                 c.push("gang.name", "must not be empty when given");
             }
+            // Not checked against `replicas`: engines run groups of the size they are asked
+            // for (`Engine::apply_group`), and release strategies run smaller groups (a
+            // canary step), so the spec's `replicas` says nothing about a group's size. A
+            // group smaller than minMember waits until the gang's timeout rejects it.
             if g.min_member == 0 {
                 c.push("gang.minMember", "must be >= 1, got 0");
-            } else if self.replicas > 0 && g.min_member > self.replicas {
-                c.push(
-                    "gang.minMember",
-                    format!(
-                        "must be at most replicas ({}), got {}: the gang could never start",
-                        self.replicas, g.min_member
-                    ),
-                );
             }
             if g.timeout_seconds == Some(0) {
                 c.push("gang.timeoutSeconds", "must be >= 1, got 0");
@@ -302,7 +298,7 @@ mod tests {
             pool: Some(String::new()),
             fixed_ip: false,
         });
-        spec.gang = Some(GangSpec::new(4));
+        spec.gang = Some(GangSpec::new(0));
         let err = spec.validate(ValidationTarget::LOCAL).unwrap_err();
         let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
         let na = "affinity.nodeAffinity";
