@@ -329,7 +329,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("must be at most replicas (3), got 4"),
+            text.contains("gang.minMember: must be >= 1, got 0"),
             "{text}"
         );
     }
