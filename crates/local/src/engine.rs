@@ -302,6 +302,16 @@ impl Engine for LocalEngine {
                     self.inner
                         .begin_stop(&mut st, &id, StopIntent::Move(revision.clone()))
                 }
+                Some((rev, Some(StopIntent::NodeLost(_)))) => {
+                    // Its node was lost: it is being killed and returns to Pending anyway;
+                    // it comes back at the new revision.
+                    if rev != revision
+                        && let Some(r) = st.instances.get_mut(&id)
+                    {
+                        r.stopping = Some(StopIntent::Move(revision.clone()));
+                    }
+                    st.runtimes.get(&id).map(|r| r.done.clone())
+                }
                 Some((_, Some(_))) => {
                     return Err(Error::BadRequest(format!(
                         "instance {id} is already being stopped; retry when it is back"
