@@ -8,7 +8,10 @@
 //!   cache, Reserve/Permit/Bind) which also implements core's `Placement`;
 //! - [`plugins`]: resources, taints, node and pod affinity, topology spread, ports, sticky
 //!   identity, underlay IP capacity, gang scheduling;
-//! - [`extender`]: the same plugins served to kube-scheduler over the extender protocol.
+//! - [`extender`]: the same plugins served to kube-scheduler over the extender protocol;
+//! - [`convert`]: core's selectors, affinity terms and spread constraints → the scheduler's,
+//!   the one mapping behind both `pod_from_request` (core's `Placement` seam) and [`kube`]
+//!   (Kubernetes Pod JSON).
 //!
 //! ```
 //! use rorqual_core::model::Resources;
