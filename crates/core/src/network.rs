@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::model::{AppKey, PortSpec};
+use crate::placement::ReservedAddress;
 
 /// What an engine asks of the network for one instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,10 @@ pub struct AttachRequest {
     /// What it had before (a restarted or moved stateful identity keeps its address and ports
     /// when the network can give them again).
     pub previous: Option<Attachment>,
+    /// The underlay address placement reserved for the instance
+    /// ([`crate::placement::PlacementDecision::address`]): a network that manages that pool
+    /// must attach exactly this address (it is already taken for the instance's owner key).
+    pub reserved: Option<ReservedAddress>,
 }
 
 impl AttachRequest {
@@ -49,6 +54,7 @@ impl AttachRequest {
             node: node.into(),
             ports,
             previous: None,
+            reserved: None,
         }
     }
 }

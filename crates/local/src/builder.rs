@@ -178,7 +178,7 @@ impl LocalEngineBuilder {
         let store = Arc::new(FileStateStore::open(dir.join(state_dir::STORE_FILE))?);
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
-            nodes,
+            nodes: Mutex::new(nodes),
             placement: self.placement,
             network: self.network,
             dir: dir.clone(),

@@ -33,7 +33,7 @@ impl std::fmt::Debug for LocalEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalEngine")
             .field("state_dir", &self.inner.dir)
-            .field("nodes", &self.inner.nodes.len())
+            .field("nodes", &self.inner.nodes.lock().len())
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +115,7 @@ impl Engine for LocalEngine {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>> {
-        Ok(self.inner.nodes.clone())
+        Ok(self.inner.nodes.lock().clone())
     }
 
     #[tracing::instrument(skip(self, spec), fields(app = %spec.key(), revision = %spec.revision()))]
@@ -301,6 +301,16 @@ impl Engine for LocalEngine {
                 Some((_, None)) => {
                     self.inner
                         .begin_stop(&mut st, &id, StopIntent::Move(revision.clone()))
+                }
+                Some((rev, Some(StopIntent::NodeLost(_)))) => {
+                    // Its node was lost: it is being killed and returns to Pending anyway;
+                    // it comes back at the new revision.
+                    if rev != revision
+                        && let Some(r) = st.instances.get_mut(&id)
+                    {
+                        r.stopping = Some(StopIntent::Move(revision.clone()));
+                    }
+                    st.runtimes.get(&id).map(|r| r.done.clone())
                 }
                 Some((_, Some(_))) => {
                     return Err(Error::BadRequest(format!(

@@ -76,6 +76,7 @@ mod engine;
 mod host_network;
 mod lifecycle;
 mod logs;
+mod node_readiness;
 mod probe;
 mod proc;
 pub mod process;

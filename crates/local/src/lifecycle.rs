@@ -206,6 +206,9 @@ impl Inner {
                     StopIntent::Remove => "stopping instance".to_owned(),
                     StopIntent::Move(rev) => format!("stopping instance to move it to {rev}"),
                     StopIntent::Shutdown => "stopping instance: engine shutdown".to_owned(),
+                    StopIntent::NodeLost(node) => {
+                        format!("node {node} is not ready: instance killed, to be placed again")
+                    }
                 },
             );
             Some(done)
@@ -230,6 +233,8 @@ impl Inner {
         if let Some(node) = rec.node.take() {
             rec.last_node = Some(node);
         }
+        // The placement released its reservation when the supervisor ended.
+        rec.reserved = None;
         let previous = rec.attachment.take();
         if stateful && previous.is_some() {
             rec.previous_attachment = previous;
@@ -273,6 +278,11 @@ impl Inner {
                 }
             }
             StopIntent::Shutdown => rec.stopped = true,
+            StopIntent::NodeLost(node) => {
+                rec.reason = Some(format!(
+                    "node {node} is not ready; waiting to be placed again"
+                ));
+            }
         }
         self.reconcile(st, &app);
     }

@@ -38,7 +38,9 @@ pub(crate) async fn scheduler_loop(inner: Weak<Inner>) {
 }
 
 pub(crate) struct Inner {
-    pub(crate) nodes: Vec<Node>,
+    /// The virtual nodes; readiness changes at run time ([`crate::LocalEngine::set_node_ready`]).
+    /// Lock order: the state lock, then this one.
+    pub(crate) nodes: Mutex<Vec<Node>>,
     pub(crate) placement: Arc<dyn Placement>,
     pub(crate) network: Arc<dyn Network>,
     pub(crate) dir: PathBuf,
@@ -205,7 +207,13 @@ impl Inner {
     }
 
     pub(crate) fn node_views(&self, st: &State) -> Vec<NodeView> {
-        let mut views: Vec<NodeView> = self.nodes.iter().cloned().map(NodeView::new).collect();
+        let mut views: Vec<NodeView> = self
+            .nodes
+            .lock()
+            .iter()
+            .cloned()
+            .map(NodeView::new)
+            .collect();
         for rec in st.instances.values() {
             let Some(node) = &rec.node else { continue };
             let Some(view) = views.iter_mut().find(|v| &v.node.name == node) else {
@@ -228,8 +236,9 @@ impl Inner {
         views
     }
 
-    /// Places pending instances, in creation order (stateful identities in ordinal order, each
-    /// after the previous is ready), and starts the placed ones.
+    /// Places pending instances, highest spec priority first and otherwise in creation order
+    /// (stateful identities in ordinal order, each after the previous is ready), and starts
+    /// the placed ones.
     pub(crate) async fn schedule_pass(self: &Arc<Self>) {
         let _guard = self.sched.lock().await;
         if self.closed.load(Ordering::SeqCst) || self.shut_down.load(Ordering::SeqCst) {
@@ -243,14 +252,19 @@ impl Inner {
                 .filter(|r| r.node.is_none() && r.is_active())
                 .map(|r| &r.app)
                 .collect();
-            apps.into_iter()
+            let mut ordered: Vec<(i32, String)> = apps
+                .into_iter()
                 .flat_map(|app| {
                     planner::start_order(&records::members(app, &st.instances))
                         .into_iter()
-                        .map(str::to_owned)
+                        .map(|id| (priority_of(&st, id), id.to_owned()))
                         .collect::<Vec<_>>()
                 })
-                .collect()
+                .collect();
+            // Higher priority first (as kube-scheduler's PrioritySort), creation and ordinal
+            // order otherwise: the sort is stable.
+            ordered.sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
+            ordered.into_iter().map(|(_, id)| id).collect()
         };
         for id in candidates {
             let (request, views) = {
@@ -278,17 +292,13 @@ impl Inner {
                 else {
                     continue;
                 };
-                let mut request = PlacementRequest::new(
+                let request = PlacementRequest::from_spec(
+                    spec,
                     id.clone(),
-                    rec.app.clone(),
                     rec.revision.clone(),
-                    spec.instance_resources(),
+                    rec.ordinal,
+                    rec.last_node.clone(),
                 );
-                request.ordinal = rec.ordinal;
-                request.labels = spec.labels.clone();
-                request.node_selector = spec.node_selector.clone();
-                request.tolerations = spec.tolerations.clone();
-                request.previous_node = rec.last_node.clone();
                 (request, self.node_views(&st))
             };
             let result = self
@@ -314,7 +324,17 @@ impl Inner {
             }
         }
     }
+}
 
+/// The scheduling priority of instance `id` (its spec's), 0 when unknown.
+fn priority_of(st: &State, id: &str) -> i32 {
+    st.instances
+        .get(id)
+        .and_then(|r| st.apps.get(&r.app.to_string())?.specs.get(&r.revision))
+        .map_or(0, |spec| spec.priority)
+}
+
+impl Inner {
     /// Records a placement result for a pending instance (under the state lock).
     pub(crate) fn apply_placement(
         self: &Arc<Self>,
@@ -328,6 +348,7 @@ impl Inner {
                     return;
                 };
                 rec.node = Some(decision.node.clone());
+                rec.reserved = decision.address.clone();
                 rec.reason = None;
                 let app = rec.app.clone();
                 self.emit(

@@ -14,6 +14,7 @@ use rorqual_core::engine::GroupStatus;
 use rorqual_core::engine::planner::{self, Desired, Member};
 use rorqual_core::model::{AppKey, AppSpec, Instance, InstancePhase, Revision, WorkloadKind};
 use rorqual_core::network::Attachment;
+use rorqual_core::placement::ReservedAddress;
 
 /// Everything the engine persists.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -86,6 +87,9 @@ pub(crate) enum StopIntent {
     Move(Revision),
     /// The engine shuts down; the instance is started again by the next engine.
     Shutdown,
+    /// Its node is not ready: its processes were killed and it goes back to Pending, to be
+    /// placed again on a ready node. It still counts for its group meanwhile.
+    NodeLost(String),
 }
 
 /// One container's process state.
@@ -116,6 +120,10 @@ pub(crate) struct InstanceRecord {
     pub(crate) attachment: Option<Attachment>,
     /// Its attachment before a move or shutdown (stateful identities get it back).
     pub(crate) previous_attachment: Option<Attachment>,
+    /// The underlay address its placement reserved (the network attaches exactly this one);
+    /// absent in state files written before placements could reserve addresses.
+    #[serde(default)]
+    pub(crate) reserved: Option<ReservedAddress>,
     pub(crate) created: SystemTime,
     pub(crate) restarts: u32,
     pub(crate) containers: Vec<ContainerRecord>,
@@ -137,6 +145,7 @@ impl InstanceRecord {
             last_node: None,
             attachment: None,
             previous_attachment: None,
+            reserved: None,
             created: SystemTime::now(),
             restarts: 0,
             containers: container_records(spec),
@@ -146,9 +155,10 @@ impl InstanceRecord {
         }
     }
 
-    /// Active: counted for its group (not stopping, not stopped).
+    /// Active: counted for its group (not stopped, and not stopping except to leave a lost
+    /// node).
     pub(crate) fn is_active(&self) -> bool {
-        self.stopping.is_none() && !self.stopped
+        matches!(self.stopping, None | Some(StopIntent::NodeLost(_))) && !self.stopped
     }
 
     /// The planner's view of this instance.
@@ -379,5 +389,24 @@ mod tests {
             r.phase(),
             (InstancePhase::CrashLoopBackOff, Some("exit code 1".into()))
         );
+    }
+
+    #[test]
+    fn records_without_a_reservation_still_load() {
+        let mut r = InstanceRecord::new("x".into(), &spec(), Some(0));
+        r.reserved = Some(ReservedAddress::new("p", [10, 0, 0, 1].into()));
+        r.stopping = Some(StopIntent::NodeLost("n1".into()));
+        let mut json = serde_json::to_value(&r).unwrap();
+        let back: InstanceRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.reserved, r.reserved);
+        assert_eq!(back.stopping, r.stopping);
+        assert!(
+            back.is_active(),
+            "a node-lost instance still counts for its group"
+        );
+        // A state file written before reservations existed.
+        json.as_object_mut().unwrap().remove("reserved");
+        let old: InstanceRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.reserved, None);
     }
 }

@@ -164,6 +164,7 @@ async fn attach(
     request.previous = rec
         .ordinal
         .and(rec.previous_attachment.clone().or(rec.attachment.clone()));
+    request.reserved = rec.reserved.clone();
     let mut retries = inner.backoff.counter();
     loop {
         if *stop.borrow() {

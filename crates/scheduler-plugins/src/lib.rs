@@ -8,7 +8,10 @@
 //!   cache, Reserve/Permit/Bind) which also implements core's `Placement`;
 //! - [`plugins`]: resources, taints, node and pod affinity, topology spread, ports, sticky
 //!   identity, underlay IP capacity, gang scheduling;
-//! - [`extender`]: the same plugins served to kube-scheduler over the extender protocol.
+//! - [`extender`]: the same plugins served to kube-scheduler over the extender protocol;
+//! - [`convert`]: core's selectors, affinity terms and spread constraints → the scheduler's,
+//!   the one mapping behind both `pod_from_request` (core's `Placement` seam) and [`kube`]
+//!   (Kubernetes Pod JSON).
 //!
 //! ```
 //! use rorqual_core::model::Resources;
@@ -25,6 +28,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod convert;
 pub mod extender;
 pub mod fast_hash;
 pub mod framework;
@@ -36,5 +40,5 @@ pub mod selector;
 pub mod snapshot;
 
 pub use interner::{Labels, Sym};
-pub use scheduler::{Outcome, RunSummary, ScheduleResult, Scheduler};
+pub use scheduler::{Outcome, PodPlacement, RunSummary, ScheduleResult, Scheduler};
 pub use snapshot::{NodeInfo, PodInfo, Snapshot};

@@ -156,19 +156,20 @@ impl MemoryEngine {
             return Ok(());
         };
         let spec = app.specs.get(&sim.instance.revision);
-        let mut request = PlacementRequest::new(
-            id,
-            key.clone(),
-            sim.instance.revision.clone(),
-            sim.resources,
-        );
-        request.ordinal = sim.instance.ordinal;
-        request.previous_node = sim.instance.node.clone();
-        if let Some(spec) = spec {
-            request.labels = spec.labels.clone();
-            request.node_selector = spec.node_selector.clone();
-            request.tolerations = spec.tolerations.clone();
-        }
+        let revision = sim.instance.revision.clone();
+        let previous_node = sim.instance.node.clone();
+        let mut request = match spec {
+            Some(spec) => {
+                PlacementRequest::from_spec(spec, id, revision, sim.instance.ordinal, previous_node)
+            }
+            None => {
+                let mut request = PlacementRequest::new(id, key.clone(), revision, sim.resources);
+                request.ordinal = sim.instance.ordinal;
+                request.previous_node = previous_node;
+                request
+            }
+        };
+        request.resources = sim.resources;
         match self.placement.place(&request, nodes).await {
             Ok(decision) => {
                 let Some(view) = nodes.iter_mut().find(|v| v.node.name == decision.node) else {
@@ -179,7 +180,9 @@ impl MemoryEngine {
                 };
                 view.requested = view.requested.saturating_add(sim.resources);
                 view.instances.insert(id.to_owned());
-                if sim.instance.address.is_none() {
+                if let Some(reserved) = &decision.address {
+                    sim.instance.address = Some(reserved.address);
+                } else if sim.instance.address.is_none() {
                     *next_address += 1;
                     let n = *next_address;
                     sim.instance.address = Some(IpAddr::V4(Ipv4Addr::new(

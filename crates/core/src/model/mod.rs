@@ -9,8 +9,10 @@ mod load;
 mod node;
 mod quantity;
 mod revision;
+mod scheduling;
 mod spec;
 mod validate;
+mod validate_scheduling;
 
 pub use event::{Event, EventType};
 pub use instance::{Instance, InstancePhase};
@@ -18,6 +20,12 @@ pub use load::LoadError;
 pub use node::{Node, Taint, TaintEffect, Toleration, TolerationOperator};
 pub use quantity::{Cpu, Memory, QuantityError, Resources};
 pub use revision::Revision;
+pub use scheduling::{
+    Affinity, GangSpec, LabelSelector, NODE_NAME_FIELD, NodeAffinity, NodeSelector,
+    NodeSelectorTerm, PodAffinity, PodAffinityTerm, PreferredSchedulingTerm, SelectorOperator,
+    SelectorRequirement, TopologySpreadConstraint, UnderlaySpec, WeightedPodAffinityTerm,
+    WhenUnsatisfiable,
+};
 pub use spec::{
     AppKey, AppSpec, ConfigFile, ContainerSpec, PortRef, PortSpec, Probe, ProbeAction, Protocol,
     WorkloadKind,

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::quantity::Resources;
+use super::scheduling::{Affinity, GangSpec, TopologySpreadConstraint, UnderlaySpec};
 
 /// Identifies an application: a namespace and a name, as in Kubernetes.
 #[derive(
@@ -86,6 +87,27 @@ pub struct AppSpec {
     /// Seconds between SIGTERM and SIGKILL when an instance is stopped (default 30).
     #[serde(default = "default_grace")]
     pub termination_grace_period_seconds: u64,
+    /// Scheduling priority: higher goes first, and may preempt lower (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// Node affinity, pod affinity and anti-affinity, as in a Kubernetes pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How instances spread over zones, nodes or other topology domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Each instance needs an underlay (pool-managed, routable) address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<UnderlaySpec>,
+    /// Instances are placed all-or-nothing, at least `minMember` at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangSpec>,
+}
+
+// `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn default_namespace() -> String {
@@ -112,6 +134,11 @@ impl AppSpec {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             termination_grace_period_seconds: default_grace(),
+            priority: 0,
+            affinity: None,
+            topology_spread_constraints: Vec::new(),
+            underlay: None,
+            gang: None,
         }
     }
 
@@ -148,6 +175,55 @@ impl AppSpec {
     pub fn grace_period_seconds(mut self, seconds: u64) -> Self {
         self.termination_grace_period_seconds = seconds;
         self
+    }
+
+    /// Sets the scheduling priority.
+    #[must_use]
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the affinity.
+    #[must_use]
+    pub fn affinity(mut self, affinity: Affinity) -> Self {
+        self.affinity = Some(affinity);
+        self
+    }
+
+    /// Adds a topology spread constraint.
+    #[must_use]
+    pub fn spread(mut self, constraint: TopologySpreadConstraint) -> Self {
+        self.topology_spread_constraints.push(constraint);
+        self
+    }
+
+    /// Sets the underlay address need.
+    #[must_use]
+    pub fn underlay(mut self, underlay: UnderlaySpec) -> Self {
+        self.underlay = Some(underlay);
+        self
+    }
+
+    /// Sets the gang.
+    #[must_use]
+    pub fn gang(mut self, gang: GangSpec) -> Self {
+        self.gang = Some(gang);
+        self
+    }
+
+    /// Adds a required node label.
+    #[must_use]
+    pub fn node_selector(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.node_selector.insert(key.into(), value.into());
+        self
+    }
+
+    /// The gang's name: the spec's `gang.name`, else the application's name (`None` without
+    /// a gang).
+    pub fn gang_name(&self) -> Option<&str> {
+        let gang = self.gang.as_ref()?;
+        Some(gang.name.as_deref().unwrap_or(&self.name))
     }
 
     /// The application's key.

@@ -70,12 +70,12 @@ impl ValidationTarget {
 
 /// Collects errors under a path prefix.
 #[derive(Debug, Default)]
-struct Collector {
+pub(super) struct Collector {
     errors: Vec<FieldError>,
 }
 
 impl Collector {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -213,6 +213,7 @@ impl AppSpec {
                 );
             }
         }
+        self.validate_scheduling(&mut c);
         if c.errors.is_empty() {
             Ok(())
         } else {

@@ -5,17 +5,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rorqual_core::model::{Resources, Toleration, TolerationOperator};
+use rorqual_core::model::{
+    NodeSelector as CoreNodeSelector, Resources, Toleration, TolerationOperator,
+    TopologySpreadConstraint, WhenUnsatisfiable,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::selector::{AffinityJson, LabelSelectorJson};
 use super::*;
+use crate::convert;
 use crate::interner::Sym;
-use crate::selector::{NodeSelector, Selector};
+use crate::selector::Selector;
 use crate::snapshot::{
-    GangMembership, HostPort, PodInfo, Protocol, SpreadConstraint, StatefulIdentity,
-    UnderlayRequest, WhenUnsatisfiable,
+    GangMembership, HostPort, PodInfo, Protocol, StatefulIdentity, UnderlayRequest,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,11 +194,18 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
         if let Some(na) = &aff.node_affinity {
             let base = "spec.affinity.nodeAffinity";
             if let Some(req) = &na.required_during_scheduling_ignored_during_execution {
-                let mut terms = Vec::new();
-                for (i, t) in req.node_selector_terms.iter().enumerate() {
-                    terms.push(Selector(cx.exprs(&format!("{base}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}].matchExpressions"), &t.match_expressions)?));
-                }
-                info.required_node_affinity = Some(NodeSelector(terms));
+                let path = format!(
+                    "{base}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+                );
+                let node_selector_terms = req
+                    .node_selector_terms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| cx.node_term(&format!("{path}[{i}]"), t))
+                    .collect::<Result<_, _>>()?;
+                info.required_node_affinity = Some(convert::node_selector(&CoreNodeSelector {
+                    node_selector_terms,
+                }));
             }
             for (i, t) in na
                 .preferred_during_scheduling_ignored_during_execution
@@ -203,19 +213,10 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
                 .enumerate()
             {
                 let path = format!("{base}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
-                if !(1..=100).contains(&t.weight) {
-                    return Err(cx.err(
-                        format!("{path}.weight"),
-                        format!("{} is not in 1..=100", t.weight),
-                    ));
-                }
-                info.preferred_node_affinity.push((
-                    t.weight,
-                    Selector(cx.exprs(
-                        &format!("{path}.preference.matchExpressions"),
-                        &t.preference.match_expressions,
-                    )?),
-                ));
+                cx.weight(&path, t.weight)?;
+                let preference = cx.node_term(&format!("{path}.preference"), &t.preference)?;
+                info.preferred_node_affinity
+                    .push((t.weight, convert::node_selector_term(&preference)));
             }
         }
         info.affinity = cx.pod_terms("spec.affinity.podAffinity", &aff.pod_affinity)?;
@@ -224,7 +225,7 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
     }
     for (i, c) in spec.topology_spread_constraints.iter().enumerate() {
         let path = format!("spec.topologySpreadConstraints[{i}]");
-        let max_skew = u32::try_from(c.max_skew)
+        let max_skew = i32::try_from(c.max_skew)
             .ok()
             .filter(|s| *s >= 1)
             .ok_or_else(|| {
@@ -243,12 +244,14 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
                 ));
             }
         };
-        info.spread.push(SpreadConstraint {
-            max_skew,
-            topology_key: Sym::new(&c.topology_key),
-            when_unsatisfiable,
-            selector: cx.label_selector(&format!("{path}.labelSelector"), &c.label_selector)?,
-        });
+        info.spread
+            .push(convert::spread_constraint(&TopologySpreadConstraint {
+                max_skew,
+                topology_key: c.topology_key.clone(),
+                when_unsatisfiable,
+                label_selector: cx
+                    .label_selector(&format!("{path}.labelSelector"), &c.label_selector)?,
+            }));
     }
     let ann = &meta.annotations;
     let ann_path = |key: &str| format!("metadata.annotations[{key}]");

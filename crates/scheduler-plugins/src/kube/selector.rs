@@ -1,15 +1,20 @@
 //! Selectors and affinity terms in Kubernetes JSON: `NodeSelectorTerm`s, `LabelSelector`s
 //! and pod (anti-)affinity terms, shared by a pod's node affinity, pod affinity and topology
-//! spread constraints.
+//! spread constraints. The JSON is checked here (errors name the field) and decoded into
+//! core's types, which [`crate::convert`] turns into the scheduler's, as for core's
+//! `PlacementRequest`.
 
 use std::collections::BTreeMap;
 
+use rorqual_core::model::{
+    LabelSelector, NODE_NAME_FIELD, NodeSelectorTerm, PodAffinity, PodAffinityTerm,
+    SelectorOperator, SelectorRequirement, WeightedPodAffinityTerm,
+};
 use serde::Deserialize;
 
 use super::{Ctx, KubeError, null_as_default};
-use crate::interner::Sym;
-use crate::selector::{Operator, Requirement, Selector};
-use crate::snapshot::{AffinityTerm, AffinityTerms};
+use crate::convert;
+use crate::snapshot::AffinityTerms;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -27,6 +32,8 @@ pub(super) struct Expr {
 pub(super) struct NodeTerm {
     #[serde(deserialize_with = "null_as_default")]
     pub(super) match_expressions: Vec<Expr>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub(super) match_fields: Vec<Expr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,19 +105,38 @@ pub(super) struct AffinityJson {
     pub(super) pod_anti_affinity: Option<PodAffinityJson>,
 }
 
+/// Parses a Kubernetes selector operator name.
+fn operator(name: &str) -> Option<SelectorOperator> {
+    Some(match name {
+        "In" => SelectorOperator::In,
+        "NotIn" => SelectorOperator::NotIn,
+        "Exists" => SelectorOperator::Exists,
+        "DoesNotExist" => SelectorOperator::DoesNotExist,
+        "Gt" => SelectorOperator::Gt,
+        "Lt" => SelectorOperator::Lt,
+        _ => return None,
+    })
+}
+
 impl Ctx {
-    pub(super) fn requirement(&self, path: &str, e: &Expr) -> Result<Requirement, KubeError> {
-        let operator = Operator::parse(&e.operator).ok_or_else(|| {
+    pub(super) fn requirement(
+        &self,
+        path: &str,
+        e: &Expr,
+    ) -> Result<SelectorRequirement, KubeError> {
+        let op = operator(&e.operator).ok_or_else(|| {
             self.err(
                 format!("{path}.operator"),
                 format!("unknown operator `{}`", e.operator),
             )
         })?;
         let n = e.values.len();
-        let ok = match operator {
-            Operator::In | Operator::NotIn => n > 0,
-            Operator::Exists | Operator::DoesNotExist => n == 0,
-            Operator::Gt | Operator::Lt => n == 1 && e.values[0].parse::<i64>().is_ok(),
+        let ok = match op {
+            SelectorOperator::In | SelectorOperator::NotIn => n > 0,
+            SelectorOperator::Exists | SelectorOperator::DoesNotExist => n == 0,
+            SelectorOperator::Gt | SelectorOperator::Lt => {
+                n == 1 && e.values[0].parse::<i64>().is_ok()
+            }
         };
         if !ok {
             return Err(self.err(
@@ -118,14 +144,18 @@ impl Ctx {
                 format!("{n} value(s) do not suit operator {}", e.operator),
             ));
         }
-        Ok(Requirement {
-            key: Sym::new(&e.key),
-            operator,
-            values: e.values.iter().map(|v| Sym::new(v)).collect(),
+        Ok(SelectorRequirement {
+            key: e.key.clone(),
+            operator: op,
+            values: e.values.clone(),
         })
     }
 
-    pub(super) fn exprs(&self, path: &str, exprs: &[Expr]) -> Result<Vec<Requirement>, KubeError> {
+    pub(super) fn exprs(
+        &self,
+        path: &str,
+        exprs: &[Expr],
+    ) -> Result<Vec<SelectorRequirement>, KubeError> {
         exprs
             .iter()
             .enumerate()
@@ -133,26 +163,39 @@ impl Ctx {
             .collect()
     }
 
+    /// A node selector term; `matchFields` may only name `metadata.name`.
+    pub(super) fn node_term(
+        &self,
+        path: &str,
+        t: &NodeTerm,
+    ) -> Result<NodeSelectorTerm, KubeError> {
+        let match_fields = self.exprs(&format!("{path}.matchFields"), &t.match_fields)?;
+        if let Some(i) = match_fields.iter().position(|r| r.key != NODE_NAME_FIELD) {
+            return Err(self.err(
+                format!("{path}.matchFields[{i}].key"),
+                format!("unsupported field `{}`", match_fields[i].key),
+            ));
+        }
+        Ok(NodeSelectorTerm {
+            match_expressions: self
+                .exprs(&format!("{path}.matchExpressions"), &t.match_expressions)?,
+            match_fields,
+        })
+    }
+
     pub(super) fn label_selector(
         &self,
         path: &str,
         s: &Option<LabelSelectorJson>,
-    ) -> Result<Selector, KubeError> {
+    ) -> Result<Option<LabelSelector>, KubeError> {
         let Some(s) = s else {
-            // A nil selector selects nothing.
-            return Ok(Selector(vec![Requirement {
-                key: Sym::new(""),
-                operator: Operator::In,
-                values: Vec::new(),
-            }]));
+            return Ok(None);
         };
-        let mut reqs: Vec<Requirement> = s
-            .match_labels
-            .iter()
-            .map(|(k, v)| Requirement::equals(k, v))
-            .collect();
-        reqs.extend(self.exprs(&format!("{path}.matchExpressions"), &s.match_expressions)?);
-        Ok(Selector(reqs))
+        Ok(Some(LabelSelector {
+            match_labels: s.match_labels.clone(),
+            match_expressions: self
+                .exprs(&format!("{path}.matchExpressions"), &s.match_expressions)?,
+        }))
     }
 
     pub(super) fn pod_terms(
@@ -163,25 +206,27 @@ impl Ctx {
         let Some(a) = a else {
             return Ok(AffinityTerms::default());
         };
-        let term = |p: &str, t: &PodAffinityTermJson| -> Result<AffinityTerm, KubeError> {
+        let term = |p: &str, t: &PodAffinityTermJson| -> Result<PodAffinityTerm, KubeError> {
             if t.topology_key.is_empty() {
                 return Err(self.err(format!("{p}.topologyKey"), "must not be empty"));
             }
-            Ok(AffinityTerm {
-                selector: self.label_selector(&format!("{p}.labelSelector"), &t.label_selector)?,
-                namespaces: t.namespaces.iter().map(|n| Sym::new(n)).collect(),
-                topology_key: Sym::new(&t.topology_key),
+            Ok(PodAffinityTerm {
+                label_selector: self
+                    .label_selector(&format!("{p}.labelSelector"), &t.label_selector)?,
+                namespaces: t.namespaces.clone(),
+                topology_key: t.topology_key.clone(),
             })
         };
         let req = "requiredDuringSchedulingIgnoredDuringExecution";
         let pref = "preferredDuringSchedulingIgnoredDuringExecution";
-        let mut out = AffinityTerms::default();
+        let mut out = PodAffinity::default();
         for (i, t) in a
             .required_during_scheduling_ignored_during_execution
             .iter()
             .enumerate()
         {
-            out.required.push(term(&format!("{path}.{req}[{i}]"), t)?);
+            out.required_during_scheduling_ignored_during_execution
+                .push(term(&format!("{path}.{req}[{i}]"), t)?);
         }
         for (i, t) in a
             .preferred_during_scheduling_ignored_during_execution
@@ -189,17 +234,25 @@ impl Ctx {
             .enumerate()
         {
             let p = format!("{path}.{pref}[{i}]");
-            if !(1..=100).contains(&t.weight) {
-                return Err(self.err(
-                    format!("{p}.weight"),
-                    format!("{} is not in 1..=100", t.weight),
-                ));
-            }
-            out.preferred.push((
-                t.weight,
-                term(&format!("{p}.podAffinityTerm"), &t.pod_affinity_term)?,
-            ));
+            self.weight(&p, t.weight)?;
+            out.preferred_during_scheduling_ignored_during_execution
+                .push(WeightedPodAffinityTerm {
+                    weight: t.weight,
+                    pod_affinity_term: term(&format!("{p}.podAffinityTerm"), &t.pod_affinity_term)?,
+                });
         }
-        Ok(out)
+        Ok(convert::affinity_terms(Some(&out)))
+    }
+
+    /// Checks the weight of a preferred term at `path`.
+    pub(super) fn weight(&self, path: &str, weight: i32) -> Result<(), KubeError> {
+        if (1..=100).contains(&weight) {
+            Ok(())
+        } else {
+            Err(self.err(
+                format!("{path}.weight"),
+                format!("{weight} is not in 1..=100"),
+            ))
+        }
     }
 }

@@ -9,6 +9,7 @@ mod sticky;
 mod taints;
 mod topology_spread;
 mod underlay;
+mod underlay_reservation;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub use underlay::{
     CapacitySnapshot, ClaimedAddress, IpCapacity, IpCapacityError, MemoryIpCapacity, PoolCapacity,
     Reservation, ReserveRequest, ReservedIp, UnderlayIp,
 };
+pub use underlay_reservation::{ReservedUnderlay, reserved_address};
 
 use crate::framework::{MAX_NODE_SCORE, Profile, ProfileBuilder, ProfileError};
 

@@ -82,6 +82,16 @@ pub struct ScheduleResult {
     pub nominated: Option<Sym>,
 }
 
+/// Where [`Scheduler::schedule_pod_reserving`] bound a pod, and what was reserved for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PodPlacement {
+    /// The node.
+    pub node: Sym,
+    /// The underlay address reserved for the pod, if any.
+    pub address: Option<rorqual_core::placement::ReservedAddress>,
+}
+
 /// Totals of [`Scheduler::run_until_idle`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -418,12 +428,22 @@ impl Scheduler {
 
     /// Schedules and binds `pod` now, bypassing the queue (the Placement path).
     pub async fn schedule_pod(&self, pod: PodInfo) -> Result<Sym, Status> {
+        self.schedule_pod_reserving(pod)
+            .await
+            .map(|placed| placed.node)
+    }
+
+    /// [`Scheduler::schedule_pod`], also reporting the underlay address a Reserve plugin
+    /// reserved for the pod ([`crate::plugins::reserved_address`]).
+    pub async fn schedule_pod_reserving(&self, pod: PodInfo) -> Result<PodPlacement, Status> {
         let pod = Arc::new(pod);
         let outcome = self.scheduling_cycle(&mut self.cache(), &pod);
         match outcome {
             CycleOutcome::Failed(status, _) => Err(status),
             CycleOutcome::Assumed { node, state, wait } => {
-                self.binding_cycle(pod, node, state, wait, None).await
+                let address = crate::plugins::reserved_address(&state, &pod);
+                let node = self.binding_cycle(pod, node, state, wait, None).await?;
+                Ok(PodPlacement { node, address })
             }
         }
     }

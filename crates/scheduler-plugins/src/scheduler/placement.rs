@@ -3,20 +3,30 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rorqual_core::Error;
 use rorqual_core::placement::{NodeView, Placement, PlacementDecision, PlacementRequest};
 
+use crate::convert;
 use crate::interner::Sym;
 use crate::scheduler::Scheduler;
 use crate::selector::Selector;
 use crate::snapshot::{
-    HostPort, NodeInfo, PodInfo, Protocol, Snapshot, StatefulIdentity, ZONE_LABEL,
+    GangMembership, HostPort, NodeInfo, PodInfo, Protocol, Snapshot, StatefulIdentity,
+    UnderlayRequest, ZONE_LABEL,
 };
 
-/// The pod for `request`. A request with an ordinal gets a stateful identity
-/// `namespace/app-ordinal` carrying its previous node.
+/// The pod for `request`, with every constraint the request carries: requests, node
+/// selector, tolerations, host ports, priority, required and preferred node affinity, pod
+/// affinity and anti-affinity, topology spread, underlay need (pool only: the UnderlayIp
+/// plugin resolves fixed-IP claims itself) and gang. A request with an ordinal gets a
+/// stateful identity `namespace/app-ordinal` carrying its previous node. Uid and name are the
+/// instance id.
+///
+/// The constraints convert through [`crate::convert`], as a pod read from Kubernetes JSON
+/// ([`crate::kube::pod_from_json`]) does, so both give the same pod.
 pub fn pod_from_request(request: &PlacementRequest) -> PodInfo {
     let mut pod = PodInfo::new(
         &request.instance,
@@ -24,16 +34,28 @@ pub fn pod_from_request(request: &PlacementRequest) -> PodInfo {
         &request.instance,
         request.resources,
     );
-    // Values are not interned: an instance's labels may carry unbounded values.
-    for (k, v) in &request.labels {
-        pod.labels.insert_str(k, v);
-    }
+    pod.priority = request.priority;
     pod.node_selector = Selector::match_labels(
         request
             .node_selector
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
+    if let Some(na) = &request.affinity.node_affinity {
+        pod.required_node_affinity = na
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .map(convert::node_selector);
+        pod.preferred_node_affinity =
+            convert::preferred_node_terms(&na.preferred_during_scheduling_ignored_during_execution);
+    }
+    pod.affinity = convert::affinity_terms(request.affinity.pod_affinity.as_ref());
+    pod.anti_affinity = convert::affinity_terms(request.affinity.pod_anti_affinity.as_ref());
+    pod.spread = request
+        .topology_spread
+        .iter()
+        .map(convert::spread_constraint)
+        .collect();
     pod.tolerations = request.tolerations.clone();
     pod.host_ports = request
         .host_ports
@@ -53,6 +75,21 @@ pub fn pod_from_request(request: &PlacementRequest) -> PodInfo {
             previous_node: request.previous_node.as_deref().map(Sym::new),
             previous_zone: None,
         });
+    }
+    pod.underlay = request.underlay.as_ref().map(|u| UnderlayRequest {
+        pool: u.pool.as_deref().map(Arc::from),
+        bound_claim: None,
+    });
+    pod.gang = request.gang.as_ref().map(|g| GangMembership {
+        name: Arc::from(g.name.as_str()),
+        min_member: g.min_member,
+        timeout: g.timeout_seconds.map(Duration::from_secs),
+    });
+    // Last, so that values the pod's own selectors mention are interned by now and stored as
+    // symbols (as `pod_from_json` does). Other values are not interned: an instance's labels
+    // may carry unbounded values.
+    for (k, v) in &request.labels {
+        pod.labels.insert_str(k, v);
     }
     pod
 }
@@ -135,10 +172,15 @@ impl Placement for Scheduler {
                 .map(|z| Sym::new(z));
         }
         let pod = Arc::new(pod);
-        match self.schedule_pod((*pod).clone()).await {
-            Ok(node) => {
+        match self.schedule_pod_reserving((*pod).clone()).await {
+            Ok(placed) => {
+                let node = placed.node;
                 self.placed().insert(pod.uid.clone(), (node, pod));
-                Ok(PlacementDecision::new(node.as_str().to_string()))
+                let decision = PlacementDecision::new(node.as_str().to_string());
+                Ok(match placed.address {
+                    Some(address) => decision.with_address(address),
+                    None => decision,
+                })
             }
             Err(status) => Err(Error::Unschedulable {
                 instance: request.instance.clone(),
