@@ -210,6 +210,7 @@ fn run_underlay(rt: &tokio::runtime::Runtime, shape: &Shape, pools: Pools) -> f6
             p.underlay = Some(UnderlayRequest {
                 pool: None,
                 bound_claim: None,
+                claim: None,
             });
         }
     }

@@ -128,6 +128,9 @@ pub struct UnderlayRequest {
     pub pool: Option<Arc<str>>,
     /// A fixed-IP claim already bound to an address: the pod may only go to that pool's hosts.
     pub bound_claim: Option<(Arc<str>, IpAddr)>,
+    /// The identity whose claim keeps the pod's address across its pods (a stateful
+    /// identity with a fixed IP, `namespace/app-ordinal`); `None`: no fixed address.
+    pub claim: Option<Arc<str>>,
 }
 
 /// Membership of a gang (pod group) that is only bound when `min_member` pods fit.

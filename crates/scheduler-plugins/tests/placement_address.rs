@@ -52,21 +52,18 @@ async fn the_decision_carries_the_reserved_address() {
         .to_string();
     assert!(err.contains("underlay"), "{err}");
 
-    // Released: the address is free again, and a request for any pool gets it. (Its pool is
-    // known when the plugin records `ReservedUnderlay`; with a bare `ReservedIp` it is not,
-    // and the decision carries no address.)
+    // Released: the address is free again, and a request for any pool gets it, with its
+    // pool.
     placement.release("game-x").await.unwrap();
     assert_eq!(cap.free("p"), 1);
     let any = spec(None);
     let request = PlacementRequest::from_spec(&any, "game-z", any.revision(), None, None);
     let decision = placement.place(&request, &views).await.unwrap();
     assert_eq!(decision.node, "b");
-    if let Some(address) = &decision.address {
-        assert_eq!(
-            address,
-            &ReservedAddress::new("p", IpAddr::from([10, 0, 0, 1]))
-        );
-    }
+    assert_eq!(
+        decision.address,
+        Some(ReservedAddress::new("p", IpAddr::from([10, 0, 0, 1])))
+    );
 
     // No underlay need: no address.
     let plain = AppSpec::new("web", vec![ContainerSpec::new("app", ["/bin/web"])]);

@@ -277,6 +277,7 @@ async fn a_gang_binds_together_or_releases_together() {
         p.underlay = Some(UnderlayRequest {
             pool: None,
             bound_claim: None,
+            claim: None,
         });
         p
     };
@@ -554,6 +555,7 @@ async fn a_failed_binding_keeps_an_already_bound_claim_address() {
     game.underlay = Some(UnderlayRequest {
         pool: None,
         bound_claim: Some((Arc::from("p"), claimed)),
+        claim: Some(Arc::from("games/game-1")),
     });
     s.enqueue(game).unwrap();
     let r = s.schedule_next().await.unwrap();
@@ -574,6 +576,7 @@ async fn a_failed_binding_keeps_an_already_bound_claim_address() {
     fresh.underlay = Some(UnderlayRequest {
         pool: None,
         bound_claim: None,
+        claim: None,
     });
     s.enqueue(fresh).unwrap();
     let r = s.schedule_next().await.unwrap();
@@ -1111,6 +1114,7 @@ async fn a_deleted_stateful_pod_never_frees_its_replacements_underlay_address() 
         p.underlay = Some(UnderlayRequest {
             pool: None,
             bound_claim: None,
+            claim: Some(Arc::from(identity)),
         });
         p
     };
@@ -1212,6 +1216,7 @@ async fn a_gang_member_deleted_while_waiting_still_releases_its_group() {
         p.underlay = Some(UnderlayRequest {
             pool: None,
             bound_claim: None,
+            claim: None,
         });
         s.enqueue(p).unwrap();
         match s.schedule_next().await.unwrap().outcome {

@@ -287,6 +287,8 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
                 .filter(|p| p.as_str() != "*" && !p.is_empty())
                 .map(|p| Arc::from(p.as_str())),
             bound_claim: claim,
+            // A stateful pod keeps its address across its pods under its identity.
+            claim: info.identity.as_ref().map(|id| id.key.clone()),
         });
     }
     if let Some(name) = ann.get(ANNOTATION_GANG) {

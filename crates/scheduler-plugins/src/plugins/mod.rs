@@ -9,7 +9,6 @@ mod sticky;
 mod taints;
 mod topology_spread;
 mod underlay;
-mod underlay_reservation;
 
 use std::sync::Arc;
 
@@ -28,9 +27,8 @@ pub use taints::TaintToleration;
 pub use topology_spread::PodTopologySpread;
 pub use underlay::{
     CapacitySnapshot, ClaimedAddress, IpCapacity, IpCapacityError, MemoryIpCapacity, PoolCapacity,
-    Reservation, ReserveRequest, ReservedIp, UnderlayIp,
+    Reservation, ReserveRequest, ReservedIp, UnderlayIp, reserved_address,
 };
-pub use underlay_reservation::{ReservedUnderlay, reserved_address};
 
 use crate::framework::{MAX_NODE_SCORE, Profile, ProfileBuilder, ProfileError};
 

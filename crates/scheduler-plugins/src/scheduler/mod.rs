@@ -441,7 +441,7 @@ impl Scheduler {
         match outcome {
             CycleOutcome::Failed(status, _) => Err(status),
             CycleOutcome::Assumed { node, state, wait } => {
-                let address = crate::plugins::reserved_address(&state, &pod);
+                let address = crate::plugins::reserved_address(&state);
                 let node = self.binding_cycle(pod, node, state, wait, None).await?;
                 Ok(PodPlacement { node, address })
             }

@@ -20,8 +20,8 @@ use crate::snapshot::{
 
 /// The pod for `request`, with every constraint the request carries: requests, node
 /// selector, tolerations, host ports, priority, required and preferred node affinity, pod
-/// affinity and anti-affinity, topology spread, underlay need (pool only: the UnderlayIp
-/// plugin resolves fixed-IP claims itself) and gang. A request with an ordinal gets a
+/// affinity and anti-affinity, topology spread, underlay need (pool, and the identity whose
+/// claim keeps a fixed IP; the UnderlayIp plugin looks the claim up) and gang. A request with an ordinal gets a
 /// stateful identity `namespace/app-ordinal` carrying its previous node. Uid and name are the
 /// instance id.
 ///
@@ -79,6 +79,7 @@ pub fn pod_from_request(request: &PlacementRequest) -> PodInfo {
     pod.underlay = request.underlay.as_ref().map(|u| UnderlayRequest {
         pool: u.pool.as_deref().map(Arc::from),
         bound_claim: None,
+        claim: u.claim_key.as_deref().map(Arc::from),
     });
     pod.gang = request.gang.as_ref().map(|g| GangMembership {
         name: Arc::from(g.name.as_str()),

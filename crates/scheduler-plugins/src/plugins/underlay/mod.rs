@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use rorqual_core::placement::ReservedAddress;
 
 use crate::fast_hash::FastMap;
 use crate::framework::{
@@ -130,7 +131,7 @@ impl UnderlayIp {
 
     /// The identity whose claim keeps a pod's address, if it has one.
     pub fn identity(pod: &PodInfo) -> Option<&str> {
-        pod.identity.as_ref().map(|id| &*id.key)
+        pod.underlay.as_ref()?.claim.as_deref()
     }
 
     fn layout_for(&self, snap: &CapacitySnapshot) -> Arc<Layout> {
@@ -170,6 +171,21 @@ pub struct ReservedIp {
     pub pool: Arc<str>,
     /// The address.
     pub address: IpAddr,
+}
+
+impl ReservedIp {
+    /// Core's form of the reservation (what `Placement` hands the engine to attach).
+    pub fn to_reserved_address(&self) -> ReservedAddress {
+        ReservedAddress::new(self.pool.to_string(), self.address)
+    }
+}
+
+/// The underlay address the UnderlayIp plugin reserved (or found already held) in the cycle
+/// whose state is `state`, if any.
+pub fn reserved_address(state: &CycleState) -> Option<ReservedAddress> {
+    state
+        .read::<ReservedIp>()
+        .map(ReservedIp::to_reserved_address)
 }
 
 /// Cycle state: this cycle's Reserve took the owner's address, so its Unreserve gives it
@@ -378,6 +394,7 @@ mod tests {
         pod.underlay = Some(UnderlayRequest {
             pool: None,
             bound_claim: None,
+            claim: None,
         });
         let mut state = CycleState::new();
         plugin.pre_filter(&mut state, &pod, &snap);
@@ -413,6 +430,11 @@ mod tests {
             previous_node: None,
             previous_zone: None,
         });
+        stateful.underlay = Some(UnderlayRequest {
+            pool: None,
+            bound_claim: None,
+            claim: Some(Arc::from("ns/g-0")),
+        });
         let mut state = CycleState::new();
         plugin.pre_filter(&mut state, &stateful, &snap);
         assert!(
@@ -440,6 +462,7 @@ mod tests {
         pod.underlay = Some(UnderlayRequest {
             pool: Some(Arc::from("nope")),
             bound_claim: None,
+            claim: None,
         });
         let (_, status) = plugin.pre_filter(&mut CycleState::new(), &pod, &snap);
         assert_eq!(status.message(), "underlay pool `nope` does not exist");
