@@ -27,6 +27,7 @@ pub mod mac;
 pub mod model;
 pub mod pool_state;
 pub mod store;
+pub mod sync;
 
 pub use allocator::Allocator;
 #[cfg(feature = "bridge")]

@@ -178,11 +178,11 @@ impl PoolStore for MemoryStore {
                 found,
             });
         }
-        let events = inner
-            .log
-            .is_some()
-            .then(|| diff(pool, current.map(|(_, s)| s), next))
-            .unwrap_or_default();
+        let events = if inner.log.is_some() {
+            diff(pool, current.map(|(_, s)| s), next)
+        } else {
+            Vec::new()
+        };
         let version = match next {
             Some(state) => {
                 let version = found.map_or(1, |v| v + 1);
