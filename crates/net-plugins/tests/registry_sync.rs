@@ -512,3 +512,87 @@ async fn bad_input_is_refused_with_errors_naming_it() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_syncs_into_a_registry_in_another_etcd_with_small_transactions_end_equal() {
+    let Some(pools_etcd) = LocalEtcd::start().await else {
+        return;
+    };
+    let Some(registry_etcd) = LocalEtcd::start().await else {
+        return;
+    };
+    let (store, alloc) = setup(&pools_etcd).await;
+    storm(&alloc, 6, 150).await;
+    // Another etcd: the pools' own prefix is fine there. Three operations per transaction:
+    // the resync and larger commits are split, the checkpoint written with the last part.
+    let registry = || async {
+        Arc::new(
+            EtcdRegistry::builder(POOLS)
+                .beside(&store)
+                .endpoints([registry_etcd.url.clone()])
+                .max_txn_ops(3)
+                .build()
+                .await
+                .unwrap(),
+        )
+    };
+    let retries = Arc::new(Mutex::new(Vec::new()));
+    let mut syncs = Vec::new();
+    for _ in 0..2 {
+        let seen = Arc::clone(&retries);
+        let sync = RegistrySync::new(Arc::new(store.clone()), registry().await)
+            .with_backoff(Duration::from_millis(5), Duration::from_millis(50))
+            .on_report(move |r| {
+                if let rorqual_net::sync::SyncReport::Retrying { error, .. } = r {
+                    seen.lock().push(error.to_string());
+                }
+            });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            sync.run(async {
+                stopped.await.ok();
+            })
+            .await
+        });
+        syncs.push((stop, task));
+    }
+    storm(&alloc, 7, 300).await;
+    let target = store_revision(&store).await;
+    let reader = registry().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reader
+        .checkpoint()
+        .await
+        .unwrap()
+        .is_none_or(|c| c < target)
+    {
+        assert!(Instant::now() < deadline, "retries: {:?}", retries.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: Expected = reader
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, e)| {
+            (
+                k.to_string(),
+                (e.instance, e.ifname, e.identity, e.node, e.mac.unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected(&store).await);
+    for (stop, task) in syncs {
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    // Whatever they raced on, it was only ever the checkpoint, retried.
+    let retries = retries.lock();
+    assert!(
+        retries
+            .iter()
+            .all(|r| r.contains("moved") || r.contains("during a resync")),
+        "{retries:?}"
+    );
+    println!("{} checkpoint races retried", retries.len());
+}

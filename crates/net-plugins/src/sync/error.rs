@@ -55,6 +55,13 @@ pub enum SyncError {
         /// The revision found (`None`: no checkpoint).
         found: Option<u64>,
     },
+    /// Another sync wrote to the registry while this one was replacing its contents: read the
+    /// checkpoint again.
+    #[error("registry checkpoint {key} changed during a resync: another sync writes this registry")]
+    ResyncInterrupted {
+        /// The checkpoint's key.
+        key: String,
+    },
     /// The registry's checkpoint does not hold a revision.
     #[error("registry checkpoint {key} holds {value:?}, not a revision: {reason}")]
     CorruptCheckpoint {
@@ -109,7 +116,8 @@ impl SyncError {
             SyncError::WatchEnded { .. }
             | SyncError::OutOfOrder { .. }
             | SyncError::Registry { .. }
-            | SyncError::CheckpointMoved { .. } => true,
+            | SyncError::CheckpointMoved { .. }
+            | SyncError::ResyncInterrupted { .. } => true,
             _ => false,
         }
     }

@@ -1,6 +1,13 @@
 //! The etcd registry: one key per Active address, `<prefix><pool>/<ip>` → its JSON entry, and
 //! the checkpoint at `<prefix>.revision`, written in the same etcd transaction as the entries
 //! of its batch.
+//!
+//! Every write transaction also writes the checkpoint key and is guarded by it, so writers
+//! are serialised through that one key even when a batch needs several transactions: a batch
+//! follows a checkpoint value (`value == r`; the parts before the last rewrite `r`), a resync
+//! follows the checkpoint's `mod_revision` read with its listing (each part writes the marker
+//! `resyncing`, the last one the snapshot's revision). A resync interrupted by a crash leaves
+//! the marker, which reads as "never synced": the next start resyncs again.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +22,9 @@ use crate::store::etcd::EtcdStore;
 /// The checkpoint's key under the prefix (pool names cannot start with `.`).
 const CHECKPOINT: &str = ".revision";
 
+/// The checkpoint's value while a resync is being written (reads as no checkpoint).
+const RESYNCING: &str = "resyncing";
+
 /// etcd's default `--max-txn-ops`.
 const DEFAULT_MAX_TXN_OPS: usize = 128;
 
@@ -26,11 +36,15 @@ const LIST_PAGE: i64 = 1000;
 ///
 /// Keys are `<prefix><pool>/<ip>` (the prefix ends with `/`), values the JSON of
 /// [`RegistryEntry`]; the checkpoint is the decimal revision at `<prefix>.revision`. A batch
-/// and its checkpoint are one transaction, guarded by the previous checkpoint (two syncs
-/// cannot interleave). A batch larger than etcd's limit of operations per transaction
-/// ([`EtcdRegistryBuilder::max_txn_ops`], 128 by default as in etcd) is written in several,
-/// the checkpoint with the last: a crash in between leaves the old checkpoint, and the batch
-/// is written again.
+/// and its checkpoint are one transaction, guarded by the previous checkpoint, and a resync
+/// is guarded by the checkpoint key not having changed since its listing, so two syncs
+/// writing one registry cannot interleave: every write transaction also writes the checkpoint
+/// key (the parts of a batch rewrite the checkpoint they follow, the parts of a resync the
+/// marker `resyncing`, which reads as "never synced", so a resync cut short by a crash is
+/// started again). A batch larger than etcd's
+/// limit of operations per transaction ([`EtcdRegistryBuilder::max_txn_ops`], 128 by default
+/// as in etcd) is written in several, the new checkpoint with the last: a crash in between
+/// leaves the old checkpoint (or, in a resync, none), and the batch is written again.
 #[derive(Clone)]
 pub struct EtcdRegistry {
     client: Client,
@@ -87,15 +101,125 @@ impl EtcdRegistry {
         }
     }
 
-    fn parse_checkpoint(&self, value: &[u8]) -> Result<u64, SyncError> {
+    /// A checkpoint value: a revision, or `None` for the marker of an unfinished resync.
+    fn parse_checkpoint(&self, value: &[u8]) -> Result<Option<u64>, SyncError> {
         let text = String::from_utf8_lossy(value);
+        if text == RESYNCING {
+            return Ok(None);
+        }
         text.trim()
             .parse()
+            .map(Some)
             .map_err(|e: std::num::ParseIntError| SyncError::CorruptCheckpoint {
                 key: self.checkpoint_key.clone(),
                 value: text.into_owned(),
                 reason: e.to_string(),
             })
+    }
+
+    /// Every entry, and the checkpoint key's `mod_revision` (`None`: no such key), read at one
+    /// etcd revision (pages of [`LIST_PAGE`] keys).
+    async fn list(&self) -> Result<(BTreeMap<RegistryKey, RegistryEntry>, Option<i64>), SyncError> {
+        let mut out = BTreeMap::new();
+        let mut checkpoint = None;
+        let end = range_end(&self.prefix);
+        let mut from = self.prefix.clone().into_bytes();
+        // Every page at the first page's revision: one consistent listing.
+        let mut at = 0;
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.as_str())
+                .with_limit(LIST_PAGE)
+                .with_revision(at);
+            let resp = self
+                .client
+                .clone()
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(self.error(format!("cannot list {}", self.prefix)))?;
+            if at == 0 {
+                at = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                if key == self.checkpoint_key {
+                    checkpoint = Some(kv.mod_revision());
+                    continue;
+                }
+                let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
+                let parsed: RegistryKey = name.parse().map_err(|e| match e {
+                    SyncError::CorruptEntry { reason, .. } => SyncError::CorruptEntry {
+                        key: key.clone().into_owned(),
+                        reason,
+                    },
+                    other => other,
+                })?;
+                out.insert(parsed, RegistryEntry::from_json(&key, kv.value())?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((out, checkpoint)),
+            }
+        }
+    }
+
+    /// The etcd operations of `batch`, in parts of at most `max_txn_ops - 1` (room for the
+    /// checkpoint); at least one part, possibly empty.
+    fn parts(&self, batch: &RegistryBatch) -> Vec<Vec<TxnOp>> {
+        let key = |k: &RegistryKey| format!("{}{k}", self.prefix);
+        let ops: Vec<TxnOp> = batch
+            .changes
+            .iter()
+            .map(|c| match c {
+                RegistryChange::Put { key: k, entry } => TxnOp::put(key(k), entry.to_json(), None),
+                RegistryChange::Delete { key: k } => TxnOp::delete(key(k), None),
+            })
+            .collect();
+        let mut parts: Vec<Vec<TxnOp>> = ops
+            .chunks(self.max_txn_ops - 1)
+            .map(<[TxnOp]>::to_vec)
+            .collect();
+        if parts.is_empty() {
+            parts.push(Vec::new());
+        }
+        parts
+    }
+
+    /// Runs one guarded part (`ops`, then the checkpoint set to `checkpoint`); `Ok(None)`
+    /// when the guard failed, else the transaction's revision.
+    async fn write_part(
+        &self,
+        guard: Option<Compare>,
+        mut ops: Vec<TxnOp>,
+        checkpoint: String,
+        revision: u64,
+    ) -> Result<Result<i64, Option<Vec<u8>>>, SyncError> {
+        let key = self.checkpoint_key.as_str();
+        let count = ops.len();
+        ops.push(TxnOp::put(key, checkpoint, None));
+        let txn = Txn::new()
+            .when(guard.into_iter().collect::<Vec<_>>())
+            .and_then(ops)
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(self.error(format!(
+                "cannot write revision {revision} ({count} changes)"
+            )))?;
+        if resp.succeeded() {
+            return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
+        }
+        let found = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        Ok(Err(found))
     }
 }
 
@@ -209,108 +333,77 @@ impl RegistrySink for EtcdRegistry {
             .get(key.as_str(), None)
             .await
             .map_err(self.error(format!("cannot read checkpoint {key}")))?;
-        resp.kvs()
-            .first()
-            .map(|kv| self.parse_checkpoint(kv.value()))
-            .transpose()
+        match resp.kvs().first() {
+            Some(kv) => self.parse_checkpoint(kv.value()),
+            None => Ok(None),
+        }
     }
 
     async fn entries(&self) -> Result<BTreeMap<RegistryKey, RegistryEntry>, SyncError> {
-        let mut out = BTreeMap::new();
-        let end = range_end(&self.prefix);
-        let mut from = self.prefix.clone().into_bytes();
-        // Every page at the first page's revision: one consistent listing.
-        let mut at = 0;
-        loop {
-            let options = GetOptions::new()
-                .with_range(end.as_str())
-                .with_limit(LIST_PAGE)
-                .with_revision(at);
-            let resp = self
-                .client
-                .clone()
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(self.error(format!("cannot list {}", self.prefix)))?;
-            if at == 0 {
-                at = resp.header().map_or(0, |h| h.revision());
-            }
-            for kv in resp.kvs() {
-                let key = String::from_utf8_lossy(kv.key());
-                if key == self.checkpoint_key {
-                    continue;
-                }
-                let name = key.strip_prefix(&self.prefix).unwrap_or(&key);
-                let parsed: RegistryKey = name.parse().map_err(|e| match e {
-                    SyncError::CorruptEntry { reason, .. } => SyncError::CorruptEntry {
-                        key: key.clone().into_owned(),
-                        reason,
-                    },
-                    other => other,
-                })?;
-                out.insert(parsed, RegistryEntry::from_json(&key, kv.value())?);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => return Ok(out),
-            }
-        }
+        Ok(self.list().await?.0)
     }
 
+    /// One transaction guarded by `checkpoint == follows` (none with `follows: None`); a
+    /// batch larger than a transaction is written in parts under the same guard, each
+    /// rewriting the checkpoint it follows, the last one setting the batch's revision.
     async fn apply(&self, batch: &RegistryBatch, follows: Option<u64>) -> Result<(), SyncError> {
-        let key = |k: &RegistryKey| format!("{}{k}", self.prefix);
-        let ops: Vec<TxnOp> = batch
-            .changes
-            .iter()
-            .map(|c| match c {
-                RegistryChange::Put { key: k, entry } => TxnOp::put(key(k), entry.to_json(), None),
-                RegistryChange::Delete { key: k } => TxnOp::delete(key(k), None),
-            })
-            .collect();
-        let per_txn = self.max_txn_ops - 1;
-        let mut chunks: Vec<Vec<TxnOp>> = ops.chunks(per_txn).map(<[TxnOp]>::to_vec).collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        let last = chunks.len() - 1;
-        let checkpoint = self.checkpoint_key.as_str();
-        for (i, mut chunk) in chunks.into_iter().enumerate() {
-            if i == last {
-                chunk.push(TxnOp::put(checkpoint, batch.revision.to_string(), None));
-            }
-            let guard = follows
-                .map(|r| vec![Compare::value(checkpoint, CompareOp::Equal, r.to_string())])
-                .unwrap_or_default();
-            let txn = Txn::new()
-                .when(guard)
-                .and_then(chunk)
-                .or_else(vec![TxnOp::get(checkpoint, None)]);
-            let resp = self
-                .client
-                .clone()
-                .txn(txn)
-                .await
-                .map_err(self.error(format!(
-                    "cannot write revision {} ({} changes)",
-                    batch.revision,
-                    batch.changes.len()
-                )))?;
-            if !resp.succeeded() {
-                let found = resp.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
-                    _ => None,
-                });
+        let parts = self.parts(batch);
+        let last = parts.len() - 1;
+        let key = self.checkpoint_key.as_str();
+        for (i, ops) in parts.into_iter().enumerate() {
+            let value = match follows {
+                Some(r) if i < last => r.to_string(),
+                _ => batch.revision.to_string(),
+            };
+            let guard = follows.map(|r| Compare::value(key, CompareOp::Equal, r.to_string()));
+            if let Err(found) = self.write_part(guard, ops, value, batch.revision).await? {
                 return Err(SyncError::CheckpointMoved {
                     key: self.checkpoint_key.clone(),
                     expected: follows.unwrap_or_default(),
-                    found: found.map(|v| self.parse_checkpoint(&v)).transpose()?,
+                    found: found
+                        .map(|v| self.parse_checkpoint(&v))
+                        .transpose()?
+                        .flatten(),
                 });
             }
         }
         Ok(())
+    }
+
+    /// Lists the registry and the checkpoint's `mod_revision` at one etcd revision, then
+    /// writes the difference in parts, each guarded by the checkpoint key being unchanged
+    /// since the previous step and marking it `resyncing` (the last part sets `revision`):
+    /// [`SyncError::ResyncInterrupted`] when another writer came in between.
+    async fn replace(
+        &self,
+        revision: u64,
+        desired: &BTreeMap<RegistryKey, RegistryEntry>,
+    ) -> Result<RegistryBatch, SyncError> {
+        let (held, mut checkpoint_at) = self.list().await?;
+        let batch = super::plan::replace_batch(revision, &held, desired);
+        let parts = self.parts(&batch);
+        let last = parts.len() - 1;
+        let key = self.checkpoint_key.as_str();
+        for (i, ops) in parts.into_iter().enumerate() {
+            let value = if i < last {
+                RESYNCING.to_owned()
+            } else {
+                revision.to_string()
+            };
+            let guard = match checkpoint_at {
+                None => Compare::create_revision(key, CompareOp::Equal, 0),
+                Some(at) => Compare::mod_revision(key, CompareOp::Equal, at),
+            };
+            match self.write_part(Some(guard), ops, value, revision).await? {
+                Ok(at) => checkpoint_at = Some(at),
+                Err(_) => {
+                    return Err(SyncError::ResyncInterrupted {
+                        key: self.checkpoint_key.clone(),
+                    });
+                }
+            }
+        }
+        Ok(batch)
     }
 }
 

@@ -37,7 +37,10 @@ pub trait RegistrySink: Send + Sync + Debug + 'static {
 
     /// Makes the registry hold exactly `desired`, recording `revision`: lists what it holds,
     /// puts the desired entries that are missing or differ, deletes the rest. Returns the
-    /// writes made. The default is [`RegistrySink::entries`] then [`RegistrySink::apply`].
+    /// writes made. The default is [`RegistrySink::entries`] then [`RegistrySink::apply`]
+    /// without a guard, which is right for one writer; a registry that several syncs may write
+    /// at once overrides it to fail ([`SyncError::ResyncInterrupted`]) when another writes
+    /// between its listing and its last write, as [`MemoryRegistry`] and the etcd registry do.
     async fn replace(
         &self,
         revision: u64,
@@ -92,5 +95,18 @@ impl RegistrySink for MemoryRegistry {
         apply_to(&mut state.1, batch);
         state.0 = Some(batch.revision);
         Ok(())
+    }
+
+    /// Lists and writes under one lock: no other writer comes in between.
+    async fn replace(
+        &self,
+        revision: u64,
+        desired: &BTreeMap<RegistryKey, RegistryEntry>,
+    ) -> Result<RegistryBatch, SyncError> {
+        let mut state = self.state.lock();
+        let batch = replace_batch(revision, &state.1, desired);
+        apply_to(&mut state.1, &batch);
+        state.0 = Some(revision);
+        Ok(batch)
     }
 }
