@@ -484,11 +484,12 @@ async fn bad_input_is_refused_with_errors_naming_it() {
     );
     assert!(!err.is_retryable());
 
-    // Cleared: it syncs.
+    // The marker of a resync cut short reads as "never synced": it resyncs.
     client
-        .delete(format!("{REGISTRY}/.revision"), None)
+        .put(format!("{REGISTRY}/.revision"), "resyncing", None)
         .await
         .unwrap();
+    assert_eq!(registry.checkpoint().await.unwrap(), None);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         sync.run(async {
