@@ -12,12 +12,16 @@
 //!   underlay-IP plugin (snapshot and reservations from an in-memory copy fed by the pool
 //!   watch; commits to the store).
 //! - [`cni`]: the CNI protocol, used by the `rorqual-ipam` executable.
+//! - [`sync`]: registry sync: keeps an external service registry (etcd keys with the `etcd`
+//!   feature, or any [`sync::RegistrySink`]) in step with every allocation and release,
+//!   resuming from the store revision it reached after a restart.
 //! - `BridgeNetwork` (feature `bridge`): core's `Network` seam on a Linux bridge in network
 //!   namespaces.
 //!
 //! # Features
 //!
-//! - `etcd`: the etcd pool store (`store::etcd`; needs `protoc` to build).
+//! - `etcd`: the etcd pool store (`store::etcd`) and registry (`sync::EtcdRegistry`); needs
+//!   `protoc` to build.
 //! - `bridge`: `BridgeNetwork` (pulls in `nix`). The `rorqual-ipam` plugin needs neither, so
 //!   `cargo build -p rorqual-net --bin rorqual-ipam` compiles no `nix`, etcd or gRPC code.
 
@@ -31,6 +35,7 @@ pub mod mac;
 pub mod model;
 pub mod pool_state;
 pub mod store;
+pub mod sync;
 
 pub use allocator::Allocator;
 #[cfg(feature = "bridge")]

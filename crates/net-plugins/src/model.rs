@@ -391,6 +391,58 @@ pub struct AllocationEvent {
     pub owner: Option<Owner>,
     /// The identity involved.
     pub identity: Option<String>,
+    /// The owner's node, when an owner is involved and its allocation named one.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The owner's interface MAC, when an owner is involved: the one the runtime reported,
+    /// else the pool's for the address (assigned or generated), as `rorqual-ipam` reports it.
+    #[serde(default)]
+    pub mac: Option<Mac>,
+}
+
+impl AllocationEvent {
+    /// `ip` of `pool` moved `from` one state `to` another, with no owner, identity, node or
+    /// MAC (add them with the `with_*` setters).
+    pub fn new(pool: impl Into<String>, ip: IpAddr, from: IpState, to: IpState) -> Self {
+        AllocationEvent {
+            pool: pool.into(),
+            ip,
+            from,
+            to,
+            owner: None,
+            identity: None,
+            node: None,
+            mac: None,
+        }
+    }
+
+    /// Sets the owner involved.
+    #[must_use]
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Sets the identity involved.
+    #[must_use]
+    pub fn with_identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    /// Sets the owner's node.
+    #[must_use]
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Sets the owner's interface MAC.
+    #[must_use]
+    pub fn with_mac(mut self, mac: Mac) -> Self {
+        self.mac = Some(mac);
+        self
+    }
 }
 
 /// Target of a bulk transfer.

@@ -217,3 +217,91 @@ async fn an_allocator_watching_etcd_sees_another_allocators_changes() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_snapshot_and_watch_from_resume_whole_commits_and_report_compaction() {
+    let Some(etcd) = LocalEtcd::start().await else {
+        return;
+    };
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.url), "/rv/")
+        .await
+        .unwrap();
+    let alloc = Allocator::new(Arc::new(store.clone()));
+    alloc.create_pool(spec("r", "10.69.0.0/29")).await.unwrap();
+    for c in ["a", "b", "c"] {
+        alloc
+            .allocate(
+                "r",
+                &AllocRequest::new(Owner::new(c, "eth0")).with_node("n1"),
+            )
+            .await
+            .unwrap();
+    }
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.pools.len(), 1);
+    assert_eq!(snapshot.pools[0].owners().count(), 3);
+    // One commit releasing all three, then one allocation.
+    alloc
+        .gc("r", &HashSet::new(), Duration::ZERO)
+        .await
+        .unwrap();
+    alloc
+        .allocate("r", &AllocRequest::new(Owner::new("d", "eth0")))
+        .await
+        .unwrap();
+    let mut watch = store.watch_from(snapshot.revision).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next_revisioned(&mut watch).await);
+    }
+    let gc_revision = got[0].revision;
+    assert!(gc_revision > snapshot.revision);
+    assert!(got[..3].iter().all(|e| e.revision == gc_revision
+        && e.event.to == IpState::Available
+        && e.event.node.as_deref() == Some("n1")
+        && e.event.mac.is_some()));
+    assert!(got[3].revision > gc_revision && got[3].event.to == IpState::Active);
+    // Resumed after the commit before the GC (mid-commit for a consumer that crashed in
+    // it): the whole GC commit again, then the allocation; after the GC: the allocation only.
+    let mut again = store.watch_from(gc_revision - 1).await.unwrap();
+    for want in &got {
+        assert_eq!(&next_revisioned(&mut again).await, want);
+    }
+    let mut after = store.watch_from(gc_revision).await.unwrap();
+    assert_eq!(next_revisioned(&mut after).await, got[3]);
+
+    // Compacted past the revision asked for: the stream says so and ends.
+    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+        .await
+        .unwrap();
+    let now = store.snapshot().await.unwrap().revision;
+    client
+        .compact(i64::try_from(now).unwrap(), None)
+        .await
+        .unwrap();
+    let mut old = store.watch_from(snapshot.revision).await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(10), old.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &item,
+            Some(Err(StoreError::Compacted { requested, oldest, .. }))
+                if *requested == snapshot.revision && *oldest == now - 1
+        ),
+        "{item:?}"
+    );
+    assert!(old.next().await.is_none());
+    // From the compaction revision on, it resumes.
+    assert!(store.watch_from(now).await.is_ok());
+}
+
+async fn next_revisioned(
+    watch: &mut rorqual_net::store::RevisionWatch,
+) -> rorqual_net::store::RevisionedEvent {
+    tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap()
+}

@@ -1,10 +1,11 @@
 //! Helpers shared by the release examples (`release_canary`, `release_blue_green`): the demo
 //! app spec, a bounded traffic generator that counts answers per version, instance summaries
-//! and a timeline printer. Used as `use rorqual_testkit::examples as support;`.
+//! and a timeline printer. Used as `use rorqual_testkit::examples as support;`. Tests that run
+//! an example as a separate process find it with [`example_bin`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +15,58 @@ use parking_lot::Mutex;
 use rorqual_core::engine::Engine;
 use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, Probe, Revision};
 use rorqual_local::LocalEngine;
+
+/// The path of example `name` of the `rorqual-examples` package, for tests that run an
+/// example as a separate process (and may `kill -9` it). It is built first, once per test
+/// process, with `cargo build -p rorqual-examples --example NAME` in the running program's
+/// profile and target directory (a no-op when it is up to date), so a test never runs a stale
+/// example.
+///
+/// # Panics
+///
+/// When the running program is not in a cargo target directory, or the build fails; the
+/// panic gives the command to run by hand.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Mutex<Vec<String>>> = std::sync::OnceLock::new();
+    let Some(profile_dir) = crate::profile_dir() else {
+        panic!("example `{name}`: this program is not in a cargo target directory");
+    };
+    let bin = profile_dir.join("examples").join(name);
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    // Held across the build: two tests asking at once build once.
+    let mut built = built.lock();
+    if built.iter().any(|b| b == name) {
+        return bin;
+    }
+    let how = format!("cargo build -p rorqual-examples --example {name}");
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "-q",
+        "-p",
+        "rorqual-examples",
+        "--example",
+        name,
+    ]);
+    if profile_dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        cargo.env("CARGO_TARGET_DIR", target);
+    }
+    match cargo.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!("`{how}` failed ({status}); run it by hand to see why"),
+        Err(e) => panic!("could not run `{how}`: {e}"),
+    }
+    assert!(
+        bin.exists(),
+        "`{how}` succeeded but {} is missing",
+        bin.display()
+    );
+    built.push(name.to_owned());
+    bin
+}
 
 /// The argument that turns the example binary into the demo app (see [`demo_app`]).
 pub const DEMO_APP_ARG: &str = "--demo-app";

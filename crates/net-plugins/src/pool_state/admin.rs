@@ -63,6 +63,8 @@ impl PoolState {
             to,
             owner: None,
             identity: None,
+            node: None,
+            mac: None,
         }
     }
 
@@ -118,6 +120,8 @@ impl PoolState {
             to,
             owner: None,
             identity: None,
+            node: None,
+            mac: None,
         }])
     }
 

@@ -221,6 +221,8 @@ impl PoolState {
             to: IpState::Active,
             owner: Some(request.owner.clone()),
             identity: identity.cloned(),
+            node: request.node.clone(),
+            mac: Some(request.mac.unwrap_or_else(|| self.mac_of(ip))),
         });
         Ok((
             self.allocation(ip, request.owner.clone(), identity.cloned()),
@@ -235,6 +237,8 @@ impl PoolState {
             return vec![];
         };
         let identity = self.entries.get(&ip).and_then(|e| e.identity.clone());
+        let node = self.entries.get(&ip).and_then(|e| e.node.clone());
+        let mac = self.entries.get(&ip).and_then(|e| e.mac);
         let claimed = identity
             .as_ref()
             .is_some_and(|id| self.claims.get(id).is_some_and(|c| c.ip == ip));
@@ -270,6 +274,8 @@ impl PoolState {
             to,
             owner: Some(owner.clone()),
             identity,
+            node,
+            mac: Some(mac.unwrap_or_else(|| self.mac_of(ip))),
         }]
     }
 }

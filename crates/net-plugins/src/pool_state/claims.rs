@@ -48,6 +48,8 @@ impl PoolState {
                     to: IpState::Available,
                     owner: None,
                     identity: Some(identity.to_owned()),
+                    node: None,
+                    mac: None,
                 }]
             }
             Some(e) if e.identity.as_deref() == Some(identity) => {

@@ -4,6 +4,12 @@
 //! the key's `mod_revision`; [`PoolStore::compare_and_swap`] is an etcd transaction comparing
 //! it (or `create_revision == 0` for "must not exist"), so concurrent allocators on different
 //! hosts never both win, and losers retry on fresh state.
+//!
+//! Revisions ([`PoolStore::snapshot`], [`PoolStore::watch_from`]) are etcd's own: a snapshot
+//! is one range read over the prefix at the response header's revision, and a watch resumes
+//! with `start_revision = revision + 1` and previous values, each change decoded by diffing the
+//! pool's old and new state. Changes to other keys of the same etcd take revisions too, so the
+//! revisions of a store's changes grow but are not consecutive.
 
 use std::collections::VecDeque;
 
@@ -11,9 +17,12 @@ use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use futures::StreamExt;
 
-use super::{PoolStore, Versioned, WatchStream};
+use super::{PoolStore, RevisionWatch, RevisionedEvent, StoreSnapshot, Versioned, WatchStream};
 use crate::error::StoreError;
 use crate::pool_state::{PoolState, diff};
+
+/// What the decoding of watch responses queues.
+type Decoded = VecDeque<Result<RevisionedEvent, StoreError>>;
 
 /// Pools in etcd.
 #[derive(Clone)]
@@ -62,6 +71,71 @@ impl EtcdStore {
     fn key(&self, pool: &str) -> String {
         format!("{}{pool}", self.prefix)
     }
+
+    /// The key prefix the pools live under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The etcd endpoints it was connected to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The connection (shared by clones), for a registry in the same etcd.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// An etcd watch on the pool prefix with previous values, from `start_revision` (0: now),
+    /// decoded into events. `resumed_after`: the revision a [`PoolStore::watch_from`] resumes
+    /// after, so that a compaction is reported as [`StoreError::Compacted`].
+    async fn follow(
+        &self,
+        start_revision: i64,
+        resumed_after: Option<u64>,
+    ) -> Result<RevisionWatch, StoreError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(start_revision);
+        let (watcher, responses) = self
+            .client
+            .clone()
+            .watch(self.prefix.as_str(), Some(options))
+            .await
+            .map_err(backend(format!("cannot watch etcd prefix {}", self.prefix)))?;
+        let prefix = self.prefix.clone();
+        // The watcher travels with the stream: dropping it would close the request side.
+        // `ended`: the watch is over; the stream yields what is pending, then ends. All the
+        // events of one response (etcd never splits a revision across responses) are queued
+        // at once, so one commit's events arrive together.
+        let stream = futures::stream::unfold(
+            (watcher, responses, Decoded::new(), prefix, false),
+            move |(watcher, mut responses, mut pending, prefix, mut ended)| async move {
+                loop {
+                    if let Some(item) = pending.pop_front() {
+                        return Some((item, (watcher, responses, pending, prefix, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    match responses.message().await {
+                        Ok(Some(resp)) => {
+                            ended = decode_response(&prefix, resumed_after, &resp, &mut pending);
+                        }
+                        Ok(None) => return None,
+                        Err(e) => {
+                            let err = backend(format!("etcd watch on prefix {prefix} failed"))(e);
+                            pending.push_back(Err(err));
+                            ended = true;
+                        }
+                    }
+                }
+            },
+        );
+        Ok(stream.boxed())
+    }
 }
 
 fn revision(r: i64) -> u64 {
@@ -80,6 +154,8 @@ fn decode(key: &str, value: &[u8]) -> Result<PoolState, StoreError> {
 #[derive(Debug, Clone, Copy)]
 struct Change<'a> {
     key: &'a str,
+    /// The revision of the change (the key's `mod_revision`; for a delete, the delete's).
+    revision: i64,
     /// The new value; `None` for a delete.
     value: Option<&'a [u8]>,
     /// The previous value, when the key existed before.
@@ -90,13 +166,15 @@ struct Change<'a> {
 /// value, so no state is kept between responses), and whether the watch has ended.
 fn decode_response(
     prefix: &str,
+    resumed_after: Option<u64>,
     resp: &etcd_client::WatchResponse,
-    out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
+    out: &mut Decoded,
 ) -> bool {
     let changes = resp.events().iter().filter_map(|ev| {
         let kv = ev.kv()?;
         Some(Change {
             key: kv.key_str().ok()?,
+            revision: kv.mod_revision(),
             value: match ev.event_type() {
                 EventType::Put => Some(kv.value()),
                 EventType::Delete => None,
@@ -108,7 +186,7 @@ fn decode_response(
     let canceled = resp
         .canceled()
         .then(|| (resp.cancel_reason(), resp.compact_revision()));
-    decode_cancel(prefix, canceled, out)
+    decode_cancel(prefix, resumed_after, canceled, out)
 }
 
 /// The events of `changes` under `prefix`. A value that does not decode (the new one or the
@@ -117,7 +195,7 @@ fn decode_response(
 fn decode_changes<'a>(
     prefix: &str,
     changes: impl IntoIterator<Item = Change<'a>>,
-    out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
+    out: &mut Decoded,
 ) {
     for change in changes {
         let Some(pool) = change.key.strip_prefix(prefix) else {
@@ -144,21 +222,40 @@ fn decode_changes<'a>(
                 continue;
             }
         };
-        out.extend(diff(pool, old.as_ref(), new.as_ref()).into_iter().map(Ok));
+        let at = revision(change.revision);
+        out.extend(
+            diff(pool, old.as_ref(), new.as_ref())
+                .into_iter()
+                .map(|e| Ok(RevisionedEvent::new(at, e))),
+        );
     }
 }
 
 /// When the server canceled the watch (`canceled`: its reason and the compaction revision,
 /// for example after the watched revision was compacted away), queues the error naming why and
-/// returns `true`: the server sends nothing more on a canceled watch, so the stream ends.
+/// returns `true`: the server sends nothing more on a canceled watch, so the stream ends. A
+/// watch resumed after a revision (`resumed_after`) that was compacted away gets
+/// [`StoreError::Compacted`]: the changes right after it are gone.
 fn decode_cancel(
     prefix: &str,
+    resumed_after: Option<u64>,
     canceled: Option<(&str, i64)>,
-    out: &mut VecDeque<Result<crate::model::AllocationEvent, StoreError>>,
+    out: &mut Decoded,
 ) -> bool {
     let Some((reason, compact_revision)) = canceled else {
         return false;
     };
+    if let Some(requested) = resumed_after
+        && compact_revision > 0
+    {
+        // A watch can start at the compaction revision itself: it resumes after the one before.
+        out.push_back(Err(StoreError::Compacted {
+            location: format!("etcd prefix {prefix}"),
+            requested,
+            oldest: revision(compact_revision).saturating_sub(1),
+        }));
+        return true;
+    }
     let reason = match (reason.is_empty(), compact_revision) {
         (false, 0) => reason.to_owned(),
         (true, 0) => "no reason given".to_owned(),
@@ -280,39 +377,42 @@ impl PoolStore for EtcdStore {
     /// error is its last item. Changes may have been missed then; to keep following, watch
     /// again and re-read the pools ([`PoolStore::load`]).
     async fn watch(&self) -> Result<WatchStream, StoreError> {
-        let options = WatchOptions::new().with_prefix().with_prev_key();
-        let (watcher, responses) = self
+        let stream = self.follow(0, None).await?;
+        Ok(stream.map(|item| item.map(|e| e.event)).boxed())
+    }
+
+    /// One range read over the prefix; the revision is the response header's.
+    async fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
+        let resp = self
             .client
             .clone()
-            .watch(self.prefix.as_str(), Some(options))
+            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(backend(format!("cannot watch etcd prefix {}", self.prefix)))?;
-        let prefix = self.prefix.clone();
-        // The watcher travels with the stream: dropping it would close the request side.
-        // `ended`: the watch is over; the stream yields what is pending, then ends.
-        let stream = futures::stream::unfold(
-            (watcher, responses, VecDeque::new(), prefix, false),
-            |(watcher, mut responses, mut pending, prefix, mut ended)| async move {
-                loop {
-                    if let Some(item) = pending.pop_front() {
-                        return Some((item, (watcher, responses, pending, prefix, ended)));
-                    }
-                    if ended {
-                        return None;
-                    }
-                    match responses.message().await {
-                        Ok(Some(resp)) => ended = decode_response(&prefix, &resp, &mut pending),
-                        Ok(None) => return None,
-                        Err(e) => {
-                            let err = backend(format!("etcd watch on prefix {prefix} failed"))(e);
-                            pending.push_back(Err(err));
-                            ended = true;
-                        }
-                    }
-                }
-            },
-        );
-        Ok(stream.boxed())
+            .map_err(backend(format!("cannot read etcd prefix {}", self.prefix)))?;
+        let Some(header) = resp.header() else {
+            return Err(StoreError::Backend {
+                context: format!("cannot read etcd prefix {}", self.prefix),
+                reason: "the response has no header (no revision)".to_owned(),
+            });
+        };
+        let pools = resp
+            .kvs()
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StoreSnapshot::new(revision(header.revision()), pools))
+    }
+
+    /// An etcd watch from `start_revision = revision + 1` with previous values. When etcd has
+    /// compacted that revision away, the stream's first item is [`StoreError::Compacted`]
+    /// (etcd reports it after creating the watch) and the stream ends; it also ends after any
+    /// error that ends the etcd watch, which is its last item.
+    async fn watch_from(&self, revision: u64) -> Result<RevisionWatch, StoreError> {
+        let start = i64::try_from(revision.saturating_add(1)).map_err(|_| StoreError::Backend {
+            context: format!("cannot watch etcd prefix {}", self.prefix),
+            reason: format!("revision {revision} is beyond etcd's range"),
+        })?;
+        self.follow(start, Some(revision)).await
     }
 }
 
@@ -344,6 +444,7 @@ mod tests {
         let mut out = VecDeque::new();
         let change = |prev| Change {
             key: "/rq/p",
+            revision: 7,
             value: Some(&after),
             prev,
         };
@@ -351,9 +452,12 @@ mod tests {
         let events: Vec<_> = out.drain(..).map(Result::unwrap).collect();
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(
-            (events[0].from, events[0].to),
-            (IpState::Available, IpState::Active)
+            (events[0].revision, events[0].event.from, events[0].event.to),
+            (7, IpState::Available, IpState::Active)
         );
+        // The diff names the new owner with the pool's MAC for it.
+        let ip = events[0].event.ip;
+        assert_eq!(events[0].event.mac, Some(crate::Mac::generated("p", ip)));
 
         // A previous value that does not decode: an error naming the key, not three
         // Available -> Active events for addresses that were active all along.
@@ -375,10 +479,11 @@ mod tests {
     #[test]
     fn a_canceled_watch_reports_why_and_ends() {
         let mut out = VecDeque::new();
-        assert!(!decode_cancel("/rq/", None, &mut out));
+        assert!(!decode_cancel("/rq/", None, None, &mut out));
         assert!(out.is_empty());
         assert!(decode_cancel(
             "/rq/",
+            None,
             Some(("mvcc: required revision has been compacted", 41)),
             &mut out
         ));
@@ -392,7 +497,7 @@ mod tests {
             "{text}"
         );
         assert!(err.is_retryable());
-        assert!(decode_cancel("/rq/", Some(("", 0)), &mut out));
+        assert!(decode_cancel("/rq/", None, Some(("", 0)), &mut out));
         assert!(
             out.pop_front()
                 .unwrap()
@@ -400,5 +505,39 @@ mod tests {
                 .to_string()
                 .contains("no reason")
         );
+    }
+
+    #[test]
+    fn a_resumed_watch_whose_revision_was_compacted_is_compacted() {
+        let mut out = VecDeque::new();
+        assert!(decode_cancel(
+            "/rq/",
+            Some(12),
+            Some(("mvcc: required revision has been compacted", 41)),
+            &mut out
+        ));
+        let err = out.pop_front().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Compacted {
+                    requested: 12,
+                    oldest: 40,
+                    location
+                } if location.contains("/rq/")
+            ),
+            "{err:?}"
+        );
+        // Canceled for another reason: still a backend error.
+        assert!(decode_cancel(
+            "/rq/",
+            Some(12),
+            Some(("no leader", 0)),
+            &mut out
+        ));
+        assert!(matches!(
+            out.pop_front().unwrap(),
+            Err(StoreError::Backend { .. })
+        ));
     }
 }
