@@ -5,7 +5,9 @@
 //! The allocator runs in process (any [`crate::store::PoolStore`]); the bridge plugin receives
 //! the chosen address through the `static` IPAM plugin and the pool's MAC through
 //! `CNI_ARGS MAC=`. A stateful instance (`request.ordinal` set) allocates under a claim, so a
-//! restarted identity gets its address back.
+//! restarted identity gets its address back. An address the placement reserved
+//! (`AttachRequest::reserved`, from a scheduler fed by [`crate::AllocatorCapacity`]) is the
+//! one attached: both use the owner [`crate::instance_owner`]`(instance)`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -211,6 +213,22 @@ impl Network for BridgeNetwork {
                 identity_id(&request.app.name, ordinal)
             ));
         }
+        if let Some(reserved) = &request.reserved {
+            // The placement reserved this address for the instance (under the same owner, see
+            // `instance_owner`): attach exactly it.
+            if reserved.pool != self.pool {
+                return Err(self.err(
+                    "attach",
+                    instance,
+                    format!(
+                        "the placement reserved {} in underlay pool `{}`, but this network attaches from pool `{}`",
+                        reserved.address, reserved.pool, self.pool
+                    ),
+                ));
+            }
+            req = req.with_ip(reserved.address);
+        }
+        tracing::debug!(instance, pool = %self.pool, reserved = ?request.reserved, "bridge network: attach");
         let mut allocation = self.allocator.allocate(&self.pool, &req).await;
         if allocation.is_err()
             && let Some(prev) = &request.previous
@@ -267,6 +285,7 @@ impl Network for BridgeNetwork {
     }
 
     async fn detach(&self, instance: &str) -> Result<()> {
+        tracing::debug!(instance, pool = %self.pool, "bridge network: detach");
         let path = self.netns_path(instance);
         if let Some(allocation) = self
             .allocator

@@ -1,5 +1,6 @@
 //! Pools of one store never share an address: creating or changing a pool so that it overlaps
 //! another is refused, naming both pools and an address, and changes nothing.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
