@@ -305,3 +305,56 @@ async fn next_revisioned(
         .unwrap()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocator_capacity_over_etcd_follows_another_writer_and_commits_to_etcd() {
+    use rorqual_core::ip_capacity::{IpCapacity, ReserveRequest};
+    use rorqual_net::{AllocatorCapacity, instance_owner};
+
+    let Some(etcd) = LocalEtcd::start().await else {
+        return;
+    };
+    let connect = || async {
+        Arc::new(
+            EtcdStore::connect(std::slice::from_ref(&etcd.url), "/rqcap/")
+                .await
+                .unwrap(),
+        )
+    };
+    let ours = Allocator::new(connect().await);
+    ours.create_pool(
+        spec("cap", "10.67.0.0/29")
+            .with_nodes(["n1"])
+            .with_claim_keep_secs(3600),
+    )
+        .await
+        .unwrap();
+    let cap = AllocatorCapacity::start(ours).await.unwrap();
+    assert_eq!(cap.snapshot().pool("cap").unwrap().free, 6);
+    // Another host allocates through its own connection: the snapshot follows etcd's watch.
+    let theirs = Allocator::new(connect().await);
+    theirs
+        .allocate("cap", &AllocRequest::new(Owner::new("elsewhere", "eth0")))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cap.snapshot().pool("cap").unwrap().free != 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other writer's allocation never reached the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A reservation committed here is in etcd for the other host to see.
+    let r = cap
+        .reserve(&ReserveRequest::new("cap", "game-0").identity("ns/game-0"))
+        .unwrap();
+    cap.commit("game-0").await.unwrap();
+    let seen = theirs
+        .lookup("cap", &instance_owner("game-0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.address.addr(), r.address);
+    assert_eq!(seen.identity.as_deref(), Some("ns/game-0"));
+}
