@@ -18,7 +18,7 @@ use crate::model::{
     AllocRequest, Allocation, AllocationEvent, Owner, PoolSpec, TransferTarget, Usage,
 };
 use crate::pool_state::PoolState;
-use crate::store::PoolStore;
+use crate::store::{PoolStore, TxnKeys};
 
 /// A stream of allocation changes ([`Allocator::watch`]).
 pub type AllocationWatch = BoxStream<'static, Result<AllocationEvent, StoreError>>;
@@ -149,6 +149,21 @@ impl Allocator {
         self.store.update(pool, txn).await
     }
 
+    /// Runs `txn` on `pool` atomically like [`Allocator::update`], telling the store which keys
+    /// the body reads ([`PoolStore::try_update_keys`]: the file store then loads only those,
+    /// not the whole pool).
+    pub async fn update_keys(
+        &self,
+        pool: &str,
+        keys: &TxnKeys,
+        txn: &mut crate::store::TxnFn<'_>,
+    ) -> Result<(), PoolError> {
+        if let Some(done) = self.store.try_update_keys(pool, keys, &mut *txn) {
+            return done;
+        }
+        self.store.update(pool, txn).await
+    }
+
     /// Creates a pool; fails if it exists with another spec (same spec: no change).
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<(), PoolError> {
         let name = spec.name.clone();
@@ -259,7 +274,11 @@ impl Allocator {
             out = Some((a, ev));
             Ok(changed)
         };
-        self.update(pool, &mut txn).await?;
+        let keys = TxnKeys::new()
+            .with_owner(request.owner.clone())
+            .with_identity(request.identity.clone())
+            .with_ip(request.ip);
+        self.update_keys(pool, &keys, &mut txn).await?;
         let (a, ev) = out.ok_or_else(|| PoolError::NoSuchPool {
             pool: pool.to_owned(),
         })?;
@@ -276,7 +295,8 @@ impl Allocator {
             out = s.release(owner, now);
             Ok(!out.is_empty())
         };
-        match self.update(pool, &mut txn).await {
+        let keys = TxnKeys::new().with_owner(owner.clone());
+        match self.update_keys(pool, &keys, &mut txn).await {
             Ok(()) => {}
             Err(PoolError::NoSuchPool { .. }) => return Ok(None),
             Err(e) => return Err(e),

@@ -63,7 +63,9 @@ pub enum StoreError {
     },
     /// A watch was asked to resume after a revision the store no longer keeps changes for;
     /// the consumer must resynchronise from [`crate::store::PoolStore::snapshot`].
-    #[error("pool store at {location} no longer keeps changes after revision {requested} (oldest kept: {oldest})")]
+    #[error(
+        "pool store at {location} no longer keeps changes after revision {requested} (oldest kept: {oldest})"
+    )]
     Compacted {
         /// Where (a path or an etcd prefix).
         location: String,
