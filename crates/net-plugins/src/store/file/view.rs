@@ -11,7 +11,7 @@
 //! and requested address were read up front).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::index::Index;
 use super::record::PoolChange;
@@ -19,6 +19,21 @@ use crate::error::StoreError;
 use crate::model::{Owner, PoolSpec};
 use crate::pool_state::{Claim, Entry, PoolState};
 use crate::store::TxnKeys;
+
+/// How many taken addresses after one the body wrongly took are read at once.
+const RUN_AHEAD: usize = 1024;
+
+/// The address after `ip` (`None` after the last).
+fn successor(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(a) => u32::from(a)
+            .checked_add(1)
+            .map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+        IpAddr::V6(a) => u128::from(a)
+            .checked_add(1)
+            .map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+    }
+}
 
 /// The keys of one pool read so far.
 #[derive(Debug)]
@@ -121,6 +136,24 @@ impl<'a> View<'a> {
         Ok(true)
     }
 
+    /// Reads the addresses after `ip` up to the first free one (at most [`RUN_AHEAD`]).
+    fn read_run_after(&mut self, ip: IpAddr) -> Result<(), StoreError> {
+        let mut next = ip;
+        for _ in 0..RUN_AHEAD {
+            let Some(n) = successor(next) else {
+                return Ok(());
+            };
+            next = n;
+            if self.known_ips.contains(&next) {
+                continue;
+            }
+            if !self.read_ip(next)? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// The view as a pool state for the rules to run on.
     pub(super) fn state(&self) -> Result<PoolState, StoreError> {
         PoolState::from_parts(
@@ -137,7 +170,12 @@ impl<'a> View<'a> {
     pub(super) fn read_written(&mut self, change: &PoolChange) -> Result<bool, StoreError> {
         let mut grew = false;
         for ip in change.entries.keys() {
-            grew |= self.read_ip(*ip)?;
+            if self.read_ip(*ip)? {
+                grew = true;
+                // The body took an address another commit holds: it walks on from there, so
+                // read the run of taken addresses after it now rather than one per round.
+                self.read_run_after(*ip)?;
+            }
         }
         for (owner, _) in &change.owners {
             grew |= self.read_owner(owner)?;
