@@ -314,6 +314,69 @@ async fn next_revisioned(watch: &mut rorqual_net::store::RevisionWatch) -> Revis
 }
 
 #[tokio::test]
+async fn the_file_store_decides_as_the_whole_pool_would_while_reading_only_a_few_keys() {
+    // The file store runs allocations on a view of the keys they name; these cases need keys
+    // the view did not start with. The memory store (the whole pool) is the reference.
+    async fn run(alloc: &Allocator) -> Vec<String> {
+        alloc.create_pool(spec("v", "10.8.12.0/29")).await.unwrap(); // .1 - .6
+        let mut out = Vec::new();
+        let mut take = |r: Result<rorqual_net::Allocation, PoolError>| {
+            out.push(match r {
+                Ok(a) => a.address.addr().to_string(),
+                Err(e) => e.to_string(),
+            })
+        };
+        let req = |c: &str| AllocRequest::new(Owner::new(c, "eth0"));
+        take(alloc.allocate("v", &req("a")).await); // .1, the cursor
+        // Requested addresses after the cursor (they do not move it): the next automatic
+        // allocation must walk past all three.
+        for (c, ip) in [("b", "10.8.12.2"), ("c", "10.8.12.3"), ("d", "10.8.12.4")] {
+            take(
+                alloc
+                    .allocate("v", &req(c).with_ip(ip.parse().unwrap()))
+                    .await,
+            );
+        }
+        take(alloc.allocate("v", &req("e")).await); // .5
+        // An identity's claim kept Reserved after release, then asked for by a new owner.
+        take(
+            alloc
+                .allocate("v", &req("f").with_identity("ns/db-0"))
+                .await,
+        ); // .6
+        alloc.release("v", &Owner::new("f", "eth0")).await.unwrap();
+        take(
+            alloc
+                .allocate("v", &req("g").with_identity("ns/db-0"))
+                .await,
+        ); // .6 again
+        // The same owner again: the same address (idempotent), and a different one refused.
+        take(alloc.allocate("v", &req("e")).await);
+        take(
+            alloc
+                .allocate("v", &req("e").with_ip("10.8.12.1".parse().unwrap()))
+                .await,
+        );
+        // Full: the error counts the whole pool.
+        take(alloc.allocate("v", &req("h")).await);
+        alloc.release("v", &Owner::new("c", "eth0")).await.unwrap();
+        take(alloc.allocate("v", &req("h")).await); // .3, freed
+        out
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = run(&Allocator::new(Arc::new(
+        FileStore::open(dir.path()).unwrap().with_fsync(false),
+    )))
+    .await;
+    let memory = run(&Allocator::new(Arc::new(MemoryStore::new()))).await;
+    assert_eq!(file, memory);
+    assert_eq!(file[4], "10.8.12.5");
+    assert_eq!(file[6], "10.8.12.6");
+    assert!(file[9].contains("6 active"), "{}", file[9]);
+    assert_eq!(file[10], "10.8.12.3");
+}
+
+#[tokio::test]
 async fn a_pool_in_the_old_single_file_format_is_migrated_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut state = PoolState::new(spec("old", "10.8.10.0/29")).unwrap();
