@@ -426,6 +426,18 @@ async fn a_pool_in_the_old_single_file_format_is_migrated_on_open() {
         (first.event.ip, first.event.to, first.event.owner),
         (a.address.addr(), IpState::Active, Some(kept))
     );
+    // A pool created by this store gets the stub too, so an older binary never starts one.
+    alloc
+        .create_pool(spec("fresh", "10.8.13.0/29"))
+        .await
+        .unwrap();
+    let stub: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("fresh.json")).unwrap()).unwrap();
+    assert!(stub.get("version").is_none(), "{stub}");
+    assert_eq!(
+        FileStore::open(dir.path()).unwrap().list().await.unwrap(),
+        ["fresh", "old"]
+    );
     // An old file that cannot be read: an error naming it, and it stays as it was.
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(bad.path().join("bad.json"), b"{\"version\":1,").unwrap();

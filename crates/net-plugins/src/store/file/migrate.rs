@@ -108,7 +108,8 @@ fn migrate(store: &FileStore, pool: &str) -> Result<(), StoreError> {
     write_stub(store, pool)
 }
 
-fn write_stub(store: &FileStore, pool: &str) -> Result<(), StoreError> {
+/// Replaces `<pool>.json` with the stub older binaries refuse.
+pub(super) fn write_stub(store: &FileStore, pool: &str) -> Result<(), StoreError> {
     let path = store.dir.join(format!("{pool}.json"));
     let tmp = store
         .dir

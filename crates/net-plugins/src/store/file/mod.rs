@@ -13,6 +13,7 @@
 //! <dir>/<pool>.pool/             the pool's index: meta.json (spec), head.json (version,
 //!                                cursor), ip/<address>, owner/<container>+<ifname>,
 //!                                claim/=<identity>, one small JSON file each
+//! <dir>/<pool>.json              a stub that older rorqual-ipam binaries refuse
 //! ```
 //!
 //! A transaction takes both locks, then reads only what it needs: the spec, the cursor and
@@ -46,7 +47,9 @@
 //!   revision under the lock.
 //!
 //! Pools in the old single-file format (`<pool>.json`) are migrated by [`FileStore::open`]
-//! (see `migrate.rs`).
+//! (see `migrate.rs`), which leaves a stub `<pool>.json` that older `rorqual-ipam` binaries
+//! refuse with an error naming it; a pool created by this store gets the same stub, so an
+//! older binary never starts a second copy of it.
 
 mod durability;
 mod index;
@@ -417,7 +420,13 @@ impl FileStore {
             return Ok(found);
         };
         let events = diff(pool, before.as_ref(), next);
+        let created = before.is_none();
         let revision = self.commit(&mut locked, change, events)?;
+        if created {
+            // An older binary sharing the directory must not start the pool afresh in a
+            // `<pool>.json` of its own: it finds this stub and refuses it.
+            migrate::write_stub(self, pool)?;
+        }
         Ok(next.map(|_| revision))
     }
 
