@@ -2,7 +2,8 @@
 //! exactly as a runtime invokes them (`benches/cni_loop.sh`: config on stdin, `CNI_*`
 //! variables, a new process per call), same range, same run, with existing allocations in
 //! each; beside them the same pairs in process (`Allocator` over `FileStore`, fsync on), and
-//! the loop with `/bin/true` (the cost of the shell and process start alone).
+//! the loop with `/bin/true` (the cost of the shell and process start alone). The pairs run in
+//! ten chunks, alternating between the plugins, so that the machine's load weighs on all alike.
 //!
 //! `cargo bench -p rorqual-net --bench cni_vs_host_local` runs two cases: 1,000 existing
 //! allocations in a /20 and 10,000 in a /18 (`ROUNDS` pairs each, default 200; `CASES=1000`
@@ -56,29 +57,50 @@ fn prefill_rorqual(dir: &Path, subnet: &str, prefill: u32) -> FileStore {
     store
 }
 
-/// Seconds for `rounds` pairs of `bin` from the shell loop.
-fn shell_loop(bin: &str, conf: &str, rounds: u32, prefix: &str, tmp: &Path) -> f64 {
-    let conf_file = tmp.join(format!("{prefix}.conf"));
-    std::fs::write(&conf_file, conf).expect("conf");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/cni_loop.sh");
-    let run = |rounds: u32, prefix: &str| {
+/// One plugin's shell loop: its config file and the seconds its timed pairs took so far.
+struct Loop {
+    bin: String,
+    conf_file: std::path::PathBuf,
+    secs: f64,
+}
+
+impl Loop {
+    fn new(bin: &str, conf: &str, name: &str, tmp: &Path) -> Loop {
+        let conf_file = tmp.join(format!("{name}.conf"));
+        std::fs::write(&conf_file, conf).expect("conf");
+        let mut l = Loop {
+            bin: bin.to_owned(),
+            conf_file,
+            secs: 0.0,
+        };
+        l.run(1, &format!("{name}warm"));
+        l.secs = 0.0;
+        l
+    }
+
+    /// Runs `rounds` pairs with containers `<prefix><i>`, adding their time.
+    fn run(&mut self, rounds: u32, prefix: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/cni_loop.sh");
+        let start = Instant::now();
         let out = Command::new("bash")
-            .args([script, bin])
-            .arg(&conf_file)
+            .args([script, &self.bin])
+            .arg(&self.conf_file)
             .args([rounds.to_string(), prefix.to_owned()])
             .output()
             .expect("bash");
+        self.secs += start.elapsed().as_secs_f64();
         assert!(
             out.status.success(),
-            "{bin}: {}",
+            "{}: {}",
+            self.bin,
             String::from_utf8_lossy(&out.stderr)
         );
-    };
-    run(1, &format!("{prefix}warm"));
-    let start = Instant::now();
-    run(rounds, prefix);
-    start.elapsed().as_secs_f64()
+    }
 }
+
+/// Chunks the pairs are split into, run alternately for every plugin, so that a change of the
+/// machine's load during the run falls on all of them alike.
+const CHUNKS: u32 = 10;
 
 fn case(prefill: u32, subnet: &str, rounds: u32) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -94,23 +116,40 @@ fn case(prefill: u32, subnet: &str, rounds: u32) {
     prefill_rorqual(&rq, subnet, prefill);
     let ours = env!("CARGO_BIN_EXE_rorqual-ipam");
 
-    let mut rows = Vec::new();
     let runs: [(&str, &str, &Path, Option<bool>); 4] = [
         ("/bin/true (process start)", "/bin/true", &hl, None),
         ("host-local", HOST_LOCAL, &hl, None),
         ("rorqual-ipam (fsync)", ours, &rq, Some(true)),
         ("rorqual-ipam (no fsync)", ours, &rq, Some(false)),
     ];
-    for (i, (name, bin, dir, fsync)) in runs.into_iter().enumerate() {
-        let plugin = Path::new(bin)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(bin);
-        let c = conf(plugin, subnet, dir, fsync);
-        let secs = shell_loop(bin, &c, rounds, &format!("b{i}x"), tmp.path());
-        let ms = secs * 1000.0 / f64::from(rounds);
+    let mut loops: Vec<Loop> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, bin, dir, fsync))| {
+            let plugin = Path::new(bin)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(bin);
+            Loop::new(
+                bin,
+                &conf(plugin, subnet, dir, *fsync),
+                &format!("b{i}"),
+                tmp.path(),
+            )
+        })
+        .collect();
+    let per_chunk = rounds.div_ceil(CHUNKS);
+    for chunk in 0..CHUNKS {
+        for (i, l) in loops.iter_mut().enumerate() {
+            l.run(per_chunk, &format!("b{i}c{chunk}x"));
+        }
+    }
+    let pairs = per_chunk * CHUNKS;
+    let mut rows = Vec::new();
+    for ((name, ..), l) in runs.iter().zip(&loops) {
+        let ms = l.secs * 1000.0 / f64::from(pairs);
         println!(
-            "{name:>28}: {rounds} ADD+DEL pairs from a shell loop at {prefill} existing allocations ({subnet}): {ms:.2} ms per pair"
+            "{name:>28}: {pairs} ADD+DEL pairs from a shell loop at {prefill} existing allocations ({subnet}): {ms:.2} ms per pair"
         );
         rows.push(ms);
     }
