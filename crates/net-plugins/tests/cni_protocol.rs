@@ -451,12 +451,12 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
     assert!(run("DEL", "probe", "", &c).0);
     let one_add = started.elapsed() / 2;
     // Rounds of 12 ADDs with every other one SIGKILLed after a delay from a quarter of an ADD
-    // to twice one, until a killed ADD has committed (a leak) in at least two rounds (at most
-    // 24 rounds).
+    // to twice one (at least the 8 rounds that cover that spread), until a killed ADD has
+    // committed (a leak) in at least two rounds (at most 24 rounds).
     let mut survivors: Vec<String> = Vec::new();
     let mut leaky_rounds = 0;
     let mut rounds = 0u64;
-    while rounds < 24 && (rounds < 4 || leaky_rounds < 2) {
+    while rounds < 24 && (rounds < 8 || leaky_rounds < 2) {
         let before = holders(&read()).len();
         let mut children: Vec<(String, Child)> = (0..12)
             .map(|i| {

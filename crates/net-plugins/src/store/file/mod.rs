@@ -518,3 +518,50 @@ impl PoolStore for FileStore {
         Ok(watch::revision_stream(self, revision))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{AllocRequest, IpRange, Owner, PoolSpec};
+
+    #[test]
+    fn a_commit_whose_writer_died_before_applying_it_is_applied_by_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap().with_fsync(false);
+        let spec = PoolSpec::new("p").with_range(IpRange::new("10.0.0.0/29".parse().unwrap()));
+        let empty = PoolState::new(spec).unwrap();
+        store.cas_sync("p", None, Some(&empty)).unwrap();
+        // A writer that appended its record and was killed before it touched the index.
+        let ghost = Owner::new("ghost", "eth0");
+        let mut locked = store.begin(Some("p")).unwrap();
+        let (before, _) = store.index().load_pool("p").unwrap().unwrap();
+        let mut after = before.clone();
+        after
+            .allocate(&AllocRequest::new(ghost.clone()), 0)
+            .unwrap();
+        let record = Record {
+            pools: vec![PoolChange::between("p", Some(&before), Some(&after)).unwrap()],
+            events: diff("p", Some(&before), Some(&after)),
+        };
+        let revision = locked.active.head + 1;
+        let payload = serde_json::to_vec(&record).unwrap();
+        locked.active.append(revision, &payload, false).unwrap();
+        drop(locked);
+        assert!(!dir.path().join("p.pool/owner/ghost+eth0").exists());
+        // The next transaction (a read here) applies it first.
+        let v = store.load_sync("p").unwrap().unwrap();
+        assert_eq!(v.version, revision);
+        let held = v.state.lookup(&ghost).unwrap().address;
+        // And an allocation after it does not hand that address out again.
+        let b = Owner::new("b", "eth0");
+        let mut got = None;
+        store
+            .update_keys_sync("p", &TxnKeys::new().with_owner(b.clone()), &mut |s| {
+                got = Some(s.allocate(&AllocRequest::new(b.clone()), 0)?.0);
+                Ok(true)
+            })
+            .unwrap();
+        assert_ne!(got.unwrap().address, held);
+    }
+}
