@@ -306,9 +306,18 @@ impl Allocator {
         Ok(ip)
     }
 
-    /// What `owner` holds.
+    /// What `owner` holds. Reads only the owner's keys where the store can
+    /// ([`PoolStore::try_update_keys`], with a body that changes nothing), so the CNI CHECK
+    /// does not read a whole file-store pool.
     pub async fn lookup(&self, pool: &str, owner: &Owner) -> Result<Option<Allocation>, PoolError> {
-        Ok(self.pool(pool).await?.lookup(owner))
+        let mut found = None;
+        let mut txn = |s: &mut PoolState| {
+            found = s.lookup(owner);
+            Ok(false)
+        };
+        let keys = TxnKeys::new().with_owner(owner.clone());
+        self.update_keys(pool, &keys, &mut txn).await?;
+        Ok(found)
     }
 
     /// Moves addresses between Available and Reserved, with a result per address.
