@@ -1,49 +1,29 @@
-//! Sequential ADD+DEL through the `rorqual-ipam` executable against Debian's host-local, same
-//! range, same run, with 1,000 existing allocations in each.
+//! ADD+DEL pairs through the `rorqual-ipam` executable and Debian's host-local from a shell loop
+//! exactly as a runtime invokes them (`benches/cni_loop.sh`: config on stdin, `CNI_*`
+//! variables, a new process per call), same range, same run, with existing allocations in
+//! each; beside them the same pairs in process (`Allocator` over `FileStore`, fsync on), and
+//! the loop with `/bin/true` (the cost of the shell and process start alone). The pairs run in
+//! ten chunks, alternating between the plugins, so that the machine's load weighs on all alike.
 //!
-//! `cargo bench -p rorqual-net --bench cni_vs_host_local` (set `ROUNDS` to change the count of
-//! pairs, `PREFILL` the existing allocations, up to 60,000).
+//! `cargo bench -p rorqual-net --bench cni_vs_host_local` runs two cases: 1,000 existing
+//! allocations in a /20 and 10,000 in a /18 (`ROUNDS` pairs each, default 200; `CASES=1000`
+//! or `CASES=10000` runs one).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
+use rorqual_net::store::PoolStore;
 use rorqual_net::store::file::FileStore;
-use rorqual_net::{AllocRequest, IpRange, Owner, PoolSpec, PoolState};
+use rorqual_net::{AllocRequest, Allocator, IpRange, Owner, PoolSpec, PoolState, Route};
 use serde_json::json;
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
 
-fn invoke(bin: &str, cmd: &str, ctr: &str, conf: &str) {
-    let mut child = Command::new(bin)
-        .env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", ctr)
-        .env("CNI_NETNS", "/var/run/netns/bench")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{bin} {cmd}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-fn conf(plugin: &str, dir: &Path, fsync: Option<bool>) -> String {
+fn conf(plugin: &str, subnet: &str, dir: &Path, fsync: Option<bool>) -> String {
     let mut c = json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge",
-           "ipam": {"type": plugin, "ranges": [[{"subnet": "10.200.0.0/16"}]],
+           "ipam": {"type": plugin, "ranges": [[{"subnet": subnet}]],
                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": dir}});
     if let Some(fsync) = fsync {
         c["ipam"]["store"] = json!({"type": "file", "fsync": fsync, "dir": dir.join("bench")});
@@ -51,8 +31,153 @@ fn conf(plugin: &str, dir: &Path, fsync: Option<bool>) -> String {
     c.to_string()
 }
 
+/// The `i`th address handed out in 10.200.0.0/N (after the gateway .1).
 fn nth(i: u32) -> String {
     format!("10.200.{}.{}", (i + 2) / 256, (i + 2) % 256)
+}
+
+/// The spec `rorqual-ipam` derives from [`conf`], so the prefilled pool needs no update.
+fn spec(subnet: &str) -> PoolSpec {
+    PoolSpec::new("bench")
+        .with_range(IpRange::new(subnet.parse().expect("cidr")))
+        .with_route(Route::new("0.0.0.0/0".parse().expect("cidr"), None))
+}
+
+/// A file store in `dir/bench` holding pool `bench` with `prefill` allocations.
+fn prefill_rorqual(dir: &Path, subnet: &str, prefill: u32) -> FileStore {
+    let store = FileStore::open(dir.join("bench")).expect("store");
+    let mut state = PoolState::new(spec(subnet)).expect("spec");
+    for i in 0..prefill {
+        state
+            .allocate(&AllocRequest::new(Owner::new(format!("pre{i}"), "eth0")), 0)
+            .expect("prefill");
+    }
+    futures::executor::block_on(store.compare_and_swap("bench", None, Some(&state)))
+        .expect("prefill");
+    store
+}
+
+/// One plugin's shell loop: its config file and the seconds its timed pairs took so far.
+struct Loop {
+    bin: String,
+    conf_file: std::path::PathBuf,
+    secs: f64,
+}
+
+impl Loop {
+    fn new(bin: &str, conf: &str, name: &str, tmp: &Path) -> Loop {
+        let conf_file = tmp.join(format!("{name}.conf"));
+        std::fs::write(&conf_file, conf).expect("conf");
+        let mut l = Loop {
+            bin: bin.to_owned(),
+            conf_file,
+            secs: 0.0,
+        };
+        l.run(1, &format!("{name}warm"));
+        l.secs = 0.0;
+        l
+    }
+
+    /// Runs `rounds` pairs with containers `<prefix><i>`, adding their time.
+    fn run(&mut self, rounds: u32, prefix: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/cni_loop.sh");
+        let start = Instant::now();
+        let out = Command::new("bash")
+            .args([script, &self.bin])
+            .arg(&self.conf_file)
+            .args([rounds.to_string(), prefix.to_owned()])
+            .output()
+            .expect("bash");
+        self.secs += start.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            self.bin,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Chunks the pairs are split into, run alternately for every plugin, so that a change of the
+/// machine's load during the run falls on all of them alike.
+const CHUNKS: u32 = 10;
+
+fn case(prefill: u32, subnet: &str, rounds: u32) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // host-local's on-disk format: one file per address, "containerID\r\nifname".
+    let hl = tmp.path().join("hl");
+    let hl_net = hl.join("bench");
+    std::fs::create_dir_all(&hl_net).expect("mkdir");
+    for i in 0..prefill {
+        std::fs::write(hl_net.join(nth(i)), format!("pre{i}\r\neth0")).expect("prefill");
+    }
+    std::fs::write(hl_net.join("last_reserved_ip.0"), nth(prefill - 1)).expect("prefill");
+    let rq = tmp.path().join("rq");
+    prefill_rorqual(&rq, subnet, prefill);
+    let ours = env!("CARGO_BIN_EXE_rorqual-ipam");
+
+    let runs: [(&str, &str, &Path, Option<bool>); 4] = [
+        ("/bin/true (process start)", "/bin/true", &hl, None),
+        ("host-local", HOST_LOCAL, &hl, None),
+        ("rorqual-ipam (fsync)", ours, &rq, Some(true)),
+        ("rorqual-ipam (no fsync)", ours, &rq, Some(false)),
+    ];
+    let mut loops: Vec<Loop> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, bin, dir, fsync))| {
+            let plugin = Path::new(bin)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(bin);
+            Loop::new(
+                bin,
+                &conf(plugin, subnet, dir, *fsync),
+                &format!("b{i}"),
+                tmp.path(),
+            )
+        })
+        .collect();
+    let per_chunk = rounds.div_ceil(CHUNKS);
+    for chunk in 0..CHUNKS {
+        for (i, l) in loops.iter_mut().enumerate() {
+            l.run(per_chunk, &format!("b{i}c{chunk}x"));
+        }
+    }
+    let pairs = per_chunk * CHUNKS;
+    let mut rows = Vec::new();
+    for ((name, ..), l) in runs.iter().zip(&loops) {
+        let ms = l.secs * 1000.0 / f64::from(pairs);
+        println!(
+            "{name:>28}: {pairs} ADD+DEL pairs from a shell loop at {prefill} existing allocations ({subnet}): {ms:.2} ms per pair"
+        );
+        rows.push(ms);
+    }
+    // In process: the same pairs through the allocator over the file store, fsync on.
+    let inproc = tmp.path().join("inproc");
+    let store = prefill_rorqual(&inproc, subnet, prefill);
+    let alloc = Allocator::new(Arc::new(store));
+    let start = Instant::now();
+    futures::executor::block_on(async {
+        for i in 0..rounds {
+            let o = Owner::new(format!("inproc{i}"), "eth0");
+            alloc
+                .allocate("bench", &AllocRequest::new(o.clone()))
+                .await
+                .expect("allocate");
+            alloc.release("bench", &o).await.expect("release");
+        }
+    });
+    let inproc_ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
+    println!(
+        "{:>28}: {rounds} allocate+release pairs at {prefill} existing allocations: {inproc_ms:.3} ms per pair",
+        "in process (fsync)"
+    );
+    println!(
+        "at {prefill}: rorqual-ipam / host-local = {:.2}x with fsync, {:.2}x without (host-local never fsyncs)",
+        rows[1] / rows[2],
+        rows[1] / rows[3]
+    );
 }
 
 fn main() {
@@ -64,77 +189,12 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(200);
-    let prefill: u32 = std::env::var("PREFILL")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(1000)
-        .clamp(1, 60_000);
-    let ours = env!("CARGO_BIN_EXE_rorqual-ipam");
-
-    // host-local's on-disk format: one file per address, "containerID\r\nifname".
-    let hl = tempfile::tempdir().expect("tempdir");
-    let hl_net = hl.path().join("bench");
-    std::fs::create_dir_all(&hl_net).expect("mkdir");
-    for i in 0..prefill {
-        std::fs::write(hl_net.join(nth(i)), format!("pre{i}\r\neth0")).expect("prefill");
-    }
-    std::fs::write(hl_net.join("last_reserved_ip.0"), nth(prefill - 1)).expect("prefill");
-
-    // rorqual's: the pool state file, filled through the allocator.
-    let rq = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(rq.path().join("bench")).expect("store");
-    let spec = PoolSpec::new("bench").with_range(
-        IpRange::new("10.200.0.0/16".parse().expect("cidr"))
-            .with_gateway("10.200.0.1".parse().expect("ip")),
-    );
-    let mut state = PoolState::new(spec.clone()).expect("spec");
-    for i in 0..prefill {
-        state
-            .allocate(&AllocRequest::new(Owner::new(format!("pre{i}"), "eth0")), 0)
-            .expect("prefill");
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("rt");
-    rt.block_on(rorqual_net::store::PoolStore::compare_and_swap(
-        &store,
-        "bench",
-        None,
-        Some(&state),
-    ))
-    .expect("prefill");
-
-    let mut results = Vec::new();
-    let runs = [
-        ("host-local", HOST_LOCAL, hl.path(), None),
-        ("rorqual-ipam (fsync)", ours, rq.path(), Some(true)),
-        ("rorqual-ipam (no fsync)", ours, rq.path(), Some(false)),
-    ];
-    for (name, bin, dir, fsync) in runs {
-        let plugin = Path::new(bin)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(bin);
-        let c = conf(plugin, dir, fsync);
-        invoke(bin, "ADD", "warmup", &c);
-        invoke(bin, "DEL", "warmup", &c);
-        let start = Instant::now();
-        for i in 0..rounds {
-            let ctr = format!("bench{i}");
-            invoke(bin, "ADD", &ctr, &c);
-            invoke(bin, "DEL", &ctr, &c);
+    let cases = std::env::var("CASES").unwrap_or_else(|_| "1000,10000".into());
+    for c in cases.split(',') {
+        match c.trim() {
+            "1000" => case(1_000, "10.200.0.0/20", rounds),
+            "10000" => case(10_000, "10.200.0.0/18", rounds),
+            other => println!("unknown case {other} (1000 or 10000)"),
         }
-        let secs = start.elapsed().as_secs_f64();
-        let rate = f64::from(rounds) / secs;
-        println!(
-            "{name:>24}: {rounds} sequential ADD+DEL at {prefill} existing allocations in {secs:.2}s = {rate:.1} ADD+DEL/s ({:.2} ms per pair)",
-            secs * 1000.0 / f64::from(rounds)
-        );
-        results.push(rate);
     }
-    println!(
-        "rorqual-ipam / host-local = {:.2}x with fsync, {:.2}x without (host-local never fsyncs)",
-        results[1] / results[0],
-        results[2] / results[0]
-    );
 }

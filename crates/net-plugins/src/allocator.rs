@@ -18,7 +18,7 @@ use crate::model::{
     AllocRequest, Allocation, AllocationEvent, Owner, PoolSpec, TransferTarget, Usage,
 };
 use crate::pool_state::PoolState;
-use crate::store::PoolStore;
+use crate::store::{PoolStore, TxnKeys};
 
 /// A stream of allocation changes ([`Allocator::watch`]).
 pub type AllocationWatch = BoxStream<'static, Result<AllocationEvent, StoreError>>;
@@ -154,14 +154,34 @@ impl Allocator {
         self.store.update(pool, txn).await
     }
 
-    /// Fails when `state`'s addresses overlap another pool's.
+    /// Runs `txn` on `pool` atomically like [`Allocator::update`], telling the store which keys
+    /// the body reads ([`PoolStore::try_update_keys`]: the file store then loads only those,
+    /// not the whole pool).
+    pub async fn update_keys(
+        &self,
+        pool: &str,
+        keys: &TxnKeys,
+        txn: &mut crate::store::TxnFn<'_>,
+    ) -> Result<(), PoolError> {
+        if let Some(done) = self.store.try_update_keys(pool, keys, &mut *txn) {
+            return done;
+        }
+        self.store.update(pool, txn).await
+    }
+
+
+    /// Fails when `state`'s addresses overlap another pool's. A check before the write: two
+    /// pools created at the same moment by two processes are not checked against each other.
     async fn check_disjoint(&self, state: &PoolState) -> Result<(), PoolError> {
         for other in self.pools().await? {
             if other == state.name() {
                 continue;
             }
-            let Ok(other_state) = self.pool(&other).await else {
-                continue;
+            let other_state = match self.pool(&other).await {
+                Ok(s) => s,
+                // Deleted meanwhile.
+                Err(PoolError::NoSuchPool { .. }) => continue,
+                Err(e) => return Err(e),
             };
             if let Some(address) = state.shared_address(&other_state) {
                 return Err(PoolError::Overlaps {
@@ -288,7 +308,11 @@ impl Allocator {
             out = Some((a, ev));
             Ok(changed)
         };
-        self.update(pool, &mut txn).await?;
+        let keys = TxnKeys::new()
+            .with_owner(request.owner.clone())
+            .with_identity(request.identity.clone())
+            .with_ip(request.ip);
+        self.update_keys(pool, &keys, &mut txn).await?;
         let (a, ev) = out.ok_or_else(|| PoolError::NoSuchPool {
             pool: pool.to_owned(),
         })?;
@@ -305,7 +329,8 @@ impl Allocator {
             out = s.release(owner, now);
             Ok(!out.is_empty())
         };
-        match self.update(pool, &mut txn).await {
+        let keys = TxnKeys::new().with_owner(owner.clone());
+        match self.update_keys(pool, &keys, &mut txn).await {
             Ok(()) => {}
             Err(PoolError::NoSuchPool { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -315,9 +340,18 @@ impl Allocator {
         Ok(ip)
     }
 
-    /// What `owner` holds.
+    /// What `owner` holds. Reads only the owner's keys where the store can
+    /// ([`PoolStore::try_update_keys`], with a body that changes nothing), so the CNI CHECK
+    /// does not read a whole file-store pool.
     pub async fn lookup(&self, pool: &str, owner: &Owner) -> Result<Option<Allocation>, PoolError> {
-        Ok(self.pool(pool).await?.lookup(owner))
+        let mut found = None;
+        let mut txn = |s: &mut PoolState| {
+            found = s.lookup(owner);
+            Ok(false)
+        };
+        let keys = TxnKeys::new().with_owner(owner.clone());
+        self.update_keys(pool, &keys, &mut txn).await?;
+        Ok(found)
     }
 
     /// Moves addresses between Available and Reserved, with a result per address.

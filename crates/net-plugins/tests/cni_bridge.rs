@@ -209,9 +209,14 @@ fn bridge_plugin_with_rorqual_ipam_in_namespaces() {
     assert!(sh(&["ip", "netns", "del", &b]).status.success());
     let (ok, _, log) = net.cni("DEL", "ctr-b", &b, "", &net.conf);
     assert!(ok, "DEL without netns: {log}");
-    let state: Value = serde_json::from_slice(
-        &std::fs::read(data.path().join(format!("{tag}net/{tag}net.json"))).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(state["state"]["entries"], json!({}), "everything released");
+    let store =
+        rorqual_net::store::file::FileStore::open(data.path().join(format!("{tag}net"))).unwrap();
+    let state = futures::executor::block_on(rorqual_net::store::PoolStore::load(
+        &store,
+        &format!("{tag}net"),
+    ))
+    .unwrap()
+    .unwrap()
+    .state;
+    assert!(state.entries().is_empty(), "everything released");
 }

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use rorqual_net::store::PoolStore;
+use rorqual_net::store::file::FileStore;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
@@ -66,6 +68,15 @@ fn run(cmd: &str, container: &str, args: &str, stdin: &Value) -> (bool, Value) {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
     };
     (out.status.success(), v)
+}
+
+/// Pool `proto` as the file store under `dir` holds it, as `{"version": N, "state": {..}}`.
+fn stored(dir: &Path) -> Value {
+    let store = FileStore::open(dir.join("proto")).unwrap();
+    let v = futures::executor::block_on(store.load("proto"))
+        .unwrap()
+        .unwrap();
+    json!({"version": v.version, "state": v.state})
 }
 
 fn addr(v: &Value) -> String {
@@ -128,9 +139,7 @@ fn specific_ips_from_every_source_and_mac() {
     c3["runtimeConfig"] = json!({"ips": ["10.77.0.35"], "mac": "02:00:00:00:00:35"});
     assert_eq!(addr(&run("ADD", "c3", "", &c3).1), "10.77.0.35/24");
     // The MAC the runtime set is recorded with the allocation.
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
-            .unwrap();
+    let state: Value = stored(dir.path());
     assert_eq!(
         state["state"]["entries"]["10.77.0.35"]["m"],
         "02:00:00:00:00:35"
@@ -328,15 +337,20 @@ fn exhausted_and_corrupt_and_unwritable_store() {
             .contains("pool `proto` has no free address"),
         "{e}"
     );
-    let path = dir.path().join("proto/proto.json");
-    std::fs::write(&path, b"{\"version\":1,").unwrap();
+    // A corrupt index file is an error naming the pool and the file, and is left as it is.
+    let path = dir.path().join("proto/proto.pool/meta.json");
+    std::fs::write(&path, b"{\"spec\":").unwrap();
     let (ok, e) = run("ADD", "c3", "", &c);
     assert!(!ok);
     assert_eq!(e["code"], 5);
-    assert!(e["msg"].as_str().unwrap().contains("proto.json"), "{e}");
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("meta.json") && msg.contains("pool `proto`"),
+        "{e}"
+    );
     assert_eq!(
         std::fs::read(&path).unwrap(),
-        b"{\"version\":1,",
+        b"{\"spec\":",
         "left as it was"
     );
     let (ok, e) = run("DEL", "c1", "", &c);
@@ -370,9 +384,7 @@ fn gc_accepts_both_attachment_keys_and_status_reports_full_pools() {
     gc["cni.dev/attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
     assert!(run("GC", "", "", &gc).0);
     // c0 and c1 keep theirs; three were freed.
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
-            .unwrap();
+    let state: Value = stored(dir.path());
     assert_eq!(state["state"]["entries"].as_object().unwrap().len(), 2);
     assert!(run("STATUS", "", "", &c).0);
 }
@@ -422,10 +434,7 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
         "1.1.0",
         json!({"ranges": [[{"subnet": "10.77.0.0/24"}]]}),
     );
-    let read = || -> Value {
-        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
-            .unwrap()
-    };
+    let read = || -> Value { stored(dir.path()) };
     let holders = |state: &Value| -> Vec<String> {
         state["state"]["entries"]
             .as_object()
@@ -443,15 +452,13 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
     assert!(run("DEL", "probe", "", &c).0);
     let one_add = started.elapsed() / 2;
     // Rounds of 12 ADDs with every other one SIGKILLed after a delay from a quarter of an ADD
-    // to twice one, until a killed ADD has committed (a leak) in at least two rounds (at most
-    // 24 rounds).
+    // to twice one (at least the 8 rounds that cover that spread), until a killed ADD has
+    // committed (a leak) in at least two rounds (at most 24 rounds).
     let mut survivors: Vec<String> = Vec::new();
     let mut leaky_rounds = 0;
     let mut rounds = 0u64;
-    while rounds < 24 && (rounds < 4 || leaky_rounds < 2) {
-        let before = std::fs::read(dir.path().join("proto/proto.json"))
-            .map(|b| holders(&serde_json::from_slice(&b).unwrap()).len())
-            .unwrap_or(0);
+    while rounds < 24 && (rounds < 8 || leaky_rounds < 2) {
+        let before = holders(&read()).len();
         let mut children: Vec<(String, Child)> = (0..12)
             .map(|i| {
                 let id = format!("r{rounds}c{i}");
@@ -516,13 +523,52 @@ fn kill_9_during_a_storm_leaves_no_duplicate_and_gc_reclaims_leaks() {
         assert!(!left.contains(*l), "GC left the leak of {l}");
     }
     assert_eq!(left, survivors.iter().cloned().collect::<HashSet<_>>());
-    // No temp files left behind by the killed writers are mistaken for pools.
-    let pools: Vec<String> = std::fs::read_dir(dir.path().join("proto"))
+    // No temp files left behind by the killed writers, and no other pool.
+    let store = FileStore::open(dir.path().join("proto")).unwrap();
+    let pools = futures::executor::block_on(store.list()).unwrap();
+    assert_eq!(pools, ["proto"]);
+    let temps: Vec<String> = std::fs::read_dir(dir.path().join("proto"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .filter(|n| n.ends_with(".tmp"))
         .collect();
-    assert_eq!(pools, ["proto.json"]);
+    assert!(temps.is_empty(), "{temps:?}");
+    // The journal agrees with the index: replaying every event from revision 0 gives exactly
+    // the owners the store holds (no commit lost or delivered twice by a killed writer).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (snapshot, events) = rt.block_on(async {
+        use futures::StreamExt;
+        let snapshot = store.snapshot().await.unwrap();
+        let mut watch = store.watch_from(0).await.unwrap();
+        let mut events = Vec::new();
+        while let Ok(Some(item)) =
+            tokio::time::timeout(Duration::from_millis(500), watch.next()).await
+        {
+            events.push(item.unwrap());
+        }
+        (snapshot, events)
+    });
+    let mut active = std::collections::BTreeMap::new();
+    let mut last = 0;
+    for e in events.iter().filter(|e| e.revision <= snapshot.revision) {
+        assert!(e.revision >= last, "revisions out of order");
+        last = e.revision;
+        if e.event.from == rorqual_net::IpState::Active {
+            assert!(active.remove(&e.event.ip).is_some(), "{e:?} was not active");
+        }
+        if e.event.to == rorqual_net::IpState::Active {
+            let o = e.event.owner.clone().unwrap();
+            assert!(active.insert(e.event.ip, o).is_none(), "{e:?} twice");
+        }
+    }
+    let held: std::collections::BTreeMap<_, _> = snapshot.pools[0]
+        .owners()
+        .map(|(o, ip)| (ip, o.clone()))
+        .collect();
+    assert_eq!(active, held);
 }
 
 #[test]
@@ -537,9 +583,7 @@ fn gc_spares_allocations_younger_than_the_grace_period() {
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([]);
     assert!(run("GC", "", "", &gc).0);
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("proto/proto.json")).unwrap())
-            .unwrap();
+    let state: Value = stored(dir.path());
     let left: Vec<&str> = state["state"]["entries"]
         .as_object()
         .unwrap()

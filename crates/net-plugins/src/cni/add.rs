@@ -14,6 +14,7 @@ use crate::allocator::Allocator;
 use crate::error::PoolError;
 use crate::model::{AllocRequest, Allocation, Owner, PoolSpec};
 use crate::pool_state::PoolState;
+use crate::store::TxnKeys;
 
 #[derive(Serialize)]
 struct IpResult {
@@ -41,7 +42,11 @@ pub(super) async fn allocate_in(
             out = Some(a);
             Ok(spec_changed || !ev.is_empty())
         };
-        match alloc.update(&spec.name, &mut txn).await {
+        let keys = TxnKeys::new()
+            .with_owner(req.owner.clone())
+            .with_identity(req.identity.clone())
+            .with_ip(req.ip);
+        match alloc.update_keys(&spec.name, &keys, &mut txn).await {
             Ok(()) => {
                 return out.ok_or_else(|| PoolError::NoSuchPool {
                     pool: spec.name.clone(),

@@ -116,30 +116,8 @@ impl Serialize for PoolState {
 impl<'de> Deserialize<'de> for PoolState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let stored = Stored::deserialize(d)?;
-        let mut state = PoolState::new(stored.spec).map_err(serde::de::Error::custom)?;
-        for (ip, e) in &stored.entries {
-            if let Some(o) = &e.owner {
-                if e.state != IpState::Active {
-                    return Err(serde::de::Error::custom(format!(
-                        "{ip} has an owner but is {}",
-                        e.state
-                    )));
-                }
-                if state.owners.insert(o.clone(), *ip).is_some() {
-                    return Err(serde::de::Error::custom(format!(
-                        "owner {o} holds more than one address"
-                    )));
-                }
-            } else if e.state == IpState::Active {
-                return Err(serde::de::Error::custom(format!(
-                    "{ip} is active without an owner"
-                )));
-            }
-        }
-        state.entries = stored.entries;
-        state.claims = stored.claims;
-        state.cursor = stored.cursor;
-        Ok(state)
+        PoolState::from_parts(stored.spec, stored.entries, stored.claims, stored.cursor)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -189,6 +167,42 @@ impl PoolState {
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// A pool from its stored parts (what [`PoolState`]'s serialized form holds), rebuilding
+    /// the owner index. Stores that keep entries apart (the file store's per-address index)
+    /// build whole pools, or views of a few addresses, with it. Fails when the spec is invalid
+    /// or an entry is inconsistent (an owner on an address that is not Active, an Active
+    /// address without an owner, an owner on two addresses).
+    pub fn from_parts(
+        spec: PoolSpec,
+        entries: BTreeMap<IpAddr, Entry>,
+        claims: BTreeMap<String, Claim>,
+        cursor: Option<IpAddr>,
+    ) -> Result<PoolState, String> {
+        let mut state = PoolState::new(spec).map_err(|e| e.to_string())?;
+        for (ip, e) in &entries {
+            if let Some(o) = &e.owner {
+                if e.state != IpState::Active {
+                    return Err(format!("{ip} has an owner but is {}", e.state));
+                }
+                if state.owners.insert(o.clone(), *ip).is_some() {
+                    return Err(format!("owner {o} holds more than one address"));
+                }
+            } else if e.state == IpState::Active {
+                return Err(format!("{ip} is active without an owner"));
+            }
+        }
+        state.entries = entries;
+        state.claims = claims;
+        state.cursor = cursor;
+        Ok(state)
+    }
+
+    /// The last address handed out automatically: the next automatic allocation starts after
+    /// it (round robin).
+    pub fn cursor(&self) -> Option<IpAddr> {
+        self.cursor
     }
 
     /// Replaces the spec, keeping allocations (addresses no longer in the pool stay with their

@@ -11,13 +11,14 @@
 //! the body under their lock instead.
 
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::error::{PoolError, StoreError};
-use crate::model::AllocationEvent;
+use crate::model::{AllocationEvent, Owner};
 use crate::pool_state::PoolState;
 
 /// The changes a store's watch delivers ([`PoolStore::watch`]).
@@ -60,6 +61,49 @@ impl StoreSnapshot {
     /// `pools` as of `revision`.
     pub fn new(revision: u64, pools: Vec<PoolState>) -> Self {
         StoreSnapshot { revision, pools }
+    }
+}
+
+/// What a transaction body looks at besides the pool's spec and cursor: the owner, identity
+/// and address an allocation or release names ([`PoolStore::try_update_keys`]). A store that
+/// keeps a per-address index (the file store) loads only these, plus whatever the body then
+/// writes, instead of the whole pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TxnKeys {
+    /// The owner whose address the body reads (an allocation's or a release's).
+    pub owner: Option<Owner>,
+    /// The identity whose claim the body reads.
+    pub identity: Option<String>,
+    /// A specific address the body reads (a requested one).
+    pub ip: Option<IpAddr>,
+}
+
+impl TxnKeys {
+    /// No keys: the body reads only the spec and the cursor (and what it writes).
+    pub fn new() -> Self {
+        TxnKeys::default()
+    }
+
+    /// The body reads what `owner` holds.
+    #[must_use]
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// The body reads `identity`'s claim (`None`: none).
+    #[must_use]
+    pub fn with_identity(mut self, identity: Option<String>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The body reads the address `ip` (`None`: none).
+    #[must_use]
+    pub fn with_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.ip = ip;
+        self
     }
 }
 
@@ -120,6 +164,25 @@ pub trait PoolStore: Send + Sync + Debug + 'static {
     fn try_update_now(&self, pool: &str, txn: &mut TxnFn<'_>) -> Option<Result<(), PoolError>> {
         let _ = (pool, txn);
         None
+    }
+
+    /// Runs `txn` like [`PoolStore::try_update_now`], telling the store which keys the body
+    /// reads (`keys`) so that it can run the body on a view of the pool holding just those:
+    /// the body may read the spec, the cursor and the keys, look for the next free address,
+    /// and change what [`PoolState`]'s allocation and release rules change. A store running
+    /// it on a view adds every address, owner and claim the body writes before committing (and
+    /// runs the body again when one was not what the view assumed), and confirms an `Err` on
+    /// the whole pool; the outcome is the one the body has on the whole pool. The default runs
+    /// [`PoolStore::try_update_now`]. [`crate::Allocator::allocate`] and
+    /// [`crate::Allocator::release`] use this.
+    fn try_update_keys(
+        &self,
+        pool: &str,
+        keys: &TxnKeys,
+        txn: &mut TxnFn<'_>,
+    ) -> Option<Result<(), PoolError>> {
+        let _ = keys;
+        self.try_update_now(pool, txn)
     }
 
     /// Follows every change to the store's pools that any process commits after this returns,

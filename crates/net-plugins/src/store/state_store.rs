@@ -26,8 +26,10 @@
 //!   no encoding (the allocator's fast path, `PoolStore::try_update_now`); an adapter over an
 //!   in-memory `StateStore` would encode and decode the whole pool on every operation.
 //! - [`super::file::FileStore`] is shared by concurrent `rorqual-ipam` processes on one host:
-//!   it locks one file per pool (`flock`) so a transaction is one read and one write, and its
-//!   watch follows other processes' writes. Core's state stores are single-process.
+//!   under `flock`, an allocation or release reads and writes only the index files of the keys
+//!   it touches and appends one journal record (`PoolStore::try_update_keys`), so its cost does
+//!   not grow with the pool, and its watches follow the journal (every process's commits, with
+//!   revisions). Core's state stores are single-process.
 //! - `EtcdStore` (feature `etcd`) watches its keys, which `StateStore` cannot express.
 //!
 //! `StateStorePools` has no watch ([`PoolStore::watch`] is unsupported); the allocator then
