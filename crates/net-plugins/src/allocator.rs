@@ -169,7 +169,6 @@ impl Allocator {
         self.store.update(pool, txn).await
     }
 
-
     /// Fails when `state`'s addresses overlap another pool's. A check before the write: two
     /// pools created at the same moment by two processes are not checked against each other.
     async fn check_disjoint(&self, state: &PoolState) -> Result<(), PoolError> {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
@@ -154,12 +155,17 @@ struct Cache {
     /// Store releases still running.
     releasing: HashMap<Owner, Releasing>,
     release_seq: u64,
+    /// Reservations another writer took in the store before they were committed: the owner's
+    /// next commit reports it (pool, address).
+    lost: HashMap<Owner, (String, IpAddr)>,
     layout: u64,
     snapshot: Option<Arc<CapacitySnapshot>>,
 }
 
 struct Inner {
     allocator: Allocator,
+    /// Where store releases run (the runtime `start` was called on).
+    runtime: tokio::runtime::Handle,
     cache: Mutex<Cache>,
     follower: Mutex<Option<tokio::task::AbortHandle>>,
 }
@@ -194,13 +200,18 @@ const FULL_REFRESH: Duration = Duration::from_secs(30);
 
 impl AllocatorCapacity {
     /// Loads every pool of `allocator`'s store and follows its changes (a task on the current
-    /// tokio runtime, stopped when the last clone is dropped).
+    /// tokio runtime, stopped when the last clone is dropped; store releases run there too).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
     pub async fn start(allocator: Allocator) -> Result<AllocatorCapacity, PoolError> {
         // Subscribe before loading: a change made in between is seen (and re-read) later.
         let watch = allocator.watch().await?;
         let capacity = AllocatorCapacity {
             inner: Arc::new(Inner {
                 allocator,
+                runtime: tokio::runtime::Handle::current(),
                 cache: Mutex::new(Cache::default()),
                 follower: Mutex::new(None),
             }),
@@ -279,21 +290,24 @@ async fn refresh_pool(inner: &Inner, pool: &str) -> Result<(), PoolError> {
 /// applied. Returns whether the pool is new or its nodes changed.
 fn install(cache: &mut Cache, mut state: PoolState, now: u64) -> bool {
     let name = state.name().to_owned();
+    // Releases still running first (unless the owner reserved again meanwhile), then this
+    // process's reservations: a release must not undo the same owner's newer reservation.
+    for (owner, r) in &cache.releasing {
+        if r.pool == name && !cache.held.contains_key(owner) {
+            state.release(owner, now);
+        }
+    }
     let mut lost = Vec::new();
     for (owner, h) in cache.held.iter().filter(|(_, h)| h.pool == name) {
         if state.allocate(&h.request(owner), now).is_err() {
-            lost.push(owner.clone());
+            lost.push((owner.clone(), h.ip));
         }
     }
-    for owner in lost {
-        // Taken meanwhile by another process: the commit (or the next one) fails and the pod
-        // is placed again.
+    for (owner, ip) in lost {
+        // Taken meanwhile by another process: the owner's commit reports it, and the pod is
+        // placed again.
         cache.held.remove(&owner);
-    }
-    for (owner, r) in &cache.releasing {
-        if r.pool == name {
-            state.release(owner, now);
-        }
+        cache.lost.insert(owner, (name.clone(), ip));
     }
     let nodes_changed = cache
         .pools
@@ -500,6 +514,13 @@ impl IpCapacity for AllocatorCapacity {
         let (held, waits) = {
             let cache = self.inner.cache.lock();
             let Some(h) = cache.held.get(&key).cloned() else {
+                if let Some((pool, address)) = cache.lost.get(&key) {
+                    return Err(IpCapacityError::AddressUnavailable {
+                        pool: pool.clone(),
+                        address: *address,
+                        detail: Some("another writer took it before it was committed".into()),
+                    });
+                }
                 return Err(IpCapacityError::NotReserved(owner.to_owned()));
             };
             if h.committed {
@@ -521,15 +542,28 @@ impl IpCapacity for AllocatorCapacity {
             .allocator
             .allocate(&held.pool, &held.request(&key))
             .await;
-        let mut cache = self.inner.cache.lock();
         match result {
             Ok(a) if a.address.addr() == held.ip => {
-                if let Some(h) = cache.held.get_mut(&key)
-                    && h.ip == held.ip
-                {
-                    h.committed = true;
+                let still_held = {
+                    let mut cache = self.inner.cache.lock();
+                    match cache.held.get_mut(&key) {
+                        Some(h) if h.ip == held.ip => {
+                            h.committed = true;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if still_held {
+                    return Ok(());
                 }
-                Ok(())
+                // Released while the write was under way (the pod was deleted): the store must
+                // not keep what nobody holds any more.
+                if let Err(e) = self.inner.allocator.release(&held.pool, &key).await {
+                    tracing::warn!(owner, pool = %held.pool, error = %e,
+                        "underlay capacity: cannot undo a commit released meanwhile");
+                }
+                Err(IpCapacityError::NotReserved(owner.to_owned()))
             }
             Ok(a) => Err(IpCapacityError::AddressUnavailable {
                 pool: held.pool.clone(),
@@ -538,19 +572,21 @@ impl IpCapacity for AllocatorCapacity {
             }),
             Err(e) => {
                 // Someone else took it: forget it here; the pool is re-read.
-                if cache.held.get(&key).is_some_and(|h| h.ip == held.ip) {
-                    cache.held.remove(&key);
-                    if let Some(copy) = cache.pools.get_mut(&held.pool) {
-                        let before = copy.state.state_of(held.ip);
-                        copy.state.release(&key, self.inner.allocator.now_ms());
-                        copy.counted(held.ip, before);
+                {
+                    let mut cache = self.inner.cache.lock();
+                    if cache.held.get(&key).is_some_and(|h| h.ip == held.ip) {
+                        cache.held.remove(&key);
+                        if let Some(copy) = cache.pools.get_mut(&held.pool) {
+                            let before = copy.state.state_of(held.ip);
+                            copy.state.release(&key, self.inner.allocator.now_ms());
+                            copy.counted(held.ip, before);
+                        }
+                        cache.snapshot = None;
                     }
-                    cache.snapshot = None;
                 }
-                drop(cache);
                 let inner = self.inner.clone();
                 let pool = held.pool.clone();
-                tokio::spawn(async move {
+                self.inner.runtime.spawn(async move {
                     let _ = refresh_pool(&inner, &pool).await;
                 });
                 Err(unavailable(&held.pool, Some(held.ip), &e))
@@ -563,6 +599,7 @@ impl IpCapacity for AllocatorCapacity {
         let now = self.inner.allocator.now_ms();
         let mut guard = self.inner.cache.lock();
         let cache = &mut *guard;
+        cache.lost.remove(&key);
         let Some(held) = cache.held.remove(&key) else {
             return;
         };
@@ -575,14 +612,6 @@ impl IpCapacity for AllocatorCapacity {
         if !held.committed {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                owner,
-                address = %held.ip,
-                "underlay capacity: no tokio runtime to release the address in the store"
-            );
-            return;
-        };
         let allocator = self.inner.allocator.clone();
         let weak = Arc::downgrade(&self.inner);
         let pool = held.pool.clone();
@@ -590,18 +619,31 @@ impl IpCapacity for AllocatorCapacity {
         cache.release_seq += 1;
         let seq = cache.release_seq;
         let release: BoxFuture<'static, ()> = async move {
-            if let Err(e) = allocator.release(&pool, &owner_key).await {
-                tracing::warn!(owner = %owner_key, pool, error = %e,
-                    "underlay capacity: cannot release the address in the store");
+            // Retried: until the store lets it go, the address stays taken there.
+            let attempt = || allocator.release(&pool, &owner_key);
+            let result = attempt
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(50))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_max_times(12),
+                )
+                .sleep(tokio::time::sleep)
+                .when(|e: &PoolError| e.is_retryable())
+                .await;
+            if let Err(e) = &result {
+                tracing::error!(owner = %owner_key, pool, error = %e,
+                    "underlay capacity: cannot release the address in the store; the pool is re-read");
             }
             if let Some(inner) = weak.upgrade() {
-                let mut cache = inner.cache.lock();
-                if cache
-                    .releasing
-                    .get(&owner_key)
-                    .is_some_and(|r| r.seq == seq)
                 {
-                    cache.releasing.remove(&owner_key);
+                    let mut cache = inner.cache.lock();
+                    if cache.releasing.get(&owner_key).is_some_and(|r| r.seq == seq) {
+                        cache.releasing.remove(&owner_key);
+                    }
+                }
+                if result.is_err() {
+                    let _ = refresh_pool(&inner, &pool).await;
                 }
             }
         }
@@ -615,7 +657,7 @@ impl IpCapacity for AllocatorCapacity {
                 done: done.clone(),
             },
         );
-        runtime.spawn(done);
+        self.inner.runtime.spawn(done);
     }
 }
 

@@ -327,8 +327,8 @@ async fn allocator_capacity_over_etcd_follows_another_writer_and_commits_to_etcd
             .with_nodes(["n1"])
             .with_claim_keep_secs(3600),
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     let cap = AllocatorCapacity::start(ours).await.unwrap();
     assert_eq!(cap.snapshot().pool("cap").unwrap().free, 6);
     // Another host allocates through its own connection: the snapshot follows etcd's watch.

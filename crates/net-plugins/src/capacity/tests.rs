@@ -173,3 +173,87 @@ async fn changes_by_another_process_reach_the_snapshot_and_a_lost_commit_fails()
     assert_ne!(next.address, mine.address);
     cap.commit("mine").await.unwrap();
 }
+
+/// A memory store whose writes wait for a gate (to release a reservation while its commit is
+/// being written).
+#[derive(Debug)]
+struct GatedStore {
+    inner: MemoryStore,
+    /// Writes that reached the gate.
+    waiting: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl crate::store::PoolStore for GatedStore {
+    async fn load(
+        &self,
+        pool: &str,
+    ) -> Result<Option<crate::store::Versioned>, crate::error::StoreError> {
+        self.inner.load(pool).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        pool: &str,
+        expected: Option<u64>,
+        next: Option<&PoolState>,
+    ) -> Result<Option<u64>, crate::error::StoreError> {
+        self.inner.compare_and_swap(pool, expected, next).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, crate::error::StoreError> {
+        self.inner.list().await
+    }
+
+    async fn update(&self, pool: &str, txn: &mut crate::store::TxnFn<'_>) -> Result<(), PoolError> {
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gate.acquire().await.unwrap().forget();
+        self.inner.update(pool, txn).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_released_while_its_commit_is_written_is_not_left_in_the_store() {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let alloc = Allocator::new(store.clone());
+    alloc
+        .create_pool(spec("p", "10.9.0.0/29", &["n1"]))
+        .await
+        .unwrap();
+    let cap = AllocatorCapacity::start(alloc.clone()).await.unwrap();
+    let r = cap.reserve(&ReserveRequest::new("p", "gone")).unwrap();
+    let commit = tokio::spawn({
+        let cap = cap.clone();
+        async move { cap.commit("gone").await }
+    });
+    until("the commit waiting at the gate", || {
+        store.waiting.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    // The pod is deleted meanwhile: Unreserve releases the reservation.
+    cap.release("gone");
+    // Open the gate: the commit's write, its undo and the lookup below go through.
+    store.gate.add_permits(1000);
+    let err = tokio::time::timeout(Duration::from_secs(10), commit)
+        .await
+        .expect("the commit finishes")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err, IpCapacityError::NotReserved("gone".into()));
+    assert!(
+        alloc
+            .lookup("p", &instance_owner("gone"))
+            .await
+            .unwrap()
+            .is_none(),
+        "the store still holds {} for a deleted pod",
+        r.address
+    );
+    assert_eq!(cap.snapshot().pool("p").unwrap().free, 6);
+}
