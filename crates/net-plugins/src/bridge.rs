@@ -185,11 +185,22 @@ impl BridgeNetwork {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The owner earlier builds allocated under (`x<netns name>`); released on detach too, so
+    /// allocations made before an upgrade do not leak.
+    fn legacy_owner(&self, instance: &str) -> Owner {
+        Owner::new(
+            format!("x{}", self.netns_name(instance)),
+            self.ifname.clone(),
+        )
+    }
+
     async fn release(&self, instance: &str) -> Result<()> {
-        self.allocator
-            .release(&self.pool, &self.owner(instance))
-            .await
-            .map_err(|e| self.err("detach", instance, e.to_string()))?;
+        for owner in [self.owner(instance), self.legacy_owner(instance)] {
+            self.allocator
+                .release(&self.pool, &owner)
+                .await
+                .map_err(|e| self.err("detach", instance, e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -230,7 +241,10 @@ impl Network for BridgeNetwork {
         }
         tracing::debug!(instance, pool = %self.pool, reserved = ?request.reserved, "bridge network: attach");
         let mut allocation = self.allocator.allocate(&self.pool, &req).await;
+        // Without a reservation, a moved identity may get its previous address back; with one,
+        // exactly the reserved address or an error.
         if allocation.is_err()
+            && request.reserved.is_none()
             && let Some(prev) = &request.previous
         {
             allocation = self
@@ -238,7 +252,17 @@ impl Network for BridgeNetwork {
                 .allocate(&self.pool, &req.clone().with_ip(prev.address))
                 .await;
         }
-        let allocation = allocation.map_err(|e| self.err("attach", instance, e.to_string()))?;
+        let allocation = allocation.map_err(|e| match &request.reserved {
+            Some(r) => self.err(
+                "attach",
+                instance,
+                format!(
+                    "cannot attach the reserved address {} of pool `{}`: {e}",
+                    r.address, r.pool
+                ),
+            ),
+            None => self.err("attach", instance, e.to_string()),
+        })?;
         let path = self.netns_path(instance);
         let name = self.netns_name(instance);
         let setup = async {

@@ -43,20 +43,35 @@ impl MemoryIpCapacity {
         MemoryIpCapacity::default()
     }
 
-    /// Adds (or replaces) pool `name` usable from `nodes` with `addresses` free.
+    /// Adds (or replaces) pool `name` usable from `nodes` with `addresses`: free, except those
+    /// an owner holds or a claim keeps.
     pub fn add_pool<S: Into<String>>(
         &self,
         name: &str,
         nodes: impl IntoIterator<Item = S>,
         addresses: impl IntoIterator<Item = IpAddr>,
     ) {
-        let free: BTreeSet<IpAddr> = addresses.into_iter().collect();
+        let all: BTreeSet<IpAddr> = addresses.into_iter().collect();
         let mut inner = self.inner.lock();
+        let taken: BTreeSet<IpAddr> = inner
+            .taken
+            .values()
+            .filter(|(pool, _, _)| pool == name)
+            .map(|(_, ip, _)| *ip)
+            .chain(
+                inner
+                    .claims
+                    .values()
+                    .filter(|c| c.pool == name)
+                    .map(|c| c.address),
+            )
+            .collect();
+        let free = all.difference(&taken).copied().collect();
         inner.pools.insert(
             name.to_owned(),
             MemPool {
                 nodes: Some(nodes.into_iter().map(Into::into).collect()),
-                all: free.clone(),
+                all,
                 free,
             },
         );
@@ -124,11 +139,18 @@ impl IpCapacity for MemoryIpCapacity {
             .pools
             .get_mut(pool)
             .ok_or_else(|| IpCapacityError::UnknownPool(pool.to_owned()))?;
-        if let Some((held_pool, held, _)) = inner.taken.get(&request.owner)
-            && held_pool == pool
-            && request.address.is_none_or(|a| a == *held)
-        {
-            return Ok(Reservation::new(*held, false));
+        if let Some((held_pool, held, _)) = inner.taken.get(&request.owner) {
+            if held_pool == pool && request.address.is_none_or(|a| a == *held) {
+                return Ok(Reservation::new(*held, false));
+            }
+            return Err(IpCapacityError::AddressUnavailable {
+                pool: pool.to_owned(),
+                address: request.address.unwrap_or(*held),
+                detail: Some(format!(
+                    "`{}` already holds {held} in underlay pool `{held_pool}`",
+                    request.owner
+                )),
+            });
         }
         let claimed = request
             .identity
@@ -145,13 +167,14 @@ impl IpCapacity for MemoryIpCapacity {
                 });
             }
             (Some(c), _) => {
-                if inner.taken.values().any(|(_, ip, _)| *ip == c) {
+                if let Some((holder, _)) = inner.taken.iter().find(|(_, (_, ip, _))| *ip == c) {
                     return Err(IpCapacityError::AddressUnavailable {
                         pool: pool.to_owned(),
                         address: c,
-                        detail: Some("held by another owner".to_owned()),
+                        detail: Some(format!("held by `{holder}`")),
                     });
                 }
+                p.free.remove(&c);
                 c
             }
             (None, Some(a)) => {
@@ -182,12 +205,10 @@ impl IpCapacity for MemoryIpCapacity {
                 .claims
                 .insert(id.clone(), ClaimedAddress::new(pool, ip));
         }
-        if let Some((old_pool, old, _)) = inner.taken.insert(
+        inner.taken.insert(
             request.owner.clone(),
             (pool.to_owned(), ip, request.identity.clone()),
-        ) {
-            give_back(inner, &old_pool, old);
-        }
+        );
         inner.snapshot = None;
         Ok(Reservation::new(ip, true))
     }
@@ -282,5 +303,41 @@ mod tests {
             cap.reserve(&ReserveRequest::new("q", "x")),
             Err(IpCapacityError::UnknownPool(_))
         ));
+    }
+
+    #[test]
+    fn replacing_a_pool_keeps_held_and_claimed_addresses_and_an_owner_holds_one() {
+        let cap = MemoryIpCapacity::new();
+        let addrs = [ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")];
+        cap.add_pool("p", ["n1"], addrs);
+        let held = cap.reserve(&ReserveRequest::new("p", "a")).unwrap().address;
+        let claimed = cap
+            .reserve(&ReserveRequest::new("p", "b").identity("ns/g-0"))
+            .unwrap()
+            .address;
+        cap.release("b");
+        // Replaced (new nodes, same addresses): neither address is handed out again.
+        cap.add_pool("p", ["n1", "n2"], addrs);
+        assert_eq!(cap.free("p"), 1);
+        let third = cap.reserve(&ReserveRequest::new("p", "c")).unwrap().address;
+        assert!(third != held && third != claimed);
+        // An owner holding an address asks for another: refused, naming what it holds.
+        let err = cap
+            .reserve(&ReserveRequest::new("p", "a").address(third))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`a` already holds 10.0.0.1"),
+            "{err}"
+        );
+        assert_eq!(cap.held_by("a"), Some(held));
+        // The claimed address is not free while another owner of the identity holds it.
+        let again = cap
+            .reserve(&ReserveRequest::new("p", "b2").identity("ns/g-0"))
+            .unwrap();
+        assert_eq!(again.address, claimed);
+        cap.release("b2");
+        assert_eq!(cap.free("p"), 0, "the claim keeps it");
+        cap.drop_claim("ns/g-0");
+        assert_eq!(cap.free("p"), 1);
     }
 }

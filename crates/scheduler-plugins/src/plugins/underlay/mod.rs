@@ -338,7 +338,7 @@ impl ReservePlugin for UnderlayIp {
                 }
                 Status::success()
             }
-            Err(e) => Status::unschedulable(e.to_string()),
+            Err(e) => status_of(&e),
         }
     }
 
@@ -356,6 +356,16 @@ impl ReservePlugin for UnderlayIp {
     }
 }
 
+/// The status for a capacity error: a full pool or a taken address may free up (preemption or
+/// a retry can help), a pool that does not exist will not, and a failing store is an error.
+fn status_of(e: &IpCapacityError) -> Status {
+    match e {
+        IpCapacityError::UnknownPool(_) => Status::unresolvable(e.to_string()),
+        IpCapacityError::Store { .. } => Status::error(e.to_string()),
+        _ => Status::unschedulable(e.to_string()),
+    }
+}
+
 #[async_trait]
 impl PreBindPlugin for UnderlayIp {
     async fn pre_bind(&self, state: &CycleState, pod: &PodInfo, _node: Sym) -> Status {
@@ -364,7 +374,7 @@ impl PreBindPlugin for UnderlayIp {
         }
         match self.capacity.commit(UnderlayIp::owner(pod)).await {
             Ok(()) => Status::success(),
-            Err(e) => Status::unschedulable(e.to_string()),
+            Err(e) => status_of(&e),
         }
     }
 }
