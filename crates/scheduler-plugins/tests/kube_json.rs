@@ -81,6 +81,41 @@ fn decoding_errors_name_the_object_and_the_field() {
 }
 
 #[test]
+fn selectors_follow_the_same_rules_as_app_specs() {
+    // Gt/Lt belong to node selectors only, as in Kubernetes (and in AppSpec validation).
+    let pod = |affinity: serde_json::Value| {
+        pod_from_json(&json!({"metadata": {"name": "p", "namespace": "games"},
+            "spec": {"containers": [{"name": "c"}], "affinity": affinity}}))
+    };
+    let err = pod(
+        json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "zone", "labelSelector": {"matchExpressions": [
+            {"key": "rank", "operator": "Gt", "values": ["3"]}]}}]}}),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("operator Gt is only allowed in node selectors"),
+        "{err}"
+    );
+    let err = pod(
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [
+            {"key": "metadata.name", "operator": "Exists"}]}]}}}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("must be In or NotIn"), "{err}");
+    assert!(
+        pod(
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "cores", "operator": "Gt", "values": ["3"]}]}]}}})
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn preemption_args_with_both_victim_maps_null_have_no_candidates() {
     let args = ExtenderPreemptionArgs::from_value(&json("preempt_nulls_request.json")).unwrap();
     assert!(args.victims.is_empty());

@@ -69,6 +69,57 @@ pub struct SelectorRequirement {
 }
 
 impl SelectorRequirement {
+    /// Why the operator and values do not go together, or `None`. `numeric`: Gt and Lt are
+    /// allowed (node selectors); label selectors take only In, NotIn, Exists and DoesNotExist.
+    /// The one rule for every entry point (specs, Kubernetes JSON).
+    pub fn values_problem(&self, numeric: bool) -> Option<String> {
+        let n = self.values.len();
+        match self.operator {
+            SelectorOperator::In | SelectorOperator::NotIn if n == 0 => Some(format!(
+                "operator {:?} needs at least one value",
+                self.operator
+            )),
+            SelectorOperator::Exists | SelectorOperator::DoesNotExist if n > 0 => Some(format!(
+                "operator {:?} takes no values, got {n}",
+                self.operator
+            )),
+            SelectorOperator::Gt | SelectorOperator::Lt if !numeric => Some(format!(
+                "operator {:?} is only allowed in node selectors",
+                self.operator
+            )),
+            SelectorOperator::Gt | SelectorOperator::Lt
+                if n != 1 || self.values[0].parse::<i64>().is_err() =>
+            {
+                Some(format!(
+                    "operator {:?} needs exactly one integer value, got {:?}",
+                    self.operator, self.values
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Why this requirement cannot be a node term's `matchFields` entry, with the field at
+    /// fault (`key` or `operator`): only `metadata.name` with In or NotIn is supported.
+    pub fn node_field_problem(&self) -> Option<(&'static str, String)> {
+        if self.key != NODE_NAME_FIELD {
+            return Some((
+                "key",
+                format!("only {NODE_NAME_FIELD:?} is supported, got {:?}", self.key),
+            ));
+        }
+        if !matches!(
+            self.operator,
+            SelectorOperator::In | SelectorOperator::NotIn
+        ) {
+            return Some((
+                "operator",
+                format!("must be In or NotIn, got {:?}", self.operator),
+            ));
+        }
+        None
+    }
+
     /// A requirement on `key`.
     pub fn new<I, S>(key: impl Into<String>, operator: SelectorOperator, values: I) -> Self
     where

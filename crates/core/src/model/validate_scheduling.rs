@@ -2,10 +2,7 @@
 //! `topologySpreadConstraints`, `underlay`, `gang`), with Kubernetes' rules where Kubernetes
 //! has the field.
 
-use super::scheduling::{
-    LabelSelector, NODE_NAME_FIELD, NodeSelectorTerm, PodAffinity, SelectorOperator,
-    SelectorRequirement,
-};
+use super::scheduling::{LabelSelector, NodeSelectorTerm, PodAffinity, SelectorRequirement};
 use super::spec::AppSpec;
 use super::validate::Collector;
 
@@ -105,30 +102,7 @@ fn requirement(c: &mut Collector, at: &str, r: &SelectorRequirement, numeric: bo
     if r.key.is_empty() {
         c.push(format!("{at}.key"), "must not be empty");
     }
-    let n = r.values.len();
-    let problem = match r.operator {
-        SelectorOperator::In | SelectorOperator::NotIn if n == 0 => Some(format!(
-            "operator {:?} needs at least one value",
-            r.operator
-        )),
-        SelectorOperator::Exists | SelectorOperator::DoesNotExist if n > 0 => Some(format!(
-            "operator {:?} takes no values, got {n}",
-            r.operator
-        )),
-        SelectorOperator::Gt | SelectorOperator::Lt if !numeric => Some(format!(
-            "operator {:?} is only allowed in node selectors",
-            r.operator
-        )),
-        SelectorOperator::Gt | SelectorOperator::Lt
-            if n != 1 || r.values[0].parse::<i64>().is_err() =>
-        {
-            Some(format!(
-                "operator {:?} needs exactly one integer value, got {:?}",
-                r.operator, r.values
-            ))
-        }
-        _ => None,
-    };
+    let problem = r.values_problem(numeric);
     if let Some(message) = problem {
         c.push(format!("{at}.values"), message);
     }
@@ -146,17 +120,8 @@ fn node_term(c: &mut Collector, at: &str, term: &NodeSelectorTerm) {
     }
     for (i, r) in term.match_fields.iter().enumerate() {
         let rat = format!("{at}.matchFields[{i}]");
-        if r.key != NODE_NAME_FIELD {
-            c.push(
-                format!("{rat}.key"),
-                format!("only {NODE_NAME_FIELD:?} is supported, got {:?}", r.key),
-            );
-        }
-        if !matches!(r.operator, SelectorOperator::In | SelectorOperator::NotIn) {
-            c.push(
-                format!("{rat}.operator"),
-                format!("must be In or NotIn, got {:?}", r.operator),
-            );
+        if let Some((field, message)) = r.node_field_problem() {
+            c.push(format!("{rat}.{field}"), message);
         }
         requirement(c, &rat, r, false);
     }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use rorqual_core::model::{
-    LabelSelector, NODE_NAME_FIELD, NodeSelectorTerm, PodAffinity, PodAffinityTerm,
-    SelectorOperator, SelectorRequirement, WeightedPodAffinityTerm,
+    LabelSelector, NodeSelectorTerm, PodAffinity, PodAffinityTerm, SelectorOperator,
+    SelectorRequirement, WeightedPodAffinityTerm,
 };
 use serde::Deserialize;
 
@@ -119,10 +119,13 @@ fn operator(name: &str) -> Option<SelectorOperator> {
 }
 
 impl Ctx {
+    /// A requirement, checked by core's rule ([`SelectorRequirement::values_problem`]);
+    /// `numeric`: Gt and Lt are allowed (node selectors).
     pub(super) fn requirement(
         &self,
         path: &str,
         e: &Expr,
+        numeric: bool,
     ) -> Result<SelectorRequirement, KubeError> {
         let op = operator(&e.operator).ok_or_else(|| {
             self.err(
@@ -130,36 +133,27 @@ impl Ctx {
                 format!("unknown operator `{}`", e.operator),
             )
         })?;
-        let n = e.values.len();
-        let ok = match op {
-            SelectorOperator::In | SelectorOperator::NotIn => n > 0,
-            SelectorOperator::Exists | SelectorOperator::DoesNotExist => n == 0,
-            SelectorOperator::Gt | SelectorOperator::Lt => {
-                n == 1 && e.values[0].parse::<i64>().is_ok()
-            }
-        };
-        if !ok {
-            return Err(self.err(
-                format!("{path}.values"),
-                format!("{n} value(s) do not suit operator {}", e.operator),
-            ));
-        }
-        Ok(SelectorRequirement {
+        let r = SelectorRequirement {
             key: e.key.clone(),
             operator: op,
             values: e.values.clone(),
-        })
+        };
+        if let Some(message) = r.values_problem(numeric) {
+            return Err(self.err(format!("{path}.values"), message));
+        }
+        Ok(r)
     }
 
     pub(super) fn exprs(
         &self,
         path: &str,
         exprs: &[Expr],
+        numeric: bool,
     ) -> Result<Vec<SelectorRequirement>, KubeError> {
         exprs
             .iter()
             .enumerate()
-            .map(|(i, e)| self.requirement(&format!("{path}[{i}]"), e))
+            .map(|(i, e)| self.requirement(&format!("{path}[{i}]"), e, numeric))
             .collect()
     }
 
@@ -169,16 +163,18 @@ impl Ctx {
         path: &str,
         t: &NodeTerm,
     ) -> Result<NodeSelectorTerm, KubeError> {
-        let match_fields = self.exprs(&format!("{path}.matchFields"), &t.match_fields)?;
-        if let Some(i) = match_fields.iter().position(|r| r.key != NODE_NAME_FIELD) {
-            return Err(self.err(
-                format!("{path}.matchFields[{i}].key"),
-                format!("unsupported field `{}`", match_fields[i].key),
-            ));
+        let match_fields = self.exprs(&format!("{path}.matchFields"), &t.match_fields, false)?;
+        for (i, r) in match_fields.iter().enumerate() {
+            if let Some((field, message)) = r.node_field_problem() {
+                return Err(self.err(format!("{path}.matchFields[{i}].{field}"), message));
+            }
         }
         Ok(NodeSelectorTerm {
-            match_expressions: self
-                .exprs(&format!("{path}.matchExpressions"), &t.match_expressions)?,
+            match_expressions: self.exprs(
+                &format!("{path}.matchExpressions"),
+                &t.match_expressions,
+                true,
+            )?,
             match_fields,
         })
     }
@@ -193,8 +189,11 @@ impl Ctx {
         };
         Ok(Some(LabelSelector {
             match_labels: s.match_labels.clone(),
-            match_expressions: self
-                .exprs(&format!("{path}.matchExpressions"), &s.match_expressions)?,
+            match_expressions: self.exprs(
+                &format!("{path}.matchExpressions"),
+                &s.match_expressions,
+                false,
+            )?,
         }))
     }
 
