@@ -37,6 +37,9 @@ pub struct AttachRequest {
     /// ([`crate::placement::PlacementDecision::address`]): a network that manages that pool
     /// must attach exactly this address (it is already taken for the instance's owner key).
     pub reserved: Option<ReservedAddress>,
+    /// The identity whose fixed-IP claim keeps the instance's address across its instances
+    /// ([`crate::model::AppSpec::fixed_ip_claim`]), when the application asks for fixed IPs.
+    pub claim: Option<String>,
 }
 
 impl AttachRequest {
@@ -55,6 +58,7 @@ impl AttachRequest {
             ports,
             previous: None,
             reserved: None,
+            claim: None,
         }
     }
 }

@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{
     Affinity, AppKey, AppSpec, Node, Resources, Revision, Toleration, TopologySpreadConstraint,
-    WorkloadKind,
 };
 
 /// One instance to place.
@@ -162,12 +161,7 @@ impl PlacementRequest {
         request.topology_spread = spec.topology_spread_constraints.clone();
         request.underlay = spec.underlay.as_ref().map(|u| UnderlayNeed {
             pool: u.pool.clone(),
-            claim_key: match ordinal {
-                Some(o) if u.fixed_ip && spec.kind == WorkloadKind::Stateful => {
-                    Some(format!("{}/{}-{o}", app.namespace, app.name))
-                }
-                _ => None,
-            },
+            claim_key: spec.fixed_ip_claim(ordinal),
         });
         request.gang = spec.gang.as_ref().map(|g| GangNeed {
             name: g.name.clone().unwrap_or_else(|| spec.name.clone()),
@@ -414,6 +408,7 @@ impl Placement for LeastAllocated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::WorkloadKind;
 
     fn view(name: &str, cpu: u64, mem: u64, requested_cpu: u64) -> NodeView {
         let mut v = NodeView::new(Node::new(name, Resources::new(cpu, mem)));

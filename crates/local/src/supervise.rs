@@ -165,6 +165,7 @@ async fn attach(
         .ordinal
         .and(rec.previous_attachment.clone().or(rec.attachment.clone()));
     request.reserved = rec.reserved.clone();
+    request.claim = spec.fixed_ip_claim(rec.ordinal);
     let mut retries = inner.backoff.counter();
     loop {
         if *stop.borrow() {

@@ -217,12 +217,20 @@ impl Network for BridgeNetwork {
             ));
         }
         let mut req = AllocRequest::new(self.owner(instance)).with_node(request.node.clone());
-        if let Some(ordinal) = request.ordinal {
-            req = req.with_identity(format!(
+        // The identity whose claim keeps the address: the one the application asked for
+        // (`fixedIp`, the same key the scheduler reserves under); without a placement's
+        // reservation, any stateful identity (this network then decides alone).
+        let identity = match (&request.claim, &request.reserved, request.ordinal) {
+            (Some(claim), _, _) => Some(claim.clone()),
+            (None, None, Some(ordinal)) => Some(format!(
                 "{}/{}",
                 request.app.namespace,
                 identity_id(&request.app.name, ordinal)
-            ));
+            )),
+            _ => None,
+        };
+        if let Some(identity) = identity {
+            req = req.with_identity(identity);
         }
         if let Some(reserved) = &request.reserved {
             // The placement reserved this address for the instance (under the same owner, see

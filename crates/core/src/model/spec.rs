@@ -205,6 +205,20 @@ impl AppSpec {
         self
     }
 
+    /// The identity whose fixed-IP claim keeps stateful identity `ordinal`'s underlay address
+    /// (`namespace/app-ordinal`): only for a stateful application whose `underlay.fixedIp` is
+    /// set. Placement (`PlacementRequest::from_spec`) and attachment (`AttachRequest::claim`)
+    /// both take it from here.
+    pub fn fixed_ip_claim(&self, ordinal: Option<u32>) -> Option<String> {
+        let fixed = self.underlay.as_ref().is_some_and(|u| u.fixed_ip);
+        match ordinal {
+            Some(o) if fixed && self.kind == WorkloadKind::Stateful => {
+                Some(format!("{}/{}-{o}", self.namespace, self.name))
+            }
+            _ => None,
+        }
+    }
+
     /// Sets the gang.
     #[must_use]
     pub fn gang(mut self, gang: GangSpec) -> Self {
