@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
@@ -12,23 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_rorqual-ipam");
 const BRIDGE: &str = "/usr/lib/cni/bridge";
 
 fn can_run() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root for network namespaces".to_owned())
-    } else if !Path::new(BRIDGE).exists() {
-        Some(format!(
-            "{BRIDGE} is missing (apt-get install containernetworking-plugins)"
-        ))
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true but {why}"),
-        Some(why) => {
-            println!("skipped: {why}");
-            false
-        }
-    }
+    rorqual_testkit::root::bridge_tests_can_run()
 }
 
 fn sh(args: &[&str]) -> std::process::Output {

@@ -6,25 +6,10 @@
 //! revision move. The example exits non-zero when a check fails.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::process::Command;
 
 fn can_run() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root for network namespaces")
-    } else if !Path::new("/usr/lib/cni/bridge").exists() {
-        Some("/usr/lib/cni/bridge is missing (apt-get install containernetworking-plugins)")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true but {why}"),
-        Some(why) => {
-            println!("skipped: {why}");
-            false
-        }
-    }
+    rorqual_testkit::root::bridge_tests_can_run()
 }
 
 #[test]

@@ -14,21 +14,7 @@ use rorqual_net::store::memory::MemoryStore;
 use rorqual_net::{Allocator, BridgeNetwork, IpRange, PoolSpec};
 
 fn can_run() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("needs root for network namespaces".to_owned())
-    } else if !Path::new("/usr/lib/cni/bridge").exists() {
-        Some("/usr/lib/cni/bridge is missing (apt-get install containernetworking-plugins)".into())
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true but {why}"),
-        Some(why) => {
-            println!("skipped: {why}");
-            false
-        }
-    }
+    rorqual_testkit::root::bridge_tests_can_run()
 }
 
 fn sh(args: &[&str]) -> std::process::Output {

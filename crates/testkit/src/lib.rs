@@ -22,6 +22,7 @@ pub mod etcd;
 pub mod examples;
 pub mod local;
 pub mod prometheus;
+pub mod root;
 
 pub use rorqual_local::{SERVER_PORT_RANGE, free_loopback_port};
 
