@@ -36,8 +36,9 @@ use async_trait::async_trait;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolCapacity {
-    /// The pool's name.
-    pub name: String,
+    /// The pool's name (shared: snapshots are rebuilt often and cloning a name is a
+    /// reference count).
+    pub name: Arc<str>,
     /// Addresses that can be reserved now (neither used, reserved for a claim, disabled, nor
     /// assumed by a reservation not yet committed).
     pub free: usize,
@@ -50,7 +51,7 @@ pub struct PoolCapacity {
 impl PoolCapacity {
     /// Pool `name` with `free` addresses, usable from `nodes`.
     pub fn new<S: Into<String>>(
-        name: impl Into<String>,
+        name: impl Into<Arc<str>>,
         free: usize,
         nodes: impl IntoIterator<Item = S>,
     ) -> PoolCapacity {
@@ -63,7 +64,7 @@ impl PoolCapacity {
     }
 
     /// Pool `name` with `free` addresses, usable from every node.
-    pub fn on_every_node(name: impl Into<String>, free: usize) -> PoolCapacity {
+    pub fn on_every_node(name: impl Into<Arc<str>>, free: usize) -> PoolCapacity {
         PoolCapacity {
             name: name.into(),
             free,
@@ -116,7 +117,7 @@ impl CapacitySnapshot {
     /// The pool named `name`.
     pub fn pool(&self, name: &str) -> Option<&PoolCapacity> {
         self.pools
-            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .binary_search_by(|p| (*p.name).cmp(name))
             .ok()
             .map(|i| &self.pools[i])
     }

@@ -89,6 +89,8 @@ impl Held {
 /// One pool's copy and its counts.
 #[derive(Debug)]
 struct PoolCopy {
+    /// The pool's name, shared with every snapshot.
+    name: Arc<str>,
     state: PoolState,
     free: usize,
     taken: usize,
@@ -104,6 +106,7 @@ impl PoolCopy {
         let nodes = &state.spec().nodes;
         let nodes = (!nodes.is_empty()).then(|| nodes.iter().cloned().collect());
         PoolCopy {
+            name: Arc::from(state.name()),
             state,
             free,
             taken: total.saturating_sub(free),
@@ -416,9 +419,9 @@ impl IpCapacity for AllocatorCapacity {
         }
         let pools = cache
             .pools
-            .iter()
-            .map(|(name, p)| {
-                PoolCapacity::on_every_node(name.clone(), p.free)
+            .values()
+            .map(|p| {
+                PoolCapacity::on_every_node(p.name.clone(), p.free)
                     .with_taken(p.taken)
                     .with_nodes(p.nodes.clone())
             })

@@ -23,7 +23,7 @@ impl PoolState {
             let free_reserved = |e: &Entry| e.state == IpState::Reserved && e.identity.is_none();
             let r = match (to, current) {
                 (TransferTarget::Reserved, None) => {
-                    self.entries.insert(
+                    self.put_entry(
                         ip,
                         Entry {
                             state: IpState::Reserved,
@@ -40,7 +40,7 @@ impl PoolState {
                 (TransferTarget::Reserved, Some(e)) if free_reserved(&e) => Ok(()),
                 (TransferTarget::Available, None) => Ok(()),
                 (TransferTarget::Available, Some(e)) if free_reserved(&e) => {
-                    self.entries.remove(&ip);
+                    self.remove_entry(ip);
                     events.push(self.event(ip, IpState::Reserved, IpState::Available));
                     Ok(())
                 }
@@ -99,7 +99,7 @@ impl PoolState {
             return Ok(vec![]);
         }
         if disabled {
-            self.entries.insert(
+            self.put_entry(
                 ip,
                 Entry {
                     state: IpState::Disabled,
@@ -111,7 +111,7 @@ impl PoolState {
                 },
             );
         } else {
-            self.entries.remove(&ip);
+            self.remove_entry(ip);
         }
         Ok(vec![AllocationEvent {
             pool: self.spec.name.clone(),

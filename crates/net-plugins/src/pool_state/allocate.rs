@@ -190,7 +190,7 @@ impl PoolState {
             .entries
             .get(&ip)
             .map_or(IpState::Available, |e| e.state);
-        self.entries.insert(
+        self.put_entry(
             ip,
             Entry {
                 state: IpState::Active,
@@ -248,7 +248,7 @@ impl PoolState {
             {
                 c.released_ms = Some(now_ms);
             }
-            self.entries.insert(
+            self.put_entry(
                 ip,
                 Entry {
                     state: IpState::Reserved,
@@ -261,7 +261,7 @@ impl PoolState {
             );
             IpState::Reserved
         } else {
-            self.entries.remove(&ip);
+            self.remove_entry(ip);
             if let Some(id) = &identity {
                 self.claims.remove(id);
             }

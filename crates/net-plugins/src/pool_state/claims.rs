@@ -38,9 +38,9 @@ impl PoolState {
         let Some(claim) = self.claims.remove(identity) else {
             return vec![];
         };
-        match self.entries.get_mut(&claim.ip) {
+        match self.entries.get(&claim.ip) {
             Some(e) if e.state == IpState::Reserved && e.identity.as_deref() == Some(identity) => {
-                self.entries.remove(&claim.ip);
+                self.remove_entry(claim.ip);
                 vec![AllocationEvent {
                     pool: self.spec.name.clone(),
                     ip: claim.ip,
@@ -54,7 +54,9 @@ impl PoolState {
             }
             Some(e) if e.identity.as_deref() == Some(identity) => {
                 // Still active: it goes to Available when its owner releases it.
+                let mut e = e.clone();
                 e.identity = None;
+                self.put_entry(claim.ip, e);
                 vec![]
             }
             _ => vec![],

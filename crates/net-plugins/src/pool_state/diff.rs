@@ -16,10 +16,46 @@ pub fn diff(pool: &str, old: Option<&PoolState>, new: Option<&PoolState>) -> Vec
     let before = old.map_or(&empty, |s| &s.entries);
     let after = new.map_or(&empty, |s| &s.entries);
     let ips: BTreeSet<IpAddr> = before.keys().chain(after.keys()).copied().collect();
-    // `side`: the state the owner's entry comes from (its MAC, when the runtime reported
-    // none, is that pool's for the address, as the allocation reported it).
-    let event = |ip: IpAddr,
-                 from: IpState,
+    let mut out = Vec::new();
+    for ip in ips {
+        address_events_opt(
+            pool,
+            ip,
+            (before.get(&ip), old),
+            (after.get(&ip), new),
+            &mut out,
+        );
+    }
+    out
+}
+
+/// The events for one address whose entry went from `before` to `after`, each with the pool
+/// state it belongs to (the MAC of an event whose owner entry comes from one side, when the
+/// runtime reported none, is that side's for the address). Appends to `out`.
+pub(super) fn address_events(
+    pool: &str,
+    ip: IpAddr,
+    before: (Option<&Entry>, &PoolState),
+    after: (Option<&Entry>, &PoolState),
+    out: &mut Vec<AllocationEvent>,
+) {
+    address_events_opt(
+        pool,
+        ip,
+        (before.0, Some(before.1)),
+        (after.0, Some(after.1)),
+        out,
+    );
+}
+
+fn address_events_opt(
+    pool: &str,
+    ip: IpAddr,
+    (b, old): (Option<&Entry>, Option<&PoolState>),
+    (a, new): (Option<&Entry>, Option<&PoolState>),
+    out: &mut Vec<AllocationEvent>,
+) {
+    let event = |from: IpState,
                  to: IpState,
                  (owner, side): (Option<&Entry>, Option<&PoolState>),
                  id: Option<&Entry>| {
@@ -35,27 +71,22 @@ pub fn diff(pool: &str, old: Option<&PoolState>, new: Option<&PoolState>) -> Vec
             mac: owner.and_then(|e| e.mac.or_else(|| side.map(|s| s.mac_of(ip)))),
         }
     };
-    let mut out = Vec::new();
-    for ip in ips {
-        let (b, a) = (before.get(&ip), after.get(&ip));
-        let from = b.map_or(IpState::Available, |e| e.state);
-        let to = a.map_or(IpState::Available, |e| e.state);
-        if from != to {
-            // Activation names the new owner, anything else the old one (as release does).
-            let owner = if to == IpState::Active {
-                (a, new)
-            } else {
-                (b, old)
-            };
-            out.push(event(ip, from, to, owner, a.or(b)));
-            continue;
-        }
-        let (Some(b), Some(a)) = (b, a) else { continue };
-        let same = b.owner == a.owner && (from != IpState::Reserved || b.identity == a.identity);
-        if !same {
-            out.push(event(ip, from, IpState::Available, (Some(b), old), Some(b)));
-            out.push(event(ip, IpState::Available, to, (Some(a), new), Some(a)));
-        }
+    let from = b.map_or(IpState::Available, |e| e.state);
+    let to = a.map_or(IpState::Available, |e| e.state);
+    if from != to {
+        // Activation names the new owner, anything else the old one (as release does).
+        let owner = if to == IpState::Active {
+            (a, new)
+        } else {
+            (b, old)
+        };
+        out.push(event(from, to, owner, a.or(b)));
+        return;
     }
-    out
+    let (Some(b), Some(a)) = (b, a) else { return };
+    let same = b.owner == a.owner && (from != IpState::Reserved || b.identity == a.identity);
+    if !same {
+        out.push(event(from, IpState::Available, (Some(b), old), Some(b)));
+        out.push(event(IpState::Available, to, (Some(a), new), Some(a)));
+    }
 }

@@ -21,11 +21,14 @@ mod allocate;
 mod claims;
 mod consistency;
 mod diff;
+mod journal;
 mod layout;
 mod overlap;
 mod usage;
 
 pub use diff::diff;
+pub use journal::Changes;
+use journal::Journal;
 use layout::{Layout, num};
 
 /// One stored (not Available) address.
@@ -79,6 +82,7 @@ pub struct PoolState {
     claims: BTreeMap<String, Claim>,
     cursor: Option<IpAddr>,
     layout: Layout,
+    journal: Journal,
 }
 
 #[derive(Serialize)]
@@ -156,6 +160,7 @@ impl PoolState {
             claims: BTreeMap::new(),
             cursor: None,
             layout,
+            journal: Journal::default(),
         })
     }
 
@@ -212,6 +217,19 @@ impl PoolState {
             return Ok(false);
         }
         let fresh = PoolState::new(spec)?;
+        if let Journal(Some(Changes::Touched(_))) = &self.journal {
+            // A new spec can change what every event says (its MACs): keep all of the before.
+            let mut before = self.clone();
+            if let Journal(Some(Changes::Touched(touched))) = &self.journal {
+                for (ip, entry) in touched {
+                    match entry {
+                        Some(e) => before.entries.insert(*ip, e.clone()),
+                        None => before.entries.remove(ip),
+                    };
+                }
+            }
+            self.journal = Journal(Some(Changes::Whole(Box::new(before))));
+        }
         self.spec = fresh.spec;
         self.layout = fresh.layout;
         Ok(true)

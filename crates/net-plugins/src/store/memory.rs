@@ -91,11 +91,16 @@ impl MemoryStore {
                 pool: pool.to_owned(),
             });
         };
-        // Only a watched store pays for the copy its events are diffed from.
-        let before = inner.log.is_some().then(|| state.clone());
-        if txn(state)? {
+        // Only a watched store records what the change touched, to report it.
+        let watched = inner.log.is_some();
+        if watched {
+            state.start_journal();
+        }
+        let result = txn(state);
+        let changes = state.take_journal();
+        if result? {
             *version += 1;
-            let events = before.map(|b| diff(pool, Some(&b), Some(state)));
+            let events = changes.map(|c| c.events(state));
             self.commit(inner, events.unwrap_or_default());
         }
         Ok(())

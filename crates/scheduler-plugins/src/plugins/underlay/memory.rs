@@ -13,6 +13,8 @@ use rorqual_core::ip_capacity::{
 
 #[derive(Debug, Default)]
 struct MemPool {
+    /// The pool's name, shared with every snapshot.
+    name: Arc<str>,
     nodes: Option<Arc<[String]>>,
     free: BTreeSet<IpAddr>,
     /// Every address of the pool (free or not).
@@ -70,6 +72,7 @@ impl MemoryIpCapacity {
         inner.pools.insert(
             name.to_owned(),
             MemPool {
+                name: Arc::from(name),
                 nodes: Some(nodes.into_iter().map(Into::into).collect()),
                 all,
                 free,
@@ -115,9 +118,9 @@ impl IpCapacity for MemoryIpCapacity {
         }
         let pools = inner
             .pools
-            .iter()
-            .map(|(name, p)| {
-                PoolCapacity::on_every_node(name.clone(), p.free.len())
+            .values()
+            .map(|p| {
+                PoolCapacity::on_every_node(p.name.clone(), p.free.len())
                     .with_taken(p.all.len() - p.free.len())
                     .with_nodes(p.nodes.clone())
             })

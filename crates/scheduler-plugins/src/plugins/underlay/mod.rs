@@ -79,22 +79,23 @@ impl Layout {
         }
         Layout {
             layout: snap.layout,
-            names: snap
-                .pools
-                .iter()
-                .map(|p| Arc::from(p.name.as_str()))
-                .collect(),
+            names: snap.pools.iter().map(|p| p.name.clone()).collect(),
             node_list,
             lists,
             everywhere,
         }
     }
 
-    fn pools_of(&self, node: Sym) -> impl Iterator<Item = usize> + '_ {
-        let list = match self.node_list.get(node.index()) {
-            Some(&at) if at != NO_LIST => self.lists.get(usize::from(at)),
+    /// The index in `lists` of the pools `node` can use (beside `everywhere`), if any.
+    fn list_of(&self, node: Sym) -> Option<usize> {
+        match self.node_list.get(node.index()) {
+            Some(&at) if at != NO_LIST => Some(usize::from(at)),
             _ => None,
-        };
+        }
+    }
+
+    fn pools_of(&self, node: Sym) -> impl Iterator<Item = usize> + '_ {
+        let list = self.list_of(node).and_then(|at| self.lists.get(at));
         list.into_iter()
             .flatten()
             .chain(self.everywhere.iter())
@@ -156,11 +157,47 @@ struct UnderlayState {
     wanted: Vec<bool>,
     /// The pool index and address the identity's claim keeps.
     claim: Option<(usize, IpAddr)>,
+    /// Per list of [`Layout::lists`]: one of its pools is usable. Filter answers a node
+    /// with one table read and this.
+    list_usable: Vec<bool>,
+    /// One of [`Layout::everywhere`] is usable.
+    everywhere_usable: bool,
 }
 
 impl UnderlayState {
+    fn new(
+        layout: Arc<Layout>,
+        snap: Arc<CapacitySnapshot>,
+        wanted: Vec<bool>,
+        claim: Option<(usize, IpAddr)>,
+    ) -> UnderlayState {
+        let mut st = UnderlayState {
+            layout,
+            snap,
+            wanted,
+            claim,
+            list_usable: Vec::new(),
+            everywhere_usable: false,
+        };
+        let any_usable = |pools: &[u16]| pools.iter().any(|&i| st.usable(usize::from(i)));
+        let list_usable = st.layout.lists.iter().map(|l| any_usable(l)).collect();
+        let everywhere_usable = any_usable(&st.layout.everywhere);
+        st.list_usable = list_usable;
+        st.everywhere_usable = everywhere_usable;
+        st
+    }
+
     fn usable(&self, i: usize) -> bool {
         self.wanted[i] && (self.claim.is_some() || self.snap.pools[i].free > 0)
+    }
+
+    /// Some pool `node` can use is usable.
+    fn node_usable(&self, node: Sym) -> bool {
+        self.everywhere_usable
+            || self
+                .layout
+                .list_of(node)
+                .is_some_and(|at| self.list_usable[at])
     }
 }
 
@@ -260,12 +297,7 @@ impl PreFilterPlugin for UnderlayIp {
                 Status::unresolvable(format!("underlay pool `{want}` does not exist")),
             );
         }
-        state.write(UnderlayState {
-            layout,
-            snap,
-            wanted,
-            claim,
-        });
+        state.write(UnderlayState::new(layout, snap, wanted, claim));
         (None, Status::success())
     }
 }
@@ -275,15 +307,11 @@ impl FilterPlugin for UnderlayIp {
         let Some(st) = state.read::<UnderlayState>() else {
             return Status::error("UnderlayIp: pre-filter state missing");
         };
-        let mut full = None;
-        for i in st.layout.pools_of(node.name) {
-            if st.usable(i) {
-                return Status::success();
-            }
-            if st.wanted[i] && full.is_none() {
-                full = Some(i);
-            }
+        if st.node_usable(node.name) {
+            return Status::success();
         }
+        // Why not: the first pool the pod wanted that is full, or none at all.
+        let full = st.layout.pools_of(node.name).find(|&i| st.wanted[i]);
         if let Some((c, ip)) = st.claim {
             return Status::unresolvable(format!(
                 "not a host of underlay pool `{}` (the identity's claim keeps {ip})",
