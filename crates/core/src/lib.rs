@@ -13,7 +13,8 @@
 //!   reserves one;
 //! - [`clock`]: the time seam controllers read and sleep on; [`backoff`]: capped exponential
 //!   retry delays;
-//! - `memory` (feature `testing`): `MemoryEngine`, an in-memory engine with fault injection.
+//! - `memory` (feature `testing`): `MemoryEngine`, an in-memory engine with fault injection;
+//! - `conformance` (feature `testing`): the checks every `Engine` and `StateStore` must pass.
 //!
 //! ```
 //! use rorqual_core::model::{AppSpec, ContainerSpec, Probe, ValidationTarget};
@@ -29,6 +30,8 @@
 
 pub mod backoff;
 pub mod clock;
+#[cfg(feature = "testing")]
+pub mod conformance;
 pub mod engine;
 pub mod error;
 pub mod ip_capacity;

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 
-/// A stored value and its version. Versions start at 1 and grow with every write of the key.
+/// A stored value and its version. Versions are at least 1 and grow with every write of the
+/// key (the in-memory and file stores count from 1; a Kubernetes store uses the object's
+/// `resourceVersion`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     /// The bytes stored (controllers store JSON).

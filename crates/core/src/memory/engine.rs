@@ -119,6 +119,14 @@ impl Engine for MemoryEngine {
                     .count();
                 if at_rev == 0 {
                     state.specs.remove(revision);
+                    // A set scaled to no identities goes with the revision new ones would
+                    // start at (or its last revision).
+                    if state.instances.is_empty()
+                        && (state.identity_revision.as_ref() == Some(revision)
+                            || state.specs.is_empty())
+                    {
+                        st.apps.remove(app);
+                    }
                     return Ok(());
                 }
                 if at_rev < state.instances.len() {
