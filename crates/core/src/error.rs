@@ -85,6 +85,18 @@ pub enum Error {
     /// The engine is shutting down or shut down.
     #[error("engine is shut down")]
     ShutDown,
+    /// A remote API (a cluster's apiserver) refused or failed a call.
+    #[error("{context}")]
+    Remote {
+        /// The server, the call and what it answered.
+        context: String,
+        /// Whether the same call may pass later (the server was unreachable, overloaded or
+        /// failing, not refusing).
+        retryable: bool,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
@@ -104,6 +116,10 @@ impl Error {
                 | Error::Unschedulable { .. }
                 | Error::Io { .. }
                 | Error::Network { .. }
+                | Error::Remote {
+                    retryable: true,
+                    ..
+                }
         )
     }
 }

@@ -1,0 +1,86 @@
+//! Names, labels and field managers: how rorqual's applications and revisions appear in a
+//! cluster (pure).
+
+use std::collections::BTreeMap;
+
+use rorqual_core::model::{AppKey, Revision};
+
+/// The label naming an object's application.
+pub const LABEL_APP: &str = "rorqual.io/app";
+/// The label naming an object's (or a pod's) revision.
+pub const LABEL_REVISION: &str = "rorqual.io/revision";
+/// Kubernetes' recommended label for the tool that manages an object.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The value of [`LABEL_MANAGED_BY`] on everything rorqual writes.
+pub const MANAGED_BY: &str = "rorqual";
+/// The label a StatefulSet's controller puts on each of its pods.
+pub const LABEL_STATEFUL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+
+/// The field manager of rorqual's server-side applies.
+pub const FIELD_MANAGER: &str = "rorqual";
+/// The field manager that owns replica counts (so the template's manager never resets them).
+pub const SCALE_MANAGER: &str = "rorqual-scale";
+
+/// The ReplicaSet of `app` at `revision`: `<app>-<revision>`.
+pub fn replica_set_name(app: &AppKey, revision: &Revision) -> String {
+    format!("{}-{}", app.name, revision)
+}
+
+/// The labels of everything rorqual writes for `app`.
+pub fn app_labels(app: &AppKey) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_APP.to_owned(), app.name.clone()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ])
+}
+
+/// [`app_labels`] plus the revision.
+pub fn revision_labels(app: &AppKey, revision: &Revision) -> BTreeMap<String, String> {
+    let mut labels = app_labels(app);
+    labels.insert(LABEL_REVISION.to_owned(), revision.to_string());
+    labels
+}
+
+/// The label selector (query form) of every object rorqual manages.
+pub fn managed_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
+/// Whether labels say rorqual manages the object (an object without them is someone else's
+/// and is never adopted).
+pub fn is_managed(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|l| l.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY))
+}
+
+/// The ordinal of stateful pod `pod` of set `set` (`<set>-<k>`).
+pub fn ordinal_of(set: &str, pod: &str) -> Option<u32> {
+    let rest = pod.strip_prefix(set)?.strip_prefix('-')?;
+    if rest.is_empty() || (rest.len() > 1 && rest.starts_with('0')) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_are_read_only_from_the_sets_own_pods() {
+        assert_eq!(ordinal_of("game", "game-0"), Some(0));
+        assert_eq!(ordinal_of("game", "game-12"), Some(12));
+        assert_eq!(ordinal_of("game", "game-x"), None);
+        assert_eq!(ordinal_of("game", "game-01"), None);
+        assert_eq!(ordinal_of("game", "games-1"), None);
+        assert_eq!(ordinal_of("game", "game-"), None);
+    }
+
+    #[test]
+    fn managed_means_the_label_says_rorqual() {
+        let app = AppKey::new("games", "web");
+        assert!(is_managed(Some(&app_labels(&app))));
+        assert!(!is_managed(None));
+        let theirs = BTreeMap::from([(LABEL_MANAGED_BY.to_owned(), "helm".to_owned())]);
+        assert!(!is_managed(Some(&theirs)));
+    }
+}

@@ -1,0 +1,278 @@
+//! Kubernetes objects read back as rorqual's model (pure): pods as instances, nodes as nodes,
+//! events as events, and the counts of a revision group.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Node as KubeNode, Pod};
+use rorqual_core::model::{
+    AppKey, Cpu, Event, EventType, Instance, InstancePhase, Memory, Node, Resources, Revision,
+    Taint, TaintEffect,
+};
+
+use super::names::{self, LABEL_APP, LABEL_REVISION};
+
+/// The application and revision a pod belongs to, from its labels.
+pub fn pod_app(pod: &Pod) -> Option<(AppKey, Revision)> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let app = labels.get(LABEL_APP)?;
+    let revision = labels.get(LABEL_REVISION)?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    Some((
+        AppKey::new(namespace, app.clone()),
+        Revision(revision.clone()),
+    ))
+}
+
+fn time(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> SystemTime {
+    t.map_or(SystemTime::UNIX_EPOCH, |t| SystemTime::from(t.0))
+}
+
+/// A pod as an instance. `stateful` names the set whose pods carry ordinals.
+pub fn instance(pod: &Pod, stateful: Option<&str>) -> Option<Instance> {
+    let (app, revision) = pod_app(pod)?;
+    let name = pod.metadata.name.clone()?;
+    let mut i = Instance::new(
+        name.clone(),
+        app,
+        revision,
+        time(pod.metadata.creation_timestamp.as_ref()),
+    );
+    i.ordinal = stateful.and_then(|set| names::ordinal_of(set, &name));
+    let spec = pod.spec.as_ref();
+    i.node = spec.and_then(|s| s.node_name.clone());
+    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+        for p in c.ports.iter().flatten() {
+            if let (Some(n), Ok(number)) = (&p.name, u16::try_from(p.container_port)) {
+                i.ports.insert(n.clone(), number);
+            }
+        }
+    }
+    let status = pod.status.as_ref();
+    i.address = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+    let containers = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    i.restarts = containers
+        .iter()
+        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+        .sum();
+    i.ready = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let waiting = containers
+        .iter()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .next();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    i.phase = if pod.metadata.deletion_timestamp.is_some() {
+        InstancePhase::Terminating
+    } else {
+        match phase {
+            "Running" if waiting.is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff")) => {
+                InstancePhase::CrashLoopBackOff
+            }
+            "Running" if i.ready => InstancePhase::Running,
+            "Running" => InstancePhase::Starting,
+            "Succeeded" | "Failed" => InstancePhase::Stopped,
+            _ => InstancePhase::Pending,
+        }
+    };
+    i.reason = waiting
+        .map(|w| {
+            let reason = w.reason.clone().unwrap_or_default();
+            match &w.message {
+                Some(m) if !m.is_empty() => format!("{reason}: {m}"),
+                _ => reason,
+            }
+        })
+        .or_else(|| {
+            // Pending with a scheduling failure: the PodScheduled condition says why.
+            status?
+                .conditions
+                .as_deref()?
+                .iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .and_then(|c| c.message.clone())
+        })
+        .or_else(|| status.and_then(|s| s.message.clone()));
+    Some(i)
+}
+
+/// A node's resources from a Kubernetes resource list (unparsable quantities count as 0).
+fn resources(list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>) -> Resources {
+    let cpu = list
+        .and_then(|l| l.get("cpu"))
+        .and_then(|q| q.0.parse::<Cpu>().ok())
+        .unwrap_or_default();
+    let memory = list
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| q.0.parse::<Memory>().ok())
+        .unwrap_or_default();
+    Resources { cpu, memory }
+}
+
+/// A Kubernetes node as a node.
+pub fn node(n: &KubeNode) -> Node {
+    let status = n.status.as_ref();
+    let mut out = Node::new(
+        n.metadata.name.clone().unwrap_or_default(),
+        resources(status.and_then(|s| s.capacity.as_ref())),
+    );
+    out.allocatable = resources(status.and_then(|s| s.allocatable.as_ref()));
+    out.labels = n.metadata.labels.clone().unwrap_or_default();
+    let spec = n.spec.as_ref();
+    out.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+    out.taints = spec
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| {
+            let effect = match t.effect.as_str() {
+                "NoSchedule" => TaintEffect::NoSchedule,
+                "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+                "NoExecute" => TaintEffect::NoExecute,
+                _ => return None,
+            };
+            Some(Taint {
+                key: t.key.clone(),
+                value: t.value.clone().unwrap_or_default(),
+                effect,
+            })
+        })
+        .collect();
+    out.ready = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    out
+}
+
+/// Counts `(current, ready, available)` of a group from its pods: every pod not terminating
+/// or finished is current; ready ones are available (rorqual sets no `minReadySeconds`). Read
+/// from the pod reflector, so they never lag a ReplicaSet controller's status update.
+pub fn counts(pods: &[&Instance]) -> (u32, u32, u32) {
+    let live = pods
+        .iter()
+        .filter(|i| !matches!(i.phase, InstancePhase::Terminating | InstancePhase::Stopped));
+    let (mut current, mut ready) = (0u32, 0u32);
+    for i in live {
+        current += 1;
+        ready += u32::from(i.ready);
+    }
+    (current, ready, ready)
+}
+
+/// A Kubernetes event as an event, if it concerns a pod or workload of a known app.
+/// `app_of(kind, namespace, name)` says which app owns the involved object.
+pub fn event(
+    e: &KubeEvent,
+    app_of: impl Fn(&str, &str, &str) -> Option<AppKey>,
+) -> Option<Event> {
+    let involved = &e.involved_object;
+    let kind = involved.kind.as_deref()?;
+    let namespace = involved.namespace.as_deref().unwrap_or_default();
+    let name = involved.name.as_deref()?;
+    let app = app_of(kind, namespace, name)?;
+    let event_type = match e.type_.as_deref() {
+        Some("Warning") => EventType::Warning,
+        _ => EventType::Normal,
+    };
+    let mut out = Event::new(
+        event_type,
+        e.reason.clone().unwrap_or_default(),
+        e.message.clone().unwrap_or_default(),
+    )
+    .app(app);
+    if kind == "Pod" {
+        out = out.instance(name);
+    }
+    let when = e
+        .last_timestamp
+        .as_ref()
+        .or(e.first_timestamp.as_ref())
+        .map(|t| SystemTime::from(t.0))
+        .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)));
+    if let Some(t) = when {
+        out.time = t;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_running_ready_pod_is_a_running_ready_instance() {
+        let p = pod(json!({
+            "metadata": {"name": "game-1", "namespace": "g", "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"rorqual.io/app": "game", "rorqual.io/revision": "abc"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "podIP": "127.1.0.5",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 2,
+                    "state": {"running": {}}}]}
+        }));
+        let i = instance(&p, Some("game")).unwrap();
+        assert_eq!(i.id, "game-1");
+        assert_eq!(i.ordinal, Some(1));
+        assert_eq!(i.app, AppKey::new("g", "game"));
+        assert_eq!(i.revision.as_str(), "abc");
+        assert_eq!(i.node.as_deref(), Some("n1"));
+        assert_eq!(i.address, Some("127.1.0.5".parse().unwrap()));
+        assert_eq!(i.ports.get("http"), Some(&8080));
+        assert_eq!((i.phase, i.ready, i.restarts), (InstancePhase::Running, true, 2));
+    }
+
+    #[test]
+    fn waiting_reasons_and_scheduling_failures_are_the_reason() {
+        let crash = pod(json!({
+            "metadata": {"name": "w-1", "namespace": "g", "labels": {"rorqual.io/app": "w", "rorqual.io/revision": "r"}},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 5,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]}
+        }));
+        let i = instance(&crash, None).unwrap();
+        assert_eq!(i.phase, InstancePhase::CrashLoopBackOff);
+        assert_eq!(i.reason.as_deref(), Some("CrashLoopBackOff: back-off 40s"));
+        let pending = pod(json!({
+            "metadata": {"name": "w-2", "namespace": "g", "labels": {"rorqual.io/app": "w", "rorqual.io/revision": "r"}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "message": "0/3 nodes are available: 3 Insufficient cpu."}]}
+        }));
+        let i = instance(&pending, None).unwrap();
+        assert_eq!(i.phase, InstancePhase::Pending);
+        assert_eq!(i.reason.as_deref(), Some("0/3 nodes are available: 3 Insufficient cpu."));
+        // Not rorqual's: no labels, no instance.
+        assert!(instance(&pod(json!({"metadata": {"name": "x"}})), None).is_none());
+    }
+
+    #[test]
+    fn nodes_keep_allocatable_taints_and_readiness() {
+        let n: KubeNode = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}},
+            "spec": {"unschedulable": true, "taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]},
+            "status": {"capacity": {"cpu": "4", "memory": "8Gi", "pods": "1k"},
+                "allocatable": {"cpu": "3500m", "memory": "7Gi"},
+                "conditions": [{"type": "Ready", "status": "False"}]}
+        }))
+        .unwrap();
+        let node = node(&n);
+        assert_eq!(node.capacity, Resources::new(4000, 8 << 30));
+        assert_eq!(node.allocatable, Resources::new(3500, 7 << 30));
+        assert!(node.unschedulable && !node.ready);
+        assert_eq!(node.taints.len(), 1);
+        assert_eq!(node.labels.get("zone").map(String::as_str), Some("a"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Stateful applications as a StatefulSet (`OrderedReady`, `OnDelete`) and a headless
+//! Service. Identities keep their revision until moved: a new template reaches identity `k`
+//! only when [`move_identity`] deletes pod `<app>-k` and the controller recreates it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::Api;
+use rorqual_core::engine::GroupStatus;
+use rorqual_core::error::{Error, Result};
+use rorqual_core::model::{AppKey, AppSpec, Instance, InstancePhase, Revision, WorkloadKind};
+use serde_json::json;
+
+use super::errors::not_found;
+use super::names::{FIELD_MANAGER, LABEL_REVISION, SCALE_MANAGER};
+use super::{KubeEngine, observe, render};
+
+fn encode<T: serde::Serialize>(what: String, v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| Error::Codec {
+        context: format!("encode {what}"),
+        source: e,
+    })
+}
+
+/// The set's replica count and template revision.
+fn set_shape(set: &StatefulSet) -> (u32, Option<Revision>) {
+    let spec = set.spec.as_ref();
+    let replicas = spec
+        .and_then(|s| s.replicas)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1);
+    let revision = spec
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| l.get(LABEL_REVISION))
+        .map(|r| Revision(r.clone()));
+    (replicas, revision)
+}
+
+/// Identities that stay: not terminating, ordinal below the set's count.
+fn staying(pods: &[Instance], replicas: u32) -> Vec<&Instance> {
+    pods.iter()
+        .filter(|i| i.phase != InstancePhase::Terminating)
+        .filter(|i| i.ordinal.is_some_and(|o| o < replicas))
+        .collect()
+}
+
+/// The set of `app`, from the cache or (when the cache has not seen it yet) the server.
+pub(super) async fn current_set(engine: &KubeEngine, app: &AppKey) -> Result<Option<Arc<StatefulSet>>> {
+    if let Some(s) = engine.inner.caches.stateful_set(&app.namespace, &app.name) {
+        return Ok(Some(s));
+    }
+    let api: Api<StatefulSet> = engine.api(&app.namespace);
+    let found = api.get_opt(&app.name).await.map_err(|e| {
+        super::errors::kube_error(
+            &engine.inner.server,
+            &format!("read StatefulSet {app}"),
+            e,
+        )
+    })?;
+    Ok(found.map(Arc::new))
+}
+
+pub(super) async fn apply(engine: &KubeEngine, spec: &AppSpec, replicas: u32) -> Result<GroupStatus> {
+    let key = spec.key();
+    let sets: Api<StatefulSet> = engine.api(&key.namespace);
+    let services: Api<Service> = engine.api(&key.namespace);
+    let cached = engine.inner.caches.stateful_set(&key.namespace, &key.name);
+    engine.ensure_ours(&sets, cached, &key.name).await?;
+    engine.ensure_ours(&services, None, &key.name).await?;
+    let svc = render::headless_service(spec);
+    let body = encode(format!("Service {key}"), &svc)?;
+    engine
+        .apply::<Service>(&services, &key.name, FIELD_MANAGER, &body)
+        .await?;
+    let set = render::stateful_set(spec, replicas, engine.inner.options);
+    let body = encode(format!("StatefulSet {key}"), &set)?;
+    let applied = engine
+        .apply::<StatefulSet>(&sets, &key.name, FIELD_MANAGER, &body)
+        .await?;
+    let status = groups(engine, &key, &applied)
+        .into_iter()
+        .find(|g| g.revision == spec.revision())
+        .unwrap_or_else(|| GroupStatus::new(key, spec.revision(), replicas));
+    Ok(status)
+}
+
+pub(super) async fn scale(
+    engine: &KubeEngine,
+    app: &AppKey,
+    revision: &Revision,
+    replicas: u32,
+) -> Result<GroupStatus> {
+    let api: Api<StatefulSet> = engine.api(&app.namespace);
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": app.name, "namespace": app.namespace},
+        "spec": {"replicas": replicas},
+    });
+    let applied = engine
+        .apply::<StatefulSet>(&api, &app.name, SCALE_MANAGER, &body)
+        .await?;
+    Ok(groups(engine, app, &applied)
+        .into_iter()
+        .find(|g| &g.revision == revision)
+        .unwrap_or_else(|| GroupStatus::new(app.clone(), revision.clone(), 0)))
+}
+
+pub(super) async fn delete(
+    engine: &KubeEngine,
+    app: &AppKey,
+    set: &StatefulSet,
+    revision: &Revision,
+) -> Result<()> {
+    let (replicas, template) = set_shape(set);
+    let pods = engine.inner.caches.instances(app, Some(&app.name));
+    let stay = staying(&pods, replicas);
+    let at_rev = stay.iter().filter(|i| &i.revision == revision).count();
+    if at_rev > 0 && at_rev < stay.len() {
+        return Err(Error::BadRequest(format!(
+            "cannot delete revision {revision} of stateful {app}: {} identities run other \
+             revisions; move or scale them first",
+            stay.len() - at_rev
+        )));
+    }
+    let whole_set = at_rev > 0 || (stay.is_empty() && template.as_ref() == Some(revision));
+    if !whole_set {
+        return Ok(());
+    }
+    let sets: Api<StatefulSet> = engine.api(&app.namespace);
+    let services: Api<Service> = engine.api(&app.namespace);
+    engine.delete(&sets, &app.name).await?;
+    engine.ensure_ours(&services, None, &app.name).await?;
+    engine.delete(&services, &app.name).await
+}
+
+/// The groups of stateful `app`: per revision, the identities below the set's count that run
+/// it (an identity with no pod yet counts at the template's revision).
+pub(super) fn groups(engine: &KubeEngine, app: &AppKey, set: &StatefulSet) -> Vec<GroupStatus> {
+    let (replicas, template) = set_shape(set);
+    let pods = engine.inner.caches.instances(app, Some(&app.name));
+    let mut desired: BTreeMap<Revision, u32> = BTreeMap::new();
+    for k in 0..replicas {
+        let rev = pods
+            .iter()
+            .find(|i| i.ordinal == Some(k) && i.phase != InstancePhase::Terminating)
+            .map(|i| i.revision.clone())
+            .or_else(|| template.clone());
+        if let Some(rev) = rev {
+            *desired.entry(rev).or_default() += 1;
+        }
+    }
+    if let Some(t) = &template {
+        desired.entry(t.clone()).or_default();
+    }
+    for p in &pods {
+        desired.entry(p.revision.clone()).or_default();
+    }
+    desired
+        .into_iter()
+        .map(|(rev, want)| {
+            let at: Vec<&Instance> = pods.iter().filter(|i| i.revision == rev).collect();
+            let (current, ready, available) = observe::counts(&at);
+            let mut g = GroupStatus::new(app.clone(), rev, want);
+            g.current = current;
+            g.ready = ready;
+            g.available = available;
+            g
+        })
+        .collect()
+}
+
+pub(super) async fn move_identity(
+    engine: &KubeEngine,
+    spec: &AppSpec,
+    ordinal: u32,
+) -> Result<Instance> {
+    let key = spec.key();
+    if spec.kind != WorkloadKind::Stateful {
+        return Err(Error::BadRequest(format!(
+            "move_identity: {key} is not stateful"
+        )));
+    }
+    let Some(set) = current_set(engine, &key).await? else {
+        return Err(not_found("application", key.to_string()));
+    };
+    let (replicas, _) = set_shape(&set);
+    if ordinal >= replicas {
+        return Err(Error::BadRequest(format!(
+            "move_identity: {key} has {replicas} identities; there is no ordinal {ordinal}"
+        )));
+    }
+    let revision = spec.revision();
+    // The template first (keeping the count), so the recreated pod gets the new revision.
+    let rendered = render::stateful_set(spec, replicas, engine.inner.options);
+    let body = encode(format!("StatefulSet {key}"), &rendered)?;
+    let sets: Api<StatefulSet> = engine.api(&key.namespace);
+    engine.ensure_ours(&sets, Some(set.clone()), &key.name).await?;
+    engine
+        .apply::<StatefulSet>(&sets, &key.name, FIELD_MANAGER, &body)
+        .await?;
+    let pod_name = format!("{}-{ordinal}", key.name);
+    let current = engine
+        .inner
+        .caches
+        .instances(&key, Some(&key.name))
+        .into_iter()
+        .find(|i| i.id == pod_name);
+    match current {
+        Some(i) if i.revision == revision => Ok(i),
+        Some(_) => {
+            let pods: Api<Pod> = engine.api(&key.namespace);
+            engine.delete(&pods, &pod_name).await?;
+            let mut moved = Instance::new(pod_name, key, revision, super::now());
+            moved.ordinal = Some(ordinal);
+            Ok(moved)
+        }
+        None => {
+            let mut moved = Instance::new(pod_name, key, revision, super::now());
+            moved.ordinal = Some(ordinal);
+            Ok(moved)
+        }
+    }
+}
