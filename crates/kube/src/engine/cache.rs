@@ -64,8 +64,7 @@ impl Caches {
     pub(crate) async fn start(client: Client, server: &str, timeout: Duration) -> Result<Caches> {
         let managed = watcher::Config::default().labels(&names::managed_selector());
         let (replica_sets, t1) = reflect(Api::<ReplicaSet>::all(client.clone()), managed.clone());
-        let (stateful_sets, t2) =
-            reflect(Api::<StatefulSet>::all(client.clone()), managed.clone());
+        let (stateful_sets, t2) = reflect(Api::<StatefulSet>::all(client.clone()), managed.clone());
         let (pods, t3) = reflect(Api::<Pod>::all(client.clone()), managed);
         let (nodes, t4) = reflect(Api::<KubeNode>::all(client), watcher::Config::default());
         let caches = Caches {
@@ -123,7 +122,12 @@ impl Caches {
     }
 
     pub(crate) fn nodes(&self) -> Vec<Node> {
-        let mut nodes: Vec<Node> = self.nodes.state().iter().map(|n| observe::node(n)).collect();
+        let mut nodes: Vec<Node> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|n| observe::node(n))
+            .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes
     }
@@ -134,7 +138,10 @@ impl Caches {
         super::distinct_apps(
             rs.iter()
                 .map(|o| (o.namespace(), o.meta().labels.as_ref()))
-                .chain(sets.iter().map(|o| (o.namespace(), o.meta().labels.as_ref()))),
+                .chain(
+                    sets.iter()
+                        .map(|o| (o.namespace(), o.meta().labels.as_ref())),
+                ),
         )
     }
 
@@ -145,11 +152,19 @@ impl Caches {
                 .get(LABEL_APP)
                 .map(|a| AppKey::new(namespace, a.clone()))
         };
-        let at = |n: &str| ObjectRef::new(n).within(namespace);
         match kind {
-            "Pod" => self.pods.get(&at(name)).and_then(|p| key(p.labels())),
-            "ReplicaSet" => self.replica_sets.get(&at(name)).and_then(|o| key(o.labels())),
-            "StatefulSet" => self.stateful_sets.get(&at(name)).and_then(|o| key(o.labels())),
+            "Pod" => self
+                .pods
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|p| key(p.labels())),
+            "ReplicaSet" => self
+                .replica_sets
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|o| key(o.labels())),
+            "StatefulSet" => self
+                .stateful_sets
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|o| key(o.labels())),
             _ => None,
         }
     }

@@ -31,14 +31,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
 use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use rorqual_core::engine::{
-    Engine, EventStream, GroupStatus, LogOptions, LogStream, StateStore,
-};
+use rorqual_core::engine::{Engine, EventStream, GroupStatus, LogOptions, LogStream, StateStore};
 use rorqual_core::error::{Error, Result};
 use rorqual_core::model::{AppKey, AppSpec, Instance, Node, Revision, WorkloadKind};
 use serde_json::json;
@@ -50,13 +48,22 @@ use render::RenderOptions;
 pub use version::ServerVersion;
 
 /// Builds a [`KubeEngine`].
-#[derive(Debug)]
 pub struct KubeEngineBuilder {
     client: Client,
     server: String,
     state: Option<Arc<dyn StateStore>>,
     options: RenderOptions,
     sync_timeout: Duration,
+}
+
+impl fmt::Debug for KubeEngineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeEngineBuilder")
+            .field("server", &self.server)
+            .field("options", &self.options)
+            .field("sync_timeout", &self.sync_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KubeEngineBuilder {
@@ -96,7 +103,9 @@ impl KubeEngineBuilder {
     /// list. Fails naming the server when it cannot be reached or refuses.
     pub async fn build(self) -> Result<KubeEngine> {
         let state = self.state.ok_or_else(|| {
-            Error::BadRequest("KubeEngine needs a state store (KubeEngineBuilder::state_store)".into())
+            Error::BadRequest(
+                "KubeEngine needs a state store (KubeEngineBuilder::state_store)".into(),
+            )
         })?;
         let server = self.server;
         // An unreachable or failing server may come up: retried with backoff until the sync
@@ -231,7 +240,13 @@ impl KubeEngine {
             None => api
                 .get_opt(name)
                 .await
-                .map_err(|e| kube_error(&self.inner.server, &format!("read {} {name}", K::kind(&Default::default())), e))?
+                .map_err(|e| {
+                    kube_error(
+                        &self.inner.server,
+                        &format!("read {} {name}", K::kind(&Default::default())),
+                        e,
+                    )
+                })?
                 .map(|o| o.labels().clone()),
         };
         match labels {
@@ -246,24 +261,34 @@ impl KubeEngine {
         }
     }
 
-    async fn apply<K>(&self, api: &Api<K>, name: &str, manager: &str, body: &serde_json::Value) -> Result<K>
+    async fn apply<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        manager: &str,
+        body: &serde_json::Value,
+    ) -> Result<K>
     where
         K: Resource + Clone + serde::de::DeserializeOwned + fmt::Debug,
         <K as Resource>::DynamicType: Default,
     {
-        api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(body))
-            .await
-            .map_err(|e| {
-                kube_error(
-                    &self.inner.server,
-                    &format!(
-                        "apply {} {}/{name} (field manager {manager})",
-                        K::kind(&Default::default()),
-                        api.namespace().unwrap_or_default()
-                    ),
-                    e,
-                )
-            })
+        api.patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(|e| {
+            kube_error(
+                &self.inner.server,
+                &format!(
+                    "apply {} {}/{name} (field manager {manager})",
+                    K::kind(&Default::default()),
+                    api.namespace().unwrap_or_default()
+                ),
+                e,
+            )
+        })
     }
 
     async fn delete<K>(&self, api: &Api<K>, name: &str) -> Result<()>
@@ -325,7 +350,8 @@ impl Engine for KubeEngine {
                     context: format!("encode ReplicaSet {}/{name}", key.namespace),
                     source: e,
                 })?;
-                self.apply::<ReplicaSet>(&api, &name, FIELD_MANAGER, &body).await?;
+                self.apply::<ReplicaSet>(&api, &name, FIELD_MANAGER, &body)
+                    .await?;
                 Ok(self.stateless_status(&key, &revision, replicas))
             }
         }
@@ -347,21 +373,32 @@ impl Engine for KubeEngine {
             None => api
                 .get_opt(&name)
                 .await
-                .map_err(|e| kube_error(&self.inner.server, &format!("read ReplicaSet {}/{name}", app.namespace), e))?
+                .map_err(|e| {
+                    kube_error(
+                        &self.inner.server,
+                        &format!("read ReplicaSet {}/{name}", app.namespace),
+                        e,
+                    )
+                })?
                 .is_some(),
         };
         if !exists {
             return Err(not_found("group", format!("{app} at {revision}")));
         }
-        self.ensure_ours(&api, self.inner.caches.replica_set(&app.namespace, &name), &name)
-            .await?;
+        self.ensure_ours(
+            &api,
+            self.inner.caches.replica_set(&app.namespace, &name),
+            &name,
+        )
+        .await?;
         let body = json!({
             "apiVersion": "apps/v1",
             "kind": "ReplicaSet",
             "metadata": {"name": name, "namespace": app.namespace},
             "spec": {"replicas": replicas},
         });
-        self.apply::<ReplicaSet>(&api, &name, SCALE_MANAGER, &body).await?;
+        self.apply::<ReplicaSet>(&api, &name, SCALE_MANAGER, &body)
+            .await?;
         Ok(self.stateless_status(app, revision, replicas))
     }
 
@@ -389,8 +426,7 @@ impl Engine for KubeEngine {
             };
             let desired = rs
                 .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
+                .replicas
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(1);
             out.push(self.stateless_status(app, &Revision(revision), desired));
@@ -439,7 +475,9 @@ impl Engine for KubeEngine {
             })
             .filter_map(move |e| {
                 let mapped = e.and_then(|e| {
-                    observe::event(&e, |kind, namespace, name| caches.app_of(kind, namespace, name))
+                    observe::event(&e, |kind, namespace, name| {
+                        caches.app_of(kind, namespace, name)
+                    })
                 });
                 futures::future::ready(mapped)
             });
@@ -460,16 +498,13 @@ impl Engine for KubeEngine {
             tail_lines: options.tail.and_then(|n| i64::try_from(n).ok()),
             ..LogParams::default()
         };
-        let reader = api
-            .log_stream(instance, &params)
-            .await
-            .map_err(|e| {
-                kube_error(
-                    &self.inner.server,
-                    &format!("read the log of pod {namespace}/{instance}"),
-                    e,
-                )
-            })?;
+        let reader = api.log_stream(instance, &params).await.map_err(|e| {
+            kube_error(
+                &self.inner.server,
+                &format!("read the log of pod {namespace}/{instance}"),
+                e,
+            )
+        })?;
         let context = format!("log of pod {namespace}/{instance}");
         let lines = reader
             .lines()
@@ -481,15 +516,6 @@ impl Engine for KubeEngine {
 /// When `t` was, as the engine reports it.
 pub(crate) fn now() -> SystemTime {
     SystemTime::now()
-}
-
-/// Pods of `app` by revision.
-pub(crate) fn by_revision(pods: &[Instance]) -> BTreeMap<Revision, Vec<&Instance>> {
-    let mut out: BTreeMap<Revision, Vec<&Instance>> = BTreeMap::new();
-    for p in pods {
-        out.entry(p.revision.clone()).or_default().push(p);
-    }
-    out
 }
 
 /// The distinct apps among labelled objects.

@@ -74,7 +74,9 @@ pub fn instance(pod: &Pod, stateful: Option<&str>) -> Option<Instance> {
         InstancePhase::Terminating
     } else {
         match phase {
-            "Running" if waiting.is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff")) => {
+            "Running"
+                if waiting.is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff")) =>
+            {
                 InstancePhase::CrashLoopBackOff
             }
             "Running" if i.ready => InstancePhase::Running,
@@ -105,7 +107,9 @@ pub fn instance(pod: &Pod, stateful: Option<&str>) -> Option<Instance> {
 }
 
 /// A node's resources from a Kubernetes resource list (unparsable quantities count as 0).
-fn resources(list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>) -> Resources {
+fn resources(
+    list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) -> Resources {
     let cpu = list
         .and_then(|l| l.get("cpu"))
         .and_then(|q| q.0.parse::<Cpu>().ok())
@@ -171,10 +175,7 @@ pub fn counts(pods: &[&Instance]) -> (u32, u32, u32) {
 
 /// A Kubernetes event as an event, if it concerns a pod or workload of a known app.
 /// `app_of(kind, namespace, name)` says which app owns the involved object.
-pub fn event(
-    e: &KubeEvent,
-    app_of: impl Fn(&str, &str, &str) -> Option<AppKey>,
-) -> Option<Event> {
+pub fn event(e: &KubeEvent, app_of: impl Fn(&str, &str, &str) -> Option<AppKey>) -> Option<Event> {
     let involved = &e.involved_object;
     let kind = involved.kind.as_deref()?;
     let namespace = involved.namespace.as_deref().unwrap_or_default();
@@ -233,7 +234,10 @@ mod tests {
         assert_eq!(i.node.as_deref(), Some("n1"));
         assert_eq!(i.address, Some("127.1.0.5".parse().unwrap()));
         assert_eq!(i.ports.get("http"), Some(&8080));
-        assert_eq!((i.phase, i.ready, i.restarts), (InstancePhase::Running, true, 2));
+        assert_eq!(
+            (i.phase, i.ready, i.restarts),
+            (InstancePhase::Running, true, 2)
+        );
     }
 
     #[test]
@@ -253,7 +257,10 @@ mod tests {
         }));
         let i = instance(&pending, None).unwrap();
         assert_eq!(i.phase, InstancePhase::Pending);
-        assert_eq!(i.reason.as_deref(), Some("0/3 nodes are available: 3 Insufficient cpu."));
+        assert_eq!(
+            i.reason.as_deref(),
+            Some("0/3 nodes are available: 3 Insufficient cpu.")
+        );
         // Not rorqual's: no labels, no instance.
         assert!(instance(&pod(json!({"metadata": {"name": "x"}})), None).is_none());
     }

@@ -90,7 +90,9 @@ pub fn check(spec: &AppSpec, options: RenderOptions) -> Result<(), ValidationErr
                 if value.fract() != 0.0 || value < least {
                     refuse(
                         format!("containers[{i}].{which}.{field}"),
-                        &format!("Kubernetes probes take whole seconds (at least {least}), not {value}"),
+                        &format!(
+                            "Kubernetes probes take whole seconds (at least {least}), not {value}"
+                        ),
                     );
                 }
             }
@@ -146,7 +148,12 @@ pub fn pod_template(spec: &AppSpec, options: RenderOptions) -> PodTemplateSpec {
                 .map(|c| container(c, options))
                 .collect(),
             node_selector: non_empty(spec.node_selector.clone()),
-            tolerations: non_empty_vec(spec.tolerations.iter().map(convert).collect()),
+            tolerations: non_empty_vec(
+                spec.tolerations
+                    .iter()
+                    .map(convert::<_, Toleration>)
+                    .collect(),
+            ),
             affinity: spec.affinity.as_ref().map(convert::<_, Affinity>),
             topology_spread_constraints: non_empty_vec(
                 spec.topology_spread_constraints
@@ -170,12 +177,12 @@ pub fn replica_set(spec: &AppSpec, replicas: u32, options: RenderOptions) -> Rep
         metadata: meta(&key, names::replica_set_name(&key, &revision), {
             names::revision_labels(&key, &revision)
         }),
-        spec: Some(ReplicaSetSpec {
+        spec: ReplicaSetSpec {
             replicas: Some(count(replicas)),
             selector: selector(&key, Some(revision.as_str())),
             template: Some(pod_template(spec, options)),
             ..ReplicaSetSpec::default()
-        }),
+        },
         status: None,
     }
 }
@@ -187,7 +194,7 @@ pub fn stateful_set(spec: &AppSpec, replicas: u32, options: RenderOptions) -> St
     let key = spec.key();
     StatefulSet {
         metadata: meta(&key, key.name.clone(), names::app_labels(&key)),
-        spec: Some(StatefulSetSpec {
+        spec: StatefulSetSpec {
             replicas: Some(count(replicas)),
             selector: selector(&key, None),
             service_name: Some(key.name.clone()),
@@ -198,7 +205,7 @@ pub fn stateful_set(spec: &AppSpec, replicas: u32, options: RenderOptions) -> St
             }),
             template: pod_template(spec, options),
             ..StatefulSetSpec::default()
-        }),
+        },
         status: None,
     }
 }
@@ -411,7 +418,7 @@ mod tests {
         let rev = s.revision().to_string();
         assert_eq!(rs.metadata.name.as_deref(), Some(&*format!("web-{rev}")));
         assert_eq!(rs.metadata.namespace.as_deref(), Some("games"));
-        let rs_spec = rs.spec.unwrap();
+        let rs_spec = rs.spec;
         assert_eq!(rs_spec.replicas, Some(3));
         let sel = rs_spec.selector.match_labels.unwrap();
         assert_eq!(sel.get(LABEL_REVISION), Some(&rev));
@@ -444,7 +451,7 @@ mod tests {
     #[test]
     fn a_stateful_set_starts_in_order_and_updates_only_on_delete() {
         let s = spec().kind(WorkloadKind::Stateful);
-        let set = stateful_set(&s, 2, PROCESS).spec.unwrap();
+        let set = stateful_set(&s, 2, PROCESS).spec;
         assert_eq!(set.pod_management_policy.as_deref(), Some("OrderedReady"));
         assert_eq!(
             set.update_strategy.unwrap().type_.as_deref(),
@@ -468,10 +475,7 @@ mod tests {
         );
         // Without process pods every container needs an image.
         let err = check(&spec(), IMAGES).unwrap_err();
-        assert!(
-            err.errors.iter().any(|e| e.path.contains("image")),
-            "{err}"
-        );
+        assert!(err.errors.iter().any(|e| e.path.contains("image")), "{err}");
         assert!(check(&spec(), PROCESS).is_ok());
     }
 }

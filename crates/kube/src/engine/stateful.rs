@@ -26,13 +26,15 @@ fn encode<T: serde::Serialize>(what: String, v: &T) -> Result<serde_json::Value>
 
 /// The set's replica count and template revision.
 fn set_shape(set: &StatefulSet) -> (u32, Option<Revision>) {
-    let spec = set.spec.as_ref();
+    let spec = &set.spec;
     let replicas = spec
-        .and_then(|s| s.replicas)
+        .replicas
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(1);
     let revision = spec
-        .and_then(|s| s.template.metadata.as_ref())
+        .template
+        .metadata
+        .as_ref()
         .and_then(|m| m.labels.as_ref())
         .and_then(|l| l.get(LABEL_REVISION))
         .map(|r| Revision(r.clone()));
@@ -48,22 +50,25 @@ fn staying(pods: &[Instance], replicas: u32) -> Vec<&Instance> {
 }
 
 /// The set of `app`, from the cache or (when the cache has not seen it yet) the server.
-pub(super) async fn current_set(engine: &KubeEngine, app: &AppKey) -> Result<Option<Arc<StatefulSet>>> {
+pub(super) async fn current_set(
+    engine: &KubeEngine,
+    app: &AppKey,
+) -> Result<Option<Arc<StatefulSet>>> {
     if let Some(s) = engine.inner.caches.stateful_set(&app.namespace, &app.name) {
         return Ok(Some(s));
     }
     let api: Api<StatefulSet> = engine.api(&app.namespace);
     let found = api.get_opt(&app.name).await.map_err(|e| {
-        super::errors::kube_error(
-            &engine.inner.server,
-            &format!("read StatefulSet {app}"),
-            e,
-        )
+        super::errors::kube_error(&engine.inner.server, &format!("read StatefulSet {app}"), e)
     })?;
     Ok(found.map(Arc::new))
 }
 
-pub(super) async fn apply(engine: &KubeEngine, spec: &AppSpec, replicas: u32) -> Result<GroupStatus> {
+pub(super) async fn apply(
+    engine: &KubeEngine,
+    spec: &AppSpec,
+    replicas: u32,
+) -> Result<GroupStatus> {
     let key = spec.key();
     let sets: Api<StatefulSet> = engine.api(&key.namespace);
     let services: Api<Service> = engine.api(&key.namespace);
@@ -198,7 +203,9 @@ pub(super) async fn move_identity(
     let rendered = render::stateful_set(spec, replicas, engine.inner.options);
     let body = encode(format!("StatefulSet {key}"), &rendered)?;
     let sets: Api<StatefulSet> = engine.api(&key.namespace);
-    engine.ensure_ours(&sets, Some(set.clone()), &key.name).await?;
+    engine
+        .ensure_ours(&sets, Some(set.clone()), &key.name)
+        .await?;
     engine
         .apply::<StatefulSet>(&sets, &key.name, FIELD_MANAGER, &body)
         .await?;

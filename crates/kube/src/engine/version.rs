@@ -73,24 +73,30 @@ pub fn check(spec: &AppSpec, version: ServerVersion) -> Result<(), ValidationErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rorqual_core::model::{ContainerSpec, LabelSelector, TopologySpreadConstraint, WhenUnsatisfiable};
+    use rorqual_core::model::{
+        ContainerSpec, LabelSelector, TopologySpreadConstraint, WhenUnsatisfiable,
+    };
 
     #[test]
     fn versions_parse_with_provider_suffixes() {
         assert_eq!(ServerVersion::parse("1", "20"), Some(ServerVersion::v1(20)));
-        assert_eq!(ServerVersion::parse("1", "20+"), Some(ServerVersion::v1(20)));
+        assert_eq!(
+            ServerVersion::parse("1", "20+"),
+            Some(ServerVersion::v1(20))
+        );
         assert_eq!(ServerVersion::parse("", "20"), None);
     }
 
     #[test]
     fn a_field_the_server_lacks_is_named_with_the_server_version() {
-        let spec = AppSpec::new("web", vec![ContainerSpec::new("app", ["x"])])
-            .spread(TopologySpreadConstraint::new(
+        let spec = AppSpec::new("web", vec![ContainerSpec::new("app", ["x"])]).spread(
+            TopologySpreadConstraint::new(
                 1,
                 "zone",
                 WhenUnsatisfiable::DoNotSchedule,
                 LabelSelector::default(),
-            ));
+            ),
+        );
         let err = check(&spec, ServerVersion::v1(17)).unwrap_err();
         assert_eq!(err.errors[0].path, "topologySpreadConstraints");
         assert_eq!(
