@@ -34,7 +34,7 @@ use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
 use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use rorqual_core::engine::{Engine, EventStream, GroupStatus, LogOptions, LogStream, StateStore};
 use rorqual_core::error::{Error, Result};
@@ -458,30 +458,50 @@ impl Engine for KubeEngine {
     fn events(&self) -> EventStream {
         let api: Api<KubeEvent> = Api::all(self.inner.client.clone());
         let caches = self.inner.caches.clone();
-        // Events from now on: the watch's initial list is history, skipped.
-        let stream = watcher(api, watcher::Config::default())
-            .map_err(|e| tracing::debug!(error = %e, "kube engine: event watch failed; retrying"))
-            .filter_map(|ev| futures::future::ready(ev.ok()))
-            .scan(false, |live, ev| {
-                let out = match ev {
-                    watcher::Event::InitDone => {
-                        *live = true;
-                        None
-                    }
-                    watcher::Event::Apply(e) if *live => Some(e),
-                    _ => None,
+        // Events from now on: the watch starts here (not when the stream is first polled),
+        // and of its initial list only what happened since this second passes.
+        let since = observe::unix_seconds(SystemTime::now());
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            let mut live = false;
+            loop {
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = stream.next() => next,
                 };
-                futures::future::ready(Some(out))
-            })
-            .filter_map(move |e| {
-                let mapped = e.and_then(|e| {
-                    observe::event(&e, |kind, namespace, name| {
-                        caches.app_of(kind, namespace, name)
-                    })
+                let event = match next {
+                    None => return,
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        live = true;
+                        continue;
+                    }
+                    Some(Ok(watcher::Event::InitApply(e)))
+                        if observe::happened_since(&e, since) =>
+                    {
+                        e
+                    }
+                    Some(Ok(watcher::Event::Apply(e))) if live => e,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "kube engine: event watch failed; retrying");
+                        continue;
+                    }
+                };
+                let mapped = observe::event(&event, |kind, namespace, name| {
+                    caches.app_of(kind, namespace, name)
                 });
-                futures::future::ready(mapped)
-            });
-        Box::pin(stream)
+                if let Some(m) = mapped
+                    && tx.send(m).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|e| (e, rx))
+        }))
     }
 
     fn state_store(&self) -> Arc<dyn StateStore> {

@@ -173,6 +173,26 @@ pub fn counts(pods: &[&Instance]) -> (u32, u32, u32) {
     (current, ready, ready)
 }
 
+/// Whole seconds since the Unix epoch.
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// When `e` last happened, if it says.
+fn event_time(e: &KubeEvent) -> Option<SystemTime> {
+    e.last_timestamp
+        .as_ref()
+        .or(e.first_timestamp.as_ref())
+        .map(|t| SystemTime::from(t.0))
+        .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)))
+}
+
+/// Whether `e` last happened in second `since` or later (event timestamps are whole seconds).
+pub fn happened_since(e: &KubeEvent, since: u64) -> bool {
+    event_time(e).is_some_and(|t| unix_seconds(t) >= since)
+}
+
 /// A Kubernetes event as an event, if it concerns a pod or workload of a known app.
 /// `app_of(kind, namespace, name)` says which app owns the involved object.
 pub fn event(e: &KubeEvent, app_of: impl Fn(&str, &str, &str) -> Option<AppKey>) -> Option<Event> {
@@ -194,13 +214,7 @@ pub fn event(e: &KubeEvent, app_of: impl Fn(&str, &str, &str) -> Option<AppKey>)
     if kind == "Pod" {
         out = out.instance(name);
     }
-    let when = e
-        .last_timestamp
-        .as_ref()
-        .or(e.first_timestamp.as_ref())
-        .map(|t| SystemTime::from(t.0))
-        .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)));
-    if let Some(t) = when {
+    if let Some(t) = event_time(e) {
         out.time = t;
     }
     Some(out)

@@ -418,6 +418,10 @@ impl TestEnvBuilder {
                 format!("--cert-dir={}", dir.path().join("cm-certs").display()),
                 "--leader-elect=false".to_owned(),
                 "--controllers=*".to_owned(),
+                // Each controller acts as its own service account (the ReplicaSet controller
+                // as `replicaset-controller`, …), whose bootstrap RBAC roles let it create
+                // pods; `system:kube-controller-manager` alone may not.
+                "--use-service-account-credentials=true".to_owned(),
                 format!(
                     "--service-account-private-key-file={}",
                     files.service_account_key.display()
