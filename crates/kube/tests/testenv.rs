@@ -16,7 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 use rorqual_kube::testenv::{
-    BinarySources, Component, Error, TestEnv, Unavailable, ci_from_env, process_alive, skip_or_fail,
+    BinarySources, Component, Error, TestEnv, TestEnvBuilder, Unavailable, ci_from_env,
+    process_alive, skip_or_fail,
 };
 use rorqual_kube::testenv_or_skip;
 
@@ -160,12 +161,12 @@ async fn a_missing_binary_names_its_variable_and_the_build_command() {
 }
 
 /// Starts a control plane of its own (not the shared one), or says why it cannot.
-async fn own_env() -> Option<TestEnv> {
+async fn own_env(builder: TestEnvBuilder) -> Option<TestEnv> {
     if std::env::var("USE_EXISTING_CLUSTER").is_ok_and(|v| v == "true") {
         println!("skipped: USE_EXISTING_CLUSTER=true starts no processes");
         return None;
     }
-    match TestEnv::start().await {
+    match builder.start().await {
         Ok(env) => Some(env),
         Err(Error::MissingBinary(missing)) => match skip_or_fail(&missing, ci_from_env()) {
             Unavailable::Skip(line) => {
@@ -192,7 +193,10 @@ async fn survivors(pids: &[u32], within: Duration) -> Vec<u32> {
 
 #[tokio::test]
 async fn the_processes_are_gone_after_drop() {
-    let Some(env) = own_env().await else { return };
+    // With the scheduler, so that its start and its flags are checked too.
+    let Some(env) = own_env(TestEnv::builder().scheduler(true)).await else {
+        return;
+    };
     let processes = env.processes();
     let started: Vec<Component> = processes.iter().map(|(c, _)| *c).collect();
     assert_eq!(
@@ -200,7 +204,8 @@ async fn the_processes_are_gone_after_drop() {
         [
             Component::Etcd,
             Component::KubeApiserver,
-            Component::KubeControllerManager
+            Component::KubeControllerManager,
+            Component::KubeScheduler
         ]
     );
     let pids: Vec<u32> = processes.iter().map(|(_, pid)| *pid).collect();
@@ -277,7 +282,9 @@ async fn kill_helper() {
     if std::env::var_os(HELPER_VAR).is_none() {
         return;
     }
-    let Some(env) = own_env().await else { return };
+    let Some(env) = own_env(TestEnv::builder()).await else {
+        return;
+    };
     let pids: Vec<String> = env.processes().iter().map(|(_, p)| p.to_string()).collect();
     println!("pids: {}", pids.join(" "));
     tokio::time::sleep(Duration::from_secs(600)).await;
