@@ -326,3 +326,50 @@ async fn unreachable_and_unauthorised_servers_are_named_in_the_error() {
     assert!(err.to_string().contains("unauthorised (401"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "not retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_only_move_patches_the_pod_in_place() {
+    let env = testenv_or_skip!();
+    let ns = env.new_namespace("inplace").await.unwrap();
+    let engine = engine(env, &ns).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(env.client().await.unwrap(), &ns);
+    let with_image = |image: &str| {
+        let mut s = spec(&ns, "gs", "v1").kind(WorkloadKind::Stateful);
+        s.containers[0].image = Some(image.to_owned());
+        s
+    };
+    let (v1, v2) = (with_image("example/gs:1"), with_image("example/gs:2"));
+    assert_ne!(v1.revision(), v2.revision());
+    engine.apply_group(&v1, 1).await.unwrap();
+    let before = eventually(30, "gs-0 in the cache", || async {
+        let pod = pods.get_opt("gs-0").await.unwrap()?;
+        let cached = engine.instances(&v1.key()).await.unwrap();
+        (cached.len() == 1).then_some(pod)
+    })
+    .await;
+    let moved = engine.move_identity(&v2, 0).await.unwrap();
+    assert_eq!(moved.revision, v2.revision());
+    let after = pods.get("gs-0").await.unwrap();
+    assert_eq!(after.metadata.uid, before.metadata.uid, "the same pod");
+    assert_eq!(
+        after.spec.unwrap().containers[0].image.as_deref(),
+        Some("example/gs:2")
+    );
+    assert_eq!(
+        after.metadata.labels.unwrap()["rorqual.io/revision"],
+        v2.revision().as_str()
+    );
+    // A change beyond images is not in place: the pod is replaced.
+    let mut v3 = v2.clone();
+    v3.containers[0] = v3.containers[0].clone().env("MORE", "1");
+    engine.move_identity(&v3, 0).await.unwrap();
+    eventually(30, "gs-0 replaced at v3", || async {
+        let pod = pods.get_opt("gs-0").await.unwrap()?;
+        (pod.metadata.uid != before.metadata.uid
+            && pod.metadata.labels.as_ref()?.get("rorqual.io/revision")
+                == Some(&v3.revision().to_string()))
+        .then_some(())
+    })
+    .await;
+}

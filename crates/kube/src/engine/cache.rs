@@ -101,6 +101,10 @@ impl Caches {
             .get(&ObjectRef::new(name).within(namespace))
     }
 
+    pub(crate) fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
     fn of_app<K: Resource>(app: &AppKey) -> impl Fn(&K) -> bool + '_ {
         move |o: &K| {
             o.meta().namespace.as_deref() == Some(app.namespace.as_str())

@@ -33,9 +33,30 @@ pub const ANNOTATION_GANG_MIN_MEMBER: &str = "rorqual.io/gang-min-member";
 /// Annotation: how long gang members wait, in seconds.
 pub const ANNOTATION_GANG_TIMEOUT: &str = "rorqual.io/gang-timeout-seconds";
 
+/// Annotation: the revision of the pod's template with every container's image left out. Two
+/// templates with the same value differ at most in images, so an identity can move between
+/// them in place (its pod keeps UID, node and address).
+pub const ANNOTATION_TEMPLATE_SANS_IMAGES: &str = "rorqual.io/template-sans-images";
+
+/// [`ANNOTATION_TEMPLATE_SANS_IMAGES`] of `spec`.
+pub fn template_sans_images(spec: &AppSpec) -> String {
+    let mut bare = spec.clone();
+    for c in &mut bare.containers {
+        c.image = None;
+    }
+    bare.revision().to_string()
+}
+
 /// The image of a container that has none: pods run by rorqual's node agent run the
 /// container's `command` as a process and never pull it.
 pub const PROCESS_IMAGE: &str = "rorqual.io/process";
+
+/// The image `c` runs as.
+pub fn image_of(c: &ContainerSpec, options: RenderOptions) -> Option<String> {
+    c.image
+        .clone()
+        .or_else(|| options.process_pods.then(|| PROCESS_IMAGE.to_owned()))
+}
 
 /// How specs are rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +136,10 @@ pub fn pod_template(spec: &AppSpec, options: RenderOptions) -> PodTemplateSpec {
     let revision = spec.revision();
     let mut labels = spec.labels.clone();
     labels.extend(names::revision_labels(&key, &revision));
-    let mut annotations = BTreeMap::new();
+    let mut annotations = BTreeMap::from([(
+        ANNOTATION_TEMPLATE_SANS_IMAGES.to_owned(),
+        template_sans_images(spec),
+    )]);
     if let Some(u) = &spec.underlay {
         annotations.insert(
             ANNOTATION_UNDERLAY_POOL.to_owned(),
@@ -138,7 +162,7 @@ pub fn pod_template(spec: &AppSpec, options: RenderOptions) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
-            annotations: (!annotations.is_empty()).then_some(annotations),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -258,10 +282,7 @@ fn selector(key: &AppKey, revision: Option<&str>) -> LabelSelector {
 }
 
 fn container(c: &ContainerSpec, options: RenderOptions) -> Container {
-    let image = c
-        .image
-        .clone()
-        .or_else(|| options.process_pods.then(|| PROCESS_IMAGE.to_owned()));
+    let image = image_of(c, options);
     let mut requests = BTreeMap::new();
     if c.resources.cpu.millis() > 0 {
         requests.insert(

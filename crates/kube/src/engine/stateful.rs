@@ -178,6 +178,26 @@ pub(super) fn groups(engine: &KubeEngine, app: &AppKey, set: &StatefulSet) -> Ve
         .collect()
 }
 
+/// Whether pod `name` of `app` runs a template that differs from `spec`'s only in images.
+fn in_place(engine: &KubeEngine, app: &AppKey, name: &str, spec: &AppSpec) -> bool {
+    let Some(pod) = engine.inner.caches.pod(&app.namespace, name) else {
+        return false;
+    };
+    let same_containers = pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .map(|c| &c.name)
+            .eq(spec.containers.iter().map(|c| &c.name))
+    });
+    same_containers
+        && pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(render::ANNOTATION_TEMPLATE_SANS_IMAGES))
+            .is_some_and(|v| *v == render::template_sans_images(spec))
+}
+
 pub(super) async fn move_identity(
     engine: &KubeEngine,
     spec: &AppSpec,
@@ -216,10 +236,41 @@ pub(super) async fn move_identity(
         .instances(&key, Some(&key.name))
         .into_iter()
         .find(|i| i.id == pod_name);
+    let pods: Api<Pod> = engine.api(&key.namespace);
     match current {
         Some(i) if i.revision == revision => Ok(i),
+        Some(i) if in_place(engine, &key, &pod_name, spec) => {
+            // Only images differ: patch them into the pod, which keeps its UID, node and
+            // address (the game-server ideal); its node restarts the changed containers.
+            let containers: Vec<serde_json::Value> = spec
+                .containers
+                .iter()
+                .map(
+                    |c| json!({"name": c.name, "image": render::image_of(c, engine.inner.options)}),
+                )
+                .collect();
+            let patch = json!({
+                "metadata": {"labels": {LABEL_REVISION: revision.as_str()}},
+                "spec": {"containers": containers},
+            });
+            pods.patch(
+                &pod_name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(&patch),
+            )
+            .await
+            .map_err(|e| {
+                super::errors::kube_error(
+                    &engine.inner.server,
+                    &format!("patch the images of pod {}/{pod_name}", key.namespace),
+                    e,
+                )
+            })?;
+            let mut moved = i;
+            moved.revision = revision;
+            Ok(moved)
+        }
         Some(_) => {
-            let pods: Api<Pod> = engine.api(&key.namespace);
             engine.delete(&pods, &pod_name).await?;
             let mut moved = Instance::new(pod_name, key, revision, super::now());
             moved.ordinal = Some(ordinal);
