@@ -9,8 +9,11 @@ use async_trait::async_trait;
 use rorqual_core::Error;
 use rorqual_core::placement::{NodeView, Placement, PlacementDecision, PlacementRequest};
 
+use rorqual_core::model::{Taint, TaintEffect};
+
 use crate::convert;
 use crate::interner::Sym;
+use crate::plugins::TAINT_NOT_READY;
 use crate::scheduler::Scheduler;
 use crate::selector::Selector;
 use crate::snapshot::{
@@ -105,6 +108,16 @@ pub fn node_from_view(view: &NodeView) -> NodeInfo {
     info.taints = node.taints.clone();
     info.unschedulable = node.unschedulable;
     info.ready = node.ready;
+    // Filters read readiness through taints only, as kube-scheduler does; an engine reports
+    // it as a flag, so a not-ready node gets the taint Kubernetes' node lifecycle controller
+    // would put on it (pods tolerating it, like a DaemonSet's, may still go there).
+    if !node.ready && !info.taints.iter().any(|t| t.key == TAINT_NOT_READY) {
+        info.taints.push(Taint {
+            key: TAINT_NOT_READY.to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        });
+    }
     info.requested = view.requested;
     info.used_ports = view
         .used_ports
