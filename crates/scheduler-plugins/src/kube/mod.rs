@@ -1,6 +1,13 @@
 //! Kubernetes JSON → snapshots: the subset of `Pod` and `Node` the plugins read, decoded from
 //! the API's JSON (what an extender receives). With feature `k8s`, typed k8s-openapi objects
-//! convert through the same mapping, so both paths agree.
+//! convert through the same mapping, so both paths agree (your binary picks k8s-openapi's
+//! version feature; this crate enables none).
+//!
+//! Semantics follow kube-scheduler: resource quantities are read in full (`1k`, `1e3`, `Ki`…
+//! `Ei`, `m`, any suffix on any resource) and rounded up like apimachinery's `Value()`;
+//! readiness is not read from conditions (the `node.kubernetes.io/not-ready` and
+//! `unreachable` taints carry it), and a node's Ready condition only fills the informational
+//! [`NodeInfo::ready`](crate::NodeInfo::ready).
 //!
 //! rorqual's own pod annotations: [`ANNOTATION_IDENTITY`] (`namespace/name-ordinal`; a
 //! StatefulSet's pod without it takes `namespace/` + its [`LABEL_STATEFULSET_POD_NAME`] label),

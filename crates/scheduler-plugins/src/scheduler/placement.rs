@@ -210,3 +210,39 @@ impl Placement for Scheduler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rorqual_core::model::{Node, Resources, Toleration, TolerationOperator};
+
+    use super::*;
+    use crate::framework::{CycleState, FilterPlugin};
+    use crate::plugins::{NodeUnschedulable, TaintToleration};
+
+    #[test]
+    fn a_not_ready_engine_node_repels_through_the_not_ready_taint_only() {
+        let mut node = Node::new("n1", Resources::new(4000, 8 << 30));
+        node.ready = false;
+        let info = node_from_view(&NodeView::new(node));
+        assert!(!info.ready);
+        assert_eq!(info.taints.len(), 1);
+        assert_eq!(info.taints[0].key, TAINT_NOT_READY);
+        let state = CycleState::new();
+        let plain = PodInfo::new("u1", "ns", "p", Resources::default());
+        let mut daemon = PodInfo::new("u2", "ns", "d", Resources::default());
+        daemon.tolerations.push(Toleration {
+            key: String::new(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: None,
+        });
+        let passes = |pod: &PodInfo| {
+            NodeUnschedulable.filter(&state, pod, &info).is_success()
+                && TaintToleration.filter(&state, pod, &info).is_success()
+        };
+        assert!(!passes(&plain));
+        assert!(passes(&daemon));
+        let ready = node_from_view(&NodeView::new(Node::new("n2", Resources::new(1, 1))));
+        assert!(ready.taints.is_empty());
+    }
+}
