@@ -396,6 +396,177 @@ mod extender_latency {
     }
 }
 
+/// The extender per request with bodies shaped like kube-scheduler v1.20.2's (feature
+/// `extender`): 50 nodes as informer objects (managedFields, conditions, images; about 5 KB
+/// each), a Deployment's pod; filter and prioritize in Nodes mode (`nodeCacheCapable: false`,
+/// what the example's stanza asks for without a Node watch) and in NodeNames mode.
+#[cfg(feature = "extender")]
+mod extender_kube {
+    use std::time::{Duration, Instant};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use rorqual_scheduler::extender::ExtenderServer;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/v1_20/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn nodes(n: usize) -> Vec<Value> {
+        let template = fixture("node.json");
+        (0..n)
+            .map(|i| {
+                let mut node = template.clone();
+                let name = format!("node-{i}");
+                node["metadata"]["labels"]["kubernetes.io/hostname"] = json!(name);
+                node["metadata"]["labels"]["topology.kubernetes.io/zone"] =
+                    json!(format!("zone-{}", i % 3));
+                node["metadata"]["name"] = json!(name);
+                node
+            })
+            .collect()
+    }
+
+    fn stats(mut v: Vec<Duration>) -> String {
+        v.sort();
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3;
+        let mean = v.iter().sum::<Duration>().as_secs_f64() * 1e3 / v.len() as f64;
+        format!(
+            "mean {mean:.3} ms, p50 {:.3} ms, p99 {:.3} ms ({} requests)",
+            at(0.5),
+            at(0.99),
+            v.len()
+        )
+    }
+
+    fn in_process(
+        rt: &tokio::runtime::Runtime,
+        server: &ExtenderServer,
+        path: &str,
+        body: &str,
+        requests: usize,
+    ) -> Vec<Duration> {
+        let router = server.router();
+        rt.block_on(async {
+            let mut out = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let start = Instant::now();
+                let response = router
+                    .clone()
+                    .oneshot(
+                        Request::post(path)
+                            .header("content-type", "application/json")
+                            .body(Body::from(body.to_owned()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                out.push(start.elapsed());
+                assert!(bytes.len() > 10);
+            }
+            out
+        })
+    }
+
+    /// One pod's filter then prioritize, over HTTP on loopback through one kept-alive
+    /// connection (kube-scheduler's extender client keeps connections alive).
+    fn over_http(
+        rt: &tokio::runtime::Runtime,
+        addr: std::net::SocketAddr,
+        filter: &str,
+        prioritize: &str,
+        pods: usize,
+    ) -> Vec<Duration> {
+        let client = reqwest::Client::new();
+        rt.block_on(async {
+            let mut out = Vec::with_capacity(pods);
+            for _ in 0..pods {
+                let start = Instant::now();
+                for (verb, body) in [("filter", filter), ("prioritize", prioritize)] {
+                    let response = client
+                        .post(format!("http://{addr}/{verb}"))
+                        .header("content-type", "application/json")
+                        .body(body.to_owned())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    assert!(response.bytes().await.unwrap().len() > 10);
+                }
+                out.push(start.elapsed());
+            }
+            out
+        })
+    }
+
+    pub(crate) fn extender_kube(rt: &tokio::runtime::Runtime, requests: usize) {
+        const NODES: usize = 50;
+        let pod = fixture("pod.json");
+        let nodes = nodes(NODES);
+        let names: Vec<&str> = nodes
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap())
+            .collect();
+        let full =
+            json!({"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": null})
+                .to_string();
+        let cached = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
+        println!(
+            "extender, kube-scheduler 1.20 bodies, {NODES} nodes: Nodes-mode request {} bytes, NodeNames-mode request {} bytes",
+            full.len(),
+            cached.len()
+        );
+        let server = ExtenderServer::with_default_plugins().node_cache_capable(false);
+        // Warm up (and, in Nodes mode, fill the cache the NodeNames runs use).
+        in_process(rt, &server, "/filter", &full, 20);
+        in_process(rt, &server, "/filter", &cached, 20);
+        for (label, path, body) in [
+            ("filter, Nodes mode", "/filter", &full),
+            ("prioritize, Nodes mode", "/prioritize", &full),
+            ("filter, NodeNames mode", "/filter", &cached),
+            ("prioritize, NodeNames mode", "/prioritize", &cached),
+        ] {
+            let times = in_process(rt, &server, path, body, requests);
+            println!(
+                "extender {label} (in-process router, JSON in and out): {}",
+                stats(times)
+            );
+        }
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let served = server.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                served.serve(listener).await.unwrap();
+            });
+        });
+        over_http(rt, addr, &full, &full, 20);
+        let times = over_http(rt, addr, &full, &full, requests);
+        println!(
+            "extender filter + prioritize per pod, Nodes mode, over HTTP on 127.0.0.1 (kept-alive connection): {}",
+            stats(times)
+        );
+        let times = over_http(rt, addr, &cached, &cached, requests);
+        println!(
+            "extender filter + prioritize per pod, NodeNames mode, over HTTP on 127.0.0.1 (kept-alive connection): {}",
+            stats(times)
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let shape = if full {
@@ -423,7 +594,7 @@ fn main() {
         "machine: {} cores available",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    // SCHED_BENCH=basic|anti|underlay|extender runs one scenario.
+    // SCHED_BENCH=basic|anti|underlay|extender|extender-kube runs one scenario.
     let only = std::env::var("SCHED_BENCH").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     if run("basic") {
@@ -439,6 +610,12 @@ fn main() {
             true,
             "required pod anti-affinity (groups of 10 per hostname)",
         );
+    }
+    if run("extender-kube") {
+        #[cfg(feature = "extender")]
+        extender_kube::extender_kube(&rt, if full { 2000 } else { 10 });
+        #[cfg(not(feature = "extender"))]
+        println!("extender with kube-scheduler 1.20 bodies: not run (needs feature `extender`)");
     }
     if run("extender") {
         #[cfg(feature = "extender")]

@@ -8,7 +8,9 @@
 //!   cache, Reserve/Permit/Bind) which also implements core's `Placement`;
 //! - [`plugins`]: resources, taints, node and pod affinity, topology spread, ports, sticky
 //!   identity, underlay IP capacity, gang scheduling;
-//! - [`extender`]: the same plugins served to kube-scheduler over the extender protocol;
+//! - [`extender`]: the same plugins served to kube-scheduler over the extender protocol,
+//!   creating Bindings through a `Binder`, with the configuration and the answers of the
+//!   kube-scheduler release that calls it;
 //! - [`convert`]: core's selectors, affinity terms and spread constraints → the scheduler's,
 //!   the one mapping behind both `pod_from_request` (core's `Placement` seam) and [`kube`]
 //!   (Kubernetes Pod JSON).

@@ -248,9 +248,12 @@ pub struct NodeInfo {
     pub labels: Labels,
     /// Taints.
     pub taints: Vec<Taint>,
-    /// Cordoned.
+    /// Cordoned (`spec.unschedulable`): [`NodeUnschedulable`](crate::plugins::NodeUnschedulable)
+    /// admits only pods tolerating `node.kubernetes.io/unschedulable`.
     pub unschedulable: bool,
-    /// Ready.
+    /// The node's Ready condition, for information: no filter reads it. As in kube-scheduler,
+    /// readiness reaches the filters as the `node.kubernetes.io/not-ready` or `unreachable`
+    /// taints in [`NodeInfo::taints`] (engine views get the former when not ready).
     pub ready: bool,
     /// Host ports in use.
     pub used_ports: Vec<HostPort>,

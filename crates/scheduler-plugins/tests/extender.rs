@@ -10,12 +10,27 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use rorqual_core::model::Resources;
-use rorqual_scheduler::extender::ExtenderServer;
+use rorqual_scheduler::extender::{BindError, Binder, ExtenderServer, KubeVersion, PodBinding};
 use rorqual_scheduler::framework::{CycleState, FilterPlugin, Plugin, Status};
 use rorqual_scheduler::plugins::{DefaultPlugins, IpCapacity, MemoryIpCapacity, ReserveRequest};
 use rorqual_scheduler::{NodeInfo, PodInfo, Scheduler, Sym};
 use serde_json::Value;
 use tower::ServiceExt;
+
+/// Accepts every binding and keeps it (the API server is out of these tests' scope; see
+/// `extender_kube_1_20.rs` for the Binding on the wire).
+#[derive(Debug, Default)]
+struct AcceptingBinder {
+    bound: parking_lot::Mutex<Vec<PodBinding>>,
+}
+
+#[async_trait::async_trait]
+impl Binder for AcceptingBinder {
+    async fn bind(&self, binding: &PodBinding) -> Result<(), BindError> {
+        self.bound.lock().push(binding.clone());
+        Ok(())
+    }
+}
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -67,7 +82,12 @@ fn cluster() -> (ExtenderServer, Arc<MemoryIpCapacity>) {
             PodInfo::new("mid-2", "default", "mid-2", Resources::new(2000, 0)),
         )
         .unwrap();
-    (ExtenderServer::new(scheduler), cap)
+    // The fixtures are exchanges with a kube-scheduler that reads
+    // `FailedAndUnresolvableNodes` (1.21+); `extender_kube_1_20.rs` covers 1.20.
+    let server = ExtenderServer::new(scheduler)
+        .kube_scheduler_version(KubeVersion::new(1, 25))
+        .binder(Arc::new(AcceptingBinder::default()));
+    (server, cap)
 }
 
 async fn post(server: &ExtenderServer, path: &str, body: impl Into<Body>) -> (StatusCode, String) {
@@ -148,7 +168,7 @@ async fn filter_accepts_null_optional_fields_in_the_pod_and_the_nodes() {
 }
 
 #[tokio::test]
-async fn a_node_that_cannot_be_decoded_is_named_in_the_filter_error() {
+async fn a_node_that_cannot_be_decoded_fails_alone_and_is_named() {
     let (server, _) = cluster();
     let body = fixture("filter_nodes_request.json").replace(
         r#""taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]"#,
@@ -157,9 +177,11 @@ async fn a_node_that_cannot_be_decoded_is_named_in_the_filter_error() {
     let (status, body) = post(&server, "/filter", body).await;
     assert_eq!(status, StatusCode::OK);
     let got: Value = serde_json::from_str(&body).unwrap();
-    let error = got["Error"].as_str().unwrap();
+    assert_eq!(got["Error"], "", "{body}");
+    assert_eq!(got["Nodes"]["items"][0]["metadata"]["name"], "a", "{body}");
+    let reason = got["FailedAndUnresolvableNodes"]["b"].as_str().unwrap();
     assert!(
-        error.starts_with("Node `b`: spec.taints: invalid type"),
+        reason.starts_with("Node `b`: spec.taints: invalid type"),
         "{body}"
     );
 }
@@ -218,7 +240,10 @@ async fn bind_reserves_the_underlay_address_and_records_the_pod() {
     let bad = r#"{"PodName":"x","PodNamespace":"games","PodUID":"6c1f5a2e-0000-4000-8000-000000000009","Node":"n4"}"#;
     let (status, body) = post(&server, "/bind", bad).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.contains("cannot bind games/x to n4"), "{body}");
+    assert!(
+        body.contains("cannot bind pod games/x to node n4"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -440,7 +465,8 @@ async fn bind_of_a_pod_not_seen_in_filter_fails_and_takes_nothing() {
     let (status, body) = post(&server, "/bind", bind_args("ghost", "n3")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        body.contains("cannot bind default/ghost") && body.contains("not seen in a filter call"),
+        body.contains("cannot bind pod default/ghost")
+            && body.contains("not seen in a filter call"),
         "{body}"
     );
     let on_n3 = server
@@ -503,7 +529,10 @@ fn nodes_filter(uid: &str, n: usize, labels: usize) -> String {
 
 #[tokio::test]
 async fn nodes_mode_filter_feeds_the_cache_so_bind_works() {
-    let server = ExtenderServer::with_default_plugins().node_cache_capable(false);
+    let binder = Arc::new(AcceptingBinder::default());
+    let server = ExtenderServer::with_default_plugins()
+        .node_cache_capable(false)
+        .binder(binder.clone());
     assert_eq!(
         server.stanza("http://127.0.0.1:8888").to_value().unwrap()["nodeCacheCapable"],
         false,
@@ -523,6 +552,10 @@ async fn nodes_mode_filter_feeds_the_cache_so_bind_works() {
     let (_, body) = post(&server, "/bind", bind_args("web-1", "node-1")).await;
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(got["Error"], "", "{body}");
+    assert_eq!(
+        *binder.bound.lock(),
+        [PodBinding::new("default", "web-1", "web-1", "node-1")]
+    );
     let used = server
         .scheduler()
         .with_snapshot(|s| s.node(Sym::new("node-1")).unwrap().requested.cpu.0);

@@ -1,7 +1,7 @@
 //! The extender HTTP server: `/filter`, `/prioritize`, `/bind`, `/preempt` over a
 //! [`Scheduler`]'s plugins and cache.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,16 +14,22 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::extender::ExtenderStanza;
+use axum::serve::ListenerExt;
+use serde_json::value::RawValue;
+
+use crate::extender::binder::{Binder, PodBinding};
+use crate::extender::node_feed::{FedNode, NodeFeed};
 use crate::extender::wire::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult,
     ExtenderPreemptionArgs, ExtenderPreemptionResult, HostPriority, MetaVictims,
     to_extender_priority,
 };
+use crate::extender::{ExtenderStanza, KubeVersion};
 use crate::framework::Code;
+use crate::framework::{BindPlugin, CycleState, Plugin, Status};
 use crate::interner::Sym;
-use crate::kube::{node_from_json, node_name, pod_from_json};
-use crate::scheduler::{Evaluation, Scheduler};
+use crate::kube::pod_from_json;
+use crate::scheduler::Scheduler;
 use crate::snapshot::{PodInfo, Snapshot};
 
 /// How many pods seen in filter calls are remembered for a later bind, by default.
@@ -100,6 +106,53 @@ pub struct ExtenderServer {
     seen: Arc<Mutex<SeenPods>>,
     node_cache_capable: bool,
     body_limit: usize,
+    target: Option<KubeVersion>,
+    binder: Option<Arc<dyn Binder>>,
+    feed: Arc<Mutex<NodeFeed>>,
+}
+
+/// The extender's Binder as the Bind step of the scheduler's binding cycle.
+#[derive(Debug)]
+struct BindThrough {
+    binder: Arc<dyn Binder>,
+    binding: PodBinding,
+}
+
+impl Plugin for BindThrough {
+    fn name(&self) -> &str {
+        "ExtenderBinder"
+    }
+}
+
+#[async_trait::async_trait]
+impl BindPlugin for BindThrough {
+    async fn bind(&self, _state: &CycleState, _pod: &PodInfo, _node: Sym) -> Status {
+        match self.binder.bind(&self.binding).await {
+            Ok(()) => Status::success(),
+            Err(e) => Status::error(error_chain(&e)),
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// One node of a filter or prioritize request, in request order.
+#[derive(Debug)]
+enum InputNode {
+    /// In the cache: its name and snapshot index.
+    Candidate(Sym, u32),
+    /// Not a candidate: unreadable or unknown, with why.
+    Left { name: String, reason: String },
 }
 
 /// A request error: HTTP 400 (or 401) with a message.
@@ -137,7 +190,31 @@ impl ExtenderServer {
             seen: Arc::new(Mutex::new(SeenPods::new(DEFAULT_REMEMBERED_PODS))),
             node_cache_capable: true,
             body_limit: DEFAULT_BODY_LIMIT,
+            target: None,
+            binder: None,
+            feed: Arc::new(Mutex::new(NodeFeed::default())),
         }
+    }
+
+    /// The kube-scheduler version that calls this extender. It decides where a filter result
+    /// puts the reasons of nodes preemption cannot help: `FailedAndUnresolvableNodes` from
+    /// 1.21, `FailedNodes` before (1.20 does not know the other field and would drop them).
+    /// Unset, they go to both fields, which every version reads correctly (see
+    /// [`ExtenderFilterResult::record_failure`]).
+    #[must_use]
+    pub fn kube_scheduler_version(mut self, version: KubeVersion) -> ExtenderServer {
+        self.target = Some(version);
+        self
+    }
+
+    /// Creates Bindings through `binder` in the bind verb. kube-scheduler delegates binding
+    /// to an extender whose stanza has `bindVerb`, so without a binder nothing would bind the
+    /// pod: [`ExtenderServer::stanza`] sets `bindVerb` only when a binder is configured, and
+    /// a bind call without one is answered with an error.
+    #[must_use]
+    pub fn binder(mut self, binder: Arc<dyn Binder>) -> ExtenderServer {
+        self.binder = Some(binder);
+        self
     }
 
     /// Serves the default plugins.
@@ -179,9 +256,12 @@ impl ExtenderServer {
     }
 
     /// The kube-scheduler `extenders[]` entry for this server at `url_prefix`, with
-    /// `nodeCacheCapable` matching [`ExtenderServer::node_cache_capable`].
+    /// `nodeCacheCapable` matching [`ExtenderServer::node_cache_capable`] and `bindVerb`
+    /// set only when the server has a [`Binder`] ([`ExtenderServer::binder`]).
     pub fn stanza(&self, url_prefix: impl Into<String>) -> ExtenderStanza {
-        ExtenderStanza::new(url_prefix).node_cache_capable(self.node_cache_capable)
+        ExtenderStanza::new(url_prefix)
+            .node_cache_capable(self.node_cache_capable)
+            .bind(self.binder.is_some())
     }
 
     /// The scheduler behind the server.
@@ -201,8 +281,14 @@ impl ExtenderServer {
             .with_state(self.clone())
     }
 
-    /// Serves on `listener` until the task is dropped.
+    /// Serves on `listener` until the task is dropped. Connections are kept alive and use
+    /// `TCP_NODELAY`, so a response is not held back waiting for the client's ACK.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY on an extender connection: {e}");
+            }
+        });
         axum::serve(listener, self.router()).await
     }
 
@@ -240,58 +326,80 @@ impl ExtenderServer {
         self.seen.lock().insert(pod.clone());
     }
 
-    /// Runs `f` over the candidate nodes of `args` in the cache: for `Nodes`, the given nodes
-    /// are upserted into the cache first; for `NodeNames`, names the cache does not know are
-    /// reported separately.
+    /// Nodes mode: reads the request's nodes through the feed (decoding only changed ones)
+    /// and upserts the changed ones into the cache.
+    fn feed_nodes(&self, items: &[Box<RawValue>]) -> Vec<FedNode> {
+        let cached: HashSet<Sym> = self
+            .scheduler
+            .with_snapshot(|s| s.nodes().iter().map(|n| n.name).collect());
+        let fed = self.feed.lock().read(items, |name| cached.contains(&name));
+        if !fed.changed.is_empty() {
+            // Nodes mode feeds the cache (keeping the pods it has on those nodes), so a
+            // later bind finds the node it is asked about.
+            self.scheduler.add_nodes(fed.changed);
+        }
+        fed.nodes
+    }
+
+    /// Runs `f` over the candidate nodes of `args` in the cache (their snapshot indices),
+    /// and gives every node of the request in order: a candidate, or left out with why (in
+    /// Nodes mode a node that cannot be read, in NodeNames mode a name the cache lacks).
     fn with_candidates<R>(
         &self,
         args: &ExtenderArgs,
-        f: impl FnOnce(&Snapshot, &[u32], &[String]) -> R,
-    ) -> Result<R, String> {
-        if let Some(nodes) = &args.nodes {
-            let items = nodes
-                .get("items")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut infos = Vec::with_capacity(items.len());
-            let mut names = Vec::with_capacity(items.len());
-            for item in items {
-                let info = node_from_json(item).map_err(|e| e.to_string())?;
-                names.push(info.name);
-                infos.push(info);
-            }
-            // Nodes mode feeds the cache (keeping the pods it has on those nodes), so a
-            // later bind finds the node it is asked about.
-            self.scheduler.add_nodes(infos);
-            return Ok(self.scheduler.with_snapshot(|snapshot| {
-                let idx: Vec<u32> = names
-                    .iter()
-                    .filter_map(|&name| snapshot.index_of(name).map(|i| i as u32))
-                    .collect();
-                f(snapshot, &idx, &[])
-            }));
-        }
-        let names = args.node_names.as_deref().unwrap_or_default();
-        Ok(self.scheduler.with_snapshot(|snapshot| {
-            let mut idx = Vec::with_capacity(names.len());
-            let mut unknown = Vec::new();
-            let syms = Sym::lookup_many(names.iter().map(String::as_str));
-            for (name, sym) in names.iter().zip(syms) {
-                match sym.and_then(|s| snapshot.index_of(s)) {
-                    Some(i) => idx.push(i as u32),
-                    None => unknown.push(name.clone()),
+        f: impl FnOnce(&Snapshot, &[u32]) -> R,
+    ) -> (R, Vec<InputNode>) {
+        let fed = args.nodes.as_deref().map(|items| self.feed_nodes(items));
+        self.scheduler.with_snapshot(|snapshot| {
+            let unknown = |name: String| InputNode::Left {
+                name,
+                reason: "node is unknown to the extender".to_owned(),
+            };
+            let inputs: Vec<InputNode> = match fed {
+                Some(fed) => fed
+                    .into_iter()
+                    .map(|node| match node {
+                        FedNode::Node(name) => match snapshot.index_of(name) {
+                            Some(i) => InputNode::Candidate(name, i as u32),
+                            None => unknown(name.as_str().to_string()),
+                        },
+                        FedNode::Unreadable { name, reason } => InputNode::Left { name, reason },
+                    })
+                    .collect(),
+                None => {
+                    let names = args.node_names.as_deref().unwrap_or_default();
+                    let syms = Sym::lookup_many(names.iter().map(String::as_str));
+                    names
+                        .iter()
+                        .zip(syms)
+                        .map(|(name, sym)| {
+                            match sym.and_then(|s| snapshot.index_of(s).map(|i| (s, i))) {
+                                Some((s, i)) => InputNode::Candidate(s, i as u32),
+                                None => unknown(name.clone()),
+                            }
+                        })
+                        .collect()
                 }
-            }
-            f(snapshot, &idx, &unknown)
-        }))
+            };
+            let idx: Vec<u32> = inputs
+                .iter()
+                .filter_map(|n| match n {
+                    InputNode::Candidate(_, i) => Some(*i),
+                    InputNode::Left { .. } => None,
+                })
+                .collect();
+            (f(snapshot, &idx), inputs)
+        })
     }
 
-    /// The filter verb.
+    /// The filter verb. A node that cannot be read (an invalid quantity, say) fails alone,
+    /// with a reason naming the node, the field and the value; the other nodes are filtered
+    /// as usual. Reasons go in the fields the caller's version reads
+    /// ([`ExtenderServer::kube_scheduler_version`]). In Nodes mode the feasible nodes go
+    /// back exactly as they came, in request order.
     pub fn filter(&self, args: &ExtenderArgs) -> ExtenderFilterResult {
         let mut result = ExtenderFilterResult::default();
-        let names_mode = args.nodes.is_none();
-        if names_mode {
+        if args.nodes.is_none() {
             result.node_names = Some(Vec::new());
         }
         let pod = match pod_from_json(&args.pod) {
@@ -302,83 +410,64 @@ impl ExtenderServer {
             }
         };
         self.remember(&pod);
-        let evaluated = self.with_candidates(args, |snapshot, idx, unknown| {
-            let eval = self.scheduler.evaluate(&pod, snapshot, Some(idx), false);
-            let names = |e: &Evaluation| -> (Vec<String>, Vec<(String, Code, String)>) {
-                let nodes = snapshot.nodes();
-                let ok = Sym::resolve_many(e.feasible.iter().map(|&i| nodes[i as usize].name));
-                let bad = e
-                    .failed
-                    .iter()
-                    .map(|(i, s)| {
-                        (
-                            nodes[*i as usize].name.as_str().to_string(),
-                            s.code(),
-                            s.message(),
-                        )
-                    })
-                    .collect();
-                (ok, bad)
-            };
-            (eval.map(|(_, e)| names(&e)), unknown.to_vec())
+        let (eval, inputs) = self.with_candidates(args, |snapshot, idx| {
+            self.scheduler
+                .evaluate(&pod, snapshot, Some(idx), false)
+                .map(|(_, e)| {
+                    let nodes = snapshot.nodes();
+                    let ok: HashSet<Sym> =
+                        e.feasible.iter().map(|&i| nodes[i as usize].name).collect();
+                    let bad: Vec<(String, Code, String)> = e
+                        .failed
+                        .iter()
+                        .map(|(i, s)| {
+                            (
+                                nodes[*i as usize].name.as_str().to_string(),
+                                s.code(),
+                                s.message(),
+                            )
+                        })
+                        .collect();
+                    (ok, bad)
+                })
         });
-        let (eval, unknown) = match evaluated {
+        let (ok, bad) = match eval {
             Ok(r) => r,
-            Err(e) => {
-                result.error = e;
+            Err(status) => {
+                result.error = status.to_string();
                 return result;
             }
         };
-        for name in unknown {
-            result
-                .failed_and_unresolvable_nodes
-                .insert(name, "node is unknown to the extender".into());
+        for (name, code, reason) in bad {
+            result.record_failure(name, reason, code != Code::Unschedulable, self.target);
         }
-        match eval {
-            Err(status) => result.error = status.to_string(),
-            Ok((ok, bad)) => {
-                for (name, code, reason) in bad {
-                    if code == Code::Unschedulable {
-                        result.failed_nodes.insert(name, reason);
-                    } else {
-                        result.failed_and_unresolvable_nodes.insert(name, reason);
-                    }
+        let mut feasible = Vec::with_capacity(ok.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            match input {
+                InputNode::Candidate(name, _) if ok.contains(&name) => feasible.push((i, name)),
+                InputNode::Candidate(..) => {}
+                InputNode::Left { name, reason } => {
+                    result.record_failure(name, reason, true, self.target);
                 }
-                if let Some(list) = &args.nodes {
-                    let keep: std::collections::HashSet<&str> =
-                        ok.iter().map(String::as_str).collect();
-                    let mut list = list.clone();
-                    if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
-                        items.retain(|n| node_name(n).is_some_and(|name| keep.contains(name)));
-                    }
-                    result.nodes = Some(list);
-                } else {
-                    result.node_names = Some(ok);
-                }
+            }
+        }
+        match &args.nodes {
+            Some(items) => {
+                result.nodes = Some(feasible.iter().map(|&(i, _)| items[i].clone()).collect());
+            }
+            None => {
+                result.node_names = Some(Sym::resolve_many(feasible.iter().map(|&(_, name)| name)));
             }
         }
         result
     }
 
     /// The prioritize verb: 0..=10 per node, in input order (the weighted total over the
-    /// Score plugins that ran, scaled so their maximum is 10; infeasible nodes get 0).
+    /// Score plugins that ran, scaled so their maximum is 10; infeasible and unreadable nodes
+    /// get 0).
     pub fn prioritize(&self, args: &ExtenderArgs) -> Result<Vec<HostPriority>, String> {
         let pod = pod_from_json(&args.pod).map_err(|e| e.to_string())?;
-        let all_names: Vec<String> = match &args.nodes {
-            Some(list) => list
-                .get("items")
-                .and_then(Value::as_array)
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(node_name)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            None => args.node_names.clone().unwrap_or_default(),
-        };
-        let scores = self.with_candidates(args, |snapshot, idx, _unknown| {
+        let (scores, inputs) = self.with_candidates(args, |snapshot, idx| {
             self.scheduler
                 .evaluate(&pod, snapshot, Some(idx), true)
                 .map(|(_, e)| {
@@ -386,45 +475,71 @@ impl ExtenderServer {
                         .feasible
                         .iter()
                         .zip(e.scores.iter())
-                        .map(|(&i, &s)| (snapshot.nodes()[i as usize].name.as_str().to_string(), s))
-                        .collect::<HashMap<String, i64>>();
+                        .map(|(&i, &s)| (snapshot.nodes()[i as usize].name, s))
+                        .collect::<HashMap<Sym, i64>>();
                     (scores, e.max_score)
                 })
-        })?;
+        });
         let (scores, max_total) = scores.map_err(|s| s.to_string())?;
-        Ok(all_names
+        Ok(inputs
             .into_iter()
-            .map(|host| {
-                let total = scores.get(&host).copied().unwrap_or(0);
-                HostPriority {
-                    score: to_extender_priority(total, max_total),
-                    host,
-                }
+            .map(|input| match input {
+                InputNode::Candidate(name, _) => HostPriority {
+                    score: to_extender_priority(scores.get(&name).copied().unwrap_or(0), max_total),
+                    host: name.as_str().to_string(),
+                },
+                InputNode::Left { name, .. } => HostPriority {
+                    host: name,
+                    score: 0,
+                },
             })
             .collect())
     }
 
-    /// The bind verb: re-checks, reserves (an underlay address, for example) and binds. The
-    /// request names the pod only, so the pod must have been seen in a filter call; otherwise
-    /// the bind fails (kube-scheduler then retries the pod, filter first).
+    /// The bind verb: re-checks, reserves (an underlay address, for example), then creates
+    /// the Binding through the server's [`Binder`] in place of the profile's Bind plugins,
+    /// unreserving when that fails. The request names the pod only, so the pod must have been
+    /// seen in a filter call; otherwise the bind fails (kube-scheduler then retries the pod,
+    /// filter first). Errors name the pod, the node and, from the API server, its status.
     pub async fn bind(&self, args: &ExtenderBindingArgs) -> ExtenderBindingResult {
+        let key = format!("{}/{}", args.pod_namespace, args.pod_name);
+        let Some(binder) = &self.binder else {
+            return ExtenderBindingResult {
+                error: format!(
+                    "cannot bind pod {key} to node {}: this extender has no binder to create \
+                     the Binding with (configure one, or remove bindVerb from the scheduler \
+                     configuration so that kube-scheduler binds)",
+                    args.node
+                ),
+            };
+        };
         let seen = self.seen.lock().take(&args.pod_uid);
         let Some(pod) = seen else {
             return ExtenderBindingResult {
                 error: format!(
-                    "cannot bind {}/{} (uid {}) to {}: the pod was not seen in a filter call \
-                     (or was forgotten since); retry it",
-                    args.pod_namespace, args.pod_name, args.pod_uid, args.node
+                    "cannot bind pod {key} (uid {}) to node {}: the pod was not seen in a filter \
+                     call (or was forgotten since); retry it",
+                    args.pod_uid, args.node
                 ),
             };
         };
-        match self.scheduler.bind_to_node(pod, &args.node).await {
+        let through = BindThrough {
+            binder: binder.clone(),
+            binding: PodBinding::new(
+                &args.pod_namespace,
+                &args.pod_name,
+                &args.pod_uid,
+                &args.node,
+            ),
+        };
+        match self
+            .scheduler
+            .bind_to_node_via(pod, &args.node, Some(&through))
+            .await
+        {
             Ok(_) => ExtenderBindingResult::default(),
             Err(status) => ExtenderBindingResult {
-                error: format!(
-                    "cannot bind {}/{} to {}: {status}",
-                    args.pod_namespace, args.pod_name, args.node
-                ),
+                error: format!("cannot bind pod {key} to node {}: {status}", args.node),
             },
         }
     }

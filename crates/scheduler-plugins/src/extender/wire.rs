@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::extender::KubeVersion;
 
 /// A request body that is not a valid extender message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,14 +41,29 @@ fn object<'a>(message: &'static str, v: &'a Value) -> Result<&'a Map<String, Val
 }
 
 /// `ExtenderArgs`: the pod and either the nodes (`Nodes`) or their names (`NodeNames`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ExtenderArgs {
     /// The pod's JSON.
     pub pod: Value,
-    /// The `NodeList` JSON (non-cache-capable mode).
-    pub nodes: Option<Value>,
+    /// The items of the `NodeList` (non-cache-capable mode), each node's JSON verbatim: read
+    /// only where needed and sent back unchanged in a filter result.
+    pub nodes: Option<Vec<Box<RawValue>>>,
     /// The node names (cache-capable mode).
     pub node_names: Option<Vec<String>>,
+}
+
+fn node_items(message: &'static str, list: &Value) -> Result<Vec<Box<RawValue>>, WireError> {
+    match list.get("items") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                serde_json::value::to_raw_value(item)
+                    .map_err(|e| wire_err(message, format!("`Nodes.items`: {e}")))
+            })
+            .collect(),
+        Some(_) => Err(wire_err(message, "`Nodes.items` is not an array")),
+    }
 }
 
 impl ExtenderArgs {
@@ -59,13 +77,7 @@ impl ExtenderArgs {
             .ok_or_else(|| wire_err(M, "`Pod` is missing or not an object"))?;
         let nodes = match field(obj, "Nodes") {
             None | Some(Value::Null) => None,
-            Some(n @ Value::Object(_)) => {
-                let items = n.get("items");
-                if !matches!(items, None | Some(Value::Null) | Some(Value::Array(_))) {
-                    return Err(wire_err(M, "`Nodes.items` is not an array"));
-                }
-                Some(n.clone())
-            }
+            Some(n @ Value::Object(_)) => Some(node_items(M, n)?),
             Some(_) => return Err(wire_err(M, "`Nodes` is not a NodeList object")),
         };
         let node_names = match field(obj, "NodeNames") {
@@ -92,11 +104,19 @@ impl ExtenderArgs {
     }
 }
 
-/// `ExtenderArgs` decoded straight from bytes (no intermediate tree for the node names).
+/// A `NodeList` as it arrives: only its items matter, each kept as raw JSON.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RawNodeList {
+    #[serde(default)]
+    items: Option<Vec<Box<RawValue>>>,
+}
+
+/// `ExtenderArgs` decoded straight from bytes: no JSON tree for the node list (a 50-node
+/// list from kube-scheduler is about 200 KB), the names moved, not copied.
 #[derive(Debug, Default)]
 struct RawArgs {
     pod: Option<Value>,
-    nodes: Option<Value>,
+    nodes: Option<RawNodeList>,
     node_names: Option<Vec<String>>,
 }
 
@@ -137,31 +157,47 @@ impl ExtenderArgs {
         const M: &str = "ExtenderArgs";
         let raw: RawArgs = serde_json::from_slice(body)
             .map_err(|e| wire_err(M, format!("malformed JSON body: {e}")))?;
-        let mut obj = Map::new();
-        obj.insert("Pod".into(), raw.pod.unwrap_or(Value::Null));
-        obj.insert("Nodes".into(), raw.nodes.unwrap_or(Value::Null));
-        // Names are checked here and moved, not copied through a JSON tree.
-        let names = raw.node_names;
-        obj.insert(
-            "NodeNames".into(),
-            if names.is_some() {
-                Value::Array(Vec::new())
-            } else {
-                Value::Null
-            },
-        );
-        let mut args = ExtenderArgs::from_value(&Value::Object(obj))?;
-        args.node_names = names;
-        Ok(args)
+        let pod = raw
+            .pod
+            .filter(Value::is_object)
+            .ok_or_else(|| wire_err(M, "`Pod` is missing or not an object"))?;
+        let nodes = raw.nodes.map(|list| list.items.unwrap_or_default());
+        if nodes.is_none() && raw.node_names.is_none() {
+            return Err(wire_err(M, "neither `Nodes` nor `NodeNames` is given"));
+        }
+        Ok(ExtenderArgs {
+            pod,
+            nodes,
+            node_names: raw.node_names,
+        })
+    }
+}
+
+/// Serializes node items as the `NodeList` kube-scheduler decodes (`{"metadata":{},"items":[…]}`).
+fn node_list<S: serde::Serializer>(
+    nodes: &Option<Vec<Box<RawValue>>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    match nodes {
+        None => s.serialize_none(),
+        Some(items) => {
+            let mut map = s.serialize_map(Some(2))?;
+            map.serialize_entry("metadata", &Map::new())?;
+            map.serialize_entry("items", items)?;
+            map.end()
+        }
     }
 }
 
 /// `ExtenderFilterResult`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ExtenderFilterResult {
-    /// The feasible nodes as a NodeList (`Nodes` mode), else `null`.
-    pub nodes: Option<Value>,
+    /// The feasible nodes (`Nodes` mode), each as it came in, sent as a `NodeList`; else
+    /// `null`.
+    #[serde(serialize_with = "node_list")]
+    pub nodes: Option<Vec<Box<RawValue>>>,
     /// The feasible node names (`NodeNames` mode, maybe empty), else `null`.
     pub node_names: Option<Vec<String>>,
     /// Infeasible nodes where preemption might help, with reasons.
@@ -170,6 +206,41 @@ pub struct ExtenderFilterResult {
     pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
     /// A non-empty error fails the whole call.
     pub error: String,
+}
+
+impl ExtenderFilterResult {
+    /// Records why node `name` was filtered out, in the fields a kube-scheduler at `caller`
+    /// reads. `unresolvable` is true when preemption cannot help (a taint, a cordon, a node
+    /// that cannot be read): such a reason goes to `FailedAndUnresolvableNodes` for callers
+    /// from 1.21, which decode it, and to `FailedNodes` for 1.20 and earlier, which do not
+    /// know the field and would drop the reason from their FailedScheduling event. With the
+    /// caller's version unknown it goes to both: 1.21+ lets `FailedAndUnresolvableNodes`
+    /// take precedence for the same node, and older versions read `FailedNodes`, so every
+    /// version sees the reason and none loses the unresolvable classification it can read.
+    pub fn record_failure(
+        &mut self,
+        name: String,
+        reason: String,
+        unresolvable: bool,
+        caller: Option<KubeVersion>,
+    ) {
+        if !unresolvable {
+            self.failed_nodes.insert(name, reason);
+            return;
+        }
+        match caller {
+            Some(v) if v.reads_unresolvable_nodes() => {
+                self.failed_and_unresolvable_nodes.insert(name, reason);
+            }
+            Some(_) => {
+                self.failed_nodes.insert(name, reason);
+            }
+            None => {
+                self.failed_nodes.insert(name.clone(), reason.clone());
+                self.failed_and_unresolvable_nodes.insert(name, reason);
+            }
+        }
+    }
 }
 
 /// One `HostPriority` of a prioritize response (a bare array of these).
@@ -362,6 +433,48 @@ mod tests {
             let p = to_extender_priority(total, max);
             prop_assert!((0..=10).contains(&p));
         }
+    }
+
+    #[test]
+    fn failures_go_where_the_callers_version_reads_them() {
+        let fill = |caller| {
+            let mut r = ExtenderFilterResult::default();
+            r.record_failure("a".into(), "Insufficient cpu".into(), false, caller);
+            r.record_failure("b".into(), "tainted".into(), true, caller);
+            (r.failed_nodes, r.failed_and_unresolvable_nodes)
+        };
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let (failed, unresolvable) = fill(Some(KubeVersion::new(1, 20)));
+        assert_eq!(failed, map(&[("a", "Insufficient cpu"), ("b", "tainted")]));
+        assert!(unresolvable.is_empty());
+        let (failed, unresolvable) = fill(Some(KubeVersion::new(1, 21)));
+        assert_eq!(failed, map(&[("a", "Insufficient cpu")]));
+        assert_eq!(unresolvable, map(&[("b", "tainted")]));
+        let (failed, unresolvable) = fill(None);
+        assert_eq!(failed, map(&[("a", "Insufficient cpu"), ("b", "tainted")]));
+        assert_eq!(unresolvable, map(&[("b", "tainted")]));
+    }
+
+    #[test]
+    fn nodes_go_back_verbatim_as_a_node_list() {
+        let body = br#"{"Pod": {"metadata": {"name": "p"}}, "Nodes": {"apiVersion": "v1", "items": [{"metadata": {"name": "n1"}, "z": 1, "a": 2}]}, "NodeNames": null}"#;
+        let args = ExtenderArgs::from_slice(body).unwrap();
+        let result = ExtenderFilterResult {
+            nodes: args.nodes,
+            ..ExtenderFilterResult::default()
+        };
+        let text = serde_json::to_string(&result).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"Nodes":{"metadata":{},"items":[{"metadata": {"name": "n1"}, "z": 1, "a": 2}]},"NodeNames":null"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

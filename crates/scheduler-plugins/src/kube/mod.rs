@@ -1,8 +1,16 @@
 //! Kubernetes JSON → snapshots: the subset of `Pod` and `Node` the plugins read, decoded from
 //! the API's JSON (what an extender receives). With feature `k8s`, typed k8s-openapi objects
-//! convert through the same mapping, so both paths agree.
+//! convert through the same mapping, so both paths agree (your binary picks k8s-openapi's
+//! version feature; this crate enables none).
 //!
-//! rorqual's own pod annotations: [`ANNOTATION_IDENTITY`] (`namespace/name-ordinal`),
+//! Semantics follow kube-scheduler: resource quantities are read in full (`1k`, `1e3`, `Ki`…
+//! `Ei`, `m`, any suffix on any resource) and rounded up like apimachinery's `Value()`;
+//! readiness is not read from conditions (the `node.kubernetes.io/not-ready` and
+//! `unreachable` taints carry it), and a node's Ready condition only fills the informational
+//! [`NodeInfo::ready`](crate::NodeInfo::ready).
+//!
+//! rorqual's own pod annotations: [`ANNOTATION_IDENTITY`] (`namespace/name-ordinal`; a
+//! StatefulSet's pod without it takes `namespace/` + its [`LABEL_STATEFULSET_POD_NAME`] label),
 //! [`ANNOTATION_PREVIOUS_NODE`], [`ANNOTATION_PREVIOUS_ZONE`], [`ANNOTATION_UNDERLAY_POOL`]
 //! (a pool name, or `*` for any), [`ANNOTATION_UNDERLAY_CLAIM`] (`pool/address` of a bound
 //! fixed-IP claim), [`ANNOTATION_GANG`], [`ANNOTATION_GANG_MIN_MEMBER`],
@@ -10,6 +18,7 @@
 
 mod node;
 mod pod;
+mod quantity;
 mod selector;
 
 use std::collections::BTreeMap;
@@ -18,11 +27,17 @@ use rorqual_core::model::{Cpu, Memory, Resources, TaintEffect};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use node::{node_from_json, node_name};
+use quantity::Quantity;
+
+pub use node::{node_from_json, node_from_str, node_name};
 pub use pod::pod_from_json;
 
 /// Stable identity of a stateful pod.
 pub const ANNOTATION_IDENTITY: &str = "rorqual.io/identity";
+/// The label a StatefulSet's controller puts on each of its pods, with the pod's stable name
+/// (`<set>-<ordinal>`): the identity (`namespace/name`) of a pod without
+/// [`ANNOTATION_IDENTITY`].
+pub const LABEL_STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 /// The node the identity ran on last.
 pub const ANNOTATION_PREVIOUS_NODE: &str = "rorqual.io/previous-node";
 /// The zone the identity ran in last.
@@ -87,6 +102,39 @@ fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Decodes JSON text as `T`, like [`decode`] (for objects that arrive as raw JSON, such as
+/// the nodes of an extender request).
+fn decode_str<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    text: &str,
+) -> Result<T, KubeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // Only on failure: find the object's name for the message.
+        #[derive(Deserialize)]
+        struct Named {
+            metadata: Option<Meta>,
+        }
+        let meta = serde_json::from_str::<Named>(text)
+            .ok()
+            .and_then(|n| n.metadata);
+        let name = match meta {
+            Some(m) if !m.name.is_empty() => match (kind, m.namespace) {
+                ("Pod", ns) => format!("{}/{}", ns.as_deref().unwrap_or("default"), m.name),
+                _ => m.name,
+            },
+            _ => "?".to_owned(),
+        };
+        let path = e.path().to_string();
+        KubeError {
+            kind,
+            name,
+            path: if path == "." { "$".to_owned() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct Meta {
@@ -115,27 +163,25 @@ impl Ctx {
         }
     }
 
-    fn quantity(&self, path: &str, v: &Value) -> Result<String, KubeError> {
-        match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            other => Err(self.err(path, format!("expected a quantity, found {other}"))),
-        }
+    /// Reads a quantity (a JSON string, or a number as some clients send); the error names
+    /// the field and the value.
+    fn quantity(&self, path: &str, v: &Value) -> Result<Quantity, KubeError> {
+        let text = match v {
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            Value::Number(n) => std::borrow::Cow::Owned(n.to_string()),
+            other => return Err(self.err(path, format!("expected a quantity, found {other}"))),
+        };
+        Quantity::parse(&text)
+            .map_err(|reason| self.err(path, format!("invalid quantity `{text}`: {reason}")))
     }
 
     fn resources(&self, path: &str, map: &BTreeMap<String, Value>) -> Result<Resources, KubeError> {
         let mut r = Resources::default();
         if let Some(v) = map.get("cpu") {
-            let q = self.quantity(&format!("{path}.cpu"), v)?;
-            r.cpu = q
-                .parse::<Cpu>()
-                .map_err(|e| self.err(format!("{path}.cpu"), e.to_string()))?;
+            r.cpu = Cpu(self.quantity(&format!("{path}.cpu"), v)?.ceil_scaled(3));
         }
         if let Some(v) = map.get("memory") {
-            let q = self.quantity(&format!("{path}.memory"), v)?;
-            r.memory = q
-                .parse::<Memory>()
-                .map_err(|e| self.err(format!("{path}.memory"), e.to_string()))?;
+            r.memory = Memory(self.quantity(&format!("{path}.memory"), v)?.ceil_scaled(0));
         }
         Ok(r)
     }
@@ -232,6 +278,39 @@ mod tests {
             "10.0.0.5"
         );
         assert_eq!(pod.gang.unwrap().min_member, 3);
+    }
+
+    #[test]
+    fn a_statefulset_pod_takes_its_identity_from_the_pod_name_label() {
+        let pod = |annotations: Value| {
+            pod_from_json(&json!({
+                "metadata": {"name": "db-2", "namespace": "shop", "uid": "u-db-2",
+                    "labels": {"app": "db", "controller-revision-hash": "db-7f9c", "statefulset.kubernetes.io/pod-name": "db-2"},
+                    "annotations": annotations},
+                "spec": {"containers": [{"name": "db"}]}
+            }))
+            .unwrap()
+        };
+        let id = pod(json!({"rorqual.io/previous-node": "n7"}))
+            .identity
+            .unwrap();
+        assert_eq!(&*id.key, "shop/db-2");
+        assert_eq!(id.previous_node, Some(Sym::new("n7")));
+        // rorqual's annotation, when present, wins.
+        let id = pod(json!({"rorqual.io/identity": "shop/primary-0"}))
+            .identity
+            .unwrap();
+        assert_eq!(&*id.key, "shop/primary-0");
+        // An identity also keys an underlay claim, as for annotated pods.
+        let claimed = pod(json!({"rorqual.io/underlay-pool": "pool-a"}));
+        assert_eq!(
+            claimed.underlay.unwrap().claim.as_deref(),
+            Some("shop/db-2")
+        );
+        let plain =
+            pod_from_json(&json!({"metadata": {"name": "web-x", "labels": {"app": "web"}}}))
+                .unwrap();
+        assert!(plain.identity.is_none());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Node conversion: the `Node` fields the plugins read (allocatable, labels, taints,
-//! cordon, readiness).
+//! cordon), and the Ready condition for information.
 
 use std::collections::BTreeMap;
 
@@ -65,7 +65,16 @@ struct NodeJson {
 
 /// Reads a node from its Kubernetes JSON.
 pub fn node_from_json(value: &Value) -> Result<NodeInfo, KubeError> {
-    let node: NodeJson = decode("Node", value)?;
+    node_info(decode("Node", value)?)
+}
+
+/// Reads a node from its Kubernetes JSON text, without building a JSON tree (the fields the
+/// scheduler does not read, such as `managedFields` and `images`, are skipped).
+pub fn node_from_str(text: &str) -> Result<NodeInfo, KubeError> {
+    node_info(decode_str("Node", text)?)
+}
+
+fn node_info(node: NodeJson) -> Result<NodeInfo, KubeError> {
     let cx = Ctx {
         kind: "Node",
         name: node.metadata.name.clone(),
@@ -73,24 +82,23 @@ pub fn node_from_json(value: &Value) -> Result<NodeInfo, KubeError> {
     if node.metadata.name.is_empty() {
         return Err(cx.err("metadata.name", "must not be empty"));
     }
-    let source = if node.status.allocatable.is_empty() {
-        &node.status.capacity
+    let (source, source_path) = if node.status.allocatable.is_empty() {
+        (&node.status.capacity, "status.capacity")
     } else {
-        &node.status.allocatable
+        (&node.status.allocatable, "status.allocatable")
     };
-    let allocatable = cx.resources("status.allocatable", source)?;
+    let allocatable = cx.resources(source_path, source)?;
     let mut info = NodeInfo::new(&node.metadata.name, allocatable);
     for (k, v) in &node.metadata.labels {
         info.labels.insert(Sym::new(k), Sym::new(v));
     }
     if let Some(pods) = source.get("pods") {
-        let q = cx.quantity("status.allocatable.pods", pods)?;
-        info.max_pods = q.parse().map_err(|_| {
-            cx.err(
-                "status.allocatable.pods",
-                format!("`{q}` is not a pod count"),
-            )
-        })?;
+        // Any quantity is a valid pod count (`1k`, `110`, `1e3`); like kube-scheduler's
+        // `Value()`, a fraction rounds up. A count beyond u32 is as good as unlimited.
+        let count = cx
+            .quantity(&format!("{source_path}.pods"), pods)?
+            .ceil_scaled(0);
+        info.max_pods = u32::try_from(count).unwrap_or(u32::MAX);
     }
     for (i, t) in node.spec.taints.iter().enumerate() {
         let effect = effect(&t.effect).ok_or_else(|| {
@@ -106,6 +114,8 @@ pub fn node_from_json(value: &Value) -> Result<NodeInfo, KubeError> {
         });
     }
     info.unschedulable = node.spec.unschedulable;
+    // For information only: filters see readiness through the node's taints, which is all
+    // kube-scheduler looks at (the node lifecycle controller turns conditions into taints).
     if let Some(ready) = node.status.conditions.iter().find(|c| c.kind == "Ready") {
         info.ready = ready.status == "True";
     }

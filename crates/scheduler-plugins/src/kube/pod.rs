@@ -255,9 +255,19 @@ pub fn pod_from_json(value: &Value) -> Result<PodInfo, KubeError> {
     }
     let ann = &meta.annotations;
     let ann_path = |key: &str| format!("metadata.annotations[{key}]");
-    if let Some(key) = ann.get(ANNOTATION_IDENTITY) {
+    // rorqual's annotation names the identity; a StatefulSet's pod has none, but its
+    // controller labels it with its stable name (`db-2`), unique in its namespace.
+    let identity = match ann.get(ANNOTATION_IDENTITY) {
+        Some(key) => Some(Arc::from(key.as_str())),
+        None => meta
+            .labels
+            .get(LABEL_STATEFULSET_POD_NAME)
+            .filter(|name| !name.is_empty())
+            .map(|name| Arc::from(format!("{namespace}/{name}"))),
+    };
+    if let Some(key) = identity {
         info.identity = Some(StatefulIdentity {
-            key: Arc::from(key.as_str()),
+            key,
             previous_node: ann.get(ANNOTATION_PREVIOUS_NODE).map(|n| Sym::new(n)),
             previous_zone: ann.get(ANNOTATION_PREVIOUS_ZONE).map(|z| Sym::new(z)),
         });

@@ -1,6 +1,7 @@
 //! Small plugins: queue order, the default binder, cordon/readiness, `nodeName`, host ports.
 
 use async_trait::async_trait;
+use rorqual_core::model::{Taint, TaintEffect};
 
 use crate::framework::{
     BindPlugin, CycleState, FilterPlugin, NodeSet, Plugin, PreFilterPlugin, QueueSortPlugin,
@@ -44,8 +45,21 @@ impl BindPlugin for DefaultBinder {
     }
 }
 
-/// Rejects cordoned and not-ready nodes (upstream expresses readiness as a taint; engines
-/// here report it as a flag).
+/// The taint a cordoned node carries (`kubectl cordon`), which a pod's tolerations must
+/// tolerate for [`NodeUnschedulable`] to admit it.
+pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// The taint a not-ready node carries (readiness reaches the filters as this taint).
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+/// Rejects cordoned nodes (`spec.unschedulable`) unless the pod tolerates the
+/// `node.kubernetes.io/unschedulable:NoSchedule` taint, by the usual toleration rules (an
+/// empty key with `Exists` tolerates it; so does the key with `Equal` and an empty value), as
+/// kube-scheduler's NodeUnschedulable plugin does. Readiness is not this plugin's concern:
+/// upstream filters it through the `node.kubernetes.io/not-ready` and `unreachable` taints
+/// ([`TaintToleration`](crate::plugins::TaintToleration)), so a DaemonSet's
+/// tolerate-everything pod still lands on a NotReady node. Engine views that report readiness
+/// as a flag get the not-ready taint when converted (see `node_from_view`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NodeUnschedulable;
 
@@ -57,19 +71,19 @@ impl Plugin for NodeUnschedulable {
 
 impl FilterPlugin for NodeUnschedulable {
     fn filter(&self, _state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        if !node.ready {
-            return Status::unresolvable("node(s) were not ready");
+        if !node.unschedulable {
+            return Status::success();
         }
-        if node.unschedulable {
-            let tolerated = pod.tolerations.iter().any(|t| {
-                t.key == "node.kubernetes.io/unschedulable"
-                    && matches!(t.operator, rorqual_core::model::TolerationOperator::Exists)
-            });
-            if !tolerated {
-                return Status::unresolvable("node(s) were unschedulable");
-            }
+        let cordon = Taint {
+            key: TAINT_UNSCHEDULABLE.to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        };
+        if pod.tolerations.iter().any(|t| t.tolerates(&cordon)) {
+            Status::success()
+        } else {
+            Status::unresolvable("node(s) were unschedulable")
         }
-        Status::success()
     }
 }
 

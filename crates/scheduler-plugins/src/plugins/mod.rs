@@ -12,7 +12,10 @@ mod underlay;
 
 use std::sync::Arc;
 
-pub use basic::{DefaultBinder, NodeName, NodePorts, NodeUnschedulable, PrioritySort};
+pub use basic::{
+    DefaultBinder, NodeName, NodePorts, NodeUnschedulable, PrioritySort, TAINT_NOT_READY,
+    TAINT_UNSCHEDULABLE,
+};
 pub use gang::Gang;
 pub use inter_pod_affinity::{
     DEFAULT_HARD_POD_AFFINITY_WEIGHT, InterPodAffinity, MAX_HARD_POD_AFFINITY_WEIGHT,

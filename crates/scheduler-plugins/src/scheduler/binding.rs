@@ -10,7 +10,7 @@ use futures::FutureExt;
 
 use super::cache::Cache;
 use super::{Scheduler, guarded, panic_message};
-use crate::framework::{CycleState, QueuedPodInfo, Status};
+use crate::framework::{BindPlugin, CycleState, QueuedPodInfo, Status};
 use crate::interner::Sym;
 use crate::snapshot::PodInfo;
 
@@ -46,8 +46,11 @@ impl Scheduler {
         mut state: CycleState,
         wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
         retry: Option<QueuedPodInfo>,
+        binder: Option<&dyn BindPlugin>,
     ) -> Result<Sym, Status> {
-        let result = self.bind_after_permit(&pod, node, &state, wait).await;
+        let result = self
+            .bind_after_permit(&pod, node, &state, wait, binder)
+            .await;
         {
             let mut cache = self.cache();
             let removed = !cache.removed.is_empty() && cache.removed.remove(&pod.uid);
@@ -80,6 +83,7 @@ impl Scheduler {
         node: Sym,
         state: &CycleState,
         wait: Option<(tokio::sync::oneshot::Receiver<Status>, Duration)>,
+        binder: Option<&dyn BindPlugin>,
     ) -> Result<Sym, Status> {
         if let Some((rx, timeout)) = wait {
             let status = match tokio::time::timeout(timeout, rx).await {
@@ -102,7 +106,7 @@ impl Scheduler {
                 pod.key()
             )));
         }
-        let result = AssertUnwindSafe(self.bind_plugins(state, pod, node))
+        let result = AssertUnwindSafe(self.bind_plugins(state, pod, node, binder))
             .catch_unwind()
             .await
             .unwrap_or_else(|payload| {
@@ -114,17 +118,28 @@ impl Scheduler {
         result.map(|()| node)
     }
 
+    /// PreBind, then `binder` when given (in place of the profile's Bind plugins), else the
+    /// profile's Bind plugins until one does not Skip.
     async fn bind_plugins(
         &self,
         state: &CycleState,
         pod: &PodInfo,
         node: Sym,
+        binder: Option<&dyn BindPlugin>,
     ) -> Result<(), Status> {
         for p in &self.inner.profile.pre_bind {
             let status = p.pre_bind(state, pod, node).await;
             if !status.is_success() {
                 return Err(status.with_plugin(p.name()));
             }
+        }
+        if let Some(p) = binder {
+            let status = p.bind(state, pod, node).await;
+            return if status.is_success() {
+                Ok(())
+            } else {
+                Err(status.with_plugin(p.name()))
+            };
         }
         for p in &self.inner.profile.bind {
             let status = p.bind(state, pod, node).await;
@@ -145,6 +160,18 @@ impl Scheduler {
     /// counts pods nominated to the node, as the filter verb does (see
     /// [`Scheduler::nominated_node`]).
     pub async fn bind_to_node(&self, pod: PodInfo, node: &str) -> Result<Sym, Status> {
+        self.bind_to_node_via(pod, node, None).await
+    }
+
+    /// [`Scheduler::bind_to_node`] with `binder` in place of the profile's Bind plugins when
+    /// given: the extender's bind verb creates the Binding on the API server this way, after
+    /// PreBind (an underlay address committed) and with the usual Unreserve when it fails.
+    pub async fn bind_to_node_via(
+        &self,
+        pod: PodInfo,
+        node: &str,
+        binder: Option<&dyn BindPlugin>,
+    ) -> Result<Sym, Status> {
         let pod = Arc::new(pod);
         let node = Sym::new(node);
         let state = {
@@ -188,6 +215,7 @@ impl Scheduler {
             }
             state
         };
-        self.binding_cycle(pod, node, state, None, None).await
+        self.binding_cycle(pod, node, state, None, None, binder)
+            .await
     }
 }

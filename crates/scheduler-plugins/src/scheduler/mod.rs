@@ -349,7 +349,7 @@ impl Scheduler {
                 state,
                 wait: None,
             } => match self
-                .binding_cycle(pod.clone(), node, state, None, Some(info))
+                .binding_cycle(pod.clone(), node, state, None, Some(info), None)
                 .await
             {
                 Ok(node) => Outcome::Bound(node),
@@ -359,7 +359,8 @@ impl Scheduler {
                 let this = self.clone();
                 let pod = pod.clone();
                 let binding = tokio::spawn(async move {
-                    this.binding_cycle(pod, node, state, wait, Some(info)).await
+                    this.binding_cycle(pod, node, state, wait, Some(info), None)
+                        .await
                 });
                 Outcome::Waiting { node, binding }
             }
@@ -442,7 +443,9 @@ impl Scheduler {
             CycleOutcome::Failed(status, _) => Err(status),
             CycleOutcome::Assumed { node, state, wait } => {
                 let address = crate::plugins::reserved_address(&state);
-                let node = self.binding_cycle(pod, node, state, wait, None).await?;
+                let node = self
+                    .binding_cycle(pod, node, state, wait, None, None)
+                    .await?;
                 Ok(PodPlacement { node, address })
             }
         }

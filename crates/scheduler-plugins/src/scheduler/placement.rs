@@ -9,8 +9,11 @@ use async_trait::async_trait;
 use rorqual_core::Error;
 use rorqual_core::placement::{NodeView, Placement, PlacementDecision, PlacementRequest};
 
+use rorqual_core::model::{Taint, TaintEffect};
+
 use crate::convert;
 use crate::interner::Sym;
+use crate::plugins::TAINT_NOT_READY;
 use crate::scheduler::Scheduler;
 use crate::selector::Selector;
 use crate::snapshot::{
@@ -105,6 +108,16 @@ pub fn node_from_view(view: &NodeView) -> NodeInfo {
     info.taints = node.taints.clone();
     info.unschedulable = node.unschedulable;
     info.ready = node.ready;
+    // Filters read readiness through taints only, as kube-scheduler does; an engine reports
+    // it as a flag, so a not-ready node gets the taint Kubernetes' node lifecycle controller
+    // would put on it (pods tolerating it, like a DaemonSet's, may still go there).
+    if !node.ready && !info.taints.iter().any(|t| t.key == TAINT_NOT_READY) {
+        info.taints.push(Taint {
+            key: TAINT_NOT_READY.to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        });
+    }
     info.requested = view.requested;
     info.used_ports = view
         .used_ports
@@ -195,5 +208,41 @@ impl Placement for Scheduler {
         self.placed().remove(instance);
         self.release_pod(instance);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rorqual_core::model::{Node, Resources, Toleration, TolerationOperator};
+
+    use super::*;
+    use crate::framework::{CycleState, FilterPlugin};
+    use crate::plugins::{NodeUnschedulable, TaintToleration};
+
+    #[test]
+    fn a_not_ready_engine_node_repels_through_the_not_ready_taint_only() {
+        let mut node = Node::new("n1", Resources::new(4000, 8 << 30));
+        node.ready = false;
+        let info = node_from_view(&NodeView::new(node));
+        assert!(!info.ready);
+        assert_eq!(info.taints.len(), 1);
+        assert_eq!(info.taints[0].key, TAINT_NOT_READY);
+        let state = CycleState::new();
+        let plain = PodInfo::new("u1", "ns", "p", Resources::default());
+        let mut daemon = PodInfo::new("u2", "ns", "d", Resources::default());
+        daemon.tolerations.push(Toleration {
+            key: String::new(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: None,
+        });
+        let passes = |pod: &PodInfo| {
+            NodeUnschedulable.filter(&state, pod, &info).is_success()
+                && TaintToleration.filter(&state, pod, &info).is_success()
+        };
+        assert!(!passes(&plain));
+        assert!(passes(&daemon));
+        let ready = node_from_view(&NodeView::new(Node::new("n2", Resources::new(1, 1))));
+        assert!(ready.taints.is_empty());
     }
 }
