@@ -44,6 +44,8 @@
 pub mod engine;
 #[cfg(feature = "engine")]
 pub use engine::KubeEngine;
+#[cfg(feature = "scheduler")]
+pub mod scheduler;
 #[cfg(feature = "state-store")]
 pub mod state_store;
 #[cfg(feature = "state-store")]

@@ -33,7 +33,7 @@ pub use underlay::{
     Reservation, ReserveRequest, ReservedIp, UnderlayIp, reserved_address,
 };
 
-use crate::framework::{MAX_NODE_SCORE, Profile, ProfileBuilder, ProfileError};
+use crate::framework::{BindPlugin, MAX_NODE_SCORE, Profile, ProfileBuilder, ProfileError};
 
 /// Scales scores so the highest becomes 100 (`reverse`: the highest becomes 0 and zero 100).
 pub fn normalize_by_max(scores: &mut [i64], reverse: bool) {
@@ -89,6 +89,7 @@ pub struct DefaultPlugins {
     strategy: Option<ScoringStrategy>,
     gang: Option<Gang>,
     inter_pod_affinity: Option<InterPodAffinity>,
+    binder: Option<Arc<dyn BindPlugin>>,
 }
 
 impl DefaultPlugins {
@@ -118,6 +119,13 @@ impl DefaultPlugins {
     /// A configured InterPodAffinity plugin (the default's `hardPodAffinityWeight` is 1).
     pub fn inter_pod_affinity(mut self, plugin: InterPodAffinity) -> Self {
         self.inter_pod_affinity = Some(plugin);
+        self
+    }
+
+    /// Binds with `binder` instead of [`DefaultBinder`] (which only records the binding in
+    /// the scheduler's cache): a scheduler of its own on Kubernetes binds through the API.
+    pub fn binder(mut self, binder: Arc<dyn BindPlugin>) -> Self {
+        self.binder = Some(binder);
         self
     }
 
@@ -161,7 +169,7 @@ impl DefaultPlugins {
             .score(sticky, weights::STICKY_IDENTITY)
             .reserve(gang.clone())
             .permit(gang)
-            .bind(Arc::new(DefaultBinder));
+            .bind(self.binder.unwrap_or_else(|| Arc::new(DefaultBinder)));
         if let Some(capacity) = self.capacity {
             let ip = Arc::new(UnderlayIp::new(capacity));
             b = b

@@ -1,0 +1,167 @@
+//! rorqual's own scheduler on a real kube-apiserver v1.20.2: pods naming it in
+//! `spec.schedulerName` are bound through the API where they fit, a pod that fits nowhere gets
+//! `PodScheduled=False` with rorqual's reason, and pods for other schedulers are left alone.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions unwrap too
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use rorqual_kube::scheduler::KubeScheduler;
+use rorqual_kube::testenv_or_skip;
+use rorqual_scheduler::plugins::DefaultPlugins;
+
+fn node(name: &str) -> Node {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {
+            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str, scheduler: &str, cpu: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "schedulerName": scheduler,
+            // Fake nodes have no kubelet: the node lifecycle controller taints them.
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "c", "image": "none",
+                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]
+        }
+    }))
+    .unwrap()
+}
+
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
+    let env = testenv_or_skip!();
+    let ns = env.new_namespace("sched").await.unwrap();
+    let client = env.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let names: Vec<String> = (0..3).map(|i| format!("{ns}-n{i}")).collect();
+    for n in &names {
+        nodes
+            .create(&PostParams::default(), &node(n))
+            .await
+            .unwrap();
+    }
+    let scheduler = KubeScheduler::new(client.clone(), "rorqual", DefaultPlugins::new()).unwrap();
+    let running = {
+        let s = scheduler.clone();
+        tokio::spawn(async move { s.run().await })
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for i in 0..6 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("p{i}"), "rorqual", "500m"),
+        )
+        .await
+        .unwrap();
+    }
+    pods.create(&PostParams::default(), &pod("huge", "rorqual", "16"))
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("theirs", "default-scheduler", "100m"),
+    )
+    .await
+    .unwrap();
+
+    let placed = eventually(30, "6 pods bound", || async {
+        let list = pods.list(&Default::default()).await.unwrap().items;
+        let bound: Vec<(String, String)> = list
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.metadata.name.clone()?,
+                    p.spec.as_ref()?.node_name.clone()?,
+                ))
+            })
+            .collect();
+        (bound.len() == 6).then_some(bound)
+    })
+    .await;
+    for (_, node) in &placed {
+        assert!(names.contains(node), "{placed:?}");
+    }
+    // 6 × 500m over three 2-CPU nodes: least-allocated scoring spreads them 2, 2, 2.
+    for n in &names {
+        assert_eq!(
+            placed.iter().filter(|(_, on)| on == n).count(),
+            2,
+            "{placed:?}"
+        );
+    }
+
+    let reason = eventually(30, "huge marked unschedulable", || async {
+        let p = pods.get("huge").await.unwrap();
+        let c = p
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+        Some((c.reason?, c.message?))
+    })
+    .await;
+    assert_eq!(reason.0, "Unschedulable");
+    assert!(reason.1.contains("Insufficient cpu"), "{reason:?}");
+    let theirs = pods.get("theirs").await.unwrap();
+    assert_eq!(
+        theirs.spec.unwrap().node_name,
+        None,
+        "another scheduler's pod"
+    );
+
+    // Deleting bound pods frees room: a pod of 1.5 CPU then fits where two left.
+    pods.delete("p0", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let freed = placed.iter().find(|(p, _)| p == "p0").unwrap().1.clone();
+    let other = placed
+        .iter()
+        .find(|(p, n)| p != "p0" && *n == freed)
+        .unwrap()
+        .0
+        .clone();
+    pods.delete(&other, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("big", "rorqual", "1500m"))
+        .await
+        .unwrap();
+    let on = eventually(30, "big bound", || async {
+        pods.get("big").await.unwrap().spec?.node_name
+    })
+    .await;
+    assert_eq!(on, freed);
+
+    running.abort();
+    for n in &names {
+        nodes.delete(n, &DeleteParams::default()).await.unwrap();
+    }
+}
