@@ -35,6 +35,9 @@
 //!   test; every process it starts dies with the test binary, `kill -9` included. The
 //!   binaries come from `scripts/build-kube` (v1.20.2 built from Debian's source package) or
 //!   controller-runtime's envtest variables.
+//! - [`node_agent`] (feature `node-agent`): a kubelet without a container runtime: virtual
+//!   Nodes, pods run by a [`PodRuntime`](node_agent::PodRuntime) (simulated, or as local
+//!   processes), `kubectl logs` through the kubelet port.
 //!
 //! This crate enables no Kubernetes version feature of `k8s-openapi`: the binary that links it
 //! does (`k8s-openapi = { version = "0.29", features = ["latest"] }`); its tests and examples
@@ -53,3 +56,6 @@ pub use state_store::{ConfigMapStateStore, StateStoreError};
 
 #[cfg(feature = "testenv")]
 pub mod testenv;
+
+#[cfg(feature = "node-agent")]
+pub mod node_agent;

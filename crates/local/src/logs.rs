@@ -1,4 +1,5 @@
-//! Reading and following per-instance log files.
+//! Reading and following log files of supervised processes (LocalEngine's instances, the
+//! node agent's containers): the last lines of a file, then new lines as they are written.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
@@ -9,8 +10,13 @@ use std::time::Duration;
 use rorqual_core::engine::LogStream;
 use rorqual_core::error::{Error, Result};
 
-/// The last `tail` lines (all when `None`) of the file and the offset after them.
-pub(crate) fn read_lines(path: &PathBuf, tail: Option<usize>) -> Result<(Vec<String>, u64)> {
+/// The last `tail` lines (all when `None`) of the file and the offset after them (a missing
+/// file has no lines).
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file exists but cannot be read.
+pub fn read_lines(path: &PathBuf, tail: Option<usize>) -> Result<(Vec<String>, u64)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -67,8 +73,8 @@ impl Follow {
 }
 
 /// A stream of `initial`, then of new lines appended after `offset`, until `alive` says the
-/// instance is gone and everything was read.
-pub(crate) fn stream(
+/// instance is gone and everything was read (only `initial` when `follow` is false).
+pub fn stream(
     path: PathBuf,
     initial: Vec<String>,
     offset: u64,

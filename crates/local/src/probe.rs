@@ -1,4 +1,8 @@
 //! Probes: HTTP GET, TCP connect and exec checks, and the pure threshold logic around them.
+//!
+//! [`LocalEngine`](crate::LocalEngine) probes its instances with these; other supervisors of
+//! [`SupervisedProcess`](crate::process::SupervisedProcess)es (rorqual-kube's node agent) use
+//! the same checks and thresholds.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +15,7 @@ use rorqual_core::model::{PortRef, PortSpec, Probe, ProbeAction};
 
 /// Counts consecutive results against a probe's thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ProbeTracker {
+pub struct ProbeTracker {
     success_threshold: u32,
     failure_threshold: u32,
     successes: u32,
@@ -21,7 +25,7 @@ pub(crate) struct ProbeTracker {
 
 impl ProbeTracker {
     /// A tracker for `probe`, starting as `passing` (readiness starts failing, liveness passing).
-    pub(crate) fn new(probe: &Probe, passing: bool) -> Self {
+    pub fn new(probe: &Probe, passing: bool) -> Self {
         ProbeTracker {
             success_threshold: probe.success_threshold.max(1),
             failure_threshold: probe.failure_threshold.max(1),
@@ -32,7 +36,7 @@ impl ProbeTracker {
     }
 
     /// Records one result; returns the new state when it changed.
-    pub(crate) fn record(&mut self, ok: bool) -> Option<bool> {
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
         if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
@@ -52,15 +56,45 @@ impl ProbeTracker {
     }
 }
 
-/// Where a probe of one instance goes.
+/// Where a probe of one instance goes: its address, ports, and the working directory and
+/// environment of exec probes.
 #[derive(Debug, Clone)]
-pub(crate) struct ProbeTarget {
+pub struct ProbeTarget {
     pub(crate) address: IpAddr,
     pub(crate) declared: Vec<PortSpec>,
     pub(crate) ports: BTreeMap<String, u16>,
     pub(crate) cwd: PathBuf,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) netns: Option<PathBuf>,
+}
+
+impl ProbeTarget {
+    /// Probes `address`; `declared` are the instance's declared ports and `ports` the port to
+    /// connect to for each declared port name; exec probes run in `cwd` with `env` (in the
+    /// host's network namespace).
+    pub fn new(
+        address: IpAddr,
+        declared: Vec<PortSpec>,
+        ports: BTreeMap<String, u16>,
+        cwd: PathBuf,
+        env: BTreeMap<String, String>,
+    ) -> Self {
+        ProbeTarget {
+            address,
+            declared,
+            ports,
+            cwd,
+            env,
+            netns: None,
+        }
+    }
+
+    /// Runs exec probes in the network namespace at `netns` (through `nsenter`).
+    #[must_use]
+    pub fn netns(mut self, netns: impl Into<PathBuf>) -> Self {
+        self.netns = Some(netns.into());
+        self
+    }
 }
 
 /// The port to connect to for `port`: the attachment's port for that declared port.
@@ -141,8 +175,9 @@ async fn exec(command: &[String], target: &ProbeTarget) -> Result<(), String> {
     }
 }
 
-/// Runs one check of `probe` against `target`.
-pub(crate) async fn check(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
+/// Runs one check of `probe` against `target`: `Err` says why it failed (a refused
+/// connection, a status code, an exit status, a timeout).
+pub async fn check(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
     let timeout = Duration::from_secs_f64(probe.timeout_seconds.max(0.001));
     let port_of = |port: &PortRef| {
         resolve_port(&target.declared, &target.ports, port)

@@ -1,0 +1,310 @@
+//! The pod side of the agent: watches the pods bound to its nodes (`spec.nodeName` field
+//! selector, one watch per node and allowed namespace), hands them to the [`PodRuntime`],
+//! writes their status through the status subresource, and finishes their deletion.
+//!
+//! - A new pod is created in the runtime (a pod already in a terminal phase is left alone);
+//!   a changed one is passed to [`PodRuntime::update_pod`].
+//! - A pod with `deletionTimestamp` is stopped with its grace period, then deleted with grace
+//!   0 and its UID as a precondition (the kubelet's final delete).
+//! - Statuses are computed by the pure [`status::pod_status`](super::status::pod_status)
+//!   whenever the runtime signals a change, deduplicated per pod in a queue, and written by a
+//!   few workers, only when they differ from what was last written.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::runtime::{PodKey, PodRuntime, grace_period};
+use super::status::{pod_status, status_changed};
+
+/// Pods waiting for a status write, each at most once.
+#[derive(Debug, Default)]
+pub(crate) struct StatusQueue {
+    pending: Mutex<(VecDeque<PodKey>, HashSet<PodKey>)>,
+    ready: Notify,
+}
+
+impl StatusQueue {
+    pub(crate) fn push(&self, key: &PodKey) {
+        let mut pending = self.pending.lock();
+        if pending.1.insert(key.clone()) {
+            pending.0.push_back(key.clone());
+            drop(pending);
+            self.ready.notify_one();
+        }
+    }
+
+    async fn pop(&self) -> PodKey {
+        loop {
+            {
+                let mut pending = self.pending.lock();
+                if let Some(key) = pending.0.pop_front() {
+                    pending.1.remove(&key);
+                    if !pending.0.is_empty() {
+                        self.ready.notify_one();
+                    }
+                    return key;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Shared state of the pod watchers and status writers.
+pub(crate) struct PodController {
+    pub(crate) client: Client,
+    pub(crate) runtime: Arc<dyn PodRuntime>,
+    pub(crate) host_ip: String,
+    pub(crate) queue: Arc<StatusQueue>,
+    /// The latest object of every pod bound to the agent's nodes.
+    pods: Mutex<HashMap<PodKey, Pod>>,
+    /// The status last written per pod.
+    written: Mutex<HashMap<PodKey, PodStatus>>,
+    /// Pods handed to the runtime.
+    running: Mutex<HashSet<PodKey>>,
+    /// Pods being deleted.
+    deleting: Mutex<HashSet<PodKey>>,
+}
+
+impl std::fmt::Debug for PodController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodController")
+            .field("runtime", &self.runtime)
+            .field("pods", &self.pods.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl PodController {
+    pub(crate) fn new(
+        client: Client,
+        runtime: Arc<dyn PodRuntime>,
+        host_ip: String,
+        queue: Arc<StatusQueue>,
+    ) -> Self {
+        PodController {
+            client,
+            runtime,
+            host_ip,
+            queue,
+            pods: Mutex::default(),
+            written: Mutex::default(),
+            running: Mutex::default(),
+            deleting: Mutex::default(),
+        }
+    }
+
+    /// Watches the pods bound to `node` (in `namespace`, or every namespace) until aborted.
+    pub(crate) async fn watch(self: Arc<Self>, node: String, namespace: Option<String>) {
+        let api: Api<Pod> = match &namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        let mut listed: HashSet<PodKey> = HashSet::new();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Apply(pod)) => self.clone().on_pod(pod).await,
+                Ok(Event::InitApply(pod)) => {
+                    if let Some(key) = PodKey::of(&pod) {
+                        listed.insert(key);
+                    }
+                    self.clone().on_pod(pod).await;
+                }
+                Ok(Event::Delete(pod)) => self.clone().on_gone(pod),
+                Ok(Event::Init) => listed.clear(),
+                Ok(Event::InitDone) => {
+                    // Pods that vanished while the watch was down.
+                    let gone: Vec<Pod> = self
+                        .pods
+                        .lock()
+                        .iter()
+                        .filter(|(key, pod)| {
+                            node_of(pod) == Some(node.as_str())
+                                && namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+                                && !listed.contains(*key)
+                        })
+                        .map(|(_, pod)| pod.clone())
+                        .collect();
+                    for pod in gone {
+                        self.clone().on_gone(pod);
+                    }
+                    listed.clear();
+                }
+                Err(e) => tracing::warn!(%node, error = %e, "pod watch failed; retrying"),
+            }
+        }
+    }
+
+    async fn on_pod(self: Arc<Self>, pod: Pod) {
+        let Some(key) = PodKey::of(&pod) else {
+            return;
+        };
+        self.pods.lock().insert(key.clone(), pod.clone());
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.start_deletion(key, pod, true);
+            return;
+        }
+        let known = self.running.lock().contains(&key);
+        if known {
+            if let Err(e) = self.runtime.update_pod(&pod).await {
+                tracing::warn!(pod = %key, error = %e, "runtime update failed");
+            }
+        } else if !is_terminal(&pod) {
+            match self.runtime.create_pod(&pod).await {
+                Ok(()) => {
+                    self.running.lock().insert(key.clone());
+                    tracing::debug!(pod = %key, "pod started");
+                }
+                Err(e) => {
+                    tracing::error!(pod = %key, error = %e, "the runtime did not take the pod")
+                }
+            }
+        }
+        self.queue.push(&key);
+    }
+
+    /// The pod is gone from the API (deleted with grace 0 by us or someone else).
+    fn on_gone(self: Arc<Self>, pod: Pod) {
+        let Some(key) = PodKey::of(&pod) else {
+            return;
+        };
+        self.start_deletion(key, pod, false);
+    }
+
+    fn forget(&self, key: &PodKey) {
+        self.pods.lock().remove(key);
+        self.written.lock().remove(key);
+        self.running.lock().remove(key);
+        self.deleting.lock().remove(key);
+    }
+
+    fn start_deletion(self: Arc<Self>, key: PodKey, pod: Pod, in_api: bool) {
+        if !self.deleting.lock().insert(key.clone()) {
+            if !in_api {
+                self.pods.lock().remove(&key);
+            }
+            return;
+        }
+        tokio::spawn(async move {
+            let grace = if in_api {
+                grace_period(&pod)
+            } else {
+                Duration::ZERO
+            };
+            tracing::info!(pod = %key, ?grace, "stopping deleted pod");
+            if let Err(e) = self.runtime.delete_pod(&key, grace).await {
+                tracing::error!(pod = %key, error = %e, "runtime deletion failed");
+            }
+            if in_api {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+                let params = DeleteParams::default()
+                    .grace_period(0)
+                    .preconditions(Preconditions {
+                        uid: Some(key.uid.clone()),
+                        resource_version: None,
+                    });
+                match api.delete(&key.name, &params).await {
+                    Ok(_) => tracing::info!(pod = %key, "pod deleted"),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => tracing::warn!(pod = %key, error = %e, "final delete failed"),
+                }
+            }
+            self.forget(&key);
+        });
+    }
+
+    /// Writes statuses from the queue until aborted.
+    pub(crate) async fn write_statuses(self: Arc<Self>) {
+        loop {
+            let key = self.queue.pop().await;
+            if let Err(e) = self.write_status(&key).await {
+                tracing::warn!(pod = %key, error = %e, "status write failed; retrying");
+                let (this, key) = (self.clone(), key.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if this.pods.lock().contains_key(&key) {
+                        this.queue.push(&key);
+                    }
+                });
+            }
+        }
+    }
+
+    async fn write_status(&self, key: &PodKey) -> Result<(), kube::Error> {
+        let Some(pod) = self.pods.lock().get(key).cloned() else {
+            return Ok(());
+        };
+        let state = match self.runtime.pod_state(key).await {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(pod = %key, error = %e, "runtime state unavailable");
+                return Ok(());
+            }
+        };
+        let previous = self
+            .written
+            .lock()
+            .get(key)
+            .cloned()
+            .or_else(|| pod.status.clone());
+        let status = pod_status(
+            &pod,
+            &state,
+            &self.host_ip,
+            previous.as_ref(),
+            SystemTime::now(),
+        );
+        if !status_changed(previous.as_ref(), &status) {
+            return Ok(());
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        let patch = serde_json::json!({
+            "metadata": {"uid": key.uid},
+            "status": status,
+        });
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.written.lock().insert(key.clone(), status);
+                Ok(())
+            }
+            // Gone, or another pod of the same name now: nothing to write.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The namespaces to watch: every namespace (`None`) or each allowed one.
+pub(crate) fn watch_scopes(namespaces: Option<&BTreeSet<String>>) -> Vec<Option<String>> {
+    match namespaces {
+        None => vec![None],
+        Some(allowed) => allowed.iter().cloned().map(Some).collect(),
+    }
+}

@@ -1,0 +1,587 @@
+//! The node agent against a real control plane (TestEnv: etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler v1.20.2), with the local runtime running pods'
+//! commands as processes, and Debian's `kubectl` as the client.
+//!
+//! One control plane for the whole binary; each test has its own namespace and its own agent
+//! with its own nodes (labelled with the namespace, so scheduled pods land on them).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::Api;
+use kube::api::PostParams;
+use rorqual_kube::node_agent::{LocalRuntime, NodeAgent, PodRuntime, VirtualNode};
+use rorqual_kube::testenv::{
+    Component, Error as EnvError, TestEnv, Unavailable, ci_from_env, skip_or_fail,
+};
+
+const NODE_LABEL: &str = "rorqual.test/namespace";
+
+/// The control plane of this binary, with kube-scheduler; `None` (after printing why) when a
+/// binary is missing outside CI.
+async fn env() -> Option<&'static TestEnv> {
+    static SHARED: tokio::sync::OnceCell<Option<TestEnv>> = tokio::sync::OnceCell::const_new();
+    SHARED
+        .get_or_init(|| async {
+            match TestEnv::builder().scheduler(true).start().await {
+                Ok(env) => {
+                    let client = env.client().await.expect("client");
+                    grant_controller_manager(client).await;
+                    Some(env)
+                }
+                Err(EnvError::MissingBinary(missing)) => {
+                    match skip_or_fail(&missing, ci_from_env()) {
+                        Unavailable::Skip(line) => {
+                            println!("{line}");
+                            None
+                        }
+                        Unavailable::Fail(message) => panic!("{message}"),
+                    }
+                }
+                Err(e) => panic!("the test control plane did not start: {e}"),
+            }
+        })
+        .await
+        .as_ref()
+}
+
+/// TestEnv's controller-manager authenticates as `system:kube-controller-manager` without
+/// `--use-service-account-credentials`, and that user's bootstrap role cannot run the
+/// deployment, replica set and node-lifecycle controllers (they fail with "forbidden").
+/// Until TestEnv starts it with `--use-service-account-credentials=true`, bind it to
+/// `cluster-admin` here.
+async fn grant_controller_manager(client: kube::Client) {
+    let bindings: Api<ClusterRoleBinding> = Api::all(client);
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rorqual-test-controller-manager"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-controller-manager"}]
+    }))
+    .expect("valid binding");
+    match bindings.create(&PostParams::default(), &binding).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("cannot grant the controller-manager its permissions: {e}"),
+    }
+}
+
+struct Agent {
+    agent: Option<NodeAgent>,
+    runtime: LocalRuntime,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    async fn start(env: &TestEnv, namespace: &str, nodes: usize) -> Agent {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let runtime = LocalRuntime::builder()
+            .state_dir(dir.path())
+            .build()
+            .expect("local runtime");
+        let config = kube::Config::from_custom_kubeconfig(
+            env.kubeconfig().clone(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("client config");
+        let mut builder = NodeAgent::builder(config)
+            .runtime(Arc::new(runtime.clone()))
+            .namespace(namespace);
+        for i in 0..nodes {
+            builder = builder
+                .node(VirtualNode::new(format!("{namespace}-n{i}")).label(NODE_LABEL, namespace));
+        }
+        let agent = builder.start().await.expect("agent starts");
+        Agent {
+            agent: Some(agent),
+            runtime,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.shutdown().await.expect("agent stops");
+        }
+    }
+}
+
+fn pod(name: &str, node: Option<&str>, script: &str, extra: serde_json::Value) -> Pod {
+    let mut container = serde_json::json!({
+        "name": "app",
+        "image": "none",
+        "command": ["/bin/sh", "-c", script],
+        "env": [
+            {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+    });
+    if let (Some(c), Some(extra)) = (container.as_object_mut(), extra.as_object()) {
+        c.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 5, "containers": [container]}
+    }))
+    .expect("valid pod")
+}
+
+/// Polls the pod until `done` holds, or fails with its last status.
+async fn wait_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Pod) -> bool,
+) -> Pod {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pod = pods.get(name).await.expect("pod readable");
+        if done(&pod) {
+            return pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} not {what} after {timeout:?}: {}",
+            serde_json::to_string_pretty(&pod.status).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn condition(pod: &Pod, kind: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+fn kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    env.write_kubeconfig(&path).expect("kubeconfig written");
+    path
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .output()
+        .expect("kubectl runs (Debian's kubernetes-client)")
+}
+
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // A zombie has exited.
+    !stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .trim_start()
+        .starts_with('Z')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_ready_with_leases() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-nodes").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 2).await;
+    let client = env.client().await.expect("client");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    for i in 0..2 {
+        let name = format!("{ns}-n{i}");
+        let node = nodes.get(&name).await.expect("node registered");
+        let status = node.status.clone().expect("status");
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.status, "True");
+        assert_eq!(status.allocatable.expect("allocatable")["pods"].0, "110");
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port);
+        assert_eq!(
+            port,
+            agent.agent.as_ref().map(|a| i32::from(a.kubelet_port()))
+        );
+        let lease = leases.get(&name).await.expect("lease exists");
+        let spec = lease.spec.expect("lease spec");
+        assert_eq!(spec.holder_identity.as_deref(), Some(name.as_str()));
+        assert_eq!(spec.lease_duration_seconds, Some(40));
+    }
+    // The node-lifecycle controller sees the nodes Ready and lifts the not-ready taint.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let name = format!("{ns}-n0");
+    loop {
+        let node = nodes.get(&name).await.expect("node");
+        let tainted = node
+            .spec
+            .and_then(|s| s.taints)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/not-ready");
+        if !tainted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {name} still tainted not-ready after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_runs_ready_with_logs_and_graceful_delete() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-pod").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 1).await;
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let node = format!("{ns}-n0");
+    let script = "echo \"hello from $POD_NAME on $MY_NODE at $MY_IP\"; \
+                  exec python3 -m http.server --bind \"$POD_IP\" 8080";
+    let spec = pod(
+        "web",
+        Some(&node),
+        script,
+        serde_json::json!({
+            "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        }),
+    );
+    pods.create(&PostParams::default(), &spec)
+        .await
+        .expect("pod created");
+    let ready = wait_pod(
+        &pods,
+        "web",
+        "Running and Ready",
+        Duration::from_secs(60),
+        |p| condition(p, "Ready").as_deref() == Some("True"),
+    )
+    .await;
+    let status = ready.status.expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    let ip = status.pod_ip.expect("pod IP");
+    assert!(ip.starts_with("127.1."), "a loopback pod address, got {ip}");
+    assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
+    assert!(status.start_time.is_some());
+    let running = status.container_statuses.expect("container statuses");
+    assert!(
+        running[0].ready
+            && running[0]
+                .state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .is_some()
+    );
+    // The pod serves on its own address and its declared port.
+    let answer = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await;
+    assert!(answer.is_ok(), "connect {ip}:8080: {answer:?}");
+
+    // `kubectl logs` goes through the apiserver to the agent's kubelet port.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kubeconfig = kubeconfig(env, dir.path());
+    let logs = kubectl(&kubeconfig, &["logs", "-n", &ns, "web"]);
+    let out = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.status.success(),
+        "kubectl logs failed: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(
+        out.contains(&format!("hello from web on {node} at {ip}")),
+        "kubectl logs said: {out}"
+    );
+    let tail = kubectl(
+        &kubeconfig,
+        &["logs", "-n", &ns, "web", "--tail=1", "-c", "app"],
+    );
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 1);
+
+    // `kubectl delete` finishes within the grace period and the process is gone.
+    let pids: Vec<i32> = agent
+        .runtime
+        .process_ids(&ns, "web")
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
+    assert_eq!(pids.len(), 1, "one process for one container");
+    let started = Instant::now();
+    let deleted = kubectl(
+        &kubeconfig,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            &ns,
+            "web",
+            "--wait=true",
+            "--timeout=30s",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(
+        deleted.status.success(),
+        "kubectl delete failed: {}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "deletion took {took:?}, the grace period is 5 s"
+    );
+    assert!(
+        !alive(pids[0]),
+        "process {} still runs after deletion",
+        pids[0]
+    );
+    assert!(pods.get_opt("web").await.expect("readable").is_none());
+    assert!(agent.runtime.list_pods().await.expect("list").is_empty());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_command_restarts_into_crash_loop_back_off() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-crash").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 1).await;
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let spec = pod(
+        "crash",
+        Some(&format!("{ns}-n0")),
+        "echo crashing; exit 3",
+        serde_json::json!({}),
+    );
+    pods.create(&PostParams::default(), &spec)
+        .await
+        .expect("pod created");
+    let looping = wait_pod(
+        &pods,
+        "crash",
+        "in CrashLoopBackOff",
+        Duration::from_secs(60),
+        |p| {
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first().cloned());
+            c.is_some_and(|c| {
+                c.restart_count >= 1
+                    && c.state
+                        .and_then(|s| s.waiting)
+                        .and_then(|w| w.reason)
+                        .as_deref()
+                        == Some("CrashLoopBackOff")
+            })
+        },
+    )
+    .await;
+    let status = looping.status.expect("status");
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Running"),
+        "restartPolicy Always keeps it Running"
+    );
+    assert_eq!(condition_of(&status, "Ready").as_deref(), Some("False"));
+    let c = &status.container_statuses.expect("statuses")[0];
+    let last = c
+        .last_state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("last termination");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    agent.stop().await;
+}
+
+fn condition_of(status: &k8s_openapi::api::core::v1::PodStatus, kind: &str) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_command_waits_with_the_reason() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-missing").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 1).await;
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let mut spec = pod(
+        "missing",
+        Some(&format!("{ns}-n0")),
+        "",
+        serde_json::json!({}),
+    );
+    if let Some(s) = spec.spec.as_mut() {
+        s.containers[0].command = Some(vec![
+            "/nonexistent/rorqual-program".to_owned(),
+            "--flag".to_owned(),
+        ]);
+    }
+    pods.create(&PostParams::default(), &spec)
+        .await
+        .expect("pod created");
+    let waiting = wait_pod(
+        &pods,
+        "missing",
+        "waiting with RunContainerError",
+        Duration::from_secs(30),
+        |p| {
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first().cloned());
+            c.and_then(|c| c.state)
+                .and_then(|s| s.waiting)
+                .and_then(|w| w.reason)
+                .as_deref()
+                == Some("RunContainerError")
+        },
+    )
+    .await;
+    let status = waiting.status.expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    let w = status.container_statuses.expect("statuses")[0]
+        .state
+        .clone()
+        .and_then(|s| s.waiting)
+        .expect("waiting");
+    let message = w.message.unwrap_or_default();
+    assert!(
+        message.contains("/nonexistent/rorqual-program"),
+        "message names the program: {message}"
+    );
+    assert!(
+        message.contains("No such file"),
+        "message says why: {message}"
+    );
+    // The agent still works: a good pod next to it runs.
+    let ok = pod(
+        "fine",
+        Some(&format!("{ns}-n0")),
+        "echo fine; exec sleep 600",
+        serde_json::json!({}),
+    );
+    pods.create(&PostParams::default(), &ok)
+        .await
+        .expect("pod created");
+    wait_pod(&pods, "fine", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_pods_are_scheduled_onto_agent_nodes_and_become_ready() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-deploy").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 2).await;
+    let client = env.client().await.expect("client");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "nodeSelector": {NODE_LABEL: ns},
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "web",
+                        "image": "none",
+                        "command": ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "8080"],
+                        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+                    }]
+                }
+            }
+        }
+    }))
+    .expect("valid deployment");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("deployment created");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let d = deployments.get("web").await.expect("deployment");
+        let ready = d
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        if ready == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment not ready after 90 s: {:?}\ncontroller-manager: {}\nscheduler: {}",
+            d.status,
+            env.log_tail(Component::KubeControllerManager, 30)
+                .unwrap_or_default(),
+            env.log_tail(Component::KubeScheduler, 30)
+                .unwrap_or_default(),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let list = pods.list(&Default::default()).await.expect("pods");
+    let mut ips: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "every pod has its own address: {ips:?}");
+    for p in &list.items {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        assert!(node.starts_with(&ns), "pod {:?} on {node}", p.metadata.name);
+    }
+    let pids: Vec<i32> = list
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .flat_map(|name| agent.runtime.process_ids(&ns, &name))
+        .map(|(_, pid)| pid)
+        .collect();
+    assert_eq!(pids.len(), 3, "one process per pod");
+    agent.stop().await;
+    let still: Vec<i32> = pids.into_iter().filter(|pid| alive(*pid)).collect();
+    assert!(
+        still.is_empty(),
+        "processes {still:?} outlived the agent's shutdown"
+    );
+}
