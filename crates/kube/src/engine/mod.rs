@@ -84,6 +84,14 @@ impl KubeEngineBuilder {
         self
     }
 
+    /// Pods ask for scheduler `name` (`spec.schedulerName`), such as rorqual's own
+    /// (`scheduler::KubeScheduler`, feature `scheduler`); default: the cluster's.
+    #[must_use]
+    pub fn scheduler_name(mut self, name: impl Into<String>) -> KubeEngineBuilder {
+        self.options.scheduler_name = Some(name.into());
+        self
+    }
+
     /// The controller state store ([`Engine::state_store`]); required.
     #[must_use]
     pub fn state_store(mut self, store: Arc<dyn StateStore>) -> KubeEngineBuilder {
@@ -186,9 +194,7 @@ impl KubeEngine {
             client,
             server: "the apiserver".to_owned(),
             state: None,
-            options: RenderOptions {
-                process_pods: false,
-            },
+            options: RenderOptions::default(),
             sync_timeout: Duration::from_secs(30),
         }
     }
@@ -215,7 +221,7 @@ impl KubeEngine {
     }
 
     fn check(&self, spec: &AppSpec) -> Result<()> {
-        render::check(spec, self.inner.options)?;
+        render::check(spec, &self.inner.options)?;
         version::check(spec, self.inner.version)?;
         Ok(())
     }
@@ -345,7 +351,7 @@ impl Engine for KubeEngine {
                 let api: Api<ReplicaSet> = self.api(&key.namespace);
                 let cached = self.inner.caches.replica_set(&key.namespace, &name);
                 self.ensure_ours(&api, cached, &name).await?;
-                let rs = render::replica_set(spec, replicas, self.inner.options);
+                let rs = render::replica_set(spec, replicas, &self.inner.options);
                 let body = serde_json::to_value(&rs).map_err(|e| Error::Codec {
                     context: format!("encode ReplicaSet {}/{name}", key.namespace),
                     source: e,

@@ -52,24 +52,27 @@ pub fn template_sans_images(spec: &AppSpec) -> String {
 pub const PROCESS_IMAGE: &str = "rorqual.io/process";
 
 /// The image `c` runs as.
-pub fn image_of(c: &ContainerSpec, options: RenderOptions) -> Option<String> {
+pub fn image_of(c: &ContainerSpec, options: &RenderOptions) -> Option<String> {
     c.image
         .clone()
         .or_else(|| options.process_pods.then(|| PROCESS_IMAGE.to_owned()))
 }
 
 /// How specs are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderOptions {
     /// Containers may come without an image (a cluster whose nodes run commands as processes,
     /// such as rorqual's node agent): they get [`PROCESS_IMAGE`]. Otherwise every container
     /// needs an image.
     pub process_pods: bool,
+    /// The scheduler pods ask for (`spec.schedulerName`; the cluster's default when `None`),
+    /// such as rorqual's own (`scheduler::KubeScheduler`).
+    pub scheduler_name: Option<String>,
 }
 
 /// Validates `spec` for a cluster and refuses what a cluster cannot express, every problem with
 /// its path.
-pub fn check(spec: &AppSpec, options: RenderOptions) -> Result<(), ValidationErrors> {
+pub fn check(spec: &AppSpec, options: &RenderOptions) -> Result<(), ValidationErrors> {
     let target = if options.process_pods {
         ValidationTarget::LOCAL
     } else {
@@ -131,7 +134,7 @@ pub fn check(spec: &AppSpec, options: RenderOptions) -> Result<(), ValidationErr
 
 /// The pod template of `spec` at its revision (labels: app, revision, managed-by and the
 /// spec's own).
-pub fn pod_template(spec: &AppSpec, options: RenderOptions) -> PodTemplateSpec {
+pub fn pod_template(spec: &AppSpec, options: &RenderOptions) -> PodTemplateSpec {
     let key = spec.key();
     let revision = spec.revision();
     let mut labels = spec.labels.clone();
@@ -185,6 +188,7 @@ pub fn pod_template(spec: &AppSpec, options: RenderOptions) -> PodTemplateSpec {
                     .map(convert::<_, TopologySpreadConstraint>)
                     .collect(),
             ),
+            scheduler_name: options.scheduler_name.clone(),
             termination_grace_period_seconds: Some(
                 i64::try_from(spec.termination_grace_period_seconds).unwrap_or(i64::MAX),
             ),
@@ -194,7 +198,7 @@ pub fn pod_template(spec: &AppSpec, options: RenderOptions) -> PodTemplateSpec {
 }
 
 /// The ReplicaSet of `spec`'s revision with `replicas` instances.
-pub fn replica_set(spec: &AppSpec, replicas: u32, options: RenderOptions) -> ReplicaSet {
+pub fn replica_set(spec: &AppSpec, replicas: u32, options: &RenderOptions) -> ReplicaSet {
     let key = spec.key();
     let revision = spec.revision();
     ReplicaSet {
@@ -214,7 +218,7 @@ pub fn replica_set(spec: &AppSpec, replicas: u32, options: RenderOptions) -> Rep
 /// The StatefulSet of stateful `spec` (named as the app) with `replicas` identities: pods are
 /// started in order (`OrderedReady`) and never replaced on a template change (`OnDelete`): a
 /// new template reaches an identity only when it is moved.
-pub fn stateful_set(spec: &AppSpec, replicas: u32, options: RenderOptions) -> StatefulSet {
+pub fn stateful_set(spec: &AppSpec, replicas: u32, options: &RenderOptions) -> StatefulSet {
     let key = spec.key();
     StatefulSet {
         metadata: meta(&key, key.name.clone(), names::app_labels(&key)),
@@ -281,7 +285,7 @@ fn selector(key: &AppKey, revision: Option<&str>) -> LabelSelector {
     }
 }
 
-fn container(c: &ContainerSpec, options: RenderOptions) -> Container {
+fn container(c: &ContainerSpec, options: &RenderOptions) -> Container {
     let image = image_of(c, options);
     let mut requests = BTreeMap::new();
     if c.resources.cpu.millis() > 0 {
@@ -427,9 +431,13 @@ mod tests {
         .namespace("games")
     }
 
-    const PROCESS: RenderOptions = RenderOptions { process_pods: true };
-    const IMAGES: RenderOptions = RenderOptions {
+    const PROCESS: &RenderOptions = &RenderOptions {
+        process_pods: true,
+        scheduler_name: None,
+    };
+    const IMAGES: &RenderOptions = &RenderOptions {
         process_pods: false,
+        scheduler_name: None,
     };
 
     #[test]

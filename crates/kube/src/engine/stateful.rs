@@ -80,7 +80,7 @@ pub(super) async fn apply(
     engine
         .apply::<Service>(&services, &key.name, FIELD_MANAGER, &body)
         .await?;
-    let set = render::stateful_set(spec, replicas, engine.inner.options);
+    let set = render::stateful_set(spec, replicas, &engine.inner.options);
     let body = encode(format!("StatefulSet {key}"), &set)?;
     let applied = engine
         .apply::<StatefulSet>(&sets, &key.name, FIELD_MANAGER, &body)
@@ -220,7 +220,7 @@ pub(super) async fn move_identity(
     }
     let revision = spec.revision();
     // The template first (keeping the count), so the recreated pod gets the new revision.
-    let rendered = render::stateful_set(spec, replicas, engine.inner.options);
+    let rendered = render::stateful_set(spec, replicas, &engine.inner.options);
     let body = encode(format!("StatefulSet {key}"), &rendered)?;
     let sets: Api<StatefulSet> = engine.api(&key.namespace);
     engine
@@ -246,7 +246,7 @@ pub(super) async fn move_identity(
                 .containers
                 .iter()
                 .map(
-                    |c| json!({"name": c.name, "image": render::image_of(c, engine.inner.options)}),
+                    |c| json!({"name": c.name, "image": render::image_of(c, &engine.inner.options)}),
                 )
                 .collect();
             let patch = json!({
