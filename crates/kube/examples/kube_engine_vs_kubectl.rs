@@ -98,8 +98,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .state_dir(dir.path().join("pods"))
                 .build()?,
         ))
-        .node(VirtualNode::new(format!("{ns}-a")).label("pool", ns.clone()).max_pods(200))
-        .node(VirtualNode::new(format!("{ns}-b")).label("pool", ns.clone()).max_pods(200))
+        .node(
+            VirtualNode::new(format!("{ns}-a"))
+                .label("pool", ns.clone())
+                .max_pods(200),
+        )
+        .node(
+            VirtualNode::new(format!("{ns}-b"))
+                .label("pool", ns.clone())
+                .max_pods(200),
+        )
         .namespace(ns.clone())
         .start()
         .await?;
@@ -146,7 +154,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let kc = kubectl();
         let kcfg = kubeconfig.display().to_string();
         let began = Instant::now();
-        run(Command::new(&kc).args(["--kubeconfig", &kcfg, "apply", "-f"]).arg(&file))?;
+        run(Command::new(&kc)
+            .args(["--kubeconfig", &kcfg, "apply", "-f"])
+            .arg(&file))?;
         loop {
             // `kubectl wait` waits for the pods that exist when it starts: again until all do.
             let out = run(Command::new(&kc).args([

@@ -27,6 +27,15 @@ use rorqual_local::LocalEngine;
 /// When the running program is not in a cargo target directory, or the build fails; the
 /// panic gives the command to run by hand.
 pub fn example_bin(name: &str) -> PathBuf {
+    example_bin_of("rorqual-examples", name)
+}
+
+/// [`example_bin`] for an example of package `package` (such as `rorqual-kube-examples`).
+///
+/// # Panics
+///
+/// As [`example_bin`].
+pub fn example_bin_of(package: &str, name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<Mutex<Vec<String>>> = std::sync::OnceLock::new();
     let Some(profile_dir) = crate::profile_dir() else {
         panic!("example `{name}`: this program is not in a cargo target directory");
@@ -35,16 +44,17 @@ pub fn example_bin(name: &str) -> PathBuf {
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     // Held across the build: two tests asking at once build once.
     let mut built = built.lock();
-    if built.iter().any(|b| b == name) {
+    let key = format!("{package}/{name}");
+    if built.contains(&key) {
         return bin;
     }
-    let how = format!("cargo build -p rorqual-examples --example {name}");
+    let how = format!("cargo build -p {package} --example {name}");
     let mut cargo = std::process::Command::new(env!("CARGO"));
     cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
         "build",
         "-q",
         "-p",
-        "rorqual-examples",
+        package,
         "--example",
         name,
     ]);
@@ -64,7 +74,7 @@ pub fn example_bin(name: &str) -> PathBuf {
         "`{how}` succeeded but {} is missing",
         bin.display()
     );
-    built.push(name.to_owned());
+    built.push(key);
     bin
 }
 
