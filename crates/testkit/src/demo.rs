@@ -10,7 +10,7 @@
 //! | `GET /metrics` | `demo_http_requests_total{code="200"} N`, `demo_http_requests_total{code="500"} M` (requests to `/` only), `demo_info{version="v1"} 1` |
 //!
 //! Configuration comes from the environment ([`DemoConfig::from_env`]): `PORT` (required),
-//! `INSTANCE_IP` (bind address, default `127.0.0.1`), `DEMO_VERSION` (default `v1`),
+//! `INSTANCE_IP` or else `POD_IP` (bind address, default `127.0.0.1`), `DEMO_VERSION` (default `v1`),
 //! `DEMO_ERROR_RATE` (0.0–1.0, default 0) and `DEMO_STARTUP_DELAY_MS` (default 0). SIGTERM or
 //! SIGINT stops it gracefully.
 //!
@@ -101,10 +101,14 @@ impl DemoConfig {
             _ => return Err(bad("PORT", format!("must be 1-65535, got {port_text:?}"))),
         };
         let mut config = DemoConfig::new(port);
-        if let Some(ip) = lookup("INSTANCE_IP").filter(|s| !s.is_empty()) {
-            config.bind = ip
-                .parse()
-                .map_err(|_| bad("INSTANCE_IP", format!("not an IP address: {ip:?}")))?;
+        // `INSTANCE_IP` (rorqual's engines), else `POD_IP` (the node agent's pods).
+        for variable in ["INSTANCE_IP", "POD_IP"] {
+            if let Some(ip) = lookup(variable).filter(|s| !s.is_empty()) {
+                config.bind = ip
+                    .parse()
+                    .map_err(|_| bad(variable, format!("not an IP address: {ip:?}")))?;
+                break;
+            }
         }
         if let Some(v) = lookup("DEMO_VERSION").filter(|s| !s.is_empty()) {
             config.version = v;
