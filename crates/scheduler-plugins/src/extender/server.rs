@@ -355,10 +355,10 @@ impl ExtenderServer {
     /// Nodes mode: reads the request's nodes through the feed (decoding only changed ones)
     /// and upserts the changed ones into the cache.
     fn feed_nodes(&self, items: &[Box<RawValue>]) -> Vec<FedNode> {
-        let cached: HashSet<Sym> = self
-            .scheduler
-            .with_snapshot(|s| s.nodes().iter().map(|n| n.name).collect());
-        let fed = self.feed.lock().read(items, |name| cached.contains(&name));
+        // The feed's lock is taken before the cache's, never the other way round.
+        let fed = self.feed.lock().read(items, |name| {
+            self.scheduler.with_snapshot(|s| s.index_of(name).is_some())
+        });
         if !fed.changed.is_empty() {
             // Nodes mode feeds the cache (keeping the pods it has on those nodes), so a
             // later bind finds the node it is asked about.
