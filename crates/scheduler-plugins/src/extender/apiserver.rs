@@ -53,9 +53,10 @@ impl ApiserverConfig {
         }
     }
 
-    /// Sends `token` as the bearer token.
+    /// Sends `token` as the bearer token (surrounding whitespace, such as a token file's
+    /// final newline, is dropped).
     pub fn bearer_token(mut self, token: impl Into<String>) -> ApiserverConfig {
-        self.bearer_token = Some(token.into());
+        self.bearer_token = Some(token.into().trim().to_owned());
         self
     }
 

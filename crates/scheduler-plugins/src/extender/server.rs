@@ -97,8 +97,34 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 << 20;
 /// are recorded in the scheduler's cache, and the bind verb needs the node there. In
 /// node-cache-capable mode (the default) kube-scheduler sends `NodeNames` only, so feed the
 /// cache yourself ([`Scheduler::upsert_node`] from a Node watch); otherwise
-/// ([`ExtenderServer::node_cache_capable`] false) it sends full `Nodes`, which the server
-/// upserts into the cache on every filter and prioritize call.
+/// ([`ExtenderServer::node_cache_capable`] false) it sends full `Nodes`, and the server
+/// upserts into the cache each node whose JSON differs from the last request's (an unchanged
+/// node is not decoded again; nodes that stop appearing stay cached until
+/// [`Scheduler::remove_node`]).
+///
+/// With `bindVerb` kube-scheduler delegates binding: give the server a [`Binder`]
+/// ([`ExtenderServer::binder`]) and tell it the caller's release
+/// ([`ExtenderServer::kube_scheduler_version`]).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use rorqual_scheduler::extender::{ApiserverConfig, ExtenderServer};
+///
+/// let binder = ApiserverConfig::new("https://127.0.0.1:6443")
+///     .bearer_token(std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/token")?)
+///     .ca_pem(std::fs::read("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")?)
+///     .build()?;
+/// let server = ExtenderServer::with_default_plugins()
+///     .node_cache_capable(false)
+///     .kube_scheduler_version("v1.20.2".parse()?)
+///     .binder(Arc::new(binder));
+/// let version = "1.20".parse()?;
+/// println!("{}", server.stanza("http://127.0.0.1:8888").to_yaml(version)?);
+/// server.serve(tokio::net::TcpListener::bind("127.0.0.1:8888").await?).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ExtenderServer {
     scheduler: Scheduler,
@@ -329,10 +355,10 @@ impl ExtenderServer {
     /// Nodes mode: reads the request's nodes through the feed (decoding only changed ones)
     /// and upserts the changed ones into the cache.
     fn feed_nodes(&self, items: &[Box<RawValue>]) -> Vec<FedNode> {
-        let cached: HashSet<Sym> = self
-            .scheduler
-            .with_snapshot(|s| s.nodes().iter().map(|n| n.name).collect());
-        let fed = self.feed.lock().read(items, |name| cached.contains(&name));
+        // The feed's lock is taken before the cache's, never the other way round.
+        let fed = self.feed.lock().read(items, |name| {
+            self.scheduler.with_snapshot(|s| s.index_of(name).is_some())
+        });
         if !fed.changed.is_empty() {
             // Nodes mode feeds the cache (keeping the pods it has on those nodes), so a
             // later bind finds the node it is asked about.
