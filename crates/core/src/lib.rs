@@ -9,6 +9,7 @@
 //!   controller [`StateStore`](engine::StateStore);
 //! - [`placement`] and [`network`]: the seams an engine asks where an instance goes and how it
 //!   is reached (a least-allocated first fit is the default placement);
+//! - [`pod_keys`]: the annotation and label keys a Kubernetes pod carries placement needs in;
 //! - [`ip_capacity`]: the seam a scheduler reads underlay pools' free addresses through and
 //!   reserves one;
 //! - [`clock`]: the time seam controllers read and sleep on; [`backoff`]: capped exponential
@@ -40,6 +41,7 @@ pub mod memory;
 pub mod model;
 pub mod network;
 pub mod placement;
+pub mod pod_keys;
 
 pub use error::{Error, Result};
 

@@ -16,7 +16,7 @@ use rorqual_core::engine::Engine;
 use rorqual_core::error::Error;
 use rorqual_core::model::{AppKey, AppSpec, ContainerSpec, WorkloadKind};
 use rorqual_kube::engine::names::{FIELD_MANAGER, SCALE_MANAGER};
-use rorqual_kube::testenv::TestEnv;
+use rorqual_kube::testenv::{TestEnv, eventually};
 use rorqual_kube::{ConfigMapStateStore, KubeEngine, testenv_or_skip};
 
 fn spec(ns: &str, name: &str, version: &str) -> AppSpec {
@@ -40,25 +40,6 @@ async fn engine(env: &TestEnv, ns: &str) -> KubeEngine {
         .build()
         .await
         .unwrap()
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, failing after `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn managers(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Vec<String> {
@@ -102,7 +83,7 @@ async fn replica_sets_per_revision_are_applied_scaled_read_and_deleted() {
 
     // The ReplicaSet controller's pods come back through the reflectors (Pending: no node runs
     // them in this test).
-    let instances = eventually(30, "3 pods of web", || async {
+    let instances = eventually(Duration::from_secs(30), "3 pods of web", || async {
         let list = engine.instances(&key).await.unwrap();
         (list.len() == 3).then_some(list)
     })
@@ -120,7 +101,7 @@ async fn replica_sets_per_revision_are_applied_scaled_read_and_deleted() {
 
     engine.delete_group(&key, &rev).await.unwrap();
     engine.delete_group(&key, &rev).await.unwrap();
-    eventually(30, "web gone", || async {
+    eventually(Duration::from_secs(30), "web gone", || async {
         let g = engine.groups(&key).await.unwrap();
         let i = engine.instances(&key).await.unwrap();
         (g.is_empty() && i.is_empty()).then_some(())
@@ -221,7 +202,7 @@ async fn a_stateful_app_is_a_stateful_set_whose_identities_move_by_pod_deletion(
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
 
     // OrderedReady: game-1 waits for game-0, which never becomes ready here.
-    let first = eventually(30, "game-0", || async {
+    let first = eventually(Duration::from_secs(30), "game-0", || async {
         let list = engine.instances(&key).await.unwrap();
         (list.len() == 1).then_some(list)
     })
@@ -249,7 +230,7 @@ async fn a_stateful_app_is_a_stateful_set_whose_identities_move_by_pod_deletion(
         (moved.id.as_str(), &moved.revision),
         ("game-0", &v2.revision())
     );
-    eventually(30, "game-0 at v2", || async {
+    eventually(Duration::from_secs(30), "game-0 at v2", || async {
         let list = engine.instances(&key).await.unwrap();
         list.iter()
             .any(|i| i.id == "game-0" && i.revision == v2.revision())
@@ -281,7 +262,7 @@ async fn a_stateful_app_is_a_stateful_set_whose_identities_move_by_pod_deletion(
     engine.scale_group(&key, &v2.revision(), 0).await.unwrap();
     engine.delete_group(&key, &v1.revision()).await.unwrap();
     engine.delete_group(&key, &v2.revision()).await.unwrap();
-    eventually(30, "game gone", || async {
+    eventually(Duration::from_secs(30), "game gone", || async {
         (engine.groups(&key).await.unwrap().is_empty()
             && engine.instances(&key).await.unwrap().is_empty())
         .then_some(())
@@ -342,7 +323,7 @@ async fn an_image_only_move_patches_the_pod_in_place() {
     let (v1, v2) = (with_image("example/gs:1"), with_image("example/gs:2"));
     assert_ne!(v1.revision(), v2.revision());
     engine.apply_group(&v1, 1).await.unwrap();
-    let before = eventually(30, "gs-0 in the cache", || async {
+    let before = eventually(Duration::from_secs(30), "gs-0 in the cache", || async {
         let pod = pods.get_opt("gs-0").await.unwrap()?;
         let cached = engine.instances(&v1.key()).await.unwrap();
         (cached.len() == 1).then_some(pod)
@@ -364,7 +345,7 @@ async fn an_image_only_move_patches_the_pod_in_place() {
     let mut v3 = v2.clone();
     v3.containers[0] = v3.containers[0].clone().env("MORE", "1");
     engine.move_identity(&v3, 0).await.unwrap();
-    eventually(30, "gs-0 replaced at v3", || async {
+    eventually(Duration::from_secs(30), "gs-0 replaced at v3", || async {
         let pod = pods.get_opt("gs-0").await.unwrap()?;
         (pod.metadata.uid != before.metadata.uid
             && pod.metadata.labels.as_ref()?.get("rorqual.io/revision")

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use rorqual_kube::scheduler::KubeScheduler;
+use rorqual_kube::testenv::eventually;
 use rorqual_kube::testenv_or_skip;
 use rorqual_scheduler::plugins::DefaultPlugins;
 
@@ -35,24 +36,6 @@ fn pod(name: &str, scheduler: &str, cpu: &str) -> Pod {
         }
     }))
     .unwrap()
-}
-
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +75,7 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
     .await
     .unwrap();
 
-    let placed = eventually(30, "6 pods bound", || async {
+    let placed = eventually(Duration::from_secs(30), "6 pods bound", || async {
         let list = pods.list(&Default::default()).await.unwrap().items;
         let bound: Vec<(String, String)> = list
             .iter()
@@ -118,15 +101,19 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
         );
     }
 
-    let reason = eventually(30, "huge marked unschedulable", || async {
-        let p = pods.get("huge").await.unwrap();
-        let c = p
-            .status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
-        Some((c.reason?, c.message?))
-    })
+    let reason = eventually(
+        Duration::from_secs(30),
+        "huge marked unschedulable",
+        || async {
+            let p = pods.get("huge").await.unwrap();
+            let c = p
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+            Some((c.reason?, c.message?))
+        },
+    )
     .await;
     assert_eq!(reason.0, "Unschedulable");
     assert!(reason.1.contains("Insufficient cpu"), "{reason:?}");
@@ -154,7 +141,7 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
     pods.create(&PostParams::default(), &pod("big", "rorqual", "1500m"))
         .await
         .unwrap();
-    let on = eventually(30, "big bound", || async {
+    let on = eventually(Duration::from_secs(30), "big bound", || async {
         pods.get("big").await.unwrap().spec?.node_name
     })
     .await;

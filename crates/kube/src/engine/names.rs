@@ -13,8 +13,6 @@ pub const LABEL_REVISION: &str = "rorqual.io/revision";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The value of [`LABEL_MANAGED_BY`] on everything rorqual writes.
 pub const MANAGED_BY: &str = "rorqual";
-/// The label a StatefulSet's controller puts on each of its pods.
-pub const LABEL_STATEFUL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 
 /// The field manager of rorqual's server-side applies.
 pub const FIELD_MANAGER: &str = "rorqual";

@@ -24,14 +24,9 @@ use serde::de::DeserializeOwned;
 
 use super::names::{self, LABEL_APP, LABEL_REVISION};
 
-/// Annotation: the pod needs an underlay address from this pool (`*`: any).
-pub const ANNOTATION_UNDERLAY_POOL: &str = "rorqual.io/underlay-pool";
-/// Annotation: the pod's gang.
-pub const ANNOTATION_GANG: &str = "rorqual.io/gang";
-/// Annotation: the gang's minMember.
-pub const ANNOTATION_GANG_MIN_MEMBER: &str = "rorqual.io/gang-min-member";
-/// Annotation: how long gang members wait, in seconds.
-pub const ANNOTATION_GANG_TIMEOUT: &str = "rorqual.io/gang-timeout-seconds";
+pub use rorqual_core::pod_keys::{
+    ANNOTATION_GANG, ANNOTATION_GANG_MIN_MEMBER, ANNOTATION_GANG_TIMEOUT, ANNOTATION_UNDERLAY_POOL,
+};
 
 /// Annotation: the revision of the pod's template with every container's image left out. Two
 /// templates with the same value differ at most in images, so an identity can move between

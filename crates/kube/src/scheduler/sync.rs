@@ -261,67 +261,71 @@ impl SnapshotSync {
 
     /// Runs the Node and Pod watches until the returned future is dropped.
     pub async fn run(self, client: Client) {
-        let nodes = {
-            let this = self.clone();
-            let api: Api<KubeNode> = Api::all(client.clone());
-            async move {
-                let stream = watcher(api, watcher::Config::default()).default_backoff();
-                let mut stream = std::pin::pin!(stream);
-                while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(watcher::Event::Init) => this.state.lock().begin_node_relist(),
-                        Ok(watcher::Event::InitApply(n) | watcher::Event::Apply(n)) => {
-                            this.node_seen(&n);
-                        }
-                        Ok(watcher::Event::InitDone) => {
-                            let gone = this.state.lock().end_node_relist();
-                            for n in gone {
-                                this.scheduler.remove_node(&n);
-                            }
-                        }
-                        Ok(watcher::Event::Delete(n)) => {
-                            if let Some(name) = n.metadata.name {
-                                this.node_gone(&name);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "scheduler sync: node watch failed; retrying")
-                        }
+        let nodes = follow(
+            Api::<KubeNode>::all(client.clone()),
+            "node",
+            |change| match change {
+                Change::Relist => self.state.lock().begin_node_relist(),
+                Change::Seen(n) => self.node_seen(&n),
+                Change::RelistDone => {
+                    let gone = self.state.lock().end_node_relist();
+                    for n in gone {
+                        self.scheduler.remove_node(&n);
                     }
                 }
-            }
-        };
-        let pods = {
-            let this = self.clone();
-            let api: Api<Pod> = Api::all(client);
-            async move {
-                let stream = watcher(api, watcher::Config::default()).default_backoff();
-                let mut stream = std::pin::pin!(stream);
-                while let Some(ev) = stream.next().await {
-                    match ev {
-                        Ok(watcher::Event::Init) => this.state.lock().begin_pod_relist(),
-                        Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => {
-                            this.pod_seen(&p);
-                        }
-                        Ok(watcher::Event::InitDone) => {
-                            let gone = this.state.lock().end_pod_relist();
-                            for uid in gone {
-                                this.scheduler.remove_pod(&uid);
-                            }
-                        }
-                        Ok(watcher::Event::Delete(p)) => {
-                            if let Some(uid) = p.metadata.uid {
-                                this.pod_gone(&uid);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "scheduler sync: pod watch failed; retrying")
-                        }
+                Change::Gone(n) => {
+                    if let Some(name) = n.metadata.name {
+                        self.node_gone(&name);
                     }
                 }
+            },
+        );
+        let pods = follow(Api::<Pod>::all(client), "pod", |change| match change {
+            Change::Relist => self.state.lock().begin_pod_relist(),
+            Change::Seen(p) => self.pod_seen(&p),
+            Change::RelistDone => {
+                let gone = self.state.lock().end_pod_relist();
+                for uid in gone {
+                    self.scheduler.remove_pod(&uid);
+                }
             }
-        };
+            Change::Gone(p) => {
+                if let Some(uid) = p.metadata.uid {
+                    self.pod_gone(&uid);
+                }
+            }
+        });
         futures::future::join(nodes, pods).await;
+    }
+}
+
+/// A watch's news, as the sync reads it.
+enum Change<K> {
+    /// A (re)list begins.
+    Relist,
+    /// The object as it is now.
+    Seen(K),
+    /// The (re)list is complete.
+    RelistDone,
+    /// The object is gone.
+    Gone(K),
+}
+
+/// Follows a watch over `api` (with backoff on errors) and hands each change to `apply`.
+async fn follow<K>(api: Api<K>, kind: &str, mut apply: impl FnMut(Change<K>))
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => apply(Change::Relist),
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => apply(Change::Seen(o)),
+            Ok(watcher::Event::InitDone) => apply(Change::RelistDone),
+            Ok(watcher::Event::Delete(o)) => apply(Change::Gone(o)),
+            Err(e) => tracing::debug!(kind, error = %e, "scheduler sync: watch failed; retrying"),
+        }
     }
 }
 

@@ -41,6 +41,7 @@
 
 mod binaries;
 mod certs;
+mod eventually;
 mod kubeconfig;
 mod namespace;
 mod ports;
@@ -56,6 +57,7 @@ pub use binaries::{
     BUILD_COMMAND, BinarySources, Component, KUBEBUILDER_ASSETS, MissingBinary, RORQUAL_KUBE_BIN,
     RORQUAL_KUBE_CACHE, Unavailable, ci_from_env, skip_or_fail,
 };
+pub use eventually::eventually;
 pub use namespace::TEST_NAMESPACE_LABEL;
 pub use process::process_alive;
 

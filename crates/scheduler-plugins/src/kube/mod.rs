@@ -32,26 +32,11 @@ use quantity::Quantity;
 pub use node::{node_from_json, node_from_str, node_name};
 pub use pod::pod_from_json;
 
-/// Stable identity of a stateful pod.
-pub const ANNOTATION_IDENTITY: &str = "rorqual.io/identity";
-/// The label a StatefulSet's controller puts on each of its pods, with the pod's stable name
-/// (`<set>-<ordinal>`): the identity (`namespace/name`) of a pod without
-/// [`ANNOTATION_IDENTITY`].
-pub const LABEL_STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
-/// The node the identity ran on last.
-pub const ANNOTATION_PREVIOUS_NODE: &str = "rorqual.io/previous-node";
-/// The zone the identity ran in last.
-pub const ANNOTATION_PREVIOUS_ZONE: &str = "rorqual.io/previous-zone";
-/// The pod needs an underlay address from this pool (`*`: any pool).
-pub const ANNOTATION_UNDERLAY_POOL: &str = "rorqual.io/underlay-pool";
-/// The pod's fixed-IP claim is bound to `pool/address`.
-pub const ANNOTATION_UNDERLAY_CLAIM: &str = "rorqual.io/underlay-claim";
-/// The pod's gang (pod group) name.
-pub const ANNOTATION_GANG: &str = "rorqual.io/gang";
-/// The gang's minMember.
-pub const ANNOTATION_GANG_MIN_MEMBER: &str = "rorqual.io/gang-min-member";
-/// How long gang members wait at Permit, in seconds.
-pub const ANNOTATION_GANG_TIMEOUT: &str = "rorqual.io/gang-timeout-seconds";
+pub use rorqual_core::pod_keys::{
+    ANNOTATION_GANG, ANNOTATION_GANG_MIN_MEMBER, ANNOTATION_GANG_TIMEOUT, ANNOTATION_IDENTITY,
+    ANNOTATION_PREVIOUS_NODE, ANNOTATION_PREVIOUS_ZONE, ANNOTATION_UNDERLAY_CLAIM,
+    ANNOTATION_UNDERLAY_POOL, LABEL_STATEFULSET_POD_NAME,
+};
 
 /// A Kubernetes object that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
