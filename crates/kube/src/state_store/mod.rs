@@ -95,11 +95,9 @@ impl StateStoreError {
     }
 }
 
-/// rorqual-core has no error variant for a remote store, so: a corrupt or foreign ConfigMap is
-/// [`CoreError::CorruptState`] (the location names the key and the ConfigMap); a retryable
-/// API failure is [`CoreError::Io`] (retryable there too) keeping this error as its source;
-/// a refusal is [`CoreError::BadRequest`] with the whole message, which core treats as
-/// permanent.
+/// A corrupt or foreign ConfigMap is [`CoreError::CorruptState`] (the location names the key
+/// and the ConfigMap); an API failure is [`CoreError::Remote`] with the whole message, this
+/// error as its source, and whether a retry may pass.
 impl From<StateStoreError> for CoreError {
     fn from(error: StateStoreError) -> Self {
         match error {
@@ -123,8 +121,11 @@ impl From<StateStoreError> for CoreError {
                     "the ConfigMap exists but is not managed by state store `{store}`; it is left alone"
                 ),
             },
-            api if api.is_retryable() => CoreError::io(api.to_string(), std::io::Error::other(api)),
-            refused => CoreError::BadRequest(error_chain(&refused)),
+            api => CoreError::Remote {
+                context: error_chain(&api),
+                retryable: api.is_retryable(),
+                source: Box::new(api),
+            },
         }
     }
 }
