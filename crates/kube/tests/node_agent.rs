@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use kube::api::PostParams;
-use rorqual_kube::node_agent::{LocalRuntime, NodeAgent, PodRuntime, VirtualNode};
+use rorqual_kube::node_agent::{
+    LocalRuntime, NodeAgent, PodRuntime, SimulatedConfig, SimulatedRuntime, VirtualNode,
+};
 use rorqual_kube::testenv::{
     Component, Error as EnvError, TestEnv, Unavailable, ci_from_env, skip_or_fail,
 };
@@ -279,7 +281,11 @@ async fn pod_runs_ready_with_logs_and_graceful_delete() {
     let status = ready.status.expect("status");
     assert_eq!(status.phase.as_deref(), Some("Running"));
     let ip = status.pod_ip.expect("pod IP");
-    assert!(ip.starts_with("127.1."), "a loopback pod address, got {ip}");
+    let parsed: std::net::Ipv4Addr = ip.parse().expect("an IPv4 pod address");
+    assert!(
+        parsed.is_loopback() && parsed.octets()[1] != 0,
+        "a pod loopback address, got {ip}"
+    );
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
     assert!(status.start_time.is_some());
     let running = status.container_statuses.expect("container statuses");
@@ -584,4 +590,117 @@ async fn deployment_pods_are_scheduled_onto_agent_nodes_and_become_ready() {
         still.is_empty(),
         "processes {still:?} outlived the agent's shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_pods_follow_their_stages_and_other_namespaces_are_left_alone() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-sim").await.expect("namespace");
+    let other = env
+        .new_namespace("agent-sim-other")
+        .await
+        .expect("namespace");
+    let config = kube::Config::from_custom_kubeconfig(
+        env.kubeconfig().clone(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("client config");
+    let runtime = SimulatedRuntime::new(SimulatedConfig::default());
+    let node = format!("{ns}-sim");
+    let agent = NodeAgent::builder(config)
+        .runtime(Arc::new(runtime.clone()))
+        .node(VirtualNode::new(&node))
+        .namespace(&ns)
+        .start()
+        .await
+        .expect("agent starts");
+    let client = env.client().await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let healthy: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "healthy"},
+        "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}
+    }))
+    .expect("valid pod");
+    let crashing: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "crashing", "annotations": {
+            "sim.rorqual.io/crash-after": "0.5", "sim.rorqual.io/exit-code": "7"}},
+        "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}]}
+    }))
+    .expect("valid pod");
+    pods.create(&PostParams::default(), &healthy)
+        .await
+        .expect("created");
+    pods.create(&PostParams::default(), &crashing)
+        .await
+        .expect("created");
+    let ready = wait_pod(&pods, "healthy", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let status = ready.status.expect("status");
+    assert_eq!(status.container_statuses.map(|c| c.len()), Some(2));
+    assert!(status.pod_ip.is_some_and(|ip| ip.starts_with("10.88.")));
+    let crashed = wait_pod(
+        &pods,
+        "crashing",
+        "backing off",
+        Duration::from_secs(30),
+        |p| {
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first().cloned());
+            c.is_some_and(|c| {
+                c.restart_count >= 1
+                    && c.state
+                        .and_then(|s| s.waiting)
+                        .and_then(|w| w.reason)
+                        .as_deref()
+                        == Some("CrashLoopBackOff")
+            })
+        },
+    )
+    .await;
+    let last = crashed
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c[0].last_state.clone())
+        .and_then(|s| s.terminated);
+    assert_eq!(last.map(|t| t.exit_code), Some(7));
+
+    // A pod of a namespace the agent is not limited to is never run, even on its node.
+    let outsider_api: Api<Pod> = Api::namespaced(client, &other);
+    let outsider: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "outsider"},
+        "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}]}
+    }))
+    .expect("valid pod");
+    outsider_api
+        .create(&PostParams::default(), &outsider)
+        .await
+        .expect("created");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = outsider_api.get("outsider").await.expect("readable");
+    assert!(
+        seen.status.and_then(|s| s.container_statuses).is_none(),
+        "the agent ran a pod outside its namespaces"
+    );
+    assert_eq!(runtime.len(), 2);
+
+    // Deleting finishes at once (nothing to stop), through the agent's grace-0 delete.
+    pods.delete("healthy", &Default::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pods.get_opt("healthy").await.expect("readable").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "pod not gone 15 s after deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runtime.len(), 1);
+    agent.shutdown().await.expect("agent stops");
 }

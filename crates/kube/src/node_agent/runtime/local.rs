@@ -2,8 +2,9 @@
 //! host, supervised by rorqual-local's [`SupervisedProcess`] (own process group, SIGTERM, the
 //! grace period, SIGKILL) and probed with rorqual-local's HTTP / TCP / exec [`probe`]s.
 //!
-//! - **Addresses**: every pod gets its own address from an [`AddressPool`] (by default
-//!   `127.1.0.1` … `127.1.255.254`, all on the loopback interface) and keeps its declared
+//! - **Addresses**: every pod gets its own address from an [`AddressPool`] (by default one
+//!   shared by the process's runtimes, `127.N.0.0/16` with `N` from the process id: all of
+//!   `127.0.0.0/8` is on the loopback interface) and keeps its declared
 //!   ports. The address is in the container's environment as `POD_IP` (and through
 //!   `fieldRef: status.podIP`); **a process must listen on `$POD_IP:<containerPort>`** (a
 //!   process that binds `0.0.0.0` takes the port for every pod on the host). Probes connect to
@@ -63,8 +64,23 @@ use crate::node_agent::address::AddressPool;
 pub struct LocalRuntimeBuilder {
     state_dir: Option<PathBuf>,
     host_ip: IpAddr,
-    addresses: AddressPool,
+    addresses: Option<AddressPool>,
     restart_backoff: Backoff,
+}
+
+/// The pool every [`LocalRuntime`] of this process shares unless given its own:
+/// `127.N.0.0/16` with `N` from the process id (1–250), so runtimes in one process never hand
+/// out the same address and runtimes of different processes rarely do.
+fn process_pool() -> Arc<Mutex<AddressPool>> {
+    static POOL: std::sync::OnceLock<Arc<Mutex<AddressPool>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = u8::try_from(std::process::id() % 250 + 1).unwrap_or(1);
+        Arc::new(Mutex::new(AddressPool::new(
+            Ipv4Addr::new(127, n, 0, 0),
+            1 << 16,
+        )))
+    })
+    .clone()
 }
 
 impl Default for LocalRuntimeBuilder {
@@ -72,7 +88,7 @@ impl Default for LocalRuntimeBuilder {
         LocalRuntimeBuilder {
             state_dir: None,
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            addresses: AddressPool::loopback(),
+            addresses: None,
             restart_backoff: Backoff::KUBELET_RESTART,
         }
     }
@@ -92,9 +108,10 @@ impl LocalRuntimeBuilder {
         self
     }
 
-    /// Where pod addresses come from (default [`AddressPool::loopback`]).
+    /// Where this runtime's pod addresses come from (default: a pool every `LocalRuntime` of
+    /// the process shares, `127.N.0.0/16` with `N` between 1 and 250 from the process id).
     pub fn addresses(mut self, pool: AddressPool) -> Self {
-        self.addresses = pool;
+        self.addresses = Some(pool);
         self
     }
 
@@ -122,7 +139,9 @@ impl LocalRuntimeBuilder {
             shared: Arc::new(Shared {
                 dir,
                 host_ip: self.host_ip,
-                addresses: Mutex::new(self.addresses),
+                addresses: self
+                    .addresses
+                    .map_or_else(process_pool, |pool| Arc::new(Mutex::new(pool))),
                 backoff: self.restart_backoff,
                 pods: Mutex::new(HashMap::new()),
                 notifier: RwLock::new(None),
@@ -158,7 +177,7 @@ impl LocalPod {
 struct Shared {
     dir: PathBuf,
     host_ip: IpAddr,
-    addresses: Mutex<AddressPool>,
+    addresses: Arc<Mutex<AddressPool>>,
     backoff: Backoff,
     pods: Mutex<HashMap<PodKey, Arc<LocalPod>>>,
     notifier: RwLock<Option<PodNotifier>>,
