@@ -1,17 +1,46 @@
 //! rorqual on Kubernetes.
 //!
+//! ```no_run
+//! # #[cfg(all(feature = "testenv", feature = "state-store"))]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use rorqual_core::engine::StateStore;
+//! use rorqual_kube::ConfigMapStateStore;
+//! use rorqual_kube::testenv::TestEnv;
+//!
+//! // A real control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+//! let env = TestEnv::start().await?;
+//! let namespace = env.new_namespace("quickstart").await?;
+//! env.write_kubeconfig("/tmp/admin.kubeconfig")?; // kubectl --kubeconfig /tmp/admin.kubeconfig
+//!
+//! // Controller state in ConfigMaps, compare-and-swap on resourceVersion.
+//! let client = env.client().await?;
+//! let store: Arc<dyn StateStore> = Arc::new(ConfigMapStateStore::new(client, &namespace));
+//! let version = store.compare_and_swap("rollout-step/web", None, Some(b"1".to_vec())).await?;
+//! store.compare_and_swap("rollout-step/web", Some(version), Some(b"2".to_vec())).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! - [`ConfigMapStateStore`] (feature `state-store`, default): rorqual-core's
 //!   [`StateStore`](rorqual_core::engine::StateStore) as one ConfigMap per key,
-//!   compare-and-swap on `resourceVersion`.
-//! - [`testenv`] (feature `testenv`): a real control plane for tests, offline (etcd,
-//!   kube-apiserver, kube-controller-manager and optionally kube-scheduler on loopback).
+//!   compare-and-swap on `resourceVersion`; hand-edited entries are reported, never replaced.
+//! - [`testenv`] (feature `testenv`): a real Kubernetes control plane for tests, offline (etcd,
+//!   kube-apiserver, kube-controller-manager and optionally kube-scheduler on loopback ports,
+//!   TLS with a test CA, token authentication, RBAC), one per test binary with a namespace per
+//!   test; every process it starts dies with the test binary, `kill -9` included. The
+//!   binaries come from `scripts/build-kube` (v1.20.2 built from Debian's source package) or
+//!   controller-runtime's envtest variables.
 //! - [`node_agent`] (feature `node-agent`): a kubelet without a container runtime: virtual
-//!   Nodes, pods run by a [`PodRuntime`](node_agent::PodRuntime) (simulated, or as local
-//!   processes), `kubectl logs` through the kubelet port.
+//!   Nodes kept Ready with Lease heartbeats, pods bound to them run by a
+//!   [`PodRuntime`](node_agent::PodRuntime) (simulated stages, or each container's command as
+//!   a local process with probes, restarts and its own loopback address), `kubectl logs`
+//!   through the kubelet port.
 //!
 //! This crate enables no Kubernetes version feature of `k8s-openapi`: the binary that links it
-//! does (`k8s-openapi = { version = "0.29", features = ["latest"] }`).
-#![cfg_attr(docsrs, feature(doc_cfg))]
+//! does (`k8s-openapi = { version = "0.29", features = ["latest"] }`); its tests and examples
+//! enable `latest`. Against a 1.20 apiserver it uses only core/v1 objects (and coordination/v1
+//! Leases for the node agent).
 
 #[cfg(feature = "state-store")]
 pub mod state_store;

@@ -173,11 +173,13 @@ fn kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .output()
-        .expect("kubectl runs (Debian's kubernetes-client)")
+    std::process::Command::new(
+        std::env::var("RORQUAL_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned()),
+    )
+    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+    .args(args)
+    .output()
+    .expect("kubectl runs (Debian's kubernetes-client)")
 }
 
 fn alive(pid: i32) -> bool {

@@ -23,6 +23,8 @@ use rorqual_kube::testenv_or_skip;
 
 /// Set in the child of `kill_9_of_the_test_binary_leaves_no_process`.
 const HELPER_VAR: &str = "RORQUAL_TESTENV_KILL_HELPER";
+/// Set in the child of `use_existing_cluster_starts_nothing_and_uses_the_kubeconfig`.
+const EXISTING_HELPER_VAR: &str = "RORQUAL_TESTENV_EXISTING_HELPER";
 
 #[tokio::test]
 async fn a_new_namespace_has_its_service_account_token() {
@@ -289,4 +291,68 @@ async fn kill_helper() {
     println!("pids: {}", pids.join(" "));
     tokio::time::sleep(Duration::from_secs(600)).await;
     panic!("the helper was not killed within 600 s");
+}
+
+#[tokio::test]
+async fn use_existing_cluster_starts_nothing_and_uses_the_kubeconfig() {
+    let env = testenv_or_skip!();
+    if env.uses_existing_cluster() {
+        println!("skipped: already running with USE_EXISTING_CLUSTER=true");
+        return;
+    }
+    // The shared control plane plays the existing cluster: this test binary again, running
+    // only the helper below with USE_EXISTING_CLUSTER=true and KUBECONFIG naming it (a
+    // child process, because changing this process's environment is not thread-safe).
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("existing.kubeconfig");
+    env.write_kubeconfig(&kubeconfig).unwrap();
+    let output = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "existing_cluster_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(EXISTING_HELPER_VAR, "1")
+        .env("USE_EXISTING_CLUSTER", "true")
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "helper failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let Some((_, report)) = stdout.split_once("existing-ok: ") else {
+        panic!("the helper did not report:\n{stdout}");
+    };
+    let mut words = report.split_whitespace();
+    let (namespace, server) = (words.next().unwrap(), words.next().unwrap());
+    assert_eq!(
+        server.trim_end_matches('/'),
+        env.server_url(),
+        "the kubeconfig's cluster"
+    );
+    // The namespace the helper made is on the shared control plane.
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client().await.unwrap());
+    assert!(
+        namespaces.get_opt(namespace).await.unwrap().is_some(),
+        "{namespace}"
+    );
+}
+
+/// Not a test on its own: runs only as the child of
+/// `use_existing_cluster_starts_nothing_and_uses_the_kubeconfig`.
+#[tokio::test]
+async fn existing_cluster_helper() {
+    if std::env::var_os(EXISTING_HELPER_VAR).is_none() {
+        return;
+    }
+    let env = TestEnv::start().await.unwrap();
+    assert!(env.uses_existing_cluster());
+    assert!(env.processes().is_empty(), "nothing started");
+    let namespace = env.new_namespace("existing").await.unwrap();
+    println!("existing-ok: {namespace} {}", env.server_url());
 }

@@ -88,8 +88,19 @@ pub const RORQUAL_KUBE_BIN: &str = "RORQUAL_KUBE_BIN";
 /// Overrides the cache root `scripts/build-kube` fills (default `~/.cache/rorqual/kube`).
 pub const RORQUAL_KUBE_CACHE: &str = "RORQUAL_KUBE_CACHE";
 
-/// What the lookup reads: the relevant variables and the cache's complete build directories,
-/// captured once so that [`BinarySources::locate`] itself does no I/O but `exists`.
+/// Where binaries are looked up: the relevant variables and the cache's complete build
+/// directories, captured once so that [`BinarySources::locate`] itself does no I/O but
+/// `exists`.
+///
+/// Each binary is looked up, in order, in
+/// 1. its own variable (`TEST_ASSET_KUBE_APISERVER`, `TEST_ASSET_ETCD`, …; controller-runtime's
+///    envtest convention): when set it must name an existing file, there is no fallback;
+/// 2. `KUBEBUILDER_ASSETS`, a directory (envtest's assets usually hold etcd and kube-apiserver
+///    only, so a binary it lacks is looked up further);
+/// 3. `RORQUAL_KUBE_BIN`, a directory (what `scripts/build-kube` prints);
+/// 4. the cache `scripts/build-kube` fills (`$RORQUAL_KUBE_CACHE`, else
+///    `~/.cache/rorqual/kube`): the most recently built complete directory;
+/// 5. `PATH` (Debian's `etcd-server` puts etcd in `/usr/bin`).
 #[derive(Debug, Clone, Default)]
 pub struct BinarySources {
     vars: BTreeMap<&'static str, OsString>,
@@ -156,8 +167,8 @@ impl BinarySources {
         self
     }
 
-    /// The path of `component`'s binary: the first source that has it (see the
-    /// [module docs](self)), where `exists` says whether a file is there.
+    /// The path of `component`'s binary: the first source that has it (in the order listed
+    /// on [`BinarySources`]), where `exists` says whether a file is there.
     ///
     /// # Errors
     ///

@@ -741,6 +741,9 @@ impl TestEnv {
     /// [`TEST_NAMESPACE_LABEL`]) and returns its name once pods can be created in it: its
     /// `default` ServiceAccount exists and, before Kubernetes 1.24, has its token Secret.
     ///
+    /// Namespaces are not deleted: a started control plane goes with its etcd; on an existing
+    /// cluster, `kubectl delete namespace -l rorqual.io/testenv=true` removes them.
+    ///
     /// # Errors
     ///
     /// [`Error::Kube`] when the apiserver refuses; [`Error::NamespaceNotReady`] when the
@@ -792,7 +795,11 @@ impl TestEnv {
                     context: "building a client from the current kubeconfig context".to_owned(),
                     source,
                 })?;
-        let server_url = config.cluster_url.to_string();
+        let server_url = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
         let client = kube::Client::try_from(config).map_err(|source| Error::Kube {
             context: format!("building a client for {server_url}"),
             source,
