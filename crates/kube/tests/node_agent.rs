@@ -706,3 +706,60 @@ async fn simulated_pods_follow_their_stages_and_other_namespaces_are_left_alone(
     assert_eq!(runtime.len(), 1);
     agent.shutdown().await.expect("agent stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_patched_in_place_restarts_the_container_keeping_the_pod() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-image").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 1).await;
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let spec = pod(
+        "game",
+        Some(&format!("{ns}-n0")),
+        "exec sleep 600",
+        serde_json::json!({}),
+    );
+    pods.create(&PostParams::default(), &spec)
+        .await
+        .expect("pod created");
+    let before = wait_pod(&pods, "game", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let old_pids = agent.runtime.process_ids(&ns, "game");
+    let patch = serde_json::json!({"spec": {"containers": [{"name": "app", "image": "v2"}]}});
+    pods.patch(
+        "game",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&patch),
+    )
+    .await
+    .expect("image patched");
+    let after = wait_pod(
+        &pods,
+        "game",
+        "restarted and Ready",
+        Duration::from_secs(30),
+        |p| {
+            let restarted = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .is_some_and(|c| c.restart_count == 1 && c.image == "v2");
+            restarted && condition(p, "Ready").as_deref() == Some("True")
+        },
+    )
+    .await;
+    assert_eq!(after.metadata.uid, before.metadata.uid, "the same pod");
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        before.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        "the same address"
+    );
+    let new_pids = agent.runtime.process_ids(&ns, "game");
+    assert_eq!(new_pids.len(), 1);
+    assert_ne!(new_pids, old_pids, "a new process");
+    assert!(!alive(old_pids[0].1), "the old process was stopped");
+    agent.stop().await;
+}

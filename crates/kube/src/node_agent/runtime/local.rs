@@ -28,6 +28,8 @@
 //!   (across restarts), readable and followable through [`PodRuntime::logs`].
 //! - **Deletion** sends SIGTERM to every container's process group, waits the grace period,
 //!   then sends SIGKILL; the pod's directory is removed.
+//! - **Image changes** patched into a running pod restart that container (stopped with the
+//!   grace period, started again at once, its restart count increased), as on a kubelet.
 //! - Init containers, volumes and `kubectl exec` are not supported.
 //!
 //! [`SupervisedProcess`]: rorqual_local::process::SupervisedProcess
@@ -161,6 +163,9 @@ struct LocalPod {
     stop: watch::Sender<Option<Duration>>,
     tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pids: Mutex<Vec<(String, i32)>>,
+    /// Each container's image, and a counter bumped to restart it when that changes.
+    images: Mutex<Vec<Option<String>>>,
+    replace: Vec<watch::Sender<u64>>,
 }
 
 impl LocalPod {
@@ -323,6 +328,7 @@ fn terminated(exit: &ExitReason, started: SystemTime, message: Option<String>) -
 
 enum Outcome {
     Stop(Duration),
+    Replaced,
     Exited(ExitReason),
     Liveness(String),
 }
@@ -333,6 +339,7 @@ async fn run_container(
     index: usize,
     plan: ContainerPlan,
     mut stop: watch::Receiver<Option<Duration>>,
+    mut replace: watch::Receiver<u64>,
 ) {
     let mut backoff = shared.backoff.counter();
     let mut failed_before = false;
@@ -381,6 +388,7 @@ async fn run_container(
             biased;
             grace = stop_requested(&mut stop) => Outcome::Stop(grace),
             exit = process.wait() => Outcome::Exited(exit),
+            () = replaced(&mut replace) => Outcome::Replaced,
             msg = liveness(plan.liveness.as_ref(), &plan.target) => Outcome::Liveness(msg),
             never = readiness(&shared, &pod, index, plan.readiness.as_ref(), &plan.target) => match never {},
         };
@@ -394,6 +402,19 @@ async fn run_container(
                     c.ready = false;
                 });
                 return;
+            }
+            Outcome::Replaced => {
+                // As the kubelet when a container's image changes in place: stop it with the
+                // grace period and start it again at once.
+                let exit = process.stop(plan.grace).await;
+                pod.pids_set(&plan.name, None);
+                let message = format!("container {} definition changed, restarted", plan.name);
+                shared.update(&pod, index, |c| {
+                    c.last_termination = Some(terminated(&exit, started, Some(message)));
+                    c.ready = false;
+                    c.restart_count += 1;
+                });
+                continue;
             }
             Outcome::Exited(exit) => (exit, None),
             Outcome::Liveness(msg) => {
@@ -439,6 +460,14 @@ async fn run_container(
             return;
         }
         shared.update(&pod, index, |c| c.restart_count += 1);
+    }
+}
+
+/// Returns when the container is to be replaced (its image changed).
+async fn replaced(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        // The pod is gone; its stop signal ends the container.
+        std::future::pending::<()>().await;
     }
 }
 
@@ -538,6 +567,8 @@ impl PodRuntime for LocalRuntime {
             .map(|c| plan_container(&facts, c, &dir, grace))
             .collect();
         let (stop, stop_rx) = watch::channel(None);
+        let (replace, replace_rx): (Vec<_>, Vec<_>) =
+            plans.iter().map(|_| watch::channel(0u64)).unzip();
         let local = Arc::new(LocalPod {
             key: key.clone(),
             ip,
@@ -557,17 +588,21 @@ impl PodRuntime for LocalRuntime {
             stop,
             tasks: tokio::sync::Mutex::new(Vec::new()),
             pids: Mutex::new(Vec::new()),
+            images: Mutex::new(specs.iter().map(|c| c.image.clone()).collect()),
+            replace,
         });
         let handles: Vec<_> = plans
             .into_iter()
+            .zip(replace_rx)
             .enumerate()
-            .map(|(index, plan)| {
+            .map(|(index, (plan, replace))| {
                 tokio::spawn(run_container(
                     shared.clone(),
                     local.clone(),
                     index,
                     plan,
                     stop_rx.clone(),
+                    replace,
                 ))
             })
             .collect();
@@ -581,8 +616,30 @@ impl PodRuntime for LocalRuntime {
         Ok(())
     }
 
-    async fn update_pod(&self, _pod: &Pod) -> Result<(), RuntimeError> {
-        // Images mean nothing here, and the rest of a running pod's spec cannot change.
+    async fn update_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
+        // The one change Kubernetes allows to a running container: its image. Images are not
+        // run here, but the container restarts as it would on a kubelet.
+        let Some(key) = PodKey::of(pod) else {
+            return Ok(());
+        };
+        let Some(local) = self.shared.pods.lock().get(&key).cloned() else {
+            return Ok(());
+        };
+        let specs = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        let mut images = local.images.lock();
+        for (index, (image, spec)) in images.iter_mut().zip(specs).enumerate() {
+            if *image != spec.image {
+                tracing::info!(pod = %key, container = %spec.name, "image changed; restarting the container");
+                image.clone_from(&spec.image);
+                if let Some(replace) = local.replace.get(index) {
+                    replace.send_modify(|generation| *generation += 1);
+                }
+            }
+        }
         Ok(())
     }
 
