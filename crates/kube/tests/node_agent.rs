@@ -328,6 +328,33 @@ async fn pod_runs_ready_with_logs_and_graceful_delete() {
     );
     assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 1);
 
+    // `kubectl logs -f` streams new lines (http.server logs each readiness probe's GET).
+    let mut follow = tokio::process::Command::new(
+        std::env::var("RORQUAL_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned()),
+    )
+    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+    .args(["logs", "-f", "--tail=0", "-n", &ns, "web"])
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("kubectl logs -f starts");
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let streamed = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("GET /") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        matches!(streamed, Ok(Some(_))),
+        "kubectl logs -f streamed no new probe line in 15 s: {streamed:?}"
+    );
+    follow.kill().await.expect("kubectl logs -f stops");
+
     // `kubectl delete` finishes within the grace period and the process is gone.
     let pids: Vec<i32> = agent
         .runtime
