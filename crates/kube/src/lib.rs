@@ -36,12 +36,15 @@
 //!   binaries come from `scripts/build-kube` (v1.20.2 built from Debian's source package) or
 //!   controller-runtime's envtest variables.
 //! - [`node_agent`] (feature `node-agent`): a kubelet without a container runtime: virtual
-//!   Nodes, pods run by a [`PodRuntime`](node_agent::PodRuntime) (simulated, or as local
-//!   processes), `kubectl logs` through the kubelet port.
+//!   Nodes kept Ready with Lease heartbeats, pods bound to them run by a
+//!   [`PodRuntime`](node_agent::PodRuntime) (simulated stages, or each container's command as
+//!   a local process with probes, restarts and its own loopback address), `kubectl logs`
+//!   through the kubelet port.
 //!
 //! This crate enables no Kubernetes version feature of `k8s-openapi`: the binary that links it
 //! does (`k8s-openapi = { version = "0.29", features = ["latest"] }`); its tests and examples
-//! enable `latest`. Against a 1.20 apiserver it uses only core/v1 objects.
+//! enable `latest`. Against a 1.20 apiserver it uses only core/v1 objects (and coordination/v1
+//! Leases for the node agent).
 
 #[cfg(feature = "engine")]
 pub mod engine;

@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use kube::api::PostParams;
-use rorqual_kube::node_agent::{LocalRuntime, NodeAgent, PodRuntime, VirtualNode};
+use rorqual_kube::node_agent::{
+    LocalRuntime, NodeAgent, PodRuntime, SimulatedConfig, SimulatedRuntime, VirtualNode,
+};
 use rorqual_kube::testenv::{
     Component, Error as EnvError, TestEnv, Unavailable, ci_from_env, skip_or_fail,
 };
@@ -171,11 +173,13 @@ fn kubeconfig(env: &TestEnv, dir: &Path) -> PathBuf {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .output()
-        .expect("kubectl runs (Debian's kubernetes-client)")
+    std::process::Command::new(
+        std::env::var("RORQUAL_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned()),
+    )
+    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+    .args(args)
+    .output()
+    .expect("kubectl runs (Debian's kubernetes-client)")
 }
 
 fn alive(pid: i32) -> bool {
@@ -279,7 +283,11 @@ async fn pod_runs_ready_with_logs_and_graceful_delete() {
     let status = ready.status.expect("status");
     assert_eq!(status.phase.as_deref(), Some("Running"));
     let ip = status.pod_ip.expect("pod IP");
-    assert!(ip.starts_with("127.1."), "a loopback pod address, got {ip}");
+    let parsed: std::net::Ipv4Addr = ip.parse().expect("an IPv4 pod address");
+    assert!(
+        parsed.is_loopback() && parsed.octets()[1] != 0,
+        "a pod loopback address, got {ip}"
+    );
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
     assert!(status.start_time.is_some());
     let running = status.container_statuses.expect("container statuses");
@@ -319,6 +327,33 @@ async fn pod_runs_ready_with_logs_and_graceful_delete() {
         String::from_utf8_lossy(&tail.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 1);
+
+    // `kubectl logs -f` streams new lines (http.server logs each readiness probe's GET).
+    let mut follow = tokio::process::Command::new(
+        std::env::var("RORQUAL_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned()),
+    )
+    .arg(format!("--kubeconfig={}", kubeconfig.display()))
+    .args(["logs", "-f", "--tail=0", "-n", &ns, "web"])
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("kubectl logs -f starts");
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let streamed = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("GET /") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        matches!(streamed, Ok(Some(_))),
+        "kubectl logs -f streamed no new probe line in 15 s: {streamed:?}"
+    );
+    follow.kill().await.expect("kubectl logs -f stops");
 
     // `kubectl delete` finishes within the grace period and the process is gone.
     let pids: Vec<i32> = agent
@@ -584,4 +619,174 @@ async fn deployment_pods_are_scheduled_onto_agent_nodes_and_become_ready() {
         still.is_empty(),
         "processes {still:?} outlived the agent's shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_pods_follow_their_stages_and_other_namespaces_are_left_alone() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-sim").await.expect("namespace");
+    let other = env
+        .new_namespace("agent-sim-other")
+        .await
+        .expect("namespace");
+    let config = kube::Config::from_custom_kubeconfig(
+        env.kubeconfig().clone(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("client config");
+    let runtime = SimulatedRuntime::new(SimulatedConfig::default());
+    let node = format!("{ns}-sim");
+    let agent = NodeAgent::builder(config)
+        .runtime(Arc::new(runtime.clone()))
+        .node(VirtualNode::new(&node))
+        .namespace(&ns)
+        .start()
+        .await
+        .expect("agent starts");
+    let client = env.client().await.expect("client");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let healthy: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "healthy"},
+        "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}
+    }))
+    .expect("valid pod");
+    let crashing: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "crashing", "annotations": {
+            "sim.rorqual.io/crash-after": "0.5", "sim.rorqual.io/exit-code": "7"}},
+        "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}]}
+    }))
+    .expect("valid pod");
+    pods.create(&PostParams::default(), &healthy)
+        .await
+        .expect("created");
+    pods.create(&PostParams::default(), &crashing)
+        .await
+        .expect("created");
+    let ready = wait_pod(&pods, "healthy", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let status = ready.status.expect("status");
+    assert_eq!(status.container_statuses.map(|c| c.len()), Some(2));
+    assert!(status.pod_ip.is_some_and(|ip| ip.starts_with("10.88.")));
+    let crashed = wait_pod(
+        &pods,
+        "crashing",
+        "backing off",
+        Duration::from_secs(30),
+        |p| {
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first().cloned());
+            c.is_some_and(|c| {
+                c.restart_count >= 1
+                    && c.state
+                        .and_then(|s| s.waiting)
+                        .and_then(|w| w.reason)
+                        .as_deref()
+                        == Some("CrashLoopBackOff")
+            })
+        },
+    )
+    .await;
+    let last = crashed
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c[0].last_state.clone())
+        .and_then(|s| s.terminated);
+    assert_eq!(last.map(|t| t.exit_code), Some(7));
+
+    // A pod of a namespace the agent is not limited to is never run, even on its node.
+    let outsider_api: Api<Pod> = Api::namespaced(client, &other);
+    let outsider: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "outsider"},
+        "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}]}
+    }))
+    .expect("valid pod");
+    outsider_api
+        .create(&PostParams::default(), &outsider)
+        .await
+        .expect("created");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = outsider_api.get("outsider").await.expect("readable");
+    assert!(
+        seen.status.and_then(|s| s.container_statuses).is_none(),
+        "the agent ran a pod outside its namespaces"
+    );
+    assert_eq!(runtime.len(), 2);
+
+    // Deleting finishes at once (nothing to stop), through the agent's grace-0 delete.
+    pods.delete("healthy", &Default::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pods.get_opt("healthy").await.expect("readable").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "pod not gone 15 s after deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(runtime.len(), 1);
+    agent.shutdown().await.expect("agent stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_patched_in_place_restarts_the_container_keeping_the_pod() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-image").await.expect("namespace");
+    let agent = Agent::start(env, &ns, 1).await;
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let spec = pod(
+        "game",
+        Some(&format!("{ns}-n0")),
+        "exec sleep 600",
+        serde_json::json!({}),
+    );
+    pods.create(&PostParams::default(), &spec)
+        .await
+        .expect("pod created");
+    let before = wait_pod(&pods, "game", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let old_pids = agent.runtime.process_ids(&ns, "game");
+    let patch = serde_json::json!({"spec": {"containers": [{"name": "app", "image": "v2"}]}});
+    pods.patch(
+        "game",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&patch),
+    )
+    .await
+    .expect("image patched");
+    let after = wait_pod(
+        &pods,
+        "game",
+        "restarted and Ready",
+        Duration::from_secs(30),
+        |p| {
+            let restarted = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .is_some_and(|c| c.restart_count == 1 && c.image == "v2");
+            restarted && condition(p, "Ready").as_deref() == Some("True")
+        },
+    )
+    .await;
+    assert_eq!(after.metadata.uid, before.metadata.uid, "the same pod");
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        before.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        "the same address"
+    );
+    let new_pids = agent.runtime.process_ids(&ns, "game");
+    assert_eq!(new_pids.len(), 1);
+    assert_ne!(new_pids, old_pids, "a new process");
+    assert!(!alive(old_pids[0].1), "the old process was stopped");
+    agent.stop().await;
 }

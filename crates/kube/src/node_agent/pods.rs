@@ -158,10 +158,12 @@ impl PodController {
         }
     }
 
-    async fn on_pod(self: Arc<Self>, pod: Pod) {
+    async fn on_pod(self: Arc<Self>, mut pod: Pod) {
         let Some(key) = PodKey::of(&pod) else {
             return;
         };
+        // Never read here, and often the biggest part of a pod: not worth keeping per pod.
+        pod.metadata.managed_fields = None;
         self.pods.lock().insert(key.clone(), pod.clone());
         if pod.metadata.deletion_timestamp.is_some() {
             self.start_deletion(key, pod, true);

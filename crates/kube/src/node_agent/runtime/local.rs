@@ -2,8 +2,9 @@
 //! host, supervised by rorqual-local's [`SupervisedProcess`] (own process group, SIGTERM, the
 //! grace period, SIGKILL) and probed with rorqual-local's HTTP / TCP / exec [`probe`]s.
 //!
-//! - **Addresses**: every pod gets its own address from an [`AddressPool`] (by default
-//!   `127.1.0.1` … `127.1.255.254`, all on the loopback interface) and keeps its declared
+//! - **Addresses**: every pod gets its own address from an [`AddressPool`] (by default one
+//!   shared by the process's runtimes, `127.N.0.0/16` with `N` from the process id: all of
+//!   `127.0.0.0/8` is on the loopback interface) and keeps its declared
 //!   ports. The address is in the container's environment as `POD_IP` (and through
 //!   `fieldRef: status.podIP`); **a process must listen on `$POD_IP:<containerPort>`** (a
 //!   process that binds `0.0.0.0` takes the port for every pod on the host). Probes connect to
@@ -27,6 +28,8 @@
 //!   (across restarts), readable and followable through [`PodRuntime::logs`].
 //! - **Deletion** sends SIGTERM to every container's process group, waits the grace period,
 //!   then sends SIGKILL; the pod's directory is removed.
+//! - **Image changes** patched into a running pod restart that container (stopped with the
+//!   grace period, started again at once, its restart count increased), as on a kubelet.
 //! - Init containers, volumes and `kubectl exec` are not supported.
 //!
 //! [`SupervisedProcess`]: rorqual_local::process::SupervisedProcess
@@ -63,8 +66,23 @@ use crate::node_agent::address::AddressPool;
 pub struct LocalRuntimeBuilder {
     state_dir: Option<PathBuf>,
     host_ip: IpAddr,
-    addresses: AddressPool,
+    addresses: Option<AddressPool>,
     restart_backoff: Backoff,
+}
+
+/// The pool every [`LocalRuntime`] of this process shares unless given its own:
+/// `127.N.0.0/16` with `N` from the process id (1–250), so runtimes in one process never hand
+/// out the same address and runtimes of different processes rarely do.
+fn process_pool() -> Arc<Mutex<AddressPool>> {
+    static POOL: std::sync::OnceLock<Arc<Mutex<AddressPool>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = u8::try_from(std::process::id() % 250 + 1).unwrap_or(1);
+        Arc::new(Mutex::new(AddressPool::new(
+            Ipv4Addr::new(127, n, 0, 0),
+            1 << 16,
+        )))
+    })
+    .clone()
 }
 
 impl Default for LocalRuntimeBuilder {
@@ -72,7 +90,7 @@ impl Default for LocalRuntimeBuilder {
         LocalRuntimeBuilder {
             state_dir: None,
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            addresses: AddressPool::loopback(),
+            addresses: None,
             restart_backoff: Backoff::KUBELET_RESTART,
         }
     }
@@ -92,9 +110,10 @@ impl LocalRuntimeBuilder {
         self
     }
 
-    /// Where pod addresses come from (default [`AddressPool::loopback`]).
+    /// Where this runtime's pod addresses come from (default: a pool every `LocalRuntime` of
+    /// the process shares, `127.N.0.0/16` with `N` between 1 and 250 from the process id).
     pub fn addresses(mut self, pool: AddressPool) -> Self {
-        self.addresses = pool;
+        self.addresses = Some(pool);
         self
     }
 
@@ -122,7 +141,9 @@ impl LocalRuntimeBuilder {
             shared: Arc::new(Shared {
                 dir,
                 host_ip: self.host_ip,
-                addresses: Mutex::new(self.addresses),
+                addresses: self
+                    .addresses
+                    .map_or_else(process_pool, |pool| Arc::new(Mutex::new(pool))),
                 backoff: self.restart_backoff,
                 pods: Mutex::new(HashMap::new()),
                 notifier: RwLock::new(None),
@@ -142,6 +163,9 @@ struct LocalPod {
     stop: watch::Sender<Option<Duration>>,
     tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pids: Mutex<Vec<(String, i32)>>,
+    /// Each container's image, and a counter bumped to restart it when that changes.
+    images: Mutex<Vec<Option<String>>>,
+    replace: Vec<watch::Sender<u64>>,
 }
 
 impl LocalPod {
@@ -158,7 +182,7 @@ impl LocalPod {
 struct Shared {
     dir: PathBuf,
     host_ip: IpAddr,
-    addresses: Mutex<AddressPool>,
+    addresses: Arc<Mutex<AddressPool>>,
     backoff: Backoff,
     pods: Mutex<HashMap<PodKey, Arc<LocalPod>>>,
     notifier: RwLock<Option<PodNotifier>>,
@@ -304,6 +328,7 @@ fn terminated(exit: &ExitReason, started: SystemTime, message: Option<String>) -
 
 enum Outcome {
     Stop(Duration),
+    Replaced,
     Exited(ExitReason),
     Liveness(String),
 }
@@ -314,6 +339,7 @@ async fn run_container(
     index: usize,
     plan: ContainerPlan,
     mut stop: watch::Receiver<Option<Duration>>,
+    mut replace: watch::Receiver<u64>,
 ) {
     let mut backoff = shared.backoff.counter();
     let mut failed_before = false;
@@ -362,6 +388,7 @@ async fn run_container(
             biased;
             grace = stop_requested(&mut stop) => Outcome::Stop(grace),
             exit = process.wait() => Outcome::Exited(exit),
+            () = replaced(&mut replace) => Outcome::Replaced,
             msg = liveness(plan.liveness.as_ref(), &plan.target) => Outcome::Liveness(msg),
             never = readiness(&shared, &pod, index, plan.readiness.as_ref(), &plan.target) => match never {},
         };
@@ -375,6 +402,19 @@ async fn run_container(
                     c.ready = false;
                 });
                 return;
+            }
+            Outcome::Replaced => {
+                // As the kubelet when a container's image changes in place: stop it with the
+                // grace period and start it again at once.
+                let exit = process.stop(plan.grace).await;
+                pod.pids_set(&plan.name, None);
+                let message = format!("container {} definition changed, restarted", plan.name);
+                shared.update(&pod, index, |c| {
+                    c.last_termination = Some(terminated(&exit, started, Some(message)));
+                    c.ready = false;
+                    c.restart_count += 1;
+                });
+                continue;
             }
             Outcome::Exited(exit) => (exit, None),
             Outcome::Liveness(msg) => {
@@ -420,6 +460,14 @@ async fn run_container(
             return;
         }
         shared.update(&pod, index, |c| c.restart_count += 1);
+    }
+}
+
+/// Returns when the container is to be replaced (its image changed).
+async fn replaced(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        // The pod is gone; its stop signal ends the container.
+        std::future::pending::<()>().await;
     }
 }
 
@@ -519,6 +567,8 @@ impl PodRuntime for LocalRuntime {
             .map(|c| plan_container(&facts, c, &dir, grace))
             .collect();
         let (stop, stop_rx) = watch::channel(None);
+        let (replace, replace_rx): (Vec<_>, Vec<_>) =
+            plans.iter().map(|_| watch::channel(0u64)).unzip();
         let local = Arc::new(LocalPod {
             key: key.clone(),
             ip,
@@ -538,17 +588,21 @@ impl PodRuntime for LocalRuntime {
             stop,
             tasks: tokio::sync::Mutex::new(Vec::new()),
             pids: Mutex::new(Vec::new()),
+            images: Mutex::new(specs.iter().map(|c| c.image.clone()).collect()),
+            replace,
         });
         let handles: Vec<_> = plans
             .into_iter()
+            .zip(replace_rx)
             .enumerate()
-            .map(|(index, plan)| {
+            .map(|(index, (plan, replace))| {
                 tokio::spawn(run_container(
                     shared.clone(),
                     local.clone(),
                     index,
                     plan,
                     stop_rx.clone(),
+                    replace,
                 ))
             })
             .collect();
@@ -562,8 +616,30 @@ impl PodRuntime for LocalRuntime {
         Ok(())
     }
 
-    async fn update_pod(&self, _pod: &Pod) -> Result<(), RuntimeError> {
-        // Images mean nothing here, and the rest of a running pod's spec cannot change.
+    async fn update_pod(&self, pod: &Pod) -> Result<(), RuntimeError> {
+        // The one change Kubernetes allows to a running container: its image. Images are not
+        // run here, but the container restarts as it would on a kubelet.
+        let Some(key) = PodKey::of(pod) else {
+            return Ok(());
+        };
+        let Some(local) = self.shared.pods.lock().get(&key).cloned() else {
+            return Ok(());
+        };
+        let specs = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        let mut images = local.images.lock();
+        for (index, (image, spec)) in images.iter_mut().zip(specs).enumerate() {
+            if *image != spec.image {
+                tracing::info!(pod = %key, container = %spec.name, "image changed; restarting the container");
+                image.clone_from(&spec.image);
+                if let Some(replace) = local.replace.get(index) {
+                    replace.send_modify(|generation| *generation += 1);
+                }
+            }
+        }
         Ok(())
     }
 
