@@ -9,6 +9,8 @@
 //! - the controller-manager runs its default controllers, among them node lifecycle (so the
 //!   `node.kubernetes.io/not-ready` taint is managed) and the service-account token controller
 //!   (pods are admitted only once a namespace's `default` ServiceAccount has its token);
+//! - kube-scheduler runs with its defaults or with a configuration of yours
+//!   ([`TestEnvBuilder::scheduler_config`]: extenders, profiles);
 //! - each start waits until every program answers, and a program that exits or stays silent
 //!   is reported with the last lines of its log.
 //!
