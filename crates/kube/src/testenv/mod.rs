@@ -9,6 +9,8 @@
 //! - the controller-manager runs its default controllers, among them node lifecycle (so the
 //!   `node.kubernetes.io/not-ready` taint is managed) and the service-account token controller
 //!   (pods are admitted only once a namespace's `default` ServiceAccount has its token);
+//! - kube-scheduler runs with its defaults or with a configuration of yours
+//!   ([`TestEnvBuilder::scheduler_config`]: extenders, profiles);
 //! - each start waits until every program answers, and a program that exits or stays silent
 //!   is reported with the last lines of its log.
 //!
@@ -151,6 +153,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The configuration given to [`TestEnvBuilder::scheduler_config`] is not a YAML
+    /// mapping (or its `clientConnection` / `leaderElection` is not one).
+    #[error("the kube-scheduler configuration for the test control plane {what}")]
+    SchedulerConfig {
+        /// What is wrong with it.
+        what: String,
+        /// The YAML parse error, if that was it.
+        #[source]
+        source: Option<yaml_serde::Error>,
+    },
     /// A new namespace did not get what pods need in time.
     #[error(
         "namespace {namespace} still lacks {missing} after {waited:?} (the controller-manager creates it)"
@@ -187,6 +199,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct TestEnvBuilder {
     controller_manager: bool,
     scheduler: bool,
+    scheduler_config: Option<String>,
     start_timeout: Duration,
     namespace_timeout: Duration,
     apiserver_args: Vec<String>,
@@ -199,6 +212,7 @@ impl Default for TestEnvBuilder {
         TestEnvBuilder {
             controller_manager: true,
             scheduler: false,
+            scheduler_config: None,
             start_timeout: Duration::from_secs(60),
             namespace_timeout: Duration::from_secs(30),
             apiserver_args: Vec::new(),
@@ -219,6 +233,22 @@ impl TestEnvBuilder {
     /// Whether to run kube-scheduler (default: no).
     pub fn scheduler(mut self, run: bool) -> Self {
         self.scheduler = run;
+        self
+    }
+
+    /// Runs kube-scheduler (as [`scheduler(true)`](TestEnvBuilder::scheduler)) with this
+    /// configuration (a `KubeSchedulerConfiguration` in YAML, in the version the binary reads:
+    /// `kubescheduler.config.k8s.io/v1beta1` for v1.20), passed as `--config`: extenders,
+    /// profiles, plugin arguments.
+    ///
+    /// With `--config` kube-scheduler ignores its `--kubeconfig` and `--leader-elect` flags,
+    /// so the start sets `clientConnection.kubeconfig` (this control plane's scheduler
+    /// credentials, a file the start writes) and `leaderElection.leaderElect: false` in it,
+    /// replacing those two values and keeping everything else. Ports, serving certificates
+    /// and delegated authentication stay on flags, as without a configuration.
+    pub fn scheduler_config(mut self, yaml: impl Into<String>) -> Self {
+        self.scheduler = true;
+        self.scheduler_config = Some(yaml.into());
         self
     }
 
@@ -444,8 +474,7 @@ impl TestEnvBuilder {
                 &files.scheduler_token,
             )?;
             let scheduler_port = port()?;
-            let args = vec![
-                format!("--kubeconfig={}", kubeconfig.display()),
+            let mut args = vec![
                 format!("--authentication-kubeconfig={}", kubeconfig.display()),
                 format!("--authorization-kubeconfig={}", kubeconfig.display()),
                 "--port=0".to_owned(),
@@ -455,8 +484,18 @@ impl TestEnvBuilder {
                     "--cert-dir={}",
                     dir.path().join("scheduler-certs").display()
                 ),
-                "--leader-elect=false".to_owned(),
             ];
+            match &self.scheduler_config {
+                Some(yaml) => {
+                    let path = dir.path().join("scheduler-config.yaml");
+                    write_private(&path, &scheduler_config_for(yaml, &kubeconfig)?)?;
+                    args.push(format!("--config={}", path.display()));
+                }
+                None => args.extend([
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    "--leader-elect=false".to_owned(),
+                ]),
+            }
             env.spawn(Component::KubeScheduler, binary, &args, dir.path())?;
             waiting.push((env.processes.len() - 1, scheduler_port));
         }
@@ -489,6 +528,44 @@ impl TestEnvBuilder {
         );
         Ok(env)
     }
+}
+
+/// A kube-scheduler configuration (YAML) with `clientConnection.kubeconfig` set to
+/// `kubeconfig` and `leaderElection.leaderElect` to false, everything else kept: kube-scheduler
+/// reads neither from its flags once it has `--config`.
+fn scheduler_config_for(yaml: &str, kubeconfig: &Path) -> Result<String> {
+    use serde_json::Value;
+    let mut doc: Value = yaml_serde::from_str(yaml).map_err(|source| Error::SchedulerConfig {
+        what: "is not YAML".to_owned(),
+        source: Some(source),
+    })?;
+    let not_mapping = |what: &str| Error::SchedulerConfig {
+        what: format!("{what} is not a mapping"),
+        source: None,
+    };
+    let Value::Object(fields) = &mut doc else {
+        return Err(not_mapping("document"));
+    };
+    for (section, key, value) in [
+        (
+            "clientConnection",
+            "kubeconfig",
+            Value::from(kubeconfig.display().to_string()),
+        ),
+        ("leaderElection", "leaderElect", Value::Bool(false)),
+    ] {
+        let entry = fields
+            .entry(section)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        let Value::Object(section_fields) = entry else {
+            return Err(not_mapping(section));
+        };
+        section_fields.insert(key.to_owned(), value);
+    }
+    yaml_serde::to_string(&doc).map_err(|source| Error::SchedulerConfig {
+        what: "cannot be written back as YAML".to_owned(),
+        source: Some(source),
+    })
 }
 
 /// What a new namespace waits for on a server of this version: the token Secret before 1.24.
@@ -880,6 +957,55 @@ mod tests {
         assert_eq!(readiness_for("1", "23+"), Readiness::ServiceAccountToken);
         assert_eq!(readiness_for("1", "24"), Readiness::ServiceAccount);
         assert_eq!(readiness_for("1", "33"), Readiness::ServiceAccount);
+    }
+
+    #[test]
+    fn a_scheduler_config_gets_this_control_planes_kubeconfig_and_no_leader_election() {
+        let given = "apiVersion: kubescheduler.config.k8s.io/v1beta1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: /elsewhere/scheduler.conf
+  qps: 200
+leaderElection:
+  leaderElect: true
+extenders:
+- urlPrefix: http://127.0.0.1:8888
+  filterVerb: filter
+";
+        let written =
+            scheduler_config_for(given, Path::new("/tmp/testenv/scheduler.kubeconfig")).unwrap();
+        let doc: serde_json::Value = yaml_serde::from_str(&written).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "apiVersion": "kubescheduler.config.k8s.io/v1beta1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {
+                    "kubeconfig": "/tmp/testenv/scheduler.kubeconfig",
+                    "qps": 200
+                },
+                "leaderElection": {"leaderElect": false},
+                "extenders": [{"urlPrefix": "http://127.0.0.1:8888", "filterVerb": "filter"}]
+            })
+        );
+        // Sections the caller left out are added.
+        let minimal =
+            scheduler_config_for("kind: KubeSchedulerConfiguration\n", Path::new("/k")).unwrap();
+        let doc: serde_json::Value = yaml_serde::from_str(&minimal).unwrap();
+        assert_eq!(doc["clientConnection"]["kubeconfig"], "/k");
+        assert_eq!(doc["leaderElection"]["leaderElect"], false);
+    }
+
+    #[test]
+    fn a_scheduler_config_that_is_no_mapping_is_refused_by_part() {
+        for (yaml, part) in [
+            ("- a\n- b\n", "document is not a mapping"),
+            ("clientConnection: 3\n", "clientConnection is not a mapping"),
+            ("kind: [unclosed\n", "is not YAML"),
+        ] {
+            let err = scheduler_config_for(yaml, Path::new("/k")).unwrap_err();
+            assert!(err.to_string().contains(part), "{yaml}: {err}");
+        }
     }
 
     #[test]
