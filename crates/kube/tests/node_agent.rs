@@ -27,6 +27,11 @@ const NODE_LABEL: &str = "rorqual.test/namespace";
 /// The control plane of this binary, with kube-scheduler; `None` (after printing why) when a
 /// binary is missing outside CI.
 async fn env() -> Option<&'static TestEnv> {
+    // The agent's logs with RUST_LOG (e.g. `RUST_LOG=rorqual_kube=debug`), shown for failed tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     static SHARED: tokio::sync::OnceCell<Option<TestEnv>> = tokio::sync::OnceCell::const_new();
     SHARED
         .get_or_init(|| async {
@@ -75,7 +80,26 @@ async fn grant_controller_manager(client: kube::Client) {
 struct Agent {
     agent: Option<NodeAgent>,
     runtime: LocalRuntime,
+    stopped: bool,
     _dir: tempfile::TempDir,
+}
+
+/// A test that fails before stopping its agent leaves no process behind.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.runtime.kill_all_now();
+        }
+    }
+}
+
+/// The same for a runtime a test builds itself.
+struct KillOnDrop(LocalRuntime);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill_all_now();
+    }
 }
 
 impl Agent {
@@ -102,6 +126,7 @@ impl Agent {
         Agent {
             agent: Some(agent),
             runtime,
+            stopped: false,
             _dir: dir,
         }
     }
@@ -110,6 +135,7 @@ impl Agent {
         if let Some(agent) = self.agent.take() {
             agent.shutdown().await.expect("agent stops");
         }
+        self.stopped = true;
     }
 }
 
@@ -149,8 +175,13 @@ async fn wait_pod(
         }
         assert!(
             Instant::now() < deadline,
-            "pod {name} not {what} after {timeout:?}: {}",
-            serde_json::to_string_pretty(&pod.status).unwrap_or_default()
+            "pod {name} not {what} after {timeout:?}: {}\nspec images: {:?}",
+            serde_json::to_string_pretty(&pod.status).unwrap_or_default(),
+            pod.spec.as_ref().map(|s| s
+                .containers
+                .iter()
+                .map(|c| c.image.clone())
+                .collect::<Vec<_>>())
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -789,4 +820,108 @@ async fn an_image_patched_in_place_restarts_the_container_keeping_the_pod() {
     assert_ne!(new_pids, old_pids, "a new process");
     assert!(!alive(old_pids[0].1), "the old process was stopped");
     agent.stop().await;
+}
+
+/// A `Network` that hands out `127.77.0.x` (no namespace) and records what it was asked.
+#[derive(Debug, Default)]
+struct RecordingNetwork {
+    attached: std::sync::Mutex<Vec<String>>,
+    detached: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl rorqual_core::network::Network for RecordingNetwork {
+    async fn attach(
+        &self,
+        request: &rorqual_core::network::AttachRequest,
+    ) -> rorqual_core::Result<rorqual_core::network::Attachment> {
+        let mut attached = self.attached.lock().expect("not poisoned");
+        attached.push(request.instance.clone());
+        let last = u8::try_from(attached.len()).expect("few pods");
+        let ports = request
+            .ports
+            .iter()
+            .map(|p| (p.name.clone(), p.number))
+            .collect();
+        Ok(rorqual_core::network::Attachment::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 77, 0, last)),
+            ports,
+        ))
+    }
+
+    async fn detach(&self, instance: &str) -> rorqual_core::Result<()> {
+        self.detached
+            .lock()
+            .expect("not poisoned")
+            .push(instance.to_owned());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_take_their_address_from_a_configured_network() {
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-net").await.expect("namespace");
+    let network = Arc::new(RecordingNetwork::default());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let runtime = LocalRuntime::builder()
+        .state_dir(dir.path())
+        .network(network.clone())
+        .build()
+        .expect("local runtime");
+    let _guard = KillOnDrop(runtime.clone());
+    let config = kube::Config::from_custom_kubeconfig(
+        env.kubeconfig().clone(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("client config");
+    let node = format!("{ns}-n0");
+    let agent = NodeAgent::builder(config)
+        .runtime(Arc::new(runtime))
+        .node(VirtualNode::new(&node))
+        .namespace(&ns)
+        .start()
+        .await
+        .expect("agent starts");
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    let spec = pod(
+        "web",
+        Some(&node),
+        "exec python3 -m http.server --bind \"$POD_IP\" 8080",
+        serde_json::json!({
+            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+        }),
+    );
+    let created = pods
+        .create(&PostParams::default(), &spec)
+        .await
+        .expect("pod created");
+    let uid = created.metadata.uid.expect("uid");
+    let ready = wait_pod(&pods, "web", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(
+        ready.status.and_then(|s| s.pod_ip).as_deref(),
+        Some("127.77.0.1")
+    );
+    assert_eq!(
+        *network.attached.lock().expect("not poisoned"),
+        std::slice::from_ref(&uid)
+    );
+    pods.delete("web", &Default::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pods.get_opt("web").await.expect("readable").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "pod not gone 15 s after deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(*network.detached.lock().expect("not poisoned"), [uid]);
+    agent.shutdown().await.expect("agent stops");
 }

@@ -26,19 +26,54 @@ use tokio::sync::Notify;
 use super::runtime::{PodKey, PodRuntime, grace_period};
 use super::status::{pod_status, status_changed};
 
-/// Pods waiting for a status write, each at most once.
+/// Pods waiting for a status write: each queued at most once, and handed to one writer at a
+/// time (a change signalled while a writer handles the pod queues it again when that writer
+/// is done), so two writers never race and leave an older status last.
 #[derive(Debug, Default)]
 pub(crate) struct StatusQueue {
-    pending: Mutex<(VecDeque<PodKey>, HashSet<PodKey>)>,
+    state: Mutex<QueueState>,
     ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    order: VecDeque<PodKey>,
+    queued: HashSet<PodKey>,
+    in_flight: HashSet<PodKey>,
+    dirty: HashSet<PodKey>,
+}
+
+impl QueueState {
+    /// Queues `key`; whether a writer should be woken.
+    fn push(&mut self, key: &PodKey) -> bool {
+        if self.in_flight.contains(key) {
+            self.dirty.insert(key.clone());
+            false
+        } else if self.queued.insert(key.clone()) {
+            self.order.push_back(key.clone());
+            true
+        } else {
+            false
+        }
+    }
+
+    fn pop(&mut self) -> Option<PodKey> {
+        let key = self.order.pop_front()?;
+        self.queued.remove(&key);
+        self.in_flight.insert(key.clone());
+        Some(key)
+    }
+
+    /// The writer of `key` is done; whether a writer should be woken for it again.
+    fn done(&mut self, key: &PodKey) -> bool {
+        self.in_flight.remove(key);
+        self.dirty.remove(key) && self.push(key)
+    }
 }
 
 impl StatusQueue {
     pub(crate) fn push(&self, key: &PodKey) {
-        let mut pending = self.pending.lock();
-        if pending.1.insert(key.clone()) {
-            pending.0.push_back(key.clone());
-            drop(pending);
+        if self.state.lock().push(key) {
             self.ready.notify_one();
         }
     }
@@ -46,16 +81,21 @@ impl StatusQueue {
     async fn pop(&self) -> PodKey {
         loop {
             {
-                let mut pending = self.pending.lock();
-                if let Some(key) = pending.0.pop_front() {
-                    pending.1.remove(&key);
-                    if !pending.0.is_empty() {
+                let mut state = self.state.lock();
+                if let Some(key) = state.pop() {
+                    if !state.order.is_empty() {
                         self.ready.notify_one();
                     }
                     return key;
                 }
             }
             self.ready.notified().await;
+        }
+    }
+
+    fn done(&self, key: &PodKey) {
+        if self.state.lock().done(key) {
+            self.ready.notify_one();
         }
     }
 }
@@ -242,7 +282,9 @@ impl PodController {
     pub(crate) async fn write_statuses(self: Arc<Self>) {
         loop {
             let key = self.queue.pop().await;
-            if let Err(e) = self.write_status(&key).await {
+            let written = self.write_status(&key).await;
+            self.queue.done(&key);
+            if let Err(e) = written {
                 tracing::warn!(pod = %key, error = %e, "status write failed; retrying");
                 let (this, key) = (self.clone(), key.clone());
                 tokio::spawn(async move {
@@ -308,5 +350,35 @@ pub(crate) fn watch_scopes(namespaces: Option<&BTreeSet<String>>) -> Vec<Option<
     match namespaces {
         None => vec![None],
         Some(allowed) => allowed.iter().cloned().map(Some).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_is_handed_to_one_writer_at_a_time() {
+        let (a, b) = (PodKey::new("ns", "a", "1"), PodKey::new("ns", "b", "2"));
+        let mut q = QueueState::default();
+        assert!(q.push(&a));
+        assert!(!q.push(&a), "queued once");
+        assert!(q.push(&b));
+        assert_eq!(q.pop(), Some(a.clone()));
+        assert!(
+            !q.push(&a),
+            "a change while a is written waits for that writer"
+        );
+        assert_eq!(
+            q.pop(),
+            Some(b.clone()),
+            "a is not handed to a second writer"
+        );
+        assert_eq!(q.pop(), None);
+        assert!(q.done(&a), "then a is queued again");
+        assert_eq!(q.pop(), Some(a.clone()));
+        assert!(!q.done(&a), "nothing changed meanwhile");
+        assert!(!q.done(&b));
+        assert_eq!(q.pop(), None);
     }
 }

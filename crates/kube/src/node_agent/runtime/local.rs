@@ -48,9 +48,12 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use parking_lot::{Mutex, RwLock};
 use rorqual_core::backoff::Backoff;
 use rorqual_core::engine::LogStream;
-use rorqual_core::model::Probe;
+use rorqual_core::model::{AppKey, Probe};
+use rorqual_core::network::{AttachRequest, Network};
 use rorqual_local::probe::{ProbeTarget, ProbeTracker, check};
-use rorqual_local::process::{ExitReason, ProcessSpec, SupervisedProcess};
+use rorqual_local::process::{
+    ExitReason, ProcessIdentity, ProcessSpec, SupervisedProcess, kill_group_now,
+};
 use tokio::sync::watch;
 
 use super::env::{PodFacts, command_line, container_env, ports, probe, probe_ports};
@@ -68,6 +71,7 @@ pub struct LocalRuntimeBuilder {
     host_ip: IpAddr,
     addresses: Option<AddressPool>,
     restart_backoff: Backoff,
+    network: Option<Arc<dyn Network>>,
 }
 
 /// The pool every [`LocalRuntime`] of this process shares unless given its own:
@@ -92,6 +96,7 @@ impl Default for LocalRuntimeBuilder {
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             addresses: None,
             restart_backoff: Backoff::KUBELET_RESTART,
+            network: None,
         }
     }
 }
@@ -123,6 +128,17 @@ impl LocalRuntimeBuilder {
         self
     }
 
+    /// Attaches every pod through `network` (rorqual-core's `Network` seam) instead of giving
+    /// it a loopback address: rorqual-net's `BridgeNetwork` puts each pod in its own network
+    /// namespace on a bridge with an address from an IP pool (root only). The pod's processes
+    /// and exec probes then run in that namespace (`nsenter --net=…`), the declared ports are
+    /// the attachment's, and the pod is detached when deleted. The attach request names the
+    /// pod's UID as the instance, `namespace/name` as the application and the node.
+    pub fn network(mut self, network: Arc<dyn Network>) -> Self {
+        self.network = Some(network);
+        self
+    }
+
     /// Creates the state directory and the runtime.
     ///
     /// # Errors
@@ -145,6 +161,7 @@ impl LocalRuntimeBuilder {
                     .addresses
                     .map_or_else(process_pool, |pool| Arc::new(Mutex::new(pool))),
                 backoff: self.restart_backoff,
+                network: self.network,
                 pods: Mutex::new(HashMap::new()),
                 notifier: RwLock::new(None),
             }),
@@ -152,9 +169,25 @@ impl LocalRuntimeBuilder {
     }
 }
 
+/// Where a pod's address came from, to give it back.
+#[derive(Debug, Clone, Copy)]
+enum Address {
+    Pool(Ipv4Addr),
+    Network(IpAddr),
+}
+
+impl Address {
+    fn ip(self) -> IpAddr {
+        match self {
+            Address::Pool(ip) => IpAddr::V4(ip),
+            Address::Network(ip) => ip,
+        }
+    }
+}
+
 struct LocalPod {
     key: PodKey,
-    ip: Ipv4Addr,
+    ip: Address,
     dir: PathBuf,
     accepted_at: SystemTime,
     grace: Duration,
@@ -162,7 +195,7 @@ struct LocalPod {
     logs: Vec<(String, PathBuf)>,
     stop: watch::Sender<Option<Duration>>,
     tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    pids: Mutex<Vec<(String, i32)>>,
+    pids: Mutex<Vec<(String, ProcessIdentity)>>,
     /// Each container's image, and a counter bumped to restart it when that changes.
     images: Mutex<Vec<Option<String>>>,
     replace: Vec<watch::Sender<u64>>,
@@ -170,7 +203,7 @@ struct LocalPod {
 
 impl LocalPod {
     /// Records (or forgets) the process of container `name`.
-    fn pids_set(&self, name: &str, pid: Option<i32>) {
+    fn pids_set(&self, name: &str, pid: Option<ProcessIdentity>) {
         let mut pids = self.pids.lock();
         pids.retain(|(n, _)| n != name);
         if let Some(pid) = pid {
@@ -184,11 +217,26 @@ struct Shared {
     host_ip: IpAddr,
     addresses: Arc<Mutex<AddressPool>>,
     backoff: Backoff,
+    network: Option<Arc<dyn Network>>,
     pods: Mutex<HashMap<PodKey, Arc<LocalPod>>>,
     notifier: RwLock<Option<PodNotifier>>,
 }
 
 impl Shared {
+    /// Gives a pod's address back (detaching it from the network it came from).
+    async fn release(&self, key: &PodKey, address: Address) {
+        match address {
+            Address::Pool(ip) => self.addresses.lock().release(ip),
+            Address::Network(_) => {
+                if let Some(network) = &self.network
+                    && let Err(e) = network.detach(&key.uid).await
+                {
+                    tracing::warn!(pod = %key, error = %e, "detaching the pod failed");
+                }
+            }
+        }
+    }
+
     fn notify(&self, key: &PodKey) {
         if let Some(n) = self.notifier.read().as_ref() {
             n(key);
@@ -232,7 +280,30 @@ impl LocalRuntime {
         pods.values()
             .filter(|p| p.key.namespace == namespace && p.key.name == name)
             .flat_map(|p| p.pids.lock().clone())
+            .map(|(name, id)| (name, id.pid))
             .collect()
+    }
+
+    /// Kills every pod's processes at once (SIGKILL to each container's process group, only
+    /// while that process is still the one started), for an owner that cannot wait for
+    /// [`PodRuntime::shutdown`] (a `Drop`, a failing test). The pods stay known until deleted
+    /// or shut down, but their supervisors start nothing more.
+    pub fn kill_all_now(&self) {
+        let pods: Vec<Arc<LocalPod>> = self.shared.pods.lock().values().cloned().collect();
+        for pod in pods {
+            // Stop the supervisors from starting them again.
+            pod.stop.send_if_modified(|grace| {
+                if grace.is_none() {
+                    *grace = Some(Duration::ZERO);
+                    true
+                } else {
+                    false
+                }
+            });
+            for (_, id) in pod.pids.lock().iter() {
+                kill_group_now(id);
+            }
+        }
     }
 }
 
@@ -255,12 +326,13 @@ fn plan_container(
     container: &Container,
     dir: &std::path::Path,
     grace: Duration,
+    netns: Option<&std::path::Path>,
 ) -> ContainerPlan {
     let env_result = container_env(facts, container);
     let env = env_result.clone().unwrap_or_default();
     let argv = match env_result {
         Err(message) => Err(("CreateContainerConfigError", message)),
-        Ok(env) => command_line(container, &env).ok_or((
+        Ok(env) => command_line(container, &env).map(|argv| in_netns(argv, netns)).ok_or((
             "RunContainerError",
             format!(
                 "container {} has no command: the node agent runs `command` and `args`, not images",
@@ -283,7 +355,13 @@ fn plan_container(
     ContainerPlan {
         name: container.name.clone(),
         argv,
-        target: ProbeTarget::new(address, declared, by_name, cwd.clone(), env.clone()),
+        target: {
+            let target = ProbeTarget::new(address, declared, by_name, cwd.clone(), env.clone());
+            match netns {
+                Some(ns) => target.netns(ns),
+                None => target,
+            }
+        },
         env,
         cwd,
         log: dir.join("logs").join(format!("{}.log", container.name)),
@@ -291,6 +369,21 @@ fn plan_container(
         liveness,
         policy: RestartPolicy::of(facts.pod),
         grace,
+    }
+}
+
+/// Runs `argv` in the network namespace at `netns` (through util-linux's `nsenter`).
+fn in_netns(argv: Vec<String>, netns: Option<&std::path::Path>) -> Vec<String> {
+    match netns {
+        Some(ns) => [
+            "nsenter".to_owned(),
+            format!("--net={}", ns.display()),
+            "--".to_owned(),
+        ]
+        .into_iter()
+        .chain(argv)
+        .collect(),
+        None => argv,
     }
 }
 
@@ -377,7 +470,7 @@ async fn run_container(
             }
         };
         let started = SystemTime::now();
-        pod.pids_set(&plan.name, Some(process.pid()));
+        pod.pids_set(&plan.name, Some(process.identity()));
         shared.update(&pod, index, |c| {
             c.phase = ContainerPhase::Running {
                 started_at: started,
@@ -526,17 +619,47 @@ impl PodRuntime for LocalRuntime {
             return Ok(());
         };
         let shared = &self.shared;
-        let mut pods = shared.pods.lock();
-        if pods.contains_key(&key) {
+        if shared.pods.lock().contains_key(&key) {
             return Ok(());
         }
-        let ip = {
-            let mut pool = shared.addresses.lock();
-            pool.allocate()
-                .ok_or_else(|| RuntimeError::AddressesExhausted {
-                    range: pool.describe(),
-                    used: pool.used(),
-                })?
+        let (address, netns) = match &shared.network {
+            Some(network) => {
+                let ports: Vec<_> = pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter().flat_map(ports))
+                    .collect();
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                let request = AttachRequest::new(
+                    key.uid.clone(),
+                    AppKey::new(&key.namespace, &key.name),
+                    node,
+                    ports,
+                );
+                let attachment =
+                    network
+                        .attach(&request)
+                        .await
+                        .map_err(|source| RuntimeError::Network {
+                            pod: key.to_string(),
+                            source,
+                        })?;
+                (Address::Network(attachment.address), attachment.netns)
+            }
+            None => {
+                let mut pool = shared.addresses.lock();
+                let ip = pool
+                    .allocate()
+                    .ok_or_else(|| RuntimeError::AddressesExhausted {
+                        range: pool.describe(),
+                        used: pool.used(),
+                    })?;
+                (Address::Pool(ip), None)
+            }
         };
         let dir = shared
             .dir
@@ -544,7 +667,7 @@ impl PodRuntime for LocalRuntime {
         let prepared = std::fs::create_dir_all(dir.join("work"))
             .and_then(|()| std::fs::create_dir_all(dir.join("logs")));
         if let Err(source) = prepared {
-            shared.addresses.lock().release(ip);
+            shared.release(&key, address).await;
             return Err(RuntimeError::Io {
                 pod: key.to_string(),
                 context: format!("cannot create {}", dir.display()),
@@ -553,7 +676,7 @@ impl PodRuntime for LocalRuntime {
         }
         let facts = PodFacts {
             pod,
-            pod_ip: ip.to_string(),
+            pod_ip: address.ip().to_string(),
             host_ip: shared.host_ip.to_string(),
         };
         let grace = grace_period(pod);
@@ -564,14 +687,14 @@ impl PodRuntime for LocalRuntime {
             .unwrap_or_default();
         let plans: Vec<ContainerPlan> = specs
             .iter()
-            .map(|c| plan_container(&facts, c, &dir, grace))
+            .map(|c| plan_container(&facts, c, &dir, grace, netns.as_deref()))
             .collect();
         let (stop, stop_rx) = watch::channel(None);
         let (replace, replace_rx): (Vec<_>, Vec<_>) =
             plans.iter().map(|_| watch::channel(0u64)).unzip();
         let local = Arc::new(LocalPod {
             key: key.clone(),
-            ip,
+            ip: address,
             dir,
             accepted_at: SystemTime::now(),
             grace,
@@ -591,7 +714,24 @@ impl PodRuntime for LocalRuntime {
             images: Mutex::new(specs.iter().map(|c| c.image.clone()).collect()),
             replace,
         });
-        let handles: Vec<_> = plans
+        // Hold the pod's task list until its supervisors are in it, so a deletion racing this
+        // creation waits for them (the lock is fresh: taking it never waits).
+        let mut tasks = local.tasks.lock().await;
+        let duplicate = {
+            let mut pods = shared.pods.lock();
+            if pods.contains_key(&key) {
+                true
+            } else {
+                pods.insert(key.clone(), local.clone());
+                false
+            }
+        };
+        if duplicate {
+            drop(tasks);
+            shared.release(&key, address).await;
+            return Ok(());
+        }
+        *tasks = plans
             .into_iter()
             .zip(replace_rx)
             .enumerate()
@@ -606,12 +746,7 @@ impl PodRuntime for LocalRuntime {
                 ))
             })
             .collect();
-        // Nobody else can hold the lock yet: the pod is not in the map.
-        if let Ok(mut tasks) = local.tasks.try_lock() {
-            *tasks = handles;
-        }
-        pods.insert(key.clone(), local);
-        drop(pods);
+        drop(tasks);
         shared.notify(&key);
         Ok(())
     }
@@ -669,7 +804,7 @@ impl PodRuntime for LocalRuntime {
             }
         };
         if removed.is_some() {
-            self.shared.addresses.lock().release(pod.ip);
+            self.shared.release(key, pod.ip).await;
             if let Err(e) = std::fs::remove_dir_all(&pod.dir) {
                 tracing::warn!(pod = %key, error = %e, "cannot remove the pod's directory");
             }
@@ -681,7 +816,7 @@ impl PodRuntime for LocalRuntime {
         let pod = self.shared.pods.lock().get(key).cloned();
         Ok(pod.map(|p| PodState {
             key: key.clone(),
-            pod_ip: Some(IpAddr::V4(p.ip)),
+            pod_ip: Some(p.ip.ip()),
             started_at: Some(p.accepted_at),
             containers: p.containers.lock().clone(),
         }))

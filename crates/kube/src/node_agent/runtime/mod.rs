@@ -248,6 +248,15 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod could not be attached to the runtime's network.
+    #[error("attaching pod {pod} to the network")]
+    Network {
+        /// The pod (`namespace/name`).
+        pod: String,
+        /// Why.
+        #[source]
+        source: rorqual_core::error::Error,
+    },
     /// A log could not be read.
     #[error("reading the log of {pod} container {container}")]
     Logs {
@@ -267,7 +276,7 @@ impl RuntimeError {
         matches!(
             self,
             RuntimeError::AddressesExhausted { .. } | RuntimeError::Io { .. }
-        )
+        ) || matches!(self, RuntimeError::Network { source, .. } if source.is_retryable())
     }
 }
 
