@@ -126,7 +126,8 @@ pub async fn state_store_compare_and_swap(store: &dyn StateStore, prefix: &str) 
 
 /// `writers` concurrent writers each add 1 to a counter `rounds` times with
 /// read-compare-and-swap-retry: the counter ends at exactly `writers × rounds` (no lost and no
-/// doubled update).
+/// doubled update). A call that fails in a retryable way (a busy remote store) is retried a
+/// bounded number of times.
 pub async fn state_store_concurrent_writers(
     store: &dyn StateStore,
     prefix: &str,
@@ -136,32 +137,64 @@ pub async fn state_store_concurrent_writers(
     const CHECK: &str = "state_store_concurrent_writers";
     let fail = |what: &str, e: Error| Failure::new(CHECK, format!("{what}: {e}"));
     let key = format!("{prefix}counter");
+    // Values are `count:writer:round`: unique per write, so a writer whose write failed in
+    // an unknown way (a busy server) can tell by reading whether it landed.
     let parse = |bytes: &[u8]| -> Result<u64, Failure> {
         std::str::from_utf8(bytes)
             .ok()
+            .and_then(|s| s.split(':').next())
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Failure::new(CHECK, format!("`{key}` holds garbage {bytes:?}")))
     };
-    let writer = || async {
-        let mut conflicts = 0u32;
-        for _ in 0..rounds {
-            loop {
-                let current = store.get(&key).await.map_err(|e| fail("get", e))?;
-                let (n, version) = match &current {
-                    Some(v) => (parse(&v.value)?, Some(v.version)),
-                    None => (0, None),
-                };
-                let next = (n + 1).to_string().into_bytes();
-                match store.compare_and_swap(&key, version, Some(next)).await {
-                    Ok(_) => break,
-                    Err(Error::Conflict { .. }) => conflicts += 1,
-                    Err(e) => return Err(fail("write", e)),
+    const TRANSIENT_RETRIES: u32 = 20;
+    let writer = |id: u32| {
+        let (key, fail, parse) = (&key, &fail, &parse);
+        async move {
+            let mut transient = 0u32;
+            let mut retry = |e: Error, what: &str| {
+                if e.is_retryable() && transient < TRANSIENT_RETRIES {
+                    transient += 1;
+                    Ok(())
+                } else {
+                    Err(fail(what, e))
+                }
+            };
+            for round in 0..rounds {
+                loop {
+                    let current = match store.get(key).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            retry(e, "get")?;
+                            continue;
+                        }
+                    };
+                    let (n, version) = match &current {
+                        Some(v) => (parse(&v.value)?, Some(v.version)),
+                        None => (0, None),
+                    };
+                    let next = format!("{}:{id}:{round}", n + 1).into_bytes();
+                    match store
+                        .compare_and_swap(key, version, Some(next.clone()))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(Error::Conflict { .. }) => {}
+                        Err(e) => {
+                            retry(e, "write")?;
+                            // Landed anyway? Then this round is done.
+                            if let Ok(Some(v)) = store.get(key).await
+                                && v.value == next
+                            {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
+            Ok::<(), Failure>(())
         }
-        Ok::<u32, Failure>(conflicts)
     };
-    let results = futures::future::join_all((0..writers).map(|_| writer())).await;
+    let results = futures::future::join_all((0..writers).map(writer)).await;
     for r in results {
         r?;
     }
