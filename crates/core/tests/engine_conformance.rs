@@ -74,3 +74,64 @@ async fn the_suite_fails_an_engine_that_never_gets_ready() {
     assert_eq!(err.check, "apply_scale_delete_are_idempotent");
     assert!(err.detail.contains("3 ready"), "{err}");
 }
+
+/// A store whose compare-and-swap ignores the expected version (and yields on reads, so that
+/// concurrent writers interleave): the suite catches the lost updates.
+#[derive(Debug, Default)]
+struct IgnoresVersions(
+    parking_lot::Mutex<std::collections::BTreeMap<String, rorqual_core::engine::Versioned>>,
+);
+
+#[async_trait::async_trait]
+impl rorqual_core::engine::StateStore for IgnoresVersions {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> rorqual_core::Result<Option<rorqual_core::engine::Versioned>> {
+        let read = self.0.lock().get(key).cloned();
+        tokio::task::yield_now().await;
+        Ok(read)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        _expected: Option<u64>,
+        value: Option<Vec<u8>>,
+    ) -> rorqual_core::Result<u64> {
+        let mut map = self.0.lock();
+        let version = map.get(key).map_or(1, |v| v.version + 1);
+        match value {
+            Some(value) => {
+                map.insert(
+                    key.to_owned(),
+                    rorqual_core::engine::Versioned { value, version },
+                );
+                Ok(version)
+            }
+            None => {
+                map.remove(key);
+                Ok(0)
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> rorqual_core::Result<Vec<(String, rorqual_core::engine::Versioned)>> {
+        Ok(rorqual_core::engine::list_prefix(&self.0.lock(), prefix))
+    }
+}
+
+#[tokio::test]
+async fn the_suite_fails_a_store_that_loses_concurrent_updates() {
+    let err = conformance::state_store_concurrent_writers(&IgnoresVersions::default(), "t/", 4, 5)
+        .await
+        .unwrap_err();
+    assert_eq!(err.check, "state_store_concurrent_writers");
+    assert!(
+        err.detail.contains("an update was lost") || err.detail.contains("not 20"),
+        "{err}"
+    );
+}

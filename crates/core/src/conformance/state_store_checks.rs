@@ -124,10 +124,10 @@ pub async fn state_store_compare_and_swap(store: &dyn StateStore, prefix: &str) 
     Ok(())
 }
 
-/// `writers` concurrent writers each add 1 to a counter `rounds` times with
-/// read-compare-and-swap-retry: the counter ends at exactly `writers × rounds` (no lost and no
-/// doubled update). A call that fails in a retryable way (a busy remote store) is retried a
-/// bounded number of times.
+/// `writers` concurrent writers each add 1 to their own count in one shared value `rounds`
+/// times with read-compare-and-swap-retry: no writer ever finds its last write lost, and the
+/// counts end at exactly `rounds` each. A call that fails in a retryable way (a busy remote
+/// store) is retried a bounded number of times.
 pub async fn state_store_concurrent_writers(
     store: &dyn StateStore,
     prefix: &str,
@@ -137,18 +137,33 @@ pub async fn state_store_concurrent_writers(
     const CHECK: &str = "state_store_concurrent_writers";
     let fail = |what: &str, e: Error| Failure::new(CHECK, format!("{what}: {e}"));
     let key = format!("{prefix}counter");
-    // Values are `count:writer:round`: unique per write, so a writer whose write failed in
-    // an unknown way (a busy server) can tell by reading whether it landed.
-    let parse = |bytes: &[u8]| -> Result<u64, Failure> {
-        std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|s| s.split(':').next())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Failure::new(CHECK, format!("`{key}` holds garbage {bytes:?}")))
+    // The value is every writer's own count (`w0=3,w1=5`): a writer changes only its own, so
+    // after a write that failed in an unknown way (a busy remote store) it can tell by reading
+    // whether the write landed, even when another writer wrote on top of it since.
+    type Counts = std::collections::BTreeMap<u32, u64>;
+    let parse = |bytes: &[u8]| -> Result<Counts, Failure> {
+        let garbage = || Failure::new(CHECK, format!("`{key}` holds garbage {bytes:?}"));
+        let text = std::str::from_utf8(bytes).map_err(|_| garbage())?;
+        text.split(',')
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                let (w, n) = f.split_once('=').ok_or_else(garbage)?;
+                let w = w.strip_prefix('w').and_then(|w| w.parse().ok());
+                Ok((w.ok_or_else(garbage)?, n.parse().map_err(|_| garbage())?))
+            })
+            .collect()
+    };
+    let render = |counts: &Counts| -> Vec<u8> {
+        counts
+            .iter()
+            .map(|(w, n)| format!("w{w}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+            .into_bytes()
     };
     const TRANSIENT_RETRIES: u32 = 20;
     let writer = |id: u32| {
-        let (key, fail, parse) = (&key, &fail, &parse);
+        let (key, fail, parse, render) = (&key, &fail, &parse, &render);
         async move {
             let mut transient = 0u32;
             let mut retry = |e: Error, what: &str| {
@@ -159,7 +174,7 @@ pub async fn state_store_concurrent_writers(
                     Err(fail(what, e))
                 }
             };
-            for round in 0..rounds {
+            for round in 0..u64::from(rounds) {
                 loop {
                     let current = match store.get(key).await {
                         Ok(c) => c,
@@ -168,22 +183,33 @@ pub async fn state_store_concurrent_writers(
                             continue;
                         }
                     };
-                    let (n, version) = match &current {
+                    let (mut counts, version) = match &current {
                         Some(v) => (parse(&v.value)?, Some(v.version)),
-                        None => (0, None),
+                        None => (Counts::new(), None),
                     };
-                    let next = format!("{}:{id}:{round}", n + 1).into_bytes();
+                    // What this writer wrote last must still be there: a store that let a
+                    // concurrent write through with a stale version loses it.
+                    let have = counts.get(&id).copied().unwrap_or(0);
+                    if have != round {
+                        return Err(Failure::new(
+                            CHECK,
+                            format!(
+                                "writer {id}'s count went from {round} to {have}: an update was lost"
+                            ),
+                        ));
+                    }
+                    counts.insert(id, round + 1);
                     match store
-                        .compare_and_swap(key, version, Some(next.clone()))
+                        .compare_and_swap(key, version, Some(render(&counts)))
                         .await
                     {
                         Ok(_) => break,
                         Err(Error::Conflict { .. }) => {}
                         Err(e) => {
                             retry(e, "write")?;
-                            // Landed anyway? Then this round is done.
+                            // Landed anyway? Only this writer sets its own count.
                             if let Ok(Some(v)) = store.get(key).await
-                                && v.value == next
+                                && parse(&v.value)?.get(&id) == Some(&(round + 1))
                             {
                                 break;
                             }
@@ -199,15 +225,18 @@ pub async fn state_store_concurrent_writers(
         r?;
     }
     let end = store.get(&key).await.map_err(|e| fail("get", e))?;
-    let total = match &end {
+    let counts = match &end {
         Some(v) => parse(&v.value)?,
-        None => 0,
+        None => Counts::new(),
     };
+    let total: u64 = counts.values().sum();
     let want = u64::from(writers) * u64::from(rounds);
-    if total != want {
+    if total != want || counts.values().any(|n| *n != u64::from(rounds)) {
         return Err(Failure::new(
             CHECK,
-            format!("{writers} writers × {rounds} increments ended at {total}, not {want}"),
+            format!(
+                "{writers} writers × {rounds} increments ended at {total} ({counts:?}), not {want}"
+            ),
         ));
     }
     if let Some(v) = end {

@@ -369,7 +369,9 @@ impl Engine for KubeEngine {
         revision: &Revision,
         replicas: u32,
     ) -> Result<GroupStatus> {
-        if stateful::current_set(self, app).await?.is_some() {
+        if let Some(set) = stateful::current_set(self, app).await?
+            && names::is_managed(set.metadata.labels.as_ref())
+        {
             return stateful::scale(self, app, revision, replicas).await;
         }
         let name = names::replica_set_name(app, revision);

@@ -41,11 +41,20 @@ fn set_shape(set: &StatefulSet) -> (u32, Option<Revision>) {
     (replicas, revision)
 }
 
-/// Identities that stay: not terminating, ordinal below the set's count.
-fn staying(pods: &[Instance], replicas: u32) -> Vec<&Instance> {
-    pods.iter()
-        .filter(|i| i.phase != InstancePhase::Terminating)
-        .filter(|i| i.ordinal.is_some_and(|o| o < replicas))
+/// The revision of each identity `0..replicas`: its (not terminating) pod's, or `template`
+/// for one whose pod does not exist yet.
+fn identity_revisions(
+    pods: &[Instance],
+    replicas: u32,
+    template: Option<&Revision>,
+) -> Vec<Revision> {
+    (0..replicas)
+        .filter_map(|k| {
+            pods.iter()
+                .find(|i| i.ordinal == Some(k) && i.phase != InstancePhase::Terminating)
+                .map(|i| i.revision.clone())
+                .or_else(|| template.cloned())
+        })
         .collect()
 }
 
@@ -122,16 +131,18 @@ pub(super) async fn delete(
 ) -> Result<()> {
     let (replicas, template) = set_shape(set);
     let pods = engine.inner.caches.instances(app, Some(&app.name));
-    let stay = staying(&pods, replicas);
-    let at_rev = stay.iter().filter(|i| &i.revision == revision).count();
-    if at_rev > 0 && at_rev < stay.len() {
+    // Per identity below the count: its pod's revision, or the template's for one not started
+    // yet (as `groups` counts them).
+    let revisions = identity_revisions(&pods, replicas, template.as_ref());
+    let at_rev = revisions.iter().filter(|r| *r == revision).count();
+    let others = revisions.len() - at_rev;
+    if at_rev > 0 && others > 0 {
         return Err(Error::BadRequest(format!(
-            "cannot delete revision {revision} of stateful {app}: {} identities run other \
-             revisions; move or scale them first",
-            stay.len() - at_rev
+            "cannot delete revision {revision} of stateful {app}: {others} identities run other \
+             revisions; move or scale them first"
         )));
     }
-    let whole_set = at_rev > 0 || (stay.is_empty() && template.as_ref() == Some(revision));
+    let whole_set = at_rev > 0 || (revisions.is_empty() && template.as_ref() == Some(revision));
     if !whole_set {
         return Ok(());
     }
@@ -148,15 +159,8 @@ pub(super) fn groups(engine: &KubeEngine, app: &AppKey, set: &StatefulSet) -> Ve
     let (replicas, template) = set_shape(set);
     let pods = engine.inner.caches.instances(app, Some(&app.name));
     let mut desired: BTreeMap<Revision, u32> = BTreeMap::new();
-    for k in 0..replicas {
-        let rev = pods
-            .iter()
-            .find(|i| i.ordinal == Some(k) && i.phase != InstancePhase::Terminating)
-            .map(|i| i.revision.clone())
-            .or_else(|| template.clone());
-        if let Some(rev) = rev {
-            *desired.entry(rev).or_default() += 1;
-        }
+    for rev in identity_revisions(&pods, replicas, template.as_ref()) {
+        *desired.entry(rev).or_default() += 1;
     }
     if let Some(t) = &template {
         desired.entry(t.clone()).or_default();
@@ -209,9 +213,16 @@ pub(super) async fn move_identity(
             "move_identity: {key} is not stateful"
         )));
     }
-    let Some(set) = current_set(engine, &key).await? else {
+    // From the server, not the cache: the count written back with the new template must be
+    // the latest one (a scale a moment ago may not have reached the reflector).
+    let sets: Api<StatefulSet> = engine.api(&key.namespace);
+    let Some(set) = sets.get_opt(&key.name).await.map_err(|e| {
+        super::errors::kube_error(&engine.inner.server, &format!("read StatefulSet {key}"), e)
+    })?
+    else {
         return Err(not_found("application", key.to_string()));
     };
+    let set = Arc::new(set);
     let (replicas, _) = set_shape(&set);
     if ordinal >= replicas {
         return Err(Error::BadRequest(format!(

@@ -59,10 +59,13 @@ impl SyncState {
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let finished = matches!(phase, Some("Succeeded" | "Failed"));
-        if finished || pod.metadata.deletion_timestamp.is_some() {
+        let spec = pod.spec.as_ref();
+        let bound = spec.is_some_and(|s| s.node_name.is_some());
+        // A terminating pod still holds its node's resources (and its address) until it is
+        // gone, as in kube-scheduler's cache; an unbound one is not scheduled any more.
+        if finished || (pod.metadata.deletion_timestamp.is_some() && !bound) {
             return self.forget_pod(&uid);
         }
-        let spec = pod.spec.as_ref();
         match spec.and_then(|s| s.node_name.clone()) {
             Some(node) => {
                 self.queued.remove(&uid);
@@ -102,8 +105,10 @@ impl SyncState {
         self.nodes.insert(name.to_owned())
     }
 
-    /// Node `name` is gone; whether it was known.
+    /// Node `name` is gone; whether it was known. The pods bound on it are forgotten too (the
+    /// scheduler drops them with the node), so they are recorded again if it comes back.
     pub fn forget_node(&mut self, name: &str) -> bool {
+        self.bound.retain(|_, node| node != name);
         self.nodes.remove(name)
     }
 
@@ -148,7 +153,7 @@ impl SyncState {
             .cloned()
             .collect();
         for n in &gone {
-            self.nodes.remove(n);
+            self.forget_node(n);
         }
         gone
     }
@@ -160,6 +165,9 @@ pub struct SnapshotSync {
     scheduler: Scheduler,
     scheduler_name: Option<String>,
     state: Arc<parking_lot::Mutex<SyncState>>,
+    /// Pods bound to a node the scheduler does not know yet (the Pod watch ran ahead of the
+    /// Node watch), by node: recorded when the node arrives.
+    waiting: Arc<parking_lot::Mutex<HashMap<String, Vec<rorqual_scheduler::PodInfo>>>>,
     queued: Arc<Notify>,
 }
 
@@ -171,6 +179,7 @@ impl SnapshotSync {
             scheduler,
             scheduler_name,
             state: Arc::default(),
+            waiting: Arc::default(),
             queued: Arc::new(Notify::new()),
         }
     }
@@ -190,13 +199,23 @@ impl SnapshotSync {
             .map_err(|e| e.to_string())
             .and_then(|v| node_from_json(&v).map_err(|e| e.to_string()))
         {
-            Ok(info) => self.scheduler.upsert_node(info),
+            Ok(info) => {
+                self.scheduler.upsert_node(info);
+                let waiting = self.waiting.lock().remove(&name).unwrap_or_default();
+                for pod in waiting {
+                    let uid = pod.uid.clone();
+                    if let Err(e) = self.scheduler.add_bound_pod(&name, pod) {
+                        tracing::warn!(pod = %uid, node = %name, error = %e.message(), "scheduler sync: bound pod not recorded");
+                    }
+                }
+            }
             Err(e) => tracing::warn!(node = %name, error = %e, "scheduler sync: node not read"),
         }
     }
 
     /// Applies node `name` gone.
     pub fn node_gone(&self, name: &str) {
+        self.waiting.lock().remove(name);
         if self.state.lock().forget_node(name) {
             self.scheduler.remove_node(name);
         }
@@ -224,12 +243,21 @@ impl SnapshotSync {
                 if known {
                     return;
                 }
+                // Bound by someone else: out of this scheduler's queue first.
+                self.scheduler.remove_pod(&uid);
                 match info() {
                     Ok(p) => {
-                        if let Err(e) = self.scheduler.add_bound_pod(&node, p) {
-                            // Retried at the pod's next event (its node may come later).
-                            self.state.lock().forget_pod(&uid);
-                            tracing::debug!(pod = %uid, node, error = %e.message(), "scheduler sync: bound pod on an unknown node");
+                        let known_node = self.scheduler.with_snapshot(|s| {
+                            rorqual_scheduler::Sym::lookup(&node)
+                                .is_some_and(|n| s.node(n).is_some())
+                        });
+                        if known_node {
+                            if let Err(e) = self.scheduler.add_bound_pod(&node, p) {
+                                tracing::warn!(pod = %uid, node, error = %e.message(), "scheduler sync: bound pod not recorded");
+                            }
+                        } else {
+                            // Recorded when its node arrives.
+                            self.waiting.lock().entry(node).or_default().push(p);
                         }
                     }
                     Err(e) => {
@@ -254,6 +282,9 @@ impl SnapshotSync {
 
     /// Applies pod `uid` gone.
     pub fn pod_gone(&self, uid: &str) {
+        for pods in self.waiting.lock().values_mut() {
+            pods.retain(|p| &*p.uid != uid);
+        }
         if self.state.lock().forget_pod(uid) == PodAction::Forget {
             self.scheduler.remove_pod(uid);
         }
@@ -379,6 +410,35 @@ mod tests {
         let mut done = pod("a", Some("n1"), "x");
         done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
         assert_eq!(s.pod(&done, None), PodAction::Forget);
+    }
+
+    #[test]
+    fn a_terminating_bound_pod_keeps_its_place_until_it_is_gone() {
+        let mut s = SyncState::default();
+        s.pod(&pod("a", Some("n1"), "x"), None);
+        let mut leaving = pod("a", Some("n1"), "x");
+        leaving.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+        assert_eq!(s.pod(&leaving, None), PodAction::Ignore, "still holds n1");
+        let mut pending = pod("b", None, "rorqual");
+        pending.metadata.deletion_timestamp = leaving.metadata.deletion_timestamp.clone();
+        assert_eq!(
+            s.pod(&pending, Some("rorqual")),
+            PodAction::Ignore,
+            "not scheduled"
+        );
+    }
+
+    #[test]
+    fn pods_of_a_node_that_goes_are_recorded_again_when_it_returns() {
+        let mut s = SyncState::default();
+        s.node("n1");
+        s.pod(&pod("a", Some("n1"), "x"), None);
+        assert!(s.forget_node("n1"));
+        assert_eq!(
+            s.pod(&pod("a", Some("n1"), "x"), None),
+            PodAction::Bound { node: "n1".into() }
+        );
     }
 
     #[test]
