@@ -153,6 +153,14 @@ async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<(
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
         namespaces.create(&PostParams::default(), &ns).await?;
     }
+    // Before 1.24 the service account's token secret must exist too (admission needs it).
+    let version = client.apiserver_version().await?;
+    let minor: u32 = version
+        .minor
+        .trim_end_matches('+')
+        .parse()
+        .unwrap_or(u32::MAX);
+    let needs_token = version.major == "1" && minor < 24;
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(client.clone(), name);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -160,7 +168,7 @@ async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<(
         let ready = accounts
             .get_opt("default")
             .await?
-            .is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty()));
+            .is_some_and(|sa| !needs_token || sa.secrets.is_some_and(|s| !s.is_empty()));
         if ready {
             return Ok(());
         }

@@ -5,7 +5,7 @@
 //! | application `ns/app` | namespace `ns`, label `rorqual.io/app=app`, `app.kubernetes.io/managed-by=rorqual` on everything written |
 //! | stateless revision group | a ReplicaSet `<app>-<revision>` selecting app + revision (Argo Rollouts' model: a Deployment's controller would fight per-revision counts) |
 //! | stateful identities | a StatefulSet `<app>` (`OrderedReady`, `OnDelete`) and a headless Service `<app>`; [`Engine::move_identity`] applies the new template and deletes pod `<app>-k`, which the controller recreates from it |
-//! | apply / scale / delete | server-side apply (field manager `rorqual`; replica counts under `rorqual-scale`), DELETE with background propagation |
+//! | apply / scale / delete | server-side apply (field manager `rorqual`; `scale_group` under `rorqual-scale`), DELETE with background propagation |
 //! | instances, groups, nodes | reflectors over Pods, ReplicaSets, StatefulSets and Nodes: reads never call the server |
 //! | events | a watch over Events, mapped to apps through the reflectors |
 //! | logs | `pods/{name}/log` |

@@ -16,7 +16,8 @@ pub const MANAGED_BY: &str = "rorqual";
 
 /// The field manager of rorqual's server-side applies.
 pub const FIELD_MANAGER: &str = "rorqual";
-/// The field manager that owns replica counts (so the template's manager never resets them).
+/// The field manager of `scale_group`'s applies, which write the replica count alone (a scale
+/// is then told apart from a template change in `managedFields`).
 pub const SCALE_MANAGER: &str = "rorqual-scale";
 
 /// The ReplicaSet of `app` at `revision`: `<app>-<revision>`.

@@ -1,6 +1,8 @@
 //! Stateful applications as a StatefulSet (`OrderedReady`, `OnDelete`) and a headless
 //! Service. Identities keep their revision until moved: a new template reaches identity `k`
-//! only when [`move_identity`] deletes pod `<app>-k` and the controller recreates it.
+//! when [`move_identity`] deletes pod `<app>-k` and the controller recreates it (or when the
+//! pod is deleted for another reason, an eviction or a drain: `OnDelete` recreates any deleted
+//! pod from the current template).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
