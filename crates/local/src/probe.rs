@@ -203,6 +203,30 @@ pub async fn check(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
     }
 }
 
+/// Runs `probe` (a liveness probe) against `target` until it fails for good (its failure
+/// threshold), and returns the last failure; never returns without a probe. Shared by every
+/// supervisor of a container (LocalEngine, the node agent).
+pub async fn liveness(probe: Option<&Probe>, target: &ProbeTarget) -> String {
+    let Some(probe) = probe else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(Duration::from_secs_f64(probe.initial_delay_seconds)).await;
+    let mut tracker = ProbeTracker::new(probe, true);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(probe.period_seconds));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        let result = check(probe, target).await;
+        if let Err(e) = &result {
+            last_error.clone_from(e);
+        }
+        if tracker.record(result.is_ok()) == Some(false) {
+            return last_error;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

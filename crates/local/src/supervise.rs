@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::probe::{ProbeTarget, ProbeTracker, check};
+use super::probe::{ProbeTarget, ProbeTracker, check, liveness};
 use super::proc::{Launch, ProcIdentity, SupervisedProcess};
 use crate::reconcile::Inner;
 use rorqual_core::model::{AppSpec, EventType, Probe};
@@ -341,27 +341,6 @@ async fn readiness(
         let result = check(probe, target).await;
         if let Some(passing) = tracker.record(result.is_ok()) {
             inner.set_ready(id, index, passing, result.err());
-        }
-    }
-}
-
-async fn liveness(probe: Option<&Probe>, target: &ProbeTarget) -> String {
-    let Some(probe) = probe else {
-        return std::future::pending().await;
-    };
-    tokio::time::sleep(Duration::from_secs_f64(probe.initial_delay_seconds)).await;
-    let mut tracker = ProbeTracker::new(probe, true);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(probe.period_seconds));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error = String::new();
-    loop {
-        tick.tick().await;
-        let result = check(probe, target).await;
-        if let Err(e) = &result {
-            last_error.clone_from(e);
-        }
-        if tracker.record(result.is_ok()) == Some(false) {
-            return last_error;
         }
     }
 }

@@ -50,7 +50,7 @@ use rorqual_core::backoff::Backoff;
 use rorqual_core::engine::LogStream;
 use rorqual_core::model::{AppKey, Probe};
 use rorqual_core::network::{AttachRequest, Network};
-use rorqual_local::probe::{ProbeTarget, ProbeTracker, check};
+use rorqual_local::probe::{ProbeTarget, ProbeTracker, check, liveness};
 use rorqual_local::process::{
     ExitReason, ProcessIdentity, ProcessSpec, SupervisedProcess, kill_group_now,
 };
@@ -583,27 +583,6 @@ async fn readiness(
         let result = check(probe, target).await;
         if let Some(passing) = tracker.record(result.is_ok()) {
             shared.update(pod, index, |c| c.ready = passing);
-        }
-    }
-}
-
-async fn liveness(probe: Option<&Probe>, target: &ProbeTarget) -> String {
-    let Some(probe) = probe else {
-        return std::future::pending().await;
-    };
-    tokio::time::sleep(Duration::from_secs_f64(probe.initial_delay_seconds)).await;
-    let mut tracker = ProbeTracker::new(probe, true);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(probe.period_seconds));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error = String::new();
-    loop {
-        tick.tick().await;
-        let result = check(probe, target).await;
-        if let Err(e) = &result {
-            last_error.clone_from(e);
-        }
-        if tracker.record(result.is_ok()) == Some(false) {
-            return last_error;
         }
     }
 }
