@@ -29,6 +29,10 @@
 //!   on a cluster: a ReplicaSet per revision (server-side apply), a StatefulSet and headless
 //!   Service for stateful apps, reads from reflectors, events from a watch, logs through
 //!   `pods/log`; specs the cluster cannot express are refused with their paths.
+//! - [`KubeEndpoints`] (feature `endpoints`): rorqual-release's
+//!   [`Endpoints`](rorqual_release::traffic::Endpoints) from the EndpointSlices of the headless
+//!   Service KubeEngine gives each revision, so rorqual's nginx router sends a canary's share
+//!   to the ready pods of each revision.
 //! - [`testenv`] (feature `testenv`): a real Kubernetes control plane for tests, offline (etcd,
 //!   kube-apiserver, kube-controller-manager and optionally kube-scheduler on loopback ports,
 //!   TLS with a test CA, token authentication, RBAC), one per test binary with a namespace per
@@ -50,6 +54,10 @@
 pub mod engine;
 #[cfg(feature = "engine")]
 pub use engine::KubeEngine;
+#[cfg(feature = "endpoints")]
+pub mod endpoints;
+#[cfg(feature = "endpoints")]
+pub use endpoints::KubeEndpoints;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
 #[cfg(feature = "state-store")]

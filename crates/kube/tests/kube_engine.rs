@@ -69,6 +69,18 @@ async fn replica_sets_per_revision_are_applied_scaled_read_and_deleted() {
     assert_eq!(labels["rorqual.io/revision"], rev.as_str());
     assert_eq!(rs.spec.replicas, Some(2));
     assert!(managers(&rs.metadata).contains(&FIELD_MANAGER.to_owned()));
+    // The revision's headless Service (for its EndpointSlices), owned by the ReplicaSet.
+    let services: Api<Service> = Api::namespaced(env.client().await.unwrap(), &ns);
+    let svc = services.get(&name).await.unwrap();
+    let owner = &svc.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("ReplicaSet", rs.metadata.uid.as_deref().unwrap())
+    );
+    assert_eq!(
+        svc.spec.as_ref().unwrap().selector.as_ref(),
+        rs.spec.selector.match_labels.as_ref()
+    );
 
     // Scaling is a second field manager's apply; applying the template again keeps working.
     engine.scale_group(&key, &rev, 3).await.unwrap();
@@ -106,6 +118,20 @@ async fn replica_sets_per_revision_are_applied_scaled_read_and_deleted() {
         let i = engine.instances(&key).await.unwrap();
         (g.is_empty() && i.is_empty()).then_some(())
     })
+    .await;
+    // The garbage collector removes the Service with its ReplicaSet.
+    eventually(
+        Duration::from_secs(30),
+        "the revision's Service gone",
+        || async {
+            services
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 }
 

@@ -3,7 +3,7 @@
 //! | rorqual | Kubernetes |
 //! |---|---|
 //! | application `ns/app` | namespace `ns`, label `rorqual.io/app=app`, `app.kubernetes.io/managed-by=rorqual` on everything written |
-//! | stateless revision group | a ReplicaSet `<app>-<revision>` selecting app + revision (Argo Rollouts' model: a Deployment's controller would fight per-revision counts) |
+//! | stateless revision group | a ReplicaSet `<app>-<revision>` selecting app + revision (Argo Rollouts' model: a Deployment's controller would fight per-revision counts), and, when the template declares ports, a headless Service selecting the same pods and owned by the ReplicaSet, whose EndpointSlices list the revision's ready addresses (read by `endpoints::KubeEndpoints`) |
 //! | stateful identities | a StatefulSet `<app>` (`OrderedReady`, `OnDelete`) and a headless Service `<app>`; [`Engine::move_identity`] applies the new template and deletes pod `<app>-k`, which the controller recreates from it |
 //! | apply / scale / delete | server-side apply (field manager `rorqual`; `scale_group` under `rorqual-scale`), DELETE with background propagation |
 //! | instances, groups, nodes | reflectors over Pods, ReplicaSets, StatefulSets and Nodes: reads never call the server |
@@ -17,7 +17,7 @@
 //! `app.kubernetes.io/managed-by=rorqual`) is never adopted.
 
 mod cache;
-mod errors;
+pub(crate) mod errors;
 pub mod names;
 pub mod observe;
 pub mod render;
@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod, Service};
 use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -317,6 +317,18 @@ impl KubeEngine {
         }
     }
 
+    /// Applies `svc` (a Service rorqual renders) unless a Service of that name is someone
+    /// else's.
+    async fn apply_owned_service(&self, namespace: &str, svc: &Service) -> Result<()> {
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let api: Api<Service> = self.api(namespace);
+        self.ensure_ours(&api, None, &name).await?;
+        let body = encode(format!("Service {namespace}/{name}"), svc)?;
+        self.apply::<Service>(&api, &name, FIELD_MANAGER, &body)
+            .await?;
+        Ok(())
+    }
+
     /// The group status of `revision` of stateless `app` with `desired` wanted.
     fn stateless_status(&self, app: &AppKey, revision: &Revision, desired: u32) -> GroupStatus {
         let pods = self.inner.caches.instances(app, None);
@@ -350,14 +362,18 @@ impl Engine for KubeEngine {
                 let name = names::replica_set_name(&key, &revision);
                 let api: Api<ReplicaSet> = self.api(&key.namespace);
                 let cached = self.inner.caches.replica_set(&key.namespace, &name);
+                let first = cached.is_none();
                 self.ensure_ours(&api, cached, &name).await?;
                 let rs = render::replica_set(spec, replicas, &self.inner.options);
-                let body = serde_json::to_value(&rs).map_err(|e| Error::Codec {
-                    context: format!("encode ReplicaSet {}/{name}", key.namespace),
-                    source: e,
-                })?;
-                self.apply::<ReplicaSet>(&api, &name, FIELD_MANAGER, &body)
+                let body = encode(format!("ReplicaSet {}/{name}", key.namespace), &rs)?;
+                let applied = self
+                    .apply::<ReplicaSet>(&api, &name, FIELD_MANAGER, &body)
                     .await?;
+                // The revision's Service (for its EndpointSlices) comes with the ReplicaSet's
+                // first apply; the garbage collector removes it with the ReplicaSet.
+                if first && let Some(svc) = render::revision_service(spec, &applied) {
+                    self.apply_owned_service(&key.namespace, &svc).await?;
+                }
                 Ok(self.stateless_status(&key, &revision, replicas))
             }
         }
@@ -542,6 +558,14 @@ impl Engine for KubeEngine {
 }
 
 /// When `t` was, as the engine reports it.
+/// `object` as the JSON body of an apply; `what` names it in the error.
+pub(crate) fn encode<T: serde::Serialize>(what: String, object: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(object).map_err(|e| Error::Codec {
+        context: format!("encode {what}"),
+        source: e,
+    })
+}
+
 pub(crate) fn now() -> SystemTime {
     SystemTime::now()
 }

@@ -25,6 +25,20 @@ pub fn replica_set_name(app: &AppKey, revision: &Revision) -> String {
     format!("{}-{}", app.name, revision)
 }
 
+/// The Service of `app`'s stateless `revision` (its pods' EndpointSlices are where routers
+/// find the revision's ready addresses): `<app>-<revision>` when that is a DNS-1035 label (a
+/// Service name: at most 63 characters, starting with a letter), else `r<revision>-` followed
+/// by as much of the app's name as fits. Routers find the slices by label, not by this name.
+pub fn revision_service_name(app: &AppKey, revision: &Revision) -> String {
+    let plain = format!("{}-{}", app.name, revision);
+    if plain.len() <= 63 && plain.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return plain;
+    }
+    let mut name = format!("r{revision}-{}", app.name);
+    name.truncate(63);
+    name.trim_end_matches('-').to_owned()
+}
+
 /// The labels of everything rorqual writes for `app`.
 pub fn app_labels(app: &AppKey) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -72,6 +86,22 @@ mod tests {
         assert_eq!(ordinal_of("game", "game-01"), None);
         assert_eq!(ordinal_of("game", "games-1"), None);
         assert_eq!(ordinal_of("game", "game-"), None);
+    }
+
+    #[test]
+    fn revision_service_names_are_dns_1035_labels() {
+        let rev = Revision::from("0a1b2c3d4e");
+        let short = AppKey::new("ns", "web");
+        assert_eq!(revision_service_name(&short, &rev), "web-0a1b2c3d4e");
+        let digit = AppKey::new("ns", "7seas");
+        assert_eq!(revision_service_name(&digit, &rev), "r0a1b2c3d4e-7seas");
+        let long = AppKey::new("ns", "a-".repeat(30).trim_end_matches('-'));
+        let name = revision_service_name(&long, &rev);
+        assert!(
+            name.len() <= 63 && name.starts_with('r') && !name.ends_with('-'),
+            "{name}"
+        );
+        assert!(rorqual_core::model::is_dns_label(&name), "{name}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
     TCPSocketAction, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rorqual_core::model::{
     AppKey, AppSpec, ContainerSpec, FieldError, PortRef, Probe, ProbeAction, Protocol,
@@ -236,28 +236,69 @@ pub fn stateful_set(spec: &AppSpec, replicas: u32, options: &RenderOptions) -> S
 /// The headless Service that gives a StatefulSet's pods their stable DNS names.
 pub fn headless_service(spec: &AppSpec) -> Service {
     let key = spec.key();
-    let mut ports: Vec<ServicePort> = Vec::new();
-    for c in &spec.containers {
-        for p in &c.ports {
-            ports.push(ServicePort {
-                name: Some(p.name.clone()),
-                port: i32::from(p.number),
-                protocol: Some(protocol(p.protocol)),
-                ..ServicePort::default()
-            });
-        }
-    }
     Service {
         metadata: meta(&key, key.name.clone(), names::app_labels(&key)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             selector: Some(BTreeMap::from([(LABEL_APP.to_owned(), key.name.clone())])),
-            ports: non_empty_vec(ports),
+            ports: non_empty_vec(service_ports(spec)),
             publish_not_ready_addresses: Some(true),
             ..ServiceSpec::default()
         }),
         status: None,
     }
+}
+
+/// The headless Service of a stateless revision, selecting the pods of its ReplicaSet `owner`
+/// (and owned by it, so the garbage collector deletes it with the ReplicaSet). The endpoint
+/// controllers then publish the revision's ready pod addresses in its EndpointSlices, which
+/// carry the Service's labels (`rorqual.io/app`, `rorqual.io/revision`). `None` when the
+/// template declares no port (nothing to route to).
+pub fn revision_service(spec: &AppSpec, owner: &ReplicaSet) -> Option<Service> {
+    let ports = service_ports(spec);
+    if ports.is_empty() {
+        return None;
+    }
+    let key = spec.key();
+    let revision = spec.revision();
+    let mut metadata = meta(
+        &key,
+        names::revision_service_name(&key, &revision),
+        names::revision_labels(&key, &revision),
+    );
+    metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "apps/v1".to_owned(),
+        kind: "ReplicaSet".to_owned(),
+        name: owner.metadata.name.clone().unwrap_or_default(),
+        uid: owner.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    Some(Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: selector(&key, Some(revision.as_str())).match_labels,
+            ports: Some(ports),
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Every container port of `spec` as a Service port of the same name and number.
+fn service_ports(spec: &AppSpec) -> Vec<ServicePort> {
+    spec.containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .map(|p| ServicePort {
+            name: Some(p.name.clone()),
+            port: i32::from(p.number),
+            protocol: Some(protocol(p.protocol)),
+            ..ServicePort::default()
+        })
+        .collect()
 }
 
 fn meta(key: &AppKey, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -470,6 +511,36 @@ mod tests {
             probe.http_get.as_ref().unwrap().port,
             IntOrString::String("http".to_owned())
         );
+    }
+
+    #[test]
+    fn a_revision_service_selects_the_revisions_pods_and_is_owned_by_its_replica_set() {
+        let s = spec();
+        let mut rs = replica_set(&s, 3, PROCESS);
+        rs.metadata.uid = Some("uid-1".to_owned());
+        let svc = revision_service(&s, &rs).unwrap();
+        let rev = s.revision().to_string();
+        assert_eq!(svc.metadata.name.as_deref(), Some(&*format!("web-{rev}")));
+        let labels = svc.metadata.labels.unwrap();
+        assert_eq!(labels.get(LABEL_REVISION), Some(&rev));
+        let owner = &svc.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.name.as_str()),
+            ("ReplicaSet", "uid-1", &*format!("web-{rev}"))
+        );
+        let svc_spec = svc.spec.unwrap();
+        assert_eq!(svc_spec.selector, rs.spec.selector.match_labels.clone());
+        assert_eq!(svc_spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(svc_spec.publish_not_ready_addresses, Some(false));
+        let ports = svc_spec.ports.unwrap();
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].port),
+            (Some("http"), 8080)
+        );
+        // Nothing to route to without a port.
+        let mut bare = spec();
+        bare.containers[0].ports.clear();
+        assert!(revision_service(&bare, &rs).is_none());
     }
 
     #[test]

@@ -17,14 +17,7 @@ use serde_json::json;
 
 use super::errors::not_found;
 use super::names::{FIELD_MANAGER, LABEL_REVISION, SCALE_MANAGER};
-use super::{KubeEngine, observe, render};
-
-fn encode<T: serde::Serialize>(what: String, v: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(v).map_err(|e| Error::Codec {
-        context: format!("encode {what}"),
-        source: e,
-    })
-}
+use super::{KubeEngine, encode, observe, render};
 
 /// The set's replica count and template revision.
 fn set_shape(set: &StatefulSet) -> (u32, Option<Revision>) {
