@@ -10,7 +10,9 @@
 //! - `runtime` (feature `runtime`): the controller runtime every rorqual controller runs on;
 //! - `scheduler` (feature `scheduler`): the scheduling framework and its plugins;
 //! - `net` (feature `net`): underlay IP pools and the CNI IPAM plugin;
-//! - `providers` (feature `providers`): declarative cloud resources.
+//! - `providers` (feature `providers`): declarative cloud resources;
+//! - `kube` (feature `kube`, parts behind `kube-engine`, `kube-endpoints`, `kube-scheduler`,
+//!   `kube-node-agent`, `kube-testenv`): rorqual on Kubernetes.
 //!
 //! Most programs start with `use rorqual::prelude::*;`. The README's example, kept compiling
 //! here: the embedded engine with the full scheduler as its placement.
@@ -45,6 +47,8 @@
 //! ```
 
 pub use rorqual_core as core;
+#[cfg(feature = "kube")]
+pub use rorqual_kube as kube;
 #[cfg(feature = "local")]
 pub use rorqual_local as local;
 #[cfg(feature = "net")]

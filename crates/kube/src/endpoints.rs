@@ -60,6 +60,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The first version serving EndpointSlices by default (`discovery.k8s.io/v1beta1`, with the
+/// controller-manager's EndpointSlice controller on).
+const SLICES_V1BETA1: ServerVersion = ServerVersion {
+    major: 1,
+    minor: 17,
+};
+
 /// The API version of EndpointSlices on a server of version `version`.
 pub fn slice_api_version(version: ServerVersion) -> &'static str {
     const SLICES_V1: ServerVersion = ServerVersion {
@@ -89,6 +96,12 @@ impl KubeEndpoints {
                 info.major, info.minor
             ))
         })?;
+        if version < SLICES_V1BETA1 {
+            return Err(Error::BadRequest(format!(
+                "{server}: Kubernetes {version} does not serve EndpointSlices by default \
+                 (discovery.k8s.io/v1beta1 is on from {SLICES_V1BETA1}); KubeEndpoints needs them"
+            )));
+        }
         let resource = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(
                 "discovery.k8s.io",
