@@ -17,15 +17,7 @@ use rorqual_release::traffic::{
 
 /// `true` when nginx is installed; otherwise prints why the test is skipped, or fails under CI.
 fn nginx_available() -> bool {
-    if Path::new(NGINX_DEFAULT_BINARY).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{NGINX_DEFAULT_BINARY} is missing (install nginx-light); required when CI=true"
-    );
-    println!("skipped: {NGINX_DEFAULT_BINARY} not installed (Debian package nginx-light)");
-    false
+    rorqual_testkit::installed_or_skip(NGINX_DEFAULT_BINARY, "nginx-light")
 }
 
 /// A backend answering `name` on every path; stopped when dropped.

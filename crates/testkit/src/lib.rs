@@ -55,6 +55,25 @@ pub fn demo_bin() -> &'static str {
 
 const DEMO_BIN: &str = "rorqual-demo";
 
+/// Whether the program at `path` (from Debian package `package`) is installed, for tests that
+/// need it: `true` when it is; otherwise prints why the test is skipped and returns `false`, or,
+/// with `CI=true`, panics (CI installs every package a test needs).
+///
+/// # Panics
+///
+/// When the program is missing and `CI=true`.
+pub fn installed_or_skip(path: &str, package: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{path} is missing (install {package}); required when CI=true"
+    );
+    println!("skipped: {path} not installed (Debian package {package})");
+    false
+}
+
 /// `target/<profile>` of the running executable (tests run from `deps/`, examples from
 /// `examples/`).
 fn profile_dir() -> Option<PathBuf> {
