@@ -163,6 +163,33 @@ async fn unmanaged_objects_and_inexpressible_specs_are_refused_before_anything_c
     assert_eq!(after.spec.replicas, Some(0), "left untouched");
     assert!(!managers(&after.metadata).contains(&FIELD_MANAGER.to_owned()));
 
+    // Someone else's Service under the name of a revision's Service: refused before the
+    // ReplicaSet is written.
+    let other = spec(&ns, "shop", "v1");
+    let svc_name = format!("shop-{}", other.revision());
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let foreign: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": svc_name, "labels": {"team": "other"}},
+        "spec": {"ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let err = engine.apply_group(&other, 1).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::BadRequest(m) if m.contains(&format!("Service {ns}/{svc_name} exists and is not managed by rorqual"))),
+        "{err}"
+    );
+    assert!(
+        api.get_opt(&format!("shop-{}", other.revision()))
+            .await
+            .unwrap()
+            .is_none(),
+        "no ReplicaSet written"
+    );
+
     // A numeric priority and a sub-second probe cannot be sent: refused with their paths.
     let mut local_only = spec(&ns, "local", "v1");
     local_only.priority = 5;

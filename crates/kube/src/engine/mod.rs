@@ -157,6 +157,7 @@ impl KubeEngineBuilder {
                 version,
                 caches,
                 state,
+                services: std::sync::Mutex::default(),
             }),
         })
     }
@@ -169,6 +170,8 @@ struct Inner {
     version: ServerVersion,
     caches: Caches,
     state: Arc<dyn StateStore>,
+    /// The revision Services this engine has applied (namespace, name).
+    services: std::sync::Mutex<BTreeSet<(String, String)>>,
 }
 
 /// rorqual-core's [`Engine`] on a Kubernetes cluster. Cheap to clone. See the
@@ -317,16 +320,43 @@ impl KubeEngine {
         }
     }
 
-    /// Applies `svc` (a Service rorqual renders) unless a Service of that name is someone
-    /// else's.
+    /// Whether stateless `spec`'s revision Service is still to be applied by this engine (the
+    /// template declares ports and this engine has not applied it, or its apply failed).
+    /// Refuses when a Service of that name exists and is not rorqual's.
+    async fn service_to_apply(&self, spec: &AppSpec) -> Result<bool> {
+        if !spec.containers.iter().any(|c| !c.ports.is_empty()) {
+            return Ok(false);
+        }
+        let key = spec.key();
+        let name = names::revision_service_name(&key, &spec.revision());
+        if self
+            .applied_services()
+            .contains(&(key.namespace.clone(), name.clone()))
+        {
+            return Ok(false);
+        }
+        let api: Api<Service> = self.api(&key.namespace);
+        self.ensure_ours(&api, None, &name).await?;
+        Ok(true)
+    }
+
+    /// Applies `svc` (a revision Service rorqual renders) and remembers it.
     async fn apply_owned_service(&self, namespace: &str, svc: &Service) -> Result<()> {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let api: Api<Service> = self.api(namespace);
-        self.ensure_ours(&api, None, &name).await?;
         let body = encode(format!("Service {namespace}/{name}"), svc)?;
         self.apply::<Service>(&api, &name, FIELD_MANAGER, &body)
             .await?;
+        self.applied_services().insert((namespace.to_owned(), name));
         Ok(())
+    }
+
+    fn applied_services(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        // A panic while holding this lock leaves a plain set behind: still usable.
+        self.inner
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The group status of `revision` of stateless `app` with `desired` wanted.
@@ -362,16 +392,17 @@ impl Engine for KubeEngine {
                 let name = names::replica_set_name(&key, &revision);
                 let api: Api<ReplicaSet> = self.api(&key.namespace);
                 let cached = self.inner.caches.replica_set(&key.namespace, &name);
-                let first = cached.is_none();
                 self.ensure_ours(&api, cached, &name).await?;
+                // The revision's Service (for its EndpointSlices), applied once per revision
+                // and engine after its ReplicaSet (its owner); someone else's Service of that
+                // name stops the apply before anything is written.
+                let service = self.service_to_apply(spec).await?;
                 let rs = render::replica_set(spec, replicas, &self.inner.options);
                 let body = encode(format!("ReplicaSet {}/{name}", key.namespace), &rs)?;
                 let applied = self
                     .apply::<ReplicaSet>(&api, &name, FIELD_MANAGER, &body)
                     .await?;
-                // The revision's Service (for its EndpointSlices) comes with the ReplicaSet's
-                // first apply; the garbage collector removes it with the ReplicaSet.
-                if first && let Some(svc) = render::revision_service(spec, &applied) {
+                if service && let Some(svc) = render::revision_service(spec, &applied) {
                     self.apply_owned_service(&key.namespace, &svc).await?;
                 }
                 Ok(self.stateless_status(&key, &revision, replicas))
@@ -436,7 +467,12 @@ impl Engine for KubeEngine {
         let api: Api<ReplicaSet> = self.api(&app.namespace);
         let cached = self.inner.caches.replica_set(&app.namespace, &name);
         self.ensure_ours(&api, cached, &name).await?;
-        self.delete(&api, &name).await
+        self.delete(&api, &name).await?;
+        // The garbage collector deletes the Service; a later apply of the revision makes it again.
+        let service = names::revision_service_name(app, revision);
+        self.applied_services()
+            .remove(&(app.namespace.clone(), service));
+        Ok(())
     }
 
     async fn groups(&self, app: &AppKey) -> Result<Vec<GroupStatus>> {
