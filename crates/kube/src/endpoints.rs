@@ -6,12 +6,20 @@
 //! `rorqual.io/revision`). The controller-manager's EndpointSlice controller lists those pods
 //! in EndpointSlices, copying the Service's labels and marking each endpoint ready from the
 //! pod's `Ready` condition. `KubeEndpoints` keeps one watch over the EndpointSlices rorqual
-//! manages and answers [`Endpoints::ready`] from it without calling the server.
+//! manages and answers [`Endpoints::ready`] from it without calling the server, reading the
+//! slices of the revision's Service (label `kubernetes.io/service-name`).
+//!
+//! Slices follow the pods a moment later than an engine's own pod watch does. A rollout
+//! controller that splits traffic when the engine reports a new count could route to the
+//! previous set of pods and not look again; with [`KubeEndpoints::following`] an engine, a
+//! revision whose slices do not list exactly the engine's ready instances is answered with the
+//! retryable [`TrafficError::EndpointsBehind`], and the controller sends the split again soon.
 //!
 //! EndpointSlices, not the older `Endpoints` objects: those refuse loopback addresses
 //! (`127.0.0.0/8`), which is where the node agent's pods live without root; slices accept them.
 //! The slice API is `discovery.k8s.io/v1beta1` up to Kubernetes 1.20 and `v1` from 1.21; the
-//! version is picked from the server's.
+//! version is picked from the server's. Servers before 1.20 are refused: their EndpointSlice
+//! controller does not copy the Service's labels (and before 1.18 is off by default).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,13 +33,18 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use rorqual_core::engine::Engine;
 use rorqual_core::error::{Error, Result};
 use rorqual_core::model::{AppKey, Revision};
-use rorqual_release::traffic::{Endpoints, TrafficError};
+use rorqual_release::traffic::{Endpoints, TrafficError, ready_endpoints};
 use serde::Deserialize;
 
 use crate::engine::ServerVersion;
+use crate::engine::errors::kube_error;
 use crate::engine::names::{self, LABEL_APP, LABEL_REVISION};
+
+/// The label the EndpointSlice controller puts on each slice: the name of its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// rorqual-release's [`Endpoints`] from the EndpointSlices of the revisions' Services (see the
 /// [module docs](self)): the ready addresses of `app`'s `revision`, each with the port the
@@ -40,6 +53,7 @@ use crate::engine::names::{self, LABEL_APP, LABEL_REVISION};
 #[derive(Clone)]
 pub struct KubeEndpoints {
     store: Store<DynamicObject>,
+    engine: Option<Arc<dyn Engine>>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -47,6 +61,10 @@ impl fmt::Debug for KubeEndpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KubeEndpoints")
             .field("slices", &self.store.state().len())
+            .field(
+                "following",
+                &self.engine.as_ref().map(|e| e.kind().to_owned()),
+            )
             .finish()
     }
 }
@@ -60,11 +78,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The first version serving EndpointSlices by default (`discovery.k8s.io/v1beta1`, with the
-/// controller-manager's EndpointSlice controller on).
-const SLICES_V1BETA1: ServerVersion = ServerVersion {
+/// The first version whose EndpointSlice controller copies the Service's labels to its slices
+/// (which the watch selects by).
+const SLICES_LABELLED: ServerVersion = ServerVersion {
     major: 1,
-    minor: 17,
+    minor: 20,
 };
 
 /// The API version of EndpointSlices on a server of version `version`.
@@ -80,26 +98,37 @@ impl KubeEndpoints {
     /// Starts the watch over the EndpointSlices labelled `app.kubernetes.io/managed-by=rorqual`
     /// in every namespace and returns once the first list has arrived. `server` names the
     /// cluster in errors. Fails when the server cannot be reached or read within `timeout`
-    /// (the client may list and watch `endpointslices` in the `discovery.k8s.io` group).
+    /// (the client may list and watch `endpointslices` in the `discovery.k8s.io` group), and
+    /// refuses servers before Kubernetes 1.20 (see the [module docs](self)).
     pub async fn start(client: Client, server: &str, timeout: Duration) -> Result<KubeEndpoints> {
-        let info = tokio::time::timeout(timeout, client.apiserver_version())
-            .await
-            .map_err(|_| Error::Remote {
-                context: format!("{server}: the server version did not arrive within {timeout:?}"),
-                retryable: true,
-                source: "timed out".into(),
-            })?
-            .map_err(|e| crate::engine::errors::kube_error(server, "read the server version", e))?;
+        // An unreachable or failing server may come up: retried with backoff until `timeout`;
+        // a refusal is final.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(200);
+        let info = loop {
+            match client.apiserver_version().await {
+                Ok(info) => break info,
+                Err(e) => {
+                    let err = kube_error(server, "read the server version (GET /version)", e);
+                    if !err.is_retryable() || tokio::time::Instant::now() + delay > deadline {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
         let version = ServerVersion::parse(&info.major, &info.minor).ok_or_else(|| {
             Error::BadRequest(format!(
-                "{server}: the server's version `{}`.`{}` cannot be read",
-                info.major, info.minor
+                "{server}: the server's version `{}`.`{}` ({}) cannot be read",
+                info.major, info.minor, info.git_version
             ))
         })?;
-        if version < SLICES_V1BETA1 {
+        if version < SLICES_LABELLED {
             return Err(Error::BadRequest(format!(
-                "{server}: Kubernetes {version} does not serve EndpointSlices by default \
-                 (discovery.k8s.io/v1beta1 is on from {SLICES_V1BETA1}); KubeEndpoints needs them"
+                "{server}: KubeEndpoints needs Kubernetes {SLICES_LABELLED} or later (EndpointSlices \
+                 carrying their Service's labels); the server is {version} ({})",
+                info.git_version
             )));
         }
         let resource = ApiResource::from_gvk_with_plural(
@@ -125,6 +154,7 @@ impl KubeEndpoints {
         });
         let endpoints = KubeEndpoints {
             store,
+            engine: None,
             _task: Arc::new(AbortOnDrop(task.abort_handle())),
         };
         tokio::time::timeout(timeout, endpoints.store.wait_until_ready())
@@ -146,11 +176,23 @@ impl KubeEndpoints {
         Ok(endpoints)
     }
 
+    /// These endpoints, answering [`TrafficError::EndpointsBehind`] while a revision's slices
+    /// do not list exactly the ready instances `engine` reports for it (see the
+    /// [module docs](self)). `engine` is the one the rollout controller drives, usually the
+    /// [`KubeEngine`](crate::KubeEngine) of the same cluster.
+    #[must_use]
+    pub fn following(mut self, engine: Arc<dyn Engine>) -> KubeEndpoints {
+        self.engine = Some(engine);
+        self
+    }
+
     /// The ready endpoints of `app`'s `revision` as the watch has them now (sorted, without
     /// duplicates).
     pub fn ready_now(&self, app: &AppKey, revision: &Revision) -> Vec<SocketAddr> {
+        let service = names::revision_service_name(app, revision);
         let slices = self.store.state_filter(|o| {
             o.namespace().as_deref() == Some(app.namespace.as_str())
+                && o.labels().get(SERVICE_NAME_LABEL) == Some(&service)
                 && o.labels().get(LABEL_APP) == Some(&app.name)
                 && o.labels().get(LABEL_REVISION).map(String::as_str) == Some(revision.as_str())
         });
@@ -177,7 +219,32 @@ impl Endpoints for KubeEndpoints {
         app: &AppKey,
         revision: &Revision,
     ) -> std::result::Result<Vec<SocketAddr>, TrafficError> {
-        Ok(self.ready_now(app, revision))
+        let slices = self.ready_now(app, revision);
+        let Some(engine) = &self.engine else {
+            return Ok(slices);
+        };
+        let instances = engine
+            .instances(app)
+            .await
+            .map_err(|source| TrafficError::Engine {
+                app: app.to_string(),
+                revision: revision.clone(),
+                source,
+            })?;
+        let expected = ready_endpoints(&instances, revision);
+        if slices != expected {
+            return Err(TrafficError::EndpointsBehind {
+                app: app.to_string(),
+                revision: revision.clone(),
+                reason: format!(
+                    "its EndpointSlices list {} ready address(es), the {} engine {}",
+                    slices.len(),
+                    engine.kind(),
+                    expected.len()
+                ),
+            });
+        }
+        Ok(slices)
     }
 }
 

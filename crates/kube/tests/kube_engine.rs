@@ -111,6 +111,17 @@ async fn replica_sets_per_revision_are_applied_scaled_read_and_deleted() {
     );
     assert!(engine.apps().await.unwrap().contains(&key));
 
+    // A Service deleted by hand comes back with the next apply of its revision.
+    services
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the Service back", || async {
+        engine.apply_group(&v1, 3).await.unwrap();
+        services.get_opt(&name).await.unwrap().map(|_| ())
+    })
+    .await;
+
     engine.delete_group(&key, &rev).await.unwrap();
     engine.delete_group(&key, &rev).await.unwrap();
     eventually(Duration::from_secs(30), "web gone", || async {

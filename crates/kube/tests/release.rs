@@ -4,15 +4,18 @@
 //! placed by rorqual's scheduler (`KubeScheduler`) and run by the node agent's local runtime as
 //! real processes (the demo app, each pod on its own loopback address). Traffic goes through a
 //! real nginx driven by `NginxRouter`, which finds each revision's ready pods in the
-//! EndpointSlices of the revision's Service (`KubeEndpoints`); the canary's analysis asks a real
-//! Prometheus scraping the pods. In each flow the controller is dropped mid-step and a new one,
-//! built from nothing but the cluster (a new `KubeEngine` and `ConfigMapStateStore`), resumes
-//! the same step.
+//! EndpointSlices of the revision's Service (`KubeEndpoints`, following a KubeEngine of its
+//! own so that a split waits until the slices list the pods the engine reports ready); the
+//! canary's analysis asks a real Prometheus scraping the pods. In each flow the controller is
+//! dropped mid-step (its task aborted, its engine, state store and approvals handle gone) and a
+//! new one, built from the cluster (a new `KubeEngine` and `ConfigMapStateStore`), resumes the
+//! same step. The data plane stays up meanwhile, as it would beside a crashed controller: the
+//! node agent, nginx and its `NginxRouter` (routes held in memory) are the same.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions unwrap too
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,7 +79,7 @@ struct World {
     approvals: Option<Approvals>,
     controller: Option<(RolloutController, tokio::task::JoinHandle<()>)>,
     engine: Option<KubeEngine>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A flow that fails leaves no pod process behind.
@@ -91,8 +94,10 @@ impl Drop for World {
 }
 
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        rorqual_testkit::examples::free_port().unwrap(),
+    ))
 }
 
 impl World {
@@ -124,9 +129,18 @@ impl World {
         let scheduling = tokio::spawn(async move {
             let _ = scheduler.run().await;
         });
-        let endpoints = KubeEndpoints::start(client, env.server_url(), Duration::from_secs(30))
+        // The router's view of the pods: slices, checked against an engine of its own.
+        let follow = KubeEngine::builder(client.clone())
+            .process_pods(true)
+            .server_name(env.server_url())
+            .state_store(Arc::new(ConfigMapStateStore::new(client.clone(), &ns)))
+            .build()
             .await
             .unwrap();
+        let endpoints = KubeEndpoints::start(client, env.server_url(), Duration::from_secs(30))
+            .await
+            .unwrap()
+            .following(Arc::new(follow));
         let app = AppKey::new(&ns, "shop");
         let (listen, preview) = (free_port(), free_port());
         let router = Arc::new(
@@ -153,7 +167,7 @@ impl World {
             approvals: None,
             controller: None,
             engine: None,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -226,6 +240,44 @@ impl World {
         }
     }
 
+    /// Waits (at most 30 s) until the slices of `revision` list `n` ready addresses, which
+    /// the engine reports too; returns them.
+    async fn endpoints_of(&self, revision: &Revision, n: usize) -> Vec<SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.endpoints.ready(&self.app, revision).await;
+            if let Ok(list) = &now
+                && list.len() == n
+            {
+                return list.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} endpoints of {revision}: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits (at most 30 s) until nginx's upstream sends `revision`'s share to `n` addresses.
+    async fn upstream_of(&self, revision: &Revision, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let upstream = self.router.current_upstream(&self.app).await;
+            if upstream
+                .iter()
+                .any(|b| &b.revision == revision && b.endpoints.len() == n)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} upstream servers for {revision}: {upstream:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn stop(mut self) {
         self.kill_controller().await;
         self.router.shutdown().await;
@@ -237,7 +289,7 @@ impl World {
 }
 
 /// Writes each pod of the app as a Prometheus scrape target labelled with its revision.
-async fn update_targets(engine: &KubeEngine, app: &AppKey, file: &PathBuf) {
+async fn update_targets(engine: &KubeEngine, app: &AppKey, file: &Path) {
     let groups: Vec<serde_json::Value> = engine
         .instances(app)
         .await
@@ -291,7 +343,7 @@ fn canary_steps(prometheus: &str, revision: &Revision) -> Strategy {
 }
 
 /// Keeps Prometheus' targets current while `f` runs.
-async fn with_targets<T>(w: &World, targets: &PathBuf, f: impl Future<Output = T>) -> T {
+async fn with_targets<T>(w: &World, targets: &Path, f: impl Future<Output = T>) -> T {
     let mut f = std::pin::pin!(f);
     loop {
         if let Some(engine) = &w.engine {
@@ -311,7 +363,7 @@ async fn canary_on_kubernetes_shifts_nginx_traffic_resumes_after_a_restart_and_r
         return;
     }
     let mut w = World::start(env, "canary").await;
-    let targets = w._dir.path().join("targets.json");
+    let targets = w.dir.path().join("targets.json");
     std::fs::write(&targets, "[]").unwrap();
     let Some(prometheus) = LocalPrometheus::builder()
         .scrape_file("demo", &targets, Duration::from_secs(1))
@@ -336,14 +388,15 @@ async fn canary_on_kubernetes_shifts_nginx_traffic_resumes_after_a_restart_and_r
         .await;
     let seen = sample_versions(&url, 20).await.unwrap();
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["v1"], "{seen:?}");
-    // nginx found v1's pods in the EndpointSlices of v1's Service: 4 loopback addresses.
-    let ready = w.endpoints.ready(&w.app, &rev1).await.unwrap();
-    assert_eq!(ready.len(), 4, "{ready:?}");
+    // nginx found v1's pods in the EndpointSlices of v1's Service: 4 loopback addresses, all
+    // in nginx's upstream.
+    let ready = w.endpoints_of(&rev1, 4).await;
     assert!(
         ready
             .iter()
             .all(|a| a.ip().is_loopback() && a.port() == 8080)
     );
+    w.upstream_of(&rev1, 4).await;
 
     // Bounded traffic through nginx while the canaries run (at most 30,000 requests).
     let (load, traffic) = Load::start(url.clone(), 30_000, Duration::from_millis(10));
@@ -398,6 +451,8 @@ async fn canary_on_kubernetes_shifts_nginx_traffic_resumes_after_a_restart_and_r
     .await;
     let seen = sample_versions(&url, 50).await.unwrap();
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["v2"], "{seen:?}");
+    // All 4 of v2's pods, not the set of an earlier split.
+    w.upstream_of(&rev2, 4).await;
 
     // v3 fails half of its requests: the analysis fails and v2 keeps (or gets back) everything.
     let v3 = demo(&w.ns, "v3", 0.5);
@@ -480,7 +535,7 @@ async fn blue_green_on_kubernetes_previews_waits_for_approval_across_a_restart_a
         ["v1"],
         "{seen_active:?}"
     );
-    assert_eq!(w.endpoints.ready(&w.app, &rev2).await.unwrap().len(), 2);
+    w.endpoints_of(&rev2, 2).await;
 
     // The controller dies at the approval gate; a new one is still there, and the approval
     // (kept in the same ConfigMaps) reaches it.
@@ -517,7 +572,7 @@ async fn blue_green_on_kubernetes_previews_waits_for_approval_across_a_restart_a
     );
     // v1 goes after the scale-down delay, and with it its Service's endpoints.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !w.endpoints.ready(&w.app, &rev1).await.unwrap().is_empty() {
+    while !w.endpoints.ready_now(&w.app, &rev1).is_empty() {
         assert!(Instant::now() < deadline, "v1 still has ready endpoints");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

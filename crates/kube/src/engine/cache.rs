@@ -1,5 +1,5 @@
-//! The reflectors KubeEngine reads from: ReplicaSets, StatefulSets and Pods rorqual manages
-//! (label `app.kubernetes.io/managed-by=rorqual`), and every Node. Reads never call the
+//! The reflectors KubeEngine reads from: ReplicaSets, StatefulSets, Pods and Services rorqual
+//! manages (label `app.kubernetes.io/managed-by=rorqual`), and every Node. Reads never call the
 //! server; each kind is one watch.
 
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod, Service};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -35,6 +35,7 @@ pub(crate) struct Caches {
     replica_sets: Store<ReplicaSet>,
     stateful_sets: Store<StatefulSet>,
     pods: Store<Pod>,
+    services: Store<Service>,
     nodes: Store<KubeNode>,
     _tasks: Arc<Tasks>,
 }
@@ -65,24 +66,27 @@ impl Caches {
         let managed = watcher::Config::default().labels(&names::managed_selector());
         let (replica_sets, t1) = reflect(Api::<ReplicaSet>::all(client.clone()), managed.clone());
         let (stateful_sets, t2) = reflect(Api::<StatefulSet>::all(client.clone()), managed.clone());
-        let (pods, t3) = reflect(Api::<Pod>::all(client.clone()), managed);
+        let (pods, t3) = reflect(Api::<Pod>::all(client.clone()), managed.clone());
+        let (services, t5) = reflect(Api::<Service>::all(client.clone()), managed);
         let (nodes, t4) = reflect(Api::<KubeNode>::all(client), watcher::Config::default());
         let caches = Caches {
             replica_sets,
             stateful_sets,
             pods,
+            services,
             nodes,
-            _tasks: Arc::new(Tasks(vec![t1, t2, t3, t4])),
+            _tasks: Arc::new(Tasks(vec![t1, t2, t3, t4, t5])),
         };
         let ready = async {
             let _ = caches.replica_sets.wait_until_ready().await;
             let _ = caches.stateful_sets.wait_until_ready().await;
             let _ = caches.pods.wait_until_ready().await;
+            let _ = caches.services.wait_until_ready().await;
             let _ = caches.nodes.wait_until_ready().await;
         };
         tokio::time::timeout(timeout, ready).await.map_err(|_| Error::Remote {
             context: format!(
-                "{server}: the first list of ReplicaSets, StatefulSets, Pods and Nodes did not arrive within {timeout:?} \
+                "{server}: the first list of ReplicaSets, StatefulSets, Pods, Services and Nodes did not arrive within {timeout:?} \
                  (is the server reachable, and may this client list and watch them in every namespace?)"
             ),
             retryable: true,
@@ -99,6 +103,10 @@ impl Caches {
     pub(crate) fn stateful_set(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>> {
         self.stateful_sets
             .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub(crate) fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(name).within(namespace))
     }
 
     pub(crate) fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {

@@ -54,6 +54,7 @@ pub struct KubeEngineBuilder {
     state: Option<Arc<dyn StateStore>>,
     options: RenderOptions,
     sync_timeout: Duration,
+    revision_services: bool,
 }
 
 impl fmt::Debug for KubeEngineBuilder {
@@ -62,11 +63,22 @@ impl fmt::Debug for KubeEngineBuilder {
             .field("server", &self.server)
             .field("options", &self.options)
             .field("sync_timeout", &self.sync_timeout)
+            .field("revision_services", &self.revision_services)
             .finish_non_exhaustive()
     }
 }
 
 impl KubeEngineBuilder {
+    /// Whether each stateless revision whose template declares ports gets a headless Service
+    /// (on by default), whose EndpointSlices tell routers (`endpoints::KubeEndpoints`) where
+    /// the revision's ready pods are. Needs `get` and `patch` on `services` (the engine
+    /// lists and watches them either way); off, it writes no Service for stateless apps.
+    #[must_use]
+    pub fn revision_services(mut self, on: bool) -> KubeEngineBuilder {
+        self.revision_services = on;
+        self
+    }
+
     /// Containers may come without an image: they get [`render::PROCESS_IMAGE`] and the
     /// cluster's nodes run their `command` as processes (rorqual's node agent). Off by default:
     /// every container then needs an image.
@@ -157,7 +169,7 @@ impl KubeEngineBuilder {
                 version,
                 caches,
                 state,
-                services: std::sync::Mutex::default(),
+                revision_services: self.revision_services,
             }),
         })
     }
@@ -170,8 +182,7 @@ struct Inner {
     version: ServerVersion,
     caches: Caches,
     state: Arc<dyn StateStore>,
-    /// The revision Services this engine has applied (namespace, name).
-    services: std::sync::Mutex<BTreeSet<(String, String)>>,
+    revision_services: bool,
 }
 
 /// rorqual-core's [`Engine`] on a Kubernetes cluster. Cheap to clone. See the
@@ -199,6 +210,7 @@ impl KubeEngine {
             state: None,
             options: RenderOptions::default(),
             sync_timeout: Duration::from_secs(30),
+            revision_services: true,
         }
     }
 
@@ -320,43 +332,60 @@ impl KubeEngine {
         }
     }
 
-    /// Whether stateless `spec`'s revision Service is still to be applied by this engine (the
-    /// template declares ports and this engine has not applied it, or its apply failed).
-    /// Refuses when a Service of that name exists and is not rorqual's.
+    /// Whether stateless `spec`'s revision Service is to be applied: the template declares
+    /// ports, revision Services are on, and the Service is missing from the cache (never made,
+    /// deleted by hand or by the garbage collector) or owned by another ReplicaSet than the
+    /// cached one of this revision (it was recreated). Refuses when a Service of that name
+    /// exists and is not rorqual's.
     async fn service_to_apply(&self, spec: &AppSpec) -> Result<bool> {
-        if !spec.containers.iter().any(|c| !c.ports.is_empty()) {
+        if !self.inner.revision_services || !spec.containers.iter().any(|c| !c.ports.is_empty()) {
             return Ok(false);
         }
         let key = spec.key();
-        let name = names::revision_service_name(&key, &spec.revision());
-        if self
-            .applied_services()
-            .contains(&(key.namespace.clone(), name.clone()))
-        {
-            return Ok(false);
+        let revision = spec.revision();
+        let name = names::revision_service_name(&key, &revision);
+        let cached = self.inner.caches.service(&key.namespace, &name);
+        if let Some(svc) = &cached {
+            let owner = svc
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|o| o.uid.as_str())
+                .next();
+            let rs = self
+                .inner
+                .caches
+                .replica_set(&key.namespace, &names::replica_set_name(&key, &revision));
+            if rs.is_some_and(|rs| rs.metadata.uid.as_deref() == owner) {
+                return Ok(false);
+            }
         }
         let api: Api<Service> = self.api(&key.namespace);
-        self.ensure_ours(&api, None, &name).await?;
+        self.ensure_ours(&api, cached, &name).await?;
         Ok(true)
     }
 
-    /// Applies `svc` (a revision Service rorqual renders) and remembers it.
+    /// Applies `svc` (a revision Service rorqual renders), without forcing: a field another
+    /// manager set in the meantime is a conflict, not taken over.
     async fn apply_owned_service(&self, namespace: &str, svc: &Service) -> Result<()> {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let api: Api<Service> = self.api(namespace);
         let body = encode(format!("Service {namespace}/{name}"), svc)?;
-        self.apply::<Service>(&api, &name, FIELD_MANAGER, &body)
-            .await?;
-        self.applied_services().insert((namespace.to_owned(), name));
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| {
+            kube_error(
+                &self.inner.server,
+                &format!("apply Service {namespace}/{name} (field manager {FIELD_MANAGER})"),
+                e,
+            )
+        })?;
         Ok(())
-    }
-
-    fn applied_services(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
-        // A panic while holding this lock leaves a plain set behind: still usable.
-        self.inner
-            .services
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The group status of `revision` of stateless `app` with `desired` wanted.
@@ -393,9 +422,9 @@ impl Engine for KubeEngine {
                 let api: Api<ReplicaSet> = self.api(&key.namespace);
                 let cached = self.inner.caches.replica_set(&key.namespace, &name);
                 self.ensure_ours(&api, cached, &name).await?;
-                // The revision's Service (for its EndpointSlices), applied once per revision
-                // and engine after its ReplicaSet (its owner); someone else's Service of that
-                // name stops the apply before anything is written.
+                // The revision's Service (for its EndpointSlices), applied after its ReplicaSet
+                // (its owner) when the cache lacks it; someone else's Service of that name
+                // stops the apply before anything is written.
                 let service = self.service_to_apply(spec).await?;
                 let rs = render::replica_set(spec, replicas, &self.inner.options);
                 let body = encode(format!("ReplicaSet {}/{name}", key.namespace), &rs)?;
@@ -467,12 +496,8 @@ impl Engine for KubeEngine {
         let api: Api<ReplicaSet> = self.api(&app.namespace);
         let cached = self.inner.caches.replica_set(&app.namespace, &name);
         self.ensure_ours(&api, cached, &name).await?;
-        self.delete(&api, &name).await?;
-        // The garbage collector deletes the Service; a later apply of the revision makes it again.
-        let service = names::revision_service_name(app, revision);
-        self.applied_services()
-            .remove(&(app.namespace.clone(), service));
-        Ok(())
+        // The garbage collector deletes the revision's Service with it.
+        self.delete(&api, &name).await
     }
 
     async fn groups(&self, app: &AppKey) -> Result<Vec<GroupStatus>> {
@@ -593,7 +618,6 @@ impl Engine for KubeEngine {
     }
 }
 
-/// When `t` was, as the engine reports it.
 /// `object` as the JSON body of an apply; `what` names it in the error.
 pub(crate) fn encode<T: serde::Serialize>(what: String, object: &T) -> Result<serde_json::Value> {
     serde_json::to_value(object).map_err(|e| Error::Codec {
@@ -602,6 +626,7 @@ pub(crate) fn encode<T: serde::Serialize>(what: String, object: &T) -> Result<se
     })
 }
 
+/// When `t` was, as the engine reports it.
 pub(crate) fn now() -> SystemTime {
     SystemTime::now()
 }

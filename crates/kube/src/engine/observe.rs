@@ -60,11 +60,14 @@ pub fn instance(pod: &Pod, stateful: Option<&str>) -> Option<Instance> {
         .iter()
         .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
         .sum();
-    i.ready = status
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    // A terminating pod takes no new traffic (the endpoint controllers leave it out) and
+    // counts as neither ready nor available, whatever its last Ready condition said.
+    i.ready = pod.metadata.deletion_timestamp.is_none()
+        && status
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
     let waiting = containers
         .iter()
         .filter_map(|c| c.state.as_ref()?.waiting.as_ref())

@@ -78,9 +78,11 @@ impl RolloutController {
             }
             match result {
                 Ok(()) => {}
-                // Not ready yet (no endpoints) or not in effect yet: send it again soon.
+                // Not ready yet (no endpoints, endpoints behind the engine) or not in effect
+                // yet: send it again soon.
                 Err(Stop::Router(
                     err @ (TrafficError::NoEndpoints { .. }
+                    | TrafficError::EndpointsBehind { .. }
                     | TrafficError::VerificationFailed { .. }),
                 )) => {
                     tracing::debug!(app = %app, error = %err, "traffic router not ready; retrying");

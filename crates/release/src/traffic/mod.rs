@@ -207,6 +207,18 @@ pub enum TrafficError {
         /// The revision without endpoints.
         revision: Revision,
     },
+    /// The endpoint source has not caught up with the engine yet (a Kubernetes EndpointSlice
+    /// lags its pods' readiness), so a split now would route to a stale set of instances;
+    /// nothing changed. Retryable: the controller sends the split again soon.
+    #[error("the endpoints of {app} revision {revision} are behind the engine: {reason}")]
+    EndpointsBehind {
+        /// The application.
+        app: String,
+        /// The revision.
+        revision: Revision,
+        /// What differs.
+        reason: String,
+    },
     /// Looking up a revision's endpoints in the engine failed; nothing changed.
     #[error("looking up the ready endpoints of {app} revision {revision}")]
     Engine {
@@ -299,6 +311,7 @@ impl TrafficError {
             TrafficError::ReloadFailed { .. }
             | TrafficError::Io { .. }
             | TrafficError::NoEndpoints { .. }
+            | TrafficError::EndpointsBehind { .. }
             | TrafficError::VerificationFailed { .. } => true,
             TrafficError::Engine { source, .. } => source.is_retryable(),
             TrafficError::InvalidSplit { .. }
