@@ -327,3 +327,515 @@ pub fn failed(
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::condition::{ConditionStatus, ConditionType};
+    use crate::resource::{DeletionPolicy, ResourceSpec};
+
+    use ManagementPolicy::{All, Create, Delete, LateInitialize, Observe, Update};
+
+    const NOW: u64 = 1_700_000_000_000;
+    const S: u64 = 1_000;
+
+    fn resource(policies: &[ManagementPolicy]) -> ManagedResource {
+        let spec =
+            ResourceSpec::new("orders", json!({"size": 1})).with_policies(policies.iter().copied());
+        let mut r = ManagedResource::new(spec, NOW - 3600 * S);
+        r.meta.generation = 3;
+        r
+    }
+
+    fn deleting(mut r: ManagedResource) -> ManagedResource {
+        r.meta.deletion_requested_at_ms = Some(NOW - S);
+        r
+    }
+
+    fn synced(status: &ResourceStatus) -> Option<Reason> {
+        status.reason(ConditionType::Synced)
+    }
+
+    fn ready(status: &ResourceStatus) -> Option<Reason> {
+        status.reason(ConditionType::Ready)
+    }
+
+    /// A case, the resource, the validation message, whether names are deterministic, and
+    /// the expected preflight (`None`: checked by kind below).
+    type PreflightRow = (
+        &'static str,
+        ManagedResource,
+        Option<&'static str>,
+        bool,
+        Option<Preflight>,
+    );
+
+    #[test]
+    fn preflight_table() {
+        let orphan = {
+            let mut r = deleting(resource(&[All]));
+            r.spec.deletion_policy = DeletionPolicy::Orphan;
+            r
+        };
+        let pending = {
+            let mut r = resource(&[All]);
+            r.meta.external_name = Some("orders".into());
+            r.meta.create_pending_at_ms = Some(NOW - 10 * S);
+            r.meta.create_succeeded_at_ms = Some(NOW - 60 * S);
+            r
+        };
+        let resolved = {
+            let mut r = pending.clone();
+            r.meta.create_failed_at_ms = Some(NOW - 5 * S);
+            r
+        };
+        let paused = {
+            let mut r = resource(&[All]);
+            r.spec.paused = true;
+            r
+        };
+        let recorded = |recorded: Option<&str>, asked: Option<&str>| {
+            let mut r = resource(&[All]);
+            r.meta.external_name = recorded.map(str::to_owned);
+            r.spec.external_name = asked.map(str::to_owned);
+            r
+        };
+        let observe = |name: Option<&str>| Preflight::Observe {
+            record_external_name: name.map(str::to_owned),
+        };
+        // (case, resource, invalid, deterministic names, expected kind or observe)
+        let rows: Vec<PreflightRow> = vec![
+            ("paused", paused.clone(), None, true, None),
+            ("paused wins over invalid", paused, Some("bad"), true, None),
+            ("no policies pause", resource(&[]), None, true, None),
+            ("invalid", resource(&[All]), Some("name: bad"), true, None),
+            (
+                "orphan deletion releases unobserved",
+                orphan,
+                None,
+                true,
+                Some(Preflight::Release),
+            ),
+            (
+                "no Delete policy releases unobserved",
+                deleting(resource(&[Observe, Create, Update])),
+                None,
+                true,
+                Some(Preflight::Release),
+            ),
+            (
+                "Delete policy observes",
+                deleting(resource(&[Observe, Delete])),
+                None,
+                true,
+                Some(observe(Some("orders"))),
+            ),
+            (
+                "default external name is the name",
+                recorded(None, None),
+                None,
+                true,
+                Some(observe(Some("orders"))),
+            ),
+            (
+                "spec's external name",
+                recorded(None, Some("legacy_orders")),
+                None,
+                true,
+                Some(observe(Some("legacy_orders"))),
+            ),
+            (
+                "recorded and unchanged",
+                recorded(Some("orders"), None),
+                None,
+                true,
+                Some(observe(None)),
+            ),
+            (
+                "a name the service gave is kept",
+                recorded(Some("db-7f3a"), None),
+                None,
+                false,
+                Some(observe(None)),
+            ),
+            (
+                "the spec renames",
+                recorded(Some("orders"), Some("orders2")),
+                None,
+                true,
+                Some(observe(Some("orders2"))),
+            ),
+            (
+                "pending, deterministic names observe",
+                pending.clone(),
+                None,
+                true,
+                Some(observe(None)),
+            ),
+            (
+                "pending, generated names refuse",
+                pending,
+                None,
+                false,
+                None,
+            ),
+            (
+                "resolved pending observes",
+                resolved,
+                None,
+                false,
+                Some(observe(None)),
+            ),
+        ];
+        for (case, r, invalid, deterministic, expected) in rows {
+            let got = preflight(&r, invalid, deterministic, NOW);
+            match (&got, expected) {
+                (_, Some(expected)) => assert_eq!(got, expected, "{case}"),
+                (Preflight::Paused { status }, None) => {
+                    assert!(case.contains("pause"), "{case}: {got:?}");
+                    assert_eq!(synced(status), Some(Reason::ReconcilePaused), "{case}");
+                    assert_eq!(status.observed_generation, 3, "{case}");
+                }
+                (Preflight::Invalid { status }, None) => {
+                    assert_eq!(case, "invalid");
+                    let c = status.condition(ConditionType::Synced).unwrap();
+                    assert_eq!(
+                        (c.reason, c.message.as_str()),
+                        (Reason::ReconcileError, "name: bad")
+                    );
+                }
+                (Preflight::RefuseCreatePending { status, since_ms }, None) => {
+                    assert_eq!(case, "pending, generated names refuse");
+                    assert_eq!(*since_ms, NOW - 10 * S);
+                    let c = status.condition(ConditionType::Synced).unwrap();
+                    assert_eq!(c.status, ConditionStatus::False);
+                    assert!(
+                        c.message.contains("resolve the pending create"),
+                        "{}",
+                        c.message
+                    );
+                }
+                _ => panic!("{case}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    /// One row of the plan table.
+    struct Row {
+        case: &'static str,
+        policies: &'static [ManagementPolicy],
+        deleting: bool,
+        created_ago: Option<u64>,
+        observation: Observation,
+        call: Call,
+        ready: Option<Reason>,
+        synced: Option<Reason>,
+        next: Action,
+        failure: Option<PlanFailure>,
+    }
+
+    #[test]
+    fn plan_table() {
+        let t = Timing::default();
+        let poll = Action::requeue(t.poll_interval);
+        let short = Action::requeue(t.short_wait);
+        let outdated = || Observation::outdated("size: 2 -> 1");
+        let rows = [
+            Row {
+                case: "missing: create",
+                policies: &[All],
+                deleting: false,
+                created_ago: None,
+                observation: Observation::missing(),
+                call: Call::Create,
+                ready: Some(Reason::Creating),
+                synced: Some(Reason::ReconcileSuccess),
+                next: short,
+                failure: None,
+            },
+            Row {
+                case: "missing long after a create: create again",
+                policies: &[All],
+                deleting: false,
+                created_ago: Some(31 * S),
+                observation: Observation::missing(),
+                call: Call::Create,
+                ready: Some(Reason::Creating),
+                synced: Some(Reason::ReconcileSuccess),
+                next: short,
+                failure: None,
+            },
+            Row {
+                case: "missing just after a create: requeue, not recreate",
+                policies: &[All],
+                deleting: false,
+                created_ago: Some(29 * S),
+                observation: Observation::missing(),
+                call: Call::Nothing,
+                ready: None,
+                synced: None,
+                next: short,
+                failure: None,
+            },
+            Row {
+                case: "missing just after a create while deleting: requeue",
+                policies: &[All],
+                deleting: true,
+                created_ago: Some(5 * S),
+                observation: Observation::missing(),
+                call: Call::Nothing,
+                ready: None,
+                synced: None,
+                next: short,
+                failure: None,
+            },
+            Row {
+                case: "missing, observe only: error",
+                policies: &[Observe],
+                deleting: false,
+                created_ago: None,
+                observation: Observation::missing(),
+                call: Call::Nothing,
+                ready: None,
+                synced: Some(Reason::ReconcileError),
+                next: poll,
+                failure: Some(PlanFailure::ExternalMissing),
+            },
+            Row {
+                case: "missing, no Create policy: error",
+                policies: &[Observe, Update, Delete],
+                deleting: false,
+                created_ago: None,
+                observation: Observation::missing(),
+                call: Call::Nothing,
+                ready: None,
+                synced: Some(Reason::ReconcileError),
+                next: poll,
+                failure: Some(PlanFailure::ExternalMissing),
+            },
+            Row {
+                case: "up to date: poll",
+                policies: &[All],
+                deleting: false,
+                created_ago: Some(3600 * S),
+                observation: Observation::up_to_date(),
+                call: Call::Nothing,
+                ready: Some(Reason::Available),
+                synced: Some(Reason::ReconcileSuccess),
+                next: poll,
+                failure: None,
+            },
+            Row {
+                case: "exists, not available yet",
+                policies: &[All],
+                deleting: false,
+                created_ago: Some(S),
+                observation: Observation::up_to_date().available(false),
+                call: Call::Nothing,
+                ready: Some(Reason::Unavailable),
+                synced: Some(Reason::ReconcileSuccess),
+                next: poll,
+                failure: None,
+            },
+            Row {
+                case: "outdated: update",
+                policies: &[All],
+                deleting: false,
+                created_ago: None,
+                observation: outdated(),
+                call: Call::Update,
+                ready: Some(Reason::Available),
+                synced: Some(Reason::ReconcileSuccess),
+                next: poll,
+                failure: None,
+            },
+            Row {
+                case: "outdated, no Update policy: report only",
+                policies: &[Observe, Create, Delete],
+                deleting: false,
+                created_ago: None,
+                observation: outdated(),
+                call: Call::Nothing,
+                ready: Some(Reason::Available),
+                synced: Some(Reason::ReconcileSuccess),
+                next: poll,
+                failure: None,
+            },
+            Row {
+                case: "observe only imports what exists",
+                policies: &[Observe],
+                deleting: false,
+                created_ago: None,
+                observation: outdated(),
+                call: Call::Nothing,
+                ready: Some(Reason::Available),
+                synced: Some(Reason::ReconcileSuccess),
+                next: poll,
+                failure: None,
+            },
+            Row {
+                case: "deleting, exists: delete",
+                policies: &[All],
+                deleting: true,
+                created_ago: None,
+                observation: Observation::up_to_date(),
+                call: Call::Delete,
+                ready: Some(Reason::Deleting),
+                synced: Some(Reason::ReconcileSuccess),
+                next: short,
+                failure: None,
+            },
+            Row {
+                case: "deleting, outdated: delete, not update",
+                policies: &[All],
+                deleting: true,
+                created_ago: None,
+                observation: outdated(),
+                call: Call::Delete,
+                ready: Some(Reason::Deleting),
+                synced: Some(Reason::ReconcileSuccess),
+                next: short,
+                failure: None,
+            },
+            Row {
+                case: "deleting, gone: release",
+                policies: &[All],
+                deleting: true,
+                created_ago: Some(31 * S),
+                observation: Observation::missing(),
+                call: Call::Release,
+                ready: None,
+                synced: None,
+                next: Action::forget(),
+                failure: None,
+            },
+        ];
+        for row in rows {
+            let mut r = resource(row.policies);
+            if row.deleting {
+                r = deleting(r);
+            }
+            r.meta.create_succeeded_at_ms = row.created_ago.map(|ago| NOW - ago);
+            let p = plan(&r, &row.observation, NOW, &t);
+            let case = row.case;
+            assert_eq!(p.call, row.call, "{case}");
+            assert_eq!(ready(&p.status), row.ready, "{case}");
+            assert_eq!(synced(&p.status), row.synced, "{case}");
+            assert_eq!(p.failure, row.failure, "{case}");
+            if row.failure.is_none() {
+                assert_eq!(p.next, row.next, "{case}");
+            }
+            assert_eq!(p.generation, 3, "{case}");
+            for c in &p.status.conditions {
+                assert_eq!(c.observed_generation, 3, "{case}");
+            }
+            assert!(p.late_initialize.is_none(), "{case}");
+        }
+    }
+
+    #[test]
+    fn observed_state_and_diff_are_reported_and_the_diff_cleared_once_in_sync() {
+        let t = Timing::default();
+        let r = resource(&[Observe]);
+        let p = plan(
+            &r,
+            &Observation::outdated("size: 2 -> 1").at_provider(json!({"size": 2})),
+            NOW,
+            &t,
+        );
+        assert_eq!(p.status.diff.as_deref(), Some("size: 2 -> 1"));
+        assert_eq!(p.status.at_provider, Some(json!({"size": 2})));
+        let mut r = r;
+        r.status = p.status;
+        let p = plan(&r, &Observation::up_to_date(), NOW, &t);
+        assert_eq!(p.status.diff, None);
+    }
+
+    #[test]
+    fn late_initialisation_persists_only_new_fields_and_only_when_allowed() {
+        let t = Timing::default();
+        let filled = json!({"size": 1, "encoding": "UTF8"});
+        let obs = Observation::up_to_date().late_initialized(filled.clone());
+        let p = plan(&resource(&[All]), &obs, NOW, &t);
+        assert_eq!(p.late_initialize, Some(filled.clone()));
+        assert_eq!(p.generation, 4, "the spec changes");
+        assert_eq!(p.status.observed_generation, 4);
+
+        let p = plan(&resource(&[Observe, Create, Update, Delete]), &obs, NOW, &t);
+        assert_eq!(p.late_initialize, None, "no LateInitialize policy");
+        assert_eq!(p.generation, 3);
+
+        let mut same = resource(&[All]);
+        same.spec.for_provider = filled;
+        let p = plan(&same, &obs, NOW, &t);
+        assert_eq!(
+            p.late_initialize, None,
+            "nothing new: no write, no generation bump"
+        );
+        assert_eq!(p.generation, 3);
+    }
+
+    #[test]
+    fn publishing_needs_a_secret_name_and_an_existing_resource() {
+        let t = Timing::default();
+        let mut r = resource(&[All]);
+        assert!(!plan(&r, &Observation::up_to_date(), NOW, &t).publish);
+        r.spec.write_connection_secret_to = Some("orders-db".into());
+        assert!(plan(&r, &Observation::up_to_date(), NOW, &t).publish);
+        assert!(!plan(&r, &Observation::missing(), NOW, &t).publish);
+    }
+
+    #[test]
+    fn a_failure_keeps_ready_and_reports_synced_false() {
+        let t = Timing::default();
+        let p = plan(&resource(&[All]), &Observation::missing(), NOW, &t);
+        let s = failed(&p.status, "create failed: quota", 3, NOW + S);
+        assert_eq!(ready(&s), Some(Reason::Creating));
+        let c = s.condition(ConditionType::Synced).unwrap();
+        assert_eq!(
+            (c.reason, c.message.as_str(), c.last_transition_ms),
+            (Reason::ReconcileError, "create failed: quota", NOW + S)
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the observation, policies and markers: nothing is created unless the
+        /// policies allow Create and the resource is missing and not deleting; nothing is
+        /// deleted unless deleting; no update of a resource being deleted; nothing is
+        /// created within the grace period after a create succeeded.
+        #[test]
+        fn calls_respect_policies_and_the_grace_period(
+            policy_bits in 0u8..64,
+            deleting_ in proptest::bool::ANY,
+            exists in proptest::bool::ANY,
+            up_to_date in proptest::bool::ANY,
+            available in proptest::bool::ANY,
+            created_ago in proptest::option::of(0u64..120_000),
+        ) {
+            let all = [All, Observe, Create, Update, LateInitialize, Delete];
+            let policies: Vec<_> = all.iter().enumerate().filter(|(i, _)| policy_bits & (1 << i) != 0).map(|(_, p)| *p).collect();
+            let mut r = resource(&policies);
+            if deleting_ { r = deleting(r); }
+            r.meta.create_succeeded_at_ms = created_ago.map(|ago| NOW - ago);
+            let obs = Observation { exists, up_to_date, available, ..Observation::default() };
+            let t = Timing::default();
+            let p = plan(&r, &obs, NOW, &t);
+            let allows = |x| r.spec.allows(x);
+            match p.call {
+                Call::Create => {
+                    proptest::prop_assert!(allows(Create) && !exists && !deleting_);
+                    proptest::prop_assert!(created_ago.is_none_or(|a| a >= 30_000));
+                }
+                Call::Update => proptest::prop_assert!(allows(Update) && exists && !up_to_date && !deleting_),
+                Call::Delete => proptest::prop_assert!(deleting_ && exists),
+                Call::Release => proptest::prop_assert!(deleting_ && !exists),
+                Call::Nothing => {}
+            }
+            for c in &p.status.conditions {
+                proptest::prop_assert!(c.observed_generation >= 3);
+            }
+        }
+    }
+}
