@@ -38,6 +38,8 @@ pub struct World {
     pub deletes: u32,
     /// Observe calls.
     pub observes: u32,
+    /// When each connect was made (tokio time).
+    pub connects: Vec<tokio::time::Instant>,
     /// Observes of a fresh resource still to answer "missing" (eventual consistency).
     pub hide_new_for: u32,
     hidden_left: BTreeMap<String, u32>,
@@ -155,6 +157,7 @@ impl Provider for Fake {
     }
 
     async fn connect(&self, _: &ExternalRef<'_>) -> Result<Box<dyn ExternalClient>> {
+        self.world.lock().connects.push(tokio::time::Instant::now());
         self.failure(Operation::Connect)?;
         Ok(Box::new(self.clone()))
     }
