@@ -732,3 +732,40 @@ async fn lifecycle_with_crash(
     assert!(sink.names().is_empty(), "{ctx}: details left");
     (crashed, crashing.writes())
 }
+
+/// Another writer changes the record between the reconciler's read and its write: the
+/// reconciler requeues without an error, and a lost write of the pending marker creates
+/// nothing.
+#[tokio::test]
+async fn conflicts_requeue_silently_and_never_create_without_the_marker() {
+    for (write, what) in [(1, "external name"), (2, "create-pending marker")] {
+        let fake = Fake::new();
+        let racing = Arc::new(CrashingStore::new());
+        let clock = now_clock();
+        let s = shell(&fake, racing.clone(), Arc::new(MemorySink::new()), &clock);
+        s.reconciler.resources().apply(spec()).await.unwrap();
+        racing.race_at_write(write);
+        let a = once(&s).await.unwrap();
+        assert_eq!(
+            a.requeue_after(),
+            Some(rorqual_providers::reconciler::CONFLICT_REQUEUE),
+            "{what}"
+        );
+        assert_eq!(fake.world.lock().creates, 0, "{what}: nothing created");
+        let r = s
+            .reconciler
+            .resources()
+            .get("orders")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            r.status.reason(ConditionType::Synced),
+            Some(Reason::ReconcileError),
+            "{what}"
+        );
+        assert!(!r.meta.create_incomplete(), "{what}");
+        converge(&s, &clock, "orders", || false).await;
+        assert_eq!(fake.world.lock().creates, 1, "{what}");
+    }
+}

@@ -280,6 +280,7 @@ pub struct CrashingStore {
     pub inner: Arc<MemoryStateStore>,
     writes: AtomicU32,
     crash: Mutex<Option<(u32, bool)>>,
+    race: Mutex<Option<u32>>,
     pub crashed: Arc<Notify>,
 }
 
@@ -289,6 +290,7 @@ impl CrashingStore {
             inner: Arc::new(MemoryStateStore::new()),
             writes: AtomicU32::new(0),
             crash: Mutex::new(None),
+            race: Mutex::new(None),
             crashed: Arc::new(Notify::new()),
         }
     }
@@ -297,6 +299,13 @@ impl CrashingStore {
     pub fn crash_at_write(&self, n: u32, after: bool) {
         self.writes.store(0, Ordering::SeqCst);
         *self.crash.lock() = Some((n, after));
+    }
+
+    /// Another writer rewrites the key just before the `n`-th write from now, which then
+    /// loses its compare-and-swap.
+    pub fn race_at_write(&self, n: u32) {
+        self.writes.store(0, Ordering::SeqCst);
+        *self.race.lock() = Some(n);
     }
 
     /// Writes since the last [`CrashingStore::crash_at_write`] (or since it was made).
@@ -327,6 +336,19 @@ impl StateStore for CrashingStore {
         value: Option<Vec<u8>>,
     ) -> rorqual_core::Result<u64> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        let race = {
+            let mut race = self.race.lock();
+            let hit = *race == Some(n);
+            if hit {
+                *race = None;
+            }
+            hit
+        };
+        if race && let Some(current) = self.inner.get(key).await? {
+            self.inner
+                .compare_and_swap(key, Some(current.version), Some(current.value))
+                .await?;
+        }
         let point = {
             let mut crash = self.crash.lock();
             match *crash {
