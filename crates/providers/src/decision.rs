@@ -83,6 +83,37 @@ impl Timing {
     }
 }
 
+/// A [`Timing`] that cannot work: a zero duration would requeue in a hot loop or never
+/// connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("reconciler timing `{field}` must be longer than zero")]
+#[non_exhaustive]
+pub struct TimingError {
+    /// The setting (`poll_interval`).
+    pub field: &'static str,
+}
+
+impl Timing {
+    /// Checks that the poll interval, short wait and connect timeout are longer than zero
+    /// (the grace period may be zero: no grace).
+    ///
+    /// # Errors
+    ///
+    /// The first zero setting.
+    pub fn validate(&self) -> Result<(), TimingError> {
+        for (field, value) in [
+            ("poll_interval", self.poll_interval),
+            ("short_wait", self.short_wait),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(TimingError { field });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What to do before talking to the provider; see [`preflight`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -785,6 +816,37 @@ mod tests {
         r.spec.write_connection_secret_to = Some("orders-db".into());
         assert!(plan(&r, &Observation::up_to_date(), NOW, &t).publish);
         assert!(!plan(&r, &Observation::missing(), NOW, &t).publish);
+    }
+
+    #[test]
+    fn zero_timings_are_refused() {
+        assert_eq!(Timing::default().validate(), Ok(()));
+        assert_eq!(
+            Timing::default()
+                .creation_grace_period(Duration::ZERO)
+                .validate(),
+            Ok(())
+        );
+        let err = Timing::default()
+            .poll_interval(Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "reconciler timing `poll_interval` must be longer than zero"
+        );
+        assert!(
+            Timing::default()
+                .short_wait(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Timing::default()
+                .connect_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! let names = Names::default();
 //! let service = names.0.clone();
-//! let reconciler = ManagedReconciler::builder(Arc::new(names), Arc::new(MemoryStateStore::new())).build();
+//! let reconciler = ManagedReconciler::builder(Arc::new(names), Arc::new(MemoryStateStore::new())).build().unwrap();
 //! reconciler.resources().apply(ResourceSpec::new("orders", serde_json::Value::Null)).await.unwrap();
 //!
 //! let ctx = Context::new("names", 1);
@@ -80,7 +80,7 @@ pub mod sink;
 pub mod store;
 
 pub use condition::{Condition, ConditionStatus, ConditionType, Reason, ResourceStatus};
-pub use decision::Timing;
+pub use decision::{Timing, TimingError};
 pub use error::ReconcileError;
 pub use provider::{ExternalClient, Observation, Provider, ProviderError};
 pub use reconciler::{ManagedReconciler, ManagedReconcilerBuilder};

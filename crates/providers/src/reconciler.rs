@@ -40,7 +40,9 @@ use rorqual_runtime::{
 };
 
 use crate::condition::ResourceStatus;
-use crate::decision::{Call, Plan, PlanFailure, Preflight, Timing, failed, plan, preflight};
+use crate::decision::{
+    Call, Plan, PlanFailure, Preflight, Timing, TimingError, failed, plan, preflight,
+};
 use crate::error::ReconcileError;
 use crate::provider::{ExternalClient, ExternalRef, Operation, Provider, ProviderError};
 use crate::resource::ManagedResource;
@@ -96,17 +98,22 @@ impl ManagedReconcilerBuilder {
         self
     }
 
-    /// Builds the reconciler.
-    pub fn build(self) -> ManagedReconciler {
+    /// Checks the timing and builds the reconciler.
+    ///
+    /// # Errors
+    ///
+    /// [`TimingError`] when a duration that must be positive is zero.
+    pub fn build(self) -> Result<ManagedReconciler, TimingError> {
+        self.timing.validate()?;
         let resources = ManagedResources::new(self.store, self.provider.kind(), self.clock.clone());
-        ManagedReconciler {
+        Ok(ManagedReconciler {
             provider: self.provider,
             resources,
             sink: self.sink,
             recorder: self.recorder,
             clock: self.clock,
             timing: self.timing,
-        }
+        })
     }
 }
 
@@ -123,7 +130,7 @@ impl ManagedReconcilerBuilder {
 /// #     async fn connect(&self, _: &ExternalRef<'_>) -> Result<Box<dyn ExternalClient>> { unimplemented!() }
 /// # }
 ///
-/// let reconciler = ManagedReconciler::builder(Arc::new(Databases), Arc::new(MemoryStateStore::new())).build();
+/// let reconciler = ManagedReconciler::builder(Arc::new(Databases), Arc::new(MemoryStateStore::new())).build().unwrap();
 /// let resources = reconciler.resources().clone(); // apply and delete specs through this
 /// let controller = rorqual_runtime::Controller::builder("databases", Arc::new(reconciler)).build().unwrap();
 /// # drop((resources, controller));

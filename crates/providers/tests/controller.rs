@@ -32,6 +32,7 @@ fn reconciler(
         .recorder(recorder)
         .clock(Arc::new(TokioClock::new()))
         .build()
+        .unwrap()
 }
 
 /// Runs `reconciler` in a controller until `until` holds (checked every second of tokio time,

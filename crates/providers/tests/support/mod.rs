@@ -400,7 +400,8 @@ pub fn shell(
         .recorder(recorder.clone())
         .clock(Arc::new(clock.clone()))
         .timing(timing())
-        .build();
+        .build()
+        .unwrap();
     Shell {
         reconciler,
         recorder,
