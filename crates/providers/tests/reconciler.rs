@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proptest::strategy::Strategy as _;
 use rorqual_core::engine::{MemoryStateStore, StateStore};
 use rorqual_providers::provider::{Operation, ProviderError};
 use rorqual_providers::{
@@ -614,35 +615,72 @@ async fn crash_before_create_resolved_as_not_created_creates_once() {
 #[tokio::test]
 async fn every_crash_point_converges_without_duplicates_or_leaks() {
     for generated in [false, true] {
-        let (crashed, writes) = lifecycle_with_crash(generated, 0, false, None).await;
-        assert!(!crashed);
+        let (crashes, writes) = lifecycle(generated, &[]).await;
+        assert_eq!(crashes, 0);
         assert!(
             writes >= 8,
             "the lifecycle writes its record {writes} times"
         );
         for n in 1..=writes {
             for after in [false, true] {
-                let (crashed, _) = lifecycle_with_crash(generated, n, after, None).await;
-                assert!(crashed, "write {n} (after: {after}) was not reached");
+                let (crashes, _) = lifecycle(generated, &[Point::Write(n, after)]).await;
+                assert_eq!(crashes, 1, "write {n} (after: {after}) was not reached");
             }
         }
         for op in [Operation::Create, Operation::Update, Operation::Delete] {
-            let (crashed, _) = lifecycle_with_crash(generated, 0, false, Some(op)).await;
-            assert!(crashed, "{op} was not reached");
+            let (crashes, _) = lifecycle(generated, &[Point::After(op)]).await;
+            assert_eq!(crashes, 1, "{op} was not reached");
         }
     }
 }
 
-/// Runs apply → Ready → spec change → in sync → delete → gone, crashing once at store write
-/// `crash` (0: none) or after `provider_crash`. Returns whether the crash happened and how
-/// many writes the reconcilers made. With `generated` names, a refused pending create is
-/// resolved as a human would: by looking for the resource in the service.
-async fn lifecycle_with_crash(
-    generated: bool,
-    crash: u32,
-    after: bool,
-    provider_crash: Option<Operation>,
-) -> (bool, u32) {
+/// Where a lifecycle crashes.
+#[derive(Debug, Clone, Copy)]
+enum Point {
+    /// At the `n`-th store write after the previous crash (or the start), after the write
+    /// landed or before.
+    Write(u32, bool),
+    /// After a provider call took effect.
+    After(Operation),
+}
+
+fn arm(point: Option<&Point>, fake: &Fake, store: &CrashingStore) {
+    store.disarm();
+    *fake.crash.lock() = None;
+    match point {
+        Some(Point::Write(n, after)) => store.crash_at_write(*n, *after),
+        Some(Point::After(op)) => fake.crash_at(Crash::After(*op)),
+        None => store.crash_at_write(0, false), // counts writes, never crashes
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Several crashes in one lifecycle, anywhere: it still converges with one create and
+    /// nothing left behind.
+    #[test]
+    fn repeated_crashes_converge(
+        generated in proptest::bool::ANY,
+        points in proptest::collection::vec(
+            proptest::prop_oneof![
+                (1u32..12, proptest::bool::ANY).prop_map(|(n, after)| Point::Write(n, after)),
+                proptest::sample::select(vec![Operation::Create, Operation::Update, Operation::Delete]).prop_map(Point::After),
+            ],
+            1..5,
+        ),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(lifecycle(generated, &points));
+    }
+}
+
+/// Runs apply → Ready → spec change → in sync → delete → gone, crashing at each of `points`
+/// in turn (a point the lifecycle never reaches is skipped by the end). Returns how many
+/// crashes happened and how many writes the reconcilers made since the last one. With
+/// `generated` names, a refused pending create is resolved as a human would: by looking for
+/// the resource in the service.
+async fn lifecycle(generated: bool, points: &[Point]) -> (usize, u32) {
     let fake = if generated {
         Fake::with_generated_names()
     } else {
@@ -659,15 +697,10 @@ async fn lifecycle_with_crash(
         Arc::new(clock.clone()),
     );
     user.apply(spec()).await.unwrap();
-    crashing.crash_at_write(crash, after);
-    if let Some(op) = provider_crash {
-        fake.crash_at(Crash::After(op));
-    }
-    let mut crashed = false;
+    let mut crashes = 0;
+    arm(points.first(), &fake, &crashing);
     let mut stage = 0;
-    let ctx = format!(
-        "generated names {generated}, crash at write {crash} (after: {after}), provider {provider_crash:?}"
-    );
+    let ctx = format!("generated names {generated}, crash points {points:?}");
     for _ in 0..200 {
         let r = user.get("orders").await.unwrap();
         match stage {
@@ -697,8 +730,8 @@ async fn lifecycle_with_crash(
         }
         match reconcile_or_crash(&s, "orders", &[&fake.crashed, &crashing.crashed]).await {
             None => {
-                crashed = true;
-                crashing.disarm();
+                crashes += 1;
+                arm(points.get(crashes), &fake, &crashing);
                 drop(s);
                 s = shell(&fake, store.clone(), sink.clone(), &clock);
             }
@@ -719,10 +752,10 @@ async fn lifecycle_with_crash(
             }
         }
     }
-    assert_eq!(stage, 2, "{ctx}: did not finish");
     {
         let w = fake.world.lock();
         assert_eq!(w.creates, 1, "{ctx}: created {} times", w.creates);
+        assert_eq!(stage, 2, "{ctx}: did not finish");
         assert!(w.resources.is_empty(), "{ctx}: leaked {:?}", w.resources);
     }
     assert!(
@@ -730,7 +763,7 @@ async fn lifecycle_with_crash(
         "{ctx}: record left"
     );
     assert!(sink.names().is_empty(), "{ctx}: details left");
-    (crashed, crashing.writes())
+    (crashes, crashing.writes())
 }
 
 /// Another writer changes the record between the reconciler's read and its write: the
