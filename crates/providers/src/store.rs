@@ -326,3 +326,109 @@ impl ManagedResources {
         Ok((r.value, r.version))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rorqual_core::clock::ManualClock;
+    use rorqual_core::engine::MemoryStateStore;
+    use serde_json::json;
+
+    use super::*;
+
+    fn resources() -> (ManagedResources, Arc<MemoryStateStore>) {
+        let mem = Arc::new(MemoryStateStore::new());
+        let r = ManagedResources::new(mem.clone(), "Database", Arc::new(ManualClock::new()));
+        (r, mem)
+    }
+
+    #[tokio::test]
+    async fn apply_bumps_the_generation_only_when_the_spec_changes() {
+        let (r, mem) = resources();
+        let spec = ResourceSpec::new("orders", json!({"size": 1}));
+        assert_eq!(r.apply(spec.clone()).await.unwrap().meta.generation, 1);
+        assert_eq!(r.apply(spec.clone()).await.unwrap().meta.generation, 1);
+        let mut bigger = spec;
+        bigger.for_provider = json!({"size": 2});
+        assert_eq!(r.apply(bigger).await.unwrap().meta.generation, 2);
+        assert_eq!(r.names().await.unwrap(), ["orders"]);
+        assert!(
+            mem.get("providers/Database/orders")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_specs_are_not_stored_and_deleting_ones_do_not_change() {
+        let (r, _) = resources();
+        let err = r
+            .apply(ResourceSpec::new("Orders", json!({})))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert!(!err.is_retryable());
+        assert!(r.list().await.unwrap().is_empty());
+
+        let spec = ResourceSpec::new("orders", json!({}));
+        r.apply(spec.clone()).await.unwrap();
+        assert!(r.delete("orders").await.unwrap());
+        let first = r
+            .get("orders")
+            .await
+            .unwrap()
+            .unwrap()
+            .meta
+            .deletion_requested_at_ms;
+        assert!(r.delete("orders").await.unwrap(), "asking twice is fine");
+        assert_eq!(
+            r.get("orders")
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .deletion_requested_at_ms,
+            first,
+            "the first request's time is kept"
+        );
+        let err = r.apply(spec).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "managed resource `orders` is being deleted"
+        );
+        assert!(!r.delete("missing").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn resolving_needs_a_pending_create_and_records_what_a_human_found() {
+        let (r, _) = resources();
+        let err = r
+            .resolve_pending_create("orders", Resolution::NotCreated)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+        r.apply(ResourceSpec::new("orders", json!({})))
+            .await
+            .unwrap();
+        r.modify("orders", |m| m.meta.create_pending_at_ms = Some(5))
+            .await
+            .unwrap();
+        let resolved = r
+            .resolve_pending_create(
+                "orders",
+                Resolution::Created {
+                    external_name: "db-42".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!resolved.meta.create_incomplete());
+        assert_eq!(resolved.external_name(), "db-42");
+        assert!(matches!(
+            r.resolve_pending_create("orders", Resolution::NotCreated)
+                .await
+                .unwrap_err(),
+            StoreError::NothingPending { .. }
+        ));
+    }
+}
