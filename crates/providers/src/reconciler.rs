@@ -424,7 +424,14 @@ impl ManagedReconciler {
             Call::Nothing => {}
             Call::Release => return self.release(&resource, version).await,
             Call::Create => {
-                resource.meta.create_pending_at_ms = Some(now);
+                // Strictly newer than the last result, so that the markers order the
+                // attempts even when two fall in one millisecond.
+                let last_result = resource
+                    .meta
+                    .create_succeeded_at_ms
+                    .max(resource.meta.create_failed_at_ms);
+                let pending_at = now.max(last_result.map_or(0, |t| t.saturating_add(1)));
+                resource.meta.create_pending_at_ms = Some(pending_at);
                 resource.status = status.clone();
                 if self
                     .write_changed(&written, &resource, version)
@@ -434,7 +441,7 @@ impl ManagedReconciler {
                     return Ok(Action::requeue(CONFLICT_REQUEUE));
                 }
                 let result = client.create(&ext).await;
-                let at = self.now_ms().max(now);
+                let at = self.now_ms().max(pending_at);
                 return match result {
                     Err(source) => {
                         let error = provider_error(&name, Operation::Create, source);

@@ -802,3 +802,38 @@ async fn conflicts_requeue_silently_and_never_create_without_the_marker() {
         assert_eq!(fake.world.lock().creates, 1, "{what}");
     }
 }
+
+/// A create that fails and is retried within the same millisecond, then crashes: the
+/// markers still say the second attempt's result was never recorded.
+#[tokio::test]
+async fn markers_order_attempts_within_one_millisecond() {
+    let fake = Fake::with_generated_names();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+    let clock = now_clock();
+    {
+        let s = shell(&fake, store.clone(), Arc::new(MemorySink::new()), &clock);
+        s.reconciler.resources().apply(spec()).await.unwrap();
+        fake.fail_next(Operation::Create, ProviderError::unavailable("busy"));
+        assert!(once(&s).await.is_err());
+        fake.crash_at(Crash::After(Operation::Create));
+        assert!(
+            reconcile_or_crash(&s, "orders", &[&fake.crashed])
+                .await
+                .is_none()
+        );
+    }
+    let s = shell(&fake, store, Arc::new(MemorySink::new()), &clock);
+    let r = s
+        .reconciler
+        .resources()
+        .get("orders")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.meta.create_incomplete(), "{:?}", r.meta);
+    assert!(matches!(
+        once(&s).await,
+        Err(ReconcileError::CreatePending { .. })
+    ));
+    assert_eq!(fake.world.lock().creates, 1);
+}
