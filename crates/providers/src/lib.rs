@@ -15,7 +15,8 @@
 //! - [`reconciler`]: the effects shell on `rorqual-runtime`;
 //! - [`store`]: managed resources in a compare-and-swap
 //!   [`StateStore`](rorqual_core::engine::StateStore), applied and deleted by users;
-//! - [`sink`]: where connection details go; [`secret`]: redacting types.
+//! - [`sink`]: where connection details go; [`secret`]: redacting types;
+//! - `conformance` (feature `testing`): the checks every provider must pass.
 //!
 //! The PostgreSQL and RabbitMQ providers come later.
 //!
@@ -70,6 +71,8 @@
 //! ```
 
 pub mod condition;
+#[cfg(feature = "testing")]
+pub mod conformance;
 pub mod decision;
 pub mod error;
 pub mod provider;

@@ -837,3 +837,23 @@ async fn markers_order_attempts_within_one_millisecond() {
     ));
     assert_eq!(fake.world.lock().creates, 1);
 }
+
+/// The fake passes the provider contract; a provider that breaks it fails with the step.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn the_fake_passes_the_conformance_checks_and_a_broken_one_does_not() {
+    use rorqual_providers::conformance::check;
+    let (a, b) = (json!({"size": 1}), json!({"size": 2}));
+    check(&Fake::new(), "orders", &a, &b).await.unwrap();
+    check(&Fake::with_generated_names(), "orders", &a, &b)
+        .await
+        .unwrap();
+
+    let broken = Fake {
+        already_exists_errors: true,
+        ..Fake::new()
+    };
+    let err = check(&broken, "orders", &a, &b).await.unwrap_err();
+    assert_eq!(err.step, "second create", "{err}");
+    assert!(err.to_string().contains("already exists"), "{err}");
+}

@@ -65,6 +65,8 @@ pub struct Fake {
     pub crashed: Arc<Notify>,
     /// Whether the service names resources (`<name>-<n>`) instead of taking the name asked.
     pub generated_names: bool,
+    /// Breaks the contract: a create of an existing resource fails with "already exists".
+    pub already_exists_errors: bool,
 }
 
 impl Fake {
@@ -75,6 +77,7 @@ impl Fake {
             crash: Arc::default(),
             crashed: Arc::new(Notify::new()),
             generated_names: false,
+            already_exists_errors: false,
         }
     }
 
@@ -215,6 +218,12 @@ impl ExternalClient for Fake {
         let name = {
             let mut w = self.world.lock();
             if !self.generated_names && w.resources.contains_key(r.external_name) {
+                if self.already_exists_errors {
+                    return Err(ProviderError::rejected(format!(
+                        "`{}` already exists",
+                        r.external_name
+                    )));
+                }
                 return Ok(Creation::new());
             }
             w.next_id += 1;
