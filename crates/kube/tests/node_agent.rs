@@ -996,8 +996,13 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
     let allocator = Allocator::new(Arc::new(MemoryStore::new()));
     allocator
         .create_pool(
+            // Two addresses: a third pod waits for one.
             PoolSpec::new("pods").with_range(
                 IpRange::new(subnet.parse().expect("valid subnet"))
+                    .with_bounds(
+                        format!("10.253.{octet}.10").parse().expect("valid address"),
+                        format!("10.253.{octet}.11").parse().expect("valid address"),
+                    )
                     .with_gateway(gateway.parse().expect("valid gateway")),
             ),
         )
@@ -1030,9 +1035,8 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
     // Both pods serve on the same port; each writes the address the API gave it
     // (`fieldRef: status.podIP`) where the host can fetch it.
     let script = "echo \"$MY_IP\" > ip.txt; exec python3 -m http.server --bind \"$POD_IP\" 8080";
-    let mut uids = Vec::new();
-    for name in ["web-a", "web-b"] {
-        let spec = pod(
+    let web = |name: &str| {
+        pod(
             name,
             Some(&node),
             script,
@@ -1040,9 +1044,12 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
                 "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
             }),
-        );
+        )
+    };
+    let mut uids = Vec::new();
+    for name in ["web-a", "web-b"] {
         let created = pods
-            .create(&PostParams::default(), &spec)
+            .create(&PostParams::default(), &web(name))
             .await
             .expect("pod created");
         uids.push(created.metadata.uid.expect("uid"));
@@ -1090,6 +1097,18 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
     assert_ne!(ips[0].0, ips[1].0, "two pods, two addresses");
     assert_eq!(allocator.usage("pods").await.expect("usage").active, 2);
 
+    // The pool is full: a third pod waits, Pending without an address.
+    pods.create(&PostParams::default(), &web("web-c"))
+        .await
+        .expect("pod created");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = pods.get("web-c").await.expect("readable");
+    assert_eq!(
+        waiting.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        None,
+        "no free address, yet web-c has one"
+    );
+
     // Deleting a pod removes its namespace and gives its address back to the pool.
     pods.delete("web-a", &Default::default())
         .await
@@ -1118,14 +1137,34 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
     assert_eq!(allocator.usage("pods").await.expect("usage").active, 1);
     // The other pod still serves.
     assert!(http_get(&ips[1].0, 8080, "/ip.txt").await.is_ok());
-
-    // Shutting the agent down stops the remaining pod and detaches it too.
-    agent.shutdown().await.expect("agent stops");
+    // The waiting pod gets the freed address (the agent retries a refused pod).
+    let started = wait_pod(&pods, "web-c", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let ip_c = started.status.and_then(|s| s.pod_ip).expect("pod IP");
     assert!(
-        !ips[1].1.exists(),
-        "{} left behind after shutdown",
-        ips[1].1.display()
+        ip_c.starts_with(&format!("10.253.{octet}.")) && ip_c != ips[1].0,
+        "web-c: {ip_c}"
     );
+    assert_eq!(
+        http_get(&ip_c, 8080, "/ip.txt")
+            .await
+            .ok()
+            .map(|b| b.trim().to_owned()),
+        Some(ip_c.clone())
+    );
+    let netns_c = network.netns_path(started.metadata.uid.as_deref().expect("uid"));
+
+    // Shutting the agent down stops the remaining pods and detaches them too.
+    agent.shutdown().await.expect("agent stops");
+    for netns in [&ips[1].1, &netns_c] {
+        assert!(
+            !netns.exists(),
+            "{} left behind after shutdown",
+            netns.display()
+        );
+    }
     assert_eq!(allocator.usage("pods").await.expect("usage").active, 0);
     assert!(runtime.list_pods().await.expect("list").is_empty());
     drop(cleanup);
