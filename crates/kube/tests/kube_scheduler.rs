@@ -1,12 +1,13 @@
 //! rorqual's own scheduler on a real kube-apiserver v1.20.2: pods naming it in
 //! `spec.schedulerName` are bound through the API where they fit, a pod that fits nowhere gets
-//! `PodScheduled=False` with rorqual's reason, and pods for other schedulers are left alone.
+//! `PodScheduled=False` with rorqual's reason and a `FailedScheduling` Warning Event (counted,
+//! not repeated), and pods for other schedulers are left alone.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions unwrap too
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rorqual_kube::scheduler::KubeScheduler;
 use rorqual_kube::testenv::eventually;
 use rorqual_kube::testenv_or_skip;
@@ -117,6 +118,56 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
     .await;
     assert_eq!(reason.0, "Unschedulable");
     assert!(reason.1.contains("Insufficient cpu"), "{reason:?}");
+
+    // And a Warning Event about the pod, as kube-scheduler writes: `kubectl describe` shows
+    // it; the scheduler's later attempts with the same message count on that one Event.
+    let huge_uid = pods.get("huge").await.unwrap().metadata.uid.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let failed = || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.involved_object.uid.as_deref() == Some(huge_uid.as_str())
+            })
+            .collect::<Vec<Event>>()
+    };
+    let repeated = eventually(
+        Duration::from_secs(45),
+        "FailedScheduling counted twice",
+        || async {
+            let list = failed().await;
+            list.iter()
+                .any(|e| e.count.unwrap_or(1) >= 2)
+                .then_some(list)
+        },
+    )
+    .await;
+    let event = repeated.iter().find(|e| e.count.unwrap_or(1) >= 2).unwrap();
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.involved_object.kind.as_deref(), Some("Pod"));
+    assert_eq!(event.involved_object.name.as_deref(), Some("huge"));
+    assert_eq!(
+        event.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("rorqual")
+    );
+    let message = event.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("0/3 nodes are available") && message.contains("Insufficient cpu"),
+        "{message}"
+    );
+    assert_eq!(
+        repeated
+            .iter()
+            .filter(|e| e.message.as_deref() == Some(message.as_str()))
+            .count(),
+        1,
+        "one Event per message: {repeated:?}"
+    );
     let theirs = pods.get("theirs").await.unwrap();
     assert_eq!(
         theirs.spec.unwrap().node_name,
