@@ -1108,6 +1108,23 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
         None,
         "no free address, yet web-c has one"
     );
+    // `kubectl describe pod` says why, as for a kubelet whose CNI plugin failed.
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(env.client().await.expect("client"), &ns);
+    let why = events
+        .list(&Default::default())
+        .await
+        .expect("events listed")
+        .items
+        .into_iter()
+        .find(|e| {
+            e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                && e.involved_object.name.as_deref() == Some("web-c")
+        })
+        .expect("a FailedCreatePodSandBox event about web-c");
+    assert_eq!(why.type_.as_deref(), Some("Warning"));
+    let message = why.message.unwrap_or_default();
+    assert!(message.contains("pods"), "names the pool: {message}");
 
     // Deleting a pod removes its namespace and gives its address back to the pool.
     pods.delete("web-a", &Default::default())
@@ -1134,7 +1151,6 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
         None,
         "web-a's address is still allocated"
     );
-    assert_eq!(allocator.usage("pods").await.expect("usage").active, 1);
     // The other pod still serves.
     assert!(http_get(&ips[1].0, 8080, "/ip.txt").await.is_ok());
     // The waiting pod gets the freed address (the agent retries a refused pod).
@@ -1154,6 +1170,7 @@ async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
             .map(|b| b.trim().to_owned()),
         Some(ip_c.clone())
     );
+    assert_eq!(allocator.usage("pods").await.expect("usage").active, 2);
     let netns_c = network.netns_path(started.metadata.uid.as_deref().expect("uid"));
 
     // Shutting the agent down stops the remaining pods and detaches them too.

@@ -6,7 +6,8 @@
 //!   a changed one is passed to [`PodRuntime::update_pod`]. A creation the runtime refuses
 //!   (no free address, a network attach that failed) is retried with a capped exponential
 //!   backoff ([`CREATE_RETRY`]) while the pod exists, as the kubelet retries a pod sandbox:
-//!   the pod stays `Pending` meanwhile and the reason is logged at warn level.
+//!   the pod stays `Pending` meanwhile, and the reason is logged at warn level and recorded
+//!   as a Warning Event `FailedCreatePodSandBox` about the pod (`kubectl describe pod`).
 //! - A pod with `deletionTimestamp` is stopped with its grace period, then deleted with grace
 //!   0 and its UID as a precondition (the kubelet's final delete).
 //! - Statuses are computed by the pure [`status::pod_status`](super::status::pod_status)
@@ -31,6 +32,7 @@ use tokio::time::Instant;
 
 use super::runtime::{PodKey, PodRuntime, grace_period};
 use super::status::{pod_status, status_changed};
+use crate::events::{EventRecorder, EventType};
 
 /// Pods waiting for a status write: each queued at most once, and handed to one writer at a
 /// time (a change signalled while a writer handles the pod queues it again when that writer
@@ -112,6 +114,8 @@ pub(crate) struct PodController {
     pub(crate) runtime: Arc<dyn PodRuntime>,
     pub(crate) host_ip: String,
     pub(crate) queue: Arc<StatusQueue>,
+    /// Writes the agent's Events about pods.
+    events: EventRecorder,
     /// The latest object of every pod bound to the agent's nodes.
     pods: Mutex<HashMap<PodKey, Pod>>,
     /// The status last written per pod.
@@ -172,6 +176,7 @@ impl PodController {
         queue: Arc<StatusQueue>,
     ) -> Self {
         PodController {
+            events: EventRecorder::new(client.clone(), "kubelet"),
             client,
             runtime,
             host_ip,
@@ -290,12 +295,23 @@ impl PodController {
                         refused.insert(key.clone(), (attempts + 1, Instant::now() + delay));
                         delay
                     };
+                    let reason = error_chain(&e);
                     tracing::warn!(
                         pod = %key,
-                        error = %error_chain(&e),
+                        error = %reason,
                         retry_in = ?delay,
                         "the runtime did not take the pod; retrying"
                     );
+                    // Best effort, as the kubelet's: a failed write is logged by the recorder.
+                    let _ = self
+                        .events
+                        .record(
+                            &pod,
+                            EventType::Warning,
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {reason}"),
+                        )
+                        .await;
                 }
             }
         }
