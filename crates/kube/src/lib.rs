@@ -60,6 +60,8 @@ pub mod events;
 pub mod scheduler;
 #[cfg(feature = "state-store")]
 pub mod state_store;
+#[cfg(any(feature = "engine", feature = "scheduler", feature = "node-agent"))]
+mod watch_errors;
 #[cfg(feature = "state-store")]
 pub use state_store::{ConfigMapStateStore, StateStoreError};
 

@@ -203,3 +203,59 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
         nodes.delete(n, &DeleteParams::default()).await.unwrap();
     }
 }
+
+/// What a test's log subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+// A current-thread runtime: the subscriber set below sees every task of the test.
+#[tokio::test]
+async fn a_failing_watch_is_logged_at_warn_level_once_not_per_retry() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Nothing listens on port 1: every list fails, and kube's watcher retries with backoff.
+    let mut config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    config.connect_timeout = Some(Duration::from_millis(100));
+    let client = kube::Client::try_from(config).unwrap();
+    let scheduler = KubeScheduler::new(client, "rorqual", DefaultPlugins::new()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(6), scheduler.run()).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("watch failed"))
+        .collect();
+    // A user sees that the node and pod watches fail, once each (not once per retry).
+    assert!(
+        warnings.iter().any(|l| l.contains("node watch")),
+        "no warning about the node watch:\n{text}"
+    );
+    assert!(
+        warnings.iter().any(|l| l.contains("pod watch")),
+        "no warning about the pod watch:\n{text}"
+    );
+    assert_eq!(warnings.len(), 2, "{text}");
+}

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::runtime::{PodKey, PodRuntime, grace_period};
 use super::status::{pod_status, status_changed};
 use crate::events::{EventRecorder, EventType};
+use crate::watch_errors::WatchErrors;
 
 /// Pods waiting for a status write: each queued at most once, and handed to one writer at a
 /// time (a change signalled while a writer handles the pod queues it again when that writer
@@ -230,7 +231,12 @@ impl PodController {
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let mut events = watcher::watcher(api, config).default_backoff().boxed();
         let mut listed: HashSet<PodKey> = HashSet::new();
+        let scope = namespace.as_deref().unwrap_or("all namespaces");
+        let mut errors = WatchErrors::new(format!("pod watch of node {node} in {scope}"));
         while let Some(event) = events.next().await {
+            if let Ok(e) = &event {
+                errors.delivered(e);
+            }
             match event {
                 Ok(Event::Apply(pod)) => self.clone().on_pod(pod).await,
                 Ok(Event::InitApply(pod)) => {
@@ -259,7 +265,7 @@ impl PodController {
                     }
                     listed.clear();
                 }
-                Err(e) => tracing::warn!(%node, error = %e, "pod watch failed; retrying"),
+                Err(e) => errors.failed(&e),
             }
         }
     }
