@@ -15,16 +15,24 @@
 //! Runs until SIGINT or SIGTERM, then stops every pod process and the control plane. Pods that
 //! name `schedulerName: rorqual` are placed by rorqual's own scheduler; the others by
 //! kube-scheduler.
+//!
+//! With `--pod-network bridge` (root, Debian's `containernetworking-plugins`), each pod runs in
+//! its own network namespace (`<bridge>-<pod uid>`) on the bridge `--bridge` (default `rqdev0`),
+//! with an address from rorqual's IPAM in `--pod-subnet` (default `10.244.0.0/24`, gateway `.1`
+//! on the bridge so the host reaches the pods); on stop, the pods' namespaces and the bridge are
+//! removed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use rorqual_kube::node_agent::{LocalRuntime, NodeAgent, VirtualNode};
 use rorqual_kube::scheduler::KubeScheduler;
 use rorqual_kube::testenv::TestEnv;
+use rorqual_net::store::memory::MemoryStore;
+use rorqual_net::{Allocator, BridgeNetwork, IpRange, PoolSpec};
 use rorqual_scheduler::plugins::DefaultPlugins;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -44,6 +52,56 @@ struct Args {
     /// Pods per node.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// How pods get their addresses.
+    #[arg(long, value_enum, default_value_t = PodNetwork::Loopback)]
+    pod_network: PodNetwork,
+    /// The pods' subnet with `--pod-network bridge` (its first address is the bridge's).
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pod_subnet: ipnet::Ipv4Net,
+    /// The bridge with `--pod-network bridge` (at most 15 characters); pods' namespaces are
+    /// named `<bridge>-<pod uid>`.
+    #[arg(long, default_value = "rqdev0")]
+    bridge: String,
+}
+
+/// Where pods' addresses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PodNetwork {
+    /// A distinct loopback address per pod (`127.N.x.y`), no namespaces; any user.
+    Loopback,
+    /// A network namespace per pod on the bridge `--bridge`, addresses from `--pod-subnet`;
+    /// root.
+    Bridge,
+}
+
+/// The bridge network of `--pod-network bridge`: a pool over `subnet` with its first address
+/// as the gateway (on the bridge).
+async fn bridge_network(subnet: ipnet::Ipv4Net, bridge: &str) -> anyhow::Result<BridgeNetwork> {
+    anyhow::ensure!(
+        !bridge.is_empty() && bridge.len() <= 15,
+        "--bridge `{bridge}`: an interface name has 1 to 15 characters"
+    );
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "--pod-network bridge needs root (network namespaces)"
+    );
+    anyhow::ensure!(
+        std::path::Path::new("/usr/lib/cni/bridge").exists(),
+        "--pod-network bridge needs /usr/lib/cni/bridge: apt-get install containernetworking-plugins"
+    );
+    let gateway = subnet
+        .hosts()
+        .next()
+        .with_context(|| format!("--pod-subnet {subnet} has no host addresses"))?;
+    let allocator = Allocator::new(Arc::new(MemoryStore::new()));
+    allocator
+        .create_pool(
+            PoolSpec::new("pods")
+                .with_range(IpRange::new(subnet.into()).with_gateway(gateway.into())),
+        )
+        .await
+        .with_context(|| format!("creating the pod pool over {subnet}"))?;
+    Ok(BridgeNetwork::new(allocator, "pods", bridge).with_netns_prefix(format!("{bridge}-")))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -73,9 +131,13 @@ async fn main() -> anyhow::Result<()> {
         &kube::config::KubeConfigOptions::default(),
     )
     .await?;
-    let runtime = LocalRuntime::builder()
-        .state_dir(state.path().join("pods"))
-        .build()?;
+    let mut runtime = LocalRuntime::builder().state_dir(state.path().join("pods"));
+    if args.pod_network == PodNetwork::Bridge {
+        runtime = runtime.network(Arc::new(
+            bridge_network(args.pod_subnet, &args.bridge).await?,
+        ));
+    }
+    let runtime = runtime.build()?;
     let mut builder = NodeAgent::builder(config).runtime(Arc::new(runtime));
     for i in 0..args.nodes {
         builder = builder.node(
@@ -106,6 +168,21 @@ async fn main() -> anyhow::Result<()> {
     println!("stopping");
     scheduling.abort();
     agent.shutdown().await.context("stopping the node agent")?;
+    if args.pod_network == PodNetwork::Bridge
+        && std::path::Path::new("/sys/class/net")
+            .join(&args.bridge)
+            .exists()
+    {
+        // The pods' namespaces went with them; the bridge (made by the first pod) stays until
+        // removed.
+        let removed = tokio::process::Command::new("ip")
+            .args(["link", "del", &args.bridge])
+            .status()
+            .await;
+        if !removed.is_ok_and(|s| s.success()) {
+            eprintln!("cannot remove the bridge: ip link del {}", args.bridge);
+        }
+    }
     drop(env);
     println!("stopped");
     Ok(())

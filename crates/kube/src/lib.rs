@@ -42,8 +42,12 @@
 //! - [`node_agent`] (feature `node-agent`): a kubelet without a container runtime: virtual
 //!   Nodes kept Ready with Lease heartbeats, pods bound to them run by a
 //!   [`PodRuntime`](node_agent::PodRuntime) (simulated stages, or each container's command as
-//!   a local process with probes, restarts and its own loopback address), `kubectl logs`
-//!   through the kubelet port.
+//!   a local process with probes, restarts and its own loopback address, or its own network
+//!   namespace on a bridge), `kubectl logs` through the kubelet port.
+//! - [`scheduler`] (feature `scheduler`): rorqual's scheduler for pods naming it, binding
+//!   through the API and recording `FailedScheduling` Events.
+//! - [`events`] (features `scheduler`, `node-agent`): core/v1 Events written as Kubernetes
+//!   components write them (a repeat counts on the first Event; a rate limit per object).
 //!
 //! This crate enables no Kubernetes version feature of `k8s-openapi`: the binary that links it
 //! does (`k8s-openapi = { version = "0.29", features = ["latest"] }`); its tests and examples
@@ -58,10 +62,14 @@ pub use engine::KubeEngine;
 pub mod endpoints;
 #[cfg(feature = "endpoints")]
 pub use endpoints::KubeEndpoints;
+#[cfg(any(feature = "scheduler", feature = "node-agent"))]
+pub mod events;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
 #[cfg(feature = "state-store")]
 pub mod state_store;
+#[cfg(any(feature = "engine", feature = "scheduler", feature = "node-agent"))]
+mod watch_errors;
 #[cfg(feature = "state-store")]
 pub use state_store::{ConfigMapStateStore, StateStoreError};
 

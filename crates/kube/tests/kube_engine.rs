@@ -418,3 +418,52 @@ async fn an_image_only_move_patches_the_pod_in_place() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_a_stateful_app_honours_the_revision() {
+    let env = testenv_or_skip!();
+    let ns = env.new_namespace("setscale").await.unwrap();
+    let engine = engine(env, &ns).await;
+    let sets = Api::<StatefulSet>::namespaced(env.client().await.unwrap(), &ns);
+    let replicas = || async { sets.get("game").await.unwrap().spec.replicas };
+    let v1 = spec(&ns, "game", "v1").kind(WorkloadKind::Stateful);
+    let v2 = spec(&ns, "game", "v2").kind(WorkloadKind::Stateful);
+    let key = v1.key();
+    engine.apply_group(&v1, 1).await.unwrap();
+    eventually(Duration::from_secs(30), "game-0 at v1", || async {
+        let list = engine.instances(&key).await.unwrap();
+        list.iter()
+            .any(|i| i.id == "game-0" && i.revision == v1.revision())
+            .then_some(())
+    })
+    .await;
+
+    // A revision the app never ran is no group: nothing is scaled.
+    let unknown = rorqual_core::model::Revision("0123456789".to_owned());
+    let err = engine.scale_group(&key, &unknown, 3).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(replicas().await, Some(1), "scaled for an unknown revision");
+
+    // With the template at v2, game-0 still runs v1: an identity added would start at v2, so
+    // adding one "at v1" is refused rather than started at another revision.
+    engine.apply_group(&v2, 1).await.unwrap();
+    let err = engine
+        .scale_group(&key, &v1.revision(), 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRequest(_)), "{err}");
+    assert_eq!(replicas().await, Some(1), "scaled at the wrong revision");
+    let status = engine.scale_group(&key, &v2.revision(), 2).await.unwrap();
+    assert_eq!(status.revision, v2.revision());
+    assert_eq!(replicas().await, Some(2));
+
+    engine.scale_group(&key, &v2.revision(), 0).await.unwrap();
+    // `delete_group` reads the set from the engine's cache: let it see the scale first.
+    eventually(Duration::from_secs(30), "no identities wanted", || async {
+        let groups = engine.groups(&key).await.unwrap();
+        (groups.iter().map(|g| g.desired).sum::<u32>() == 0).then_some(())
+    })
+    .await;
+    engine.delete_group(&key, &v1.revision()).await.unwrap();
+    engine.delete_group(&key, &v2.revision()).await.unwrap();
+}

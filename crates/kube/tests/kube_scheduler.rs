@@ -1,12 +1,13 @@
 //! rorqual's own scheduler on a real kube-apiserver v1.20.2: pods naming it in
 //! `spec.schedulerName` are bound through the API where they fit, a pod that fits nowhere gets
-//! `PodScheduled=False` with rorqual's reason, and pods for other schedulers are left alone.
+//! `PodScheduled=False` with rorqual's reason and a `FailedScheduling` Warning Event (counted,
+//! not repeated), and pods for other schedulers are left alone.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions unwrap too
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rorqual_kube::scheduler::KubeScheduler;
 use rorqual_kube::testenv::eventually;
 use rorqual_kube::testenv_or_skip;
@@ -117,6 +118,56 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
     .await;
     assert_eq!(reason.0, "Unschedulable");
     assert!(reason.1.contains("Insufficient cpu"), "{reason:?}");
+
+    // And a Warning Event about the pod, as kube-scheduler writes: `kubectl describe` shows
+    // it; the scheduler's later attempts with the same message count on that one Event.
+    let huge_uid = pods.get("huge").await.unwrap().metadata.uid.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let failed = || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("FailedScheduling")
+                    && e.involved_object.uid.as_deref() == Some(huge_uid.as_str())
+            })
+            .collect::<Vec<Event>>()
+    };
+    let repeated = eventually(
+        Duration::from_secs(45),
+        "FailedScheduling counted twice",
+        || async {
+            let list = failed().await;
+            list.iter()
+                .any(|e| e.count.unwrap_or(1) >= 2)
+                .then_some(list)
+        },
+    )
+    .await;
+    let event = repeated.iter().find(|e| e.count.unwrap_or(1) >= 2).unwrap();
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.involved_object.kind.as_deref(), Some("Pod"));
+    assert_eq!(event.involved_object.name.as_deref(), Some("huge"));
+    assert_eq!(
+        event.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("rorqual")
+    );
+    let message = event.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("0/3 nodes are available") && message.contains("Insufficient cpu"),
+        "{message}"
+    );
+    assert_eq!(
+        repeated
+            .iter()
+            .filter(|e| e.message.as_deref() == Some(message.as_str()))
+            .count(),
+        1,
+        "one Event per message: {repeated:?}"
+    );
     let theirs = pods.get("theirs").await.unwrap();
     assert_eq!(
         theirs.spec.unwrap().node_name,
@@ -151,4 +202,60 @@ async fn pods_naming_rorqual_are_bound_through_the_api_where_they_fit() {
     for n in &names {
         nodes.delete(n, &DeleteParams::default()).await.unwrap();
     }
+}
+
+/// What a test's log subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+// A current-thread runtime: the subscriber set below sees every task of the test.
+#[tokio::test]
+async fn a_failing_watch_is_logged_at_warn_level_once_not_per_retry() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // Nothing listens on port 1: every list fails, and kube's watcher retries with backoff.
+    let mut config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    config.connect_timeout = Some(Duration::from_millis(100));
+    let client = kube::Client::try_from(config).unwrap();
+    let scheduler = KubeScheduler::new(client, "rorqual", DefaultPlugins::new()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(6), scheduler.run()).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("watch failed"))
+        .collect();
+    // A user sees that the node and pod watches fail, once each (not once per retry).
+    assert!(
+        warnings.iter().any(|l| l.contains("node watch")),
+        "no warning about the node watch:\n{text}"
+    );
+    assert!(
+        warnings.iter().any(|l| l.contains("pod watch")),
+        "no warning about the pod watch:\n{text}"
+    );
+    assert_eq!(warnings.len(), 2, "{text}");
 }

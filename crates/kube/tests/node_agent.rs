@@ -925,3 +925,264 @@ async fn pods_take_their_address_from_a_configured_network() {
     assert_eq!(*network.detached.lock().expect("not poisoned"), [uid]);
     agent.shutdown().await.expect("agent stops");
 }
+
+/// Removes what a bridge test created even when it fails: namespaces named with `prefix` and
+/// the bridge.
+struct BridgeCleanup {
+    prefix: String,
+    bridge: String,
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("command runs")
+}
+
+impl Drop for BridgeCleanup {
+    fn drop(&mut self) {
+        let list = run(&["ip", "netns", "list"]);
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            if let Some(name) = line.split_whitespace().next()
+                && name.starts_with(&self.prefix)
+            {
+                let _ = run(&["ip", "netns", "del", name]);
+            }
+        }
+        let _ = run(&["ip", "link", "del", &self.bridge]);
+    }
+}
+
+/// `GET path` over HTTP/1.0 from this host; the body.
+async fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((ip, port)),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_a_bridge_get_their_own_namespace_address_and_ports() {
+    use rorqual_net::store::memory::MemoryStore;
+    use rorqual_net::{Allocator, BridgeNetwork, IpRange, PoolSpec, instance_owner};
+
+    if !rorqual_testkit::root::bridge_tests_can_run() {
+        return;
+    }
+    let Some(env) = env().await else { return };
+    let ns = env.new_namespace("agent-bridge").await.expect("namespace");
+    // Names and a subnet of this process, so concurrent runs do not collide.
+    let id = std::process::id() % 100_000;
+    let octet = std::process::id() % 200 + 20;
+    let cleanup = BridgeCleanup {
+        prefix: format!("rqk{id}-"),
+        bridge: format!("rqk{id}"),
+    };
+    let subnet = format!("10.253.{octet}.0/24");
+    let gateway = format!("10.253.{octet}.1");
+    let allocator = Allocator::new(Arc::new(MemoryStore::new()));
+    allocator
+        .create_pool(
+            // Two addresses: a third pod waits for one.
+            PoolSpec::new("pods").with_range(
+                IpRange::new(subnet.parse().expect("valid subnet"))
+                    .with_bounds(
+                        format!("10.253.{octet}.10").parse().expect("valid address"),
+                        format!("10.253.{octet}.11").parse().expect("valid address"),
+                    )
+                    .with_gateway(gateway.parse().expect("valid gateway")),
+            ),
+        )
+        .await
+        .expect("pool created");
+    let network = BridgeNetwork::new(allocator.clone(), "pods", cleanup.bridge.clone())
+        .with_netns_prefix(cleanup.prefix.clone());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let runtime = LocalRuntime::builder()
+        .state_dir(dir.path())
+        .network(Arc::new(network.clone()))
+        .build()
+        .expect("local runtime");
+    let _kill = KillOnDrop(runtime.clone());
+    let config = kube::Config::from_custom_kubeconfig(
+        env.kubeconfig().clone(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("client config");
+    let node = format!("{ns}-n0");
+    let agent = NodeAgent::builder(config)
+        .runtime(Arc::new(runtime.clone()))
+        .node(VirtualNode::new(&node))
+        .namespace(&ns)
+        .start()
+        .await
+        .expect("agent starts");
+    let pods: Api<Pod> = Api::namespaced(env.client().await.expect("client"), &ns);
+    // Both pods serve on the same port; each writes the address the API gave it
+    // (`fieldRef: status.podIP`) where the host can fetch it.
+    let script = "echo \"$MY_IP\" > ip.txt; exec python3 -m http.server --bind \"$POD_IP\" 8080";
+    let web = |name: &str| {
+        pod(
+            name,
+            Some(&node),
+            script,
+            serde_json::json!({
+                "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+            }),
+        )
+    };
+    let mut uids = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let created = pods
+            .create(&PostParams::default(), &web(name))
+            .await
+            .expect("pod created");
+        uids.push(created.metadata.uid.expect("uid"));
+    }
+    let mut ips = Vec::new();
+    for (name, uid) in ["web-a", "web-b"].into_iter().zip(&uids) {
+        let ready = wait_pod(&pods, name, "Ready", Duration::from_secs(60), |p| {
+            condition(p, "Ready").as_deref() == Some("True")
+        })
+        .await;
+        let ip = ready.status.and_then(|s| s.pod_ip).expect("pod IP");
+        let parsed: std::net::Ipv4Addr = ip.parse().expect("an IPv4 pod address");
+        assert!(
+            ip.starts_with(&format!("10.253.{octet}.")) && ip != gateway,
+            "{name}: an address of the bridge's subnet {subnet}, got {ip}"
+        );
+        assert!(!parsed.is_loopback());
+        // The host reaches the pod on its address and declared port, and the pod saw the
+        // same address in its environment.
+        let body = http_get(&ip, 8080, "/ip.txt").await;
+        assert_eq!(
+            body.as_ref().map(|b| b.trim().to_owned()).ok(),
+            Some(ip.clone()),
+            "{name}: GET http://{ip}:8080/ip.txt: {body:?}"
+        );
+        // Its process runs in the pod's own network namespace.
+        let netns = network.netns_path(uid);
+        assert!(netns.exists(), "{name}: no namespace {}", netns.display());
+        let namespace = netns
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a namespace name")
+            .to_owned();
+        let pids = runtime.process_ids(&ns, name);
+        assert_eq!(pids.len(), 1, "{name}: one process");
+        let identify = run(&["ip", "netns", "identify", &pids[0].1.to_string()]);
+        assert_eq!(
+            String::from_utf8_lossy(&identify.stdout).trim(),
+            namespace,
+            "{name}: process {} is not in the pod's namespace",
+            pids[0].1
+        );
+        ips.push((ip, netns));
+    }
+    assert_ne!(ips[0].0, ips[1].0, "two pods, two addresses");
+    assert_eq!(allocator.usage("pods").await.expect("usage").active, 2);
+
+    // The pool is full: a third pod waits, Pending without an address.
+    pods.create(&PostParams::default(), &web("web-c"))
+        .await
+        .expect("pod created");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = pods.get("web-c").await.expect("readable");
+    assert_eq!(
+        waiting.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        None,
+        "no free address, yet web-c has one"
+    );
+    // `kubectl describe pod` says why, as for a kubelet whose CNI plugin failed.
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(env.client().await.expect("client"), &ns);
+    let why = events
+        .list(&Default::default())
+        .await
+        .expect("events listed")
+        .items
+        .into_iter()
+        .find(|e| {
+            e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                && e.involved_object.name.as_deref() == Some("web-c")
+        })
+        .expect("a FailedCreatePodSandBox event about web-c");
+    assert_eq!(why.type_.as_deref(), Some("Warning"));
+    let message = why.message.unwrap_or_default();
+    assert!(message.contains("pods"), "names the pool: {message}");
+
+    // Deleting a pod removes its namespace and gives its address back to the pool.
+    pods.delete("web-a", &Default::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pods.get_opt("web-a").await.expect("readable").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "web-a not gone 15 s after deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !ips[0].1.exists(),
+        "{} left behind after deletion",
+        ips[0].1.display()
+    );
+    assert_eq!(
+        allocator
+            .lookup("pods", &instance_owner(&uids[0]))
+            .await
+            .expect("lookup"),
+        None,
+        "web-a's address is still allocated"
+    );
+    // The other pod still serves.
+    assert!(http_get(&ips[1].0, 8080, "/ip.txt").await.is_ok());
+    // The waiting pod gets the freed address (the agent retries a refused pod).
+    let started = wait_pod(&pods, "web-c", "Ready", Duration::from_secs(30), |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let ip_c = started.status.and_then(|s| s.pod_ip).expect("pod IP");
+    assert!(
+        ip_c.starts_with(&format!("10.253.{octet}.")) && ip_c != ips[1].0,
+        "web-c: {ip_c}"
+    );
+    assert_eq!(
+        http_get(&ip_c, 8080, "/ip.txt")
+            .await
+            .ok()
+            .map(|b| b.trim().to_owned()),
+        Some(ip_c.clone())
+    );
+    assert_eq!(allocator.usage("pods").await.expect("usage").active, 2);
+    let netns_c = network.netns_path(started.metadata.uid.as_deref().expect("uid"));
+
+    // Shutting the agent down stops the remaining pods and detaches them too.
+    agent.shutdown().await.expect("agent stops");
+    for netns in [&ips[1].1, &netns_c] {
+        assert!(
+            !netns.exists(),
+            "{} left behind after shutdown",
+            netns.display()
+        );
+    }
+    assert_eq!(allocator.usage("pods").await.expect("usage").active, 0);
+    assert!(runtime.list_pods().await.expect("list").is_empty());
+    drop(cleanup);
+}

@@ -1,7 +1,8 @@
 //! `kube_devcluster` as a user runs it, with Debian's kubectl 1.20 as the client: it prints
 //! `ready`, a Deployment whose container has a command becomes Available with its pods Running
 //! and Ready on distinct addresses, `kubectl logs` shows the command's output, `kubectl delete`
-//! stops the processes, and SIGINT stops everything the example started.
+//! stops the processes, and SIGINT stops everything the example started; the same with
+//! `--pod-network bridge` (root), the pods' addresses then from the bridge's subnet.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
@@ -54,6 +55,49 @@ spec:
 
 #[test]
 fn kubectl_works_against_the_dev_cluster() {
+    dev_cluster(&[], "127.");
+}
+
+/// The same with `--pod-network bridge`: pods in their own namespaces on a bridge, addresses
+/// from the subnet (root only; required under CI=true).
+#[test]
+fn kubectl_works_against_the_dev_cluster_on_a_bridge() {
+    if !rorqual_testkit::root::bridge_tests_can_run() {
+        return;
+    }
+    // Names and a subnet of this process, so concurrent runs do not collide.
+    let id = std::process::id() % 100_000;
+    let octet = std::process::id() % 200 + 20;
+    let bridge = format!("rqd{id}");
+    let subnet = format!("10.252.{octet}.0/24");
+    dev_cluster(
+        &[
+            "--pod-network",
+            "bridge",
+            "--pod-subnet",
+            &subnet,
+            "--bridge",
+            &bridge,
+        ],
+        &format!("10.252.{octet}."),
+    );
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains(&format!("{bridge}-")),
+        "namespaces left behind: {left}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "bridge {bridge} left behind"
+    );
+}
+
+/// Runs the example with `args`, checks kubectl against it and that pods' addresses start
+/// with `prefix`, then stops it with SIGINT.
+fn dev_cluster(args: &[&str], prefix: &str) {
     let sources = BinarySources::from_env();
     for c in [
         Component::KubeApiserver,
@@ -77,6 +121,7 @@ fn kubectl_works_against_the_dev_cluster() {
     let mut child = Command::new(bin)
         .args(["--nodes", "2", "--kubeconfig"])
         .arg(&kubeconfig)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -120,13 +165,14 @@ fn kubectl_works_against_the_dev_cluster() {
     ips.dedup();
     assert_eq!(ips.len(), 3, "distinct pod addresses: {pods}");
     assert!(lines.iter().all(|l| l.ends_with("Running")), "{pods}");
+    assert!(ips.iter().all(|ip| ip.starts_with(prefix)), "{pods}");
     let name = run(
         &kubeconfig,
         &["get", "pods", "-l", "app=hello", "-o", "name"],
     );
     let first = name.lines().next().unwrap();
     let logs = run(&kubeconfig, &["logs", first]);
-    assert!(logs.starts_with("hello from 127."), "{logs}");
+    assert!(logs.starts_with(&format!("hello from {prefix}")), "{logs}");
 
     let started = Instant::now();
     run(&kubeconfig, &["delete", "deploy", "hello", "--wait=true"]);

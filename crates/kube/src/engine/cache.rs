@@ -16,6 +16,7 @@ use rorqual_core::model::{AppKey, Instance, Node};
 
 use super::names::{self, LABEL_APP};
 use super::observe;
+use crate::watch_errors::WatchErrors;
 
 /// Stops the reflector tasks when the last clone of the caches goes.
 #[derive(Debug)]
@@ -51,9 +52,11 @@ where
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut errors = WatchErrors::new(format!("kube engine {kind} watch"));
         while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::debug!(kind, error = %e, "kube engine: watch failed; retrying with backoff");
+            match ev {
+                Ok(e) => errors.delivered(&e),
+                Err(e) => errors.failed(&e),
             }
         }
     });

@@ -3,6 +3,11 @@
 //! when [`move_identity`] deletes pod `<app>-k` and the controller recreates it (or when the
 //! pod is deleted for another reason, an eviction or a drain: `OnDelete` recreates any deleted
 //! pod from the current template).
+//!
+//! Scaling a stateful app sets its number of identities, as on the other engines; identities
+//! added start at the template's revision, so scaling for another revision may only remove
+//! identities (adding is refused, naming the template's revision), and scaling for a revision
+//! the app does not run is `NotFound`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,6 +101,32 @@ pub(super) async fn apply(
     Ok(status)
 }
 
+/// Whether the set may be scaled to `replicas` identities for `revision`, as the other engines
+/// scale a stateful app: `replicas` is the number of identities, and identities added start
+/// at `revision`. A StatefulSet creates new pods from its template only, so adding identities
+/// for another revision than the template's is refused rather than started at the template's;
+/// a revision neither the template nor any identity runs is not a group.
+fn check_scale(
+    app: &AppKey,
+    revision: &Revision,
+    replicas: u32,
+    count: u32,
+    template: Option<&Revision>,
+    groups: &[GroupStatus],
+) -> Result<()> {
+    if !groups.iter().any(|g| &g.revision == revision) {
+        return Err(not_found("group", format!("{app} at {revision}")));
+    }
+    match template {
+        Some(t) if replicas > count && t != revision => Err(Error::BadRequest(format!(
+            "cannot scale stateful {app} to {replicas} identities at revision {revision}: its \
+             StatefulSet starts new identities from its template, at revision {t}; apply \
+             {revision} first or scale revision {t}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(super) async fn scale(
     engine: &KubeEngine,
     app: &AppKey,
@@ -103,6 +134,23 @@ pub(super) async fn scale(
     replicas: u32,
 ) -> Result<GroupStatus> {
     let api: Api<StatefulSet> = engine.api(&app.namespace);
+    // The server's set, not the cache's: an apply just before may have changed the template.
+    let set = api
+        .get_opt(&app.name)
+        .await
+        .map_err(|e| {
+            super::errors::kube_error(&engine.inner.server, &format!("read StatefulSet {app}"), e)
+        })?
+        .ok_or_else(|| not_found("group", format!("{app} at {revision}")))?;
+    let (count, template) = set_shape(&set);
+    check_scale(
+        app,
+        revision,
+        replicas,
+        count,
+        template.as_ref(),
+        &groups(engine, app, &set),
+    )?;
     let body = json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -287,5 +335,41 @@ pub(super) async fn move_identity(
             moved.ordinal = Some(ordinal);
             Ok(moved)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(app: &AppKey, revisions: &[&str]) -> Vec<GroupStatus> {
+        revisions
+            .iter()
+            .map(|r| GroupStatus::new(app.clone(), Revision((*r).to_owned()), 1))
+            .collect()
+    }
+
+    #[test]
+    fn scaling_checks_the_revision() {
+        let app = AppKey::new("g", "game");
+        let (v1, v2) = (Revision("v1".to_owned()), Revision("v2".to_owned()));
+        let both = groups(&app, &["v1", "v2"]);
+        // Identities added start at the template's revision: fine for it, refused for another.
+        assert!(check_scale(&app, &v2, 3, 2, Some(&v2), &both).is_ok());
+        let err = check_scale(&app, &v1, 3, 2, Some(&v2), &both).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadRequest(m) if m.contains("revision v2")),
+            "{err}"
+        );
+        // Fewer or as many identities: the count is the set's, whichever revision asks.
+        assert!(check_scale(&app, &v1, 1, 2, Some(&v2), &both).is_ok());
+        assert!(check_scale(&app, &v1, 2, 2, Some(&v2), &both).is_ok());
+        // A revision no identity and no template runs is no group.
+        let err =
+            check_scale(&app, &Revision("v9".to_owned()), 1, 2, Some(&v2), &both).unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound { kind: "group", .. }),
+            "{err}"
+        );
     }
 }

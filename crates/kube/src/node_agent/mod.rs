@@ -317,6 +317,7 @@ impl NodeAgentBuilder {
         for _ in 0..self.status_workers {
             tasks.push(tokio::spawn(controller.clone().write_statuses()));
         }
+        tasks.push(tokio::spawn(controller.clone().retry_refused()));
         for name in &names {
             for scope in watch_scopes(self.namespaces.as_ref()) {
                 tasks.push(tokio::spawn(controller.clone().watch(name.clone(), scope)));

@@ -3,7 +3,11 @@
 //! writes their status through the status subresource, and finishes their deletion.
 //!
 //! - A new pod is created in the runtime (a pod already in a terminal phase is left alone);
-//!   a changed one is passed to [`PodRuntime::update_pod`].
+//!   a changed one is passed to [`PodRuntime::update_pod`]. A creation the runtime refuses
+//!   (no free address, a network attach that failed) is retried with a capped exponential
+//!   backoff ([`CREATE_RETRY`]) while the pod exists, as the kubelet retries a pod sandbox:
+//!   the pod stays `Pending` meanwhile, and the reason is logged at warn level and recorded
+//!   as a Warning Event `FailedCreatePodSandBox` about the pod (`kubectl describe pod`).
 //! - A pod with `deletionTimestamp` is stopped with its grace period, then deleted with grace
 //!   0 and its UID as a precondition (the kubelet's final delete).
 //! - Statuses are computed by the pure [`status::pod_status`](super::status::pod_status)
@@ -23,8 +27,13 @@ use kube::{Api, Client};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use rorqual_core::backoff::Backoff;
+use tokio::time::Instant;
+
 use super::runtime::{PodKey, PodRuntime, grace_period};
 use super::status::{pod_status, status_changed};
+use crate::events::{EventRecorder, EventType};
+use crate::watch_errors::WatchErrors;
 
 /// Pods waiting for a status write: each queued at most once, and handed to one writer at a
 /// time (a change signalled while a writer handles the pod queues it again when that writer
@@ -106,6 +115,8 @@ pub(crate) struct PodController {
     pub(crate) runtime: Arc<dyn PodRuntime>,
     pub(crate) host_ip: String,
     pub(crate) queue: Arc<StatusQueue>,
+    /// Writes the agent's Events about pods.
+    events: EventRecorder,
     /// The latest object of every pod bound to the agent's nodes.
     pods: Mutex<HashMap<PodKey, Pod>>,
     /// The status last written per pod.
@@ -114,6 +125,28 @@ pub(crate) struct PodController {
     running: Mutex<HashSet<PodKey>>,
     /// Pods being deleted.
     deleting: Mutex<HashSet<PodKey>>,
+    /// Pods the runtime refused to create: failed attempts so far and when to try again.
+    refused: Mutex<HashMap<PodKey, (u32, Instant)>>,
+}
+
+/// The delays between attempts to create a pod the runtime refused: 1 s doubling to 30 s.
+pub(crate) const CREATE_RETRY: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+
+/// How often the agent looks for refused pods due for another attempt.
+const RETRY_TICK: Duration = Duration::from_millis(250);
+
+/// An error and its sources, `: `-separated (the reason a network attach failed is often in
+/// a source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl std::fmt::Debug for PodController {
@@ -144,6 +177,7 @@ impl PodController {
         queue: Arc<StatusQueue>,
     ) -> Self {
         PodController {
+            events: EventRecorder::new(client.clone(), "kubelet"),
             client,
             runtime,
             host_ip,
@@ -152,6 +186,39 @@ impl PodController {
             written: Mutex::default(),
             running: Mutex::default(),
             deleting: Mutex::default(),
+            refused: Mutex::default(),
+        }
+    }
+
+    /// Tries again to create the pods the runtime refused, each when its backoff is over,
+    /// until aborted.
+    pub(crate) async fn retry_refused(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(RETRY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let due: Vec<PodKey> = self
+                .refused
+                .lock()
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in due {
+                let pod = self.pods.lock().get(&key).cloned();
+                match pod {
+                    Some(pod)
+                        if !self.running.lock().contains(&key)
+                            && !self.deleting.lock().contains(&key) =>
+                    {
+                        self.clone().on_pod(pod).await;
+                    }
+                    _ => {
+                        self.refused.lock().remove(&key);
+                    }
+                }
+            }
         }
     }
 
@@ -164,7 +231,12 @@ impl PodController {
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let mut events = watcher::watcher(api, config).default_backoff().boxed();
         let mut listed: HashSet<PodKey> = HashSet::new();
+        let scope = namespace.as_deref().unwrap_or("all namespaces");
+        let mut errors = WatchErrors::new(format!("pod watch of node {node} in {scope}"));
         while let Some(event) = events.next().await {
+            if let Ok(e) = &event {
+                errors.delivered(e);
+            }
             match event {
                 Ok(Event::Apply(pod)) => self.clone().on_pod(pod).await,
                 Ok(Event::InitApply(pod)) => {
@@ -193,7 +265,7 @@ impl PodController {
                     }
                     listed.clear();
                 }
-                Err(e) => tracing::warn!(%node, error = %e, "pod watch failed; retrying"),
+                Err(e) => errors.failed(&e),
             }
         }
     }
@@ -217,11 +289,35 @@ impl PodController {
         } else if !is_terminal(&pod) {
             match self.runtime.create_pod(&pod).await {
                 Ok(()) => {
+                    self.refused.lock().remove(&key);
                     self.running.lock().insert(key.clone());
                     tracing::debug!(pod = %key, "pod started");
                 }
                 Err(e) => {
-                    tracing::error!(pod = %key, error = %e, "the runtime did not take the pod")
+                    let delay = {
+                        let mut refused = self.refused.lock();
+                        let attempts = refused.get(&key).map_or(0, |(n, _)| *n);
+                        let delay = CREATE_RETRY.delay(attempts);
+                        refused.insert(key.clone(), (attempts + 1, Instant::now() + delay));
+                        delay
+                    };
+                    let reason = error_chain(&e);
+                    tracing::warn!(
+                        pod = %key,
+                        error = %reason,
+                        retry_in = ?delay,
+                        "the runtime did not take the pod; retrying"
+                    );
+                    // Best effort, as the kubelet's: a failed write is logged by the recorder.
+                    let _ = self
+                        .events
+                        .record(
+                            &pod,
+                            EventType::Warning,
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {reason}"),
+                        )
+                        .await;
                 }
             }
         }
@@ -241,6 +337,7 @@ impl PodController {
         self.written.lock().remove(key);
         self.running.lock().remove(key);
         self.deleting.lock().remove(key);
+        self.refused.lock().remove(key);
     }
 
     fn start_deletion(self: Arc<Self>, key: PodKey, pod: Pod, in_api: bool) {

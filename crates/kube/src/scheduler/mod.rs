@@ -27,6 +27,8 @@ use rorqual_scheduler::plugins::DefaultPlugins;
 use rorqual_scheduler::scheduler::Outcome;
 use serde_json::json;
 
+use crate::events::{EventRecorder, EventType};
+
 pub use bind::{ApiBinder, binding};
 pub use sync::{PodAction, SnapshotSync, SyncState};
 
@@ -43,11 +45,14 @@ pub struct KubeSchedulerError {
 /// A scheduler of its own on Kubernetes: schedules pending pods whose `spec.schedulerName`
 /// is its name with rorqual's [`Scheduler`], binds them with a `Binding` through the API, and
 /// marks a pod that fits nowhere with `PodScheduled=False` (`Unschedulable`) and the reason,
-/// as kube-scheduler does. Cheap to clone.
+/// as kube-scheduler does, with a Warning Event `FailedScheduling` about the pod (source: the
+/// scheduler's name; a repeat of the same message counts on the same Event, see
+/// [`EventRecorder`]). Cheap to clone.
 #[derive(Clone)]
 pub struct KubeScheduler {
     client: Client,
     name: String,
+    events: EventRecorder,
     scheduler: Scheduler,
     sync: SnapshotSync,
 }
@@ -79,6 +84,7 @@ impl KubeScheduler {
         let scheduler = Scheduler::new(profile);
         let sync = SnapshotSync::new(scheduler.clone(), Some(name.to_owned()));
         Ok(KubeScheduler {
+            events: EventRecorder::new(client.clone(), name),
             client,
             name: name.to_owned(),
             scheduler,
@@ -114,7 +120,7 @@ impl KubeScheduler {
         futures::future::join(sync, schedule).await;
     }
 
-    /// Writes a scheduling failure on the pod, as kube-scheduler does.
+    /// Writes a scheduling failure on the pod and as an Event, as kube-scheduler does.
     async fn report(&self, pod: &rorqual_scheduler::snapshot::PodInfo, outcome: &Outcome) {
         let (reason, message) = match outcome {
             Outcome::Unschedulable(status) => ("Unschedulable", status.message()),
@@ -142,8 +148,23 @@ impl KubeScheduler {
             )
             .await
         {
-            tracing::debug!(pod = %pod.name, scheduler = %self.name, error = %e,
-                "rorqual scheduler: cannot record the scheduling failure");
+            tracing::warn!(pod = %format!("{}/{}", pod.namespace.as_str(), pod.name),
+                scheduler = %self.name, error = %e,
+                "rorqual scheduler: cannot record the scheduling failure on the pod");
         }
+        let subject = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(pod.name.to_string()),
+                namespace: Some(pod.namespace.as_str().to_string()),
+                uid: Some(pod.uid.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Failures are logged by the recorder; an Event is best effort, as in Kubernetes.
+        let _ = self
+            .events
+            .record(&subject, EventType::Warning, "FailedScheduling", &message)
+            .await;
     }
 }

@@ -17,6 +17,8 @@ use rorqual_scheduler::Scheduler;
 use rorqual_scheduler::kube::{node_from_json, pod_from_json};
 use tokio::sync::Notify;
 
+use crate::watch_errors::WatchErrors;
+
 /// What one pod event means for the scheduler's cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodAction {
@@ -349,13 +351,17 @@ where
 {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
+    let mut errors = WatchErrors::new(format!("scheduler sync {kind} watch"));
     while let Some(ev) = stream.next().await {
+        if let Ok(e) = &ev {
+            errors.delivered(e);
+        }
         match ev {
             Ok(watcher::Event::Init) => apply(Change::Relist),
             Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => apply(Change::Seen(o)),
             Ok(watcher::Event::InitDone) => apply(Change::RelistDone),
             Ok(watcher::Event::Delete(o)) => apply(Change::Gone(o)),
-            Err(e) => tracing::debug!(kind, error = %e, "scheduler sync: watch failed; retrying"),
+            Err(e) => errors.failed(&e),
         }
     }
 }

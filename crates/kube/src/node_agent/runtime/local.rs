@@ -132,8 +132,13 @@ impl LocalRuntimeBuilder {
     /// it a loopback address: rorqual-net's `BridgeNetwork` puts each pod in its own network
     /// namespace on a bridge with an address from an IP pool (root only). The pod's processes
     /// and exec probes then run in that namespace (`nsenter --net=…`), the declared ports are
-    /// the attachment's, and the pod is detached when deleted. The attach request names the
-    /// pod's UID as the instance, `namespace/name` as the application and the node.
+    /// the attachment's, and the pod is detached (namespace removed, address released) when
+    /// deleted and on [`PodRuntime::shutdown`]. HTTP and TCP probes connect to the pod's
+    /// address from the host, as the kubelet's do, so the host needs a route to the pods: give
+    /// the pool a gateway and `BridgeNetwork` puts it on the bridge. A pod that cannot be
+    /// attached (no free address) is refused; the node agent tries it again with a backoff.
+    /// The attach request names the pod's UID as the instance, `namespace/name` as the
+    /// application and the node.
     pub fn network(mut self, network: Arc<dyn Network>) -> Self {
         self.network = Some(network);
         self
