@@ -1,15 +1,19 @@
 //! Kubernetes objects read back as rorqual's model (pure): pods as instances, nodes as nodes,
-//! events as events, and the counts of a revision group.
+//! events as events, and the counts of a revision group; [`EventFeed`] and
+//! [`EventForwarder`] turn a watch of Kubernetes Events into an event stream a consumer can
+//! trust (each occurrence once across re-lists, a lagging consumer told what it lost).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Event as KubeEvent, Node as KubeNode, Pod};
+use kube::runtime::watcher;
 use rorqual_core::model::{
     AppKey, Cpu, Event, EventType, Instance, InstancePhase, Memory, Node, Resources, Revision,
     Taint, TaintEffect,
 };
+use tokio::sync::mpsc;
 
 use super::names::{self, LABEL_APP, LABEL_REVISION};
 
@@ -223,9 +227,286 @@ pub fn event(e: &KubeEvent, app_of: impl Fn(&str, &str, &str) -> Option<AppKey>)
     Some(out)
 }
 
+/// How many times a Kubernetes Event says it happened (`series.count`, else `count`, else
+/// once).
+fn occurrences(e: &KubeEvent) -> i32 {
+    e.series
+        .as_ref()
+        .and_then(|s| s.count)
+        .or(e.count)
+        .unwrap_or(1)
+}
+
+/// What [`EventFeed`] remembers of an Event object it passed.
+#[derive(Debug, Clone)]
+struct Passed {
+    version: Option<String>,
+    count: i32,
+}
+
+/// Kubernetes Events from a watch as a consumer expects them: each occurrence once.
+///
+/// kube's watcher re-lists after a failed or expired watch and then delivers every Event
+/// object again; an Event that happens again is the same object with its count raised and
+/// `lastTimestamp` moved. The feed passes an Event object when it is new, or changed (another
+/// `resourceVersion`) with a higher count than when last passed, and only if it happened in
+/// second `since` or later; what a re-list delivers again is dropped. It remembers the
+/// Event objects that still exist (forgetting deleted ones, and after each re-list those the
+/// list no longer had), so its memory follows the cluster's Events.
+#[derive(Debug)]
+pub struct EventFeed {
+    since: u64,
+    passed: HashMap<String, Passed>,
+    /// The UIDs listed by the re-list in progress.
+    listing: Option<HashSet<String>>,
+}
+
+impl EventFeed {
+    /// A feed of the Events that happen in second `since` (Unix time) or later.
+    pub fn new(since: u64) -> Self {
+        EventFeed {
+            since,
+            passed: HashMap::new(),
+            listing: None,
+        }
+    }
+
+    /// The Event object of a watch event to pass on, if any.
+    pub fn accept(&mut self, event: watcher::Event<KubeEvent>) -> Option<KubeEvent> {
+        match event {
+            watcher::Event::Init => {
+                self.listing = Some(HashSet::new());
+                None
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.listing.take() {
+                    self.passed.retain(|uid, _| listed.contains(uid));
+                }
+                None
+            }
+            watcher::Event::InitApply(e) => {
+                if let (Some(listed), Some(uid)) = (&mut self.listing, &e.metadata.uid) {
+                    listed.insert(uid.clone());
+                }
+                self.admit(e)
+            }
+            watcher::Event::Apply(e) => self.admit(e),
+            watcher::Event::Delete(e) => {
+                if let Some(uid) = &e.metadata.uid {
+                    self.passed.remove(uid);
+                }
+                None
+            }
+        }
+    }
+
+    fn admit(&mut self, e: KubeEvent) -> Option<KubeEvent> {
+        if !happened_since(&e, self.since) {
+            return None;
+        }
+        let Some(uid) = e.metadata.uid.clone() else {
+            return Some(e);
+        };
+        let count = occurrences(&e);
+        if let Some(before) = self.passed.get(&uid)
+            && (before.version == e.metadata.resource_version || count <= before.count)
+        {
+            return None;
+        }
+        self.passed.insert(
+            uid,
+            Passed {
+                version: e.metadata.resource_version.clone(),
+                count,
+            },
+        );
+        Some(e)
+    }
+}
+
+/// The reason of the event [`EventForwarder`] sends after it had to drop events.
+pub const EVENTS_DROPPED: &str = "EventsDropped";
+
+/// The consumer of an event stream is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event stream's consumer is gone")]
+pub struct ConsumerGone;
+
+/// Hands events to a bounded channel without ever making the watch behind it wait.
+///
+/// A consumer that lags until the channel is full loses the events that do not fit, and is
+/// told so: as soon as there is room again, a Warning event [`EVENTS_DROPPED`] (no app) says
+/// how many were lost, and the first drop of a run is logged at warn level. Blocking instead
+/// would stall the watch until the apiserver closes it, and the Events that expire meanwhile
+/// would be lost without a word.
+#[derive(Debug)]
+pub struct EventForwarder {
+    tx: mpsc::Sender<Event>,
+    dropped: u64,
+}
+
+impl EventForwarder {
+    /// Forwards into `tx`.
+    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+        EventForwarder { tx, dropped: 0 }
+    }
+
+    /// How many events were dropped since the consumer was last told.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Sends `event`, or counts it as dropped when the channel is full.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumerGone`] when the receiver was dropped: stop watching.
+    pub fn send(&mut self, event: Event) -> Result<(), ConsumerGone> {
+        if self.dropped > 0 {
+            let lost = Event::new(
+                EventType::Warning,
+                EVENTS_DROPPED,
+                format!(
+                    "{} events were dropped: the consumer fell behind the cluster's events",
+                    self.dropped
+                ),
+            );
+            match self.tx.try_send(lost) {
+                Ok(()) => self.dropped = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped += 1;
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ConsumerGone),
+            }
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.dropped == 0 {
+                    tracing::warn!(
+                        capacity = self.tx.max_capacity(),
+                        "kube engine: the event consumer lags; dropping events until it catches up"
+                    );
+                }
+                self.dropped += 1;
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ConsumerGone),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kube_event(uid: &str, version: &str, count: i32) -> KubeEvent {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("e-{uid}"), "namespace": "g", "uid": uid, "resourceVersion": version},
+            "involvedObject": {"kind": "Pod", "namespace": "g", "name": "web-1"},
+            "reason": "BackOff", "message": "back-off restarting", "type": "Warning",
+            "count": count, "lastTimestamp": "2026-06-01T00:00:10Z"
+        }))
+        .unwrap()
+    }
+
+    /// 2026-06-01T00:00:00Z
+    const JUNE: u64 = 1_780_272_000;
+
+    #[test]
+    fn a_relist_does_not_repeat_events_and_a_repeat_occurrence_passes_once() {
+        let mut feed = EventFeed::new(JUNE);
+        let mut passed = Vec::new();
+        let mut feed_in = |e: watcher::Event<KubeEvent>| {
+            if let Some(e) = feed.accept(e) {
+                passed.push((e.metadata.uid.clone().unwrap(), occurrences(&e)));
+            }
+        };
+        feed_in(watcher::Event::Init);
+        feed_in(watcher::Event::InitApply(kube_event("a", "10", 1)));
+        feed_in(watcher::Event::InitDone);
+        feed_in(watcher::Event::Apply(kube_event("b", "11", 1)));
+        // The watch expired: kube's watcher lists everything again.
+        feed_in(watcher::Event::Init);
+        feed_in(watcher::Event::InitApply(kube_event("a", "10", 1)));
+        feed_in(watcher::Event::InitApply(kube_event("b", "11", 1)));
+        feed_in(watcher::Event::InitDone);
+        // "a" happens twice more while the watch is down: the re-list brings it with count 3.
+        feed_in(watcher::Event::Init);
+        feed_in(watcher::Event::InitApply(kube_event("a", "14", 3)));
+        feed_in(watcher::Event::InitApply(kube_event("b", "11", 1)));
+        feed_in(watcher::Event::InitDone);
+        // Delivered again after the re-list with the same version: not again.
+        feed_in(watcher::Event::Apply(kube_event("a", "14", 3)));
+        feed_in(watcher::Event::Apply(kube_event("a", "15", 4)));
+        assert_eq!(
+            passed,
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 1),
+                ("a".to_owned(), 3),
+                ("a".to_owned(), 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_feed_forgets_deleted_and_unlisted_events_and_skips_old_ones() {
+        let mut feed = EventFeed::new(JUNE + 60);
+        assert!(
+            feed.accept(watcher::Event::Apply(kube_event("old", "1", 1)))
+                .is_none(),
+            "happened before the feed started"
+        );
+        let mut feed = EventFeed::new(JUNE);
+        assert!(
+            feed.accept(watcher::Event::Apply(kube_event("a", "1", 1)))
+                .is_some()
+        );
+        assert!(
+            feed.accept(watcher::Event::Apply(kube_event("b", "2", 1)))
+                .is_some()
+        );
+        feed.accept(watcher::Event::Delete(kube_event("a", "3", 1)));
+        feed.accept(watcher::Event::Init);
+        feed.accept(watcher::Event::InitDone);
+        assert!(feed.passed.is_empty(), "{:?}", feed.passed);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_consumer_is_told_how_many_events_it_lost() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut forwarder = EventForwarder::new(tx);
+        for i in 0..5 {
+            forwarder
+                .send(Event::new(EventType::Normal, "Started", format!("e{i}")))
+                .unwrap();
+        }
+        assert_eq!(forwarder.dropped(), 3);
+        assert_eq!(rx.recv().await.unwrap().message, "e0");
+        assert_eq!(rx.recv().await.unwrap().message, "e1");
+        forwarder
+            .send(Event::new(EventType::Normal, "Started", "e5"))
+            .unwrap();
+        let lost = rx.recv().await.unwrap();
+        assert_eq!(
+            (lost.event_type, lost.reason.as_str()),
+            (EventType::Warning, EVENTS_DROPPED)
+        );
+        assert!(
+            lost.message.starts_with("3 events were dropped"),
+            "{}",
+            lost.message
+        );
+        assert_eq!(rx.recv().await.unwrap().message, "e5");
+        assert_eq!(forwarder.dropped(), 0);
+        drop(rx);
+        assert_eq!(
+            forwarder.send(Event::new(EventType::Normal, "Started", "e6")),
+            Err(ConsumerGone)
+        );
+    }
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {

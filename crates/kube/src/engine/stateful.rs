@@ -166,13 +166,30 @@ pub(super) async fn scale(
         .unwrap_or_else(|| GroupStatus::new(app.clone(), revision.clone(), 0)))
 }
 
+/// Deletes `revision` of stateful `app`: the whole set (and its Service) when every identity
+/// runs it, nothing when none does, refused otherwise. The caller's `_cached` set (from the
+/// cache) only said the app is a managed StatefulSet; the decision reads the server's.
 pub(super) async fn delete(
     engine: &KubeEngine,
     app: &AppKey,
-    set: &StatefulSet,
+    _cached: &StatefulSet,
     revision: &Revision,
 ) -> Result<()> {
-    let (replicas, template) = set_shape(set);
+    // The server's set, not the cache's `set`: a scale just before (to no identities, say)
+    // may not have reached the cache yet.
+    let sets: Api<StatefulSet> = engine.api(&app.namespace);
+    let Some(set) = sets.get_opt(&app.name).await.map_err(|e| {
+        super::errors::kube_error(&engine.inner.server, &format!("read StatefulSet {app}"), e)
+    })?
+    else {
+        return Ok(());
+    };
+    if !super::names::is_managed(set.metadata.labels.as_ref()) {
+        return Err(Error::BadRequest(format!(
+            "StatefulSet {app} is no longer managed by rorqual; not deleting it"
+        )));
+    }
+    let (replicas, template) = set_shape(&set);
     let pods = engine.inner.caches.instances(app, Some(&app.name));
     // Per identity below the count: its pod's revision, or the template's for one not started
     // yet (as `groups` counts them).
@@ -189,7 +206,6 @@ pub(super) async fn delete(
     if !whole_set {
         return Ok(());
     }
-    let sets: Api<StatefulSet> = engine.api(&app.namespace);
     let services: Api<Service> = engine.api(&app.namespace);
     engine.delete(&sets, &app.name).await?;
     engine.ensure_ours(&services, None, &app.name).await?;

@@ -9,7 +9,13 @@
 //!   with `fieldRef` values, HTTP / TCP / exec probes into the Ready condition, restarts with
 //!   CrashLoopBackOff, graceful deletion with the pod's grace period). Every pod gets its own
 //!   loopback address (`127.N.x.y`, in `$POD_IP`) and keeps its declared ports: **its
-//!   processes must listen on `$POD_IP:<containerPort>`**.
+//!   processes must listen on `$POD_IP:<containerPort>`**. As root, give the runtime a
+//!   network ([`LocalRuntimeBuilder::network`], e.g. rorqual-net's `BridgeNetwork`) and each
+//!   pod runs in its own network namespace on a bridge, with an address from an IP pool.
+//!
+//! A pod the runtime refuses (no free address, a failed network attach) stays `Pending` and
+//! is tried again with a backoff of 1 s doubling to 30 s; the reason is logged at warn level
+//! and recorded as a Warning Event `FailedCreatePodSandBox` about the pod.
 //!
 //! Pod statuses (phase, conditions, container states, restart counts, pod and host IPs, start
 //! time) go through the status subresource; deleted pods are stopped with their grace period

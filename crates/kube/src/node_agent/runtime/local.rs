@@ -8,7 +8,8 @@
 //!   ports. The address is in the container's environment as `POD_IP` (and through
 //!   `fieldRef: status.podIP`); **a process must listen on `$POD_IP:<containerPort>`** (a
 //!   process that binds `0.0.0.0` takes the port for every pod on the host). Probes connect to
-//!   the pod's address.
+//!   the pod's address. With a network ([`LocalRuntimeBuilder::network`]), the pod runs in
+//!   the network namespace the network attaches it to, with the network's address instead.
 //! - **Environment**: `POD_IP`, `POD_NAME`, `POD_NAMESPACE`, `NODE_NAME`, then the
 //!   container's `env` (literal values with `$(VAR)` references, and `fieldRef` values:
 //!   `metadata.name`, `metadata.namespace`, `metadata.uid`, `metadata.labels['…']`,
