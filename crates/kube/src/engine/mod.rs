@@ -550,7 +550,9 @@ impl Engine for KubeEngine {
         tokio::spawn(async move {
             let stream = watcher(api, watcher::Config::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
-            let mut live = false;
+            let mut feed = observe::EventFeed::new(since);
+            let mut forwarder = observe::EventForwarder::new(tx.clone());
+            let mut errors = crate::watch_errors::WatchErrors::new("kube engine Event watch");
             loop {
                 let next = tokio::select! {
                     () = tx.closed() => return,
@@ -558,19 +560,15 @@ impl Engine for KubeEngine {
                 };
                 let event = match next {
                     None => return,
-                    Some(Ok(watcher::Event::InitDone)) => {
-                        live = true;
-                        continue;
+                    Some(Ok(event)) => {
+                        errors.delivered(&event);
+                        match feed.accept(event) {
+                            Some(event) => event,
+                            None => continue,
+                        }
                     }
-                    Some(Ok(watcher::Event::InitApply(e)))
-                        if observe::happened_since(&e, since) =>
-                    {
-                        e
-                    }
-                    Some(Ok(watcher::Event::Apply(e))) if live => e,
-                    Some(Ok(_)) => continue,
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "kube engine: event watch failed; retrying");
+                        errors.failed(&e);
                         continue;
                     }
                 };
@@ -578,7 +576,7 @@ impl Engine for KubeEngine {
                     caches.app_of(kind, namespace, name)
                 });
                 if let Some(m) = mapped
-                    && tx.send(m).await.is_err()
+                    && forwarder.send(m).is_err()
                 {
                     return;
                 }
