@@ -145,6 +145,16 @@ async fn a_role_logs_in_with_its_secret_and_a_rotated_secret_is_applied() {
     let Some(pg) = start().await else { return };
     let secrets = SharedSecrets::new();
     secrets.insert("orders-db", "password", "first-Pa55word");
+    // Every statement goes to the server's log: the passwords must not.
+    let admin = superuser(&pg, "postgres").await;
+    admin
+        .batch_execute("ALTER SYSTEM SET log_statement = 'all'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
     let provider = PostgresProvider::role(endpoint(&pg), Arc::new(secrets.clone()));
     let params = json!({"passwordSecretRef": {"name": "orders-db", "key": "password"}});
     let r = ExternalRef::new("orders", "orders", &params);
@@ -160,7 +170,6 @@ async fn a_role_logs_in_with_its_secret_and_a_rotated_secret_is_applied() {
     assert!(login(&pg, "orders", "wrong").await.is_err());
 
     // The password is stored as a SCRAM verifier, never as the clear text.
-    let admin = superuser(&pg, "postgres").await;
     let stored: String = admin
         .query_one(
             "SELECT rolpassword FROM pg_authid WHERE rolname = 'orders'",
@@ -200,6 +209,18 @@ async fn a_role_logs_in_with_its_secret_and_a_rotated_secret_is_applied() {
     assert!(err.to_string().contains("`nope`"), "{err}");
     client.delete(&r).await.unwrap();
     assert!(login(&pg, "orders", "second-Pa55word").await.is_err());
+
+    let log = pg.log();
+    assert!(
+        log.contains("ALTER ROLE \"orders\""),
+        "statements are logged:\n{log}"
+    );
+    for password in ["first-Pa55word", "second-Pa55word"] {
+        assert!(
+            !log.contains(password),
+            "{password} in the server log:\n{log}"
+        );
+    }
 }
 
 const SHOP_V1: &str = r#"

@@ -257,6 +257,11 @@ impl LocalPostgres {
         &self.socket_dir
     }
 
+    /// The server's whole log (what it printed so far), to grep in tests.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The end of the server's log, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log)
