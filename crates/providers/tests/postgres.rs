@@ -41,6 +41,21 @@ async fn the_harness_starts_a_postgres_15_that_checks_passwords() {
         .connect(tokio_postgres::NoTls)
         .await;
     assert!(wrong.is_err(), "a wrong password is refused");
+
+    // Stopping ends the server and its children: the port refuses and the process is gone.
+    let (port, pid) = (pg.port(), pg.pid().expect("running"));
+    drop(client);
+    pg.stop();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "postgres {pid} still runs"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "port {port} still answers"
+    );
 }
 
 use std::sync::Arc;
@@ -502,4 +517,105 @@ async fn the_reconciler_makes_a_database_and_role_ready_and_publishes_the_role_d
         .get(0);
     assert_eq!(owner, "app");
     login(&pg, "app", "reconciled-pw-42").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_reconciler_reports_a_refused_destructive_plan_and_applies_it_once_allowed() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let schemas = ManagedReconciler::builder(
+        Arc::new(PostgresProvider::table_schema(endpoint(&pg))),
+        Arc::new(MemoryStateStore::new()),
+    )
+    .build()
+    .unwrap();
+    let spec = |extra: &str| {
+        ResourceSpec::load(&format!(
+            "name: shop\nforProvider:\n  database: shop\n{extra}  tables:\n  - name: t\n    columns: [{{name: id, type: bigint}}]\n"
+        ))
+        .unwrap()
+    };
+    let with_note = ResourceSpec::load(
+        "name: shop\nforProvider:\n  database: shop\n  tables:\n  - name: t\n    columns: [{name: id, type: bigint}, {name: note, type: text}]\n",
+    )
+    .unwrap();
+    let ctx = Context::new("schemas", 1);
+    schemas.resources().apply(with_note).await.unwrap();
+    for _ in 0..2 {
+        schemas.reconcile("shop".into(), ctx.clone()).await.unwrap();
+    }
+    let status = schemas
+        .resources()
+        .get("shop")
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert!(status.is_healthy(), "{status:?}");
+
+    // Dropping `note` is refused: Synced false with the plan; the column stays.
+    schemas.resources().apply(spec("")).await.unwrap();
+    let mut refused = None;
+    for _ in 0..3 {
+        if let Err(e) = schemas.reconcile("shop".into(), ctx.clone()).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("the destructive update is refused");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("- drop column t.note (text)"),
+        "{err}"
+    );
+    let status = schemas
+        .resources()
+        .get("shop")
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    let synced = status
+        .condition(rorqual_providers::ConditionType::Synced)
+        .expect("synced");
+    assert_eq!(synced.status, rorqual_providers::ConditionStatus::False);
+    assert!(synced.message.contains("allowDataLoss"), "{synced:?}");
+    let shop = superuser(&pg, "shop").await;
+    let note: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'shop' AND column_name = 'note'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, 1, "nothing ran");
+
+    // Allowed: the next reconciles apply it and the resource is healthy again.
+    schemas
+        .resources()
+        .apply(spec("  allowDataLoss: true\n"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let _ = schemas.reconcile("shop".into(), ctx.clone()).await;
+    }
+    let status = schemas
+        .resources()
+        .get("shop")
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert!(status.is_healthy(), "{status:?}");
+    let note: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'shop' AND column_name = 'note'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, 0, "the column was dropped once allowed");
 }

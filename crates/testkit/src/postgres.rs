@@ -232,6 +232,11 @@ impl LocalPostgres {
         })
     }
 
+    /// The server's process id (the postmaster), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
