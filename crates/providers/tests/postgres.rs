@@ -44,6 +44,7 @@ async fn the_harness_starts_a_postgres_15_that_checks_passwords() {
 
     // Stopping ends the server and its children: the port refuses and the process is gone.
     let (port, pid) = (pg.port(), pg.pid().expect("running"));
+    let provider = PostgresProvider::database(endpoint(&pg));
     drop(client);
     pg.stop();
     assert!(
@@ -55,6 +56,17 @@ async fn the_harness_starts_a_postgres_15_that_checks_passwords() {
             .await
             .is_err(),
         "port {port} still answers"
+    );
+    // A server that is down is a retryable error, not a permanent one.
+    let params = json!({});
+    let err = provider
+        .connect(&ExternalRef::new("db", "db", &params))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
     );
 }
 

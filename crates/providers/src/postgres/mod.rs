@@ -99,6 +99,9 @@ impl Endpoint {
             .password(password.expose())
             .dbname(database)
             .application_name("rorqual-providers")
+            // A reconcile never hangs on a lock or a long statement: both end in a
+            // retryable error (55P03, 57014).
+            .options("-c lock_timeout=10s -c statement_timeout=5min")
             .connect_timeout(std::time::Duration::from_secs(10));
         config
     }
