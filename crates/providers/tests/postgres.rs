@@ -631,3 +631,63 @@ async fn the_reconciler_reports_a_refused_destructive_plan_and_applies_it_once_a
         .get(0);
     assert_eq!(note, 0, "the column was dropped once allowed");
 }
+
+/// Every supported type and default form reads back from the catalog as declared: a false
+/// "not up to date" would make endless updates.
+#[tokio::test]
+async fn every_type_and_default_form_reads_back_up_to_date() {
+    let Some(pg) = start().await else { return };
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let columns = [
+        ("a", "smallint", Some("7")),
+        ("b", "int4", Some("-3")),
+        ("c", "int8", Some("'42'")),
+        ("d", "bool", Some("TRUE")),
+        ("e", "boolean", Some("'f'")),
+        ("f", "text", Some("'it''s'")),
+        ("g", "varchar(12)", Some("'x'::varchar")),
+        ("h", "character varying", None),
+        ("i", "decimal(8,3)", Some("1.5")),
+        ("j", "numeric", Some("0")),
+        ("k", "float4", Some("2.5")),
+        ("l", "double precision", Some("-0.25")),
+        ("m", "date", Some("CURRENT_DATE")),
+        ("n", "timestamp", Some("LOCALTIMESTAMP")),
+        ("o", "timestamptz", Some("CURRENT_TIMESTAMP")),
+        ("p", "uuid", Some("gen_random_uuid()")),
+        ("q", "json", Some("'{}'")),
+        ("r", "jsonb", Some("'[1, 2]'")),
+        ("s", "bytea", None),
+        ("t", "text", Some("CURRENT_USER")),
+        ("u", "timestamptz", Some("now()")),
+        ("v", "int", Some("null")),
+    ];
+    let columns: Vec<Value> = columns
+        .iter()
+        .map(|(name, ty, default)| json!({"name": name, "type": ty, "default": default}))
+        .collect();
+    let params = json!({"database": "postgres", "tables": [
+        {"name": "every", "columns": columns, "primaryKey": ["a", "b"],
+         "indexes": [{"name": "every_f_g", "columns": ["g", "f"], "unique": true}],
+         "comment": "all types"}
+    ]});
+    provider.validate(&params).unwrap();
+    let r = ExternalRef::new("kinds", "kinds", &params);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(observed.up_to_date, "{:?}", observed.diff);
+
+    // And a changed default is seen.
+    let mut changed = params.clone();
+    changed["tables"][0]["columns"][10]["default"] = json!("3.5");
+    let diff = client
+        .observe(&ExternalRef::new("kinds", "kinds", &changed))
+        .await
+        .unwrap()
+        .diff;
+    assert_eq!(
+        diff.as_deref(),
+        Some("~ set default of every.k: '2.5' -> '3.5'")
+    );
+}
