@@ -534,4 +534,82 @@ mod tests {
             "~ set default of orders.status: 'new' -> 'pending'\n~ require values in orders.total"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A type and a default that fits it.
+        fn column() -> impl Strategy<Value = (String, Option<String>, bool)> {
+            let typed = prop_oneof![
+                Just(("bigint", Some("0"))),
+                Just(("int", None)),
+                Just(("text", Some("'x'"))),
+                Just(("varchar(10)", None)),
+                Just(("boolean", Some("true"))),
+                Just(("numeric(8,2)", Some("1.25"))),
+                Just(("timestamptz", Some("now()"))),
+                Just(("uuid", None)),
+            ];
+            (typed, any::<bool>()).prop_map(|((ty, default), nullable)| {
+                (ty.to_owned(), default.map(str::to_owned), nullable)
+            })
+        }
+
+        fn tables() -> impl Strategy<Value = serde_json::Value> {
+            proptest::collection::vec(
+                (proptest::collection::vec(column(), 1..5), any::<bool>()),
+                1..4,
+            )
+            .prop_map(|tables| {
+                let tables: Vec<_> = tables
+                    .into_iter()
+                    .enumerate()
+                    .map(|(t, (columns, keyed))| {
+                        let columns: Vec<_> = columns
+                            .into_iter()
+                            .enumerate()
+                            .map(|(c, (ty, default, nullable))| {
+                                json!({"name": format!("c{c}"), "type": ty,
+                                       "default": default, "nullable": nullable})
+                            })
+                            .collect();
+                        let key: Vec<&str> = if keyed { vec!["c0"] } else { vec![] };
+                        json!({"name": format!("t{t}"), "columns": columns, "primaryKey": key})
+                    })
+                    .collect();
+                json!(tables)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn a_schema_matching_the_catalog_plans_nothing_and_a_new_one_loses_nothing(
+                tables in tables()
+            ) {
+                let d = desired(tables.clone());
+                let created = plan("s", &d, &Schema::default());
+                prop_assert!(!created.is_destructive(), "{created}");
+                prop_assert_eq!(created.steps[0].summary.as_str(), "create schema s");
+                let mut observed = d.clone();
+                for table in observed.tables.values_mut() {
+                    if !table.primary_key.is_empty() {
+                        table.primary_key_name = Some("k".into());
+                    }
+                }
+                prop_assert!(plan("s", &d, &observed).is_empty());
+
+                // Removing a column or a table from the declaration loses data.
+                let mut fewer = tables.clone();
+                let t0 = fewer[0]["columns"].as_array_mut().expect("columns");
+                if t0.len() > 1 {
+                    t0.pop();
+                } else {
+                    fewer.as_array_mut().expect("tables").remove(0);
+                }
+                let shrunk = plan("s", &desired(fewer), &observed);
+                prop_assert!(shrunk.is_destructive(), "{shrunk}");
+            }
+        }
+    }
 }
