@@ -18,7 +18,10 @@
 //! - [`sink`]: where connection details go; [`secret`]: redacting types;
 //! - `conformance` (feature `testing`): the checks every provider must pass.
 //!
-//! The PostgreSQL and RabbitMQ providers come later.
+//! - `postgres` (feature `postgres`): the PostgreSQL provider: databases, roles, grants and
+//!   declarative table schemas planned as migrations.
+//!
+//! The RabbitMQ provider comes later.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -75,6 +78,8 @@ pub mod condition;
 pub mod conformance;
 pub mod decision;
 pub mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod provider;
 pub mod reconciler;
 pub mod resource;

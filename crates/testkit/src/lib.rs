@@ -6,6 +6,8 @@
 //!   spec, waiting for readiness and events, process checks);
 //! - [`examples`]: helpers for the release examples (traffic generation, timelines);
 //! - [`etcd`]: a single-member etcd from Debian's `etcd-server` on loopback ports;
+//! - [`postgres`]: a real PostgreSQL 15 (Debian's `postgresql`) made by `initdb` in a
+//!   temporary directory and started on loopback (as `nobody` when run as root);
 //! - [`prometheus`]: a real Prometheus (Debian's `prometheus`) on loopback, scraping the jobs
 //!   it is given and queried through its HTTP API;
 //! - [`demo_bin`]: the path of the `rorqual-demo` binary, built on first use if missing;
@@ -21,6 +23,7 @@ pub mod demo;
 pub mod etcd;
 pub mod examples;
 pub mod local;
+pub mod postgres;
 pub mod prometheus;
 pub mod root;
 

@@ -1,0 +1,228 @@
+//! `Role`: a role (a user when it may log in) with a password from a secret reference.
+//!
+//! The password is resolved through the provider's [`SecretResolver`](super::SecretResolver)
+//! and sent as a SCRAM-SHA-256 verifier computed here, so the clear text is in no SQL
+//! statement (and no server log). Observe checks it by logging in as the role over TCP: a
+//! rotated secret makes the role "not up to date" and the update sets the new password.
+
+use rorqual_core::model::FieldError;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use super::{PostgresClient, SecretRef, check_identifier, db_error, ident, literal};
+use crate::provider::{Observation, Result};
+use crate::secret::{ConnectionDetails, Secret};
+
+/// A role's parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RoleParams {
+    /// Where its password is; no password when left out.
+    #[serde(default)]
+    password_secret_ref: Option<SecretRef>,
+    /// Whether it may log in (default true).
+    #[serde(default = "yes")]
+    login: bool,
+    /// Whether it may create databases (default false).
+    #[serde(default)]
+    create_db: bool,
+    /// Concurrent connections allowed; -1 (the default) for no limit.
+    #[serde(default = "no_limit")]
+    connection_limit: i32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn no_limit() -> i32 {
+    -1
+}
+
+pub(super) fn validate(p: &RoleParams) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(r) = &p.password_secret_ref {
+        for (path, value) in [
+            ("passwordSecretRef.name", &r.name),
+            ("passwordSecretRef.key", &r.key),
+        ] {
+            if value.is_empty() {
+                errors.push(FieldError {
+                    path: path.into(),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+    }
+    if p.connection_limit < -1 {
+        errors.push(FieldError {
+            path: "connectionLimit".into(),
+            message: format!("must be -1 (no limit) or more, got {}", p.connection_limit),
+        });
+    }
+    errors
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let mut errors = Vec::new();
+    check_identifier("externalName", name, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::provider::ProviderError::Invalid(errors))
+    }
+}
+
+fn password(c: &PostgresClient, p: &RoleParams) -> Result<Option<Secret>> {
+    p.password_secret_ref
+        .as_ref()
+        .map(|r| c.secrets.resolve(r))
+        .transpose()
+}
+
+fn details(c: &PostgresClient, name: &str, password: Option<Secret>) -> ConnectionDetails {
+    let mut d = ConnectionDetails::new()
+        .with("host", c.endpoint.host.clone())
+        .with("port", c.endpoint.port.to_string())
+        .with("user", name);
+    if let Some(password) = password {
+        d.insert("password", password);
+    }
+    d
+}
+
+/// Whether `password` logs `name` in; `None` when that cannot be told (no login allowed
+/// from here, too many connections).
+async fn password_works(c: &PostgresClient, name: &str, password: &Secret) -> Option<bool> {
+    let config = c
+        .endpoint
+        .config(name, password, &c.endpoint.admin_database);
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            drop(client);
+            let _ = connection.await;
+            Some(true)
+        }
+        Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => Some(false),
+        Err(_) => None,
+    }
+}
+
+pub(super) async fn observe(c: &PostgresClient, name: &str, p: &RoleParams) -> Result<Observation> {
+    let row = c
+        .client
+        .query_opt(
+            "SELECT rolcanlogin, rolcreatedb, rolconnlimit, rolpassword IS NOT NULL \
+             FROM pg_authid WHERE rolname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| db_error(format!("observing role `{name}`"), e))?;
+    let Some(row) = row else {
+        return Ok(Observation::missing());
+    };
+    let (login, create_db, limit, has_password): (bool, bool, i32, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let mut diff = Vec::new();
+    if login != p.login {
+        diff.push(format!("login: {login} -> {}", p.login));
+    }
+    if create_db != p.create_db {
+        diff.push(format!("createDb: {create_db} -> {}", p.create_db));
+    }
+    if limit != p.connection_limit {
+        diff.push(format!(
+            "connectionLimit: {limit} -> {}",
+            p.connection_limit
+        ));
+    }
+    let password = password(c, p)?;
+    match (&password, has_password) {
+        (None, true) => diff.push("password: set -> none".into()),
+        (Some(_), false) => diff.push("password: none -> from secret".into()),
+        (Some(secret), true)
+            if login && p.login && password_works(c, name, secret).await == Some(false) =>
+        {
+            diff.push("password: differs from the secret".into());
+        }
+        _ => {}
+    }
+    let observation = if diff.is_empty() {
+        Observation::up_to_date()
+    } else {
+        Observation::outdated(diff.join("\n"))
+    };
+    Ok(observation
+        .at_provider(json!({"login": login, "createDb": create_db, "connectionLimit": limit}))
+        .connection_details(details(c, name, password)))
+}
+
+/// The options of `CREATE ROLE` / `ALTER ROLE`.
+fn options(p: &RoleParams, password: Option<&Secret>) -> String {
+    let mut sql = format!(
+        "{} {} CONNECTION LIMIT {} PASSWORD ",
+        if p.login { "LOGIN" } else { "NOLOGIN" },
+        if p.create_db {
+            "CREATEDB"
+        } else {
+            "NOCREATEDB"
+        },
+        p.connection_limit
+    );
+    match password {
+        // A SCRAM verifier (salted, iterated hash): the server stores it as is.
+        Some(secret) => sql.push_str(&literal(&postgres_protocol::password::scram_sha_256(
+            secret.expose().as_bytes(),
+        ))),
+        None => sql.push_str("NULL"),
+    }
+    sql
+}
+
+pub(super) async fn create(
+    c: &PostgresClient,
+    name: &str,
+    p: &RoleParams,
+) -> Result<ConnectionDetails> {
+    check_name(name)?;
+    let password = password(c, p)?;
+    let sql = format!(
+        "CREATE ROLE {} {}",
+        ident(name),
+        options(p, password.as_ref())
+    );
+    match c.client.batch_execute(&sql).await {
+        Ok(()) => Ok(details(c, name, password)),
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => update(c, name, p).await,
+        // The statement holds a password hash: the error names the role only.
+        Err(e) => Err(db_error(format!("creating role `{name}`"), e)),
+    }
+}
+
+pub(super) async fn update(
+    c: &PostgresClient,
+    name: &str,
+    p: &RoleParams,
+) -> Result<ConnectionDetails> {
+    check_name(name)?;
+    let password = password(c, p)?;
+    let sql = format!(
+        "ALTER ROLE {} {}",
+        ident(name),
+        options(p, password.as_ref())
+    );
+    c.client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| db_error(format!("updating role `{name}`"), e))?;
+    Ok(details(c, name, password))
+}
+
+pub(super) async fn delete(client: &Client, name: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(name)))
+        .await
+        .map_err(|e| db_error(format!("dropping role `{name}`"), e))
+}

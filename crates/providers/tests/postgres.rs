@@ -1,0 +1,693 @@
+//! The PostgreSQL provider against a real PostgreSQL 15 that each test starts on loopback
+//! (`rorqual_testkit::postgres::LocalPostgres`), stopped when the test ends.
+
+use rorqual_testkit::postgres::LocalPostgres;
+
+/// Connects to `pg` as its superuser over TCP (SCRAM), to check what the provider did.
+async fn superuser(pg: &LocalPostgres, dbname: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(pg.host())
+        .port(pg.port())
+        .user(pg.user())
+        .password(pg.password())
+        .dbname(dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {dbname}: {e}\n{}", pg.log_tail()));
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn the_harness_starts_a_postgres_15_that_checks_passwords() {
+    let Some(pg) = LocalPostgres::start_or_skip()
+        .await
+        .expect("postgres starts")
+    else {
+        return;
+    };
+    let client = superuser(&pg, "postgres").await;
+    let row = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .unwrap();
+    let version: String = row.get(0);
+    assert!(version.starts_with("15"), "{version}");
+    let wrong = tokio_postgres::Config::new()
+        .host(pg.host())
+        .port(pg.port())
+        .user(pg.user())
+        .password("not-the-password")
+        .connect(tokio_postgres::NoTls)
+        .await;
+    assert!(wrong.is_err(), "a wrong password is refused");
+
+    // Stopping ends the server and its children: the port refuses and the process is gone.
+    let (port, pid) = (pg.port(), pg.pid().expect("running"));
+    let provider = PostgresProvider::database(endpoint(&pg));
+    drop(client);
+    pg.stop();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "postgres {pid} still runs"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "port {port} still answers"
+    );
+    // A server that is down is a retryable error, not a permanent one.
+    let params = json!({});
+    let err = provider
+        .connect(&ExternalRef::new("db", "db", &params))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+use std::sync::Arc;
+
+use rorqual_core::engine::MemoryStateStore;
+use rorqual_providers::conformance::check;
+use rorqual_providers::postgres::{Endpoint, PostgresProvider, SharedSecrets};
+use rorqual_providers::provider::{ExternalRef, ProviderError};
+use rorqual_providers::{ManagedReconciler, MemorySink, Provider, ResourceSpec, Secret};
+use rorqual_runtime::{Context, Reconciler};
+use serde_json::{Value, json};
+
+/// The provider's view of `pg`: its superuser over TCP.
+fn endpoint(pg: &LocalPostgres) -> Endpoint {
+    Endpoint::new(pg.host(), pg.port(), pg.user(), Secret::new(pg.password()))
+}
+
+/// Logs in as `user` with `password` over TCP; the error text when refused.
+async fn login(pg: &LocalPostgres, user: &str, password: &str) -> Result<(), String> {
+    let connected = tokio_postgres::Config::new()
+        .host(pg.host())
+        .port(pg.port())
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await;
+    match connected {
+        Ok((client, connection)) => {
+            drop(client);
+            let _ = connection.await;
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn start() -> Option<LocalPostgres> {
+    LocalPostgres::start_or_skip()
+        .await
+        .expect("postgres starts")
+}
+
+#[tokio::test]
+async fn every_kind_passes_the_provider_conformance_checks() {
+    let Some(pg) = start().await else { return };
+    let secrets = SharedSecrets::new();
+    secrets.insert("app", "password", "conformance-pw-1");
+    let db = PostgresProvider::database(endpoint(&pg));
+    check(
+        &db,
+        "conf_db",
+        &json!({"connectionLimit": 5}),
+        &json!({"connectionLimit": 10}),
+    )
+    .await
+    .unwrap();
+    let role = PostgresProvider::role(endpoint(&pg), Arc::new(secrets.clone()));
+    check(
+        &role,
+        "conf_role",
+        &json!({"passwordSecretRef": {"name": "app", "key": "password"}}),
+        &json!({"passwordSecretRef": {"name": "app", "key": "password"}, "createDb": true, "connectionLimit": 3}),
+    )
+    .await
+    .unwrap();
+
+    // A grant needs its role and database.
+    let admin = superuser(&pg, "postgres").await;
+    // Separate statements: CREATE DATABASE cannot run in a multi-statement transaction.
+    for sql in ["CREATE ROLE grantee LOGIN", "CREATE DATABASE granted"] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let grant = PostgresProvider::grant(endpoint(&pg));
+    check(
+        &grant,
+        "conf_grant",
+        &json!({"role": "grantee", "database": "granted", "privileges": ["CONNECT"]}),
+        &json!({"role": "grantee", "database": "granted", "privileges": ["CONNECT", "TEMP"]}),
+    )
+    .await
+    .unwrap();
+
+    let schemas = PostgresProvider::table_schema(endpoint(&pg));
+    let table = |columns: Value| {
+        json!({"database": "granted", "allowDataLoss": true, "tables": [
+            {"name": "t", "columns": columns, "primaryKey": ["id"]}
+        ]})
+    };
+    check(
+        &schemas,
+        "conf_schema",
+        &table(json!([{"name": "id", "type": "int"}])),
+        &table(json!([{"name": "id", "type": "int"}, {"name": "note", "type": "text"}])),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_role_logs_in_with_its_secret_and_a_rotated_secret_is_applied() {
+    let Some(pg) = start().await else { return };
+    let secrets = SharedSecrets::new();
+    secrets.insert("orders-db", "password", "first-Pa55word");
+    // Every statement goes to the server's log: the passwords must not.
+    let admin = superuser(&pg, "postgres").await;
+    admin
+        .batch_execute("ALTER SYSTEM SET log_statement = 'all'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let provider = PostgresProvider::role(endpoint(&pg), Arc::new(secrets.clone()));
+    let params = json!({"passwordSecretRef": {"name": "orders-db", "key": "password"}});
+    let r = ExternalRef::new("orders", "orders", &params);
+    let client = provider.connect(&r).await.unwrap();
+    let created = client.create(&r).await.unwrap();
+    let details = &created.connection_details;
+    let get = |k: &str| details.get(k).map(|s| s.expose().to_owned());
+    assert_eq!(get("host").as_deref(), Some("127.0.0.1"));
+    assert_eq!(get("port"), Some(pg.port().to_string()));
+    assert_eq!(get("user").as_deref(), Some("orders"));
+    assert_eq!(get("password").as_deref(), Some("first-Pa55word"));
+    login(&pg, "orders", "first-Pa55word").await.unwrap();
+    assert!(login(&pg, "orders", "wrong").await.is_err());
+
+    // The password is stored as a SCRAM verifier, never as the clear text.
+    let stored: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'orders'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("SCRAM-SHA-256$"), "{stored}");
+    assert!(!stored.contains("first-Pa55word"));
+
+    assert!(client.observe(&r).await.unwrap().up_to_date);
+    secrets.insert("orders-db", "password", "second-Pa55word");
+    let observed = client.observe(&r).await.unwrap();
+    assert!(!observed.up_to_date);
+    assert_eq!(
+        observed.diff.as_deref(),
+        Some("password: differs from the secret")
+    );
+    let shown = format!("{observed:?}");
+    assert!(
+        !shown.contains("first-Pa55word") && !shown.contains("second-Pa55word"),
+        "{shown}"
+    );
+    client.update(&r).await.unwrap();
+    login(&pg, "orders", "second-Pa55word").await.unwrap();
+    assert!(login(&pg, "orders", "first-Pa55word").await.is_err());
+    assert!(client.observe(&r).await.unwrap().up_to_date);
+
+    // A reference to a secret that does not exist is a permanent error naming it.
+    let missing = json!({"passwordSecretRef": {"name": "nope", "key": "password"}});
+    let err = client
+        .create(&ExternalRef::new("other", "other", &missing))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("`nope`"), "{err}");
+    client.delete(&r).await.unwrap();
+    assert!(login(&pg, "orders", "second-Pa55word").await.is_err());
+
+    let log = pg.log();
+    assert!(
+        log.contains("ALTER ROLE \"orders\""),
+        "statements are logged:\n{log}"
+    );
+    for password in ["first-Pa55word", "second-Pa55word"] {
+        assert!(
+            !log.contains(password),
+            "{password} in the server log:\n{log}"
+        );
+    }
+}
+
+const SHOP_V1: &str = r#"
+database: shop
+tables:
+  - name: customers
+    comment: who orders
+    columns:
+      - {name: id, type: bigint}
+      - {name: email, type: varchar(100), nullable: false}
+    primaryKey: [id]
+    indexes:
+      - {name: customers_email, columns: [email], unique: true}
+  - name: orders
+    columns:
+      - {name: id, type: bigint}
+      - {name: customer_id, type: bigint, references: {table: customers, column: id}}
+      - {name: status, type: varchar(20), nullable: false, default: "'new'", comment: lifecycle}
+      - {name: total, type: "numeric(10,2)", default: "0"}
+      - {name: paid, type: boolean, default: "false"}
+      - {name: created_at, type: timestamptz, nullable: false, default: now()}
+      - {name: attempts, type: int, default: "-1"}
+    primaryKey: [id]
+    indexes:
+      - {name: orders_status, columns: [status, created_at]}
+"#;
+
+fn yaml(text: &str) -> Value {
+    yaml_serde::from_str(text).expect("yaml")
+}
+
+#[tokio::test]
+async fn a_table_schema_is_created_migrated_additively_and_refuses_data_loss() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let v1 = yaml(SHOP_V1);
+    provider.validate(&v1).unwrap();
+    let r = ExternalRef::new("shop", "shop", &v1);
+    let client = provider.connect(&r).await.unwrap();
+    assert!(!client.observe(&r).await.unwrap().exists);
+    client.create(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(
+        observed.up_to_date,
+        "the catalog reads back as declared: {:?}",
+        observed.diff
+    );
+
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute(
+        "INSERT INTO shop.customers (id, email) VALUES (1, 'a@example.org');
+         INSERT INTO shop.orders (id, customer_id) VALUES (10, 1);",
+    )
+    .await
+    .unwrap();
+    let row = shop
+        .query_one(
+            "SELECT status, paid, attempts FROM shop.orders WHERE id = 10",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "new");
+    assert!(!row.get::<_, bool>(1));
+    assert_eq!(row.get::<_, i32>(2), -1);
+    let fk = shop
+        .batch_execute("INSERT INTO shop.orders (id, customer_id) VALUES (11, 99)")
+        .await
+        .unwrap_err();
+    assert!(
+        fk.to_string().contains("foreign key") || format!("{fk:?}").contains("23503"),
+        "{fk:?}"
+    );
+
+    // Additive: a new column, a widened type, a new table; data stays.
+    let v2 = yaml(
+        &(SHOP_V1
+            .replace("type: varchar(20)", "type: varchar(40)")
+            .replace(
+                "      - {name: attempts, type: int, default: \"-1\"}\n",
+                "      - {name: attempts, type: bigint, default: \"-1\"}\n      - {name: note, type: text, comment: free text}\n",
+            )
+            + "  - name: audit\n    columns: [{name: at, type: timestamptz}]\n"),
+    );
+    let r2 = ExternalRef::new("shop", "shop", &v2);
+    let outdated = client.observe(&r2).await.unwrap();
+    assert!(!outdated.up_to_date);
+    assert_eq!(
+        outdated.diff.as_deref(),
+        Some(
+            "+ create table audit (at timestamp with time zone)\n\
+             ~ widen column orders.status: character varying(20) -> character varying(40)\n\
+             ~ widen column orders.attempts: integer -> bigint\n\
+             + add column orders.note text\n\
+             + comment on column orders.note: 'free text'"
+        )
+    );
+    client.update(&r2).await.unwrap();
+    assert!(client.observe(&r2).await.unwrap().up_to_date);
+    let count: i64 = shop
+        .query_one("SELECT count(*) FROM shop.orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1, "the orders survive an additive migration");
+
+    // Destructive: dropping a column and narrowing a type is refused with the plan.
+    let v3_text = SHOP_V1.replace("type: varchar(20)", "type: varchar(5)");
+    let v3 = yaml(&v3_text);
+    let r3 = ExternalRef::new("shop", "shop", &v3);
+    let refused = client.observe(&r3).await.unwrap();
+    let diff = refused.diff.unwrap_or_default();
+    assert!(diff.contains("allowDataLoss is not set"), "{diff}");
+    assert!(diff.contains("- drop column orders.note (text)"), "{diff}");
+    assert!(diff.contains("- drop table audit"), "{diff}");
+    let err = client.update(&r3).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(
+            "- convert column orders.status: character varying(40) -> character varying(5)"
+        ),
+        "{err}"
+    );
+    let still: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'shop' AND table_name = 'orders' AND column_name = 'note'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still, 1, "nothing ran");
+    let deleted = client.delete(&r3).await.unwrap_err();
+    assert!(deleted.to_string().contains("allowDataLoss"), "{deleted}");
+
+    // With allowDataLoss the same plan runs.
+    let v4 = yaml(&format!("{v3_text}allowDataLoss: true\n"));
+    let r4 = ExternalRef::new("shop", "shop", &v4);
+    client.update(&r4).await.unwrap();
+    assert!(client.observe(&r4).await.unwrap().up_to_date);
+    let status: String = shop
+        .query_one("SELECT status FROM shop.orders WHERE id = 10", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "new");
+    client.delete(&r4).await.unwrap();
+    assert!(!client.observe(&r4).await.unwrap().exists);
+}
+
+#[tokio::test]
+async fn a_failing_step_rolls_the_whole_migration_back() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let v1 = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: id, type: int}, {name: n, type: int}]\n",
+    );
+    let r = ExternalRef::new("s", "s", &v1);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute("INSERT INTO s.t (id) VALUES (1)")
+        .await
+        .unwrap();
+    // Adds a table (fine) and requires values in `n`, which holds a NULL: the step fails.
+    let v2 = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: id, type: int}, {name: n, type: int, nullable: false}]\n- name: u\n  columns: [{name: id, type: int}]\n",
+    );
+    let r2 = ExternalRef::new("s", "s", &v2);
+    let err = client.update(&r2).await.unwrap_err();
+    assert!(
+        err.to_string().contains("+ create table u"),
+        "the error shows the plan: {err}"
+    );
+    let tables: i64 = shop
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 's'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tables, 1,
+        "the new table was rolled back with the failed step"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_schema_is_rejected_before_anything_runs() {
+    let Some(pg) = start().await else { return };
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let bad = yaml(
+        "database: postgres\ntables:\n- name: t\n  columns:\n  - {name: id, type: int}\n  - {name: id, type: integr, default: \"'x'\"}\n",
+    );
+    let problems = provider.validate(&bad).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["tables[0].columns[1].name", "tables[0].columns[1].type"]
+    );
+    let r = ExternalRef::new("bad", "bad", &bad);
+    let err = provider.connect(&r).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Invalid(_)), "{err:?}");
+    let admin = superuser(&pg, "postgres").await;
+    let schemas: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'bad'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0);
+}
+
+#[tokio::test]
+async fn the_reconciler_makes_a_database_and_role_ready_and_publishes_the_role_details() {
+    let Some(pg) = start().await else { return };
+    let secrets = SharedSecrets::new();
+    secrets.insert("app", "password", "reconciled-pw-42");
+    let sink = Arc::new(MemorySink::new());
+    let roles = ManagedReconciler::builder(
+        Arc::new(PostgresProvider::role(endpoint(&pg), Arc::new(secrets))),
+        Arc::new(MemoryStateStore::new()),
+    )
+    .sink(sink.clone())
+    .build()
+    .unwrap();
+    let spec = ResourceSpec::load(
+        "name: app\nforProvider: {passwordSecretRef: {name: app, key: password}}\nwriteConnectionSecretTo: app-db\n",
+    )
+    .unwrap();
+    roles.resources().apply(spec).await.unwrap();
+    let databases = ManagedReconciler::builder(
+        Arc::new(PostgresProvider::database(endpoint(&pg))),
+        Arc::new(MemoryStateStore::new()),
+    )
+    .build()
+    .unwrap();
+    databases
+        .resources()
+        .apply(ResourceSpec::new("appdb", json!({"owner": "app"})))
+        .await
+        .unwrap();
+    let ctx = Context::new("postgres", 1);
+    for _ in 0..2 {
+        roles.reconcile("app".into(), ctx.clone()).await.unwrap();
+        databases
+            .reconcile("appdb".into(), ctx.clone())
+            .await
+            .unwrap();
+    }
+    for (reconciler, name) in [(&roles, "app"), (&databases, "appdb")] {
+        let status = reconciler
+            .resources()
+            .get(name)
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
+        assert!(status.is_healthy(), "{name}: {status:?}");
+    }
+    let published = sink.get("app-db").expect("published");
+    assert_eq!(
+        published.get("password").map(Secret::expose),
+        Some("reconciled-pw-42")
+    );
+    let admin = superuser(&pg, "postgres").await;
+    let owner: String = admin
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = 'appdb'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "app");
+    login(&pg, "app", "reconciled-pw-42").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_reconciler_reports_a_refused_destructive_plan_and_applies_it_once_allowed() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let schemas = ManagedReconciler::builder(
+        Arc::new(PostgresProvider::table_schema(endpoint(&pg))),
+        Arc::new(MemoryStateStore::new()),
+    )
+    .build()
+    .unwrap();
+    let spec = |extra: &str| {
+        ResourceSpec::load(&format!(
+            "name: shop\nforProvider:\n  database: shop\n{extra}  tables:\n  - name: t\n    columns: [{{name: id, type: bigint}}]\n"
+        ))
+        .unwrap()
+    };
+    let with_note = ResourceSpec::load(
+        "name: shop\nforProvider:\n  database: shop\n  tables:\n  - name: t\n    columns: [{name: id, type: bigint}, {name: note, type: text}]\n",
+    )
+    .unwrap();
+    let ctx = Context::new("schemas", 1);
+    schemas.resources().apply(with_note).await.unwrap();
+    for _ in 0..2 {
+        schemas.reconcile("shop".into(), ctx.clone()).await.unwrap();
+    }
+    let status = schemas
+        .resources()
+        .get("shop")
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert!(status.is_healthy(), "{status:?}");
+
+    // Dropping `note` is refused: Synced false with the plan; the column stays.
+    schemas.resources().apply(spec("")).await.unwrap();
+    let mut refused = None;
+    for _ in 0..3 {
+        if let Err(e) = schemas.reconcile("shop".into(), ctx.clone()).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("the destructive update is refused");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().contains("- drop column t.note (text)"),
+        "{err}"
+    );
+    let status = schemas
+        .resources()
+        .get("shop")
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    let synced = status
+        .condition(rorqual_providers::ConditionType::Synced)
+        .expect("synced");
+    assert_eq!(synced.status, rorqual_providers::ConditionStatus::False);
+    assert!(synced.message.contains("allowDataLoss"), "{synced:?}");
+    let shop = superuser(&pg, "shop").await;
+    let note: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'shop' AND column_name = 'note'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, 1, "nothing ran");
+
+    // Allowed: the next reconciles apply it and the resource is healthy again.
+    schemas
+        .resources()
+        .apply(spec("  allowDataLoss: true\n"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let _ = schemas.reconcile("shop".into(), ctx.clone()).await;
+    }
+    let status = schemas
+        .resources()
+        .get("shop")
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert!(status.is_healthy(), "{status:?}");
+    let note: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'shop' AND column_name = 'note'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, 0, "the column was dropped once allowed");
+}
+
+/// Every supported type and default form reads back from the catalog as declared: a false
+/// "not up to date" would make endless updates.
+#[tokio::test]
+async fn every_type_and_default_form_reads_back_up_to_date() {
+    let Some(pg) = start().await else { return };
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let columns = [
+        ("a", "smallint", Some("7")),
+        ("b", "int4", Some("-3")),
+        ("c", "int8", Some("'42'")),
+        ("d", "bool", Some("TRUE")),
+        ("e", "boolean", Some("'f'")),
+        ("f", "text", Some("'it''s'")),
+        ("g", "varchar(12)", Some("'x'::varchar")),
+        ("h", "character varying", None),
+        ("i", "decimal(8,3)", Some("1.5")),
+        ("j", "numeric", Some("0")),
+        ("k", "float4", Some("2.5")),
+        ("l", "double precision", Some("-0.25")),
+        ("m", "date", Some("CURRENT_DATE")),
+        ("n", "timestamp", Some("LOCALTIMESTAMP")),
+        ("o", "timestamptz", Some("CURRENT_TIMESTAMP")),
+        ("p", "uuid", Some("gen_random_uuid()")),
+        ("q", "json", Some("'{}'")),
+        ("r", "jsonb", Some("'[1, 2]'")),
+        ("s", "bytea", None),
+        ("t", "text", Some("CURRENT_USER")),
+        ("u", "timestamptz", Some("now()")),
+        ("v", "int", Some("null")),
+    ];
+    let columns: Vec<Value> = columns
+        .iter()
+        .map(|(name, ty, default)| json!({"name": name, "type": ty, "default": default}))
+        .collect();
+    let params = json!({"database": "postgres", "tables": [
+        {"name": "every", "columns": columns, "primaryKey": ["a", "b"],
+         "indexes": [{"name": "every_f_g", "columns": ["g", "f"], "unique": true}],
+         "comment": "all types"}
+    ]});
+    provider.validate(&params).unwrap();
+    let r = ExternalRef::new("kinds", "kinds", &params);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(observed.up_to_date, "{:?}", observed.diff);
+
+    // And a changed default is seen.
+    let mut changed = params.clone();
+    changed["tables"][0]["columns"][10]["default"] = json!("3.5");
+    let diff = client
+        .observe(&ExternalRef::new("kinds", "kinds", &changed))
+        .await
+        .unwrap()
+        .diff;
+    assert_eq!(
+        diff.as_deref(),
+        Some("~ set default of every.k: '2.5' -> '3.5'")
+    );
+}
