@@ -445,6 +445,47 @@ async fn serves_over_tls() {
     task.abort();
 }
 
+/// kube-scheduler's extender client (Go's `http.Transport` with HTTP/2 configured) sends every
+/// verb over one connection when the server offers `h2`; an HTTP/1.1-only client still works.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn serves_http2_and_http1_over_tls() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = rorqual_scheduler::extender::TlsListener::new(
+        listener,
+        cert_pem.as_bytes(),
+        cert.key_pair.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let task = tokio::spawn(ExtenderServer::with_default_plugins().serve_tls(tls));
+    let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
+    for (http1_only, expected) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone());
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        let client = builder.build().unwrap();
+        let url = format!("https://{addr}/healthz");
+        // Several requests at once: over HTTP/2 they share the connection.
+        let answers = futures::future::join_all((0..4).map(|_| client.get(&url).send())).await;
+        for answer in answers {
+            let answer = answer.unwrap();
+            assert_eq!(answer.version(), expected, "http1_only {http1_only}");
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.text().await.unwrap(), "ok");
+        }
+    }
+    task.abort();
+}
+
 fn names_filter(uid: &str, cpu: &str) -> String {
     format!(
         r#"{{"Pod": {{"metadata": {{"name": "{uid}", "namespace": "default", "uid": "{uid}"}},
