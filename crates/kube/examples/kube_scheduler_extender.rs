@@ -23,7 +23,8 @@
 //! Options: `--pods N` (200), `--nodes N` (50), `--rounds N` (3; each runs the modes in the
 //! order given, and one more run without extender closes the series), `--modes LIST`
 //! (`none,nodes,names,names-tls`; `-tls`: the extender serves HTTPS with a self-signed
-//! certificate in the stanza's `tlsConfig.caData` and offers HTTP/2), `--binder-http1` (the
+//! certificate in the stanza's `tlsConfig.caData` and offers HTTP/2; `-nobind`: no
+//! `bindVerb`, kube-scheduler binds; `-noprio`: no `prioritizeVerb`), `--binder-http1` (the
 //! extender's binder speaks HTTP/1.1 to the apiserver, not HTTP/2), `--perf-dir DIR` (records each measurement with
 //! `perf record -g` over kube-scheduler, the apiserver, etcd and this process, into
 //! `DIR/<mode>-<run>.data`).
@@ -73,11 +74,13 @@ enum Mode {
         tls: bool,
         /// `bindVerb`: the extender creates the Bindings (else kube-scheduler does).
         bind: bool,
+        /// `prioritizeVerb` (else the extender only filters).
+        prioritize: bool,
     },
 }
 
 impl Mode {
-    /// `none`, or `nodes`/`names` followed by `-tls` and/or `-nobind`.
+    /// `none`, or `nodes`/`names` followed by `-tls`, `-nobind` and/or `-noprio`.
     fn parse(s: &str) -> Result<Mode, BoxError> {
         let mut parts = s.split('-');
         let cache_capable = match parts.next() {
@@ -90,11 +93,12 @@ impl Mode {
                 );
             }
         };
-        let (mut tls, mut bind) = (false, true);
+        let (mut tls, mut bind, mut prioritize) = (false, true, true);
         for part in parts {
             match part {
                 "tls" => tls = true,
                 "nobind" => bind = false,
+                "noprio" => prioritize = false,
                 other => return Err(format!("unknown mode suffix `-{other}` in `{s}`").into()),
             }
         }
@@ -102,6 +106,7 @@ impl Mode {
             cache_capable,
             tls,
             bind,
+            prioritize,
         })
     }
 
@@ -112,15 +117,21 @@ impl Mode {
                 cache_capable,
                 tls,
                 bind,
+                prioritize,
             } => format!(
-                "extender, {}{}{}",
+                "extender, {}{}{}{}",
                 if cache_capable {
                     "cache-capable"
                 } else {
                     "Nodes mode"
                 },
                 if tls { ", HTTPS/2" } else { "" },
-                if bind { "" } else { ", no bindVerb" }
+                if bind { "" } else { ", no bindVerb" },
+                if prioritize {
+                    ""
+                } else {
+                    ", no prioritizeVerb"
+                }
             ),
         }
     }
@@ -132,11 +143,13 @@ impl Mode {
                 cache_capable,
                 tls,
                 bind,
+                prioritize,
             } => format!(
-                "{}{}{}",
+                "{}{}{}{}",
                 if cache_capable { "names" } else { "nodes" },
                 if tls { "-tls" } else { "" },
-                if bind { "" } else { "-nobind" }
+                if bind { "" } else { "-nobind" },
+                if prioritize { "" } else { "-noprio" }
             ),
         }
     }
@@ -303,6 +316,103 @@ fn sockets_by_state(port: u16) -> BTreeMap<&'static str, usize> {
     out
 }
 
+/// When each extender request arrived and was answered, by verb (the measurement's
+/// extender only: the log is cleared before each one).
+#[derive(Debug, Default)]
+struct RequestLog {
+    requests: Vec<(Verb, Instant, Instant)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Filter,
+    Prioritize,
+    Bind,
+    Other,
+}
+
+static REQUESTS: std::sync::Mutex<RequestLog> = std::sync::Mutex::new(RequestLog {
+    requests: Vec::new(),
+});
+
+fn request_log() -> std::sync::MutexGuard<'static, RequestLog> {
+    // A panic while holding the lock leaves a log that is still usable.
+    REQUESTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records a request's verb, arrival and answer (before the body is sent).
+async fn timed(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let verb = match request.uri().path() {
+        "/filter" => Verb::Filter,
+        "/prioritize" => Verb::Prioritize,
+        "/bind" => Verb::Bind,
+        _ => Verb::Other,
+    };
+    let began = Instant::now();
+    let response = next.run(request).await;
+    request_log().requests.push((verb, began, Instant::now()));
+    response
+}
+
+/// Where a pod's time goes from kube-scheduler's filter request to the next pod's: the
+/// extender's handler times and kube-scheduler's own time between the calls (its in-process
+/// work, the Go client's JSON, the loopback round trip), means in milliseconds.
+#[derive(Debug, Default)]
+struct Breakdown {
+    filter: f64,
+    filter_to_prioritize: f64,
+    prioritize: f64,
+    prioritize_to_next_filter: f64,
+    bind: f64,
+}
+
+fn breakdown(log: &RequestLog) -> Breakdown {
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+    let of = |verb: Verb| -> Vec<(Instant, Instant)> {
+        let mut v: Vec<_> = log
+            .requests
+            .iter()
+            .filter(|r| r.0 == verb)
+            .map(|r| (r.1, r.2))
+            .collect();
+        v.sort();
+        v
+    };
+    let (filters, prioritizes, binds) = (of(Verb::Filter), of(Verb::Prioritize), of(Verb::Bind));
+    let handler =
+        |v: &[(Instant, Instant)]| mean(&v.iter().map(|&(a, b)| ms(a, b)).collect::<Vec<_>>());
+    // kube-scheduler's scheduling loop is serial: filter i, prioritize i, filter i + 1.
+    let mut to_prioritize = Vec::new();
+    let mut to_next = Vec::new();
+    for (i, &(_, filter_end)) in filters.iter().enumerate() {
+        if let Some(&(p_start, p_end)) = prioritizes.iter().find(|p| p.0 >= filter_end) {
+            to_prioritize.push(ms(filter_end, p_start));
+            if let Some(&(next, _)) = filters.get(i + 1) {
+                to_next.push(ms(p_end, next));
+            }
+        }
+    }
+    Breakdown {
+        filter: handler(&filters),
+        filter_to_prioritize: mean(&to_prioritize),
+        prioritize: handler(&prioritizes),
+        prioritize_to_next_filter: mean(&to_next),
+        bind: handler(&binds),
+    }
+}
+
 /// One measurement's outcome.
 #[derive(Debug)]
 struct Measurement {
@@ -312,6 +422,8 @@ struct Measurement {
     cpu_ms_per_pod: Vec<(String, f64)>,
     /// The extender port's sockets by state just after the last bind.
     sockets: BTreeMap<&'static str, usize>,
+    /// Where a pod's time went (extender modes).
+    breakdown: Option<Breakdown>,
 }
 
 /// The extender of one measurement: a task serving it, and the cache feed in cache-capable
@@ -341,6 +453,7 @@ async fn start_extender(
         cache_capable,
         tls,
         bind,
+        prioritize,
     } = mode
     else {
         return Err("no extender in this mode".into());
@@ -371,16 +484,23 @@ async fn start_extender(
         let stanza = server
             .stanza(format!("https://127.0.0.1:{port}"))
             .https(Some(cert_pem));
+        // What `ExtenderServer::serve_tls` does, with the timing layer.
+        let router = serving.router().layer(axum::middleware::from_fn(timed));
         let task = tokio::spawn(async move {
-            if let Err(e) = serving.serve_tls(listener).await {
+            if let Err(e) = axum::serve(listener, router).await {
                 eprintln!("the extender stopped: {e}");
             }
         });
         (stanza, task)
     } else {
         let stanza = server.stanza(format!("http://127.0.0.1:{port}"));
+        // What `ExtenderServer::serve` does (TCP_NODELAY), with the timing layer.
+        let router = serving.router().layer(axum::middleware::from_fn(timed));
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
-            if let Err(e) = serving.serve(listener).await {
+            if let Err(e) = axum::serve(listener, router).await {
                 eprintln!("the extender stopped: {e}");
             }
         });
@@ -398,10 +518,14 @@ async fn start_extender(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let mut stanza = stanza.to_value()?;
+    if !prioritize && let Some(entry) = stanza.as_object_mut() {
+        entry.remove("prioritizeVerb");
+    }
     Ok(RunningExtender {
         tasks,
         port,
-        stanza: stanza.to_value()?,
+        stanza,
     })
 }
 
@@ -484,6 +608,7 @@ async fn measure(
         }
     });
 
+    request_log().requests.clear();
     env.restart_scheduler(Some(&config)).await?;
     let pids = tracked(env);
     let perf = match &options.perf_dir {
@@ -529,6 +654,7 @@ async fn measure(
         }
     }
     let cpu_after: Vec<f64> = pids.iter().map(|&(_, pid)| cpu_seconds(pid)).collect();
+    let breakdown = extender.as_ref().map(|_| breakdown(&request_log()));
     let sockets = extender
         .as_ref()
         .map(|e| sockets_by_state(e.port))
@@ -573,6 +699,7 @@ async fn measure(
         pods_per_sec,
         cpu_ms_per_pod,
         sockets,
+        breakdown,
     })
 }
 
@@ -649,6 +776,12 @@ async fn main() -> Result<(), BoxError> {
             cpu.join(", "),
             m.sockets
         );
+        if let Some(b) = &m.breakdown {
+            println!(
+                "       ms per pod: filter {:.3}, kube-scheduler {:.3}, prioritize {:.3}, kube-scheduler to the next pod {:.3}; bind {:.3} (concurrent)",
+                b.filter, b.filter_to_prioritize, b.prioritize, b.prioritize_to_next_filter, b.bind
+            );
+        }
         results.push(m);
     }
 

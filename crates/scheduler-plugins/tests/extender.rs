@@ -338,6 +338,64 @@ impl FilterPlugin for Exploding {
     }
 }
 
+/// Records the threads its filter runs on.
+#[derive(Debug, Default)]
+struct ThreadRecorder(std::sync::Mutex<Vec<std::thread::ThreadId>>);
+
+impl Plugin for ThreadRecorder {
+    fn name(&self) -> &str {
+        "ThreadRecorder"
+    }
+}
+
+impl FilterPlugin for ThreadRecorder {
+    fn filter(&self, _state: &CycleState, _pod: &PodInfo, _node: &NodeInfo) -> Status {
+        self.0.lock().unwrap().push(std::thread::current().id());
+        Status::success()
+    }
+}
+
+/// A small cluster's filter runs on the request's own thread: handing it to a rayon worker
+/// and back cost two thread wake-ups per call, which under a real kube-scheduler on 2 loaded
+/// cores made the filter verb take 0.75–1.6 ms instead of about 0.1 ms.
+#[test]
+fn a_small_clusters_filter_runs_on_the_calling_thread() {
+    let recorder = Arc::new(ThreadRecorder::default());
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .filter(recorder.clone())
+        .build()
+        .unwrap();
+    let scheduler = Scheduler::new(profile);
+    let nodes: Vec<String> = (0..50).map(|i| format!("n{i}")).collect();
+    scheduler.add_nodes(
+        nodes
+            .iter()
+            .map(|n| NodeInfo::new(n.as_str(), Resources::new(4000, 8 << 30))),
+    );
+    let server = ExtenderServer::new(scheduler);
+    let body = format!(
+        r#"{{"Pod": {{"metadata": {{"name": "p", "uid": "p"}}}}, "NodeNames": {}}}"#,
+        serde_json::to_string(&nodes).unwrap()
+    );
+    let args =
+        rorqual_scheduler::extender::wire::ExtenderArgs::from_slice(body.as_bytes()).unwrap();
+    let result = server.filter(&args);
+    assert_eq!(
+        result.node_names.map(|n| n.len()),
+        Some(50),
+        "{}",
+        result.error
+    );
+    let threads = recorder.0.lock().unwrap();
+    assert_eq!(threads.len(), 50);
+    let here = std::thread::current().id();
+    assert!(
+        threads.iter().all(|t| *t == here),
+        "filtered on {threads:?}, called from {here:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_panicking_plugin_is_an_error_for_that_pod_only() {
     let profile = DefaultPlugins::new()
