@@ -12,8 +12,10 @@
 //!    last (a watch on the namespace); then stops kube-scheduler and deletes the pods
 //!    (grace 0);
 //! 3. prints each measurement (pods/s, CPU milliseconds per pod of each process, the
-//!    extender's TCP connections by state), then the medians and their ratios to the
-//!    median without extender.
+//!    extender's TCP connections by state, and where a pod's time went: the extender's handler
+//!    time per verb against kube-scheduler's time between the calls, from a timing layer on
+//!    the extender's router), then the medians and their ratios to the median without
+//!    extender.
 //!
 //! ```sh
 //! export RORQUAL_KUBE_BIN=$(scripts/build-kube)
@@ -24,7 +26,9 @@
 //! order given, and one more run without extender closes the series), `--modes LIST`
 //! (`none,nodes,names,names-tls`; `-tls`: the extender serves HTTPS with a self-signed
 //! certificate in the stanza's `tlsConfig.caData` and offers HTTP/2; `-nobind`: no
-//! `bindVerb`, kube-scheduler binds; `-noprio`: no `prioritizeVerb`), `--binder-http1` (the
+//! `bindVerb`, kube-scheduler binds; `-noprio`: no `prioritizeVerb`),
+//! `--no-contention-profiling` (`enableContentionProfiling: false` in every configuration),
+//! `--binder-http1` (the
 //! extender's binder speaks HTTP/1.1 to the apiserver, not HTTP/2), `--perf-dir DIR` (records each measurement with
 //! `perf record -g` over kube-scheduler, the apiserver, etcd and this process, into
 //! `DIR/<mode>-<run>.data`).
@@ -164,6 +168,9 @@ struct Options {
     perf_dir: Option<PathBuf>,
     /// The binder speaks HTTP/1.1 only (default: HTTP/2 offered).
     binder_http1: bool,
+    /// `enableContentionProfiling: false` in every configuration (kube-scheduler's default
+    /// is true: every blocked goroutine records a stack trace).
+    no_contention_profiling: bool,
 }
 
 fn options() -> Result<Options, BoxError> {
@@ -177,6 +184,7 @@ fn options() -> Result<Options, BoxError> {
             .collect::<Result<_, _>>()?,
         perf_dir: None,
         binder_http1: false,
+        no_contention_profiling: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -196,6 +204,7 @@ fn options() -> Result<Options, BoxError> {
             }
             "--perf-dir" => o.perf_dir = Some(PathBuf::from(value()?)),
             "--binder-http1" => o.binder_http1 = true,
+            "--no-contention-profiling" => o.no_contention_profiling = true,
             other => return Err(format!("unknown option `{other}`").into()),
         }
     }
@@ -243,12 +252,19 @@ fn admin_credentials(env: &TestEnv) -> Result<(String, Vec<u8>), BoxError> {
 }
 
 /// The scheduler configuration: client rate limits raised, and the extender if any.
-fn scheduler_config(version: KubeVersion, extender: Option<Value>) -> Result<String, BoxError> {
+fn scheduler_config(
+    version: KubeVersion,
+    extender: Option<Value>,
+    options: &Options,
+) -> Result<String, BoxError> {
     let mut doc = json!({
         "apiVersion": config_api_version(version)?,
         "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"qps": 5000, "burst": 5000},
     });
+    if options.no_contention_profiling {
+        doc["enableContentionProfiling"] = json!(false);
+    }
     if let Some(entry) = extender {
         doc["extenders"] = json!([entry]);
     }
@@ -397,7 +413,12 @@ fn breakdown(log: &RequestLog) -> Breakdown {
     let mut to_prioritize = Vec::new();
     let mut to_next = Vec::new();
     for (i, &(_, filter_end)) in filters.iter().enumerate() {
-        if let Some(&(p_start, p_end)) = prioritizes.iter().find(|p| p.0 >= filter_end) {
+        if prioritizes.is_empty() {
+            // Filter only: from one pod's filter answer to the next pod's filter.
+            if let Some(&(next, _)) = filters.get(i + 1) {
+                to_next.push(ms(filter_end, next));
+            }
+        } else if let Some(&(p_start, p_end)) = prioritizes.iter().find(|p| p.0 >= filter_end) {
             to_prioritize.push(ms(filter_end, p_start));
             if let Some(&(next, _)) = filters.get(i + 1) {
                 to_next.push(ms(p_end, next));
@@ -584,7 +605,11 @@ async fn measure(
         Mode::None => None,
         Mode::Extender { .. } => Some(start_extender(env, client, mode, version, options).await?),
     };
-    let config = scheduler_config(version, extender.as_ref().map(|e| e.stanza.clone()))?;
+    let config = scheduler_config(
+        version,
+        extender.as_ref().map(|e| e.stanza.clone()),
+        options,
+    )?;
 
     // Watch before kube-scheduler starts, so no binding is missed.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
