@@ -6,11 +6,11 @@
 //!    cores; the `ServiceAccount` admission plugin is off, since no controller makes the
 //!    namespace's account), registers the nodes (Ready, no taint: nothing taints them without
 //!    a node lifecycle controller);
-//! 2. per measurement: creates the pending pods while no scheduler runs, starts a fresh
-//!    extender (in this process: its own cache, binder and port) and a fresh kube-scheduler
-//!    whose configuration names it (or none), and times from the first pod seen bound to the
-//!    last (a watch on the namespace); then stops kube-scheduler and deletes the pods
-//!    (grace 0);
+//! 2. per measurement: creates the pending pods while no scheduler runs, waits 2 s, starts a
+//!    fresh extender (in this process: its own cache, binder and port) and a fresh
+//!    kube-scheduler whose configuration names it (or none), and times from the first pod seen
+//!    bound to the last (a watch on the namespace); then stops kube-scheduler and deletes the
+//!    pods (grace 0);
 //! 3. prints each measurement (pods/s, CPU milliseconds per pod of each process, the
 //!    extender's TCP connections by state, and where a pod's time went: the extender's handler
 //!    time per verb against kube-scheduler's time between the calls, from a timing layer on
@@ -26,11 +26,10 @@
 //! order given, and one more run without extender closes the series), `--modes LIST`
 //! (`none,nodes,names,names-tls`; `-tls`: the extender serves HTTPS with a self-signed
 //! certificate in the stanza's `tlsConfig.caData` and offers HTTP/2; `-nobind`: no
-//! `bindVerb`, kube-scheduler binds; `-noprio`: no `prioritizeVerb`),
+//! `bindVerb`, kube-scheduler binds; `-noprio`: no `prioritizeVerb`; `-h1binder`: the
+//! extender's binder speaks HTTP/1.1 to the apiserver, not HTTP/2),
 //! `--no-contention-profiling` (`enableContentionProfiling: false` in every configuration),
-//! `--binder-http1` (the
-//! extender's binder speaks HTTP/1.1 to the apiserver, not HTTP/2), `--perf-dir DIR` (records each measurement with
-//! `perf record -g` over kube-scheduler, the apiserver, etcd and this process, into
+//! `--perf-dir DIR` (records each measurement with `perf record -g` over kube-scheduler, the apiserver, etcd and this process, into
 //! `DIR/<mode>-<run>.data`).
 //!
 //! Each configuration gets its own kube-scheduler process rather than a profile in a shared
@@ -62,6 +61,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long one measurement may take before it is reported as stuck.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The pause before each measurement, once its pods exist.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Linux's `USER_HZ`: the unit of `utime` and `stime` in `/proc/<pid>/stat`.
 const USER_HZ: f64 = 100.0;
 
@@ -80,11 +82,13 @@ enum Mode {
         bind: bool,
         /// `prioritizeVerb` (else the extender only filters).
         prioritize: bool,
+        /// The binder offers HTTP/2 to the apiserver (else HTTP/1.1 only).
+        binder_http2: bool,
     },
 }
 
 impl Mode {
-    /// `none`, or `nodes`/`names` followed by `-tls`, `-nobind` and/or `-noprio`.
+    /// `none`, or `nodes`/`names` followed by `-tls`, `-nobind`, `-noprio` and/or `-h1binder`.
     fn parse(s: &str) -> Result<Mode, BoxError> {
         let mut parts = s.split('-');
         let cache_capable = match parts.next() {
@@ -97,12 +101,13 @@ impl Mode {
                 );
             }
         };
-        let (mut tls, mut bind, mut prioritize) = (false, true, true);
+        let (mut tls, mut bind, mut prioritize, mut binder_http2) = (false, true, true, true);
         for part in parts {
             match part {
                 "tls" => tls = true,
                 "nobind" => bind = false,
                 "noprio" => prioritize = false,
+                "h1binder" => binder_http2 = false,
                 other => return Err(format!("unknown mode suffix `-{other}` in `{s}`").into()),
             }
         }
@@ -111,6 +116,7 @@ impl Mode {
             tls,
             bind,
             prioritize,
+            binder_http2,
         })
     }
 
@@ -122,8 +128,9 @@ impl Mode {
                 tls,
                 bind,
                 prioritize,
+                binder_http2,
             } => format!(
-                "extender, {}{}{}{}",
+                "extender, {}{}{}{}{}",
                 if cache_capable {
                     "cache-capable"
                 } else {
@@ -135,6 +142,11 @@ impl Mode {
                     ""
                 } else {
                     ", no prioritizeVerb"
+                },
+                if binder_http2 {
+                    ""
+                } else {
+                    ", binder HTTP/1.1"
                 }
             ),
         }
@@ -148,12 +160,14 @@ impl Mode {
                 tls,
                 bind,
                 prioritize,
+                binder_http2,
             } => format!(
-                "{}{}{}{}",
+                "{}{}{}{}{}",
                 if cache_capable { "names" } else { "nodes" },
                 if tls { "-tls" } else { "" },
                 if bind { "" } else { "-nobind" },
-                if prioritize { "" } else { "-noprio" }
+                if prioritize { "" } else { "-noprio" },
+                if binder_http2 { "" } else { "-h1binder" }
             ),
         }
     }
@@ -166,8 +180,6 @@ struct Options {
     rounds: usize,
     modes: Vec<Mode>,
     perf_dir: Option<PathBuf>,
-    /// The binder speaks HTTP/1.1 only (default: HTTP/2 offered).
-    binder_http1: bool,
     /// `enableContentionProfiling: false` in every configuration (kube-scheduler's default
     /// is true: every blocked goroutine records a stack trace).
     no_contention_profiling: bool,
@@ -183,7 +195,6 @@ fn options() -> Result<Options, BoxError> {
             .map(Mode::parse)
             .collect::<Result<_, _>>()?,
         perf_dir: None,
-        binder_http1: false,
         no_contention_profiling: false,
     };
     let mut args = std::env::args().skip(1);
@@ -203,7 +214,6 @@ fn options() -> Result<Options, BoxError> {
                     .collect::<Result<_, _>>()?;
             }
             "--perf-dir" => o.perf_dir = Some(PathBuf::from(value()?)),
-            "--binder-http1" => o.binder_http1 = true,
             "--no-contention-profiling" => o.no_contention_profiling = true,
             other => return Err(format!("unknown option `{other}`").into()),
         }
@@ -475,6 +485,7 @@ async fn start_extender(
         tls,
         bind,
         prioritize,
+        binder_http2,
     } = mode
     else {
         return Err("no extender in this mode".into());
@@ -483,7 +494,7 @@ async fn start_extender(
     let binder = ApiserverConfig::new(env.server_url())
         .bearer_token(token)
         .ca_pem(ca)
-        .http2(!options.binder_http1)
+        .http2(binder_http2)
         .build()?;
     let mut server = ExtenderServer::with_default_plugins()
         .node_cache_capable(cache_capable)
@@ -600,6 +611,11 @@ async fn measure(
         .buffer_unordered(16)
         .try_collect::<()>()
         .await?;
+
+    // Let the API server and etcd finish with the previous run's deletions and these
+    // creations: without the pause the mode measured right after the run without extender
+    // came out slower whichever it was.
+    tokio::time::sleep(SETTLE).await;
 
     let extender = match mode {
         Mode::None => None,

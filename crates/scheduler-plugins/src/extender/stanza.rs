@@ -42,7 +42,7 @@ pub fn config_api_version(target: KubeVersion) -> Result<&'static str, StanzaErr
 ///
 /// Speed, measured with a real kube-scheduler v1.20.2 (`BENCHMARKS.md`, example
 /// `kube_scheduler_extender` of `rorqual-kube`): keep `nodeCacheCapable` (full Nodes in every
-/// request made kube-scheduler 2.5× slower than names with a cache fed by watches); plain HTTP
+/// request made kube-scheduler 2–2.5× slower than names with a cache fed by watches); plain HTTP
 /// on loopback (over HTTPS kube-scheduler speaks HTTP/2 on one connection, which the TLS
 /// server offers, but TLS cost what the saved connections did); set `bindVerb` only when a
 /// plugin must run at bind, such as an underlay address reservation, and `prioritizeVerb` only
