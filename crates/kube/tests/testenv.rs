@@ -356,3 +356,73 @@ async fn existing_cluster_helper() {
     let namespace = env.new_namespace("existing").await.unwrap();
     println!("existing-ok: {namespace} {}", env.server_url());
 }
+
+/// A benchmark compares scheduler configurations on one control plane: each restart is a new
+/// kube-scheduler process running the configuration given, and the old one is gone.
+#[tokio::test]
+async fn kube_scheduler_restarts_with_another_configuration() {
+    // No controller-manager (fewer processes): pods then need no ServiceAccount.
+    let builder = TestEnv::builder()
+        .controller_manager(false)
+        .apiserver_arg("--disable-admission-plugins=ServiceAccount");
+    let Some(mut env) = own_env(builder).await else {
+        return;
+    };
+    let schedulers = |env: &TestEnv| -> Vec<u32> {
+        env.processes()
+            .into_iter()
+            .filter(|(c, _)| *c == Component::KubeScheduler)
+            .map(|(_, pid)| pid)
+            .collect()
+    };
+    assert!(schedulers(&env).is_empty(), "none asked for at the start");
+    env.restart_scheduler(None).await.unwrap();
+    let first = schedulers(&env);
+    assert_eq!(first.len(), 1);
+    // A profile with its own name: only this configuration schedules the pod below.
+    let config = r#"{"apiVersion": "kubescheduler.config.k8s.io/v1beta1",
+        "kind": "KubeSchedulerConfiguration",
+        "profiles": [{"schedulerName": "second"}]}"#;
+    env.restart_scheduler(Some(config)).await.unwrap();
+    let second = schedulers(&env);
+    assert_eq!(second.len(), 1);
+    assert_ne!(first, second);
+    assert_eq!(survivors(&first, Duration::ZERO).await, Vec::<u32>::new());
+
+    let client = env.client().await.unwrap();
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n0"},
+        "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap();
+    Api::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    let namespace = env.new_namespace("restart").await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &namespace);
+    let pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p"},
+        "spec": {"schedulerName": "second", "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "c", "image": "none"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bound = pods.get("p").await.unwrap().spec.and_then(|s| s.node_name);
+        if bound.as_deref() == Some("n0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod p not bound by scheduler `second`"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    env.stop_scheduler().unwrap();
+    assert!(schedulers(&env).is_empty());
+    assert_eq!(survivors(&second, Duration::ZERO).await, Vec::<u32>::new());
+}

@@ -338,6 +338,64 @@ impl FilterPlugin for Exploding {
     }
 }
 
+/// Records the threads its filter runs on.
+#[derive(Debug, Default)]
+struct ThreadRecorder(std::sync::Mutex<Vec<std::thread::ThreadId>>);
+
+impl Plugin for ThreadRecorder {
+    fn name(&self) -> &str {
+        "ThreadRecorder"
+    }
+}
+
+impl FilterPlugin for ThreadRecorder {
+    fn filter(&self, _state: &CycleState, _pod: &PodInfo, _node: &NodeInfo) -> Status {
+        self.0.lock().unwrap().push(std::thread::current().id());
+        Status::success()
+    }
+}
+
+/// A small cluster's filter runs on the request's own thread: handing it to a rayon worker
+/// and back cost two thread wake-ups per call, which under a real kube-scheduler on 2 loaded
+/// cores made the filter verb take 0.75–1.6 ms instead of about 0.1 ms.
+#[test]
+fn a_small_clusters_filter_runs_on_the_calling_thread() {
+    let recorder = Arc::new(ThreadRecorder::default());
+    let profile = DefaultPlugins::new()
+        .builder("p")
+        .filter(recorder.clone())
+        .build()
+        .unwrap();
+    let scheduler = Scheduler::new(profile);
+    let nodes: Vec<String> = (0..50).map(|i| format!("n{i}")).collect();
+    scheduler.add_nodes(
+        nodes
+            .iter()
+            .map(|n| NodeInfo::new(n.as_str(), Resources::new(4000, 8 << 30))),
+    );
+    let server = ExtenderServer::new(scheduler);
+    let body = format!(
+        r#"{{"Pod": {{"metadata": {{"name": "p", "uid": "p"}}}}, "NodeNames": {}}}"#,
+        serde_json::to_string(&nodes).unwrap()
+    );
+    let args =
+        rorqual_scheduler::extender::wire::ExtenderArgs::from_slice(body.as_bytes()).unwrap();
+    let result = server.filter(&args);
+    assert_eq!(
+        result.node_names.map(|n| n.len()),
+        Some(50),
+        "{}",
+        result.error
+    );
+    let threads = recorder.0.lock().unwrap();
+    assert_eq!(threads.len(), 50);
+    let here = std::thread::current().id();
+    assert!(
+        threads.iter().all(|t| *t == here),
+        "filtered on {threads:?}, called from {here:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_panicking_plugin_is_an_error_for_that_pod_only() {
     let profile = DefaultPlugins::new()
@@ -442,6 +500,47 @@ async fn serves_over_tls() {
         )
         .is_err()
     );
+    task.abort();
+}
+
+/// kube-scheduler's extender client (Go's `http.Transport` with HTTP/2 configured) sends every
+/// verb over one connection when the server offers `h2`; an HTTP/1.1-only client still works.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn serves_http2_and_http1_over_tls() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = rorqual_scheduler::extender::TlsListener::new(
+        listener,
+        cert_pem.as_bytes(),
+        cert.key_pair.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let task = tokio::spawn(ExtenderServer::with_default_plugins().serve_tls(tls));
+    let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
+    for (http1_only, expected) in [
+        (false, reqwest::Version::HTTP_2),
+        (true, reqwest::Version::HTTP_11),
+    ] {
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone());
+        if http1_only {
+            builder = builder.http1_only();
+        }
+        let client = builder.build().unwrap();
+        let url = format!("https://{addr}/healthz");
+        // Several requests at once: over HTTP/2 they share the connection.
+        let answers = futures::future::join_all((0..4).map(|_| client.get(&url).send())).await;
+        for answer in answers {
+            let answer = answer.unwrap();
+            assert_eq!(answer.version(), expected, "http1_only {http1_only}");
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.text().await.unwrap(), "ok");
+        }
+    }
     task.abort();
 }
 

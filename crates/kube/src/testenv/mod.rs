@@ -163,6 +163,15 @@ pub enum Error {
         #[source]
         source: Option<yaml_serde::Error>,
     },
+    /// The operation needs a control plane started here, not an existing cluster
+    /// (`USE_EXISTING_CLUSTER=true`).
+    #[error(
+        "cannot {what} on an existing cluster ({USE_EXISTING_CLUSTER}=true): only a control plane this process started can"
+    )]
+    ExistingCluster {
+        /// What was asked.
+        what: String,
+    },
     /// A new namespace did not get what pods need in time.
     #[error(
         "namespace {namespace} still lacks {missing} after {waited:?} (the controller-manager creates it)"
@@ -356,6 +365,7 @@ impl TestEnvBuilder {
             namespace_timeout: self.namespace_timeout,
             processes: Vec::new(),
             dir: None,
+            scheduler_launch: None,
         };
 
         // etcd
@@ -466,38 +476,21 @@ impl TestEnvBuilder {
             env.spawn(Component::KubeControllerManager, binary, &args, dir.path())?;
             waiting.push((env.processes.len() - 1, cm_port));
         }
-        if let Some(binary) = &binaries.scheduler {
-            let kubeconfig = files.write_kubeconfig(
-                "scheduler",
-                &server_url,
-                "system:kube-scheduler",
-                &files.scheduler_token,
-            )?;
-            let scheduler_port = port()?;
-            let mut args = vec![
-                format!("--authentication-kubeconfig={}", kubeconfig.display()),
-                format!("--authorization-kubeconfig={}", kubeconfig.display()),
-                "--port=0".to_owned(),
-                format!("--secure-port={scheduler_port}"),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!(
-                    "--cert-dir={}",
-                    dir.path().join("scheduler-certs").display()
-                ),
-            ];
-            match &self.scheduler_config {
-                Some(yaml) => {
-                    let path = dir.path().join("scheduler-config.yaml");
-                    write_private(&path, &scheduler_config_for(yaml, &kubeconfig)?)?;
-                    args.push(format!("--config={}", path.display()));
-                }
-                None => args.extend([
-                    format!("--kubeconfig={}", kubeconfig.display()),
-                    "--leader-elect=false".to_owned(),
-                ]),
-            }
-            env.spawn(Component::KubeScheduler, binary, &args, dir.path())?;
-            waiting.push((env.processes.len() - 1, scheduler_port));
+        let scheduler_kubeconfig = files.write_kubeconfig(
+            "scheduler",
+            &server_url,
+            "system:kube-scheduler",
+            &files.scheduler_token,
+        )?;
+        env.scheduler_launch = Some(SchedulerLaunch {
+            binary: binaries.scheduler.clone(),
+            sources: self.sources.clone().unwrap_or_else(BinarySources::from_env),
+            kubeconfig: scheduler_kubeconfig,
+            dir: dir.path().to_owned(),
+            start_timeout: self.start_timeout,
+        });
+        if binaries.scheduler.is_some() {
+            waiting.push(env.spawn_scheduler(self.scheduler_config.as_deref())?);
         }
         for (index, health_port) in waiting {
             let health = component_client(health_port)?;
@@ -726,6 +719,23 @@ pub struct TestEnv {
     namespace_timeout: Duration,
     processes: Vec<ChildProcess>,
     dir: Option<tempfile::TempDir>,
+    /// How to (re)start kube-scheduler; `None` on an existing cluster.
+    scheduler_launch: Option<SchedulerLaunch>,
+}
+
+/// What starting this control plane's kube-scheduler needs, kept for
+/// [`TestEnv::restart_scheduler`].
+#[derive(Debug)]
+struct SchedulerLaunch {
+    /// The binary, once located (at the start when it ran a scheduler, else at the first
+    /// restart).
+    binary: Option<PathBuf>,
+    sources: BinarySources,
+    /// The `system:kube-scheduler` kubeconfig.
+    kubeconfig: PathBuf,
+    /// The control plane's directory (configuration, certificates, log).
+    dir: PathBuf,
+    start_timeout: Duration,
 }
 
 impl TestEnv {
@@ -901,9 +911,114 @@ impl TestEnv {
             namespace_timeout,
             processes: Vec::new(),
             dir: None,
+            scheduler_launch: None,
         };
         env.readiness = readiness_for(&version.major, &version.minor);
         Ok(env)
+    }
+
+    /// Stops this control plane's kube-scheduler, if one runs, and starts a new one with
+    /// `config` (a KubeSchedulerConfiguration, completed as
+    /// [`TestEnvBuilder::scheduler_config`] completes it) or, with `None`, its defaults; returns
+    /// once the new one answers its health check. Works whether or not the start ran a
+    /// scheduler: a benchmark can compare configurations on one control plane, each scheduler
+    /// a fresh process. The old scheduler's log is replaced by the new one's.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ExistingCluster`] on an existing cluster (its scheduler is not ours),
+    /// [`Error::MissingBinary`], [`Error::SchedulerConfig`], or what
+    /// [`TestEnvBuilder::start`] reports for a program that does not come up.
+    pub async fn restart_scheduler(&mut self, config: Option<&str>) -> Result<()> {
+        self.stop_scheduler()?;
+        let mut attempt = 1;
+        loop {
+            let (index, health_port) = self.spawn_scheduler(config)?;
+            let timeout = self
+                .scheduler_launch
+                .as_ref()
+                .map_or(Duration::from_secs(60), |l| l.start_timeout);
+            let health = component_client(health_port)?;
+            let url = format!("https://127.0.0.1:{health_port}/healthz");
+            let process = &mut self.processes[index];
+            match wait_ready(process, &url, timeout, || http_ok(&health, "/healthz")).await {
+                Err(e) if e.is_port_conflict() && attempt < START_ATTEMPTS => {
+                    tracing::warn!("kube-scheduler lost its port, starting it again: {e}");
+                    attempt += 1;
+                    self.stop_scheduler()?;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Stops this control plane's kube-scheduler (a no-op when none runs).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ExistingCluster`] on an existing cluster.
+    pub fn stop_scheduler(&mut self) -> Result<()> {
+        if self.scheduler_launch.is_none() {
+            return Err(Error::ExistingCluster {
+                what: "stop or restart kube-scheduler".to_owned(),
+            });
+        }
+        self.processes.retain_mut(|p| {
+            if p.component() == Component::KubeScheduler {
+                p.stop();
+                false
+            } else {
+                true
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts kube-scheduler with `config` (or its defaults); its index in `processes` and
+    /// its health port. Does not wait for it.
+    fn spawn_scheduler(&mut self, config: Option<&str>) -> Result<(usize, u16)> {
+        let Some(launch) = self.scheduler_launch.as_mut() else {
+            return Err(Error::ExistingCluster {
+                what: "start kube-scheduler".to_owned(),
+            });
+        };
+        let binary = match &launch.binary {
+            Some(binary) => binary.clone(),
+            None => {
+                let found = launch
+                    .sources
+                    .locate(Component::KubeScheduler, &|p: &Path| p.is_file())?;
+                launch.binary = Some(found.clone());
+                found
+            }
+        };
+        let port = ports::free_port().map_err(|source| Error::Io {
+            context: "finding a free loopback port".to_owned(),
+            source,
+        })?;
+        let kubeconfig = launch.kubeconfig.clone();
+        let dir = launch.dir.clone();
+        let mut args = vec![
+            format!("--authentication-kubeconfig={}", kubeconfig.display()),
+            format!("--authorization-kubeconfig={}", kubeconfig.display()),
+            "--port=0".to_owned(),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--cert-dir={}", dir.join("scheduler-certs").display()),
+        ];
+        match config {
+            Some(yaml) => {
+                let path = dir.join("scheduler-config.yaml");
+                write_private(&path, &scheduler_config_for(yaml, &kubeconfig)?)?;
+                args.push(format!("--config={}", path.display()));
+            }
+            None => args.extend([
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--leader-elect=false".to_owned(),
+            ]),
+        }
+        self.spawn(Component::KubeScheduler, &binary, &args, &dir)?;
+        Ok((self.processes.len() - 1, port))
     }
 
     /// Starts a program of this control plane, its log in `dir`.

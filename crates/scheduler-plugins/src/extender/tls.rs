@@ -51,12 +51,17 @@ impl TlsListener {
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|e| TlsError(format!("private key PEM: {e}")))?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| TlsError(e.to_string()))?;
+        // HTTP/2 first: kube-scheduler's extender client (a Go `http.Transport` with HTTP/2
+        // configured and the default two idle connections per host) then sends every verb
+        // over one multiplexed connection instead of dialing a new HTTP/1.1 connection for
+        // each request beyond two in flight (concurrent binds).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let local = listener
             .local_addr()
@@ -68,6 +73,9 @@ impl TlsListener {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY on an extender connection: {e}");
+                }
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -148,6 +148,13 @@ impl Scheduler {
         candidates: Option<&[u32]>,
         score: bool,
     ) -> Result<(CycleState, Evaluation), Status> {
+        let nodes = candidates.map_or(snapshot.len(), <[u32]>::len);
+        if nodes < PARALLEL_THRESHOLD || rayon::current_thread_index().is_some() {
+            // Nothing forks below the threshold (and a rayon worker forks in place): running
+            // here spares the extender's request thread a hand-off to a rayon worker and back,
+            // two thread wake-ups per call that cost more than a small cluster's filter.
+            return self.evaluate_here(pod, snapshot, candidates, score);
+        }
         // On a rayon worker, so the parallel parts fork inside the pool.
         rayon::scope(|_| self.evaluate_here(pod, snapshot, candidates, score))
     }
