@@ -691,3 +691,34 @@ async fn every_type_and_default_form_reads_back_up_to_date() {
         Some("~ set default of every.k: '2.5' -> '3.5'")
     );
 }
+
+#[tokio::test]
+async fn a_primary_key_can_be_removed_and_changed() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let keyed = |key: &str| {
+        yaml(&format!(
+            "database: shop\ntables:\n- name: t\n  columns: [{{name: id, type: int}}, {{name: code, type: text, nullable: false}}]\n  primaryKey: [{key}]\n"
+        ))
+    };
+    let v1 = keyed("id");
+    let r = ExternalRef::new("k", "k", &v1);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    // Another key: the old one goes before `id` may hold NULL.
+    let v2 = keyed("code");
+    let r2 = ExternalRef::new("k", "k", &v2);
+    client.update(&r2).await.unwrap();
+    let o = client.observe(&r2).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+    // No key at all.
+    let v3 = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: id, type: int}, {name: code, type: text}]\n",
+    );
+    let r3 = ExternalRef::new("k", "k", &v3);
+    client.update(&r3).await.unwrap();
+    let o = client.observe(&r3).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+}

@@ -126,8 +126,8 @@ fn list(names: &[String]) -> String {
 /// The steps that turn `observed` (the PostgreSQL schema `schema`) into `desired`.
 ///
 /// Order: create the schema; drop foreign keys and indexes that go or change; create new
-/// tables; per existing table add columns, change types, defaults and nullability, replace
-/// the primary key, drop columns; create indexes; add foreign keys (every table and column
+/// tables; per existing table drop a primary key that goes or changes, add columns, change
+/// types, defaults and nullability, add the new primary key, drop columns; create indexes; add foreign keys (every table and column
 /// they name exists by then); drop tables; set comments.
 pub fn plan(schema: &str, desired: &Schema, observed: &Schema) -> Plan {
     let mut b = Builder {
@@ -307,6 +307,20 @@ fn create_table(b: &mut Builder<'_>, name: &str, want: &Table) {
 
 fn alter_table(b: &mut Builder<'_>, name: &str, want: &Table, have: &Table) {
     let table = b.table(name);
+    // A changed or removed primary key goes before the column loop: PostgreSQL refuses to
+    // drop NOT NULL from a column while it is in the primary key (42P16). The new key is
+    // added after the loop, once its columns exist.
+    let key_changes = want.primary_key != have.primary_key;
+    if key_changes && let Some(old) = &have.primary_key_name {
+        b.push(
+            Risk::Change,
+            format!(
+                "drop primary key of {name} ({})",
+                have.primary_key.join(", ")
+            ),
+            format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(old)),
+        );
+    }
     for c in &want.columns {
         let Some(old) = have.column(&c.name) else {
             b.push(
@@ -373,30 +387,18 @@ fn alter_table(b: &mut Builder<'_>, name: &str, want: &Table, have: &Table) {
             );
         }
     }
-    if want.primary_key != have.primary_key {
-        if let Some(old) = &have.primary_key_name {
-            b.push(
-                Risk::Change,
-                format!(
-                    "drop primary key of {name} ({})",
-                    have.primary_key.join(", ")
-                ),
-                format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(old)),
-            );
-        }
-        if !want.primary_key.is_empty() {
-            b.push(
-                Risk::Additive,
-                format!(
-                    "add primary key of {name} ({})",
-                    want.primary_key.join(", ")
-                ),
-                format!(
-                    "ALTER TABLE {table} ADD PRIMARY KEY ({})",
-                    list(&want.primary_key)
-                ),
-            );
-        }
+    if key_changes && !want.primary_key.is_empty() {
+        b.push(
+            Risk::Additive,
+            format!(
+                "add primary key of {name} ({})",
+                want.primary_key.join(", ")
+            ),
+            format!(
+                "ALTER TABLE {table} ADD PRIMARY KEY ({})",
+                list(&want.primary_key)
+            ),
+        );
     }
     for old in &have.columns {
         if want.column(&old.name).is_none() {
@@ -532,6 +534,27 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "~ set default of orders.status: 'new' -> 'pending'\n~ require values in orders.total"
+        );
+    }
+
+    #[test]
+    fn a_removed_or_changed_primary_key_is_dropped_before_its_columns_allow_null() {
+        let mut observed = desired(orders());
+        observed.exists = true;
+        observed.tables.get_mut("orders").unwrap().primary_key_name = Some("orders_pkey".into());
+        let mut tables = orders();
+        tables[0]["primaryKey"] = json!([]);
+        let p = plan("shop", &desired(tables), &observed);
+        assert_eq!(
+            p.to_string(),
+            "~ drop primary key of orders (id)\n~ allow null in orders.id"
+        );
+        let mut tables = orders();
+        tables[0]["primaryKey"] = json!(["status"]);
+        let p = plan("shop", &desired(tables), &observed);
+        assert_eq!(
+            p.to_string(),
+            "~ drop primary key of orders (id)\n~ allow null in orders.id\n+ add primary key of orders (status)"
         );
     }
 
