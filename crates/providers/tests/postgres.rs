@@ -226,13 +226,13 @@ async fn a_role_logs_in_with_its_secret_and_a_rotated_secret_is_applied() {
     assert!(login(&pg, "orders", "first-Pa55word").await.is_err());
     assert!(client.observe(&r).await.unwrap().up_to_date);
 
-    // A reference to a secret that does not exist is a permanent error naming it.
+    // A reference to a secret that does not exist (yet) is a retryable error naming it.
     let missing = json!({"passwordSecretRef": {"name": "nope", "key": "password"}});
     let err = client
         .create(&ExternalRef::new("other", "other", &missing))
         .await
         .unwrap_err();
-    assert!(!err.is_retryable());
+    assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("`nope`"), "{err}");
     client.delete(&r).await.unwrap();
     assert!(login(&pg, "orders", "second-Pa55word").await.is_err());
@@ -721,4 +721,51 @@ async fn a_primary_key_can_be_removed_and_changed() {
     client.update(&r3).await.unwrap();
     let o = client.observe(&r3).await.unwrap();
     assert!(o.up_to_date, "{:?}", o.diff);
+}
+
+#[tokio::test]
+async fn resources_created_before_what_they_need_fail_retryably_then_succeed() {
+    let Some(pg) = start().await else { return };
+    let secrets = SharedSecrets::new();
+    // A TableSchema before its Database: the database does not exist yet (3D000).
+    let schemas = PostgresProvider::table_schema(endpoint(&pg));
+    let spec = yaml("database: later\ntables:\n- name: t\n  columns: [{name: id, type: int}]\n");
+    let r = ExternalRef::new("s", "s", &spec);
+    let err = schemas.connect(&r).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A Grant before its Role and Database (42704, 3D000).
+    let grants = PostgresProvider::grant(endpoint(&pg));
+    let g = json!({"role": "late_role", "database": "postgres", "privileges": ["CONNECT"]});
+    let gr = ExternalRef::new("g", "g", &g);
+    let grant_client = grants.connect(&gr).await.unwrap();
+    let err = grant_client.create(&gr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let gdb = json!({"role": "postgres", "database": "later", "privileges": ["CONNECT"]});
+    let gdr = ExternalRef::new("g2", "g2", &gdb);
+    let err = grant_client.create(&gdr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A Database whose owner does not exist yet (42704).
+    let databases = PostgresProvider::database(endpoint(&pg));
+    let d = json!({"owner": "late_role"});
+    let dr = ExternalRef::new("later", "later", &d);
+    let db_client = databases.connect(&dr).await.unwrap();
+    let err = db_client.create(&dr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A Role whose password secret does not exist yet.
+    let roles = PostgresProvider::role(endpoint(&pg), Arc::new(secrets.clone()));
+    let p = json!({"passwordSecretRef": {"name": "late", "key": "password"}});
+    let rr = ExternalRef::new("late_role", "late_role", &p);
+    let role_client = roles.connect(&rr).await.unwrap();
+    let err = role_client.create(&rr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("`late`"), "{err}");
+    // Once each dependency exists, the same calls succeed.
+    secrets.insert("late", "password", "late-Pa55word");
+    role_client.create(&rr).await.unwrap();
+    db_client.create(&dr).await.unwrap();
+    grant_client.create(&gr).await.unwrap();
+    grant_client.create(&gdr).await.unwrap();
+    let client = schemas.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    assert!(client.observe(&r).await.unwrap().up_to_date);
 }

@@ -13,6 +13,10 @@
 //! to the server as a SCRAM-SHA-256 verifier, so it never appears in SQL text, logs, errors or
 //! diffs; a role's connection details (host, port, user, password) are [`Secret`]s.
 //!
+//! Resources may be applied in any order: an error that ends once another resource exists
+//! (a `TableSchema` before its `Database`, a `Grant` before its `Role`, a `Database` before
+//! its owner, a role's password secret not there yet) is retryable.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use rorqual_providers::postgres::{Endpoint, PostgresProvider, StaticSecrets};
@@ -131,8 +135,9 @@ pub trait SecretResolver: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     ///
-    /// [`ProviderError::Unavailable`] when the store cannot be read now,
-    /// [`ProviderError::Rejected`] when the secret or key does not exist.
+    /// [`ProviderError::Unavailable`] when the store cannot be read now or the secret or key
+    /// does not exist (yet: it is often created after the resource that names it, so the
+    /// reconcile is retried).
     fn resolve(&self, reference: &SecretRef) -> Result<Secret>;
 }
 
@@ -184,7 +189,7 @@ impl SecretResolver for StaticSecrets {
         self.0
             .get(reference)
             .cloned()
-            .ok_or_else(|| ProviderError::rejected(format!("{reference} does not exist")))
+            .ok_or_else(|| ProviderError::unavailable(format!("{reference} does not exist (yet)")))
     }
 }
 
@@ -335,18 +340,31 @@ pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// SQLSTATEs that end once another resource or a concurrent reconcile has done its part:
+/// a database that does not exist yet (3D000: a `TableSchema` before its `Database`), an
+/// object that does not exist yet (42704: a `Grant` before its `Role`, a `Database` before
+/// its owner), objects that still depend on what is dropped (2BP01), a concurrent create of
+/// the same thing (23505, 42P07), an object in use (55006).
+const ORDERING_CODES: [&str; 6] = ["3D000", "42704", "2BP01", "23505", "42P07", "55006"];
+
+/// Whether a SQLSTATE is worth retrying: connection problems (08), transaction rollbacks
+/// such as serialization failures (40), resource shortages (53), shutdowns and cancels
+/// (57), system errors (58), lock timeouts (55P03) and the [`ORDERING_CODES`].
+fn retryable_code(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
+        || ORDERING_CODES.contains(&code)
+}
+
 /// A failed statement as a provider error: connection problems, resource shortages, lock
-/// timeouts, serialization failures and shutdowns are retryable; anything else is rejected.
+/// timeouts, serialization failures, shutdowns and ordering errors that end by themselves
+/// (see [`ORDERING_CODES`]) are retryable; anything else is rejected.
 pub(crate) fn db_error(context: impl fmt::Display, error: tokio_postgres::Error) -> ProviderError {
     let retryable = match error.code() {
         None => true,
-        Some(code) => {
-            let code = code.code();
-            ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-                || code == "55P03"
-        }
+        Some(code) => retryable_code(code.code()),
     };
     let what = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
@@ -551,8 +569,23 @@ mod tests {
             key: "other".into(),
         };
         let err = secrets.resolve(&missing).unwrap_err();
-        assert!(!err.is_retryable());
+        assert!(
+            err.is_retryable(),
+            "a secret created later is picked up: {err}"
+        );
         assert!(err.to_string().contains("`other`"), "{err}");
+    }
+
+    #[test]
+    fn ordering_errors_that_end_by_themselves_are_retryable() {
+        for code in [
+            "3D000", "42704", "2BP01", "23505", "42P07", "55006", "55P03", "08006", "40001",
+        ] {
+            assert!(retryable_code(code), "{code}");
+        }
+        for code in ["42601", "42501", "22023", "42P16", "23502"] {
+            assert!(!retryable_code(code), "{code}");
+        }
     }
 
     #[test]
