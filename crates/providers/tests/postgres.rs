@@ -769,3 +769,37 @@ async fn resources_created_before_what_they_need_fail_retryably_then_succeed() {
     client.create(&r).await.unwrap();
     assert!(client.observe(&r).await.unwrap().up_to_date);
 }
+
+#[tokio::test]
+async fn roles_are_managed_by_an_admin_that_is_not_a_superuser() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin
+        .batch_execute("CREATE ROLE manager LOGIN CREATEROLE CREATEDB PASSWORD 'manager-Pa55word'")
+        .await
+        .unwrap();
+    let secrets = SharedSecrets::new();
+    secrets.insert("app", "password", "app-Pa55word-1");
+    let manager = Endpoint::new(
+        pg.host(),
+        pg.port(),
+        "manager",
+        Secret::new("manager-Pa55word"),
+    );
+    let roles = PostgresProvider::role(manager, Arc::new(secrets.clone()));
+    let p = json!({"passwordSecretRef": {"name": "app", "key": "password"}, "connectionLimit": 4});
+    let r = ExternalRef::new("app", "app", &p);
+    let client = roles.connect(&r).await.unwrap();
+    assert!(!client.observe(&r).await.unwrap().exists);
+    client.create(&r).await.unwrap();
+    let o = client.observe(&r).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+    login(&pg, "app", "app-Pa55word-1").await.unwrap();
+    // A rotated secret is still seen (by logging in) and applied.
+    secrets.insert("app", "password", "app-Pa55word-2");
+    let o = client.observe(&r).await.unwrap();
+    assert!(!o.up_to_date, "a rotated password is seen");
+    client.update(&r).await.unwrap();
+    assert!(client.observe(&r).await.unwrap().up_to_date);
+    login(&pg, "app", "app-Pa55word-2").await.unwrap();
+}
