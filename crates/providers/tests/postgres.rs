@@ -803,3 +803,43 @@ async fn roles_are_managed_by_an_admin_that_is_not_a_superuser() {
     assert!(client.observe(&r).await.unwrap().up_to_date);
     login(&pg, "app", "app-Pa55word-2").await.unwrap();
 }
+
+#[tokio::test]
+async fn backslashes_mean_the_same_whatever_standard_conforming_strings_says() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE old").await.unwrap();
+    admin
+        .batch_execute("ALTER DATABASE old SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let text = r"C:\temp\new 'x'";
+    let params = json!({"database": "old", "tables": [
+        {"name": "t", "comment": text, "columns": [
+            {"name": "s", "type": "text", "default": format!("'{}'", text.replace('\'', "''"))},
+        ]}
+    ]});
+    provider.validate(&params).unwrap();
+    let r = ExternalRef::new("s", "s", &params);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(observed.up_to_date, "{:?}", observed.diff);
+    let old = superuser(&pg, "old").await;
+    let comment: String = old
+        .query_one("SELECT obj_description('s.t'::regclass, 'pg_class')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(comment, text);
+    old.batch_execute("INSERT INTO s.t DEFAULT VALUES")
+        .await
+        .unwrap();
+    let stored: String = old
+        .query_one("SELECT s FROM s.t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, text);
+}

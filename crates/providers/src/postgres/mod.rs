@@ -104,8 +104,11 @@ impl Endpoint {
             .dbname(database)
             .application_name("rorqual-providers")
             // A reconcile never hangs on a lock or a long statement: both end in a
-            // retryable error (55P03, 57014).
-            .options("-c lock_timeout=10s -c statement_timeout=5min")
+            // retryable error (55P03, 57014). Strings are read the standard way whatever the
+            // server, database or role sets (a client setting wins over those).
+            .options(
+                "-c lock_timeout=10s -c statement_timeout=5min -c standard_conforming_strings=on",
+            )
             .connect_timeout(std::time::Duration::from_secs(10));
         config
     }
@@ -335,9 +338,16 @@ pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `text` as a SQL string literal (standard conforming strings, PostgreSQL's default).
+/// `text` as a SQL string literal that means the same whatever `standard_conforming_strings`
+/// is: `'it''s'`, or with a backslash the escape form `E'a\\b'`, where a backslash is
+/// always an escape.
 pub(crate) fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// SQLSTATEs that end once another resource or a concurrent reconcile has done its part:
@@ -546,6 +556,8 @@ mod tests {
         assert_eq!(ident("orders"), "\"orders\"");
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\b'"), r"E'a\\b'''");
+        assert_eq!(literal(r"\'; DROP"), r"E'\\''; DROP'");
     }
 
     #[test]
