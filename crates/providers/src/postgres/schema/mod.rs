@@ -100,7 +100,9 @@ pub struct ColumnSpec {
     /// Whether it may hold NULL (default true; primary key columns never do).
     #[serde(default = "yes")]
     pub nullable: bool,
-    /// Its default, in SQL (`0`, `'new'`, `true`, `now()`, `CURRENT_TIMESTAMP`).
+    /// Its default, in SQL (`0`, `'new'`, `true`, `now()`, `CURRENT_TIMESTAMP`). Calls are
+    /// limited to [`model::CALLS`] (`now()`, `clock_timestamp()`, `statement_timestamp()`,
+    /// `transaction_timestamp()`, `gen_random_uuid()`) and run `pg_catalog`-qualified.
     #[serde(default)]
     pub default: Option<String>,
     /// Its comment.
@@ -639,6 +641,32 @@ mod tests {
         assert_eq!(parse("null"), None);
         assert!(DefaultExpr::parse("'x'::nosuchtype").is_err());
         assert!(DefaultExpr::parse("1 + 1").is_err());
+        assert_eq!(parse("pg_catalog.now()"), parse("now()"));
+        assert_eq!(parse("now()").unwrap().to_sql(), "pg_catalog.now()");
+    }
+
+    #[test]
+    fn defaults_may_call_only_allowed_functions() {
+        let found = problems(json!([{"name": "t", "columns": [
+            {"name": "a", "type": "int", "default": "pg_sleep()"},
+            {"name": "b", "type": "text", "default": "public.evil()"},
+            {"name": "c", "type": "int", "default": "now()"},
+            {"name": "d", "type": "timestamptz", "default": "clock_timestamp()"},
+            {"name": "e", "type": "uuid", "default": "pg_catalog.gen_random_uuid()"},
+        ]}]));
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("tables[0].columns[0].default: \"pg_sleep()\" does not parse: pg_sleep() is not a function a default may call"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("tables[0].columns[1].default:"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[2],
+            "tables[0].columns[2].default: now() is not a value of type integer"
+        );
     }
 
     #[test]

@@ -168,7 +168,9 @@ pub enum DefaultExpr {
     Constant(String),
     /// `true` or `false`.
     Bool(bool),
-    /// A call without arguments (`now()`, `gen_random_uuid()`).
+    /// A call of an allowed function without arguments (`now()`, `gen_random_uuid()`, see
+    /// [`CALLS`]); run as `pg_catalog.now()` so no other schema's function of that name is
+    /// called.
     Call(String),
     /// An SQL value keyword (`CURRENT_TIMESTAMP`, `CURRENT_DATE`, `CURRENT_USER`).
     Keyword(String),
@@ -186,9 +188,21 @@ const KEYWORDS: [&str; 6] = [
     "CURRENT_USER",
 ];
 
+/// The functions a default may call (without arguments), each with the types it fits:
+/// `true` for the date and time types, `false` for `uuid`. Only these: a default runs with
+/// the rights of whoever inserts, and any other function could do anything.
+pub const CALLS: [(&str, bool); 5] = [
+    ("now", true),
+    ("clock_timestamp", true),
+    ("statement_timestamp", true),
+    ("transaction_timestamp", true),
+    ("gen_random_uuid", false),
+];
+
 impl DefaultExpr {
     /// Parses a default: a number, a quoted string (`'it''s'`), `true`/`false`, `null`
-    /// (no default: `Ok(None)`), a function call without arguments, or a value keyword;
+    /// (no default: `Ok(None)`), a call without arguments of a function in [`CALLS`]
+    /// (optionally written `pg_catalog.now()`), or a value keyword;
     /// each optionally followed by casts (`::text`), which must name known types.
     ///
     /// # Errors
@@ -268,6 +282,13 @@ impl DefaultExpr {
             DefaultExpr::Keyword(k) if k == "CURRENT_USER" && !ty.is_string() => {
                 Err(format!("{k} is not a value of type {ty}"))
             }
+            DefaultExpr::Call(name)
+                if CALLS.iter().any(|(f, time)| {
+                    f == name && (*time != ty.is_time() || (!*time && *ty != SqlType::Uuid))
+                }) =>
+            {
+                Err(format!("{name}() is not a value of type {ty}"))
+            }
             _ => Ok(()),
         }
     }
@@ -277,16 +298,20 @@ impl DefaultExpr {
         match self {
             DefaultExpr::Constant(value) => super::super::literal(value),
             DefaultExpr::Bool(b) => b.to_string(),
-            DefaultExpr::Call(name) => format!("{name}()"),
+            DefaultExpr::Call(name) => format!("pg_catalog.{name}()"),
             DefaultExpr::Keyword(k) => k.clone(),
             DefaultExpr::Raw(text) => text.clone(),
         }
     }
 }
 
+/// As written for people: like [`DefaultExpr::to_sql`], calls without their schema.
 impl fmt::Display for DefaultExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_sql())
+        match self {
+            DefaultExpr::Call(name) => write!(f, "{name}()"),
+            other => f.write_str(&other.to_sql()),
+        }
     }
 }
 
@@ -345,18 +370,36 @@ fn constant(text: &str) -> Result<(Option<DefaultExpr>, &str), String> {
     if end == 0 {
         return Err(format!("unexpected {text:?}"));
     }
-    let word = &text[..end];
-    let rest = &text[end..];
+    let mut word = &text[..end];
+    let mut rest = &text[end..];
+    // `pg_catalog.now()`, as written or as PostgreSQL prints a qualified call.
+    if word.eq_ignore_ascii_case("pg_catalog")
+        && let Some(after) = rest.strip_prefix('.')
+    {
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if end == 0 || !after[end..].trim_start().starts_with('(') {
+            return Err("`pg_catalog.` must be followed by a call".into());
+        }
+        word = &after[..end];
+        rest = &after[end..];
+    }
     if let Some(after) = rest.trim_start().strip_prefix('(') {
         let Some(after) = after.trim_start().strip_prefix(')') else {
             return Err(format!(
                 "a call of {word} may have no arguments and must close with `)`"
             ));
         };
-        if word.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(format!("{word:?} is not a function name"));
+        let name = word.to_ascii_lowercase();
+        if !CALLS.iter().any(|(f, _)| *f == name) {
+            let allowed: Vec<String> = CALLS.iter().map(|(f, _)| format!("{f}()")).collect();
+            return Err(format!(
+                "{word}() is not a function a default may call (allowed: {}, or a value keyword such as CURRENT_TIMESTAMP)",
+                allowed.join(", ")
+            ));
         }
-        return Ok((Some(DefaultExpr::Call(word.to_ascii_lowercase())), after));
+        return Ok((Some(DefaultExpr::Call(name)), after));
     }
     let upper = word.to_ascii_uppercase();
     let expr = match upper.as_str() {
