@@ -843,3 +843,30 @@ async fn backslashes_mean_the_same_whatever_standard_conforming_strings_says() {
         .get(0);
     assert_eq!(stored, text);
 }
+
+#[tokio::test]
+async fn a_database_name_longer_than_63_bytes_is_refused_not_cut() {
+    let Some(pg) = start().await else { return };
+    let databases = PostgresProvider::database(endpoint(&pg));
+    let long = "d".repeat(64);
+    let params = json!({});
+    let r = ExternalRef::new("long", &long, &params);
+    let client = databases.connect(&r).await.unwrap();
+    for err in [
+        client.create(&r).await.unwrap_err(),
+        client.observe(&r).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("externalName"), "{err}");
+    }
+    let admin = superuser(&pg, "postgres").await;
+    let cut: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'ddd%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 0, "no database with the cut name");
+}

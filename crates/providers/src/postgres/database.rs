@@ -39,11 +39,24 @@ pub(super) fn validate(p: &DatabaseParams) -> Vec<FieldError> {
     errors
 }
 
+/// Checks the external name like a role's or a schema's (1-63 bytes, no NUL): PostgreSQL
+/// would cut a longer one silently, and the resource would never find its database.
+fn check_name(name: &str) -> Result<()> {
+    let mut errors = Vec::new();
+    check_identifier("externalName", name, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::provider::ProviderError::Invalid(errors))
+    }
+}
+
 pub(super) async fn observe(
     client: &Client,
     name: &str,
     p: &DatabaseParams,
 ) -> Result<Observation> {
+    check_name(name)?;
     let row = client
         .query_opt(
             "SELECT pg_get_userbyid(datdba)::text, datconnlimit, pg_encoding_to_char(encoding)::text \
@@ -85,6 +98,7 @@ pub(super) async fn observe(
 }
 
 pub(super) async fn create(client: &Client, name: &str, p: &DatabaseParams) -> Result<()> {
+    check_name(name)?;
     let mut sql = format!(
         "CREATE DATABASE {} CONNECTION LIMIT {}",
         ident(name),
@@ -104,6 +118,7 @@ pub(super) async fn create(client: &Client, name: &str, p: &DatabaseParams) -> R
 }
 
 pub(super) async fn update(client: &Client, name: &str, p: &DatabaseParams) -> Result<()> {
+    check_name(name)?;
     let mut sql = format!(
         "ALTER DATABASE {} CONNECTION LIMIT {};",
         ident(name),
@@ -123,6 +138,7 @@ pub(super) async fn update(client: &Client, name: &str, p: &DatabaseParams) -> R
 }
 
 pub(super) async fn delete(client: &Client, name: &str) -> Result<()> {
+    check_name(name)?;
     client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
