@@ -870,3 +870,74 @@ async fn a_database_name_longer_than_63_bytes_is_refused_not_cut() {
         .get(0);
     assert_eq!(cut, 0, "no database with the cut name");
 }
+
+#[tokio::test]
+async fn system_and_admin_objects_are_never_adopted() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin
+        .batch_execute("CREATE ROLE boss SUPERUSER LOGIN PASSWORD 'boss-Pa55word'")
+        .await
+        .unwrap();
+    let secrets = SharedSecrets::new();
+    let roles = PostgresProvider::role(endpoint(&pg), Arc::new(secrets));
+    let params = json!({"login": false});
+    for name in [pg.user(), "boss", "pg_monitor"] {
+        let r = ExternalRef::new("r", name, &params);
+        let client = roles.connect(&r).await.unwrap();
+        for err in [
+            client.observe(&r).await.unwrap_err(),
+            client.update(&r).await.unwrap_err(),
+            client.delete(&r).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("`{name}`")), "{err}");
+        }
+    }
+    login(&pg, "boss", "boss-Pa55word").await.unwrap();
+    let databases = PostgresProvider::database(endpoint(&pg));
+    let none = json!({});
+    for name in ["postgres", "template0", "template1"] {
+        let r = ExternalRef::new("d", name, &none);
+        let client = databases.connect(&r).await.unwrap();
+        for err in [
+            client.observe(&r).await.unwrap_err(),
+            client.delete(&r).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains("system database"), "{err}");
+        }
+    }
+    let databases: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname IN ('postgres', 'template0', 'template1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(databases, 3);
+    let schemas = PostgresProvider::table_schema(endpoint(&pg));
+    let spec = yaml("database: postgres\nallowDataLoss: true\ntables: []\n");
+    for name in ["public", "information_schema", "pg_catalog"] {
+        let r = ExternalRef::new("s", name, &spec);
+        let client = schemas.connect(&r).await.unwrap();
+        for err in [
+            client.observe(&r).await.unwrap_err(),
+            client.create(&r).await.unwrap_err(),
+            client.delete(&r).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("`{name}`")), "{err}");
+        }
+    }
+    let public: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(public, 1);
+}

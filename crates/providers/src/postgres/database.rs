@@ -51,6 +51,20 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// The databases no resource may manage, besides the endpoint's administrative one.
+const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// Refuses the administrative database, `postgres` and the templates: adopting one would let
+/// a delete drop it (or a change of owner or limit lock the administrator out).
+pub(super) fn check_adoptable(name: &str, admin_database: &str) -> Result<()> {
+    if name == admin_database || SYSTEM_DATABASES.contains(&name) {
+        return Err(crate::provider::ProviderError::rejected(format!(
+            "database `{name}` is the administrative database or a system database (postgres, template0, template1) and cannot be managed as a Database"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) async fn observe(
     client: &Client,
     name: &str,

@@ -13,6 +13,12 @@
 //! to the server as a SCRAM-SHA-256 verifier, so it never appears in SQL text, logs, errors or
 //! diffs; a role's connection details (host, port, user, password) are [`Secret`]s.
 //!
+//! System objects are never adopted: a `Role` named as the endpoint's administrative user,
+//! an existing superuser or `pg_*`, a `Database` named as the administrative database,
+//! `postgres`, `template0` or `template1`, and a `TableSchema` named `public`,
+//! `information_schema` or `pg_*` are refused (a permanent error saying why), so a delete
+//! can never drop them.
+//!
 //! Resources may be applied in any order: an error that ends once another resource exists
 //! (a `TableSchema` before its `Database`, a `Grant` before its `Role`, a `Database` before
 //! its owner, a role's password secret not there yet) is retryable.
@@ -462,6 +468,7 @@ impl ExternalClient for PostgresClient {
         match self.kind {
             Kind::Database => {
                 let p = checked(r.parameters, database::validate).map_err(invalid)?;
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
                 database::observe(&self.client, r.external_name, &p).await
             }
             Kind::Role => {
@@ -483,6 +490,7 @@ impl ExternalClient for PostgresClient {
         match self.kind {
             Kind::Database => {
                 let p = checked(r.parameters, database::validate).map_err(invalid)?;
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
                 database::create(&self.client, r.external_name, &p).await?;
                 Ok(Creation::new())
             }
@@ -508,6 +516,7 @@ impl ExternalClient for PostgresClient {
         match self.kind {
             Kind::Database => {
                 let p = checked(r.parameters, database::validate).map_err(invalid)?;
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
                 database::update(&self.client, r.external_name, &p).await?;
                 Ok(Update::default())
             }
@@ -533,8 +542,11 @@ impl ExternalClient for PostgresClient {
 
     async fn delete(&self, r: &ExternalRef<'_>) -> Result<()> {
         match self.kind {
-            Kind::Database => database::delete(&self.client, r.external_name).await,
-            Kind::Role => role::delete(&self.client, r.external_name).await,
+            Kind::Database => {
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
+                database::delete(&self.client, r.external_name).await
+            }
+            Kind::Role => role::delete(self, r.external_name).await,
             Kind::Grant => {
                 let p = checked(r.parameters, grant::validate).map_err(invalid)?;
                 grant::revoke(&self.client, &p).await

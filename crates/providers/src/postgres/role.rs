@@ -11,7 +11,6 @@
 use rorqual_core::model::FieldError;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use super::{PostgresClient, SecretRef, check_identifier, db_error, ident, literal};
@@ -78,6 +77,33 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Refuses the endpoint's administrative user, reserved `pg_*` roles and any existing
+/// superuser: adopting one would let an update change its login or password, or a delete
+/// drop it.
+async fn check_adoptable(c: &PostgresClient, name: &str) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(crate::provider::ProviderError::rejected(format!(
+            "role `{name}` {why} and cannot be managed as a Role"
+        )))
+    };
+    if name == c.endpoint.user {
+        return refuse("is the administrative user of the endpoint");
+    }
+    if name.starts_with("pg_") {
+        return refuse("is a reserved system role name (pg_*)");
+    }
+    let superuser = c
+        .client
+        .query_opt("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .map_err(|e| db_error(format!("checking role `{name}`"), e))?
+        .is_some_and(|row| row.get::<_, bool>(0));
+    if superuser {
+        return refuse("is an existing superuser");
+    }
+    Ok(())
+}
+
 fn password(c: &PostgresClient, p: &RoleParams) -> Result<Option<Secret>> {
     p.password_secret_ref
         .as_ref()
@@ -117,6 +143,7 @@ async fn password_works(c: &PostgresClient, name: &str, password: &Secret) -> Op
 /// `pg_authid` only, which only a superuser may read: `None` when the administrative user
 /// is not one (the password is then checked by logging in only).
 pub(super) async fn observe(c: &PostgresClient, name: &str, p: &RoleParams) -> Result<Observation> {
+    check_adoptable(c, name).await?;
     let row = c
         .client
         .query_opt(
@@ -208,6 +235,7 @@ pub(super) async fn create(
     p: &RoleParams,
 ) -> Result<ConnectionDetails> {
     check_name(name)?;
+    check_adoptable(c, name).await?;
     let password = password(c, p)?;
     let sql = format!(
         "CREATE ROLE {} {}",
@@ -228,6 +256,7 @@ pub(super) async fn update(
     p: &RoleParams,
 ) -> Result<ConnectionDetails> {
     check_name(name)?;
+    check_adoptable(c, name).await?;
     let password = password(c, p)?;
     let sql = format!(
         "ALTER ROLE {} {}",
@@ -241,8 +270,9 @@ pub(super) async fn update(
     Ok(details(c, name, password))
 }
 
-pub(super) async fn delete(client: &Client, name: &str) -> Result<()> {
-    client
+pub(super) async fn delete(c: &PostgresClient, name: &str) -> Result<()> {
+    check_adoptable(c, name).await?;
+    c.client
         .batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(name)))
         .await
         .map_err(|e| db_error(format!("dropping role `{name}`"), e))

@@ -1,7 +1,8 @@
 //! `TableSchema`: declared tables in one PostgreSQL schema (namespace), the way game teams
 //! ship table definitions next to their app. The external name is the PostgreSQL schema the
 //! resource owns: every table in it is managed, and a table not declared is dropped (with
-//! `allowDataLoss: true`).
+//! `allowDataLoss: true`). So it cannot be `public` (shared by everything in the database),
+//! `information_schema` or `pg_*`: those are refused.
 //!
 //! ```yaml
 //! database: shop
@@ -512,6 +513,7 @@ fn refusal(schema: &str, plan: &plan::Plan) -> String {
 }
 
 pub(super) async fn observe(client: &Client, name: &str, spec: &SchemaSpec) -> Result<Observation> {
+    check_name(name)?;
     let observed = read_catalog(client, name).await?;
     if !observed.exists {
         return Ok(Observation::missing());
@@ -548,18 +550,26 @@ pub(super) async fn apply(client: &Client, name: &str, spec: &SchemaSpec) -> Res
     Ok(plan)
 }
 
+/// Checks the external name: an identifier, and not a schema the resource could not own
+/// wholesale (`public`, shared by everything in the database; `information_schema` and
+/// `pg_*`, the system's), since it manages every table in it and a delete drops it.
 fn check_name(name: &str) -> Result<()> {
     let mut errors = Vec::new();
     check_identifier("externalName", name, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ProviderError::Invalid(errors))
+    if !errors.is_empty() {
+        return Err(ProviderError::Invalid(errors));
     }
+    if name == "public" || name == "information_schema" || name.starts_with("pg_") {
+        return Err(ProviderError::rejected(format!(
+            "schema `{name}` is a shared or system schema (public, information_schema, pg_*) and cannot be owned by a TableSchema; name a schema of its own"
+        )));
+    }
+    Ok(())
 }
 
 /// Drops the schema; refused while it holds tables unless `allowDataLoss`.
 pub(super) async fn delete(client: &Client, name: &str, spec: &SchemaSpec) -> Result<()> {
+    check_name(name)?;
     let observed = read_catalog(client, name).await?;
     if !observed.exists {
         return Ok(());
