@@ -941,3 +941,41 @@ async fn system_and_admin_objects_are_never_adopted() {
         .get(0);
     assert_eq!(public, 1);
 }
+
+#[tokio::test]
+async fn deleting_a_schema_without_allow_data_loss_drops_nothing_it_holds() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let empty = yaml("database: shop\ntables: []\n");
+    let r = ExternalRef::new("s", "s", &empty);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    // Something that is not a declared table: the server's RESTRICT check sees it.
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute("CREATE SEQUENCE s.counter")
+        .await
+        .unwrap();
+    let err = client.delete(&r).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    assert!(err.to_string().contains("allowDataLoss"), "{err}");
+    let kept: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 's' AND c.relname = 'counter'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the sequence is kept");
+    // With allowDataLoss the schema goes with what it holds; an empty one goes either way.
+    let allowed = yaml("database: shop\nallowDataLoss: true\ntables: []\n");
+    let ra = ExternalRef::new("s", "s", &allowed);
+    client.delete(&ra).await.unwrap();
+    assert!(!client.observe(&ra).await.unwrap().exists);
+    client.create(&r).await.unwrap();
+    client.delete(&r).await.unwrap();
+    assert!(!client.observe(&r).await.unwrap().exists);
+}

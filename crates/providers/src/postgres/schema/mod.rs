@@ -25,8 +25,9 @@
 //! change is planned as a migration ([`plan::plan`], pure: declared and observed schema in,
 //! ordered steps out) that observe shows as the diff; create and update run the whole plan
 //! in one transaction, and refuse with the plan when a step is destructive (drop a column or
-//! table, narrow or convert a type) unless `allowDataLoss: true`. Deleting drops the schema,
-//! and is refused the same way while it holds tables.
+//! table, narrow or convert a type) unless `allowDataLoss: true`. Deleting drops the schema:
+//! without `allowDataLoss` with `DROP SCHEMA … RESTRICT`, which the server refuses while the
+//! schema holds anything (no check-then-drop race), with it `CASCADE`.
 //!
 //! ```
 //! use rorqual_providers::postgres::schema::{SchemaSpec, model::Schema, plan::plan};
@@ -567,24 +568,42 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Drops the schema; refused while it holds tables unless `allowDataLoss`.
+/// Drops the schema; refused while it holds anything unless `allowDataLoss`. The check is
+/// the server's own: `DROP SCHEMA … RESTRICT` fails (2BP01) while anything is in the schema,
+/// so a table created between a check and the drop is never lost; `CASCADE` only with
+/// `allowDataLoss: true`.
 pub(super) async fn delete(client: &Client, name: &str, spec: &SchemaSpec) -> Result<()> {
     check_name(name)?;
-    let observed = read_catalog(client, name).await?;
-    if !observed.exists {
-        return Ok(());
-    }
-    if !observed.tables.is_empty() && !spec.allow_data_loss {
-        let tables: Vec<&str> = observed.tables.keys().map(String::as_str).collect();
-        return Err(ProviderError::rejected(format!(
-            "deleting schema `{name}` would drop tables {} and allowDataLoss is not set (use deletionPolicy: Orphan to keep them)",
-            tables.join(", ")
-        )));
-    }
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(name)))
+    let mode = if spec.allow_data_loss {
+        "CASCADE"
+    } else {
+        "RESTRICT"
+    };
+    match client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} {mode}", ident(name)))
         .await
-        .map_err(|e| db_error(format!("dropping schema `{name}`"), e))
+    {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.code()
+                == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+        {
+            let observed = read_catalog(client, name).await?;
+            let tables: Vec<&str> = observed.tables.keys().map(String::as_str).collect();
+            let holds = if tables.is_empty() {
+                "objects".to_owned()
+            } else {
+                format!("tables {}", tables.join(", "))
+            };
+            Err(ProviderError::Rejected {
+                message: format!(
+                    "deleting schema `{name}` would drop {holds} and allowDataLoss is not set (use deletionPolicy: Orphan to keep them)"
+                ),
+                source: Some(Box::new(e)),
+            })
+        }
+        Err(e) => Err(db_error(format!("dropping schema `{name}`"), e)),
+    }
 }
 
 #[cfg(test)]
