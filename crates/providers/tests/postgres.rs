@@ -979,3 +979,43 @@ async fn deleting_a_schema_without_allow_data_loss_drops_nothing_it_holds() {
     client.delete(&r).await.unwrap();
     assert!(!client.observe(&r).await.unwrap().exists);
 }
+
+#[tokio::test]
+async fn indexes_that_are_not_declared_are_reported_and_kept() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let spec = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: id, type: int}, {name: n, type: int}, {name: c, type: text}]\n  primaryKey: [id]\n  indexes: [{name: t_c, columns: [c]}]\n",
+    );
+    let r = ExternalRef::new("s", "s", &spec);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute(
+        "CREATE INDEX by_hand ON s.t (n);
+         ALTER TABLE s.t ADD CONSTRAINT t_n_key UNIQUE (n);
+         CREATE INDEX t_lower ON s.t (lower(c));
+         CREATE INDEX t_partial ON s.t (c) WHERE n > 0;",
+    )
+    .await
+    .unwrap();
+    let o = client.observe(&r).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+    let state = o.at_provider.expect("atProvider");
+    assert_eq!(
+        state["unmanagedIndexes"],
+        json!(["t.by_hand", "t.t_lower", "t.t_n_key", "t.t_partial"])
+    );
+    client.update(&r).await.unwrap();
+    let kept: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 's'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 6, "primary key, t_c and the four undeclared indexes");
+}

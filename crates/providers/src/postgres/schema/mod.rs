@@ -2,7 +2,9 @@
 //! ship table definitions next to their app. The external name is the PostgreSQL schema the
 //! resource owns: every table in it is managed, and a table not declared is dropped (with
 //! `allowDataLoss: true`). So it cannot be `public` (shared by everything in the database),
-//! `information_schema` or `pg_*`: those are refused.
+//! `information_schema` or `pg_*`: those are refused. An index that is not declared (made by
+//! hand, backing a constraint, on an expression, partial) is left alone and listed in
+//! `atProvider` as `unmanagedIndexes` (`table.index`).
 //!
 //! ```yaml
 //! database: shop
@@ -371,6 +373,7 @@ impl SchemaSpec {
                     primary_key_name: None,
                     indexes,
                     foreign_keys,
+                    unmanaged_indexes: BTreeSet::new(),
                     comment: t.comment.clone(),
                 },
             );
@@ -480,6 +483,8 @@ pub async fn read_catalog(client: &Client, schema: &str) -> Result<Schema> {
     let indexes = client
         .query(
             "SELECT t.relname::text, i.relname::text, ix.indisunique, \
+                    ix.indexprs IS NULL AND ix.indpred IS NULL \
+                        AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = ix.indexrelid), \
                     array(SELECT a.attname::text FROM unnest(ix.indkey::int2[]) WITH ORDINALITY k(n, o) \
                           JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.n ORDER BY k.o) \
              FROM pg_index ix \
@@ -492,14 +497,21 @@ pub async fn read_catalog(client: &Client, schema: &str) -> Result<Schema> {
         .await
         .map_err(|e| db_error(context(), e))?;
     for row in indexes {
-        if let Some(table) = out.tables.get_mut(&row.get::<_, String>(0)) {
+        let Some(table) = out.tables.get_mut(&row.get::<_, String>(0)) else {
+            continue;
+        };
+        // An index backing a constraint (unique, exclusion), on an expression or partial is
+        // not modelled: kept as a name only, never dropped or replaced.
+        if row.get::<_, bool>(3) {
             table.indexes.insert(
                 row.get(1),
                 Index {
                     unique: row.get(2),
-                    columns: row.get(3),
+                    columns: row.get(4),
                 },
             );
+        } else {
+            table.unmanaged_indexes.insert(row.get(1));
         }
     }
     // Columns of an observed type rorqual does not model keep their declared default form.
@@ -519,8 +531,10 @@ pub(super) async fn observe(client: &Client, name: &str, spec: &SchemaSpec) -> R
     if !observed.exists {
         return Ok(Observation::missing());
     }
-    let plan = plan::plan(name, &spec.to_schema(), &observed);
+    let desired = spec.to_schema();
+    let plan = plan::plan(name, &desired, &observed);
     let tables: BTreeSet<&String> = observed.tables.keys().collect();
+    let unmanaged = plan::unmanaged_indexes(&desired, &observed);
     let observation = if plan.is_empty() {
         Observation::up_to_date()
     } else if plan.is_destructive() && !spec.allow_data_loss {
@@ -528,7 +542,7 @@ pub(super) async fn observe(client: &Client, name: &str, spec: &SchemaSpec) -> R
     } else {
         Observation::outdated(plan.to_string())
     };
-    Ok(observation.at_provider(json!({ "tables": tables })))
+    Ok(observation.at_provider(json!({ "tables": tables, "unmanagedIndexes": unmanaged })))
 }
 
 /// Plans and runs the migration in one transaction (create and update).

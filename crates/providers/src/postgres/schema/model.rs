@@ -464,6 +464,9 @@ pub struct Table {
     pub indexes: BTreeMap<String, Index>,
     /// Its foreign keys by constraint name.
     pub foreign_keys: BTreeMap<String, ForeignKey>,
+    /// Indexes seen in the catalog that rorqual does not model and never changes: those
+    /// backing a constraint, on an expression, or partial (observed only).
+    pub unmanaged_indexes: std::collections::BTreeSet<String>,
     /// Its comment, if any.
     pub comment: Option<String>,
 }

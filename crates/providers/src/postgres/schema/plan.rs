@@ -125,7 +125,8 @@ fn list(names: &[String]) -> String {
 
 /// The steps that turn `observed` (the PostgreSQL schema `schema`) into `desired`.
 ///
-/// Order: create the schema; drop foreign keys and indexes that go or change; create new
+/// Order: create the schema; drop foreign keys that go or change and declared indexes that
+/// change (an index that is not declared is left alone: see [`unmanaged_indexes`]); create new
 /// tables; per existing table drop a primary key that goes or changes, add columns, change
 /// types, defaults and nullability, add the new primary key, drop columns; create indexes; add foreign keys (every table and column
 /// they name exists by then); drop tables; set comments.
@@ -162,8 +163,10 @@ pub fn plan(schema: &str, desired: &Schema, observed: &Schema) -> Plan {
             }
         }
         let Some(want) = want else { continue };
+        // Only a declared index whose definition changed: an undeclared one is not this
+        // resource's to drop (see [`unmanaged_indexes`]).
         for (index, def) in &have.indexes {
-            if want.indexes.get(index) != Some(def) {
+            if want.indexes.get(index).is_some_and(|w| w != def) {
                 b.push(
                     Risk::Change,
                     format!("drop index {index} on {name}"),
@@ -253,6 +256,26 @@ pub fn plan(schema: &str, desired: &Schema, observed: &Schema) -> Plan {
         }
     }
     Plan { steps: b.steps }
+}
+
+/// The indexes of `observed` tables that are kept in `desired` but that `desired` does not
+/// declare, as `table.index`: left alone by [`plan`] and reported, never dropped. They
+/// include the indexes the catalog reader does not model (backing a constraint, on an
+/// expression, partial).
+pub fn unmanaged_indexes(desired: &Schema, observed: &Schema) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, have) in &observed.tables {
+        let Some(want) = desired.tables.get(name) else {
+            continue;
+        };
+        for index in have.indexes.keys().chain(&have.unmanaged_indexes) {
+            if !want.indexes.contains_key(index) {
+                out.push(format!("{name}.{index}"));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn add_foreign_key(b: &mut Builder<'_>, table: &str, name: &str, fk: &ForeignKey) {
@@ -555,6 +578,36 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "~ drop primary key of orders (id)\n~ allow null in orders.id\n+ add primary key of orders (status)"
+        );
+    }
+
+    #[test]
+    fn an_undeclared_index_is_reported_not_dropped() {
+        let mut observed = desired(orders());
+        observed.exists = true;
+        observed.tables.get_mut("orders").unwrap().primary_key_name = Some("orders_pkey".into());
+        let table = observed.tables.get_mut("orders").unwrap();
+        table.indexes.insert(
+            "by_hand".into(),
+            super::super::model::Index {
+                columns: vec!["total".into()],
+                unique: false,
+            },
+        );
+        table.unmanaged_indexes.insert("orders_lower_status".into());
+        let d = desired(orders());
+        assert!(plan("shop", &d, &observed).is_empty());
+        assert_eq!(
+            unmanaged_indexes(&d, &observed),
+            ["orders.by_hand", "orders.orders_lower_status"]
+        );
+        // A declared index whose columns changed is still replaced.
+        let mut tables = orders();
+        tables[0]["indexes"][0]["columns"] = json!(["total"]);
+        let p = plan("shop", &desired(tables), &observed);
+        assert_eq!(
+            p.to_string(),
+            "~ drop index orders_status on orders\n+ create index orders_status on orders (total)"
         );
     }
 
