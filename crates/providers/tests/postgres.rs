@@ -1019,3 +1019,27 @@ async fn indexes_that_are_not_declared_are_reported_and_kept() {
         .get(0);
     assert_eq!(kept, 6, "primary key, t_c and the four undeclared indexes");
 }
+
+#[tokio::test]
+async fn defaults_spelled_differently_from_the_catalog_read_back_up_to_date() {
+    let Some(pg) = start().await else { return };
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let params = json!({"database": "postgres", "tables": [
+        {"name": "spelled", "comment": "", "columns": [
+            {"name": "i", "type": "int", "default": "007"},
+            {"name": "big", "type": "bigint", "default": "'0042'"},
+            {"name": "f", "type": "float8", "default": "1.50"},
+            {"name": "r", "type": "real", "default": "02.50"},
+            {"name": "n", "type": "numeric(10,2)", "default": "0010.5"},
+            {"name": "u", "type": "uuid", "default": "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'"},
+            {"name": "b", "type": "bool", "default": "'on'"},
+            {"name": "s", "type": "text", "default": "'a\\b'", "comment": ""},
+        ]}
+    ]});
+    provider.validate(&params).unwrap();
+    let r = ExternalRef::new("spelled", "spelled", &params);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(observed.up_to_date, "{:?}", observed.diff);
+}

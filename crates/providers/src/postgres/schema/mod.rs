@@ -78,7 +78,7 @@ pub struct SchemaSpec {
 pub struct TableSpec {
     /// Its name.
     pub name: String,
-    /// Its comment.
+    /// Its comment (an empty one is none).
     #[serde(default)]
     pub comment: Option<String>,
     /// Its columns, in order.
@@ -109,7 +109,7 @@ pub struct ColumnSpec {
     /// `transaction_timestamp()`, `gen_random_uuid()`) and run `pg_catalog`-qualified.
     #[serde(default)]
     pub default: Option<String>,
-    /// Its comment.
+    /// Its comment (an empty one is none).
     #[serde(default)]
     pub comment: Option<String>,
     /// The column of another declared table it references (a foreign key).
@@ -321,20 +321,11 @@ impl SchemaSpec {
                         .default
                         .as_deref()
                         .and_then(|d| DefaultExpr::parse(d).ok().flatten())
-                        .map(|d| match d {
-                            // Casts are dropped when parsing; a boolean column's constant
-                            // is shown by PostgreSQL as true/false.
-                            DefaultExpr::Constant(v)
-                                if SqlType::parse(&c.ty) == Some(SqlType::Boolean) =>
-                            {
-                                DefaultExpr::Bool(matches!(
-                                    v.to_ascii_lowercase().as_str(),
-                                    "true" | "t" | "yes" | "on" | "1"
-                                ))
-                            }
-                            d => d,
+                        .map(|d| match SqlType::parse(&c.ty) {
+                            Some(ty) => d.normalize(&ty),
+                            None => d,
                         }),
-                    comment: c.comment.clone(),
+                    comment: non_empty(&c.comment),
                 })
                 .collect();
             let indexes = t
@@ -374,7 +365,7 @@ impl SchemaSpec {
                     indexes,
                     foreign_keys,
                     unmanaged_indexes: BTreeSet::new(),
-                    comment: t.comment.clone(),
+                    comment: non_empty(&t.comment),
                 },
             );
         }
@@ -383,6 +374,11 @@ impl SchemaSpec {
             tables,
         }
     }
+}
+
+/// An empty comment is no comment: PostgreSQL removes a comment set to `''`.
+fn non_empty(comment: &Option<String>) -> Option<String> {
+    comment.clone().filter(|c| !c.is_empty())
 }
 
 /// Reads the schema `schema` from the catalog (`pg_catalog`).
@@ -427,15 +423,16 @@ pub async fn read_catalog(client: &Client, schema: &str) -> Result<Schema> {
             continue;
         };
         let ty: String = row.get(3);
+        let ty = SqlType::parse(&ty).unwrap_or(SqlType::Other(ty));
         let default: Option<String> = row.get(5);
         table.columns.push(Column {
             name: column,
-            ty: SqlType::parse(&ty).unwrap_or(SqlType::Other(ty)),
             nullable: !row.get::<_, bool>(4),
-            default: default.map(|d| {
-                let parsed = DefaultExpr::parse(&d);
-                parsed.ok().flatten().unwrap_or(DefaultExpr::Raw(d))
+            default: default.map(|d| match DefaultExpr::parse(&d) {
+                Ok(Some(parsed)) => parsed.normalize(&ty),
+                _ => DefaultExpr::Raw(d),
             }),
+            ty,
             comment: row.get(6),
         });
     }
@@ -709,6 +706,49 @@ mod tests {
         assert_eq!(
             found[2],
             "tables[0].columns[2].default: now() is not a value of type integer"
+        );
+    }
+
+    #[test]
+    fn defaults_and_comments_normalise_by_column_type() {
+        let spec = SchemaSpec::from_parameters(&json!({"database": "app", "tables": [
+            {"name": "t", "comment": "", "columns": [
+                {"name": "i", "type": "int", "default": "007"},
+                {"name": "f", "type": "float8", "default": "1.50"},
+                {"name": "r", "type": "real", "default": "02.5"},
+                {"name": "n", "type": "numeric(10,2)", "default": "0010.50"},
+                {"name": "u", "type": "uuid", "default": "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'"},
+                {"name": "b", "type": "bool", "default": "'yes'"},
+                {"name": "s", "type": "text", "default": "'007'", "comment": ""},
+            ]},
+        ]}))
+        .unwrap()
+        .to_schema();
+        let t = &spec.tables["t"];
+        let defaults: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| c.default.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            defaults,
+            [
+                "'7'",
+                "'1.5'",
+                "'2.5'",
+                "'10.5'",
+                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                "true",
+                "'007'"
+            ]
+        );
+        assert_eq!(t.comment, None);
+        assert_eq!(t.columns[6].comment, None);
+        // As PostgreSQL prints them back.
+        let n = DefaultExpr::parse("10.50").unwrap().unwrap();
+        assert_eq!(
+            n.normalize(&SqlType::Numeric(Some((10, 2)))).to_string(),
+            "'10.5'"
         );
     }
 

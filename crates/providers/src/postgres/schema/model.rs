@@ -293,6 +293,32 @@ impl DefaultExpr {
         }
     }
 
+    /// The default as PostgreSQL keeps it for a column of type `ty`, so that a declared and
+    /// an observed default compare equal when they mean the same: integers without leading
+    /// zeros (`007` is `7`), floats as their value (`1.50` is `1.5`), numerics without
+    /// leading or trailing zeros, UUIDs in lower case, booleans as `true`/`false`.
+    #[must_use]
+    pub fn normalize(self, ty: &SqlType) -> DefaultExpr {
+        let DefaultExpr::Constant(value) = self else {
+            return self;
+        };
+        let text = value.trim();
+        let normal = match ty {
+            t if t.is_integer() => text.parse::<i64>().ok().map(|n| n.to_string()),
+            SqlType::Real => text.parse::<f32>().ok().map(|n| n.to_string()),
+            SqlType::Double => text.parse::<f64>().ok().map(|n| n.to_string()),
+            SqlType::Numeric(_) => decimal(text),
+            SqlType::Uuid if is_uuid(text) => Some(text.to_ascii_lowercase()),
+            SqlType::Boolean => match text.to_ascii_lowercase().as_str() {
+                "true" | "t" | "yes" | "y" | "on" | "1" => return DefaultExpr::Bool(true),
+                "false" | "f" | "no" | "n" | "off" | "0" => return DefaultExpr::Bool(false),
+                _ => None,
+            },
+            _ => None,
+        };
+        DefaultExpr::Constant(normal.unwrap_or(value))
+    }
+
     /// The default as SQL.
     pub fn to_sql(&self) -> String {
         match self {
@@ -313,6 +339,34 @@ impl fmt::Display for DefaultExpr {
             other => f.write_str(&other.to_sql()),
         }
     }
+}
+
+/// A plain decimal (`-012.50`) without leading zeros before the point and trailing zeros
+/// after it (`-12.5`); `None` for anything else (exponents), which is kept as written.
+fn decimal(text: &str) -> Option<String> {
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .chars()
+            .chain(fraction.chars())
+            .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole = whole.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    let whole = if whole.is_empty() { "0" } else { whole };
+    let zero = whole == "0" && fraction.is_empty();
+    let sign = if zero { "" } else { sign };
+    Some(if fraction.is_empty() {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{fraction}")
+    })
 }
 
 fn is_uuid(text: &str) -> bool {
