@@ -1043,3 +1043,29 @@ async fn defaults_spelled_differently_from_the_catalog_read_back_up_to_date() {
     let observed = client.observe(&r).await.unwrap();
     assert!(observed.up_to_date, "{:?}", observed.diff);
 }
+
+#[tokio::test]
+async fn a_unique_index_over_duplicate_rows_is_a_permanent_error() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let v1 = yaml("database: shop\ntables:\n- name: t\n  columns: [{name: n, type: int}]\n");
+    let r = ExternalRef::new("u", "u", &v1);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute("INSERT INTO u.t VALUES (1), (1)")
+        .await
+        .unwrap();
+    let v2 = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: n, type: int}]\n  indexes: [{name: t_n, columns: [n], unique: true}]\n",
+    );
+    let r2 = ExternalRef::new("u", "u", &v2);
+    let err = client.update(&r2).await.unwrap_err();
+    assert!(err.to_string().contains("23505"), "{err}");
+    assert!(
+        !err.is_retryable(),
+        "duplicate rows stay until changed: {err}"
+    );
+}

@@ -360,13 +360,19 @@ pub(crate) fn literal(text: &str) -> String {
 /// a database that does not exist yet (3D000: a `TableSchema` before its `Database`), an
 /// object that does not exist yet (42704: a `Grant` before its `Role`, a `Database` before
 /// its owner), objects that still depend on what is dropped (2BP01), a concurrent create of
-/// the same thing (23505, 42P07), an object in use (55006).
+/// the same thing (23505 on a system catalog's index, 42P07), an object in use (55006).
 const ORDERING_CODES: [&str; 6] = ["3D000", "42704", "2BP01", "23505", "42P07", "55006"];
 
 /// Whether a SQLSTATE is worth retrying: connection problems (08), transaction rollbacks
 /// such as serialization failures (40), resource shortages (53), shutdowns and cancels
-/// (57), system errors (58), lock timeouts (55P03) and the [`ORDERING_CODES`].
-fn retryable_code(code: &str) -> bool {
+/// (57), system errors (58), lock timeouts (55P03) and the [`ORDERING_CODES`]. A unique
+/// violation (23505) is retryable only on a system catalog's index (`pg_*`, `constraint`):
+/// a concurrent create of the same object. On a table's own index (a unique index over
+/// duplicate rows) it stays until the data changes, so it is permanent.
+fn retryable_code(code: &str, constraint: Option<&str>) -> bool {
+    if code == "23505" {
+        return constraint.is_some_and(|c| c.starts_with("pg_"));
+    }
     ["08", "40", "53", "57", "58"]
         .iter()
         .any(|class| code.starts_with(class))
@@ -380,7 +386,10 @@ fn retryable_code(code: &str) -> bool {
 pub(crate) fn db_error(context: impl fmt::Display, error: tokio_postgres::Error) -> ProviderError {
     let retryable = match error.code() {
         None => true,
-        Some(code) => retryable_code(code.code()),
+        Some(code) => retryable_code(
+            code.code(),
+            error.as_db_error().and_then(|db| db.constraint()),
+        ),
     };
     let what = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
@@ -603,13 +612,15 @@ mod tests {
     #[test]
     fn ordering_errors_that_end_by_themselves_are_retryable() {
         for code in [
-            "3D000", "42704", "2BP01", "23505", "42P07", "55006", "55P03", "08006", "40001",
+            "3D000", "42704", "2BP01", "42P07", "55006", "55P03", "08006", "40001",
         ] {
-            assert!(retryable_code(code), "{code}");
+            assert!(retryable_code(code, None), "{code}");
         }
-        for code in ["42601", "42501", "22023", "42P16", "23502"] {
-            assert!(!retryable_code(code), "{code}");
+        for code in ["42601", "42501", "22023", "42P16", "23502", "23505"] {
+            assert!(!retryable_code(code, None), "{code}");
         }
+        assert!(retryable_code("23505", Some("pg_namespace_nspname_index")));
+        assert!(!retryable_code("23505", Some("orders_email_key")));
     }
 
     #[test]
