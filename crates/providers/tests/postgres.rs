@@ -226,13 +226,13 @@ async fn a_role_logs_in_with_its_secret_and_a_rotated_secret_is_applied() {
     assert!(login(&pg, "orders", "first-Pa55word").await.is_err());
     assert!(client.observe(&r).await.unwrap().up_to_date);
 
-    // A reference to a secret that does not exist is a permanent error naming it.
+    // A reference to a secret that does not exist (yet) is a retryable error naming it.
     let missing = json!({"passwordSecretRef": {"name": "nope", "key": "password"}});
     let err = client
         .create(&ExternalRef::new("other", "other", &missing))
         .await
         .unwrap_err();
-    assert!(!err.is_retryable());
+    assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("`nope`"), "{err}");
     client.delete(&r).await.unwrap();
     assert!(login(&pg, "orders", "second-Pa55word").await.is_err());
@@ -689,5 +689,383 @@ async fn every_type_and_default_form_reads_back_up_to_date() {
     assert_eq!(
         diff.as_deref(),
         Some("~ set default of every.k: '2.5' -> '3.5'")
+    );
+}
+
+#[tokio::test]
+async fn a_primary_key_can_be_removed_and_changed() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let keyed = |key: &str| {
+        yaml(&format!(
+            "database: shop\ntables:\n- name: t\n  columns: [{{name: id, type: int}}, {{name: code, type: text, nullable: false}}]\n  primaryKey: [{key}]\n"
+        ))
+    };
+    let v1 = keyed("id");
+    let r = ExternalRef::new("k", "k", &v1);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    // Another key: the old one goes before `id` may hold NULL.
+    let v2 = keyed("code");
+    let r2 = ExternalRef::new("k", "k", &v2);
+    client.update(&r2).await.unwrap();
+    let o = client.observe(&r2).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+    // No key at all.
+    let v3 = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: id, type: int}, {name: code, type: text}]\n",
+    );
+    let r3 = ExternalRef::new("k", "k", &v3);
+    client.update(&r3).await.unwrap();
+    let o = client.observe(&r3).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+}
+
+#[tokio::test]
+async fn resources_created_before_what_they_need_fail_retryably_then_succeed() {
+    let Some(pg) = start().await else { return };
+    let secrets = SharedSecrets::new();
+    // A TableSchema before its Database: the database does not exist yet (3D000).
+    let schemas = PostgresProvider::table_schema(endpoint(&pg));
+    let spec = yaml("database: later\ntables:\n- name: t\n  columns: [{name: id, type: int}]\n");
+    let r = ExternalRef::new("s", "s", &spec);
+    let err = schemas.connect(&r).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A Grant before its Role and Database (42704, 3D000).
+    let grants = PostgresProvider::grant(endpoint(&pg));
+    let g = json!({"role": "late_role", "database": "postgres", "privileges": ["CONNECT"]});
+    let gr = ExternalRef::new("g", "g", &g);
+    let grant_client = grants.connect(&gr).await.unwrap();
+    let err = grant_client.create(&gr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let gdb = json!({"role": "postgres", "database": "later", "privileges": ["CONNECT"]});
+    let gdr = ExternalRef::new("g2", "g2", &gdb);
+    let err = grant_client.create(&gdr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A Database whose owner does not exist yet (42704).
+    let databases = PostgresProvider::database(endpoint(&pg));
+    let d = json!({"owner": "late_role"});
+    let dr = ExternalRef::new("later", "later", &d);
+    let db_client = databases.connect(&dr).await.unwrap();
+    let err = db_client.create(&dr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // A Role whose password secret does not exist yet.
+    let roles = PostgresProvider::role(endpoint(&pg), Arc::new(secrets.clone()));
+    let p = json!({"passwordSecretRef": {"name": "late", "key": "password"}});
+    let rr = ExternalRef::new("late_role", "late_role", &p);
+    let role_client = roles.connect(&rr).await.unwrap();
+    let err = role_client.create(&rr).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("`late`"), "{err}");
+    // Once each dependency exists, the same calls succeed.
+    secrets.insert("late", "password", "late-Pa55word");
+    role_client.create(&rr).await.unwrap();
+    db_client.create(&dr).await.unwrap();
+    grant_client.create(&gr).await.unwrap();
+    grant_client.create(&gdr).await.unwrap();
+    let client = schemas.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    assert!(client.observe(&r).await.unwrap().up_to_date);
+}
+
+#[tokio::test]
+async fn roles_are_managed_by_an_admin_that_is_not_a_superuser() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin
+        .batch_execute("CREATE ROLE manager LOGIN CREATEROLE CREATEDB PASSWORD 'manager-Pa55word'")
+        .await
+        .unwrap();
+    let secrets = SharedSecrets::new();
+    secrets.insert("app", "password", "app-Pa55word-1");
+    let manager = Endpoint::new(
+        pg.host(),
+        pg.port(),
+        "manager",
+        Secret::new("manager-Pa55word"),
+    );
+    let roles = PostgresProvider::role(manager, Arc::new(secrets.clone()));
+    let p = json!({"passwordSecretRef": {"name": "app", "key": "password"}, "connectionLimit": 4});
+    let r = ExternalRef::new("app", "app", &p);
+    let client = roles.connect(&r).await.unwrap();
+    assert!(!client.observe(&r).await.unwrap().exists);
+    client.create(&r).await.unwrap();
+    let o = client.observe(&r).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+    login(&pg, "app", "app-Pa55word-1").await.unwrap();
+    // A rotated secret is still seen (by logging in) and applied.
+    secrets.insert("app", "password", "app-Pa55word-2");
+    let o = client.observe(&r).await.unwrap();
+    assert!(!o.up_to_date, "a rotated password is seen");
+    client.update(&r).await.unwrap();
+    assert!(client.observe(&r).await.unwrap().up_to_date);
+    login(&pg, "app", "app-Pa55word-2").await.unwrap();
+}
+
+#[tokio::test]
+async fn backslashes_mean_the_same_whatever_standard_conforming_strings_says() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE old").await.unwrap();
+    admin
+        .batch_execute("ALTER DATABASE old SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let text = r"C:\temp\new 'x'";
+    let params = json!({"database": "old", "tables": [
+        {"name": "t", "comment": text, "columns": [
+            {"name": "s", "type": "text", "default": format!("'{}'", text.replace('\'', "''"))},
+        ]}
+    ]});
+    provider.validate(&params).unwrap();
+    let r = ExternalRef::new("s", "s", &params);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(observed.up_to_date, "{:?}", observed.diff);
+    let old = superuser(&pg, "old").await;
+    let comment: String = old
+        .query_one("SELECT obj_description('s.t'::regclass, 'pg_class')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(comment, text);
+    old.batch_execute("INSERT INTO s.t DEFAULT VALUES")
+        .await
+        .unwrap();
+    let stored: String = old
+        .query_one("SELECT s FROM s.t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, text);
+}
+
+#[tokio::test]
+async fn a_database_name_longer_than_63_bytes_is_refused_not_cut() {
+    let Some(pg) = start().await else { return };
+    let databases = PostgresProvider::database(endpoint(&pg));
+    let long = "d".repeat(64);
+    let params = json!({});
+    let r = ExternalRef::new("long", &long, &params);
+    let client = databases.connect(&r).await.unwrap();
+    for err in [
+        client.create(&r).await.unwrap_err(),
+        client.observe(&r).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("externalName"), "{err}");
+    }
+    let admin = superuser(&pg, "postgres").await;
+    let cut: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'ddd%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 0, "no database with the cut name");
+}
+
+#[tokio::test]
+async fn system_and_admin_objects_are_never_adopted() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin
+        .batch_execute("CREATE ROLE boss SUPERUSER LOGIN PASSWORD 'boss-Pa55word'")
+        .await
+        .unwrap();
+    let secrets = SharedSecrets::new();
+    let roles = PostgresProvider::role(endpoint(&pg), Arc::new(secrets));
+    let params = json!({"login": false});
+    for name in [pg.user(), "boss", "pg_monitor"] {
+        let r = ExternalRef::new("r", name, &params);
+        let client = roles.connect(&r).await.unwrap();
+        for err in [
+            client.observe(&r).await.unwrap_err(),
+            client.update(&r).await.unwrap_err(),
+            client.delete(&r).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("`{name}`")), "{err}");
+        }
+    }
+    login(&pg, "boss", "boss-Pa55word").await.unwrap();
+    let databases = PostgresProvider::database(endpoint(&pg));
+    let none = json!({});
+    for name in ["postgres", "template0", "template1"] {
+        let r = ExternalRef::new("d", name, &none);
+        let client = databases.connect(&r).await.unwrap();
+        for err in [
+            client.observe(&r).await.unwrap_err(),
+            client.delete(&r).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains("system database"), "{err}");
+        }
+    }
+    let databases: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname IN ('postgres', 'template0', 'template1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(databases, 3);
+    let schemas = PostgresProvider::table_schema(endpoint(&pg));
+    let spec = yaml("database: postgres\nallowDataLoss: true\ntables: []\n");
+    for name in ["public", "information_schema", "pg_catalog"] {
+        let r = ExternalRef::new("s", name, &spec);
+        let client = schemas.connect(&r).await.unwrap();
+        for err in [
+            client.observe(&r).await.unwrap_err(),
+            client.create(&r).await.unwrap_err(),
+            client.delete(&r).await.unwrap_err(),
+        ] {
+            assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains(&format!("`{name}`")), "{err}");
+        }
+    }
+    let public: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(public, 1);
+}
+
+#[tokio::test]
+async fn deleting_a_schema_without_allow_data_loss_drops_nothing_it_holds() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let empty = yaml("database: shop\ntables: []\n");
+    let r = ExternalRef::new("s", "s", &empty);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    // Something that is not a declared table: the server's RESTRICT check sees it.
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute("CREATE SEQUENCE s.counter")
+        .await
+        .unwrap();
+    let err = client.delete(&r).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    assert!(err.to_string().contains("allowDataLoss"), "{err}");
+    let kept: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 's' AND c.relname = 'counter'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the sequence is kept");
+    // With allowDataLoss the schema goes with what it holds; an empty one goes either way.
+    let allowed = yaml("database: shop\nallowDataLoss: true\ntables: []\n");
+    let ra = ExternalRef::new("s", "s", &allowed);
+    client.delete(&ra).await.unwrap();
+    assert!(!client.observe(&ra).await.unwrap().exists);
+    client.create(&r).await.unwrap();
+    client.delete(&r).await.unwrap();
+    assert!(!client.observe(&r).await.unwrap().exists);
+}
+
+#[tokio::test]
+async fn indexes_that_are_not_declared_are_reported_and_kept() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let spec = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: id, type: int}, {name: n, type: int}, {name: c, type: text}]\n  primaryKey: [id]\n  indexes: [{name: t_c, columns: [c]}]\n",
+    );
+    let r = ExternalRef::new("s", "s", &spec);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute(
+        "CREATE INDEX by_hand ON s.t (n);
+         ALTER TABLE s.t ADD CONSTRAINT t_n_key UNIQUE (n);
+         CREATE INDEX t_lower ON s.t (lower(c));
+         CREATE INDEX t_partial ON s.t (c) WHERE n > 0;",
+    )
+    .await
+    .unwrap();
+    let o = client.observe(&r).await.unwrap();
+    assert!(o.up_to_date, "{:?}", o.diff);
+    let state = o.at_provider.expect("atProvider");
+    assert_eq!(
+        state["unmanagedIndexes"],
+        json!(["t.by_hand", "t.t_lower", "t.t_n_key", "t.t_partial"])
+    );
+    client.update(&r).await.unwrap();
+    let kept: i64 = shop
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 's'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 6, "primary key, t_c and the four undeclared indexes");
+}
+
+#[tokio::test]
+async fn defaults_spelled_differently_from_the_catalog_read_back_up_to_date() {
+    let Some(pg) = start().await else { return };
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let params = json!({"database": "postgres", "tables": [
+        {"name": "spelled", "comment": "", "columns": [
+            {"name": "i", "type": "int", "default": "007"},
+            {"name": "big", "type": "bigint", "default": "'0042'"},
+            {"name": "f", "type": "float8", "default": "1.50"},
+            {"name": "r", "type": "real", "default": "02.50"},
+            {"name": "n", "type": "numeric(10,2)", "default": "0010.5"},
+            {"name": "u", "type": "uuid", "default": "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'"},
+            {"name": "b", "type": "bool", "default": "'on'"},
+            {"name": "s", "type": "text", "default": "'a\\b'", "comment": ""},
+        ]}
+    ]});
+    provider.validate(&params).unwrap();
+    let r = ExternalRef::new("spelled", "spelled", &params);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let observed = client.observe(&r).await.unwrap();
+    assert!(observed.up_to_date, "{:?}", observed.diff);
+}
+
+#[tokio::test]
+async fn a_unique_index_over_duplicate_rows_is_a_permanent_error() {
+    let Some(pg) = start().await else { return };
+    let admin = superuser(&pg, "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    let provider = PostgresProvider::table_schema(endpoint(&pg));
+    let v1 = yaml("database: shop\ntables:\n- name: t\n  columns: [{name: n, type: int}]\n");
+    let r = ExternalRef::new("u", "u", &v1);
+    let client = provider.connect(&r).await.unwrap();
+    client.create(&r).await.unwrap();
+    let shop = superuser(&pg, "shop").await;
+    shop.batch_execute("INSERT INTO u.t VALUES (1), (1)")
+        .await
+        .unwrap();
+    let v2 = yaml(
+        "database: shop\ntables:\n- name: t\n  columns: [{name: n, type: int}]\n  indexes: [{name: t_n, columns: [n], unique: true}]\n",
+    );
+    let r2 = ExternalRef::new("u", "u", &v2);
+    let err = client.update(&r2).await.unwrap_err();
+    assert!(err.to_string().contains("23505"), "{err}");
+    assert!(
+        !err.is_retryable(),
+        "duplicate rows stay until changed: {err}"
     );
 }

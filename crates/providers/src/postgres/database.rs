@@ -39,11 +39,38 @@ pub(super) fn validate(p: &DatabaseParams) -> Vec<FieldError> {
     errors
 }
 
+/// Checks the external name like a role's or a schema's (1-63 bytes, no NUL): PostgreSQL
+/// would cut a longer one silently, and the resource would never find its database.
+fn check_name(name: &str) -> Result<()> {
+    let mut errors = Vec::new();
+    check_identifier("externalName", name, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::provider::ProviderError::Invalid(errors))
+    }
+}
+
+/// The databases no resource may manage, besides the endpoint's administrative one.
+const SYSTEM_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// Refuses the administrative database, `postgres` and the templates: adopting one would let
+/// a delete drop it (or a change of owner or limit lock the administrator out).
+pub(super) fn check_adoptable(name: &str, admin_database: &str) -> Result<()> {
+    if name == admin_database || SYSTEM_DATABASES.contains(&name) {
+        return Err(crate::provider::ProviderError::rejected(format!(
+            "database `{name}` is the administrative database or a system database (postgres, template0, template1) and cannot be managed as a Database"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) async fn observe(
     client: &Client,
     name: &str,
     p: &DatabaseParams,
 ) -> Result<Observation> {
+    check_name(name)?;
     let row = client
         .query_opt(
             "SELECT pg_get_userbyid(datdba)::text, datconnlimit, pg_encoding_to_char(encoding)::text \
@@ -85,6 +112,7 @@ pub(super) async fn observe(
 }
 
 pub(super) async fn create(client: &Client, name: &str, p: &DatabaseParams) -> Result<()> {
+    check_name(name)?;
     let mut sql = format!(
         "CREATE DATABASE {} CONNECTION LIMIT {}",
         ident(name),
@@ -104,6 +132,7 @@ pub(super) async fn create(client: &Client, name: &str, p: &DatabaseParams) -> R
 }
 
 pub(super) async fn update(client: &Client, name: &str, p: &DatabaseParams) -> Result<()> {
+    check_name(name)?;
     let mut sql = format!(
         "ALTER DATABASE {} CONNECTION LIMIT {};",
         ident(name),
@@ -123,6 +152,7 @@ pub(super) async fn update(client: &Client, name: &str, p: &DatabaseParams) -> R
 }
 
 pub(super) async fn delete(client: &Client, name: &str) -> Result<()> {
+    check_name(name)?;
     client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",

@@ -13,6 +13,16 @@
 //! to the server as a SCRAM-SHA-256 verifier, so it never appears in SQL text, logs, errors or
 //! diffs; a role's connection details (host, port, user, password) are [`Secret`]s.
 //!
+//! System objects are never adopted: a `Role` named as the endpoint's administrative user,
+//! an existing superuser or `pg_*`, a `Database` named as the administrative database,
+//! `postgres`, `template0` or `template1`, and a `TableSchema` named `public`,
+//! `information_schema` or `pg_*` are refused (a permanent error saying why), so a delete
+//! can never drop them.
+//!
+//! Resources may be applied in any order: an error that ends once another resource exists
+//! (a `TableSchema` before its `Database`, a `Grant` before its `Role`, a `Database` before
+//! its owner, a role's password secret not there yet) is retryable.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use rorqual_providers::postgres::{Endpoint, PostgresProvider, StaticSecrets};
@@ -100,8 +110,11 @@ impl Endpoint {
             .dbname(database)
             .application_name("rorqual-providers")
             // A reconcile never hangs on a lock or a long statement: both end in a
-            // retryable error (55P03, 57014).
-            .options("-c lock_timeout=10s -c statement_timeout=5min")
+            // retryable error (55P03, 57014). Strings are read the standard way whatever the
+            // server, database or role sets (a client setting wins over those).
+            .options(
+                "-c lock_timeout=10s -c statement_timeout=5min -c standard_conforming_strings=on",
+            )
             .connect_timeout(std::time::Duration::from_secs(10));
         config
     }
@@ -131,8 +144,9 @@ pub trait SecretResolver: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     ///
-    /// [`ProviderError::Unavailable`] when the store cannot be read now,
-    /// [`ProviderError::Rejected`] when the secret or key does not exist.
+    /// [`ProviderError::Unavailable`] when the store cannot be read now or the secret or key
+    /// does not exist (yet: it is often created after the resource that names it, so the
+    /// reconcile is retried).
     fn resolve(&self, reference: &SecretRef) -> Result<Secret>;
 }
 
@@ -184,7 +198,7 @@ impl SecretResolver for StaticSecrets {
         self.0
             .get(reference)
             .cloned()
-            .ok_or_else(|| ProviderError::rejected(format!("{reference} does not exist")))
+            .ok_or_else(|| ProviderError::unavailable(format!("{reference} does not exist (yet)")))
     }
 }
 
@@ -330,23 +344,52 @@ pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `text` as a SQL string literal (standard conforming strings, PostgreSQL's default).
+/// `text` as a SQL string literal that means the same whatever `standard_conforming_strings`
+/// is: `'it''s'`, or with a backslash the escape form `E'a\\b'`, where a backslash is
+/// always an escape.
 pub(crate) fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+/// SQLSTATEs that end once another resource or a concurrent reconcile has done its part:
+/// a database that does not exist yet (3D000: a `TableSchema` before its `Database`), an
+/// object that does not exist yet (42704: a `Grant` before its `Role`, a `Database` before
+/// its owner), objects that still depend on what is dropped (2BP01), a concurrent create of
+/// the same thing (23505 on a system catalog's index, 42P07), an object in use (55006).
+const ORDERING_CODES: [&str; 6] = ["3D000", "42704", "2BP01", "23505", "42P07", "55006"];
+
+/// Whether a SQLSTATE is worth retrying: connection problems (08), transaction rollbacks
+/// such as serialization failures (40), resource shortages (53), shutdowns and cancels
+/// (57), system errors (58), lock timeouts (55P03) and the [`ORDERING_CODES`]. A unique
+/// violation (23505) is retryable only on a system catalog's index (`pg_*`, `constraint`):
+/// a concurrent create of the same object. On a table's own index (a unique index over
+/// duplicate rows) it stays until the data changes, so it is permanent.
+fn retryable_code(code: &str, constraint: Option<&str>) -> bool {
+    if code == "23505" {
+        return constraint.is_some_and(|c| c.starts_with("pg_"));
+    }
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
+        || ORDERING_CODES.contains(&code)
 }
 
 /// A failed statement as a provider error: connection problems, resource shortages, lock
-/// timeouts, serialization failures and shutdowns are retryable; anything else is rejected.
+/// timeouts, serialization failures, shutdowns and ordering errors that end by themselves
+/// (see [`ORDERING_CODES`]) are retryable; anything else is rejected.
 pub(crate) fn db_error(context: impl fmt::Display, error: tokio_postgres::Error) -> ProviderError {
     let retryable = match error.code() {
         None => true,
-        Some(code) => {
-            let code = code.code();
-            ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-                || code == "55P03"
-        }
+        Some(code) => retryable_code(
+            code.code(),
+            error.as_db_error().and_then(|db| db.constraint()),
+        ),
     };
     let what = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
@@ -434,6 +477,7 @@ impl ExternalClient for PostgresClient {
         match self.kind {
             Kind::Database => {
                 let p = checked(r.parameters, database::validate).map_err(invalid)?;
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
                 database::observe(&self.client, r.external_name, &p).await
             }
             Kind::Role => {
@@ -455,6 +499,7 @@ impl ExternalClient for PostgresClient {
         match self.kind {
             Kind::Database => {
                 let p = checked(r.parameters, database::validate).map_err(invalid)?;
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
                 database::create(&self.client, r.external_name, &p).await?;
                 Ok(Creation::new())
             }
@@ -480,6 +525,7 @@ impl ExternalClient for PostgresClient {
         match self.kind {
             Kind::Database => {
                 let p = checked(r.parameters, database::validate).map_err(invalid)?;
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
                 database::update(&self.client, r.external_name, &p).await?;
                 Ok(Update::default())
             }
@@ -505,8 +551,11 @@ impl ExternalClient for PostgresClient {
 
     async fn delete(&self, r: &ExternalRef<'_>) -> Result<()> {
         match self.kind {
-            Kind::Database => database::delete(&self.client, r.external_name).await,
-            Kind::Role => role::delete(&self.client, r.external_name).await,
+            Kind::Database => {
+                database::check_adoptable(r.external_name, &self.endpoint.admin_database)?;
+                database::delete(&self.client, r.external_name).await
+            }
+            Kind::Role => role::delete(self, r.external_name).await,
             Kind::Grant => {
                 let p = checked(r.parameters, grant::validate).map_err(invalid)?;
                 grant::revoke(&self.client, &p).await
@@ -528,6 +577,8 @@ mod tests {
         assert_eq!(ident("orders"), "\"orders\"");
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\b'"), r"E'a\\b'''");
+        assert_eq!(literal(r"\'; DROP"), r"E'\\''; DROP'");
     }
 
     #[test]
@@ -551,8 +602,25 @@ mod tests {
             key: "other".into(),
         };
         let err = secrets.resolve(&missing).unwrap_err();
-        assert!(!err.is_retryable());
+        assert!(
+            err.is_retryable(),
+            "a secret created later is picked up: {err}"
+        );
         assert!(err.to_string().contains("`other`"), "{err}");
+    }
+
+    #[test]
+    fn ordering_errors_that_end_by_themselves_are_retryable() {
+        for code in [
+            "3D000", "42704", "2BP01", "42P07", "55006", "55P03", "08006", "40001",
+        ] {
+            assert!(retryable_code(code, None), "{code}");
+        }
+        for code in ["42601", "42501", "22023", "42P16", "23502", "23505"] {
+            assert!(!retryable_code(code, None), "{code}");
+        }
+        assert!(retryable_code("23505", Some("pg_namespace_nspname_index")));
+        assert!(!retryable_code("23505", Some("orders_email_key")));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! and sent as a SCRAM-SHA-256 verifier computed here, so the clear text is in no SQL
 //! statement (and no server log). Observe checks it by logging in as the role over TCP: a
 //! rotated secret makes the role "not up to date" and the update sets the new password.
+//! Roles are read from `pg_roles`, so the administrative user need not be a superuser (one
+//! with `CREATEROLE` will do); only a superuser also sees whether a role has a password at
+//! all (`pg_authid`), otherwise the password is checked by logging in only.
 
 use rorqual_core::model::FieldError;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use super::{PostgresClient, SecretRef, check_identifier, db_error, ident, literal};
@@ -75,6 +77,33 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Refuses the endpoint's administrative user, reserved `pg_*` roles and any existing
+/// superuser: adopting one would let an update change its login or password, or a delete
+/// drop it.
+async fn check_adoptable(c: &PostgresClient, name: &str) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(crate::provider::ProviderError::rejected(format!(
+            "role `{name}` {why} and cannot be managed as a Role"
+        )))
+    };
+    if name == c.endpoint.user {
+        return refuse("is the administrative user of the endpoint");
+    }
+    if name.starts_with("pg_") {
+        return refuse("is a reserved system role name (pg_*)");
+    }
+    let superuser = c
+        .client
+        .query_opt("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .map_err(|e| db_error(format!("checking role `{name}`"), e))?
+        .is_some_and(|row| row.get::<_, bool>(0));
+    if superuser {
+        return refuse("is an existing superuser");
+    }
+    Ok(())
+}
+
 fn password(c: &PostgresClient, p: &RoleParams) -> Result<Option<Secret>> {
     p.password_secret_ref
         .as_ref()
@@ -110,12 +139,17 @@ async fn password_works(c: &PostgresClient, name: &str, password: &Secret) -> Op
     }
 }
 
+/// Reads the role from `pg_roles`, which any role may read. Whether it has a password is in
+/// `pg_authid` only, which only a superuser may read: `None` when the administrative user
+/// is not one (the password is then checked by logging in only).
 pub(super) async fn observe(c: &PostgresClient, name: &str, p: &RoleParams) -> Result<Observation> {
+    check_adoptable(c, name).await?;
     let row = c
         .client
         .query_opt(
-            "SELECT rolcanlogin, rolcreatedb, rolconnlimit, rolpassword IS NOT NULL \
-             FROM pg_authid WHERE rolname = $1",
+            "SELECT r.rolcanlogin, r.rolcreatedb, r.rolconnlimit, \
+                    (SELECT s.rolsuper FROM pg_roles s WHERE s.rolname = current_user) \
+             FROM pg_roles r WHERE r.rolname = $1",
             &[&name],
         )
         .await
@@ -123,8 +157,22 @@ pub(super) async fn observe(c: &PostgresClient, name: &str, p: &RoleParams) -> R
     let Some(row) = row else {
         return Ok(Observation::missing());
     };
-    let (login, create_db, limit, has_password): (bool, bool, i32, bool) =
+    let (login, create_db, limit, superuser): (bool, bool, i32, Option<bool>) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
+    // A separate statement: a query naming pg_authid fails for a non-superuser even where
+    // it would not be read.
+    let has_password: Option<bool> = if superuser == Some(true) {
+        c.client
+            .query_opt(
+                "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| db_error(format!("observing the password of role `{name}`"), e))?
+            .map(|row| row.get(0))
+    } else {
+        None
+    };
     let mut diff = Vec::new();
     if login != p.login {
         diff.push(format!("login: {login} -> {}", p.login));
@@ -140,9 +188,9 @@ pub(super) async fn observe(c: &PostgresClient, name: &str, p: &RoleParams) -> R
     }
     let password = password(c, p)?;
     match (&password, has_password) {
-        (None, true) => diff.push("password: set -> none".into()),
-        (Some(_), false) => diff.push("password: none -> from secret".into()),
-        (Some(secret), true)
+        (None, Some(true)) => diff.push("password: set -> none".into()),
+        (Some(_), Some(false)) => diff.push("password: none -> from secret".into()),
+        (Some(secret), Some(true) | None)
             if login && p.login && password_works(c, name, secret).await == Some(false) =>
         {
             diff.push("password: differs from the secret".into());
@@ -187,6 +235,7 @@ pub(super) async fn create(
     p: &RoleParams,
 ) -> Result<ConnectionDetails> {
     check_name(name)?;
+    check_adoptable(c, name).await?;
     let password = password(c, p)?;
     let sql = format!(
         "CREATE ROLE {} {}",
@@ -207,6 +256,7 @@ pub(super) async fn update(
     p: &RoleParams,
 ) -> Result<ConnectionDetails> {
     check_name(name)?;
+    check_adoptable(c, name).await?;
     let password = password(c, p)?;
     let sql = format!(
         "ALTER ROLE {} {}",
@@ -220,8 +270,9 @@ pub(super) async fn update(
     Ok(details(c, name, password))
 }
 
-pub(super) async fn delete(client: &Client, name: &str) -> Result<()> {
-    client
+pub(super) async fn delete(c: &PostgresClient, name: &str) -> Result<()> {
+    check_adoptable(c, name).await?;
+    c.client
         .batch_execute(&format!("DROP ROLE IF EXISTS {}", ident(name)))
         .await
         .map_err(|e| db_error(format!("dropping role `{name}`"), e))

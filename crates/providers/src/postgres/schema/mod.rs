@@ -1,7 +1,10 @@
 //! `TableSchema`: declared tables in one PostgreSQL schema (namespace), the way game teams
 //! ship table definitions next to their app. The external name is the PostgreSQL schema the
 //! resource owns: every table in it is managed, and a table not declared is dropped (with
-//! `allowDataLoss: true`).
+//! `allowDataLoss: true`). So it cannot be `public` (shared by everything in the database),
+//! `information_schema` or `pg_*`: those are refused. An index that is not declared (made by
+//! hand, backing a constraint, on an expression, partial) is left alone and listed in
+//! `atProvider` as `unmanagedIndexes` (`table.index`).
 //!
 //! ```yaml
 //! database: shop
@@ -24,8 +27,9 @@
 //! change is planned as a migration ([`plan::plan`], pure: declared and observed schema in,
 //! ordered steps out) that observe shows as the diff; create and update run the whole plan
 //! in one transaction, and refuse with the plan when a step is destructive (drop a column or
-//! table, narrow or convert a type) unless `allowDataLoss: true`. Deleting drops the schema,
-//! and is refused the same way while it holds tables.
+//! table, narrow or convert a type) unless `allowDataLoss: true`. Deleting drops the schema:
+//! without `allowDataLoss` with `DROP SCHEMA … RESTRICT`, which the server refuses while the
+//! schema holds anything (no check-then-drop race), with it `CASCADE`.
 //!
 //! ```
 //! use rorqual_providers::postgres::schema::{SchemaSpec, model::Schema, plan::plan};
@@ -74,7 +78,7 @@ pub struct SchemaSpec {
 pub struct TableSpec {
     /// Its name.
     pub name: String,
-    /// Its comment.
+    /// Its comment (an empty one is none).
     #[serde(default)]
     pub comment: Option<String>,
     /// Its columns, in order.
@@ -100,10 +104,12 @@ pub struct ColumnSpec {
     /// Whether it may hold NULL (default true; primary key columns never do).
     #[serde(default = "yes")]
     pub nullable: bool,
-    /// Its default, in SQL (`0`, `'new'`, `true`, `now()`, `CURRENT_TIMESTAMP`).
+    /// Its default, in SQL (`0`, `'new'`, `true`, `now()`, `CURRENT_TIMESTAMP`). Calls are
+    /// limited to [`model::CALLS`] (`now()`, `clock_timestamp()`, `statement_timestamp()`,
+    /// `transaction_timestamp()`, `gen_random_uuid()`) and run `pg_catalog`-qualified.
     #[serde(default)]
     pub default: Option<String>,
-    /// Its comment.
+    /// Its comment (an empty one is none).
     #[serde(default)]
     pub comment: Option<String>,
     /// The column of another declared table it references (a foreign key).
@@ -315,20 +321,11 @@ impl SchemaSpec {
                         .default
                         .as_deref()
                         .and_then(|d| DefaultExpr::parse(d).ok().flatten())
-                        .map(|d| match d {
-                            // Casts are dropped when parsing; a boolean column's constant
-                            // is shown by PostgreSQL as true/false.
-                            DefaultExpr::Constant(v)
-                                if SqlType::parse(&c.ty) == Some(SqlType::Boolean) =>
-                            {
-                                DefaultExpr::Bool(matches!(
-                                    v.to_ascii_lowercase().as_str(),
-                                    "true" | "t" | "yes" | "on" | "1"
-                                ))
-                            }
-                            d => d,
+                        .map(|d| match SqlType::parse(&c.ty) {
+                            Some(ty) => d.normalize(&ty),
+                            None => d,
                         }),
-                    comment: c.comment.clone(),
+                    comment: non_empty(&c.comment),
                 })
                 .collect();
             let indexes = t
@@ -367,7 +364,8 @@ impl SchemaSpec {
                     primary_key_name: None,
                     indexes,
                     foreign_keys,
-                    comment: t.comment.clone(),
+                    unmanaged_indexes: BTreeSet::new(),
+                    comment: non_empty(&t.comment),
                 },
             );
         }
@@ -376,6 +374,11 @@ impl SchemaSpec {
             tables,
         }
     }
+}
+
+/// An empty comment is no comment: PostgreSQL removes a comment set to `''`.
+fn non_empty(comment: &Option<String>) -> Option<String> {
+    comment.clone().filter(|c| !c.is_empty())
 }
 
 /// Reads the schema `schema` from the catalog (`pg_catalog`).
@@ -420,15 +423,16 @@ pub async fn read_catalog(client: &Client, schema: &str) -> Result<Schema> {
             continue;
         };
         let ty: String = row.get(3);
+        let ty = SqlType::parse(&ty).unwrap_or(SqlType::Other(ty));
         let default: Option<String> = row.get(5);
         table.columns.push(Column {
             name: column,
-            ty: SqlType::parse(&ty).unwrap_or(SqlType::Other(ty)),
             nullable: !row.get::<_, bool>(4),
-            default: default.map(|d| {
-                let parsed = DefaultExpr::parse(&d);
-                parsed.ok().flatten().unwrap_or(DefaultExpr::Raw(d))
+            default: default.map(|d| match DefaultExpr::parse(&d) {
+                Ok(Some(parsed)) => parsed.normalize(&ty),
+                _ => DefaultExpr::Raw(d),
             }),
+            ty,
             comment: row.get(6),
         });
     }
@@ -476,6 +480,8 @@ pub async fn read_catalog(client: &Client, schema: &str) -> Result<Schema> {
     let indexes = client
         .query(
             "SELECT t.relname::text, i.relname::text, ix.indisunique, \
+                    ix.indexprs IS NULL AND ix.indpred IS NULL \
+                        AND NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = ix.indexrelid), \
                     array(SELECT a.attname::text FROM unnest(ix.indkey::int2[]) WITH ORDINALITY k(n, o) \
                           JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.n ORDER BY k.o) \
              FROM pg_index ix \
@@ -488,14 +494,21 @@ pub async fn read_catalog(client: &Client, schema: &str) -> Result<Schema> {
         .await
         .map_err(|e| db_error(context(), e))?;
     for row in indexes {
-        if let Some(table) = out.tables.get_mut(&row.get::<_, String>(0)) {
+        let Some(table) = out.tables.get_mut(&row.get::<_, String>(0)) else {
+            continue;
+        };
+        // An index backing a constraint (unique, exclusion), on an expression or partial is
+        // not modelled: kept as a name only, never dropped or replaced.
+        if row.get::<_, bool>(3) {
             table.indexes.insert(
                 row.get(1),
                 Index {
                     unique: row.get(2),
-                    columns: row.get(3),
+                    columns: row.get(4),
                 },
             );
+        } else {
+            table.unmanaged_indexes.insert(row.get(1));
         }
     }
     // Columns of an observed type rorqual does not model keep their declared default form.
@@ -510,12 +523,15 @@ fn refusal(schema: &str, plan: &plan::Plan) -> String {
 }
 
 pub(super) async fn observe(client: &Client, name: &str, spec: &SchemaSpec) -> Result<Observation> {
+    check_name(name)?;
     let observed = read_catalog(client, name).await?;
     if !observed.exists {
         return Ok(Observation::missing());
     }
-    let plan = plan::plan(name, &spec.to_schema(), &observed);
+    let desired = spec.to_schema();
+    let plan = plan::plan(name, &desired, &observed);
     let tables: BTreeSet<&String> = observed.tables.keys().collect();
+    let unmanaged = plan::unmanaged_indexes(&desired, &observed);
     let observation = if plan.is_empty() {
         Observation::up_to_date()
     } else if plan.is_destructive() && !spec.allow_data_loss {
@@ -523,7 +539,7 @@ pub(super) async fn observe(client: &Client, name: &str, spec: &SchemaSpec) -> R
     } else {
         Observation::outdated(plan.to_string())
     };
-    Ok(observation.at_provider(json!({ "tables": tables })))
+    Ok(observation.at_provider(json!({ "tables": tables, "unmanagedIndexes": unmanaged })))
 }
 
 /// Plans and runs the migration in one transaction (create and update).
@@ -546,33 +562,59 @@ pub(super) async fn apply(client: &Client, name: &str, spec: &SchemaSpec) -> Res
     Ok(plan)
 }
 
+/// Checks the external name: an identifier, and not a schema the resource could not own
+/// wholesale (`public`, shared by everything in the database; `information_schema` and
+/// `pg_*`, the system's), since it manages every table in it and a delete drops it.
 fn check_name(name: &str) -> Result<()> {
     let mut errors = Vec::new();
     check_identifier("externalName", name, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ProviderError::Invalid(errors))
+    if !errors.is_empty() {
+        return Err(ProviderError::Invalid(errors));
     }
-}
-
-/// Drops the schema; refused while it holds tables unless `allowDataLoss`.
-pub(super) async fn delete(client: &Client, name: &str, spec: &SchemaSpec) -> Result<()> {
-    let observed = read_catalog(client, name).await?;
-    if !observed.exists {
-        return Ok(());
-    }
-    if !observed.tables.is_empty() && !spec.allow_data_loss {
-        let tables: Vec<&str> = observed.tables.keys().map(String::as_str).collect();
+    if name == "public" || name == "information_schema" || name.starts_with("pg_") {
         return Err(ProviderError::rejected(format!(
-            "deleting schema `{name}` would drop tables {} and allowDataLoss is not set (use deletionPolicy: Orphan to keep them)",
-            tables.join(", ")
+            "schema `{name}` is a shared or system schema (public, information_schema, pg_*) and cannot be owned by a TableSchema; name a schema of its own"
         )));
     }
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(name)))
+    Ok(())
+}
+
+/// Drops the schema; refused while it holds anything unless `allowDataLoss`. The check is
+/// the server's own: `DROP SCHEMA … RESTRICT` fails (2BP01) while anything is in the schema,
+/// so a table created between a check and the drop is never lost; `CASCADE` only with
+/// `allowDataLoss: true`.
+pub(super) async fn delete(client: &Client, name: &str, spec: &SchemaSpec) -> Result<()> {
+    check_name(name)?;
+    let mode = if spec.allow_data_loss {
+        "CASCADE"
+    } else {
+        "RESTRICT"
+    };
+    match client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} {mode}", ident(name)))
         .await
-        .map_err(|e| db_error(format!("dropping schema `{name}`"), e))
+    {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.code()
+                == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+        {
+            let observed = read_catalog(client, name).await?;
+            let tables: Vec<&str> = observed.tables.keys().map(String::as_str).collect();
+            let holds = if tables.is_empty() {
+                "objects".to_owned()
+            } else {
+                format!("tables {}", tables.join(", "))
+            };
+            Err(ProviderError::Rejected {
+                message: format!(
+                    "deleting schema `{name}` would drop {holds} and allowDataLoss is not set (use deletionPolicy: Orphan to keep them)"
+                ),
+                source: Some(Box::new(e)),
+            })
+        }
+        Err(e) => Err(db_error(format!("dropping schema `{name}`"), e)),
+    }
 }
 
 #[cfg(test)]
@@ -639,6 +681,75 @@ mod tests {
         assert_eq!(parse("null"), None);
         assert!(DefaultExpr::parse("'x'::nosuchtype").is_err());
         assert!(DefaultExpr::parse("1 + 1").is_err());
+        assert_eq!(parse("pg_catalog.now()"), parse("now()"));
+        assert_eq!(parse("now()").unwrap().to_sql(), "pg_catalog.now()");
+    }
+
+    #[test]
+    fn defaults_may_call_only_allowed_functions() {
+        let found = problems(json!([{"name": "t", "columns": [
+            {"name": "a", "type": "int", "default": "pg_sleep()"},
+            {"name": "b", "type": "text", "default": "public.evil()"},
+            {"name": "c", "type": "int", "default": "now()"},
+            {"name": "d", "type": "timestamptz", "default": "clock_timestamp()"},
+            {"name": "e", "type": "uuid", "default": "pg_catalog.gen_random_uuid()"},
+        ]}]));
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("tables[0].columns[0].default: \"pg_sleep()\" does not parse: pg_sleep() is not a function a default may call"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("tables[0].columns[1].default:"),
+            "{found:?}"
+        );
+        assert_eq!(
+            found[2],
+            "tables[0].columns[2].default: now() is not a value of type integer"
+        );
+    }
+
+    #[test]
+    fn defaults_and_comments_normalise_by_column_type() {
+        let spec = SchemaSpec::from_parameters(&json!({"database": "app", "tables": [
+            {"name": "t", "comment": "", "columns": [
+                {"name": "i", "type": "int", "default": "007"},
+                {"name": "f", "type": "float8", "default": "1.50"},
+                {"name": "r", "type": "real", "default": "02.5"},
+                {"name": "n", "type": "numeric(10,2)", "default": "0010.50"},
+                {"name": "u", "type": "uuid", "default": "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'"},
+                {"name": "b", "type": "bool", "default": "'yes'"},
+                {"name": "s", "type": "text", "default": "'007'", "comment": ""},
+            ]},
+        ]}))
+        .unwrap()
+        .to_schema();
+        let t = &spec.tables["t"];
+        let defaults: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| c.default.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            defaults,
+            [
+                "'7'",
+                "'1.5'",
+                "'2.5'",
+                "'10.5'",
+                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                "true",
+                "'007'"
+            ]
+        );
+        assert_eq!(t.comment, None);
+        assert_eq!(t.columns[6].comment, None);
+        // As PostgreSQL prints them back.
+        let n = DefaultExpr::parse("10.50").unwrap().unwrap();
+        assert_eq!(
+            n.normalize(&SqlType::Numeric(Some((10, 2)))).to_string(),
+            "'10.5'"
+        );
     }
 
     #[test]

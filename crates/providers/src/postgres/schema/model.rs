@@ -168,7 +168,9 @@ pub enum DefaultExpr {
     Constant(String),
     /// `true` or `false`.
     Bool(bool),
-    /// A call without arguments (`now()`, `gen_random_uuid()`).
+    /// A call of an allowed function without arguments (`now()`, `gen_random_uuid()`, see
+    /// [`CALLS`]); run as `pg_catalog.now()` so no other schema's function of that name is
+    /// called.
     Call(String),
     /// An SQL value keyword (`CURRENT_TIMESTAMP`, `CURRENT_DATE`, `CURRENT_USER`).
     Keyword(String),
@@ -186,9 +188,21 @@ const KEYWORDS: [&str; 6] = [
     "CURRENT_USER",
 ];
 
+/// The functions a default may call (without arguments), each with the types it fits:
+/// `true` for the date and time types, `false` for `uuid`. Only these: a default runs with
+/// the rights of whoever inserts, and any other function could do anything.
+pub const CALLS: [(&str, bool); 5] = [
+    ("now", true),
+    ("clock_timestamp", true),
+    ("statement_timestamp", true),
+    ("transaction_timestamp", true),
+    ("gen_random_uuid", false),
+];
+
 impl DefaultExpr {
     /// Parses a default: a number, a quoted string (`'it''s'`), `true`/`false`, `null`
-    /// (no default: `Ok(None)`), a function call without arguments, or a value keyword;
+    /// (no default: `Ok(None)`), a call without arguments of a function in [`CALLS`]
+    /// (optionally written `pg_catalog.now()`), or a value keyword;
     /// each optionally followed by casts (`::text`), which must name known types.
     ///
     /// # Errors
@@ -268,8 +282,41 @@ impl DefaultExpr {
             DefaultExpr::Keyword(k) if k == "CURRENT_USER" && !ty.is_string() => {
                 Err(format!("{k} is not a value of type {ty}"))
             }
+            DefaultExpr::Call(name)
+                if CALLS.iter().any(|(f, time)| {
+                    f == name && (*time != ty.is_time() || (!*time && *ty != SqlType::Uuid))
+                }) =>
+            {
+                Err(format!("{name}() is not a value of type {ty}"))
+            }
             _ => Ok(()),
         }
+    }
+
+    /// The default as PostgreSQL keeps it for a column of type `ty`, so that a declared and
+    /// an observed default compare equal when they mean the same: integers without leading
+    /// zeros (`007` is `7`), floats as their value (`1.50` is `1.5`), numerics without
+    /// leading or trailing zeros, UUIDs in lower case, booleans as `true`/`false`.
+    #[must_use]
+    pub fn normalize(self, ty: &SqlType) -> DefaultExpr {
+        let DefaultExpr::Constant(value) = self else {
+            return self;
+        };
+        let text = value.trim();
+        let normal = match ty {
+            t if t.is_integer() => text.parse::<i64>().ok().map(|n| n.to_string()),
+            SqlType::Real => text.parse::<f32>().ok().map(|n| n.to_string()),
+            SqlType::Double => text.parse::<f64>().ok().map(|n| n.to_string()),
+            SqlType::Numeric(_) => decimal(text),
+            SqlType::Uuid if is_uuid(text) => Some(text.to_ascii_lowercase()),
+            SqlType::Boolean => match text.to_ascii_lowercase().as_str() {
+                "true" | "t" | "yes" | "y" | "on" | "1" => return DefaultExpr::Bool(true),
+                "false" | "f" | "no" | "n" | "off" | "0" => return DefaultExpr::Bool(false),
+                _ => None,
+            },
+            _ => None,
+        };
+        DefaultExpr::Constant(normal.unwrap_or(value))
     }
 
     /// The default as SQL.
@@ -277,17 +324,49 @@ impl DefaultExpr {
         match self {
             DefaultExpr::Constant(value) => super::super::literal(value),
             DefaultExpr::Bool(b) => b.to_string(),
-            DefaultExpr::Call(name) => format!("{name}()"),
+            DefaultExpr::Call(name) => format!("pg_catalog.{name}()"),
             DefaultExpr::Keyword(k) => k.clone(),
             DefaultExpr::Raw(text) => text.clone(),
         }
     }
 }
 
+/// As written for people: like [`DefaultExpr::to_sql`], calls without their schema.
 impl fmt::Display for DefaultExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_sql())
+        match self {
+            DefaultExpr::Call(name) => write!(f, "{name}()"),
+            other => f.write_str(&other.to_sql()),
+        }
     }
+}
+
+/// A plain decimal (`-012.50`) without leading zeros before the point and trailing zeros
+/// after it (`-12.5`); `None` for anything else (exponents), which is kept as written.
+fn decimal(text: &str) -> Option<String> {
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .chars()
+            .chain(fraction.chars())
+            .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole = whole.trim_start_matches('0');
+    let fraction = fraction.trim_end_matches('0');
+    let whole = if whole.is_empty() { "0" } else { whole };
+    let zero = whole == "0" && fraction.is_empty();
+    let sign = if zero { "" } else { sign };
+    Some(if fraction.is_empty() {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{fraction}")
+    })
 }
 
 fn is_uuid(text: &str) -> bool {
@@ -345,18 +424,36 @@ fn constant(text: &str) -> Result<(Option<DefaultExpr>, &str), String> {
     if end == 0 {
         return Err(format!("unexpected {text:?}"));
     }
-    let word = &text[..end];
-    let rest = &text[end..];
+    let mut word = &text[..end];
+    let mut rest = &text[end..];
+    // `pg_catalog.now()`, as written or as PostgreSQL prints a qualified call.
+    if word.eq_ignore_ascii_case("pg_catalog")
+        && let Some(after) = rest.strip_prefix('.')
+    {
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if end == 0 || !after[end..].trim_start().starts_with('(') {
+            return Err("`pg_catalog.` must be followed by a call".into());
+        }
+        word = &after[..end];
+        rest = &after[end..];
+    }
     if let Some(after) = rest.trim_start().strip_prefix('(') {
         let Some(after) = after.trim_start().strip_prefix(')') else {
             return Err(format!(
                 "a call of {word} may have no arguments and must close with `)`"
             ));
         };
-        if word.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(format!("{word:?} is not a function name"));
+        let name = word.to_ascii_lowercase();
+        if !CALLS.iter().any(|(f, _)| *f == name) {
+            let allowed: Vec<String> = CALLS.iter().map(|(f, _)| format!("{f}()")).collect();
+            return Err(format!(
+                "{word}() is not a function a default may call (allowed: {}, or a value keyword such as CURRENT_TIMESTAMP)",
+                allowed.join(", ")
+            ));
         }
-        return Ok((Some(DefaultExpr::Call(word.to_ascii_lowercase())), after));
+        return Ok((Some(DefaultExpr::Call(name)), after));
     }
     let upper = word.to_ascii_uppercase();
     let expr = match upper.as_str() {
@@ -421,6 +518,9 @@ pub struct Table {
     pub indexes: BTreeMap<String, Index>,
     /// Its foreign keys by constraint name.
     pub foreign_keys: BTreeMap<String, ForeignKey>,
+    /// Indexes seen in the catalog that rorqual does not model and never changes: those
+    /// backing a constraint, on an expression, or partial (observed only).
+    pub unmanaged_indexes: std::collections::BTreeSet<String>,
     /// Its comment, if any.
     pub comment: Option<String>,
 }

@@ -125,9 +125,10 @@ fn list(names: &[String]) -> String {
 
 /// The steps that turn `observed` (the PostgreSQL schema `schema`) into `desired`.
 ///
-/// Order: create the schema; drop foreign keys and indexes that go or change; create new
-/// tables; per existing table add columns, change types, defaults and nullability, replace
-/// the primary key, drop columns; create indexes; add foreign keys (every table and column
+/// Order: create the schema; drop foreign keys that go or change and declared indexes that
+/// change (an index that is not declared is left alone: see [`unmanaged_indexes`]); create new
+/// tables; per existing table drop a primary key that goes or changes, add columns, change
+/// types, defaults and nullability, add the new primary key, drop columns; create indexes; add foreign keys (every table and column
 /// they name exists by then); drop tables; set comments.
 pub fn plan(schema: &str, desired: &Schema, observed: &Schema) -> Plan {
     let mut b = Builder {
@@ -162,8 +163,10 @@ pub fn plan(schema: &str, desired: &Schema, observed: &Schema) -> Plan {
             }
         }
         let Some(want) = want else { continue };
+        // Only a declared index whose definition changed: an undeclared one is not this
+        // resource's to drop (see [`unmanaged_indexes`]).
         for (index, def) in &have.indexes {
-            if want.indexes.get(index) != Some(def) {
+            if want.indexes.get(index).is_some_and(|w| w != def) {
                 b.push(
                     Risk::Change,
                     format!("drop index {index} on {name}"),
@@ -255,6 +258,26 @@ pub fn plan(schema: &str, desired: &Schema, observed: &Schema) -> Plan {
     Plan { steps: b.steps }
 }
 
+/// The indexes of `observed` tables that are kept in `desired` but that `desired` does not
+/// declare, as `table.index`: left alone by [`plan`] and reported, never dropped. They
+/// include the indexes the catalog reader does not model (backing a constraint, on an
+/// expression, partial).
+pub fn unmanaged_indexes(desired: &Schema, observed: &Schema) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, have) in &observed.tables {
+        let Some(want) = desired.tables.get(name) else {
+            continue;
+        };
+        for index in have.indexes.keys().chain(&have.unmanaged_indexes) {
+            if !want.indexes.contains_key(index) {
+                out.push(format!("{name}.{index}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn add_foreign_key(b: &mut Builder<'_>, table: &str, name: &str, fk: &ForeignKey) {
     b.push(
         Risk::Additive,
@@ -307,6 +330,20 @@ fn create_table(b: &mut Builder<'_>, name: &str, want: &Table) {
 
 fn alter_table(b: &mut Builder<'_>, name: &str, want: &Table, have: &Table) {
     let table = b.table(name);
+    // A changed or removed primary key goes before the column loop: PostgreSQL refuses to
+    // drop NOT NULL from a column while it is in the primary key (42P16). The new key is
+    // added after the loop, once its columns exist.
+    let key_changes = want.primary_key != have.primary_key;
+    if key_changes && let Some(old) = &have.primary_key_name {
+        b.push(
+            Risk::Change,
+            format!(
+                "drop primary key of {name} ({})",
+                have.primary_key.join(", ")
+            ),
+            format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(old)),
+        );
+    }
     for c in &want.columns {
         let Some(old) = have.column(&c.name) else {
             b.push(
@@ -373,30 +410,18 @@ fn alter_table(b: &mut Builder<'_>, name: &str, want: &Table, have: &Table) {
             );
         }
     }
-    if want.primary_key != have.primary_key {
-        if let Some(old) = &have.primary_key_name {
-            b.push(
-                Risk::Change,
-                format!(
-                    "drop primary key of {name} ({})",
-                    have.primary_key.join(", ")
-                ),
-                format!("ALTER TABLE {table} DROP CONSTRAINT {}", ident(old)),
-            );
-        }
-        if !want.primary_key.is_empty() {
-            b.push(
-                Risk::Additive,
-                format!(
-                    "add primary key of {name} ({})",
-                    want.primary_key.join(", ")
-                ),
-                format!(
-                    "ALTER TABLE {table} ADD PRIMARY KEY ({})",
-                    list(&want.primary_key)
-                ),
-            );
-        }
+    if key_changes && !want.primary_key.is_empty() {
+        b.push(
+            Risk::Additive,
+            format!(
+                "add primary key of {name} ({})",
+                want.primary_key.join(", ")
+            ),
+            format!(
+                "ALTER TABLE {table} ADD PRIMARY KEY ({})",
+                list(&want.primary_key)
+            ),
+        );
     }
     for old in &have.columns {
         if want.column(&old.name).is_none() {
@@ -532,6 +557,57 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "~ set default of orders.status: 'new' -> 'pending'\n~ require values in orders.total"
+        );
+    }
+
+    #[test]
+    fn a_removed_or_changed_primary_key_is_dropped_before_its_columns_allow_null() {
+        let mut observed = desired(orders());
+        observed.exists = true;
+        observed.tables.get_mut("orders").unwrap().primary_key_name = Some("orders_pkey".into());
+        let mut tables = orders();
+        tables[0]["primaryKey"] = json!([]);
+        let p = plan("shop", &desired(tables), &observed);
+        assert_eq!(
+            p.to_string(),
+            "~ drop primary key of orders (id)\n~ allow null in orders.id"
+        );
+        let mut tables = orders();
+        tables[0]["primaryKey"] = json!(["status"]);
+        let p = plan("shop", &desired(tables), &observed);
+        assert_eq!(
+            p.to_string(),
+            "~ drop primary key of orders (id)\n~ allow null in orders.id\n+ add primary key of orders (status)"
+        );
+    }
+
+    #[test]
+    fn an_undeclared_index_is_reported_not_dropped() {
+        let mut observed = desired(orders());
+        observed.exists = true;
+        observed.tables.get_mut("orders").unwrap().primary_key_name = Some("orders_pkey".into());
+        let table = observed.tables.get_mut("orders").unwrap();
+        table.indexes.insert(
+            "by_hand".into(),
+            super::super::model::Index {
+                columns: vec!["total".into()],
+                unique: false,
+            },
+        );
+        table.unmanaged_indexes.insert("orders_lower_status".into());
+        let d = desired(orders());
+        assert!(plan("shop", &d, &observed).is_empty());
+        assert_eq!(
+            unmanaged_indexes(&d, &observed),
+            ["orders.by_hand", "orders.orders_lower_status"]
+        );
+        // A declared index whose columns changed is still replaced.
+        let mut tables = orders();
+        tables[0]["indexes"][0]["columns"] = json!(["total"]);
+        let p = plan("shop", &desired(tables), &observed);
+        assert_eq!(
+            p.to_string(),
+            "~ drop index orders_status on orders\n+ create index orders_status on orders (total)"
         );
     }
 
