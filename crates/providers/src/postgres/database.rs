@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use super::{check_identifier, db_error, ident};
+use super::{check_connection_limit, check_external_name, check_identifier, db_error, ident};
 use crate::provider::{Observation, Result};
 
 /// A database's parameters.
@@ -30,25 +30,8 @@ pub(super) fn validate(p: &DatabaseParams) -> Vec<FieldError> {
     if let Some(owner) = &p.owner {
         check_identifier("owner", owner, &mut errors);
     }
-    if p.connection_limit < -1 {
-        errors.push(FieldError {
-            path: "connectionLimit".into(),
-            message: format!("must be -1 (no limit) or more, got {}", p.connection_limit),
-        });
-    }
+    check_connection_limit(p.connection_limit, &mut errors);
     errors
-}
-
-/// Checks the external name like a role's or a schema's (1-63 bytes, no NUL): PostgreSQL
-/// would cut a longer one silently, and the resource would never find its database.
-fn check_name(name: &str) -> Result<()> {
-    let mut errors = Vec::new();
-    check_identifier("externalName", name, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(crate::provider::ProviderError::Invalid(errors))
-    }
 }
 
 /// The databases no resource may manage, besides the endpoint's administrative one.
@@ -70,7 +53,7 @@ pub(super) async fn observe(
     name: &str,
     p: &DatabaseParams,
 ) -> Result<Observation> {
-    check_name(name)?;
+    check_external_name(name)?;
     let row = client
         .query_opt(
             "SELECT pg_get_userbyid(datdba)::text, datconnlimit, pg_encoding_to_char(encoding)::text \
@@ -112,7 +95,7 @@ pub(super) async fn observe(
 }
 
 pub(super) async fn create(client: &Client, name: &str, p: &DatabaseParams) -> Result<()> {
-    check_name(name)?;
+    check_external_name(name)?;
     let mut sql = format!(
         "CREATE DATABASE {} CONNECTION LIMIT {}",
         ident(name),
@@ -132,7 +115,7 @@ pub(super) async fn create(client: &Client, name: &str, p: &DatabaseParams) -> R
 }
 
 pub(super) async fn update(client: &Client, name: &str, p: &DatabaseParams) -> Result<()> {
-    check_name(name)?;
+    check_external_name(name)?;
     let mut sql = format!(
         "ALTER DATABASE {} CONNECTION LIMIT {};",
         ident(name),
@@ -152,7 +135,7 @@ pub(super) async fn update(client: &Client, name: &str, p: &DatabaseParams) -> R
 }
 
 pub(super) async fn delete(client: &Client, name: &str) -> Result<()> {
-    check_name(name)?;
+    check_external_name(name)?;
     client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",

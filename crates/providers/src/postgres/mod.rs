@@ -339,6 +339,28 @@ pub(crate) fn check_identifier(path: &str, name: &str, errors: &mut Vec<FieldErr
     }
 }
 
+/// Checks a resource's external name as an identifier: PostgreSQL would cut a longer one
+/// silently, and the resource would never find its object again.
+pub(crate) fn check_external_name(name: &str) -> crate::provider::Result<()> {
+    let mut errors = Vec::new();
+    check_identifier("externalName", name, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::provider::ProviderError::Invalid(errors))
+    }
+}
+
+/// Checks a `connectionLimit` (-1 for none, or a count).
+pub(crate) fn check_connection_limit(limit: i32, errors: &mut Vec<FieldError>) {
+    if limit < -1 {
+        errors.push(FieldError {
+            path: "connectionLimit".into(),
+            message: format!("must be -1 (no limit) or more, got {limit}"),
+        });
+    }
+}
+
 /// `name` as a quoted SQL identifier (`"order ""items"""`).
 pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-use super::{PostgresClient, SecretRef, check_identifier, db_error, ident, literal};
+use super::{
+    PostgresClient, SecretRef, check_connection_limit, check_external_name, db_error, ident,
+    literal,
+};
 use crate::provider::{Observation, Result};
 use crate::secret::{ConnectionDetails, Secret};
 
@@ -58,23 +61,8 @@ pub(super) fn validate(p: &RoleParams) -> Vec<FieldError> {
             }
         }
     }
-    if p.connection_limit < -1 {
-        errors.push(FieldError {
-            path: "connectionLimit".into(),
-            message: format!("must be -1 (no limit) or more, got {}", p.connection_limit),
-        });
-    }
+    check_connection_limit(p.connection_limit, &mut errors);
     errors
-}
-
-fn check_name(name: &str) -> Result<()> {
-    let mut errors = Vec::new();
-    check_identifier("externalName", name, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(crate::provider::ProviderError::Invalid(errors))
-    }
 }
 
 /// Refuses the endpoint's administrative user, reserved `pg_*` roles and any existing
@@ -234,7 +222,7 @@ pub(super) async fn create(
     name: &str,
     p: &RoleParams,
 ) -> Result<ConnectionDetails> {
-    check_name(name)?;
+    check_external_name(name)?;
     check_adoptable(c, name).await?;
     let password = password(c, p)?;
     let sql = format!(
@@ -255,7 +243,7 @@ pub(super) async fn update(
     name: &str,
     p: &RoleParams,
 ) -> Result<ConnectionDetails> {
-    check_name(name)?;
+    check_external_name(name)?;
     check_adoptable(c, name).await?;
     let password = password(c, p)?;
     let sql = format!(

@@ -566,11 +566,7 @@ pub(super) async fn apply(client: &Client, name: &str, spec: &SchemaSpec) -> Res
 /// wholesale (`public`, shared by everything in the database; `information_schema` and
 /// `pg_*`, the system's), since it manages every table in it and a delete drops it.
 fn check_name(name: &str) -> Result<()> {
-    let mut errors = Vec::new();
-    check_identifier("externalName", name, &mut errors);
-    if !errors.is_empty() {
-        return Err(ProviderError::Invalid(errors));
-    }
+    super::check_external_name(name)?;
     if name == "public" || name == "information_schema" || name.starts_with("pg_") {
         return Err(ProviderError::rejected(format!(
             "schema `{name}` is a shared or system schema (public, information_schema, pg_*) and cannot be owned by a TableSchema; name a schema of its own"
