@@ -127,7 +127,9 @@ impl ManagedReconcilerBuilder {
 /// # #[derive(Debug)] struct Databases;
 /// # #[async_trait::async_trait] impl Provider for Databases {
 /// #     fn kind(&self) -> &str { "Database" }
-/// #     async fn connect(&self, _: &ExternalRef<'_>) -> Result<Box<dyn ExternalClient>> { unimplemented!() }
+/// #     async fn connect(&self, _: &ExternalRef<'_>) -> Result<Box<dyn ExternalClient>> {
+/// #         Err(rorqual_providers::provider::ProviderError::rejected("this example connects nowhere"))
+/// #     }
 /// # }
 ///
 /// let reconciler = ManagedReconciler::builder(Arc::new(Databases), Arc::new(MemoryStateStore::new())).build().unwrap();
